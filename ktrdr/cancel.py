@@ -1,0 +1,45 @@
+"""Cooperative cancellation shared by the worker runtime and every domain engine.
+
+Domain code never sees NATS: it receives a :class:`CancelToken` and calls
+``token.raise_if_cancelled()`` (or reads ``token.cancelled``) at its own check points.
+The token is a ``threading.Event`` so that it works from the worker thread that runs
+blocking work while the event loop sets it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class OperationCancelled(Exception):
+    """Raised inside work when its cancellation token has been set."""
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CancelToken:
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason: str | None = None
+
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """Set the token; returns False when it was already set (first reason wins)."""
+        if self._event.is_set():
+            return False
+        self.reason = reason
+        self._event.set()
+        return True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise OperationCancelled(self.reason or "cancelled")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds, waking early on cancellation."""
+        return self._event.wait(timeout)
