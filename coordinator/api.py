@@ -1,0 +1,181 @@
+"""The status API (Starlette): health, workers, operations, cancel, submit and /metrics.
+
+It reads the coordinator's mirrors of the ``workers`` and ``ops`` buckets, submits through the
+dispatcher and cancels through ``ops.<id>.cancel``, the same path as ``nats req``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from coordinator.operations import OperationExists
+from subjects import names
+from subjects.models import (
+    CancelReply,
+    CancelRequest,
+    ListRequest,
+    OpStatus,
+    SubmitRequest,
+    WorkerState,
+    decode,
+)
+
+if TYPE_CHECKING:
+    from coordinator.app import Coordinator
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def parse(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        detail = validation_detail(exc)
+        raise ApiError(422, f"invalid {detail[0]['field'] or 'body'}: {detail[0]['message']}", detail) from None
+
+
+def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None) -> Starlette:
+    ops, registry, dispatcher = coordinator.ops, coordinator.registry, coordinator.dispatcher
+    metrics = coordinator.metrics
+
+    async def health(request: Request) -> JSONResponse:
+        connected = coordinator.nc is not None and coordinator.nc.is_connected
+        return JSONResponse({"status": "ok" if connected else "degraded", "nats": connected,
+                             "workers": len(registry.workers),
+                             "operations": sum(1 for _ in ops.all())},
+                            status_code=200 if connected else 503)
+
+    async def list_workers(request: Request) -> JSONResponse:
+        wtype, state = request.query_params.get("type"), request.query_params.get("status")
+        if state is not None and state not in set(WorkerState):
+            raise ApiError(422, f"invalid status {state!r}; use one of {', '.join(WorkerState)}")
+        workers = [w for w in registry.workers.values()
+                   if (wtype is None or w.worker_type == wtype) and (state is None or w.state == state)]
+        return JSONResponse({"total": len(workers),
+                             "workers": [_dump(w) for w in sorted(workers, key=lambda w: w.worker_id)]})
+
+    async def get_worker(request: Request) -> JSONResponse:
+        worker_id = request.path_params["worker_id"]
+        lease = registry.workers.get(worker_id)
+        if lease is None:
+            raise ApiError(404, f"unknown worker {worker_id}")
+        return JSONResponse(_dump(lease))
+
+    async def list_operations(request: Request) -> JSONResponse:
+        q = request.query_params
+        data: dict[str, Any] = {k: q[k] for k in ("type", "limit", "offset", "parent_id") if k in q}
+        if "status" in q:
+            data["status"] = [s for s in q.getlist("status") for s in s.split(",") if s]
+        if "active_only" in q:
+            data["active_only"] = q["active_only"]
+        query = parse(ListRequest, data)
+        total, found = ops.list(query)
+        return JSONResponse({"total": total, "limit": query.limit, "offset": query.offset,
+                             "operations": [_dump(o) for o in found]})
+
+    def _op_or_404(op_id: str) -> Any:
+        op = ops.get(op_id)
+        if op is None:
+            raise ApiError(404, f"unknown operation {op_id}")
+        return op
+
+    async def get_operation(request: Request) -> JSONResponse:
+        return JSONResponse(_dump(_op_or_404(request.path_params["op_id"])))
+
+    async def cancel_operation(request: Request) -> JSONResponse:
+        op_id = request.path_params["op_id"]
+        try:
+            names.validate_token(op_id, what="operation id")
+        except names.InvalidToken as exc:
+            raise ApiError(422, str(exc)) from None
+        body = await read_json(request)
+        if "reason" in request.query_params and not body:
+            body = {"reason": request.query_params["reason"]}
+        cancel: CancelRequest = parse(CancelRequest, body)
+        try:
+            msg = await coordinator.nc.request(names.ops_cancel(op_id), cancel.encode(), timeout=5.0)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise ApiError(504, f"no answer to the cancel request: {exc}") from None
+        reply = decode(CancelReply, msg.data)
+        if reply.accepted:
+            code = 202 if reply.status is OpStatus.RUNNING else 200
+        else:
+            code = 404 if reply.status is None and ops.get(op_id) is None else 409
+        return JSONResponse(_dump(reply), status_code=code)
+
+    async def submit_operation(request: Request) -> JSONResponse:
+        submit: SubmitRequest = parse(SubmitRequest, await read_json(request))
+        try:
+            op = await dispatcher.submit(submit)
+        except ValidationError as exc:
+            detail = validation_detail(exc)
+            raise ApiError(422, f"invalid params.{detail[0]['field']}: {detail[0]['message']}",
+                           detail) from None
+        except OperationExists as exc:
+            raise ApiError(409, str(exc)) from None
+        return JSONResponse(_dump(op), status_code=201)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        await coordinator.collect_metrics()
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        metrics.api_errors.labels(status=str(exc.status)).inc()
+        body: dict[str, Any] = {"error": exc.error}
+        if exc.detail is not None:
+            body["detail"] = exc.detail
+        return JSONResponse(body, status_code=exc.status)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        metrics.api_errors.labels(status=str(exc.status_code)).inc()
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    routes = [
+        Route("/health", health),
+        Route("/metrics", metrics_endpoint),
+        Route("/api/v1/workers", list_workers),
+        Route("/api/v1/workers/{worker_id}", get_worker),
+        Route("/api/v1/operations", list_operations, methods=["GET"]),
+        Route("/api/v1/operations", submit_operation, methods=["POST"]),
+        Route("/api/v1/operations/{op_id}", get_operation, methods=["GET"]),
+        Route("/api/v1/operations/{op_id}", cancel_operation, methods=["DELETE"]),
+        *(extra_routes or []),
+    ]
+    return Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error})

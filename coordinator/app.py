@@ -1,0 +1,246 @@
+"""The coordinator process: wires registry, operations, dispatcher, cancel, service and API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from typing import Any
+
+import uvicorn
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from coordinator.api import build_app
+from coordinator.cancel import CancelResponder
+from coordinator.dispatcher import Dispatcher
+from coordinator.metrics import Metrics
+from coordinator.operations import Operations
+from coordinator.registry import WorkerRegistry
+from coordinator.service import OpsService
+from coordinator.settings import CoordinatorSettings
+from ktrdr.runtime.connection import connect
+from ktrdr.runtime.topology import ensure_topology
+from subjects import names
+from subjects.models import (
+    BadPayload,
+    OpEvent,
+    ProgressUpdate,
+    RegistrationAck,
+    WorkerInfo,
+    WorkerLease,
+    decode,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Coordinator:
+    def __init__(self, *, settings: CoordinatorSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.nc: Client = None  # type: ignore[assignment]
+        self.js: JetStreamContext = None  # type: ignore[assignment]
+        self.ops: Operations = None  # type: ignore[assignment]
+        self.registry: WorkerRegistry = None  # type: ignore[assignment]
+        self.dispatcher: Dispatcher = None  # type: ignore[assignment]
+        self.api_port: int | None = None
+        self._subs: list[Subscription] = []
+        self._parts: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._server: uvicorn.Server | None = None
+        self._stop = asyncio.Event()
+        self._stopped = False
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        self.nc = await connect(s.nats_url, name="ktrdr-coordinator", on_reconnect=self._on_reconnect)
+        self.js = self.nc.jetstream(timeout=5.0)
+        buckets = await ensure_topology(self.js, lease_ttl_s=s.lease_ttl_s)
+        self.ops = Operations(bucket=buckets.ops, metrics=self.metrics)
+        loaded = await self.ops.load()
+        self.registry = WorkerRegistry(bucket=buckets.workers, metrics=self.metrics,
+                                       on_lost=self._worker_lost)
+        self.dispatcher = Dispatcher(js=self.js, ops=self.ops, registry=self.registry,
+                                     claims=buckets.claims, settings=s, metrics=self.metrics)
+        self.registry.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.registry.ready.wait(), 5.0)
+        await self.dispatcher.resume()
+        sub = await self.js.subscribe(
+            names.OPS_PROGRESS_ALL, durable=names.COORDINATOR_CONSUMER, stream=names.OPS_STREAM,
+            cb=self._on_ops_msg, manual_ack=True, pending_msgs_limit=200_000)
+        self._subs.append(sub)
+        self._subs.append(await self.nc.subscribe(names.WORKER_REGISTER, cb=self._on_register))
+        self._subs.append(await self.nc.subscribe(names.MAX_DELIVERIES_ADVISORY, cb=self._on_advisory))
+        cancel = CancelResponder(nc=self.nc, ops=self.ops, dispatcher=self.dispatcher,
+                                 registry=self.registry, metrics=self.metrics,
+                                 fallback_reply_s=s.cancel_fallback_reply_s)
+        await cancel.start()
+        service = OpsService(nc=self.nc, ops=self.ops, dispatcher=self.dispatcher, metrics=self.metrics)
+        await service.start()
+        self._parts = [cancel, service]
+        self._tasks.append(asyncio.create_task(self._reaper(), name="reaper"))
+        if s.api_enabled:
+            await self._start_api()
+        log.info("coordinator up: %d operation(s) loaded, %d worker(s) leased, API %s",
+                 loaded, len(self.registry.workers),
+                 f"http://{s.api_host}:{self.api_port}" if s.api_enabled else "off")
+        self.ready.set()
+
+    async def _start_api(self) -> None:
+        config = uvicorn.Config(build_app(self), host=self.settings.api_host, port=self.settings.api_port,
+                                log_level="warning", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._tasks.append(asyncio.create_task(self._server.serve(), name="api"))
+        while not self._server.started:
+            if self._tasks[-1].done():
+                self._tasks[-1].result()
+                raise RuntimeError(f"status API could not listen on {self.settings.api_port}")
+            await asyncio.sleep(0.01)
+        self.api_port = self._server.servers[0].sockets[0].getsockname()[1]
+
+    async def run(self) -> None:
+        if not self.ready.is_set():
+            await self.start()
+        await self._stop.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._stopped or self.nc is None:
+            return
+        self._stopped = True
+        if self._server is not None:
+            self._server.should_exit = True
+        for part in self._parts:
+            with contextlib.suppress(Exception):
+                await part.stop()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        await self.registry.stop()
+        await self.dispatcher.stop()
+        for task in [*self._tasks, *self._inflight]:
+            if task.get_name() != "api":
+                task.cancel()
+        for task in [*self._tasks, *self._inflight]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        log.info("coordinator stopped")
+
+    async def __aenter__(self) -> Coordinator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    async def _on_ops_msg(self, msg: Msg) -> None:
+        # Each message is handled in its own task so different ops proceed concurrently; the
+        # per-op lock in Operations keeps one op's messages in arrival order.
+        task = asyncio.create_task(self._apply(msg))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _apply(self, msg: Msg) -> None:
+        subject = msg.subject
+        try:
+            op_id = names.op_id_from_subject(subject)
+            if subject.endswith(".progress"):
+                update = decode(ProgressUpdate, msg.data)
+                if update.op_id != op_id:
+                    raise BadPayload(f"payload op_id {update.op_id} does not match subject")
+                await self.ops.apply_progress(update)
+            else:
+                event = decode(OpEvent, msg.data)
+                if event.op_id != op_id:
+                    raise BadPayload(f"payload op_id {event.op_id} does not match subject")
+                await self.ops.apply_event(event)
+        except (BadPayload, names.InvalidToken) as exc:
+            kind = names.OPS_PROGRESS_ALL if subject.endswith(".progress") else names.OPS_EVENTS_ALL
+            self.metrics.rejected.labels(subject=kind, reason="invalid").inc()
+            log.error("rejected message on %s: %s", subject, exc)
+        except Exception:
+            log.exception("failed to apply %s; it will be redelivered", subject)
+            return
+        with contextlib.suppress(Exception):
+            await msg.ack()
+
+    async def _on_register(self, msg: Msg) -> None:
+        try:
+            info = decode(WorkerInfo, msg.data)
+        except BadPayload as exc:
+            self.metrics.rejected.labels(subject=names.WORKER_REGISTER, reason="invalid").inc()
+            log.error("rejected registration: %s", exc)
+            if msg.reply:
+                await msg.respond(RegistrationAck(accepted=False, worker_id="?", message=str(exc)).encode())
+            return
+        log.info("registration from %s (%s, pid %d on %s)", info.worker_id, info.worker_type,
+                 info.pid, info.host)
+        if msg.reply:
+            await msg.respond(RegistrationAck(
+                accepted=True, worker_id=info.worker_id,
+                message=f"welcome {info.worker_id}: keep the lease alive at least every "
+                        f"{self.settings.lease_ttl_s:g} s").encode())
+
+    async def _on_advisory(self, msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            seq = int(advisory["stream_seq"])
+        except (ValueError, KeyError, TypeError) as exc:
+            self.metrics.rejected.labels(subject="$JS.EVENT.ADVISORY", reason="invalid").inc()
+            log.error("unreadable max-deliveries advisory: %s", exc)
+            return
+        await self.dispatcher.fail_undeliverable(seq, advisory.get("deliveries"))
+
+    async def _worker_lost(self, worker_id: str, lease: WorkerLease | None, reason: str) -> None:
+        await self.dispatcher.worker_lost(worker_id, lease, reason)
+
+    async def _on_reconnect(self) -> None:
+        # The ordered consumer behind the KV watch does not survive a server restart reliably.
+        if self.registry is not None:
+            await self.registry.restart()
+
+    async def _reaper(self) -> None:
+        grace = self.settings.startup_grace_s
+        if grace is None:
+            grace = self.settings.lease_ttl_s + self.settings.heartbeat_s + 1.0
+        await asyncio.sleep(grace)
+        while True:
+            try:
+                await self.dispatcher.reap_orphans()
+            except Exception:
+                log.exception("reaper failed")
+            await asyncio.sleep(self.settings.lease_ttl_s)
+
+    async def collect_metrics(self) -> None:
+        self.ops.collect()
+        self.registry.collect()
+        for capability in names.CAPABILITIES:
+            try:
+                info = await self.js.consumer_info(names.JOBS_STREAM, names.jobs_consumer(capability))
+                self.metrics.queue_depth.labels(capability=capability).set(info.num_pending or 0)
+            except Exception as exc:
+                log.debug("queue depth of %s unavailable: %s", capability, exc)
+
+
+async def run_until_signal(coordinator: Coordinator) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, coordinator.request_stop)
+    await coordinator.run()

@@ -1,0 +1,127 @@
+"""The coordinator's side of ``ops.<id>.cancel``.
+
+The worker running an op holds a plain subscription on its cancel subject and answers itself.
+The coordinator subscribes to ``ops.*.cancel`` too and answers what no worker can: unknown ids,
+finished ops, and queued ops, which it cancels by taking their claim so no worker ever starts
+them. For a running op it records the request (so a lost worker's op ends cancelled instead of
+being retried) and answers only if the worker has not within ``cancel_fallback_reply_s``: the
+first reply is the one a requester sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from coordinator.dispatcher import Dispatcher
+from coordinator.metrics import Metrics
+from coordinator.operations import Operations
+from coordinator.registry import WorkerRegistry
+from subjects import names
+from subjects.models import BadPayload, CancelReply, CancelRequest, Operation, OpStatus, decode
+
+log = logging.getLogger(__name__)
+
+
+class CancelResponder:
+    def __init__(self, *, nc: Client, ops: Operations, dispatcher: Dispatcher, registry: WorkerRegistry,
+                 metrics: Metrics, fallback_reply_s: float) -> None:
+        self.nc = nc
+        self.ops = ops
+        self.dispatcher = dispatcher
+        self.registry = registry
+        self.metrics = metrics
+        self.fallback_reply_s = fallback_reply_s
+        self._sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(names.OPS_CANCEL_ALL, cb=self._on_msg)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reply(self, msg: Msg, reply: CancelReply) -> None:
+        if msg.reply:
+            await msg.respond(reply.encode())
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            op_id = names.op_id_from_subject(msg.subject)
+            request = decode(CancelRequest, msg.data) if msg.data.strip() else CancelRequest()
+        except (BadPayload, names.InvalidToken) as exc:
+            self.metrics.rejected.labels(subject=names.OPS_CANCEL_ALL, reason="invalid").inc()
+            log.error("rejected cancel request on %s: %s", msg.subject, exc)
+            op_id = msg.subject.split(".")[1] if msg.subject.count(".") == 2 else "?"
+            await self._reply(msg, CancelReply(op_id=op_id, accepted=False,
+                                               message=f"invalid cancel request: {exc}"))
+            return
+        op = self.ops.get(op_id)
+        if op is None:
+            await self._reply(msg, CancelReply(op_id=op_id, accepted=False,
+                                               message=f"unknown operation {op_id}"))
+            return
+        if op.status.terminal:
+            await self._reply(msg, self._finished(op))
+            return
+        if op.status is OpStatus.PENDING and await self.dispatcher.claim_for_coordinator(op_id, op.attempt):
+            done = await self.ops.mutate(op_id, _cancelled(request.reason, op.attempt))
+            log.info("cancelled queued operation %s: %s", op_id, request.reason)
+            await self._reply(msg, CancelReply(
+                op_id=op_id, accepted=True, status=done.status if done else OpStatus.CANCELLED,
+                message="cancelled before any worker started it"))
+            return
+        # A worker holds the claim. Record the request; the worker answers and stops the work.
+        holder = op.worker_id or await self.dispatcher.claim_holder(op_id, op.attempt)
+        if not self.registry.alive(holder):
+            done = await self.ops.mutate(op_id, _cancelled(request.reason, op.attempt, holder))
+            await self._reply(msg, CancelReply(
+                op_id=op_id, accepted=True, status=done.status if done else OpStatus.CANCELLED,
+                message=f"cancelled; its worker {holder} holds no lease"))
+            return
+
+        def record(o: Operation) -> bool | None:
+            if o.status.terminal or o.cancel_reason:
+                return False
+            o.cancel_reason = request.reason
+            return None
+
+        await self.ops.mutate(op_id, record)
+        await asyncio.sleep(self.fallback_reply_s)
+        now = self.ops.get(op_id) or op
+        if now.status.terminal:
+            await self._reply(msg, self._finished(now))
+        else:
+            await self._reply(msg, CancelReply(
+                op_id=op_id, accepted=True, status=now.status,
+                message=f"cancel recorded; waiting for worker {holder} to stop the operation"))
+
+    @staticmethod
+    def _finished(op: Operation) -> CancelReply:
+        return CancelReply(op_id=op.op_id, accepted=False, status=op.status,
+                           message=f"operation {op.op_id} already {op.status.value}")
+
+
+def _cancelled(reason: str, attempt: int, holder: str | None = None):  # type: ignore[no-untyped-def]
+    def change(op: Operation) -> bool | None:
+        if op.status.terminal or op.attempt != attempt:
+            return False
+        op.status, op.cancel_reason, op.completed_at = OpStatus.CANCELLED, reason, datetime.now(UTC)
+        if holder:
+            op.warnings.append(f"cancelled while its worker {holder} held no lease")
+        return None
+    return change

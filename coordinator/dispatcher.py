@@ -1,0 +1,301 @@
+"""The dispatcher: routes operations to capability subjects and recovers them from lost workers.
+
+Training goes GPU first: offered on ``jobs.training.gpu`` when any GPU worker holds a lease, and
+also on ``jobs.training.cpu`` once ``gpu_fallback_timeout_s`` passes without a claim. The first
+claim wins (``kv.create`` on the claim key), so a late GPU worker simply drops its copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from datetime import UTC, datetime
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from coordinator.metrics import Metrics
+from coordinator.operations import Operations
+from coordinator.registry import WorkerRegistry
+from coordinator.settings import CoordinatorSettings
+from subjects import names
+from subjects.models import (
+    PARAMS_MODELS,
+    Claim,
+    JobMessage,
+    Operation,
+    OpStatus,
+    SubmitRequest,
+    WorkerLease,
+    decode,
+)
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_CLAIMANT = "coordinator"
+
+
+def new_op_id(op_type: str) -> str:
+    return f"{op_type[:5]}-{uuid.uuid4().hex[:12]}"
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        ops: Operations,
+        registry: WorkerRegistry,
+        claims: KeyValue,
+        settings: CoordinatorSettings,
+        metrics: Metrics,
+    ) -> None:
+        self.js = js
+        self.ops = ops
+        self.registry = registry
+        self.claims = claims
+        self.settings = settings
+        self.metrics = metrics
+        self._fallbacks: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        ops.subscribe(self._on_change)
+
+    # --- submission -----------------------------------------------------------------------
+
+    async def submit(self, request: SubmitRequest) -> Operation:
+        params = request.params
+        model = PARAMS_MODELS.get(request.type)
+        if model is not None:
+            params = model.model_validate(params).model_dump(mode="json")
+        op = Operation(
+            op_id=request.op_id or new_op_id(request.type),
+            type=request.type,
+            params=params,
+            parent_id=request.parent_id,
+            max_attempts=request.max_attempts or self.settings.max_attempts,
+        )
+        self._route(op, why=None)
+        op = await self.ops.create(op)
+        await self._offer(op, op.offered)
+        self._schedule_fallback(op)
+        return op
+
+    def _route(self, op: Operation, *, why: str | None) -> None:
+        """Choose the capabilities to offer this attempt on, and say why in the record."""
+        kind = names.OP_TYPE_KIND[op.type]
+        routes = names.ROUTES[kind]
+        prefix = f"{why}; " if why else ""
+        if routes == (names.CAP_TRAINING_GPU, names.CAP_TRAINING_CPU):
+            gpus = self.registry.with_capability(names.CAP_TRAINING_GPU)
+            if gpus:
+                op.capability, op.route = names.CAP_TRAINING_GPU, "gpu"
+                op.route_reason = f"{prefix}gpu: {len(gpus)} gpu worker(s) holding a lease"
+            else:
+                op.capability, op.route = names.CAP_TRAINING_CPU, "cpu"
+                op.route_reason = f"{prefix}cpu: no gpu worker"
+        else:
+            op.capability = routes[0]
+            op.route = routes[0].split(".")[1]
+            op.route_reason = f"{prefix}{op.route}"
+        op.offered = [op.capability]
+        op.offered_at = datetime.now(UTC)
+
+    async def _offer(self, op: Operation, capabilities: list[str]) -> None:
+        for capability in capabilities:
+            job = JobMessage(op_id=op.op_id, type=op.type, params=op.params, attempt=op.attempt,
+                             capability=capability, parent_id=op.parent_id)
+            headers = {"Nats-Msg-Id": names.job_msg_id(op.op_id, op.attempt, capability)}
+            delay = 0.1
+            for _ in range(20):
+                try:
+                    await self.js.publish(names.jobs_subject(capability), job.encode(), headers=headers)
+                    break
+                except Exception as exc:
+                    log.warning("offer of %s on %s failed (%s); retrying", op.op_id, capability, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, 1.0)
+            else:
+                # The record stays pending with its offer noted; the next coordinator start re-offers.
+                raise RuntimeError(f"could not publish {op.op_id} to {names.jobs_subject(capability)}")
+
+    # --- GPU fallback ---------------------------------------------------------------------
+
+    def _schedule_fallback(self, op: Operation) -> None:
+        if op.capability != names.CAP_TRAINING_GPU or names.CAP_TRAINING_CPU in op.offered:
+            return
+        assert op.offered_at is not None
+        waited = (datetime.now(UTC) - op.offered_at).total_seconds()
+        delay = max(0.0, self.settings.gpu_fallback_timeout_s - waited)
+        self._cancel_fallback(op.op_id)
+        loop = asyncio.get_running_loop()
+        self._fallbacks[op.op_id] = loop.call_later(
+            delay, lambda: self._spawn(self._fallback(op.op_id, op.attempt)))
+
+    def _cancel_fallback(self, op_id: str) -> None:
+        handle = self._fallbacks.pop(op_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    async def _fallback(self, op_id: str, attempt: int) -> None:
+        self._fallbacks.pop(op_id, None)
+        op = self.ops.get(op_id)
+        if op is None or op.status is not OpStatus.PENDING or op.attempt != attempt:
+            return
+        if await self.claim_holder(op_id, attempt) is not None:
+            return  # a GPU worker claimed it; its started event is on the way
+        timeout = self.settings.gpu_fallback_timeout_s
+
+        def add_cpu(o: Operation) -> bool | None:
+            if o.status is not OpStatus.PENDING or o.attempt != attempt or names.CAP_TRAINING_CPU in o.offered:
+                return False
+            o.offered.append(names.CAP_TRAINING_CPU)
+            o.capability, o.route = names.CAP_TRAINING_CPU, "cpu"
+            o.route_reason = f"cpu: gpu timeout after {timeout:g} s"
+            return None
+
+        updated = await self.ops.mutate(op_id, add_cpu)
+        if updated is not None and names.CAP_TRAINING_CPU in updated.offered:
+            log.info("%s: no GPU claim after %g s; also offered to CPU workers", op_id, timeout)
+            await self._offer(updated, [names.CAP_TRAINING_CPU])
+
+    def _on_change(self, before: Operation, after: Operation) -> None:
+        if after.status is not OpStatus.PENDING:
+            self._cancel_fallback(after.op_id)
+
+    # --- claims ---------------------------------------------------------------------------
+
+    async def claim_holder(self, op_id: str, attempt: int) -> str | None:
+        try:
+            entry = await self.claims.get(names.claim_key(op_id, attempt))
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return decode(Claim, entry.value).worker_id
+
+    async def claim_for_coordinator(self, op_id: str, attempt: int) -> bool:
+        """Take the attempt's claim so that no worker can ever start it (cancel of a queued op)."""
+        claim = Claim(op_id=op_id, attempt=attempt, worker_id=COORDINATOR_CLAIMANT)
+        try:
+            await self.claims.create(names.claim_key(op_id, attempt), claim.encode())
+            return True
+        except KeyWrongLastSequenceError:
+            return False
+
+    # --- recovery -------------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """After a (re)start: offer every pending op again and restart GPU fallback timers.
+
+        Offers repeat the same Nats-Msg-Id, so inside the duplicate window they are deduped;
+        later, a duplicate loses the claim and is dropped. Either way nothing runs twice.
+        """
+        for op in list(self.ops.all()):
+            if op.status is OpStatus.PENDING:
+                if await self.claim_holder(op.op_id, op.attempt) is None:
+                    await self._offer(op, op.offered or [op.capability or ""])
+                self._schedule_fallback(op)
+
+    async def worker_lost(self, worker_id: str, lease: WorkerLease | None, reason: str) -> None:
+        """Retry or fail every operation the lost worker owned."""
+        listed = {r.op_id: r.attempt for r in lease.running} if lease else {}
+        for op in list(self.ops.all()):
+            if op.status.terminal:
+                continue
+            owned = (op.status is OpStatus.RUNNING and op.worker_id == worker_id) or (
+                listed.get(op.op_id) == op.attempt)
+            if not owned and op.status is OpStatus.PENDING:
+                owned = await self.claim_holder(op.op_id, op.attempt) == worker_id
+            if owned:
+                await self.recover(op.op_id, op.attempt, worker_id, reason)
+
+    async def reap_orphans(self) -> None:
+        """Ops whose owner holds no lease (e.g. it died while the coordinator was down)."""
+        now = datetime.now(UTC)
+        for op in list(self.ops.all()):
+            if op.status is OpStatus.RUNNING and not self.registry.alive(op.worker_id):
+                await self.recover(op.op_id, op.attempt, op.worker_id or "?", "no lease")
+            elif op.status is OpStatus.PENDING and op.offered_at is not None and (
+                    now - op.offered_at).total_seconds() > self.settings.lease_ttl_s:
+                holder = await self.claim_holder(op.op_id, op.attempt)
+                if holder not in (None, COORDINATOR_CLAIMANT) and not self.registry.alive(holder):
+                    await self.recover(op.op_id, op.attempt, holder or "?", "no lease")
+
+    async def recover(self, op_id: str, attempt: int, worker_id: str, reason: str) -> None:
+        lost = f"worker {worker_id} lost ({reason}) during attempt {attempt}"
+        retried = False
+
+        def change(op: Operation) -> bool | None:
+            nonlocal retried
+            if op.status.terminal or op.attempt != attempt:
+                return False
+            for record in op.attempts:
+                if record.attempt == attempt:
+                    record.outcome, record.ended_at = f"lost: {reason}", datetime.now(UTC)
+            if op.cancel_reason:
+                op.status, op.completed_at = OpStatus.CANCELLED, datetime.now(UTC)
+                op.warnings.append(lost)
+            elif op.attempt < op.max_attempts:
+                retried = True
+                op.warnings.append(lost)
+                op.attempt += 1
+                op.status, op.worker_id, op.progress = OpStatus.PENDING, None, None
+                self._route(op, why=f"retry after {lost}")
+            else:
+                op.status, op.completed_at = OpStatus.FAILED, datetime.now(UTC)
+                op.error = f"{lost}; no attempts left (max {op.max_attempts})"
+            return None
+
+        op = await self.ops.mutate(op_id, change)
+        if op is None:
+            return
+        if retried and op.status is OpStatus.PENDING and op.attempt == attempt + 1:
+            self.metrics.retries.labels(type=op.type).inc()
+            log.warning("%s: %s; retrying as attempt %d", op_id, lost, op.attempt)
+            await self._offer(op, op.offered)
+            self._schedule_fallback(op)
+        elif op.status is OpStatus.FAILED:
+            log.error("%s: %s", op_id, op.error)
+
+    async def fail_undeliverable(self, stream_seq: int, deliveries: int | None) -> None:
+        """A job that reached MaxDeliver: fail its op and remove the message from the queue."""
+        try:
+            raw = await self.js.get_msg(names.JOBS_STREAM, stream_seq)
+        except Exception as exc:
+            log.warning("max-deliveries advisory for seq %d: message gone (%s)", stream_seq, exc)
+            return
+        with contextlib.suppress(Exception):
+            await self.js.delete_msg(names.JOBS_STREAM, stream_seq)
+        try:
+            job = decode(JobMessage, raw.data or b"")
+        except Exception:
+            return
+        error = f"job could not be delivered to a worker ({deliveries or 'max'} deliveries)"
+
+        def change(op: Operation) -> bool | None:
+            if op.status is not OpStatus.PENDING or op.attempt != job.attempt:
+                return False
+            op.status, op.error, op.completed_at = OpStatus.FAILED, error, datetime.now(UTC)
+            return None
+
+        await self.ops.mutate(job.op_id, change)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for handle in self._fallbacks.values():
+            handle.cancel()
+        self._fallbacks.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

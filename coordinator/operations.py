@@ -1,0 +1,229 @@
+"""The operations service: the only writer of the ``ops`` bucket.
+
+It keeps a read-through mirror of the bucket for queries, applies every change with a
+compare-and-set on the key's revision (one writer per op at a time through a per-op lock), and
+folds progress and lifecycle events into the record. Events from an attempt that no longer owns
+the operation are fenced: ignored and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from coordinator.metrics import Metrics
+from subjects.models import (
+    AttemptRecord,
+    BadPayload,
+    ListRequest,
+    Operation,
+    OpEvent,
+    OpEventKind,
+    OpStatus,
+    Progress,
+    ProgressUpdate,
+    decode,
+)
+
+log = logging.getLogger(__name__)
+
+Mutation = Callable[[Operation], bool | None]
+Listener = Callable[[Operation, Operation], None]
+
+_EVENT_STATUS = {
+    OpEventKind.COMPLETED: OpStatus.COMPLETED,
+    OpEventKind.FAILED: OpStatus.FAILED,
+    OpEventKind.CANCELLED: OpStatus.CANCELLED,
+}
+
+
+class OperationExists(ValueError):
+    pass
+
+
+class Operations:
+    def __init__(self, *, bucket: KeyValue, metrics: Metrics) -> None:
+        self.bucket = bucket
+        self.metrics = metrics
+        self._cache: dict[str, tuple[Operation, int]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._listeners: list[Listener] = []
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def load(self) -> int:
+        """Fill the mirror from the bucket (after a restart: every op is there)."""
+        watcher = await self.bucket.watchall()
+        async for entry in watcher:
+            if entry is None:
+                break
+            if entry.value:
+                try:
+                    self._cache[entry.key] = (decode(Operation, entry.value), entry.revision)
+                except BadPayload as exc:
+                    self.metrics.rejected.labels(subject="$KV.ops", reason="schema").inc()
+                    log.error("ignoring malformed op record %r: %s", entry.key, exc)
+        await watcher.stop()
+        return len(self._cache)
+
+    def get(self, op_id: str) -> Operation | None:
+        found = self._cache.get(op_id)
+        return found[0] if found else None
+
+    def all(self) -> Iterable[Operation]:
+        return (op for op, _ in self._cache.values())
+
+    def list(self, query: ListRequest) -> tuple[int, list[Operation]]:
+        ops = list(self.all())
+        if query.status:
+            wanted = set(query.status)
+            ops = [o for o in ops if o.status in wanted]
+        if query.active_only:
+            ops = [o for o in ops if not o.status.terminal]
+        if query.type:
+            ops = [o for o in ops if o.type == query.type]
+        if query.parent_id:
+            ops = [o for o in ops if o.parent_id == query.parent_id]
+        ops.sort(key=lambda o: o.created_at, reverse=True)
+        return len(ops), ops[query.offset: query.offset + query.limit]
+
+    def subscribe(self, listener: Listener) -> None:
+        """``listener(before, after)`` runs after every committed change."""
+        self._listeners.append(listener)
+
+    def collect(self) -> None:
+        self.metrics.operations.clear()
+        for op in self.all():
+            self.metrics.operations.labels(type=op.type, status=op.status.value).inc()
+
+    # --- writing --------------------------------------------------------------------------
+
+    async def create(self, op: Operation) -> Operation:
+        try:
+            revision = await self.bucket.create(op.op_id, op.encode())
+        except KeyWrongLastSequenceError:
+            raise OperationExists(f"operation {op.op_id} already exists") from None
+        self._cache[op.op_id] = (op, revision)
+        self._notify(None, op)
+        return op
+
+    async def mutate(self, op_id: str, change: Mutation) -> Operation | None:
+        """Apply ``change`` to a copy and commit it; ``change`` returns False to leave it alone."""
+        lock = self._locks.setdefault(op_id, asyncio.Lock())
+        async with lock:
+            for _ in range(5):
+                found = self._cache.get(op_id)
+                if found is None:
+                    return None
+                before, revision = found
+                after = before.model_copy(deep=True)
+                if change(after) is False:
+                    return before
+                try:
+                    new_revision = await self.bucket.update(op_id, after.encode(), last=revision)
+                except KeyWrongLastSequenceError:
+                    # Someone else wrote (a second coordinator during a hand-over): re-read, retry.
+                    entry = await self.bucket.get(op_id)
+                    if entry.value is None:
+                        self._cache.pop(op_id, None)
+                        return None
+                    self._cache[op_id] = (decode(Operation, entry.value), entry.revision)
+                    continue
+                self._cache[op_id] = (after, new_revision)
+                self._notify(before, after)
+                return after
+            raise RuntimeError(f"operation {op_id}: too many concurrent writers")
+
+    def _notify(self, before: Operation | None, after: Operation) -> None:
+        if before is not None and not before.status.terminal and after.status.terminal:
+            self.metrics.op_duration.labels(type=after.type, status=after.status.value).observe(
+                after.duration_s or 0.0)
+        for listener in self._listeners:
+            try:
+                listener(before or after, after)
+            except Exception:
+                log.exception("operation listener failed")
+
+    # --- folding what workers publish -----------------------------------------------------
+
+    def _owned_by(self, op: Operation, worker_id: str, attempt: int) -> bool:
+        return op.attempt == attempt and op.worker_id in (None, worker_id)
+
+    async def apply_event(self, event: OpEvent) -> None:
+        fenced = False
+
+        def fold(op: Operation) -> bool | None:
+            nonlocal fenced
+            if not self._owned_by(op, event.worker_id, event.attempt) or op.status.terminal:
+                # A redelivered copy of an outcome we already applied is not a fencing case.
+                fenced = not (op.status.terminal and op.worker_id == event.worker_id
+                              and op.attempt == event.attempt)
+                return False
+            now = event.timestamp
+            record = _attempt_record(op)
+            if event.event is OpEventKind.STARTED:
+                if op.status is OpStatus.RUNNING:
+                    return False
+                op.status = OpStatus.RUNNING
+                op.worker_id = event.worker_id
+                op.started_at = op.started_at or now
+                record.worker_id, record.started_at = event.worker_id, now
+                if op.attempt == 1:
+                    self.metrics.dispatch_latency.labels(type=op.type).observe(
+                        max(0.0, (datetime.now(UTC) - op.created_at).total_seconds()))
+                return None
+            op.status = _EVENT_STATUS[event.event]
+            op.worker_id = event.worker_id
+            op.completed_at = now
+            op.started_at = op.started_at or now
+            record.ended_at, record.outcome = now, op.status.value
+            if event.event is OpEventKind.COMPLETED:
+                op.result = event.result
+                if op.progress is not None:
+                    op.progress.percentage = 100.0
+            elif event.event is OpEventKind.FAILED:
+                op.error = event.error or "failed"
+            else:
+                op.cancel_reason = op.cancel_reason or event.error or "cancelled"
+                op.error = None
+            return None
+
+        result = await self.mutate(event.op_id, fold)
+        if result is None:
+            self.metrics.rejected.labels(subject="ops.*.events", reason="unknown operation").inc()
+            log.warning("event %s for unknown operation %s", event.event, event.op_id)
+        elif fenced:
+            self.metrics.fenced.labels(kind="event").inc()
+            log.warning("fenced %s event of %s from %s attempt %d (owner: %s attempt %d)", event.event,
+                        event.op_id, event.worker_id, event.attempt, result.worker_id, result.attempt)
+
+    async def apply_progress(self, update: ProgressUpdate) -> None:
+        fenced = False
+
+        def fold(op: Operation) -> bool | None:
+            nonlocal fenced
+            if op.status is not OpStatus.RUNNING or not self._owned_by(op, update.worker_id, update.attempt):
+                fenced = True
+                return False
+            op.progress = Progress.model_validate(update.model_dump(include=set(Progress.model_fields)))
+            return None
+
+        result = await self.mutate(update.op_id, fold)
+        if result is None:
+            self.metrics.rejected.labels(subject="ops.*.progress", reason="unknown operation").inc()
+        elif fenced:
+            self.metrics.fenced.labels(kind="progress").inc()
+
+
+def _attempt_record(op: Operation) -> AttemptRecord:
+    for record in op.attempts:
+        if record.attempt == op.attempt:
+            return record
+    record = AttemptRecord(attempt=op.attempt, route=op.route)
+    op.attempts.append(record)
+    return record

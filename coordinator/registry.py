@@ -1,0 +1,110 @@
+"""The worker registry: a live view of the ``workers`` bucket.
+
+Leases are the only truth about liveness. The watch delivers every heartbeat; an expired lease
+arrives as a PURGE marker (the bucket has ``limit_marker_ttl``) and a graceful stop as a DEL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.js.kv import KeyValue
+
+from coordinator.metrics import Metrics
+from subjects.models import BadPayload, WorkerLease, decode
+
+log = logging.getLogger(__name__)
+
+LostCallback = Callable[[str, WorkerLease | None, str], Awaitable[None]]
+
+
+class WorkerRegistry:
+    def __init__(self, *, bucket: KeyValue, metrics: Metrics, on_lost: LostCallback) -> None:
+        self.bucket = bucket
+        self.metrics = metrics
+        self.on_lost = on_lost
+        self.workers: dict[str, WorkerLease] = {}
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lost_tasks: set[asyncio.Task[None]] = set()
+
+    def alive(self, worker_id: str | None) -> bool:
+        return worker_id is not None and worker_id in self.workers
+
+    def with_capability(self, capability: str) -> list[WorkerLease]:
+        return [w for w in self.workers.values() if capability in w.capabilities]
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="registry-watch")
+
+    async def restart(self) -> None:
+        """Re-open the watch (after a reconnect the old ordered consumer may be gone)."""
+        await self.stop()
+        self.start()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                watcher = await self.bucket.watchall()
+                seen: set[str] = set()
+                initial = True
+                async for entry in watcher:
+                    if entry is None:
+                        if initial:
+                            # Workers we knew that have no lease any more died while we were away.
+                            for gone in set(self.workers) - seen:
+                                self._lost(gone, "lease missing")
+                            initial = False
+                            self.ready.set()
+                        continue
+                    seen.add(entry.key)
+                    self._apply(entry.key, entry.value, entry.operation)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("workers watch failed (%s); reopening", exc)
+                await asyncio.sleep(0.5)
+
+    def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
+        if operation in ("DEL", "PURGE") or not value:
+            reason = "lease deleted (graceful stop)" if operation == "DEL" else "lease expired"
+            if key in self.workers:
+                self._lost(key, reason)
+            return
+        try:
+            lease = decode(WorkerLease, value)
+        except BadPayload as exc:
+            self.metrics.rejected.labels(subject="$KV.workers", reason="schema").inc()
+            log.error("ignoring malformed lease under %r: %s", key, exc)
+            return
+        if lease.worker_id != key:
+            self.metrics.rejected.labels(subject="$KV.workers", reason="key mismatch").inc()
+            return
+        if key not in self.workers:
+            log.info("worker %s (%s) is up: %s", key, lease.worker_type, ", ".join(lease.capabilities))
+        self.workers[key] = lease
+        self.metrics.worker_rejected.labels(worker=key).set(lease.status.get("rejected_messages", 0))
+
+    def _lost(self, worker_id: str, reason: str) -> None:
+        lease = self.workers.pop(worker_id, None)
+        if reason == "lease expired" and lease is not None:
+            self.metrics.lease_expiries.labels(type=lease.worker_type).inc()
+        log.warning("worker %s is gone: %s", worker_id, reason)
+        task = asyncio.create_task(self.on_lost(worker_id, lease, reason))
+        self._lost_tasks.add(task)
+        task.add_done_callback(self._lost_tasks.discard)
+
+    def collect(self) -> None:
+        self.metrics.workers.clear()
+        for w in self.workers.values():
+            self.metrics.workers.labels(type=w.worker_type, state=w.state.value).inc()

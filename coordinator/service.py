@@ -1,0 +1,84 @@
+"""The coordinator's NATS micro service: submit, get and list operations from any NATS client.
+
+``nats micro ls`` shows it; ``nats req ktrdr.ops.get '{"op_id": "..."}'`` calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from nats.aio.client import Client
+from nats.micro import Request, add_service
+from nats.micro.service import Service
+from pydantic import ValidationError
+
+from coordinator.dispatcher import Dispatcher
+from coordinator.metrics import Metrics
+from coordinator.operations import OperationExists, Operations
+from ktrdr import __version__
+from subjects import names
+from subjects.models import BadPayload, GetRequest, ListRequest, OpList, SubmitRequest, decode
+
+log = logging.getLogger(__name__)
+
+
+class OpsService:
+    def __init__(self, *, nc: Client, ops: Operations, dispatcher: Dispatcher, metrics: Metrics) -> None:
+        self.nc = nc
+        self.ops = ops
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self._service: Service | None = None
+
+    async def start(self) -> None:
+        self._service = await add_service(
+            self.nc, name=names.SERVICE_NAME, version=__version__,
+            description="ktrdr coordinator: submit, get and list operations")
+        group = self._service.add_group(name=names.SERVICE_GROUP)
+        await group.add_endpoint(name=names.SERVICE_SUBMIT, handler=self._submit)
+        await group.add_endpoint(name=names.SERVICE_GET, handler=self._get)
+        await group.add_endpoint(name=names.SERVICE_LIST, handler=self._list)
+
+    async def stop(self) -> None:
+        if self._service is not None:
+            await self._service.stop()
+            self._service = None
+
+    async def _error(self, req: Request, code: int, message: str) -> None:
+        if code == 400:
+            self.metrics.rejected.labels(subject=req.subject, reason="invalid").inc()
+        await req.respond_error(str(code), message, data=json.dumps({"error": message, "code": code}).encode())
+
+    async def _submit(self, req: Request) -> None:
+        try:
+            op = await self.dispatcher.submit(decode(SubmitRequest, req.data))
+        except BadPayload as exc:
+            await self._error(req, 400, str(exc))
+        except ValidationError as exc:
+            await self._error(req, 400, f"invalid params: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+        except OperationExists as exc:
+            await self._error(req, 409, str(exc))
+        else:
+            await req.respond(op.encode())
+
+    async def _get(self, req: Request) -> None:
+        try:
+            op_id = decode(GetRequest, req.data).op_id
+        except BadPayload as exc:
+            await self._error(req, 400, str(exc))
+            return
+        op = self.ops.get(op_id)
+        if op is None:
+            await self._error(req, 404, f"unknown operation {op_id}")
+        else:
+            await req.respond(op.encode())
+
+    async def _list(self, req: Request) -> None:
+        try:
+            query = decode(ListRequest, req.data) if req.data.strip() else ListRequest()
+        except BadPayload as exc:
+            await self._error(req, 400, str(exc))
+            return
+        total, ops = self.ops.list(query)
+        await req.respond(OpList(total=total, operations=ops).encode())

@@ -1,0 +1,1 @@
+"""The GPU host: CUDA or MPS; preferred for training (``jobs.training.gpu``)."""

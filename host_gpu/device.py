@@ -1,0 +1,41 @@
+"""Detecting the accelerator the GPU host runs on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    kind: str  # "cuda" or "mps"
+    name: str
+    memory_mb: int | None
+    count: int
+
+
+class NoGpuError(RuntimeError):
+    pass
+
+
+def detect_gpu() -> GpuDevice | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return GpuDevice(kind="cuda", name=props.name, memory_mb=props.total_memory // (1024 * 1024),
+                         count=torch.cuda.device_count())
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return GpuDevice(kind="mps", name="Apple MPS", memory_mb=None, count=1)
+    return None
+
+
+def require_gpu() -> GpuDevice:
+    device = detect_gpu()
+    if device is None:
+        raise NoGpuError("host_gpu needs a CUDA or MPS device and found none "
+                         "(torch.cuda.is_available() and torch.backends.mps.is_available() are false, "
+                         "or torch is not installed); run `ktrdr worker training` for CPU training")
+    return device

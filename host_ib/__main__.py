@@ -1,0 +1,7 @@
+"""``python -m host_ib``."""
+
+from host_ib.app import build_worker
+from ktrdr.runtime.entry import run_worker
+
+if __name__ == "__main__":
+    run_worker(build_worker)

@@ -1,0 +1,33 @@
+"""The ``dummy`` operation: simulated work in steps, with progress, cancellation and failure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ktrdr.runtime.context import JobContext
+from subjects.models import DummyParams
+
+
+class DummyFailure(RuntimeError):
+    pass
+
+
+def run_dummy(ctx: JobContext) -> dict[str, Any]:
+    params = DummyParams.model_validate(ctx.params)
+    per_step = params.duration / params.steps
+    for step in range(1, params.steps + 1):
+        # Sleeping on the token means a cancel wakes the work at once.
+        if per_step > 0:
+            ctx.token.wait(per_step)
+        ctx.raise_if_cancelled()
+        if params.fail and step == params.steps:
+            raise DummyFailure(params.fail if isinstance(params.fail, str) else "dummy failure requested")
+        if per_step > 0:
+            ctx.progress(
+                percentage=100.0 * step / params.steps,
+                step=f"step {step}/{params.steps}",
+                steps_done=step,
+                steps_total=params.steps,
+                message=f"dummy step {step} of {params.steps}",
+            )
+    return {"steps": params.steps, "duration": params.duration}

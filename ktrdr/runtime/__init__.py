@@ -1,0 +1,1 @@
+"""The runtime every ktrdr process shares: connection, JetStream topology, the worker runtime."""

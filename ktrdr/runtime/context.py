@@ -1,0 +1,117 @@
+"""What a job handler gets: the job, a cancellation token and a throttled progress callback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from ktrdr.cancel import CancelToken
+from subjects import names
+from subjects.models import JobMessage, ProgressUpdate
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress messages per second per operation
+
+
+class JobContext:
+    """Handed to every handler. Safe to use from the handler's worker thread.
+
+    ``progress(...)`` may be called as often as the handler likes: updates are coalesced and at
+    most one is published per ``PROGRESS_INTERVAL_S``; the last one is always published before
+    the operation's outcome.
+    """
+
+    def __init__(
+        self,
+        *,
+        job: JobMessage,
+        worker_id: str,
+        nc: Client,
+        js: JetStreamContext,
+        loop: asyncio.AbstractEventLoop,
+        on_rejected: Callable[[str], None] | None = None,
+    ) -> None:
+        self.job = job
+        self.op_id = job.op_id
+        self.attempt = job.attempt
+        self.params = job.params
+        self.worker_id = worker_id
+        self.nc = nc
+        self.js = js
+        self.loop = loop
+        self.token = CancelToken()
+        self._pending: ProgressUpdate | None = None
+        self._last_sent = 0.0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._publishing: asyncio.Task[None] | None = None
+        self._subject = names.ops_progress(job.op_id)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.token.cancelled
+
+    def raise_if_cancelled(self) -> None:
+        self.token.raise_if_cancelled()
+
+    def progress(self, **fields: Any) -> None:
+        update = ProgressUpdate(op_id=self.op_id, worker_id=self.worker_id, attempt=self.attempt, **fields)
+        if self._on_loop():
+            self._offer(update)
+        else:
+            self.loop.call_soon_threadsafe(self._offer, update)
+
+    def run_async(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the worker's event loop from the handler's thread and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def _offer(self, update: ProgressUpdate) -> None:
+        self._pending = update
+        if self._flush_handle is not None:
+            return
+        delay = max(0.0, self._last_sent + PROGRESS_INTERVAL_S - time.monotonic())
+        self._flush_handle = self.loop.call_later(delay, self._start_publish)
+
+    def _start_publish(self) -> None:
+        self._flush_handle = None
+        if self._publishing is None or self._publishing.done():
+            self._publishing = self.loop.create_task(self._publish_pending())
+
+    async def _publish_pending(self) -> None:
+        update, self._pending = self._pending, None
+        if update is None:
+            return
+        self._last_sent = time.monotonic()
+        try:
+            await self.js.publish(self._subject, update.encode())
+        except Exception as exc:  # progress is best effort; the outcome event is not
+            log.warning("progress for %s not published: %s", self.op_id, exc)
+        if self._pending is not None and self._flush_handle is None:
+            self._offer(self._pending)
+
+    async def flush(self) -> None:
+        """Publish what is pending now; called before the outcome event."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._publishing is not None:
+            await asyncio.shield(self._publishing)
+        if self._pending is not None:
+            await self._publish_pending()
+
+
+Handler = Callable[[JobContext], "dict[str, Any] | None | Awaitable[dict[str, Any] | None]"]

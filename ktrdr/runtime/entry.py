@@ -1,0 +1,17 @@
+"""Running a worker process from its entry point (``python -m worker_backtest`` and friends)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from ktrdr.logs import setup_logging
+from ktrdr.runtime.settings import WorkerSettings
+from ktrdr.runtime.worker import Worker, run_until_signal
+
+
+def run_worker(build: Callable[[WorkerSettings], Worker]) -> None:
+    settings = WorkerSettings()
+    setup_logging(settings.log_level)
+    worker = build(settings)
+    asyncio.run(run_until_signal(worker))

@@ -1,0 +1,424 @@
+"""The worker runtime shared by every worker type.
+
+A worker registers, keeps its lease alive in the ``workers`` bucket, fetches jobs from one
+durable pull consumer per capability only while it has a free slot, claims each operation
+atomically (``kv.create`` on ``claims/<op>_<attempt>``), runs the handler (blocking handlers in a
+thread), publishes progress and the outcome, and answers ``ops.<id>.cancel`` while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError
+
+from ktrdr import __version__
+from ktrdr.cancel import OperationCancelled
+from ktrdr.runtime.connection import connect
+from ktrdr.runtime.context import Handler, JobContext
+from ktrdr.runtime.settings import WorkerSettings
+from ktrdr.runtime.topology import Buckets, ensure_topology
+from subjects import names
+from subjects.models import (
+    BadPayload,
+    CancelReply,
+    CancelRequest,
+    Claim,
+    JobMessage,
+    Operation,
+    OpEvent,
+    OpEventKind,
+    OpStatus,
+    RegistrationAck,
+    RunningOp,
+    WorkerInfo,
+    WorkerLease,
+    WorkerState,
+    decode,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Running:
+    ctx: JobContext
+    task: asyncio.Task[None] | None = None
+    claimed: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    cancel_sub: Subscription | None = None
+    fenced: bool = False
+
+
+def default_worker_id(settings: WorkerSettings, worker_type: str) -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in settings.hostname)[:40]
+    return f"{host}-{worker_type}-{settings.worker_index}"
+
+
+class Worker:
+    """One worker process. ``handlers`` maps a job kind (``dummy``, ``backtest``...) to its handler."""
+
+    def __init__(
+        self,
+        *,
+        settings: WorkerSettings,
+        worker_type: str,
+        capabilities: list[str],
+        handlers: dict[str, Handler],
+        slots: int = 1,
+        gpu: bool = False,
+        device_name: str | None = None,
+        device_memory_mb: int | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        extra = [c.strip() for c in settings.extra_capabilities.split(",") if c.strip()]
+        self.settings = settings
+        self.worker_type = worker_type
+        self.capabilities = list(dict.fromkeys([*capabilities, *extra]))
+        for cap in self.capabilities:
+            names.validate_capability(cap)
+            kind = cap.split(".")[0]
+            if kind not in handlers:
+                raise ValueError(f"capability {cap} has no handler for kind {kind!r}")
+        self.handlers = handlers
+        self.worker_id = names.validate_token(
+            settings.worker_id or default_worker_id(settings, worker_type), what="worker id")
+        self.slots = settings.slots or slots
+        self.gpu = settings.gpu if settings.gpu is not None else gpu
+        self.device_name = settings.device_name or device_name
+        self.device_memory_mb = settings.device_memory_mb or device_memory_mb
+        self._status = status
+        self.started_at = datetime.now(UTC)
+        self.rejected: Counter[str] = Counter()
+        self.registered = asyncio.Event()
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.buckets: Buckets | None = None
+        self._running: dict[str, _Running] = {}
+        self._free = asyncio.Condition()
+        self._stop = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._fetching = True
+        self._tasks: list[asyncio.Task[None]] = []
+        self._beat_now = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            worker_id=self.worker_id, worker_type=self.worker_type, capabilities=self.capabilities,
+            gpu=self.gpu, device_name=self.device_name, device_memory_mb=self.device_memory_mb,
+            host=self.settings.hostname, pid=os.getpid(), version=__version__, slots=self.slots,
+            started_at=self.started_at)
+
+    async def start(self) -> None:
+        self.nc = await connect(self.settings.nats_url, name=f"ktrdr-{self.worker_id}")
+        self.js = self.nc.jetstream(timeout=5.0)
+        self.buckets = await ensure_topology(self.js, lease_ttl_s=self.settings.lease_ttl_s)
+        await self._put_lease()
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        self._tasks.append(asyncio.create_task(self._register_loop(), name="register"))
+        for cap in self.capabilities:
+            self._tasks.append(asyncio.create_task(self._fetch_loop(cap), name=f"fetch-{cap}"))
+        log.info("worker %s (%s) serving %s with %d slot(s)", self.worker_id, self.worker_type,
+                 ", ".join(self.capabilities), self.slots)
+
+    async def run(self) -> None:
+        """Start, then serve until :meth:`stop` (or SIGTERM/SIGINT through :func:`run_until_signal`)."""
+        if self.nc is None:
+            await self.start()
+        await self._stop.wait()
+        await self._shutdown()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self.nc is not None and not self._stopped.is_set():
+            await self._shutdown()
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _shutdown(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._fetching = False
+        async with self._free:
+            self._free.notify_all()
+        running = [r.task for r in self._running.values() if r.task is not None]
+        if running:
+            log.info("stopping: waiting up to %.1f s for %d running operation(s)",
+                     self.settings.grace_s, len(running))
+            _, pending = await asyncio.wait(running, timeout=self.settings.grace_s)
+            if pending:
+                for r in list(self._running.values()):
+                    r.ctx.token.cancel("worker shutting down")
+                await asyncio.wait(pending, timeout=self.settings.cancel_wait_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        assert self.nc is not None and self.buckets is not None
+        with contextlib.suppress(Exception):
+            await self.buckets.workers.delete(self.worker_id)
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        log.info("worker %s stopped", self.worker_id)
+
+    # --- lease and registration ---------------------------------------------------------------
+
+    def lease(self) -> WorkerLease:
+        running = [RunningOp(op_id=op, attempt=r.ctx.attempt) for op, r in self._running.items()]
+        if not self._fetching:
+            state = WorkerState.DRAINING
+        else:
+            state = WorkerState.BUSY if len(running) >= self.slots else WorkerState.IDLE
+        status = dict(self._status()) if self._status else {}
+        if self.rejected:
+            status["rejected_messages"] = sum(self.rejected.values())
+        return WorkerLease(**self.info.model_dump(), state=state, running=running,
+                           lease_ttl_s=self.settings.lease_ttl_s, status=status)
+
+    async def _put_lease(self) -> None:
+        assert self.buckets is not None
+        await self.buckets.workers.put(self.worker_id, self.lease().encode())
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self._put_lease()
+                await self._check_ownership()
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+            self._beat_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), self.settings.heartbeat_s)
+
+    async def _register_loop(self) -> None:
+        assert self.nc is not None
+        delay = 0.5
+        while not self.registered.is_set():
+            try:
+                reply = await self.nc.request(names.WORKER_REGISTER, self.info.encode(), timeout=2.0)
+                ack = decode(RegistrationAck, reply.data)
+                if ack.accepted:
+                    self.registered.set()
+                    log.info("registered with the coordinator: %s", ack.message)
+                    return
+                log.error("registration refused: %s", ack.message)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                log.info("no coordinator answered worker.register yet; the lease keeps us visible")
+            except Exception as exc:
+                log.warning("registration failed: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _check_ownership(self) -> None:
+        """Fencing on this side: stop work whose attempt the coordinator has given to someone else.
+
+        A worker frozen past its lease (SIGSTOP) wakes up still running an attempt that was
+        retried elsewhere; its messages are ignored by the coordinator, and this stops the work.
+        """
+        assert self.buckets is not None
+        for op_id, r in list(self._running.items()):
+            if not r.claimed.done() or not r.claimed.result():
+                continue
+            entry = await self.buckets.ops.get(op_id)
+            if entry.value is None:
+                continue
+            op = Operation.model_validate_json(entry.value)
+            superseded = op.attempt != r.ctx.attempt or (
+                op.worker_id not in (None, self.worker_id)) or op.status.terminal
+            if superseded and not r.ctx.token.cancelled:
+                r.fenced = True
+                r.ctx.token.cancel(f"attempt {r.ctx.attempt} no longer owns the operation")
+                log.warning("operation %s attempt %d was superseded; stopping it", op_id, r.ctx.attempt)
+
+    # --- fetching -------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        return self.slots - len(self._running)
+
+    async def _fetch_loop(self, capability: str) -> None:
+        assert self.js is not None
+        sub = await self.js.pull_subscribe_bind(names.jobs_consumer(capability), names.JOBS_STREAM)
+        while self._fetching:
+            async with self._free:
+                await self._free.wait_for(lambda: self._free_slots() > 0 or not self._fetching)
+            if not self._fetching:
+                break
+            try:
+                msgs = await sub.fetch(1, timeout=self.settings.fetch_timeout_s)
+            except nats.errors.TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("fetch on %s failed: %s", capability, exc)
+                await asyncio.sleep(0.25)
+                continue
+            for msg in msgs:
+                await self._on_job(msg, capability)
+
+    async def _on_job(self, msg: Msg, capability: str) -> None:
+        try:
+            job = decode(JobMessage, msg.data)
+            if job.capability != capability:
+                raise BadPayload(f"job for {job.capability} arrived on {capability}")
+            if job.type not in names.OP_TYPE_KIND or names.OP_TYPE_KIND[job.type] not in self.handlers:
+                raise BadPayload(f"no handler for operation type {job.type!r}")
+        except BadPayload as exc:
+            self.rejected[msg.subject] += 1
+            log.error("rejected job on %s: %s", msg.subject, exc)
+            await msg.term()
+            return
+        if not self._fetching or self._free_slots() <= 0 or job.op_id in self._running:
+            # Two capabilities can deliver at once to the last slot: hand the extra back at once.
+            await msg.nak()
+            return
+        assert self.nc is not None and self.js is not None
+        ctx = JobContext(job=job, worker_id=self.worker_id, nc=self.nc, js=self.js,
+                         loop=asyncio.get_running_loop())
+        running = _Running(ctx=ctx)
+        self._running[job.op_id] = running
+        running.task = asyncio.create_task(self._run_job(msg, running), name=f"op-{job.op_id}")
+
+    # --- one operation --------------------------------------------------------------------
+
+    async def _run_job(self, msg: Msg, r: _Running) -> None:
+        ctx = r.ctx
+        assert self.nc is not None and self.js is not None and self.buckets is not None
+        try:
+            # Subscribe before claiming, so that whoever owns the claim is always reachable.
+            r.cancel_sub = await self.nc.subscribe(names.ops_cancel(ctx.op_id), cb=self._cancel_cb(r))
+            won = await self._claim(ctx)
+            r.claimed.set_result(won)
+            if not won:
+                await msg.ack()
+                return
+            await msg.ack()
+            self._beat_now.set()
+            await self._publish_event(ctx, OpEventKind.STARTED)
+            await self._execute(r)
+        except Exception:
+            log.exception("operation %s: runtime error", ctx.op_id)
+            if not r.claimed.done():
+                r.claimed.set_result(False)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
+        finally:
+            if r.cancel_sub is not None:
+                with contextlib.suppress(Exception):
+                    await r.cancel_sub.unsubscribe()
+            self._running.pop(ctx.op_id, None)
+            self._beat_now.set()
+            async with self._free:
+                self._free.notify_all()
+
+    async def _claim(self, ctx: JobContext) -> bool:
+        assert self.buckets is not None
+        entry = await self.buckets.ops.get(ctx.op_id)
+        op = Operation.model_validate_json(entry.value) if entry.value else None
+        if op is None or op.status.terminal or op.attempt != ctx.attempt:
+            log.info("dropping stale offer of %s attempt %d", ctx.op_id, ctx.attempt)
+            return False
+        claim = Claim(op_id=ctx.op_id, attempt=ctx.attempt, worker_id=self.worker_id)
+        try:
+            await self.buckets.claims.create(names.claim_key(ctx.op_id, ctx.attempt), claim.encode())
+        except KeyWrongLastSequenceError:
+            log.info("operation %s attempt %d was claimed by someone else", ctx.op_id, ctx.attempt)
+            return False
+        return True
+
+    async def _execute(self, r: _Running) -> None:
+        ctx = r.ctx
+        handler = self.handlers[names.OP_TYPE_KIND[ctx.job.type]]
+        outcome, result, error = OpEventKind.COMPLETED, None, None
+        try:
+            ctx.raise_if_cancelled()
+            if inspect.iscoroutinefunction(handler):
+                result = await handler(ctx)
+            else:
+                result = await asyncio.to_thread(handler, ctx)
+            if ctx.token.cancelled and r.fenced:
+                raise OperationCancelled(ctx.token.reason or "cancelled")
+        except OperationCancelled as exc:
+            outcome, error = OpEventKind.CANCELLED, exc.reason
+        except Exception as exc:
+            outcome, error = OpEventKind.FAILED, f"{type(exc).__name__}: {exc}"
+            log.warning("operation %s failed: %s", ctx.op_id, error)
+        await ctx.flush()
+        await self._publish_event(ctx, outcome, result=result if isinstance(result, dict) else None,
+                                  error=error)
+
+    async def _publish_event(self, ctx: JobContext, kind: OpEventKind, *,
+                             result: dict[str, Any] | None = None, error: str | None = None) -> None:
+        assert self.js is not None
+        event = OpEvent(op_id=ctx.op_id, event=kind, worker_id=self.worker_id, attempt=ctx.attempt,
+                        result=result, error=error)
+        # The outcome must reach the stream: retry through a reconnect instead of losing it.
+        delay = 0.1
+        while True:
+            try:
+                await self.js.publish(names.ops_events(ctx.op_id), event.encode())
+                return
+            except Exception as exc:
+                log.warning("event %s for %s not yet published (%s); retrying", kind, ctx.op_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _cancel_cb(self, r: _Running) -> Callable[[Msg], Any]:
+        async def on_cancel(msg: Msg) -> None:
+            ctx = r.ctx
+            try:
+                req = decode(CancelRequest, msg.data) if msg.data.strip() else CancelRequest()
+            except BadPayload as exc:
+                self.rejected[msg.subject] += 1
+                log.error("rejected cancel request for %s: %s", ctx.op_id, exc)
+                if msg.reply:
+                    await msg.respond(CancelReply(op_id=ctx.op_id, accepted=False,
+                                                  message=f"invalid cancel request: {exc}").encode())
+                return
+            # Until the claim is settled we do not know whether this cancel is ours to answer.
+            if not await asyncio.shield(r.claimed):
+                return
+            first = ctx.token.cancel(req.reason)
+            reply = CancelReply(
+                op_id=ctx.op_id, accepted=True, status=OpStatus.RUNNING,
+                message=(f"cancelling: worker {self.worker_id} stops the operation at its next check"
+                         if first else "cancellation already in progress"))
+            if msg.reply:
+                await msg.respond(reply.encode())
+        return on_cancel
+
+
+async def run_until_signal(worker: Worker) -> None:
+    """Run ``worker``; SIGTERM or SIGINT starts a graceful stop bounded by the grace period."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+    await worker.run()

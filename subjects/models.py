@@ -1,0 +1,309 @@
+"""Pydantic models of every payload on the wire. JSON, each with a ``schema_version``.
+
+Every model ignores unknown fields (so a newer peer may add some) but rejects wrong types and
+missing required fields; ``decode()`` turns any bad payload into :class:`BadPayload`, which
+receivers log and count instead of crashing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from subjects.names import CAPABILITIES, OP_TYPES, validate_token
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+    schema_version: int = SCHEMA_VERSION
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(exclude_none=False).encode()
+
+
+class BadPayload(ValueError):
+    """A message that is not JSON or does not match its schema."""
+
+
+P = TypeVar("P", bound=Payload)
+
+
+def decode(model: type[P], data: bytes) -> P:
+    try:
+        return model.model_validate_json(data or b"null")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "payload"
+        raise BadPayload(f"invalid {model.__name__}: {where}: {first.get('msg')}") from None
+
+
+def _op_id(value: str) -> str:
+    return validate_token(value, what="operation id")
+
+
+# --- workers ---------------------------------------------------------------------------------
+
+class WorkerState(StrEnum):
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    STANDBY = "standby"
+
+
+class WorkerInfo(Payload):
+    """What a worker announces on ``worker.register`` and repeats in its lease."""
+
+    worker_id: str
+    worker_type: str
+    capabilities: list[str]
+    gpu: bool = False
+    device_name: str | None = None
+    device_memory_mb: int | None = None
+    host: str
+    pid: int
+    version: str
+    slots: int = Field(ge=1)
+    started_at: datetime
+
+    @field_validator("worker_id")
+    @classmethod
+    def _valid_id(cls, v: str) -> str:
+        return validate_token(v, what="worker id")
+
+    @field_validator("capabilities")
+    @classmethod
+    def _known_capabilities(cls, v: list[str]) -> list[str]:
+        unknown = [c for c in v if c not in CAPABILITIES]
+        if unknown:
+            raise ValueError(f"unknown capabilities {unknown}")
+        return v
+
+
+class RunningOp(BaseModel):
+    op_id: str
+    attempt: int
+
+
+class WorkerLease(WorkerInfo):
+    """The value under the worker's key in the ``workers`` bucket, rewritten on every heartbeat."""
+
+    state: WorkerState = WorkerState.IDLE
+    running: list[RunningOp] = Field(default_factory=list)
+    heartbeat_at: datetime = Field(default_factory=utcnow)
+    lease_ttl_s: float = 5.0
+    # Domain status a worker type wants visible (e.g. the IB host's gateway connection).
+    status: dict[str, Any] = Field(default_factory=dict)
+
+
+class RegistrationAck(Payload):
+    accepted: bool
+    worker_id: str
+    message: str = ""
+
+
+# --- operations ------------------------------------------------------------------------------
+
+class OpStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (OpStatus.COMPLETED, OpStatus.FAILED, OpStatus.CANCELLED)
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    percentage: float | None = Field(default=None, ge=0, le=100)
+    step: str | None = None
+    steps_done: int | None = None
+    steps_total: int | None = None
+    items_done: int | None = None
+    items_total: int | None = None
+    message: str | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    timestamp: datetime = Field(default_factory=utcnow)
+
+
+class AttemptRecord(BaseModel):
+    attempt: int
+    worker_id: str | None = None
+    route: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: str | None = None
+
+
+class Operation(Payload):
+    """The durable record of one operation, the value under its id in the ``ops`` bucket."""
+
+    op_id: str
+    type: str
+    status: OpStatus = OpStatus.PENDING
+    params: dict[str, Any] = Field(default_factory=dict)
+    parent_id: str | None = None
+    worker_id: str | None = None
+    attempt: int = 1
+    max_attempts: int = 2
+    capability: str | None = None
+    route: str | None = None
+    route_reason: str | None = None
+    offered: list[str] = Field(default_factory=list)  # capabilities offered for this attempt
+    offered_at: datetime | None = None
+    progress: Progress | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    cancel_reason: str | None = None
+    attempts: list[AttemptRecord] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at and self.completed_at:
+            return (self.completed_at - self.started_at).total_seconds()
+        return None
+
+
+class JobMessage(Payload):
+    """One offer of an operation on ``jobs.<kind>.<capability>``."""
+
+    op_id: str
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    attempt: int = Field(ge=1)
+    capability: str
+    parent_id: str | None = None
+    offered_at: datetime = Field(default_factory=utcnow)
+
+    _v = field_validator("op_id")(_op_id)
+
+
+class ProgressUpdate(Progress, Payload):
+    """``ops.<id>.progress``: published by the worker that owns the attempt."""
+
+    op_id: str
+    worker_id: str
+    attempt: int
+
+    _v = field_validator("op_id")(_op_id)
+
+
+class OpEventKind(StrEnum):
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class OpEvent(Payload):
+    """``ops.<id>.events``: the lifecycle of one attempt."""
+
+    op_id: str
+    event: OpEventKind
+    worker_id: str
+    attempt: int
+    timestamp: datetime = Field(default_factory=utcnow)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    message: str | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+
+    _v = field_validator("op_id")(_op_id)
+
+
+class CancelRequest(Payload):
+    reason: str = "cancelled by user"
+
+
+class CancelReply(Payload):
+    op_id: str
+    accepted: bool
+    status: OpStatus | None = None
+    message: str
+
+
+class Claim(Payload):
+    """Value of ``claims/<op_id>_<attempt>``; whoever created it owns the attempt."""
+
+    op_id: str
+    attempt: int
+    worker_id: str
+    claimed_at: datetime = Field(default_factory=utcnow)
+
+
+# --- the coordinator's service ---------------------------------------------------------------
+
+class SubmitRequest(Payload):
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    parent_id: str | None = None
+    op_id: str | None = None  # a client may choose the id (validated); otherwise generated
+    max_attempts: int | None = Field(default=None, ge=1, le=10)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v not in OP_TYPES:
+            raise ValueError(f"unknown operation type {v!r}; known: {', '.join(OP_TYPES)}")
+        return v
+
+    @field_validator("op_id", "parent_id")
+    @classmethod
+    def _valid_ids(cls, v: str | None) -> str | None:
+        return None if v is None else _op_id(v)
+
+
+class GetRequest(Payload):
+    op_id: str
+
+
+class ListRequest(Payload):
+    status: list[OpStatus] | None = None
+    type: str | None = None
+    active_only: bool = False
+    parent_id: str | None = None
+    limit: int = Field(default=100, ge=1, le=10_000)
+    offset: int = Field(default=0, ge=0)
+
+
+class OpList(Payload):
+    total: int
+    operations: list[Operation]
+
+
+class ServiceError(Payload):
+    error: str
+    code: int = 400
+
+
+# --- job parameters ----------------------------------------------------------------------------
+
+class DummyParams(BaseModel):
+    """``dummy``: a diagnostic op that every worker type serves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    duration: float = Field(default=5.0, ge=0, le=86_400, description="seconds of simulated work")
+    steps: int = Field(default=10, ge=1, le=100_000)
+    fail: bool | str = Field(default=False, description="true or an error message: end failed")
+
+
+# Validators of job parameters per op type, applied before dispatch. Later capabilities add theirs.
+PARAMS_MODELS: dict[str, type[BaseModel]] = {"dummy": DummyParams}

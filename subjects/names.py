@@ -1,0 +1,136 @@
+"""Every subject, stream, consumer, bucket and service name of ktrdr: the wire contract.
+
+Users type these into the ``nats`` CLI, so they are part of the product. Nothing outside this
+package spells a subject; everything builds them with the helpers below, which validate every
+id that becomes a subject token.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+# Worker registration (request-reply; the coordinator answers with a RegistrationAck).
+WORKER_REGISTER: Final = "worker.register"
+
+# Key-value buckets.
+WORKERS_BUCKET: Final = "workers"  # one lease key per worker id
+OPS_BUCKET: Final = "ops"  # the durable record of every operation; the coordinator is its only writer
+CLAIMS_BUCKET: Final = "claims"  # key "<op_id>_<attempt>": kv.create is the arbiter of ownership
+
+# Object stores.
+DATA_OBJECTS: Final = "data"  # market-data datasets, cached by digest on every worker
+RESULTS_OBJECTS: Final = "results"  # full operation results (trades, equity curves) under the op id
+MODELS_OBJECTS: Final = "models"  # versioned trained-model bundles
+CHECKPOINTS_OBJECTS: Final = "checkpoints"  # training checkpoints under the op id
+
+# Streams.
+JOBS_STREAM: Final = "JOBS"  # work-queue retention: an acked job is gone
+JOBS_SUBJECTS: Final = "jobs.>"
+OPS_STREAM: Final = "OPS"  # progress and lifecycle events; never ops.*.cancel
+OPS_PROGRESS_ALL: Final = "ops.*.progress"
+OPS_EVENTS_ALL: Final = "ops.*.events"
+OPS_CANCEL_ALL: Final = "ops.*.cancel"
+
+# The coordinator's durable push consumer of OPS and the subject it delivers to.
+COORDINATOR_CONSUMER: Final = "coordinator"
+COORDINATOR_DELIVER: Final = "ktrdr.coordinator.ops"
+
+# The coordinator's NATS micro service (discoverable with `nats micro ls`).
+SERVICE_NAME: Final = "ktrdr"
+SERVICE_GROUP: Final = "ktrdr.ops"
+SERVICE_SUBMIT: Final = "submit"
+SERVICE_GET: Final = "get"
+SERVICE_LIST: Final = "list"
+
+# JetStream advisory sent when a job message reaches MaxDeliver.
+MAX_DELIVERIES_ADVISORY: Final = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + JOBS_STREAM + ".*"
+
+# Job kinds and capabilities. A capability is "<kind>.<where>": the tail of its jobs subject.
+KIND_BACKTEST: Final = "backtest"
+KIND_TRAINING: Final = "training"
+KIND_DATA: Final = "data"
+KIND_DUMMY: Final = "dummy"
+
+CAP_BACKTEST_CPU: Final = "backtest.cpu"
+CAP_TRAINING_GPU: Final = "training.gpu"
+CAP_TRAINING_CPU: Final = "training.cpu"
+CAP_DATA_IB: Final = "data.ib"
+CAP_DUMMY_ANY: Final = "dummy.any"
+
+CAPABILITIES: Final = (CAP_BACKTEST_CPU, CAP_TRAINING_GPU, CAP_TRAINING_CPU, CAP_DATA_IB, CAP_DUMMY_ANY)
+
+# Operation types as users name them, mapped to the job kind that carries them.
+OP_TYPE_KIND: Final = {
+    "backtesting": KIND_BACKTEST,
+    "training": KIND_TRAINING,
+    "data_load": KIND_DATA,
+    "dummy": KIND_DUMMY,
+}
+OP_TYPES: Final = tuple(OP_TYPE_KIND)
+# Kinds whose jobs can go to more than one capability, in order of preference.
+ROUTES: Final = {
+    KIND_BACKTEST: (CAP_BACKTEST_CPU,),
+    KIND_TRAINING: (CAP_TRAINING_GPU, CAP_TRAINING_CPU),
+    KIND_DATA: (CAP_DATA_IB,),
+    KIND_DUMMY: (CAP_DUMMY_ANY,),
+}
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class InvalidToken(ValueError):
+    pass
+
+
+def validate_token(value: str, *, what: str = "id") -> str:
+    """Accept only ids that are one subject token and a valid KV key: letters, digits, '_' and '-'."""
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        raise InvalidToken(
+            f"invalid {what} {value!r}: use 1-64 letters, digits, '_' or '-' "
+            "(no '.', '*', '>', spaces)")
+    return value
+
+
+def validate_capability(capability: str) -> str:
+    if capability not in CAPABILITIES:
+        raise InvalidToken(f"unknown capability {capability!r}; known: {', '.join(CAPABILITIES)}")
+    return capability
+
+
+def jobs_subject(capability: str) -> str:
+    return "jobs." + validate_capability(capability)
+
+
+def jobs_consumer(capability: str) -> str:
+    """The durable pull consumer shared by every worker serving ``capability``."""
+    return "jobs-" + validate_capability(capability).replace(".", "-")
+
+
+def ops_progress(op_id: str) -> str:
+    return f"ops.{validate_token(op_id, what='operation id')}.progress"
+
+
+def ops_events(op_id: str) -> str:
+    return f"ops.{validate_token(op_id, what='operation id')}.events"
+
+
+def ops_cancel(op_id: str) -> str:
+    return f"ops.{validate_token(op_id, what='operation id')}.cancel"
+
+
+def op_id_from_subject(subject: str) -> str:
+    """The operation id in ``ops.<id>.<verb>``; raises InvalidToken for anything else."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != "ops":
+        raise InvalidToken(f"not an operation subject: {subject!r}")
+    return validate_token(parts[1], what="operation id")
+
+
+def claim_key(op_id: str, attempt: int) -> str:
+    return f"{validate_token(op_id, what='operation id')}_{int(attempt)}"
+
+
+def job_msg_id(op_id: str, attempt: int, capability: str) -> str:
+    """Nats-Msg-Id of one offer: distinct per attempt and route, so a CPU fallback is not deduped."""
+    return f"{validate_token(op_id, what='operation id')}:{int(attempt)}:{validate_capability(capability)}"

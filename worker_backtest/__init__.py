@@ -1,0 +1,1 @@
+"""The backtest worker: CPU, scales out; serves ``jobs.backtest.cpu`` and ``jobs.dummy.any``."""
