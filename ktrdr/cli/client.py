@@ -1,0 +1,184 @@
+"""A NATS client for ktrdr: what the CLI (and any script) uses to talk to the platform."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+import nats
+from ktrdr.runtime.topology import ensure_topology
+from subjects import names
+from subjects.models import (
+    BadPayload,
+    CancelReply,
+    CancelRequest,
+    GetRequest,
+    ListRequest,
+    Operation,
+    OpEvent,
+    OpList,
+    ProgressUpdate,
+    SubmitRequest,
+    WorkerLease,
+    decode,
+)
+
+
+class KtrdrError(RuntimeError):
+    """An error the platform answered with (unknown id, invalid request...) or no answer at all."""
+
+    def __init__(self, message: str, code: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class KtrdrClient:
+    def __init__(self, *, nats_url: str, timeout: float = 5.0, lease_ttl_s: float = 5.0) -> None:
+        self.nats_url = nats_url
+        self.timeout = timeout
+        self.lease_ttl_s = lease_ttl_s
+        self.nc: Client | None = None
+
+    async def connect(self) -> KtrdrClient:
+        try:
+            self.nc = await nats.connect(self.nats_url, connect_timeout=self.timeout, max_reconnect_attempts=3,
+                                         allow_reconnect=True)
+        except Exception as exc:
+            raise KtrdrError(f"cannot reach NATS at {self.nats_url} ({exc}); is `ktrdr up` running, "
+                             "or is KTRDR_NATS_URL set?", 503) from None
+        return self
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.drain()
+            self.nc = None
+
+    async def __aenter__(self) -> KtrdrClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def _nc(self) -> Client:
+        if self.nc is None:
+            raise KtrdrError("not connected")
+        return self.nc
+
+    async def _service(self, endpoint: str, payload: bytes) -> Msg:
+        subject = f"{names.SERVICE_GROUP}.{endpoint}"
+        try:
+            msg = await self._nc.request(subject, payload, timeout=self.timeout)
+        except nats.errors.NoRespondersError:
+            raise KtrdrError("no coordinator is running (nobody answers " + subject + ")", 503) from None
+        except nats.errors.TimeoutError:
+            raise KtrdrError(f"the coordinator did not answer {subject} in {self.timeout:g} s", 504) from None
+        if msg.headers and "Nats-Service-Error" in msg.headers:
+            code = int(msg.headers.get("Nats-Service-Error-Code", "400") or 400)
+            raise KtrdrError(msg.headers["Nats-Service-Error"], code)
+        return msg
+
+    async def submit(self, op_type: str, params: dict[str, Any] | None = None, **extra: Any) -> Operation:
+        request = SubmitRequest(type=op_type, params=params or {}, **extra)
+        return decode(Operation, (await self._service(names.SERVICE_SUBMIT, request.encode())).data)
+
+    async def get(self, op_id: str) -> Operation:
+        names.validate_token(op_id, what="operation id")
+        return decode(Operation, (await self._service(names.SERVICE_GET, GetRequest(op_id=op_id).encode())).data)
+
+    async def list(self, **query: Any) -> OpList:
+        request = ListRequest(**query)
+        return decode(OpList, (await self._service(names.SERVICE_LIST, request.encode())).data)
+
+    async def cancel(self, op_id: str, reason: str = "cancelled by user") -> CancelReply:
+        try:
+            msg = await self._nc.request(names.ops_cancel(op_id), CancelRequest(reason=reason).encode(),
+                                         timeout=self.timeout)
+        except nats.errors.NoRespondersError:
+            raise KtrdrError("nobody answers cancel requests: is the coordinator running?", 503) from None
+        except nats.errors.TimeoutError:
+            raise KtrdrError(f"no answer to the cancel request in {self.timeout:g} s", 504) from None
+        return decode(CancelReply, msg.data)
+
+    async def workers(self) -> list[WorkerLease]:
+        buckets = await ensure_topology(self._nc.jetstream(), lease_ttl_s=self.lease_ttl_s)
+        leases = []
+        watcher = await buckets.workers.watchall()
+        async for entry in watcher:
+            if entry is None:
+                break
+            if entry.value:
+                try:
+                    leases.append(decode(WorkerLease, entry.value))
+                except BadPayload:
+                    continue
+        await watcher.stop()
+        return sorted(leases, key=lambda w: w.worker_id)
+
+    async def watch(self, op_id: str) -> AsyncIterator[Operation | ProgressUpdate | OpEvent]:
+        """The op's record, then its progress and events as they are published (push, not polling).
+
+        Ends after the event that makes the op terminal for its current attempt.
+        """
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def put(msg: Msg) -> None:
+            await queue.put(msg)
+
+        # Subscribe before reading the record so that nothing between the two is missed.
+        subs = [await self._nc.subscribe(names.ops_progress(op_id), cb=put),
+                await self._nc.subscribe(names.ops_events(op_id), cb=put)]
+        try:
+            op = await self.get(op_id)
+            yield op
+            if op.status.terminal:
+                return
+            while True:
+                try:
+                    msg = await asyncio.wait_for(queue.get(), timeout=2.0)
+                except TimeoutError:
+                    # A quiet op, or one whose worker was lost and retried: re-read the record.
+                    op = await self.get(op_id)
+                    yield op
+                    if op.status.terminal:
+                        return
+                    continue
+                try:
+                    if msg.subject.endswith(".progress"):
+                        yield decode(ProgressUpdate, msg.data)
+                    else:
+                        event = decode(OpEvent, msg.data)
+                        yield event
+                        if event.event != "started":
+                            op = await self._settled(op_id)
+                            yield op
+                            if op.status.terminal:
+                                return
+                except BadPayload:
+                    continue
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
+
+    async def _settled(self, op_id: str, wait: float = 2.0) -> Operation:
+        """The record once the coordinator has folded in an outcome event (or as it is after ``wait``)."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            op = await self.get(op_id)
+            if op.status.terminal or asyncio.get_running_loop().time() > deadline:
+                return op
+            await asyncio.sleep(0.02)
+
+
+def to_json(value: Any) -> str:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    elif isinstance(value, list):
+        value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
+    return json.dumps(value, indent=2, default=str)

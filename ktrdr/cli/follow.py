@@ -1,0 +1,81 @@
+"""``follow``: a live progress bar fed by ``ops.<id>.progress``; Ctrl-C cancels the operation."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from ktrdr.cli.client import KtrdrClient
+from ktrdr.cli.render import console, status_text
+from subjects.models import Operation, OpEvent, OpStatus, ProgressUpdate
+
+
+def describe(update: ProgressUpdate) -> str:
+    parts = [update.step or "", update.message or ""]
+    ctx = update.context
+    # Domain context the workers publish (training epochs, backtest bars): show the useful bits.
+    for key in ("epoch", "batch", "train_loss", "val_loss", "device", "date", "equity", "trades"):
+        if key in ctx:
+            value = ctx[key]
+            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(p for p in parts if p)
+
+
+async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool = True) -> Operation:
+    loop = asyncio.get_running_loop()
+    interrupts = 0
+    main = asyncio.current_task()
+
+    def on_interrupt() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1 and cancel_on_interrupt:
+            console.print(f"[yellow]Ctrl-C: cancelling {op_id} (press again to stop following)[/]")
+            loop.create_task(_cancel(client, op_id))
+        elif main is not None:
+            main.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    final: Operation | None = None
+    try:
+        with Progress(TextColumn("[bold]{task.fields[op]}"), BarColumn(), TaskProgressColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
+                      transient=False) as bar:
+            task = bar.add_task("waiting for a worker", total=100, op=op_id)
+            async for item in client.watch(op_id):
+                if isinstance(item, Operation):
+                    final = item
+                    if item.progress and item.progress.percentage is not None:
+                        bar.update(task, completed=item.progress.percentage)
+                    if item.status is OpStatus.PENDING:
+                        bar.update(task, description=f"pending ({item.route_reason or 'queued'})")
+                elif isinstance(item, ProgressUpdate):
+                    if item.percentage is not None:
+                        bar.update(task, completed=item.percentage)
+                    bar.update(task, description=describe(item))
+                elif isinstance(item, OpEvent) and item.event == "started":
+                    bar.update(task, description=f"started on {item.worker_id} (attempt {item.attempt})")
+            if final is not None and final.status is OpStatus.COMPLETED:
+                bar.update(task, completed=100, description="done")
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    assert final is not None
+    line = f"{op_id}: {status_text(final.status)}"
+    if final.duration_s is not None:
+        line += f" in {final.duration_s:.2f} s"
+    if final.error:
+        line += f" — [red]{final.error}[/]"
+    if final.result:
+        line += f" — result {final.result}"
+    console.print(line)
+    return final
+
+
+async def _cancel(client: KtrdrClient, op_id: str) -> None:
+    try:
+        reply = await client.cancel(op_id, "cancelled from `ktrdr follow` (Ctrl-C)")
+        console.print(f"[yellow]{reply.message}[/]")
+    except Exception as exc:
+        console.print(f"[red]cancel failed: {exc}[/]")

@@ -1,0 +1,126 @@
+"""``ktrdr up``: the whole platform on one machine, stopped cleanly with Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from rich.table import Table
+
+from ktrdr.cli.render import console
+from ktrdr.cli.settings import CliSettings
+from ktrdr.natsd import NatsServer, port_open
+
+
+@dataclass
+class Child:
+    name: str
+    module: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env)
+        self.started = time.monotonic()
+
+
+def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, api_port: int,
+           backtest_workers: int, training_workers: int, gpu: bool | None) -> int:
+    home = settings.home
+    server: NatsServer | None = None
+    nats_url = settings.nats_url
+    if not explicit_nats:
+        if port_open("127.0.0.1", nats_port):
+            console.print(f"[red]port {nats_port} is already in use.[/] Another `ktrdr up`? Stop it, pass "
+                          "--nats-port, or set KTRDR_NATS_URL to use that server.")
+            return 1
+        server = NatsServer(store_dir=home / "nats", port=nats_port, http_port=nats_port + 4000,
+                            log_file=home / "nats-server.log")
+        (home / "nats").mkdir(parents=True, exist_ok=True)
+        server.start()
+        nats_url = server.url
+    base_env = {**os.environ, "KTRDR_NATS_URL": nats_url, "KTRDR_HOME": str(home)}
+    children = [Child("coordinator", "coordinator", {**base_env, "KTRDR_API_PORT": str(api_port)})]
+    for i in range(backtest_workers):
+        children.append(Child(f"backtest worker {i}", "worker_backtest", {**base_env, "KTRDR_WORKER_INDEX": str(i)}))
+    for i in range(training_workers):
+        children.append(Child(f"training worker {i}", "worker_training", {**base_env, "KTRDR_WORKER_INDEX": str(i)}))
+    gpu_note = "no CUDA or MPS device found"
+    if gpu is not False:
+        from host_gpu.device import detect_gpu
+
+        device = detect_gpu()
+        if device is not None:
+            children.append(Child("gpu host", "host_gpu", dict(base_env)))
+            gpu_note = f"{device.kind}: {device.name}"
+        elif gpu:
+            console.print("[red]--gpu asked for a GPU host but no CUDA or MPS device is present[/]")
+    else:
+        gpu_note = "disabled (--no-gpu)"
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        for child in children:
+            child.start()
+        table = Table(title="ktrdr is up — Ctrl-C stops everything", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("NATS", f"{nats_url}" + (" (embedded, data in " + str(home / "nats") + ")" if server else ""))
+        if server:
+            table.add_row("NATS monitoring", f"http://127.0.0.1:{server.http_port}")
+        table.add_row("status API", f"http://{settings_api_host()}:{api_port}  (/health, /api/v1/..., /metrics)")
+        table.add_row("workers", ", ".join(c.name for c in children[1:]))
+        table.add_row("GPU", gpu_note)
+        table.add_row("try", "ktrdr dummy --duration 5 --follow    ktrdr workers    ktrdr ops list")
+        console.print(table)
+        while not stopping:
+            time.sleep(0.2)
+            for child in children:
+                assert child.proc is not None
+                code = child.proc.poll()
+                if code is not None and not stopping:
+                    # Keep the platform up: restart a crashed component, slower each time.
+                    child.restarts += 1
+                    delay = min(30.0, 0.5 * 2 ** min(child.restarts, 6))
+                    console.print(f"[red]{child.name} exited with {code}; restarting in {delay:g} s[/]")
+                    time.sleep(delay)
+                    child.start()
+        console.print("[yellow]stopping...[/]")
+        for child in reversed(children):
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30.0
+        for child in reversed(children):
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        for child in children:
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.kill()
+        if server is not None:
+            server.stop()
+        console.print("ktrdr stopped")
+
+
+def settings_api_host() -> str:
+    return os.environ.get("KTRDR_API_HOST", "127.0.0.1")
