@@ -1,13 +1,28 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client
 
+import nats
+from coordinator.app import Coordinator
+from coordinator.settings import CoordinatorSettings
+from ktrdr.dummy import run_dummy
 from ktrdr.natsd import NatsServer
+from ktrdr.runtime.settings import WorkerSettings
+from ktrdr.runtime.worker import Worker
+from subjects import names
+
+ROOT = Path(__file__).resolve().parent.parent
+# Short leases keep fault tests quick; the semantics are the same as with the defaults.
+FAST = {"lease_ttl_s": 2.0, "heartbeat_s": 0.25}
 
 
 @pytest.fixture
@@ -28,3 +43,71 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.drain()
+
+
+def coordinator_settings(url: str, **overrides: Any) -> CoordinatorSettings:
+    values: dict[str, Any] = {"nats_url": url, "api_port": 0, "gpu_fallback_timeout_s": 1.0,
+                              "cancel_fallback_reply_s": 0.3, **FAST}
+    values.update(overrides)
+    return CoordinatorSettings(**values)
+
+
+@pytest.fixture
+async def coordinator(nats_server: NatsServer) -> AsyncIterator[Coordinator]:
+    c = Coordinator(settings=coordinator_settings(nats_server.url))
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.stop()
+
+
+MakeWorker = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture
+async def make_worker(nats_server: NatsServer) -> AsyncIterator[MakeWorker]:
+    """Start in-process workers: ``await make_worker("w1", capabilities=[...], gpu=True)``."""
+    started: list[Worker] = []
+
+    async def make(worker_id: str, *, capabilities: list[str] | None = None, slots: int = 1,
+                   gpu: bool = False, **settings: Any) -> Worker:
+        caps = capabilities or [names.CAP_DUMMY_ANY]
+        kinds = {c.split(".")[0] for c in caps}
+        worker = Worker(
+            settings=WorkerSettings(nats_url=nats_server.url, worker_id=worker_id,
+                                    **{**FAST, "fetch_timeout_s": 0.3, "grace_s": 1.0, **settings}),
+            worker_type="test", capabilities=caps, handlers=dict.fromkeys(kinds, run_dummy), slots=slots, gpu=gpu)
+        await worker.start()
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        await worker.stop()
+
+
+SpawnWorker = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def spawn_worker(nats_server: NatsServer, tmp_path: Path) -> Iterator[SpawnWorker]:
+    """Start a stand-in worker as a real process (to kill -9, SIGSTOP or SIGTERM it)."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(worker_id: str, *, capabilities: str = names.CAP_DUMMY_ANY, **env: str) -> subprocess.Popen[bytes]:
+        full_env = {**os.environ, "KTRDR_NATS_URL": nats_server.url, "KTRDR_WORKER_ID": worker_id,
+                    "KTRDR_EXTRA_CAPABILITIES": capabilities, "KTRDR_LEASE_TTL_S": str(FAST["lease_ttl_s"]),
+                    "KTRDR_HEARTBEAT_S": str(FAST["heartbeat_s"]), "KTRDR_LOG_LEVEL": "INFO", **env}
+        log = open(tmp_path / f"{worker_id}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([sys.executable, "-m", "tests.standin_worker"], cwd=ROOT, env=full_env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        proc.wait()

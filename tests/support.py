@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from coordinator.app import Coordinator
+from subjects.models import Operation, OpStatus
+
 
 async def assert_eventually(
     predicate: Callable[[], Any] | Callable[[], Awaitable[Any]],
@@ -27,3 +30,13 @@ async def assert_eventually(
         if loop.time() > deadline:
             raise AssertionError(f"{message} (after {timeout} s; last value {last!r})")
         await asyncio.sleep(interval)
+
+
+async def wait_status(coordinator: Coordinator, op_id: str, *statuses: OpStatus, timeout: float = 10.0) -> Operation:
+    def check() -> Operation | None:
+        op = coordinator.ops.get(op_id)
+        return op if op is not None and op.status in statuses else None
+
+    return await assert_eventually(check, timeout=timeout,
+                                   message=f"{op_id} never reached {[s.value for s in statuses]}: "
+                                           f"{coordinator.ops.get(op_id)}")

@@ -44,4 +44,5 @@ async def connect(
         reconnected_cb=reconnected_cb,
         # Large enough that a burst of progress during a reconnect is buffered, not dropped.
         pending_size=64 * 1024 * 1024,
+        drain_timeout=5,
     )

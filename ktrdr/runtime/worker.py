@@ -176,6 +176,11 @@ class Worker:
                 for r in list(self._running.values()):
                     r.ctx.token.cancel("worker shutting down")
                 await asyncio.wait(pending, timeout=self.settings.cancel_wait_s)
+        # Fetch loops end by themselves within one fetch timeout; cancelling a fetch in flight
+        # could strand a delivered job until its AckWait runs out.
+        fetchers = [t for t in self._tasks if t.get_name().startswith("fetch-")]
+        if fetchers:
+            await asyncio.wait(fetchers, timeout=self.settings.fetch_timeout_s + 2.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -283,6 +288,8 @@ class Worker:
                 continue
             for msg in msgs:
                 await self._on_job(msg, capability)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
     async def _on_job(self, msg: Msg, capability: str) -> None:
         try:

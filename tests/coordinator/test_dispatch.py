@@ -1,0 +1,128 @@
+"""Routing: one owner per op, GPU first, CPU after a timeout or at once without a GPU worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client
+
+from coordinator.app import Coordinator
+from subjects import names
+from subjects.models import JobMessage, OpEvent, OpStatus, SubmitRequest, decode
+from tests.conftest import MakeWorker
+from tests.support import assert_eventually, wait_status
+
+
+async def submit(coordinator: Coordinator, op_type: str = "dummy", **params: object) -> str:
+    op = await coordinator.dispatcher.submit(SubmitRequest(type=op_type, params=params))
+    return op.op_id
+
+
+async def started_events(nc: Client, op_id: str) -> list[OpEvent]:
+    js = nc.jetstream()
+    sub = await js.subscribe(names.ops_events(op_id), ordered_consumer=True)
+    events: list[OpEvent] = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=0.5)
+            event = decode(OpEvent, msg.data)
+            if event.event == "started":
+                events.append(event)
+    except Exception:
+        pass
+    await sub.unsubscribe()
+    return events
+
+
+async def test_dummy_op_completes_with_progress_and_result(coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    await make_worker("w1")
+    op_id = await submit(coordinator, duration=0.6, steps=3)
+    op = await wait_status(coordinator, op_id, OpStatus.COMPLETED)
+    assert op.worker_id == "w1" and op.attempt == 1
+    assert op.result == {"steps": 3, "duration": 0.6}
+    assert op.progress is not None and op.progress.steps_done == 3
+    assert op.started_at is not None and op.completed_at is not None and op.completed_at >= op.started_at
+
+
+async def test_failing_op_ends_failed_with_its_error(coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    await make_worker("w1")
+    op_id = await submit(coordinator, duration=0, steps=1, fail="boom at the end")
+    op = await wait_status(coordinator, op_id, OpStatus.FAILED)
+    assert "boom at the end" in (op.error or "")
+
+
+async def test_training_goes_to_the_gpu_when_a_gpu_worker_holds_a_lease(
+        coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU])
+    await make_worker("gpu1", capabilities=[names.CAP_TRAINING_GPU], gpu=True)
+    await assert_eventually(lambda: len(coordinator.registry.workers) == 2)
+    op_id = await submit(coordinator, "training", duration=0.1, steps=1)
+    op = await wait_status(coordinator, op_id, OpStatus.COMPLETED)
+    assert op.worker_id == "gpu1"
+    assert op.route == "gpu" and op.offered == [names.CAP_TRAINING_GPU]
+
+
+async def test_training_goes_straight_to_cpu_without_a_gpu_worker(
+        coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU])
+    await assert_eventually(lambda: "cpu1" in coordinator.registry.workers)
+    op_id = await submit(coordinator, "training", duration=0, steps=1)
+    op = await wait_status(coordinator, op_id, OpStatus.COMPLETED)
+    assert op.worker_id == "cpu1"
+    assert op.route_reason == "cpu: no gpu worker"
+
+
+async def test_training_falls_back_to_cpu_after_the_gpu_timeout_and_runs_once(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
+    await make_worker("gpu1", capabilities=[names.CAP_TRAINING_GPU], gpu=True)
+    await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU])
+    await assert_eventually(lambda: len(coordinator.registry.workers) == 2)
+    # Keep the only GPU busy so that nobody claims the GPU offer within the timeout (1 s here).
+    busy = await submit(coordinator, "training", duration=3, steps=3)
+    await wait_status(coordinator, busy, OpStatus.RUNNING)
+    op_id = await submit(coordinator, "training", duration=0, steps=1)
+    op = await wait_status(coordinator, op_id, OpStatus.COMPLETED)
+    assert op.worker_id == "cpu1"
+    assert op.route_reason == "cpu: gpu timeout after 1 s"
+    assert op.offered == [names.CAP_TRAINING_GPU, names.CAP_TRAINING_CPU]
+    # When the GPU frees up it fetches the stale GPU offer, loses the claim and drops it.
+    await wait_status(coordinator, busy, OpStatus.COMPLETED)
+    js = nc.jetstream()
+
+    async def gpu_queue_empty() -> bool:
+        info = await js.consumer_info(names.JOBS_STREAM, names.jobs_consumer(names.CAP_TRAINING_GPU))
+        return info.num_pending == 0 and info.num_ack_pending == 0
+    await assert_eventually(gpu_queue_empty)
+    assert [e.worker_id for e in await started_events(nc, op_id)] == ["cpu1"]
+
+
+async def test_two_workers_racing_for_one_op_only_one_runs_it(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
+    op_id = await submit(coordinator, duration=0.3, steps=1)
+    # A second copy of the same offer (as after a GPU->CPU fallback): both workers get one.
+    op = coordinator.ops.get(op_id)
+    assert op is not None
+    job = JobMessage(op_id=op_id, type="dummy", params=op.params, attempt=1, capability=names.CAP_DUMMY_ANY)
+    await nc.jetstream().publish(names.jobs_subject(names.CAP_DUMMY_ANY), job.encode(),
+                                 headers={"Nats-Msg-Id": "duplicate-offer"})
+    await asyncio.gather(make_worker("w1"), make_worker("w2"))
+    await wait_status(coordinator, op_id, OpStatus.COMPLETED)
+    await assert_eventually(lambda: _stream_empty(nc), message="the losing copy was not acked")
+    assert len(await started_events(nc, op_id)) == 1
+
+
+async def _stream_empty(nc: Client) -> bool:
+    return (await nc.jetstream().stream_info(names.JOBS_STREAM)).state.messages == 0
+
+
+async def test_worker_never_fetches_beyond_its_slots(coordinator: Coordinator, make_worker: MakeWorker,
+                                                     nc: Client) -> None:
+    worker = await make_worker("w1", slots=1)
+    ids = [await submit(coordinator, duration=0.4, steps=1) for _ in range(3)]
+    js = nc.jetstream()
+    peak = 0
+    while not all(coordinator.ops.get(i).status is OpStatus.COMPLETED for i in ids):  # type: ignore[union-attr]
+        info = await js.consumer_info(names.JOBS_STREAM, names.jobs_consumer(names.CAP_DUMMY_ANY))
+        peak = max(peak, info.num_ack_pending, len(worker.lease().running))
+        await asyncio.sleep(0.02)
+    assert peak == 1

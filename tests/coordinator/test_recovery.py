@@ -1,0 +1,148 @@
+"""Leases decide liveness; fencing; nothing lives only in memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from coordinator.app import Coordinator
+from ktrdr.cli.client import KtrdrClient
+from ktrdr.natsd import NatsServer
+from subjects.models import Operation, OpStatus, SubmitRequest
+from tests.conftest import FAST, ROOT, MakeWorker, SpawnWorker
+from tests.support import assert_eventually, wait_status
+
+TTL = FAST["lease_ttl_s"]
+# The semantic is "within lease TTL + 2 s"; the slack absorbs a loaded CI machine.
+RECOVERY_DEADLINE = TTL + 2.0 + 3.0
+
+
+async def start_on(coordinator: Coordinator, op_id: str, worker_id: str) -> Operation:
+    op = await wait_status(coordinator, op_id, OpStatus.RUNNING, timeout=15)
+    assert op.worker_id == worker_id
+    return op
+
+
+async def test_killed_worker_op_is_retried_on_another_worker(
+        coordinator: Coordinator, spawn_worker: SpawnWorker, make_worker: MakeWorker) -> None:
+    victim = spawn_worker("victim")
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 60, "steps": 60}))
+    await start_on(coordinator, op.op_id, "victim")
+    await make_worker("rescuer")
+    victim.send_signal(signal.SIGKILL)
+
+    def retried() -> Operation | None:
+        o = coordinator.ops.get(op.op_id)
+        return o if o and o.attempt == 2 and o.status is OpStatus.RUNNING else None
+
+    again = await assert_eventually(retried, timeout=RECOVERY_DEADLINE)
+    assert again.worker_id == "rescuer"
+    assert any("victim" in w for w in again.warnings)
+    assert "retry after worker victim lost" in (again.route_reason or "")
+    assert [a.attempt for a in again.attempts] == [1, 2]
+
+
+async def test_lease_expiry_fails_the_op_naming_the_worker_when_attempts_are_exhausted(
+        coordinator: Coordinator, spawn_worker: SpawnWorker) -> None:
+    victim = spawn_worker("victim")
+    op = await coordinator.dispatcher.submit(
+        SubmitRequest(type="dummy", params={"duration": 60}, max_attempts=1))
+    await start_on(coordinator, op.op_id, "victim")
+    victim.send_signal(signal.SIGKILL)
+    failed = await wait_status(coordinator, op.op_id, OpStatus.FAILED, timeout=RECOVERY_DEADLINE)
+    assert "worker victim lost" in (failed.error or "")
+    assert "no attempts left" in (failed.error or "")
+    assert coordinator.metrics.lease_expiries.labels(type="standin")._value.get() == 1
+
+
+async def test_a_frozen_worker_that_wakes_up_is_fenced(
+        coordinator: Coordinator, spawn_worker: SpawnWorker, make_worker: MakeWorker) -> None:
+    frozen = spawn_worker("frozen")
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 30, "steps": 300}))
+    await start_on(coordinator, op.op_id, "frozen")
+    frozen.send_signal(signal.SIGSTOP)
+    await make_worker("rescuer")
+    again = await assert_eventually(
+        lambda: (o := coordinator.ops.get(op.op_id)) and o.attempt == 2 and o.status is OpStatus.RUNNING and o,
+        timeout=RECOVERY_DEADLINE)
+    assert again.worker_id == "rescuer"
+    frozen.send_signal(signal.SIGCONT)
+    # The woken worker publishes for attempt 1 (buffered progress, then its cancelled outcome once it
+    # notices it lost ownership): all of it is ignored and counted.
+    await assert_eventually(lambda: _fenced(coordinator, "event") >= 1, timeout=10,
+                            message="the woken worker's outcome was not fenced")
+    current = coordinator.ops.get(op.op_id)
+    assert current is not None and current.status is OpStatus.RUNNING
+    assert current.worker_id == "rescuer" and current.attempt == 2
+
+
+def _fenced(coordinator: Coordinator, kind: str) -> float:
+    return coordinator.metrics.fenced.labels(kind=kind)._value.get()
+
+
+def spawn_coordinator(server: NatsServer, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KTRDR_NATS_URL": server.url, "KTRDR_API_ENABLED": "false",
+           "KTRDR_LEASE_TTL_S": str(TTL), "KTRDR_HEARTBEAT_S": str(FAST["heartbeat_s"])}
+    return subprocess.Popen([sys.executable, "-m", "coordinator"], cwd=ROOT, env=env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+
+async def test_coordinator_killed_mid_op_loses_nothing(
+        nats_server: NatsServer, make_worker: MakeWorker, tmp_path: Path) -> None:
+    first = spawn_coordinator(nats_server, tmp_path / "coordinator.log")
+    try:
+        async with KtrdrClient(nats_url=nats_server.url) as client:
+            await make_worker("w1")
+            op = await assert_eventually(lambda: _try_submit(client), timeout=15)
+            await assert_eventually(lambda: _status_is(client, op.op_id, OpStatus.RUNNING), timeout=10)
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            # The op goes on while no coordinator runs; its progress and outcome wait in OPS.
+            second = spawn_coordinator(nats_server, tmp_path / "coordinator.log")
+            try:
+                done = await assert_eventually(lambda: _status_is(client, op.op_id, OpStatus.COMPLETED),
+                                               timeout=20)
+                assert done.result == {"steps": 4, "duration": 2.0}
+                assert done.progress is not None and done.progress.steps_done == 4
+                assert done.worker_id == "w1" and done.attempt == 1
+            finally:
+                second.send_signal(signal.SIGTERM)
+                second.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+
+async def _try_submit(client: KtrdrClient) -> Operation | None:
+    try:
+        return await client.submit("dummy", {"duration": 2.0, "steps": 4})
+    except Exception:
+        return None
+
+
+async def _status_is(client: KtrdrClient, op_id: str, status: OpStatus) -> Operation | None:
+    try:
+        op = await client.get(op_id)
+    except Exception:
+        return None
+    return op if op.status is status else None
+
+
+async def test_nats_server_restart_mid_op_loses_nothing(
+        nats_server: NatsServer, coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
+    await make_worker("w1")
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 3, "steps": 6}))
+    await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
+    nats_server.stop()
+    nats_server.start()
+    done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED, timeout=20)
+    assert done.attempt == 1 and done.worker_id == "w1"
+    # Every component reconnected by itself: a new op goes through the whole path.
+    await assert_eventually(lambda: "w1" in coordinator.registry.workers, timeout=10)
+    after = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    await wait_status(coordinator, after.op_id, OpStatus.COMPLETED, timeout=15)
