@@ -228,7 +228,13 @@ class OpEvent(Payload):
     _v = field_validator("op_id")(_op_id)
 
 
-class CancelRequest(Payload):
+class Request(Payload):
+    """A request a client sends: unknown fields are an error (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CancelRequest(Request):
     reason: str = "cancelled by user"
 
 
@@ -250,7 +256,7 @@ class Claim(Payload):
 
 # --- the coordinator's service ---------------------------------------------------------------
 
-class SubmitRequest(Payload):
+class SubmitRequest(Request):
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
     parent_id: str | None = None
@@ -270,11 +276,11 @@ class SubmitRequest(Payload):
         return None if v is None else _op_id(v)
 
 
-class GetRequest(Payload):
+class GetRequest(Request):
     op_id: str
 
 
-class ListRequest(Payload):
+class ListRequest(Request):
     status: list[OpStatus] | None = None
     type: str | None = None
     active_only: bool = False

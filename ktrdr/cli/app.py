@@ -170,7 +170,7 @@ def ops_show(op_id: str, json: JsonOpt = False) -> None:
 @ops_app.command("follow")
 def ops_follow(op_id: str, json: JsonOpt = False) -> None:
     """Follow an operation live; Ctrl-C cancels it."""
-    op = run_client(lambda c: follow(c, op_id))
+    op = run_client(lambda c: follow(c, op_id, quiet=json))
     if json:
         print(to_json(op))
     exit_for(op)
@@ -199,7 +199,7 @@ def submit_and_maybe_follow(op_type: str, params: dict[str, Any], *, follow_it: 
         if not json:
             console.print(f"submitted [bold]{op.op_id}[/] ({op.route_reason})")
         if follow_it:
-            return await follow(c, op.op_id)
+            return await follow(c, op.op_id, quiet=json)
         return op
 
     op = run_client(work)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from ktrdr.cli.client import KtrdrClient
 from ktrdr.cli.render import console, status_text
+
+# Notices go to stderr so that `--json` output on stdout stays parseable.
+notice = Console(stderr=True)
 from subjects.models import Operation, OpEvent, OpStatus, ProgressUpdate
 
 
@@ -23,7 +27,9 @@ def describe(update: ProgressUpdate) -> str:
     return " ".join(p for p in parts if p)
 
 
-async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool = True) -> Operation:
+async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool = True,
+                 quiet: bool = False) -> Operation:
+    """Follow ``op_id`` to its end; ``quiet`` draws nothing (for ``--json``)."""
     loop = asyncio.get_running_loop()
     interrupts = 0
     main = asyncio.current_task()
@@ -32,7 +38,7 @@ async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool =
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1 and cancel_on_interrupt:
-            console.print(f"[yellow]Ctrl-C: cancelling {op_id} (press again to stop following)[/]")
+            notice.print(f"[yellow]Ctrl-C: cancelling {op_id} (press again to stop following)[/]")
             loop.create_task(_cancel(client, op_id))
         elif main is not None:
             main.cancel()
@@ -42,7 +48,7 @@ async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool =
     try:
         with Progress(TextColumn("[bold]{task.fields[op]}"), BarColumn(), TaskProgressColumn(),
                       TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
-                      transient=False) as bar:
+                      transient=False, disable=quiet) as bar:
             task = bar.add_task("waiting for a worker", total=100, op=op_id)
             async for item in client.watch(op_id):
                 if isinstance(item, Operation):
@@ -62,6 +68,8 @@ async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool =
     finally:
         loop.remove_signal_handler(signal.SIGINT)
     assert final is not None
+    if quiet:
+        return final
     line = f"{op_id}: {status_text(final.status)}"
     if final.duration_s is not None:
         line += f" in {final.duration_s:.2f} s"
@@ -76,6 +84,6 @@ async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool =
 async def _cancel(client: KtrdrClient, op_id: str) -> None:
     try:
         reply = await client.cancel(op_id, "cancelled from `ktrdr follow` (Ctrl-C)")
-        console.print(f"[yellow]{reply.message}[/]")
+        notice.print(f"[yellow]{reply.message}[/]")
     except Exception as exc:
-        console.print(f"[red]cancel failed: {exc}[/]")
+        notice.print(f"[red]cancel failed: {exc}[/]")

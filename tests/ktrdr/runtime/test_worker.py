@@ -1,0 +1,69 @@
+"""The worker runtime: graceful stop, stable ids, the lease it keeps."""
+
+from __future__ import annotations
+
+import signal
+
+from coordinator.app import Coordinator
+from ktrdr.runtime.settings import WorkerSettings
+from ktrdr.runtime.worker import default_worker_id
+from subjects.models import OpStatus, SubmitRequest
+from tests.conftest import MakeWorker, SpawnWorker
+from tests.support import assert_eventually, wait_status
+
+
+async def test_sigterm_lets_the_running_op_finish_within_the_grace_period(
+        coordinator: Coordinator, spawn_worker: SpawnWorker) -> None:
+    proc = spawn_worker("graceful", KTRDR_GRACE_S="20")
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 1.5, "steps": 3}))
+    await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
+    proc.send_signal(signal.SIGTERM)
+    done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED, timeout=15)
+    assert done.worker_id == "graceful"
+    await assert_eventually(lambda: proc.poll() is not None, timeout=15)
+    assert proc.returncode == 0
+    # The lease was deleted, not left to expire.
+    assert coordinator.metrics.lease_expiries.labels(type="standin")._value.get() == 0
+    assert "graceful" not in coordinator.registry.workers
+
+
+async def test_sigterm_cancels_the_op_when_the_grace_period_runs_out(
+        coordinator: Coordinator, spawn_worker: SpawnWorker) -> None:
+    proc = spawn_worker("impatient", KTRDR_GRACE_S="0.5")
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 60, "steps": 60}))
+    await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
+    proc.send_signal(signal.SIGTERM)
+    done = await wait_status(coordinator, op.op_id, OpStatus.CANCELLED, timeout=15)
+    assert done.cancel_reason == "worker shutting down"
+    await assert_eventually(lambda: proc.poll() is not None, timeout=15)
+    assert proc.returncode == 0
+    await assert_eventually(lambda: "impatient" not in coordinator.registry.workers)
+
+
+async def test_a_stopping_worker_fetches_nothing_more(coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    worker = await make_worker("w1", grace_s=10)
+    first = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0.5, "steps": 1}))
+    await wait_status(coordinator, first.op_id, OpStatus.RUNNING)
+    second = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    await worker.stop()
+    await worker.stop()  # idempotent
+    assert coordinator.ops.get(first.op_id).status is OpStatus.COMPLETED  # type: ignore[union-attr]
+    assert coordinator.ops.get(second.op_id).status is OpStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_worker_ids_are_stable_across_restarts() -> None:
+    settings = WorkerSettings(worker_index=2)
+    assert default_worker_id(settings, "backtest") == default_worker_id(WorkerSettings(worker_index=2), "backtest")
+    assert default_worker_id(settings, "backtest").endswith("-backtest-2")
+    assert default_worker_id(WorkerSettings(worker_id="gpu-box-1"), "gpu") != "gpu-box-1"  # only the default
+    assert WorkerSettings(worker_id="gpu-box-1").worker_id == "gpu-box-1"
+
+
+async def test_the_lease_carries_state_and_running_ops(coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    worker = await make_worker("w1")
+    assert worker.lease().state == "idle"
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 30}))
+    await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
+    lease = await assert_eventually(
+        lambda: (w := coordinator.registry.workers.get("w1")) and w.running and w)
+    assert lease.state == "busy" and [(r.op_id, r.attempt) for r in lease.running] == [(op.op_id, 1)]
