@@ -274,6 +274,8 @@ class Dispatcher:
         except Exception:
             return
         error = f"job could not be delivered to a worker ({deliveries or 'max'} deliveries)"
+        # Take the claim so that a copy still in flight can never start the failed attempt.
+        await self.claim_for_coordinator(job.op_id, job.attempt)
 
         def change(op: Operation) -> bool | None:
             if op.status is not OpStatus.PENDING or op.attempt != job.attempt:

@@ -1,7 +1,7 @@
 """The operations service: the only writer of the ``ops`` bucket.
 
 It keeps a read-through mirror of the bucket for queries, applies every change with a
-compare-and-set on the key's revision (one writer per op at a time through a per-op lock), and
+compare-and-set on the key's revision, one writer per op at a time,
 folds progress and lifecycle events into the record. Events from an attempt that no longer owns
 the operation are fenced: ignored and counted.
 """
@@ -51,7 +51,8 @@ class Operations:
         self.bucket = bucket
         self.metrics = metrics
         self._cache: dict[str, tuple[Operation, int]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._queued: dict[str, list[tuple[Mutation, asyncio.Future[Operation | None]]]] = {}
+        self._writing: set[str] = set()
         self._listeners: list[Listener] = []
 
     # --- reading --------------------------------------------------------------------------
@@ -113,31 +114,59 @@ class Operations:
         return op
 
     async def mutate(self, op_id: str, change: Mutation) -> Operation | None:
-        """Apply ``change`` to a copy and commit it; ``change`` returns False to leave it alone."""
-        lock = self._locks.setdefault(op_id, asyncio.Lock())
-        async with lock:
-            for _ in range(5):
-                found = self._cache.get(op_id)
-                if found is None:
+        """Apply ``change`` to the record and commit it; ``change`` returns False to leave it alone.
+
+        Changes to one op are queued and committed by whichever caller arrived first, all that
+        queued meanwhile in one compare-and-set write (a started and a completed event that arrive
+        together cost one write). Returns the record as committed after this change.
+        """
+        future: asyncio.Future[Operation | None] = asyncio.get_running_loop().create_future()
+        self._queued.setdefault(op_id, []).append((change, future))
+        if op_id not in self._writing:
+            self._writing.add(op_id)
+            try:
+                await self._commit_queued(op_id)
+            finally:
+                self._writing.discard(op_id)
+        return await future
+
+    async def _commit_queued(self, op_id: str) -> None:
+        while batch := self._queued.pop(op_id, None):
+            try:
+                result = await self._commit(op_id, [change for change, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(result)
+
+    async def _commit(self, op_id: str, changes: list[Mutation]) -> Operation | None:
+        for _ in range(5):
+            found = self._cache.get(op_id)
+            if found is None:
+                return None
+            before, revision = found
+            after = _clone(before)
+            changed = [change(after) is not False for change in changes]
+            if not any(changed):
+                return before
+            try:
+                new_revision = await self.bucket.update(op_id, after.encode(), last=revision)
+            except KeyWrongLastSequenceError:
+                # Someone else wrote (a second coordinator during a hand-over): re-read, retry.
+                entry = await self.bucket.get(op_id)
+                if entry.value is None:
+                    self._cache.pop(op_id, None)
                     return None
-                before, revision = found
-                after = before.model_copy(deep=True)
-                if change(after) is False:
-                    return before
-                try:
-                    new_revision = await self.bucket.update(op_id, after.encode(), last=revision)
-                except KeyWrongLastSequenceError:
-                    # Someone else wrote (a second coordinator during a hand-over): re-read, retry.
-                    entry = await self.bucket.get(op_id)
-                    if entry.value is None:
-                        self._cache.pop(op_id, None)
-                        return None
-                    self._cache[op_id] = (decode(Operation, entry.value), entry.revision)
-                    continue
-                self._cache[op_id] = (after, new_revision)
-                self._notify(before, after)
-                return after
-            raise RuntimeError(f"operation {op_id}: too many concurrent writers")
+                self._cache[op_id] = (decode(Operation, entry.value), entry.revision)
+                continue
+            self._cache[op_id] = (after, new_revision)
+            self._notify(before, after)
+            return after
+        raise RuntimeError(f"operation {op_id}: too many concurrent writers")
 
     def _notify(self, before: Operation | None, after: Operation) -> None:
         if before is not None and not before.status.terminal and after.status.terminal:
@@ -218,6 +247,20 @@ class Operations:
             self.metrics.rejected.labels(subject="ops.*.progress", reason="unknown operation").inc()
         elif fenced:
             self.metrics.fenced.labels(kind="progress").inc()
+
+
+def _clone(op: Operation) -> Operation:
+    """A copy that changes can mutate without touching the committed record.
+
+    Cheaper than ``model_copy(deep=True)`` (a third of the coordinator's time under load): only
+    the containers that changes mutate in place are copied; params and results are replaced whole.
+    """
+    return op.model_copy(update={
+        "attempts": [a.model_copy() for a in op.attempts],
+        "offered": list(op.offered),
+        "warnings": list(op.warnings),
+        "progress": op.progress.model_copy() if op.progress is not None else None,
+    })
 
 
 def _attempt_record(op: Operation) -> AttemptRecord:

@@ -10,10 +10,10 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from ktrdr.cli.client import KtrdrClient
 from ktrdr.cli.render import console, status_text
+from subjects.models import Operation, OpEvent, OpStatus, ProgressUpdate
 
 # Notices go to stderr so that `--json` output on stdout stays parseable.
 notice = Console(stderr=True)
-from subjects.models import Operation, OpEvent, OpStatus, ProgressUpdate
 
 
 def describe(update: ProgressUpdate) -> str:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from ktrdr.logs import setup_logging
+from ktrdr.runtime.loop import run
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker, run_until_signal
 
@@ -14,4 +14,4 @@ def run_worker(build: Callable[[WorkerSettings], Worker]) -> None:
     settings = WorkerSettings()
     setup_logging(settings.log_level)
     worker = build(settings)
-    asyncio.run(run_until_signal(worker))
+    run(run_until_signal(worker))

@@ -114,7 +114,6 @@ class Worker:
         self._stopped = asyncio.Event()
         self._fetching = True
         self._tasks: list[asyncio.Task[None]] = []
-        self._beat_now = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -219,9 +218,7 @@ class Worker:
                 await self._check_ownership()
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
-            self._beat_now.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), self.settings.heartbeat_s)
+            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _register_loop(self) -> None:
         assert self.nc is not None
@@ -256,8 +253,8 @@ class Worker:
             if entry.value is None:
                 continue
             op = Operation.model_validate_json(entry.value)
-            superseded = op.attempt != r.ctx.attempt or (
-                op.worker_id not in (None, self.worker_id)) or op.status.terminal
+            superseded = op.attempt != r.ctx.attempt or op.worker_id not in (None, self.worker_id) or (
+                op.status.terminal and op.worker_id != self.worker_id)
             if superseded and not r.ctx.token.cancelled:
                 r.fenced = True
                 r.ctx.token.cancel(f"attempt {r.ctx.attempt} no longer owns the operation")
@@ -328,7 +325,6 @@ class Worker:
                 await msg.ack()
                 return
             await msg.ack()
-            self._beat_now.set()
             await self._publish_event(ctx, OpEventKind.STARTED)
             await self._execute(r)
         except Exception:
@@ -342,17 +338,16 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await r.cancel_sub.unsubscribe()
             self._running.pop(ctx.op_id, None)
-            self._beat_now.set()
             async with self._free:
                 self._free.notify_all()
 
     async def _claim(self, ctx: JobContext) -> bool:
+        """``kv.create`` on ``claims/<op>_<attempt>`` is the arbiter: exactly one claimant wins.
+
+        Every attempt that is retried, cancelled while queued or failed undeliverable already has
+        its claim taken, so a stale offer loses here without reading the op record.
+        """
         assert self.buckets is not None
-        entry = await self.buckets.ops.get(ctx.op_id)
-        op = Operation.model_validate_json(entry.value) if entry.value else None
-        if op is None or op.status.terminal or op.attempt != ctx.attempt:
-            log.info("dropping stale offer of %s attempt %d", ctx.op_id, ctx.attempt)
-            return False
         claim = Claim(op_id=ctx.op_id, attempt=ctx.attempt, worker_id=self.worker_id)
         try:
             await self.buckets.claims.create(names.claim_key(ctx.op_id, ctx.attempt), claim.encode())

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import nats
-
 from ktrdr.natsd import NatsServer
 
 

@@ -1,0 +1,320 @@
+"""Dispatch benchmark through the whole stack (prints figures; not a test).
+
+Starts its own nats-server (file storage), a coordinator with the status API and two worker
+processes, then measures:
+  1. sequential zero-duration dummy ops submitted through the HTTP API: submit -> completed
+     seen by the client, both as the worker's `completed` event and as the durable op record;
+  2. throughput with 2 workers and 2,000 ops;
+  3. progress latency: worker publish -> a subscriber, and -> the op record the API serves;
+  4. cancel: reply latency, and time until the op record says cancelled;
+  5. kill -9 of the worker running an op -> the op re-dispatched (attempt 2 offered) and running.
+
+    python bench/dispatch.py [--ops 500] [--throughput-ops 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+import nats
+from ktrdr.natsd import NatsServer, free_port
+from ktrdr.runtime.topology import ensure_topology
+from subjects import names
+from subjects.models import CancelReply, Operation, OpEvent, ProgressUpdate, WorkerLease, decode
+
+ROOT = Path(__file__).resolve().parent.parent
+LEASE_TTL = 5.0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def report(name: str, values_s: list[float]) -> None:
+    ms = [v * 1000 for v in values_s]
+    print(f"  {name:<52} p50 {pct(ms, 50):8.2f} ms   p99 {pct(ms, 99):8.2f} ms   (n={len(ms)})")
+
+
+class RawHttp:
+    """A minimal keep-alive HTTP/1.1 client: httpx costs more CPU than the server it measures on
+    a 2-core machine, so the figures would describe the client instead of the platform."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Watch:
+    """Push-fed views of the op records and the events, for the client side of the figures."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, Operation] = {}
+        self.record_waiters: dict[str, list[tuple[asyncio.Future[float], object]]] = {}
+        self.event_waiters: dict[str, asyncio.Future[float]] = {}
+
+    def wait_record(self, op_id: str, predicate: object) -> asyncio.Future[float]:
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.record_waiters.setdefault(op_id, []).append((fut, predicate))
+        return fut
+
+    def on_record(self, op: Operation) -> None:
+        self.records[op.op_id] = op
+        waiters = self.record_waiters.get(op.op_id, [])
+        for fut, predicate in list(waiters):
+            if not fut.done() and predicate(op):  # type: ignore[operator]
+                fut.set_result(time.perf_counter())
+                waiters.remove((fut, predicate))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ops", type=int, default=500)
+    parser.add_argument("--throughput-ops", type=int, default=2000)
+    parser.add_argument("--kills", type=int, default=3)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="ktrdr-bench-"))
+    server = NatsServer(store_dir=tmp / "nats").start()
+    api_port = free_port()
+    env = {**os.environ, "KTRDR_NATS_URL": server.url, "KTRDR_API_PORT": str(api_port), "KTRDR_LOG_LEVEL": "WARNING",
+           "KTRDR_LEASE_TTL_S": str(LEASE_TTL), "KTRDR_HOME": str(tmp)}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(name: str, module: str, **extra: str) -> None:
+        log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115
+        procs[name] = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**env, **extra},
+                                       stdout=log, stderr=subprocess.STDOUT)
+
+    start("coordinator", "coordinator")
+    for i in range(2):
+        start(f"worker{i}", "worker_backtest", KTRDR_WORKER_INDEX=str(i), KTRDR_WORKER_ID=f"bench-w{i}")
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    buckets = await ensure_topology(js, lease_ttl_s=LEASE_TTL)
+    watch = Watch()
+    watcher = await buckets.ops.watchall()
+
+    async def feed() -> None:
+        async for entry in watcher:
+            if entry is not None and entry.value:
+                watch.on_record(decode(Operation, entry.value))
+
+    feeder = asyncio.create_task(feed())
+
+    async def on_event(msg: nats.aio.msg.Msg) -> None:
+        event = decode(OpEvent, msg.data)
+        fut = watch.event_waiters.get(event.op_id)
+        if event.event == "completed" and fut is not None and not fut.done():
+            fut.set_result(time.perf_counter())
+
+    await nc.subscribe(names.OPS_EVENTS_ALL, cb=on_event)
+    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
+    raw = RawHttp(api_port)
+    try:
+        for _ in range(200):
+            try:
+                if (await api.get("/health")).json()["workers"] == 2:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+        else:
+            raise SystemExit("platform did not come up")
+        print(f"ktrdr dispatch benchmark — {os.cpu_count()} cores, nats-server file storage, "
+              f"coordinator + API + 2 worker processes\n")
+
+        async def submit(params: dict[str, object]) -> str:
+            r = await api.post("/api/v1/operations", json={"type": "dummy", "params": params})
+            r.raise_for_status()
+            return r.json()["op_id"]
+
+        # 1. sequential
+        seen_event: list[float] = []
+        seen_record: list[float] = []
+        for i in range(args.ops + 20):
+            op_id = f"seq-{i}"
+            done_record = watch.wait_record(op_id, lambda o: o.status == "completed")
+            done_event: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+            watch.event_waiters[op_id] = done_event
+            body = b'{"type": "dummy", "op_id": "%s", "params": {"duration": 0, "steps": 1}}' % op_id.encode()
+            t0 = time.perf_counter()
+            status, _ = await raw.post("/api/v1/operations", body)
+            assert status == 201, status
+            t_event = await asyncio.wait_for(done_event, 10)
+            t_record = await asyncio.wait_for(done_record, 10)
+            if i >= 20:  # warm-up excluded
+                seen_event.append(t_event - t0)
+                seen_record.append(t_record - t0)
+        print("1. sequential zero-duration ops through the API (submit -> completed seen by the client)")
+        report("completed event (worker -> OPS stream -> client)", seen_event)
+        report("completed op record (coordinator's durable write)", seen_record)
+
+        # 2. throughput
+        n = args.throughput_ops
+        ids = [f"tp-{i}" for i in range(n)]
+        futures = [watch.wait_record(op_id, lambda o: o.status == "completed") for op_id in ids]
+        clients = [RawHttp(api_port) for _ in range(32)]
+
+        async def post_all(client: RawHttp, mine: list[str]) -> None:
+            for op_id in mine:
+                body = b'{"type": "dummy", "op_id": "%s", "params": {"duration": 0, "steps": 1}}' % op_id.encode()
+                status, _ = await client.post("/api/v1/operations", body)
+                assert status == 201, status
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(post_all(c, ids[i::len(clients)]) for i, c in enumerate(clients)))
+        t_submitted = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*futures), 300)
+        elapsed = time.perf_counter() - t0
+        print(f"\n2. throughput, 2 workers, {n} ops")
+        print(f"  through the HTTP API (32 keep-alive clients): {n / elapsed:,.0f} ops/s completed "
+              f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
+        ids = [f"tpn-{i}" for i in range(n)]
+        futures = [watch.wait_record(op_id, lambda o: o.status == "completed") for op_id in ids]
+        service = f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}"
+
+        async def submit_nats(mine: list[str]) -> None:
+            for op_id in mine:
+                body = b'{"type": "dummy", "op_id": "%s", "params": {"duration": 0, "steps": 1}}' % op_id.encode()
+                reply = await nc.request(service, body, timeout=10)
+                assert not reply.headers, reply.headers
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(submit_nats(ids[i::32]) for i in range(32)))
+        t_submitted = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*futures), 300)
+        elapsed = time.perf_counter() - t0
+        print(f"  through the NATS service {service} (32 concurrent): {n / elapsed:,.0f} ops/s completed "
+              f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
+
+        # 3. progress latency
+        sub_lat: list[float] = []
+        rec_lat: list[float] = []
+        got: asyncio.Queue[tuple[ProgressUpdate, float]] = asyncio.Queue()
+
+        async def on_progress(msg: nats.aio.msg.Msg) -> None:
+            await got.put((decode(ProgressUpdate, msg.data), time.time()))
+
+        psub = await nc.subscribe(names.OPS_PROGRESS_ALL, cb=on_progress)
+        last_rec: dict[str, datetime] = {}
+
+        def record_progress(op: Operation) -> None:
+            if op.progress and op.op_id.startswith("prog-") and last_rec.get(op.op_id) != op.progress.timestamp:
+                last_rec[op.op_id] = op.progress.timestamp
+                rec_lat.append(time.time() - op.progress.timestamp.timestamp())
+
+        original = watch.on_record
+        watch.on_record = lambda op: (record_progress(op), original(op))  # type: ignore[method-assign]
+        op_id = "prog-1"
+        done = watch.wait_record(op_id, lambda o: o.status == "completed")
+        await api.post("/api/v1/operations", json={"type": "dummy", "op_id": op_id,
+                                                   "params": {"duration": 6, "steps": 60}})
+        await asyncio.wait_for(done, 30)
+        watch.on_record = original  # type: ignore[method-assign]
+        await psub.unsubscribe()
+        while not got.empty():
+            update, at = got.get_nowait()
+            sub_lat.append(at - update.timestamp.timestamp())
+        print("\n3. progress latency (worker creates the update -> visible)")
+        report("to a subscriber of ops.<id>.progress", sub_lat)
+        report("in the op record the API serves", rec_lat)
+
+        # 4. cancel
+        reply_lat: list[float] = []
+        cancelled_lat: list[float] = []
+        for i in range(20):
+            op_id = f"cancel-{i}"
+            running = watch.wait_record(op_id, lambda o: o.status == "running")
+            await submit_with_id(api, op_id, {"duration": 60, "steps": 600})
+            await asyncio.wait_for(running, 10)
+            cancelled = watch.wait_record(op_id, lambda o: o.status == "cancelled")
+            t0 = time.perf_counter()
+            msg = await nc.request(names.ops_cancel(op_id), b'{"reason": "bench"}', timeout=5)
+            t_reply = time.perf_counter()
+            assert decode(CancelReply, msg.data).accepted
+            t_done = await asyncio.wait_for(cancelled, 10)
+            reply_lat.append(t_reply - t0)
+            cancelled_lat.append(t_done - t0)
+        print("\n4. cancel of a running op (nats req ops.<id>.cancel)")
+        report("reply received", reply_lat)
+        report("op record says cancelled", cancelled_lat)
+
+        # 5. kill -9 -> re-dispatch
+        redispatch: list[float] = []
+        rerun: list[float] = []
+        for i in range(args.kills):
+            op_id = f"kill-{i}"
+            running = watch.wait_record(op_id, lambda o: o.status == "running")
+            await submit_with_id(api, op_id, {"duration": 30, "steps": 30})
+            await asyncio.wait_for(running, 10)
+            owner = watch.records[op_id].worker_id
+            entry = await buckets.workers.get(owner)
+            lease = decode(WorkerLease, entry.value)
+            name = next(n for n, p in procs.items() if p.pid == lease.pid)
+            offered = watch.wait_record(op_id, lambda o: o.attempt == 2)
+            restarted = watch.wait_record(op_id, lambda o: o.attempt == 2 and o.status == "running")
+            t0 = time.perf_counter()
+            os.kill(lease.pid, signal.SIGKILL)
+            redispatch.append(await asyncio.wait_for(offered, 30) - t0)
+            rerun.append(await asyncio.wait_for(restarted, 30) - t0)
+            procs[name].wait()
+            index = name[-1]
+            start(name, "worker_backtest", KTRDR_WORKER_INDEX=index, KTRDR_WORKER_ID=f"bench-w{index}")
+            await nc.request(names.ops_cancel(op_id), b"{}", timeout=5)
+            await asyncio.sleep(1.0)
+        print(f"\n5. kill -9 of the worker running an op (lease TTL {LEASE_TTL:g} s)")
+        report("kill -> attempt 2 offered (re-dispatched)", redispatch)
+        report("kill -> attempt 2 running on the other worker", rerun)
+    finally:
+        await api.aclose()
+        feeder.cancel()
+        await nc.close()
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        server.stop()
+
+
+async def submit_with_id(api: httpx.AsyncClient, op_id: str, params: dict[str, object]) -> None:
+    r = await api.post("/api/v1/operations", json={"type": "dummy", "op_id": op_id, "params": params})
+    r.raise_for_status()
+
+
+if __name__ == "__main__":
+    from ktrdr.runtime.loop import run
+
+    run(main())

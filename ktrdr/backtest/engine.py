@@ -1,0 +1,93 @@
+"""``run_backtest``: indicators -> signals -> fills -> metrics, all vectorised over bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ktrdr.backtest.config import BacktestConfig
+from ktrdr.backtest.metrics import compute_metrics
+from ktrdr.backtest.result import BacktestResult
+from ktrdr.backtest.simulator import simulate
+from ktrdr.cancel import CancelToken
+from ktrdr.data.timeframes import infer_timeframe, periods_per_year
+from ktrdr.progress import ProgressFn
+from ktrdr.strategy import (
+    NeuroFuzzyStrategy,
+    RuleStrategy,
+    Strategy,
+    generate_signals,
+    load_strategy,
+    target_positions,
+)
+
+# Share of the progress bar each phase takes; the simulation is the part whose length varies.
+_SIGNALS_PCT = 10.0
+_SIM_PCT = 85.0
+
+
+def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: BacktestConfig | None = None, *,
+                 cancel: CancelToken | None = None, progress: ProgressFn | None = None,
+                 wanted: np.ndarray | None = None) -> BacktestResult:
+    """Backtest ``strategy`` on ``bars`` (UTC-indexed OHLCV).
+
+    ``wanted`` (+1/0/-1 after each bar's close) replaces the strategy's own signals: a neuro-fuzzy
+    strategy's decisions come from its trained model, computed elsewhere.
+    """
+    config = config or BacktestConfig()
+    if not isinstance(strategy, RuleStrategy | NeuroFuzzyStrategy):
+        strategy = load_strategy(strategy)
+    if len(bars) == 0:
+        raise ValueError("no bars to backtest")
+    n = len(bars)
+    index = pd.DatetimeIndex(bars.index)
+    timeframe = config.timeframe or infer_timeframe(index) or "1d"
+
+    def report(pct: float, step: str, done: int, context: dict[str, object] | None = None) -> None:
+        if progress is not None:
+            progress(percentage=pct, step=step, items_done=done, items_total=n, context=context)
+
+    report(0.0, "signals", 0)
+    if wanted is None:
+        if not isinstance(strategy, RuleStrategy):
+            raise ValueError(f"strategy {strategy.name!r} is neuro-fuzzy: pass the model's decisions as wanted=")
+        wanted = target_positions(generate_signals(strategy, bars, cancel=cancel), cancel=cancel)
+    elif len(wanted) != n:
+        raise ValueError(f"wanted has {len(wanted)} values for {n} bars")
+    else:
+        wanted = np.sign(np.asarray(wanted)).astype(np.int8)
+        if not getattr(strategy, "allow_short", True):
+            wanted = np.maximum(wanted, 0)
+
+    open_ = bars["open"].to_numpy(dtype=np.float64)
+    close = bars["close"].to_numpy(dtype=np.float64)
+    index_ns = index.as_unit("ns").asi8
+
+    def chunk_done(done: int, equity: float, trades: int) -> None:
+        report(_SIGNALS_PCT + _SIM_PCT * done / n, "simulation", done,
+               {"date": index[done - 1].isoformat(), "equity": equity, "trades": trades})
+
+    sim = simulate(open_, close, wanted, config, cancel=cancel, report=chunk_done if progress else None)
+
+    ppy = periods_per_year(timeframe)
+    metrics = compute_metrics(
+        equity=sim.equity, initial_capital=config.initial_capital, close=close, shares=sim.shares,
+        pnl=sim.trades["pnl"], bars_held=sim.trades["bars_held"], periods_per_year=ppy,
+        annualization_basis=f"{timeframe} bars: {ppy:g} per year")
+    metrics["skipped_entries"] = sim.skipped_entries
+    benchmark = config.initial_capital * close / close[0]
+    report(100.0, "done", n, {"date": index[-1].isoformat(), "equity": float(sim.equity[-1]),
+                              "trades": metrics["trades"]})
+    return BacktestResult(strategy=strategy.name, config=config, timeframe=timeframe, metrics=metrics,
+                          index_ns=index_ns, equity=sim.equity, benchmark=benchmark, trades=sim.trades,
+                          open_position=sim.open_position,
+                          parameters={k: _param_value(strategy, p.path) for k, p in strategy.parameters.items()})
+
+
+def _param_value(strategy: Strategy, path: str) -> object:
+    node: object = strategy.model_dump()
+    for part in path.split("."):
+        node = node[part] if isinstance(node, dict) else None
+    return node

@@ -1,0 +1,93 @@
+"""A backtest's result and its JSON form (for the ``results`` Object Store)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ktrdr.backtest.config import BacktestConfig
+from ktrdr.backtest.simulator import TRADE_COLUMNS
+
+FORMAT = "ktrdr.backtest.result/1"
+
+
+@dataclass(kw_only=True)
+class BacktestResult:
+    strategy: str
+    config: BacktestConfig
+    timeframe: str | None
+    metrics: dict[str, Any]
+    index_ns: np.ndarray  # UTC nanoseconds of every bar
+    equity: np.ndarray
+    benchmark: np.ndarray  # buy-and-hold equity: initial capital * close / first close
+    trades: dict[str, np.ndarray]
+    open_position: dict[str, Any] | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def index(self) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex(pd.to_datetime(self.index_ns, utc=True), name="timestamp")
+
+    @property
+    def equity_curve(self) -> pd.Series:
+        return pd.Series(self.equity, index=self.index, name="equity")
+
+    @property
+    def drawdown_pct(self) -> pd.Series:
+        peak = np.maximum.accumulate(self.equity)
+        return pd.Series(100.0 * (self.equity - peak) / peak, index=self.index, name="drawdown_pct")
+
+    def trades_frame(self) -> pd.DataFrame:
+        """One row per closed trade; times are the fill bars' timestamps (last bar for a close at the end)."""
+        t = pd.DataFrame({k: self.trades[k] for k in TRADE_COLUMNS})
+        last = len(self.index_ns) - 1
+        t.insert(0, "entry_time", pd.to_datetime(self.index_ns[t["entry_bar"].to_numpy()], utc=True))
+        t.insert(1, "exit_time", pd.to_datetime(self.index_ns[np.minimum(t["exit_bar"].to_numpy(), last)], utc=True))
+        t["side"] = np.where(t["side"] > 0, "long", "short")
+        return t
+
+    def to_json_bytes(self, *, include_curves: bool = True) -> bytes:
+        doc: dict[str, Any] = {
+            "format": FORMAT, "strategy": self.strategy, "config": self.config.to_dict(),
+            "timeframe": self.timeframe, "parameters": self.parameters,
+            "metrics": _clean(self.metrics), "open_position": _clean(self.open_position),
+            "trades": {k: v.tolist() for k, v in self.trades.items()},
+        }
+        if include_curves:
+            doc["index_ns"] = self.index_ns.tolist()
+            doc["equity"] = self.equity.tolist()
+            doc["benchmark"] = self.benchmark.tolist()
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes) -> BacktestResult:
+        doc = json.loads(data)
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"not a backtest result (format {doc.get('format')!r})")
+        trades = {k: np.asarray(doc["trades"][k], dtype=np.int64 if k in _INT_COLUMNS else np.float64)
+                  for k in TRADE_COLUMNS}
+        return cls(strategy=doc["strategy"], config=BacktestConfig.from_dict(doc["config"]),
+                   timeframe=doc["timeframe"], metrics=doc["metrics"], parameters=doc.get("parameters", {}),
+                   index_ns=np.asarray(doc.get("index_ns", []), dtype=np.int64),
+                   equity=np.asarray(doc.get("equity", []), dtype=np.float64),
+                   benchmark=np.asarray(doc.get("benchmark", []), dtype=np.float64),
+                   trades=trades, open_position=doc["open_position"])
+
+
+_INT_COLUMNS = frozenset({"entry_bar", "exit_bar", "side", "size", "bars_held"})
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN or infinity; an undefined ratio is null.
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,84 @@
+"""Parameter sweeps: grid parsing (``fast=5:50:5``, ``slow=20,30``), combinations and ranking."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+Value = int | float | str
+Grid = dict[str, list[Value]]
+
+
+def _number(text: str) -> Value:
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_values(text: str) -> list[Value]:
+    """``start:stop:step`` (inclusive of ``stop`` when the step lands on it), ``a,b,c`` or one value."""
+    if ":" in text:
+        parts = [_number(p) for p in text.split(":")]
+        if len(parts) not in (2, 3) or not all(isinstance(p, int | float) for p in parts):
+            raise ValueError(f"range {text!r} must be start:stop[:step] with numbers")
+        start, stop = parts[0], parts[1]
+        step = parts[2] if len(parts) == 3 else 1
+        if step <= 0 or stop < start:  # type: ignore[operator]
+            raise ValueError(f"range {text!r} needs step > 0 and stop >= start")
+        # Counting steps (not adding floats) keeps 0.1:0.5:0.1 from missing its last value.
+        count = math.floor((stop - start) / step + 1e-9) + 1  # type: ignore[operator]
+        values = [start + i * step for i in range(count)]  # type: ignore[operator]
+        if all(isinstance(p, int) for p in parts):
+            return [int(v) for v in values]
+        return [round(float(v), 12) for v in values]
+    values = [_number(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise ValueError(f"no values in {text!r}")
+    return values
+
+
+def parse_grid(specs: Iterable[str] | str) -> Grid:
+    """``["fast=5:50:5", "slow=20,30"]`` (or one string joined by spaces or ';') -> ``{name: values}``."""
+    if isinstance(specs, str):
+        specs = specs.replace(";", " ").split()
+    grid: Grid = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"parameter spec {spec!r} must look like name=values")
+        if name.strip() in grid:
+            raise ValueError(f"parameter {name.strip()!r} given twice")
+        grid[name.strip()] = parse_values(values)
+    return grid
+
+
+def combinations(grid: Mapping[str, Sequence[Value]]) -> list[dict[str, Value]]:
+    """Every combination, the last parameter varying fastest (deterministic order)."""
+    names = list(grid)
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(grid[n] for n in names))]
+
+
+def rank(results: Iterable[Mapping[str, Any]], metric: str, *, descending: bool = True,
+         metrics_key: str | None = "metrics") -> list[Mapping[str, Any]]:
+    """Results best-first by ``metric`` (read from ``result[metrics_key]`` or the result itself).
+
+    Results without a finite value for the metric go last, in their original order.
+    """
+    def value(r: Mapping[str, Any]) -> float | None:
+        source = r.get(metrics_key, r) if metrics_key else r
+        v = source.get(metric) if isinstance(source, Mapping) else None
+        return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+    items = list(results)
+    scored = [r for r in items if value(r) is not None]
+    unscored = [r for r in items if value(r) is None]
+    scored.sort(key=lambda r: value(r), reverse=descending)  # type: ignore[arg-type,return-value]
+    return scored + unscored

@@ -1,0 +1,93 @@
+"""Distributing datasets through the JetStream Object Store bucket ``data``.
+
+Objects are named ``SYMBOL/timeframe`` and hold the store's own ``.npz`` bytes. A fetching
+machine keeps every object it downloaded under ``<store root>/.objects/<digest>.npz``; a later
+fetch whose object digest is unchanged only reads the (small) object info, and says so with
+``FetchResult.cached``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nats.js.api import ObjectMeta
+from nats.js.client import JetStreamContext
+from nats.js.errors import BucketNotFoundError
+from nats.js.object_store import ObjectStore
+
+from ktrdr.data.store import DataStore, bars_from_bytes, validate_symbol
+from ktrdr.data.timeframes import validate_timeframe
+from subjects.names import DATA_OBJECTS
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublishResult:
+    name: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchResult:
+    name: str
+    digest: str
+    size: int
+    cached: bool  # True when nothing was downloaded: the local cache already had this digest
+    path: Path  # the file in the local store
+
+
+def object_name(symbol: str, timeframe: str) -> str:
+    return f"{validate_symbol(symbol)}/{validate_timeframe(timeframe)}"
+
+
+async def data_bucket(js: JetStreamContext, *, create: bool = True) -> ObjectStore:
+    try:
+        return await js.object_store(DATA_OBJECTS)
+    except BucketNotFoundError:
+        if not create:
+            raise
+        return await js.create_object_store(DATA_OBJECTS)
+
+
+async def publish_dataset(js: JetStreamContext, store: DataStore, symbol: str, timeframe: str) -> PublishResult:
+    """Upload the stored dataset (validated first, so the bucket never holds bad bars)."""
+    path = store.path(symbol, timeframe)
+    if not path.is_file():
+        raise FileNotFoundError(f"no data for {symbol} {timeframe} in {store.root}")
+    data = path.read_bytes()
+    bars_from_bytes(data, source=str(path))
+    name = object_name(symbol, timeframe)
+    bucket = await data_bucket(js)
+    info = await bucket.put(name, data, meta=ObjectMeta(name=name, description=f"{symbol} {timeframe} OHLCV npz"))
+    return PublishResult(name=name, digest=str(info.digest), size=int(info.size or len(data)))
+
+
+async def fetch_dataset(js: JetStreamContext, store: DataStore, symbol: str, timeframe: str) -> FetchResult:
+    """Make the bucket's current version of the dataset the local one, downloading only when needed."""
+    name = object_name(symbol, timeframe)
+    bucket = await data_bucket(js, create=False)
+    info = await bucket.get_info(name)
+    digest = str(info.digest)
+    cache_file = _cache_path(store, digest)
+    cached = cache_file.is_file()
+    if cached:
+        data = cache_file.read_bytes()
+    else:
+        # ObjectStore.get checks the SHA-256 digest of what arrived against the object info.
+        data = (await bucket.get(name)).data or b""
+        bars_from_bytes(data, source=f"object {DATA_OBJECTS}/{name}")
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(cache_file)
+    marker = store.path(symbol, timeframe).with_suffix(".digest")
+    if not (marker.is_file() and marker.read_text() == digest and store.exists(symbol, timeframe)):
+        store.write_bytes(symbol, timeframe, data)
+        marker.write_text(digest)
+    return FetchResult(name=name, digest=digest, size=len(data), cached=cached, path=store.path(symbol, timeframe))
+
+
+def _cache_path(store: DataStore, digest: str) -> Path:
+    return store.root / ".objects" / (re.sub(r"[^A-Za-z0-9_-]", "_", digest) + ".npz")

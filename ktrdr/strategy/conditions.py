@@ -1,0 +1,83 @@
+"""Rule conditions of rule-based strategies, checked at load time and evaluated as whole arrays.
+
+A condition is a one-key mapping:
+
+* ``cross_above: [a, b]`` -- ``a[i-1] < b[i-1] and a[i] > b[i]`` (strict both sides: touching is no cross)
+* ``cross_below: [a, b]`` -- ``a[i-1] > b[i-1] and a[i] < b[i]``
+* ``above: [a, b]`` / ``below: [a, b]`` -- ``a[i] > b[i]`` / ``a[i] < b[i]``
+* ``all: [cond, ...]`` / ``any: [cond, ...]`` / ``not: cond``
+
+Operands are indicator ids, ``id.column`` for multi-output indicators, OHLCV column names, or
+numbers. NaN (indicator warm-up) compares false, so no signal fires before both sides exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+COMPARISONS = ("cross_above", "cross_below", "above", "below")
+COMBINATORS = ("all", "any", "not")
+OPERATORS = COMPARISONS + COMBINATORS
+
+Operand = str | float | int
+Resolver = Callable[[Operand], np.ndarray | float]
+
+
+def check_condition(cond: Any, path: str, is_operand: Callable[[str], bool]) -> list[tuple[str, str]]:
+    """Problems with a condition as ``(field path, message)`` pairs; empty when it is valid."""
+    if not isinstance(cond, dict) or len(cond) != 1:
+        return [(path, f"a condition is a mapping with exactly one of {list(OPERATORS)}, got {cond!r}")]
+    (op, arg), = cond.items()
+    here = f"{path}.{op}"
+    if op not in OPERATORS:
+        return [(here, f"unknown operator {op!r}; one of {list(OPERATORS)}")]
+    if op == "not":
+        return check_condition(arg, here, is_operand)
+    if op in ("all", "any"):
+        if not isinstance(arg, list) or not arg:
+            return [(here, "needs a non-empty list of conditions")]
+        return [p for i, c in enumerate(arg) for p in check_condition(c, f"{here}[{i}]", is_operand)]
+    if not isinstance(arg, list) or len(arg) != 2:
+        return [(here, f"needs a list of two operands, got {arg!r}")]
+    problems = []
+    for i, operand in enumerate(arg):
+        if isinstance(operand, bool) or not isinstance(operand, str | int | float):
+            problems.append((f"{here}[{i}]", f"operand must be an indicator id, a column or a number, got {operand!r}"))
+        elif isinstance(operand, str) and not is_operand(operand):
+            problems.append((f"{here}[{i}]", f"unknown operand {operand!r}"))
+    if all(not isinstance(o, str) for o in arg) and not problems:
+        problems.append((here, "compares two constants"))
+    return problems
+
+
+def evaluate(cond: dict[str, Any], resolve: Resolver, n: int) -> np.ndarray:
+    (op, arg), = cond.items()
+    if op == "not":
+        return ~evaluate(arg, resolve, n)
+    if op == "all":
+        out = np.ones(n, dtype=bool)
+        for c in arg:
+            out &= evaluate(c, resolve, n)
+        return out
+    if op == "any":
+        out = np.zeros(n, dtype=bool)
+        for c in arg:
+            out |= evaluate(c, resolve, n)
+        return out
+    a = np.broadcast_to(np.asarray(resolve(arg[0]), dtype=np.float64), (n,))
+    b = np.broadcast_to(np.asarray(resolve(arg[1]), dtype=np.float64), (n,))
+    if op == "above":
+        return a > b
+    if op == "below":
+        return a < b
+    out = np.zeros(n, dtype=bool)
+    if n < 2:
+        return out
+    if op == "cross_above":
+        out[1:] = (a[:-1] < b[:-1]) & (a[1:] > b[1:])
+    else:
+        out[1:] = (a[:-1] > b[:-1]) & (a[1:] < b[1:])
+    return out
