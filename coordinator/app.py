@@ -21,6 +21,7 @@ from coordinator.dispatcher import Dispatcher
 from coordinator.metrics import Metrics
 from coordinator.operations import Operations
 from coordinator.registry import WorkerRegistry
+from coordinator.routes import capability_routes
 from coordinator.service import OpsService
 from coordinator.settings import CoordinatorSettings
 from ktrdr.runtime.connection import connect
@@ -95,7 +96,7 @@ class Coordinator:
         self.ready.set()
 
     async def _start_api(self) -> None:
-        config = uvicorn.Config(build_app(self), host=self.settings.api_host, port=self.settings.api_port,
+        config = uvicorn.Config(build_app(self, capability_routes(self)), host=self.settings.api_host, port=self.settings.api_port,
                                 log_level="warning", lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -23,7 +23,6 @@ from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
 from subjects import names
 from subjects.models import (
-    PARAMS_MODELS,
     Claim,
     JobMessage,
     Operation,
@@ -32,6 +31,7 @@ from subjects.models import (
     WorkerLease,
     decode,
 )
+from subjects.params import PARAMS_MODELS
 
 log = logging.getLogger(__name__)
 

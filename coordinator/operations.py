@@ -206,6 +206,9 @@ class Operations:
                     self.metrics.dispatch_latency.labels(type=op.type).observe(
                         max(0.0, (datetime.now(UTC) - op.created_at).total_seconds()))
                 return None
+            if event.event is OpEventKind.INFO:
+                op.info.update(event.context)
+                return None
             op.status = _EVENT_STATUS[event.event]
             op.worker_id = event.worker_id
             op.completed_at = now

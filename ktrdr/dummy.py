@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ktrdr.runtime.context import JobContext
-from subjects.models import DummyParams
+from subjects.params import DummyParams
 
 
 class DummyFailure(RuntimeError):

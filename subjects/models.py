@@ -173,6 +173,7 @@ class Operation(Payload):
     cancel_reason: str | None = None
     attempts: list[AttemptRecord] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    info: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def duration_s(self) -> float | None:
@@ -210,6 +211,9 @@ class OpEventKind(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Facts about the running attempt the record should keep (e.g. the epoch a training resumed
+    # from); ``context`` is merged into ``Operation.info``.
+    INFO = "info"
 
 
 class OpEvent(Payload):
@@ -297,19 +301,3 @@ class OpList(Payload):
 class ServiceError(Payload):
     error: str
     code: int = 400
-
-
-# --- job parameters ----------------------------------------------------------------------------
-
-class DummyParams(BaseModel):
-    """``dummy``: a diagnostic op that every worker type serves."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    duration: float = Field(default=5.0, ge=0, le=86_400, description="seconds of simulated work")
-    steps: int = Field(default=10, ge=1, le=100_000)
-    fail: bool | str = Field(default=False, description="true or an error message: end failed")
-
-
-# Validators of job parameters per op type, applied before dispatch. Later capabilities add theirs.
-PARAMS_MODELS: dict[str, type[BaseModel]] = {"dummy": DummyParams}

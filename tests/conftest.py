@@ -71,13 +71,16 @@ async def make_worker(nats_server: NatsServer) -> AsyncIterator[MakeWorker]:
     started: list[Worker] = []
 
     async def make(worker_id: str, *, capabilities: list[str] | None = None, slots: int = 1,
-                   gpu: bool = False, **settings: Any) -> Worker:
+                   gpu: bool = False, handlers: dict[str, Any] | None = None, worker_type: str = "test",
+                   **settings: Any) -> Worker:
+        """Handlers default to the dummy handler for every kind the capabilities name."""
         caps = capabilities or [names.CAP_DUMMY_ANY]
         kinds = {c.split(".")[0] for c in caps}
         worker = Worker(
             settings=WorkerSettings(nats_url=nats_server.url, worker_id=worker_id,
                                     **{**FAST, "fetch_timeout_s": 0.3, "grace_s": 1.0, **settings}),
-            worker_type="test", capabilities=caps, handlers=dict.fromkeys(kinds, run_dummy), slots=slots, gpu=gpu)
+            worker_type=worker_type, capabilities=caps,
+            handlers={**dict.fromkeys(kinds, run_dummy), **(handlers or {})}, slots=slots, gpu=gpu)
         await worker.start()
         started.append(worker)
         return worker

@@ -222,6 +222,9 @@ def dummy(
                             follow_it=follow_it, json=json)
 
 
+# --- capability commands: one registration block per capability module -------------------------
+
+
 def main() -> None:
     app()
 

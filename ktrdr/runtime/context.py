@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 
 from ktrdr.cancel import CancelToken
 from subjects import names
-from subjects.models import JobMessage, ProgressUpdate
+from subjects.models import JobMessage, OpEvent, OpEventKind, ProgressUpdate
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class JobContext:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._publishing: asyncio.Task[None] | None = None
         self._subject = names.ops_progress(job.op_id)
+        self._info_tasks: set[asyncio.Future[Any]] = set()
 
     @property
     def cancelled(self) -> bool:
@@ -68,6 +69,20 @@ class JobContext:
             self._offer(update)
         else:
             self.loop.call_soon_threadsafe(self._offer, update)
+
+    def info(self, **facts: Any) -> None:
+        """Record facts about this attempt in the op record (``Operation.info``), durably.
+
+        E.g. ``ctx.info(resumed_from_epoch=12)``. Published as an ``info`` event before the outcome.
+        """
+        event = OpEvent(op_id=self.op_id, event=OpEventKind.INFO, worker_id=self.worker_id,
+                        attempt=self.attempt, context=facts)
+        coro = self.js.publish(names.ops_events(self.op_id), event.encode())
+        if self._on_loop():
+            future: asyncio.Future[Any] = asyncio.ensure_future(coro)
+        else:
+            future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop), loop=self.loop)
+        self._info_tasks.add(future)
 
     def run_async(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the worker's event loop from the handler's thread and wait for it."""
@@ -112,6 +127,9 @@ class JobContext:
             await asyncio.shield(self._publishing)
         if self._pending is not None:
             await self._publish_pending()
+        if self._info_tasks:
+            await asyncio.gather(*self._info_tasks, return_exceptions=True)
+            self._info_tasks.clear()
 
 
 Handler = Callable[[JobContext], "dict[str, Any] | None | Awaitable[dict[str, Any] | None]"]

@@ -126,3 +126,14 @@ async def test_worker_never_fetches_beyond_its_slots(coordinator: Coordinator, m
         peak = max(peak, info.num_ack_pending, len(worker.lease().running))
         await asyncio.sleep(0.02)
     assert peak == 1
+
+
+async def test_a_handler_can_record_facts_in_the_op_record(coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    def noting(ctx):  # type: ignore[no-untyped-def]
+        ctx.info(resumed_from_epoch=7)
+        return {"ok": True}
+
+    await make_worker("w1", handlers={"dummy": noting})
+    op_id = await submit(coordinator, duration=0)
+    op = await wait_status(coordinator, op_id, OpStatus.COMPLETED)
+    assert op.info == {"resumed_from_epoch": 7} and op.result == {"ok": True}

@@ -1,0 +1,16 @@
+"""HTTP routes that capabilities add to the status API, beside the core ones in ``coordinator.api``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from coordinator.app import Coordinator
+
+
+def capability_routes(coordinator: Coordinator) -> list[Route]:
+    routes: list[Route] = []
+    # One line per capability module, e.g. routes += backtests.routes(coordinator)
+    return routes
