@@ -96,7 +96,8 @@ class Coordinator:
         self.ready.set()
 
     async def _start_api(self) -> None:
-        config = uvicorn.Config(build_app(self, capability_routes(self)), host=self.settings.api_host, port=self.settings.api_port,
+        app = build_app(self, capability_routes(self))
+        config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
                                 log_level="warning", lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
