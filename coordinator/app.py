@@ -63,7 +63,7 @@ class Coordinator:
         s = self.settings
         self.nc = await connect(s.nats_url, name="ktrdr-coordinator", on_reconnect=self._on_reconnect)
         self.js = self.nc.jetstream(timeout=5.0)
-        buckets = await ensure_topology(self.js, lease_ttl_s=s.lease_ttl_s)
+        buckets = await ensure_topology(self.js, lease_ttl_s=s.lease_ttl_s, replicas=s.js_replicas)
         self.ops = Operations(bucket=buckets.ops, metrics=self.metrics)
         loaded = await self.ops.load()
         self.registry = WorkerRegistry(bucket=buckets.workers, metrics=self.metrics,

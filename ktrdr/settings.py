@@ -30,6 +30,8 @@ class CommonSettings(BaseSettings):
     lease_ttl_s: float = Field(default=5.0, gt=0)
     heartbeat_s: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"
+    # JetStream replicas for the streams and buckets ktrdr creates: 3 on a three-node cluster.
+    js_replicas: int = Field(default=1, ge=1, le=5)
 
     @property
     def hostname(self) -> str:

@@ -33,7 +33,8 @@ async def connect(
             await on_reconnect()
 
     return await nats.connect(
-        url,
+        # A comma-separated list names the nodes of a cluster (nats/cluster/*.conf).
+        [u.strip() for u in url.split(",") if u.strip()],
         name=name,
         connect_timeout=connect_timeout,
         max_reconnect_attempts=-1,

@@ -50,12 +50,14 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyVal
         return await js.create_key_value(config)
 
 
-async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float) -> Buckets:
+async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas: int = 1) -> Buckets:
+    """``replicas`` > 1 on a cluster (nats/cluster/*.conf) keeps every stream through a node loss."""
     await _ensure_stream(js, StreamConfig(
         name=names.JOBS_STREAM,
         subjects=[names.JOBS_SUBJECTS],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
+        num_replicas=replicas,
         duplicate_window=120.0,
         max_age=7 * DAY,
     ))
@@ -65,6 +67,7 @@ async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float) -> Bucket
         subjects=[names.OPS_PROGRESS_ALL, names.OPS_EVENTS_ALL],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
+        num_replicas=replicas,
         max_age=7 * DAY,
         # The op record keeps the latest progress; the stream needs only recent history.
         max_msgs_per_subject=1000,
@@ -102,9 +105,11 @@ async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float) -> Bucket
         # Without limit markers an expired lease vanishes silently; with them watchers see it.
         limit_marker_ttl=max(1.0, lease_ttl_s),
         storage=StorageType.FILE,
+        replicas=replicas,
     ))
     ops = await _ensure_bucket(js, KeyValueConfig(
-        bucket=names.OPS_BUCKET, history=5, storage=StorageType.FILE))
+        bucket=names.OPS_BUCKET, history=5, storage=StorageType.FILE, replicas=replicas))
     claims = await _ensure_bucket(js, KeyValueConfig(
-        bucket=names.CLAIMS_BUCKET, history=1, ttl=30 * DAY, storage=StorageType.FILE))
+        bucket=names.CLAIMS_BUCKET, history=1, ttl=30 * DAY, storage=StorageType.FILE,
+        replicas=replicas))
     return Buckets(workers=workers, ops=ops, claims=claims)

@@ -128,7 +128,8 @@ class Worker:
     async def start(self) -> None:
         self.nc = await connect(self.settings.nats_url, name=f"ktrdr-{self.worker_id}")
         self.js = self.nc.jetstream(timeout=5.0)
-        self.buckets = await ensure_topology(self.js, lease_ttl_s=self.settings.lease_ttl_s)
+        self.buckets = await ensure_topology(self.js, lease_ttl_s=self.settings.lease_ttl_s,
+                                            replicas=self.settings.js_replicas)
         await self._put_lease()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
         self._tasks.append(asyncio.create_task(self._register_loop(), name="register"))
