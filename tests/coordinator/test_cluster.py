@@ -1,0 +1,78 @@
+"""A three-node JetStream cluster (as in nats/cluster/): losing one node loses no operation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import nats
+from coordinator.app import Coordinator
+from ktrdr.dummy import run_dummy
+from ktrdr.natsd import NatsServer, free_port
+from ktrdr.runtime.settings import WorkerSettings
+from ktrdr.runtime.worker import Worker
+from subjects.models import OpStatus, SubmitRequest
+from tests.conftest import FAST, coordinator_settings
+from tests.support import assert_eventually, wait_status
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    routes = [free_port() for _ in range(3)]
+    servers = []
+    for i, route in enumerate(routes):
+        conf = tmp_path / f"n{i}.conf"
+        conf.write_text(
+            # The store dir comes from NatsServer's -sd flag.
+            f"server_name: n{i}\njetstream: enabled\n"
+            f"cluster {{ name: ktrdr, listen: 127.0.0.1:{route}, routes: ["
+            + ", ".join(f"nats-route://127.0.0.1:{r}" for r in routes) + "] }\n")
+        servers.append(NatsServer(store_dir=tmp_path / f"store{i}", config_file=conf, name=f"n{i}"))
+    for server in servers:
+        server.start()
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+async def _jetstream_ready(url: str) -> bool:
+    try:
+        nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0)
+    except Exception:
+        return False
+    try:
+        await nc.jetstream(timeout=1).account_info()
+        return True
+    except Exception:
+        return False
+    finally:
+        await nc.close()
+
+
+async def test_an_op_survives_the_loss_of_one_node_of_three(cluster: list[NatsServer]) -> None:
+    urls = ",".join(s.url for s in cluster)
+    await assert_eventually(lambda: _jetstream_ready(cluster[0].url), timeout=30, interval=0.2,
+                            message="the cluster elected no JetStream leader")
+    coordinator = Coordinator(settings=coordinator_settings(urls, js_replicas=3))
+    await coordinator.start()
+    try:
+        worker = Worker(settings=WorkerSettings(nats_url=urls, worker_id="w1", js_replicas=3, fetch_timeout_s=0.3,
+                                                grace_s=1, **FAST),
+                        worker_type="test", capabilities=["dummy.any"], handlers={"dummy": run_dummy})
+        await worker.start()
+        try:
+            op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 3, "steps": 6}))
+            await wait_status(coordinator, op.op_id, OpStatus.RUNNING, timeout=15)
+            cluster[0].kill()
+            done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED, timeout=30)
+            assert done.attempt == 1 and done.worker_id == "w1"
+            after = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+            await wait_status(coordinator, after.op_id, OpStatus.COMPLETED, timeout=30)
+        finally:
+            await worker.stop()
+    finally:
+        await coordinator.stop()
