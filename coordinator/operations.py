@@ -52,7 +52,7 @@ class Operations:
         self.metrics = metrics
         self._cache: dict[str, tuple[Operation, int]] = {}
         self._queued: dict[str, list[tuple[Mutation, asyncio.Future[Operation | None]]]] = {}
-        self._writing: set[str] = set()
+        self._writers: dict[str, asyncio.Task[None]] = {}
         self._listeners: list[Listener] = []
 
     # --- reading --------------------------------------------------------------------------
@@ -122,26 +122,33 @@ class Operations:
         """
         future: asyncio.Future[Operation | None] = asyncio.get_running_loop().create_future()
         self._queued.setdefault(op_id, []).append((change, future))
-        if op_id not in self._writing:
-            self._writing.add(op_id)
-            try:
-                await self._commit_queued(op_id)
-            finally:
-                self._writing.discard(op_id)
+        if op_id not in self._writers:
+            # The writer is a task of its own: a caller that is cancelled while waiting must not
+            # strand the changes queued behind it.
+            writer = asyncio.create_task(self._commit_queued(op_id), name=f"ops-writer-{op_id}")
+            self._writers[op_id] = writer
         return await future
 
     async def _commit_queued(self, op_id: str) -> None:
-        while batch := self._queued.pop(op_id, None):
-            try:
-                result = await self._commit(op_id, [change for change, _ in batch])
-            except Exception as exc:
+        try:
+            while batch := self._queued.pop(op_id, None):
+                try:
+                    result = await self._commit(op_id, [change for change, _ in batch])
+                except asyncio.CancelledError:
+                    for _, future in batch + self._queued.pop(op_id, []):
+                        future.cancel()
+                    raise
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
                 for _, future in batch:
                     if not future.done():
-                        future.set_exception(exc)
-                continue
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(result)
+                        future.set_result(result)
+        finally:
+            # No await between the empty queue and this: a change queued after it starts a writer.
+            self._writers.pop(op_id, None)
 
     async def _commit(self, op_id: str, changes: list[Mutation]) -> Operation | None:
         for _ in range(5):

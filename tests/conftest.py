@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -25,6 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = {"lease_ttl_s": 2.0, "heartbeat_s": 0.25}
 
 
+async def bounded(awaitable: Awaitable[Any], what: str, timeout: float = 30.0) -> None:
+    """Teardown that cannot hang the suite: on timeout, print every task's stack and fail."""
+    try:
+        await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        for task in asyncio.all_tasks():
+            task.print_stack(file=sys.stderr)
+        raise AssertionError(f"{what} did not stop within {timeout} s") from None
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A fresh nats-server with JetStream for each test: free port, temporary store."""
@@ -42,7 +53,7 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
     try:
         yield client
     finally:
-        await client.drain()
+        await bounded(client.drain(), "the test's NATS client")
 
 
 def coordinator_settings(url: str, **overrides: Any) -> CoordinatorSettings:
@@ -59,7 +70,7 @@ async def coordinator(nats_server: NatsServer) -> AsyncIterator[Coordinator]:
     try:
         yield c
     finally:
-        await c.stop()
+        await bounded(c.stop(), "the coordinator")
 
 
 MakeWorker = Callable[..., Awaitable[Worker]]
@@ -87,7 +98,7 @@ async def make_worker(nats_server: NatsServer) -> AsyncIterator[MakeWorker]:
 
     yield make
     for worker in started:
-        await worker.stop()
+        await bounded(worker.stop(), f"worker {worker.worker_id}")
 
 
 SpawnWorker = Callable[..., subprocess.Popen[bytes]]

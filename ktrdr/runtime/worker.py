@@ -84,7 +84,10 @@ class Worker:
         device_name: str | None = None,
         device_memory_mb: int | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
+        active: asyncio.Event | None = None,
     ) -> None:
+        """``active``: fetch jobs only while this event is set (None: always). A worker type with
+        one active instance (the IB host) clears it while standby; the lease then says standby."""
         extra = [c.strip() for c in settings.extra_capabilities.split(",") if c.strip()]
         self.settings = settings
         self.worker_type = worker_type
@@ -102,6 +105,7 @@ class Worker:
         self.device_name = settings.device_name or device_name
         self.device_memory_mb = settings.device_memory_mb or device_memory_mb
         self._status = status
+        self._active = active
         self.started_at = datetime.now(UTC)
         self.rejected: Counter[str] = Counter()
         self.registered = asyncio.Event()
@@ -188,11 +192,19 @@ class Worker:
                 await task
         self._tasks.clear()
         assert self.nc is not None and self.buckets is not None
+        try:
+            await self._before_disconnect()
+        except Exception:
+            log.exception("shutdown hook failed")
         with contextlib.suppress(Exception):
             await self.buckets.workers.delete(self.worker_id)
         with contextlib.suppress(Exception):
             await self.nc.drain()
         log.info("worker %s stopped", self.worker_id)
+
+    async def _before_disconnect(self) -> None:
+        """Hook for worker types: runs at shutdown after running work ended, while NATS is still
+        connected (the IB host hands its active-instance lock over here)."""
 
     # --- lease and registration ---------------------------------------------------------------
 
@@ -200,6 +212,8 @@ class Worker:
         running = [RunningOp(op_id=op, attempt=r.ctx.attempt) for op, r in self._running.items()]
         if not self._fetching:
             state = WorkerState.DRAINING
+        elif not self.is_active:
+            state = WorkerState.STANDBY
         else:
             state = WorkerState.BUSY if len(running) >= self.slots else WorkerState.IDLE
         status = dict(self._status()) if self._status else {}
@@ -263,6 +277,20 @@ class Worker:
 
     # --- fetching -------------------------------------------------------------------------
 
+    @property
+    def is_active(self) -> bool:
+        return self._active is None or self._active.is_set()
+
+    async def _wait_active(self) -> None:
+        """Return once active again or stopping (a standby must still notice shutdown)."""
+        assert self._active is not None
+        waits = [asyncio.ensure_future(self._active.wait()), asyncio.ensure_future(self._stopped.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
     def _free_slots(self) -> int:
         return self.slots - len(self._running)
 
@@ -274,6 +302,9 @@ class Worker:
                 await self._free.wait_for(lambda: self._free_slots() > 0 or not self._fetching)
             if not self._fetching:
                 break
+            if not self.is_active:
+                await self._wait_active()
+                continue
             try:
                 msgs = await sub.fetch(1, timeout=self.settings.fetch_timeout_s)
             except nats.errors.TimeoutError:
@@ -301,8 +332,10 @@ class Worker:
             log.error("rejected job on %s: %s", msg.subject, exc)
             await msg.term()
             return
-        if not self._fetching or self._free_slots() <= 0 or job.op_id in self._running:
-            # Two capabilities can deliver at once to the last slot: hand the extra back at once.
+        if (not self._fetching or not self.is_active or self._free_slots() <= 0
+                or job.op_id in self._running):
+            # Two capabilities can deliver at once to the last slot, or the worker went standby
+            # during the fetch: hand the job back at once.
             await msg.nak()
             return
         assert self.nc is not None and self.js is not None
@@ -390,6 +423,10 @@ class Worker:
                 await self.js.publish(names.ops_events(ctx.op_id), event.encode())
                 return
             except Exception as exc:
+                if self.nc is None or self.nc.is_closed:
+                    # Only at shutdown: the lease expiry then retries or fails the op elsewhere.
+                    log.error("event %s for %s lost: the connection is closed", kind, ctx.op_id)
+                    return
                 log.warning("event %s for %s not yet published (%s); retrying", kind, ctx.op_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

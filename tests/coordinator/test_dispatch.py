@@ -18,6 +18,18 @@ async def submit(coordinator: Coordinator, op_type: str = "dummy", **params: obj
     return op.op_id
 
 
+async def submit_training(coordinator: Coordinator) -> str:
+    """A training op as far as routing goes; the workers below run a stand-in, not the trainer."""
+    return await submit(coordinator, "training", strategy="neuro_mean_reversion")
+
+
+def ran_on(ctx):  # type: ignore[no-untyped-def]
+    return {"ran_on": ctx.worker_id}
+
+
+TRAINING_STANDIN = {"training": ran_on}
+
+
 async def started_events(nc: Client, op_id: str) -> list[OpEvent]:
     js = nc.jetstream()
     sub = await js.subscribe(names.ops_events(op_id), ordered_consumer=True)
@@ -53,10 +65,10 @@ async def test_failing_op_ends_failed_with_its_error(coordinator: Coordinator, m
 
 async def test_training_goes_to_the_gpu_when_a_gpu_worker_holds_a_lease(
         coordinator: Coordinator, make_worker: MakeWorker) -> None:
-    await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU])
-    await make_worker("gpu1", capabilities=[names.CAP_TRAINING_GPU], gpu=True)
+    await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU], handlers=TRAINING_STANDIN)
+    await make_worker("gpu1", capabilities=[names.CAP_TRAINING_GPU], gpu=True, handlers=TRAINING_STANDIN)
     await assert_eventually(lambda: len(coordinator.registry.workers) == 2)
-    op_id = await submit(coordinator, "training", duration=0.1, steps=1)
+    op_id = await submit_training(coordinator)
     op = await wait_status(coordinator, op_id, OpStatus.COMPLETED)
     assert op.worker_id == "gpu1"
     assert op.route == "gpu" and op.offered == [names.CAP_TRAINING_GPU]
@@ -64,9 +76,9 @@ async def test_training_goes_to_the_gpu_when_a_gpu_worker_holds_a_lease(
 
 async def test_training_goes_straight_to_cpu_without_a_gpu_worker(
         coordinator: Coordinator, make_worker: MakeWorker) -> None:
-    await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU])
+    await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU], handlers=TRAINING_STANDIN)
     await assert_eventually(lambda: "cpu1" in coordinator.registry.workers)
-    op_id = await submit(coordinator, "training", duration=0, steps=1)
+    op_id = await submit_training(coordinator)
     op = await wait_status(coordinator, op_id, OpStatus.COMPLETED)
     assert op.worker_id == "cpu1"
     assert op.route_reason == "cpu: no gpu worker"
@@ -74,13 +86,14 @@ async def test_training_goes_straight_to_cpu_without_a_gpu_worker(
 
 async def test_training_falls_back_to_cpu_after_the_gpu_timeout_and_runs_once(
         coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
-    await make_worker("gpu1", capabilities=[names.CAP_TRAINING_GPU], gpu=True)
-    await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU])
+    await make_worker("gpu1", capabilities=[names.CAP_TRAINING_GPU, names.CAP_DUMMY_ANY], gpu=True,
+                      handlers=TRAINING_STANDIN)
+    await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU], handlers=TRAINING_STANDIN)
     await assert_eventually(lambda: len(coordinator.registry.workers) == 2)
-    # Keep the only GPU busy so that nobody claims the GPU offer within the timeout (1 s here).
-    busy = await submit(coordinator, "training", duration=3, steps=3)
+    # Keep the only GPU busy (its one slot) so that nobody claims the GPU offer within the timeout.
+    busy = await submit(coordinator, duration=3, steps=3)
     await wait_status(coordinator, busy, OpStatus.RUNNING)
-    op_id = await submit(coordinator, "training", duration=0, steps=1)
+    op_id = await submit_training(coordinator)
     op = await wait_status(coordinator, op_id, OpStatus.COMPLETED)
     assert op.worker_id == "cpu1"
     assert op.route_reason == "cpu: gpu timeout after 1 s"
