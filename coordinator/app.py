@@ -24,6 +24,7 @@ from coordinator.registry import WorkerRegistry
 from coordinator.routes import capability_routes
 from coordinator.service import OpsService
 from coordinator.settings import CoordinatorSettings
+from coordinator.sweeps import SweepManager
 from ktrdr.runtime.connection import connect
 from ktrdr.runtime.topology import ensure_topology
 from subjects import names
@@ -74,6 +75,8 @@ class Coordinator:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.registry.ready.wait(), 5.0)
         await self.dispatcher.resume()
+        sweeps = SweepManager(nc=self.nc, js=self.js, ops=self.ops, dispatcher=self.dispatcher)
+        await sweeps.start()
         sub = await self.js.subscribe(
             names.OPS_PROGRESS_ALL, durable=names.COORDINATOR_CONSUMER, stream=names.OPS_STREAM,
             cb=self._on_ops_msg, manual_ack=True, pending_msgs_limit=200_000)
@@ -86,7 +89,7 @@ class Coordinator:
         await cancel.start()
         service = OpsService(nc=self.nc, ops=self.ops, dispatcher=self.dispatcher, metrics=self.metrics)
         await service.start()
-        self._parts = [cancel, service]
+        self._parts = [cancel, service, sweeps]
         self._tasks.append(asyncio.create_task(self._reaper(), name="reaper"))
         if s.api_enabled:
             await self._start_api()

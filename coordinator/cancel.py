@@ -78,6 +78,14 @@ class CancelResponder:
         if op.status.terminal:
             await self._reply(msg, self._finished(op))
             return
+        if op.type in names.COORDINATOR_OP_TYPES:
+            # No worker runs it: the coordinator ends it here, and its runner (coordinator.sweeps)
+            # cancels the children through this same subject.
+            done = await self.ops.mutate(op_id, _cancelled(request.reason, op.attempt))
+            await self._reply(msg, CancelReply(
+                op_id=op_id, accepted=True, status=done.status if done else OpStatus.CANCELLED,
+                message="cancelled; its child operations are being cancelled"))
+            return
         if op.status is OpStatus.PENDING and await self.dispatcher.claim_for_coordinator(op_id, op.attempt):
             done = await self.ops.mutate(op_id, _cancelled(request.reason, op.attempt))
             log.info("cancelled queued operation %s: %s", op_id, request.reason)

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 COORDINATOR_CLAIMANT = "coordinator"
 
 
+def _coordinated(op: Operation) -> bool:
+    return op.type in names.COORDINATOR_OP_TYPES
+
+
 def new_op_id(op_type: str) -> str:
     return f"{op_type[:5]}-{uuid.uuid4().hex[:12]}"
 
@@ -77,6 +81,10 @@ class Dispatcher:
             parent_id=request.parent_id,
             max_attempts=request.max_attempts or self.settings.max_attempts,
         )
+        if _coordinated(op):
+            # Run by the coordinator itself (coordinator.sweeps): recorded, never offered to a worker.
+            op.route, op.route_reason = "coordinator", "run by the coordinator"
+            return await self.ops.create(op)
         self._route(op, why=None)
         op = await self.ops.create(op)
         await self._offer(op, op.offered)
@@ -194,7 +202,7 @@ class Dispatcher:
         later, a duplicate loses the claim and is dropped. Either way nothing runs twice.
         """
         for op in list(self.ops.all()):
-            if op.status is OpStatus.PENDING:
+            if op.status is OpStatus.PENDING and not _coordinated(op):
                 if await self.claim_holder(op.op_id, op.attempt) is None:
                     await self._offer(op, op.offered or [op.capability or ""])
                 self._schedule_fallback(op)
@@ -203,7 +211,7 @@ class Dispatcher:
         """Retry or fail every operation the lost worker owned."""
         listed = {r.op_id: r.attempt for r in lease.running} if lease else {}
         for op in list(self.ops.all()):
-            if op.status.terminal:
+            if op.status.terminal or _coordinated(op):
                 continue
             owned = (op.status is OpStatus.RUNNING and op.worker_id == worker_id) or (
                 listed.get(op.op_id) == op.attempt)
@@ -216,6 +224,8 @@ class Dispatcher:
         """Ops whose owner holds no lease (e.g. it died while the coordinator was down)."""
         now = datetime.now(UTC)
         for op in list(self.ops.all()):
+            if _coordinated(op):
+                continue  # no worker holds it: the coordinator runs it and resumes it on start
             if op.status is OpStatus.RUNNING and not self.registry.alive(op.worker_id):
                 await self.recover(op.op_id, op.attempt, op.worker_id or "?", "no lease")
             elif op.status is OpStatus.PENDING and op.offered_at is not None and (

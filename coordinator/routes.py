@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from starlette.routing import Route
 
+from coordinator import backtests, trainings
+
 if TYPE_CHECKING:
     from coordinator.app import Coordinator
 
@@ -13,4 +15,6 @@ if TYPE_CHECKING:
 def capability_routes(coordinator: Coordinator) -> list[Route]:
     routes: list[Route] = []
     # One line per capability module, e.g. routes += backtests.routes(coordinator)
+    routes += trainings.routes(coordinator)
+    routes += backtests.routes(coordinator)
     return routes

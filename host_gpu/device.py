@@ -39,3 +39,16 @@ def require_gpu() -> GpuDevice:
                          "(torch.cuda.is_available() and torch.backends.mps.is_available() are false, "
                          "or torch is not installed); run `ktrdr worker training` for CPU training")
     return device
+
+
+# Concurrent trainings per GPU by memory: strategy MLPs are small, so memory is rarely the limit;
+# the cap keeps kernels from several jobs from starving each other.
+GIB_PER_SLOT = 16
+MAX_SLOTS = 4
+
+
+def slots_for_memory(memory_mb: int | None) -> int:
+    """One training slot per 16 GiB of device memory, 1 to 4 (1 when the memory is unknown, e.g. MPS)."""
+    if not memory_mb:
+        return 1
+    return max(1, min(MAX_SLOTS, memory_mb // (GIB_PER_SLOT * 1024)))

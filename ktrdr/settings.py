@@ -34,5 +34,10 @@ class CommonSettings(BaseSettings):
     js_replicas: int = Field(default=1, ge=1, le=5)
 
     @property
+    def data_dir(self) -> Path:
+        """The local market-data store (``ktrdr.data.DataStore``); workers cache the ``data`` bucket here."""
+        return self.home / "data"
+
+    @property
     def hostname(self) -> str:
         return socket.gethostname()

@@ -7,6 +7,7 @@ id that becomes a subject token.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Final
 
@@ -17,6 +18,10 @@ WORKER_REGISTER: Final = "worker.register"
 WORKERS_BUCKET: Final = "workers"  # one lease key per worker id
 OPS_BUCKET: Final = "ops"  # the durable record of every operation; the coordinator is its only writer
 CLAIMS_BUCKET: Final = "claims"  # key "<op_id>_<attempt>": kv.create is the arbiter of ownership
+# The IB host's active-instance lock: TTL + limit markers; kv.create (or a compare-and-set over an
+# expiry marker) elects the one host that talks to IB; the active host refreshes it.
+IB_ACTIVE_BUCKET: Final = "ib_active"
+IB_ACTIVE_KEY: Final = "active"
 
 # Object stores.
 DATA_OBJECTS: Final = "data"  # market-data datasets, cached by digest on every worker
@@ -43,6 +48,23 @@ SERVICE_SUBMIT: Final = "submit"
 SERVICE_GET: Final = "get"
 SERVICE_LIST: Final = "list"
 
+# The active IB host's NATS micro service: ``nats req ib.contract '{"symbol":"AAPL"}'``.
+# Only the active host runs it, so exactly one instance answers.
+IB_SERVICE_NAME: Final = "ktrdr-ib"
+IB_SERVICE_GROUP: Final = "ib"
+IB_CONTRACT: Final = "contract"  # contract details of a symbol
+IB_HEAD: Final = "head"  # the earliest timestamp IB has data for
+IB_BARS: Final = "bars"  # a small historical request, answered directly
+IB_STATUS: Final = "status"  # connection, pacing budget, active instance
+IB_ENDPOINTS: Final = (IB_CONTRACT, IB_HEAD, IB_BARS, IB_STATUS)
+
+
+def ib_subject(endpoint: str) -> str:
+    if endpoint not in IB_ENDPOINTS:
+        raise InvalidToken(f"unknown IB endpoint {endpoint!r}; known: {', '.join(IB_ENDPOINTS)}")
+    return f"{IB_SERVICE_GROUP}.{endpoint}"
+
+
 # JetStream advisory sent when a job message reaches MaxDeliver.
 MAX_DELIVERIES_ADVISORY: Final = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + JOBS_STREAM + ".*"
 
@@ -67,7 +89,11 @@ OP_TYPE_KIND: Final = {
     "data_load": KIND_DATA,
     "dummy": KIND_DUMMY,
 }
-OP_TYPES: Final = tuple(OP_TYPE_KIND)
+# Operation types the coordinator runs itself: no job kind, never offered to a worker (a sweep
+# fans out child operations and aggregates them).
+OP_SWEEP: Final = "sweep"
+COORDINATOR_OP_TYPES: Final = (OP_SWEEP,)
+OP_TYPES: Final = (*OP_TYPE_KIND, *COORDINATOR_OP_TYPES)
 # Kinds whose jobs can go to more than one capability, in order of preference.
 ROUTES: Final = {
     KIND_BACKTEST: (CAP_BACKTEST_CPU,),
@@ -134,3 +160,13 @@ def claim_key(op_id: str, attempt: int) -> str:
 def job_msg_id(op_id: str, attempt: int, capability: str) -> str:
     """Nats-Msg-Id of one offer: distinct per attempt and route, so a CPU fallback is not deduped."""
     return f"{validate_token(op_id, what='operation id')}:{int(attempt)}:{validate_capability(capability)}"
+
+
+def object_meta_subject(bucket: str, object_name: str) -> str:
+    """The subject holding an Object Store object's metadata (``$O.<bucket>.M.<base64 name>``).
+
+    The model registry publishes there once, with an expected last sequence of 0, to reserve a
+    version number atomically before uploading it.
+    """
+    encoded = base64.urlsafe_b64encode(object_name.encode()).decode()
+    return f"$O.{validate_token(bucket, what='bucket')}.M.{encoded}"

@@ -3,7 +3,14 @@ is a 422 naming the field, never a failed op) and by the worker again before it 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from subjects.data import DataLoadParams
+from subjects.training import TrainingParams
 
 
 class DummyParams(BaseModel):
@@ -16,7 +23,106 @@ class DummyParams(BaseModel):
     fail: bool | str = Field(default=False, description="true or an error message: end failed")
 
 
+# The bar timeframes of ktrdr.data.timeframes, spelled here so the wire contract needs no domain code.
+TIMEFRAMES = ("1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w")
+_SYMBOL = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,31}$")
+ParamValue = int | float | str | bool
+
+
+class BacktestParams(BaseModel):
+    """``backtesting``: one strategy on one symbol's bars between two instants."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str = Field(min_length=1, description="packaged strategy name or inline YAML")
+    symbol: str
+    timeframe: str
+    start: datetime | None = Field(default=None, description="first bar (UTC); none: the first stored")
+    end: datetime | None = Field(default=None, description="last bar (UTC); none: the last stored")
+    capital: float = Field(default=100_000.0, gt=0)
+    commission: float = Field(default=0.001, ge=0, lt=1)
+    slippage: float = Field(default=0.0005, ge=0, lt=1)
+    sizing: Literal["fraction", "all_cash"] = "fraction"
+    fraction: float = Field(default=0.25, gt=0, le=1)
+    close_at_end: bool = True
+    parameters: dict[str, ParamValue] = Field(default_factory=dict, description="strategy parameter overrides")
+    model: str | None = Field(default=None, description="neuro-fuzzy: the model as name@version")
+    # Equity curves are most of a stored result; a sweep's children leave them out by default.
+    include_curves: bool = True
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol(cls, v: str) -> str:
+        if not _SYMBOL.match(v):
+            raise ValueError(f"invalid symbol {v!r}: use letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("timeframe")
+    @classmethod
+    def _timeframe(cls, v: str) -> str:
+        if v not in TIMEFRAMES:
+            raise ValueError(f"unknown timeframe {v!r}; one of {', '.join(TIMEFRAMES)}")
+        return v
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, v: datetime | None, info: ValidationInfo) -> datetime | None:
+        start = info.data.get("start")
+        if v is not None and start is not None and v <= start:
+            raise ValueError(f"end {v.isoformat()} must be after start {start.isoformat()}")
+        return v
+
+
+# Metrics where smaller is better: a sweep ranks them ascending unless told otherwise.
+ASCENDING_METRICS = frozenset({"max_drawdown", "max_drawdown_pct", "volatility_pct", "avg_bars_held"})
+MAX_SWEEP_COMBINATIONS = 10_000
+
+
+class SweepParams(BacktestParams):
+    """``sweep``: one ``backtesting`` child per combination of ``grid``, ranked by ``metric``.
+
+    ``parameters`` holds overrides every child shares; each combination is applied on top.
+    """
+
+    grid: dict[str, list[ParamValue]] = Field(min_length=1)
+    metric: str = Field(default="sharpe_ratio", min_length=1)
+    descending: bool | None = Field(default=None, description="none: by the metric (drawdowns ascend)")
+    top: int = Field(default=10, ge=1, le=1000, description="best children kept in the op result")
+    include_curves: bool = False
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: dict[str, list[ParamValue]]) -> dict[str, list[ParamValue]]:
+        count = 1
+        for name, values in v.items():
+            if not values:
+                raise ValueError(f"parameter {name!r} has no values")
+            count *= len(values)
+        if count > MAX_SWEEP_COMBINATIONS:
+            raise ValueError(f"{count} combinations; at most {MAX_SWEEP_COMBINATIONS}")
+        return v
+
+    @property
+    def ranks_descending(self) -> bool:
+        return self.descending if self.descending is not None else self.metric not in ASCENDING_METRICS
+
+    def child_params(self, combination: dict[str, ParamValue]) -> dict[str, object]:
+        """The ``backtesting`` params of one combination (JSON-ready)."""
+        base = self.model_dump(mode="json", exclude=set(SweepParams.model_fields) - set(BacktestParams.model_fields))
+        base["parameters"] = {**self.parameters, **combination}
+        return base
+
+
 # One line per op type. Capabilities add theirs here.
 PARAMS_MODELS: dict[str, type[BaseModel]] = {
     "dummy": DummyParams,
+    "data_load": DataLoadParams,
+    "training": TrainingParams,
+    "backtesting": BacktestParams,
+    "sweep": SweepParams,
 }

@@ -4,8 +4,11 @@ from ktrdr.dummy import run_dummy
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker
 from subjects import names
+from worker_training.handler import make_training_handler
 
 
 def build_worker(settings: WorkerSettings) -> Worker:
-    return Worker(settings=settings, worker_type="training", capabilities=[names.CAP_DUMMY_ANY],
-                  handlers={names.KIND_DUMMY: run_dummy}, slots=1)
+    training = make_training_handler(device="cpu", data_root=settings.home / "data")
+    return Worker(settings=settings, worker_type="training",
+                  capabilities=[names.CAP_TRAINING_CPU, names.CAP_DUMMY_ANY],
+                  handlers={names.KIND_TRAINING: training, names.KIND_DUMMY: run_dummy}, slots=1)

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
-from ktrdr.cli.client import KtrdrClient, KtrdrError, to_json
+from ktrdr.cli.client import to_json
+from ktrdr.cli.common import JsonOpt, exit_for, run_client, settings, submit_and_maybe_follow
 from ktrdr.cli.follow import follow
 from ktrdr.cli.render import console, op_details, ops_table, workers_table
-from ktrdr.cli.settings import CliSettings
 from ktrdr.logs import setup_logging
-from subjects.models import Operation, OpStatus
-
-T = TypeVar("T")
+from subjects.models import OpStatus
 
 app = typer.Typer(help="ktrdr: trading-strategy research on a NATS JetStream worker fleet.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -26,37 +22,6 @@ host_app = typer.Typer(help="Run a host process (GPU, Interactive Brokers).", no
 app.add_typer(ops_app, name="ops")
 app.add_typer(worker_app, name="worker")
 app.add_typer(host_app, name="host")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-
-
-def settings() -> CliSettings:
-    return CliSettings()
-
-
-def run_client(work: Callable[[KtrdrClient], Awaitable[T]]) -> T:
-    """Run ``work`` with a connected client; platform errors become a message and exit code."""
-    s = settings()
-
-    async def main() -> T:
-        async with KtrdrClient(nats_url=s.nats_url, timeout=s.request_timeout_s, lease_ttl_s=s.lease_ttl_s) as c:
-            return await work(c)
-
-    try:
-        return asyncio.run(main())
-    except KtrdrError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2 if exc.code in (400, 404, 409, 422) else 3) from None
-    except asyncio.CancelledError:
-        raise typer.Exit(130) from None
-
-
-def exit_for(op: Operation) -> None:
-    if op.status is OpStatus.FAILED:
-        raise typer.Exit(1)
-    if op.status is OpStatus.CANCELLED:
-        raise typer.Exit(130)
-
 
 # --- platform processes -------------------------------------------------------------------------
 
@@ -193,22 +158,6 @@ def ops_cancel(op_id: str, reason: Annotated[str, typer.Option()] = "cancelled b
 
 # --- diagnostics --------------------------------------------------------------------------------
 
-def submit_and_maybe_follow(op_type: str, params: dict[str, Any], *, follow_it: bool, json: bool) -> None:
-    async def work(c: KtrdrClient) -> Operation:
-        op = await c.submit(op_type, params)
-        if not json:
-            console.print(f"submitted [bold]{op.op_id}[/] ({op.route_reason})")
-        if follow_it:
-            return await follow(c, op.op_id, quiet=json)
-        return op
-
-    op = run_client(work)
-    if json:
-        print(to_json(op))
-    if follow_it:
-        exit_for(op)
-
-
 @app.command()
 def dummy(
     duration: Annotated[float, typer.Option(min=0, help="Seconds of simulated work.")] = 5.0,
@@ -223,6 +172,22 @@ def dummy(
 
 
 # --- capability commands: one registration block per capability module -------------------------
+
+from ktrdr.cli.backtest import backtest_app  # noqa: E402 - registered after the core commands
+from ktrdr.cli.data import data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
+
+from ktrdr.cli.ib import fetch as ib_fetch  # noqa: E402
+from ktrdr.cli.ib import ib_app  # noqa: E402
+
+app.add_typer(ib_app, name="ib")
+data_app.command("fetch")(ib_fetch)
+app.add_typer(backtest_app, name="backtest")
+
+from ktrdr.cli import train as _train  # noqa: E402
+
+_train.register(app)
 
 
 def main() -> None:

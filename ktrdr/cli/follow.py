@@ -20,7 +20,8 @@ def describe(update: ProgressUpdate) -> str:
     parts = [update.step or "", update.message or ""]
     ctx = update.context
     # Domain context the workers publish (training epochs, backtest bars): show the useful bits.
-    for key in ("epoch", "batch", "train_loss", "val_loss", "device", "date", "equity", "trades"):
+    for key in ("epoch", "batch", "running_train_loss", "train_loss", "val_loss", "device", "date", "equity",
+                "trades"):
         if key in ctx:
             value = ctx[key]
             parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
@@ -57,6 +58,9 @@ async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool =
                         bar.update(task, completed=item.progress.percentage)
                     if item.status is OpStatus.PENDING:
                         bar.update(task, description=f"pending ({item.route_reason or 'queued'})")
+                    elif item.progress and item.progress.message:
+                        # Ops the coordinator runs (sweeps) publish no progress: their record has it.
+                        bar.update(task, description=item.progress.message)
                 elif isinstance(item, ProgressUpdate):
                     if item.percentage is not None:
                         bar.update(task, completed=item.percentage)

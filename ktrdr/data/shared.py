@@ -8,7 +8,9 @@ fetch whose object digest is unchanged only reads the (small) object info, and s
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,13 +81,16 @@ async def fetch_dataset(js: JetStreamContext, store: DataStore, symbol: str, tim
         data = (await bucket.get(name)).data or b""
         bars_from_bytes(data, source=f"object {DATA_OBJECTS}/{name}")
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
+        # A unique temporary name: several workers may share one data dir and fetch at once.
+        tmp = cache_file.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         tmp.write_bytes(data)
         tmp.replace(cache_file)
     marker = store.path(symbol, timeframe).with_suffix(".digest")
     if not (marker.is_file() and marker.read_text() == digest and store.exists(symbol, timeframe)):
         store.write_bytes(symbol, timeframe, data)
-        marker.write_text(digest)
+        marker_tmp = marker.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        marker_tmp.write_text(digest)
+        marker_tmp.replace(marker)
     return FetchResult(name=name, digest=digest, size=len(data), cached=cached, path=store.path(symbol, timeframe))
 
 

@@ -1,0 +1,259 @@
+"""``ktrdr backtest``: run a backtest or a parameter sweep on the worker fleet, show and plot results.
+
+Requests are checked here first (params, and that the strategy loads with every override), so a
+typo is an error before anything is queued. A strategy given as a file is sent inline: workers on
+other machines do not have the file.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.table import Table
+
+from ktrdr.cli.client import KtrdrClient, to_json
+from ktrdr.cli.common import JsonOpt, exit_for, run_client, strategy_source
+from ktrdr.cli.follow import follow
+from ktrdr.cli.render import console
+from ktrdr.results import get_result
+from subjects import names
+from subjects.models import Operation, OpStatus
+from subjects.params import BacktestParams, SweepParams
+
+backtest_app = typer.Typer(help="Backtests and parameter sweeps on the backtest workers.", no_args_is_help=True)
+
+FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="Follow live; Ctrl-C cancels.")]
+SymbolOpt = Annotated[str, typer.Option("--symbol", "-s")]
+TimeframeOpt = Annotated[str, typer.Option("--timeframe", "-t")]
+StartOpt = Annotated[str | None, typer.Option(help="First bar (UTC), e.g. 2020-01-01.")]
+EndOpt = Annotated[str | None, typer.Option(help="Last bar (UTC).")]
+CapitalOpt = Annotated[float, typer.Option()]
+CostOpt = Annotated[float, typer.Option()]
+SizingOpt = Annotated[str, typer.Option(help="fraction or all_cash.")]
+FractionOpt = Annotated[float, typer.Option(help="Share of equity per entry (sizing fraction).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Strategy parameter override name=value (repeatable).")]
+
+
+
+
+
+def _overrides(specs: list[str] | None) -> dict[str, Any]:
+    from ktrdr.backtest.sweep import parse_values
+
+    out: dict[str, Any] = {}
+    for spec in specs or []:
+        name, sep, value = spec.partition("=")
+        if not sep:
+            raise ValueError(f"--set: {spec!r} must look like name=value")
+        out[name.strip()] = parse_values(value)[0]
+    return out
+
+
+def _checked(model: type[BaseModel], fields: dict[str, Any]) -> Any:
+    """Validate locally: params by their model, then the strategy; errors exit 2 naming the field."""
+    # Domain imports are deferred so that every other ktrdr command starts without pandas.
+    from ktrdr.backtest.checks import RequestProblem, check_strategy
+
+    try:
+        params = model.model_validate({k: v for k, v in fields.items() if v is not None})
+        check_strategy(params.strategy, params.parameters, getattr(params, "grid", None))
+        return params
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        console.print(f"[red]error:[/] invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
+    except (RequestProblem, ValueError) as exc:
+        console.print(f"[red]error:[/] invalid {exc}")
+    raise typer.Exit(2)
+
+
+def _submit(op_type: str, params: BaseModel, *, follow_it: bool, json: bool) -> Operation:
+    async def work(c: KtrdrClient) -> Operation:
+        op = await c.submit(op_type, params.model_dump(mode="json"))
+        if not json:
+            console.print(f"submitted [bold]{op.op_id}[/] ({op.route_reason})")
+        return await follow(c, op.op_id, quiet=json) if follow_it else op
+
+    op = run_client(work)
+    if json:
+        print(to_json(op))
+    elif op.status is OpStatus.COMPLETED:
+        console.print(f"details: ktrdr backtest show {op.op_id}")
+    if follow_it:
+        exit_for(op)
+    return op
+
+
+@backtest_app.command("run")
+def run(
+    strategy: Annotated[str, typer.Argument(help="Packaged strategy name or a YAML file.")],
+    symbol: SymbolOpt,
+    timeframe: TimeframeOpt = "1h",
+    start: StartOpt = None,
+    end: EndOpt = None,
+    capital: CapitalOpt = 100_000.0,
+    commission: CostOpt = 0.001,
+    slippage: CostOpt = 0.0005,
+    sizing: SizingOpt = "fraction",
+    fraction: FractionOpt = 0.25,
+    overrides: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="Neuro-fuzzy: the model as name@version.")] = None,
+    follow_it: FollowOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Backtest a strategy on stored bars (the data must be in the 'data' bucket: ktrdr data ...)."""
+    try:
+        parameters = _overrides(overrides)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] invalid {exc}")
+        raise typer.Exit(2) from None
+    params = _checked(BacktestParams, dict(
+        strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
+        capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
+        parameters=parameters, model=model))
+    _submit("backtesting", params, follow_it=follow_it, json=json)
+
+
+@backtest_app.command("sweep")
+def sweep(
+    strategy: Annotated[str, typer.Argument(help="Packaged strategy name or a YAML file.")],
+    param: Annotated[list[str], typer.Option("--param", "-p", help="name=start:stop:step or name=a,b,c (repeatable).")],
+    symbol: SymbolOpt,
+    timeframe: TimeframeOpt = "1h",
+    start: StartOpt = None,
+    end: EndOpt = None,
+    metric: Annotated[str, typer.Option(help="Metric to rank by.")] = "sharpe_ratio",
+    top: Annotated[int, typer.Option(min=1, help="Best variants kept in the op result.")] = 10,
+    capital: CapitalOpt = 100_000.0,
+    commission: CostOpt = 0.001,
+    slippage: CostOpt = 0.0005,
+    sizing: SizingOpt = "fraction",
+    fraction: FractionOpt = 0.25,
+    follow_it: FollowOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Backtest every combination of the parameter grid across the workers and rank them."""
+    from ktrdr.backtest.sweep import parse_grid
+
+    try:
+        grid = parse_grid(param)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] invalid --param: {exc}")
+        raise typer.Exit(2) from None
+    params = _checked(SweepParams, dict(
+        strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
+        capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
+        grid=grid, metric=metric, top=top))
+    op = _submit(names.OP_SWEEP, params, follow_it=follow_it, json=json)
+    if follow_it and not json and op.result:
+        console.print(_top_table(op.result))
+
+
+async def _load(c: KtrdrClient, op_id: str) -> tuple[Operation, dict[str, Any] | None]:
+    op = await c.get(op_id)
+    data = await get_result(c._nc.jetstream(), op_id) if op.status is OpStatus.COMPLETED else None
+    return op, (jsonlib.loads(data) if data else None)
+
+
+def _results(op_id: str) -> tuple[Operation, dict[str, Any]]:
+    op, doc = run_client(lambda c: _load(c, op_id))
+    if doc is None:
+        why = (f"it is {op.status.value}" + (f": {op.error}" if op.error else "")
+               if op.status is not OpStatus.COMPLETED else "it stored none")
+        console.print(f"[red]error:[/] no results for {op_id}: {why}")
+        raise typer.Exit(2)
+    return op, doc
+
+
+@backtest_app.command("show")
+def show(op_id: str, trades: Annotated[int, typer.Option(min=0, help="Trades to list (the last ones).")] = 20,
+         json: JsonOpt = False) -> None:
+    """Metrics and trades of a completed backtest, or the ranking of a sweep."""
+    op, doc = _results(op_id)
+    if json:
+        print(jsonlib.dumps(doc if op.type == names.OP_SWEEP else {k: v for k, v in doc.items()
+                                                                   if k not in ("index_ns", "equity", "benchmark")},
+                            indent=2))
+        return
+    if op.type == names.OP_SWEEP:
+        console.print(_ranking_table(doc, limit=max(trades, 1)))
+        return
+    config = doc.get("config", {})
+    console.print(f"[bold]{doc['strategy']}[/] on {config.get('symbol')} {doc.get('timeframe')} "
+                  f"parameters {doc.get('parameters')}")
+    console.print(_metrics_table(doc["metrics"]))
+    console.print(_trades_table(doc["trades"], trades))
+
+
+@backtest_app.command("plot")
+def plot(op_id: str, output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")]) -> None:
+    """Equity and drawdown chart of a completed backtest, beside buy and hold."""
+    from ktrdr.backtest import BacktestResult
+    from ktrdr.backtest.plot import plot_result
+
+    op, doc = _results(op_id)
+    if op.type == names.OP_SWEEP or not doc.get("equity"):
+        console.print(f"[red]error:[/] {op_id} stored no equity curve (sweep children leave it out): "
+                      "run that variant with `ktrdr backtest run` to plot it")
+        raise typer.Exit(2)
+    result = BacktestResult.from_json_bytes(jsonlib.dumps(doc).encode())
+    console.print(f"wrote {plot_result(result, output)}")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.2f}"
+    return str(value)
+
+
+def _metrics_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title="metrics", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, _fmt(value))
+    return table
+
+
+def _trades_table(trades: dict[str, list[Any]], last: int) -> Table:
+    count = len(trades.get("pnl", []))
+    shown = range(max(0, count - last), count)
+    table = Table(title=f"{count} trade(s)" + (f", the last {len(shown)}" if len(shown) < count else ""))
+    columns = ("entry_bar", "exit_bar", "side", "size", "entry_price", "exit_price", "pnl", "bars_held")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for i in shown:
+        row = [trades[c][i] for c in columns]
+        row[2] = "long" if row[2] > 0 else "short"
+        table.add_row(*(_fmt(v) for v in row))
+    return table
+
+
+def _ranking_table(doc: dict[str, Any], *, limit: int) -> Table:
+    metric = doc["metric"]
+    table = Table(title=f"sweep {doc['sweep']}: {doc['completed']} of {doc['combinations']} ranked by {metric} "
+                        f"({len(doc['failed'])} failed, {doc['cancelled']} cancelled)")
+    for col in ("rank", "parameters", metric, "total_return_pct", "max_drawdown_pct", "trades", "op"):
+        table.add_column(col)
+    for r in doc["ranking"][:limit]:
+        m = r["metrics"]
+        table.add_row(str(r["rank"]), ", ".join(f"{k}={v}" for k, v in r["parameters"].items()), _fmt(m.get(metric)),
+                      _fmt(m.get("total_return_pct")), _fmt(m.get("max_drawdown_pct")), _fmt(m.get("trades")),
+                      r["op_id"])
+    return table
+
+
+def _top_table(result: dict[str, Any]) -> Table:
+    metric = result["metric"]
+    table = Table(title=f"best {len(result['top'])} of {result['combinations']} by {metric}")
+    for col in ("rank", "parameters", metric, "total_return_pct", "op"):
+        table.add_column(col)
+    for r in result["top"]:
+        table.add_row(str(r["rank"]), ", ".join(f"{k}={v}" for k, v in r["parameters"].items()),
+                      _fmt(r.get(metric)), _fmt(r.get("total_return_pct")), r["op_id"])
+    return table

@@ -1,0 +1,71 @@
+"""Plumbing every ``ktrdr`` command shares: settings, a connected client, exit codes, submit-and-follow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ktrdr.cli.client import KtrdrClient, KtrdrError, to_json
+from ktrdr.cli.follow import follow
+from ktrdr.cli.render import console
+from ktrdr.cli.settings import CliSettings
+from subjects.models import Operation, OpStatus
+
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def settings() -> CliSettings:
+    return CliSettings()
+
+
+def run_client(work: Callable[[KtrdrClient], Awaitable[T]]) -> T:
+    """Run ``work`` with a connected client; platform errors become a message and exit code."""
+    s = settings()
+
+    async def main() -> T:
+        async with KtrdrClient(nats_url=s.nats_url, timeout=s.request_timeout_s, lease_ttl_s=s.lease_ttl_s) as c:
+            return await work(c)
+
+    try:
+        return asyncio.run(main())
+    except KtrdrError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2 if exc.code in (400, 404, 409, 422) else 3) from None
+    except asyncio.CancelledError:
+        raise typer.Exit(130) from None
+
+
+def exit_for(op: Operation) -> None:
+    """Exit codes of a followed op: 0 completed, 1 failed, 130 cancelled."""
+    if op.status is OpStatus.FAILED:
+        raise typer.Exit(1)
+    if op.status is OpStatus.CANCELLED:
+        raise typer.Exit(130)
+
+
+def strategy_source(strategy: str) -> str:
+    """A strategy given as a YAML file travels inline; anything else is a packaged name or YAML text."""
+    path = Path(strategy)
+    return path.read_text() if path.suffix in (".yaml", ".yml") and path.is_file() else strategy
+
+
+def submit_and_maybe_follow(op_type: str, params: dict[str, Any], *, follow_it: bool, json: bool) -> None:
+    async def work(c: KtrdrClient) -> Operation:
+        op = await c.submit(op_type, params)
+        if not json:
+            console.print(f"submitted [bold]{op.op_id}[/] ({op.route_reason})")
+        if follow_it:
+            return await follow(c, op.op_id, quiet=json)
+        return op
+
+    op = run_client(work)
+    if json:
+        print(to_json(op))
+    if follow_it:
+        exit_for(op)

@@ -1,0 +1,94 @@
+"""Backtest routes of the API: requests are checked before anything is queued; results are served
+from the ``results`` bucket once an op has completed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from nats.aio.client import Client
+
+from coordinator.app import Coordinator
+from subjects.models import OpStatus, SubmitRequest
+from tests.backtesting import backtest_params
+from tests.conftest import MakeWorker
+from tests.support import wait_status
+
+BAD_INLINE = """
+name: broken
+indicators:
+  fast: {type: sma, period: 10}
+rules:
+  entry_long: {cross_above: [fast, nowhere]}
+"""
+
+
+@pytest.fixture
+async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}") as client:
+        yield client
+
+
+@pytest.mark.parametrize(("params", "names_field"), [
+    ({"timeframe": "7m"}, "timeframe"),
+    ({"start": "2020-02-01", "end": "2020-01-01"}, "end"),
+    ({"commission": -0.1}, "commission"),
+    ({"sizing": "everything"}, "sizing"),
+    ({"symbol": "a/b"}, "symbol"),
+    ({"bogus": 1}, "bogus"),
+    ({"strategy": "no_such_strategy"}, "strategy"),
+    ({"parameters": {"fastest": 3}}, "parameters.fastest"),
+    ({"strategy": BAD_INLINE}, "rules.entry_long"),
+])
+async def test_an_invalid_backtest_is_a_422_naming_the_field_and_queues_nothing(
+        api: httpx.AsyncClient, coordinator: Coordinator, params: dict[str, Any], names_field: str) -> None:
+    response = await api.post("/api/v1/backtests", json=backtest_params(**params))
+    assert response.status_code == 422, response.text
+    assert names_field in response.json()["error"]
+    assert list(coordinator.ops.all()) == []
+
+
+@pytest.mark.parametrize(("params", "names_field"), [
+    ({"grid": {}}, "grid"),
+    ({"grid": {"fast": []}}, "grid"),
+    ({"grid": {"fastest": [5, 10]}}, "fastest"),
+    ({"grid": {"fast": [5, 10]}, "top": 0}, "top"),
+])
+async def test_an_invalid_sweep_is_a_422_naming_the_field(
+        api: httpx.AsyncClient, coordinator: Coordinator, params: dict[str, Any], names_field: str) -> None:
+    response = await api.post("/api/v1/backtests/sweeps", json=backtest_params(**params))
+    assert response.status_code == 422, response.text
+    assert names_field in response.json()["error"]
+    assert list(coordinator.ops.all()) == []
+
+
+async def test_a_valid_backtest_is_queued_for_backtest_workers(api: httpx.AsyncClient) -> None:
+    response = await api.post("/api/v1/backtests", json=backtest_params(start="2020-01-01", end="2020-02-01"))
+    assert response.status_code == 201, response.text
+    op = response.json()
+    assert op["type"] == "backtesting" and op["status"] == "pending" and op["offered"] == ["backtest.cpu"]
+    assert op["params"]["start"] == "2020-01-01T00:00:00Z" and op["params"]["capital"] == 100_000
+
+
+async def test_results_are_404_for_unknown_ops_409_until_completed_and_404_when_none_were_stored(
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    assert (await api.get("/api/v1/operations/nope/results")).status_code == 404
+    queued = await api.post("/api/v1/backtests", json=backtest_params())
+    pending = await api.get(f"/api/v1/operations/{queued.json()['op_id']}/results")
+    assert pending.status_code == 409 and "pending" in pending.json()["error"]
+    await make_worker("w1")
+    dummy = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    await wait_status(coordinator, dummy.op_id, OpStatus.COMPLETED)
+    none = await api.get(f"/api/v1/operations/{dummy.op_id}/results")
+    assert none.status_code == 404 and "stored no results" in none.json()["error"]
+
+
+async def test_the_dispatcher_never_offers_a_sweep_to_workers(coordinator: Coordinator, nc: Client) -> None:
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="sweep", params=backtest_params(grid={"fast": [5]})))
+    assert op.offered == [] and op.route == "coordinator"
+    await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
+    # Only its one child was offered.
+    info = await nc.jetstream().stream_info("JOBS")
+    assert info.state.messages == 1

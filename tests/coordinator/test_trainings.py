@@ -1,0 +1,54 @@
+"""``POST /api/v1/trainings``: requests are checked, strategy included, before anything is dispatched."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from coordinator.app import Coordinator
+from tests.ktrdr.training.planted import strategy_yaml
+
+
+@pytest.fixture
+async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}") as client:
+        yield client
+
+
+async def test_a_packaged_strategy_is_queued_with_its_defaults_filled_in(
+        api: httpx.AsyncClient, coordinator: Coordinator) -> None:
+    response = await api.post("/api/v1/trainings", json={"strategy": "neuro_mean_reversion", "epochs": 3,
+                                                         "start": "2024-01-01"})
+    assert response.status_code == 201, response.text
+    op = response.json()
+    assert op["type"] == "training" and op["status"] == "pending"
+    assert op["route"] == "cpu"  # no GPU host holds a lease
+    assert {k: v for k, v in op["params"].items() if v is not None} == {
+        "strategy": "neuro_mean_reversion", "symbols": ["SYNTH"], "timeframes": ["1h"], "start": "2024-01-01T00:00:00",
+        "model_name": "neuro_mean_reversion", "epochs": 3}
+    assert coordinator.ops.get(op["op_id"]) is not None
+
+
+@pytest.mark.parametrize(("body", "names_field"), [
+    ({}, "invalid strategy"),
+    ({"strategy": "neuro_mean_reversion", "epochs": 0}, "invalid epochs"),
+    ({"strategy": "neuro_mean_reversion", "symbols": ["A", "B"]}, "invalid symbols"),
+    ({"strategy": "neuro_mean_reversion", "timeframes": ["7h"]}, "invalid timeframes"),
+    ({"strategy": "neuro_mean_reversion", "model_name": "a/b"}, "invalid model_name"),
+    ({"strategy": "neuro_mean_reversion", "start": "2024-02-01", "end": "2024-01-01"}, "start is after end"),
+    ({"strategy": "neuro_mean_reversion", "bogus": 1}, "invalid bogus"),
+    ({"strategy": "no_such_strategy"}, "invalid strategy: 'no_such_strategy' is not a packaged strategy"),
+    ({"strategy": "/etc/hostname"}, "is not a packaged strategy"),
+    ({"strategy": "sma_crossover"}, "rule-based"),
+    ({"strategy": strategy_yaml().replace("period: 14", "period: -3", 1)}, "invalid strategy"),
+    ({"strategy": strategy_yaml(), "timeframes": ["4h"]}, "invalid timeframes: the strategy's nn_inputs need ['1h']"),
+])
+async def test_bad_training_requests_get_a_422_naming_the_field(
+        api: httpx.AsyncClient, coordinator: Coordinator, body: dict[str, Any], names_field: str) -> None:
+    response = await api.post("/api/v1/trainings", json=body)
+    assert response.status_code == 422, response.text
+    assert names_field in response.json()["error"]
+    assert list(coordinator.ops.all()) == []

@@ -1,0 +1,83 @@
+"""``ktrdr data`` and ``ktrdr backtest`` as a user runs them: real processes, a real platform."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from coordinator.app import Coordinator
+from ktrdr.natsd import NatsServer, free_port
+from tests.backtesting import backtest_worker
+from tests.conftest import ROOT, MakeWorker
+
+
+async def ktrdr(url: str, home: Path, *args: str) -> tuple[int, str]:
+    env = {**os.environ, "KTRDR_NATS_URL": url, "KTRDR_HOME": str(home), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "ktrdr.cli.app", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = await asyncio.to_thread(proc.communicate, timeout=60)
+    return proc.returncode, out
+
+
+def last_json(out: str) -> object:
+    return json.loads(out[min(i for i in (out.find("{"), out.find("[")) if i >= 0):])
+
+
+async def test_data_synth_stores_and_publishes_then_list_and_show_describe_it(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    code, out = await ktrdr(nats_server.url, tmp_path, "data", "synth", "--symbol", "SYN", "--timeframe", "1h",
+                            "--bars", "500", "--seed", "3")
+    assert code == 0, out
+    assert "500 bars" in out and "published to the 'data' bucket as SYN/1h" in out
+    code, out = await ktrdr(nats_server.url, tmp_path, "data", "list", "--json")
+    assert code == 0, out
+    assert last_json(out) == [{"symbol": "SYN", "timeframe": "1h", "bars": 500,
+                               "start": "2020-01-01T00:00:00+00:00", "end": "2020-01-21T19:00:00+00:00"}]
+    code, out = await ktrdr(nats_server.url, tmp_path, "data", "show", "SYN", "--timeframe", "1h", "--json")
+    shown = last_json(out)
+    assert isinstance(shown, dict) and shown["bars"] == 500 and shown["gaps"] == []
+    code, out = await ktrdr(nats_server.url, tmp_path, "data", "show", "NOPE", "--timeframe", "1h")
+    assert code == 2 and "no data for NOPE 1h" in out
+
+
+async def test_data_synth_without_nats_stores_locally_and_says_it_did_not_publish(tmp_path: Path) -> None:
+    code, out = await ktrdr(f"nats://127.0.0.1:{free_port()}", tmp_path, "data", "synth", "--bars", "100")
+    assert code == 0, out
+    assert "not published" in out and "is not reachable" in out
+    assert (tmp_path / "data" / "SYNTH" / "1h.npz").is_file()
+
+
+async def test_backtest_run_follow_show_plot_and_sweep(
+        nats_server: NatsServer, coordinator: Coordinator, make_worker: MakeWorker, tmp_path: Path) -> None:
+    home = tmp_path / "user"
+    await backtest_worker(make_worker, "bt1", tmp_path / "worker-data")
+    code, out = await ktrdr(nats_server.url, home, "data", "synth", "--symbol", "SYN", "--bars", "2000")
+    assert code == 0, out
+
+    code, out = await ktrdr(nats_server.url, home, "backtest", "run", "sma_crossover", "--symbol", "SYN",
+                            "--timeframe", "1h", "--start", "2020-01-05", "--set", "fast=8", "--follow")
+    assert code == 0, out
+    assert ": completed" in out
+    op_id = out.split("submitted ")[1].split()[0]
+
+    code, out = await ktrdr(nats_server.url, home, "backtest", "show", op_id)
+    assert code == 0, out
+    assert "sharpe_ratio" in out and "trade(s)" in out and "'fast': 8" in out
+    code, out = await ktrdr(nats_server.url, home, "backtest", "plot", op_id, "-o", str(tmp_path / "eq.png"))
+    assert code == 0, out
+    assert (tmp_path / "eq.png").read_bytes()[:4] == b"\x89PNG"
+
+    code, out = await ktrdr(nats_server.url, home, "backtest", "sweep", "sma_crossover", "-p", "fast=5,10",
+                            "-p", "slow=30:40:10", "--symbol", "SYN", "--metric", "total_return_pct", "--follow")
+    assert code == 0, out
+    assert "best 4 of 4 by total_return_pct" in out
+
+    code, out = await ktrdr(nats_server.url, home, "backtest", "run", "no_such_strategy", "--symbol", "SYN")
+    assert code == 2 and "no_such_strategy" in out
+    code, out = await ktrdr(nats_server.url, home, "backtest", "run", "sma_crossover", "--symbol", "SYN",
+                            "--timeframe", "7m")
+    assert code == 2 and "timeframe" in out

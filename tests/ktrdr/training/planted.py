@@ -1,0 +1,70 @@
+"""A neuro-fuzzy strategy on the real indicators and synthetic bars with a planted, learnable
+mean-reversion pattern (``synth(mean_reversion=0.3)``): shared by the training integration tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from nats.js import JetStreamContext
+
+from ktrdr.data import DataStore, synth
+from ktrdr.data.shared import publish_dataset
+
+SYMBOL = "PLANT"
+TIMEFRAME = "1h"
+
+STRATEGY_YAML = """\
+name: planted
+version: "3.0"
+indicators:
+  rsi_14: {type: rsi, period: 14}
+  roc_5: {type: roc, period: 5}
+fuzzy_sets:
+  rsi_zone:
+    indicator: rsi_14
+    low: [0, 0, 35, 50]
+    mid: [35, 50, 65]
+    high: [50, 65, 100, 100]
+  roc_zone:
+    indicator: roc_5
+    down: {type: gaussian, mean: -1.0, sigma: 0.6}
+    flat: {type: gaussian, mean: 0, sigma: 0.4}
+    up: {type: gaussian, mean: 1.0, sigma: 0.6}
+nn_inputs:
+  - {fuzzy_set: rsi_zone, timeframes: [1h]}
+  - {fuzzy_set: roc_zone, timeframes: [1h]}
+model:
+  type: mlp
+  architecture: {hidden_layers: [16], dropout: 0.0}
+decisions: {confidence_threshold: 0.5}
+training:
+  epochs: 10
+  batch_size: 64
+  learning_rate: 0.005
+  labels: {source: forward_return, threshold: 0.002, lookahead: 4}
+  early_stopping: {enabled: false}
+training_data: {symbols: [PLANT], timeframes: [1h]}
+"""
+
+
+def strategy_yaml(**training: Any) -> str:
+    """The strategy's YAML with ``training`` keys overridden (epochs, batch_size, ...)."""
+    doc = yaml.safe_load(STRATEGY_YAML)
+    doc["training"].update(training)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def planted_bars(bars: int = 3000, seed: int = 7) -> pd.DataFrame:
+    return synth(SYMBOL, TIMEFRAME, bars=bars, seed=seed, mean_reversion=0.3)
+
+
+async def publish_planted_bars(js: JetStreamContext, root: Path, bars: int = 3000) -> pd.DataFrame:
+    """Put planted bars in the ``data`` bucket, as `ktrdr data` would, and return them."""
+    df = planted_bars(bars)
+    store = DataStore(root=root)
+    store.save(SYMBOL, TIMEFRAME, df)
+    await publish_dataset(js, store, SYMBOL, TIMEFRAME)
+    return df

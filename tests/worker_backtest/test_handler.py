@@ -1,0 +1,109 @@
+"""A backtest through the real stack: coordinator, worker with the backtest handler, data and
+results in the Object Store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nats.aio.client import Client
+
+from coordinator.app import Coordinator
+from ktrdr.backtest import BacktestResult
+from ktrdr.results import get_result
+from ktrdr.runtime.context import JobContext
+from subjects.models import OpStatus, SubmitRequest
+from tests.backtesting import SYMBOL, TIMEFRAME, backtest_params, backtest_worker, publish_synth
+from tests.conftest import MakeWorker
+from tests.support import assert_eventually, wait_status
+
+
+@pytest.fixture
+async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}") as client:
+        yield client
+
+
+async def submit(coordinator: Coordinator, **params: Any) -> str:
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="backtesting", params=backtest_params(**params)))
+    return op.op_id
+
+
+async def test_a_backtest_completes_with_metrics_progress_and_results_in_the_object_store(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, api: httpx.AsyncClient,
+        tmp_path: Path) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+    seen: list[dict[str, Any]] = []
+    await backtest_worker(make_worker, "bt1", tmp_path / "bt1", on_progress=lambda ctx, update: seen.append(update))
+    created = await api.post("/api/v1/backtests", json=backtest_params(
+        start="2020-01-10", end="2020-03-01", parameters={"fast": 5, "slow": 30}))
+    assert created.status_code == 201, created.text
+    op = await wait_status(coordinator, created.json()["op_id"], OpStatus.COMPLETED, OpStatus.FAILED)
+
+    assert op.status is OpStatus.COMPLETED, op.error
+    assert op.result is not None and op.result["parameters"] == {"fast": 5, "slow": 30}
+    assert op.result["metrics"]["bars"] == 24 * (22 + 29) + 1  # Jan 10 00:00 through Mar 1 00:00 (a leap year)
+    assert op.progress is not None and op.progress.percentage == 100.0
+    simulated = [u for u in seen if u.get("step") == "simulation"]
+    assert simulated and {"date", "equity", "trades"} <= set(simulated[-1]["context"])
+    assert op.info["dataset_1h"]["source"] == "bucket"
+
+    results = await api.get(f"/api/v1/operations/{op.op_id}/results")
+    assert results.status_code == 200
+    stored = BacktestResult.from_json_bytes(results.content)
+    assert stored.metrics == json.loads(results.content)["metrics"]
+    assert stored.metrics["trades"] == op.result["metrics"]["trades"]
+    assert len(stored.equity) == op.result["metrics"]["bars"]
+
+
+async def test_a_worker_with_an_empty_data_dir_gets_the_data_from_the_bucket(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+    empty = tmp_path / "elsewhere"
+    await backtest_worker(make_worker, "far", empty)
+    first = await wait_status(coordinator, await submit(coordinator), OpStatus.COMPLETED, OpStatus.FAILED)
+    assert first.status is OpStatus.COMPLETED, first.error
+    assert first.info["dataset_1h"]["source"] == "bucket" and first.info["dataset_1h"]["cached"] is False
+    assert (empty / SYMBOL / f"{TIMEFRAME}.npz").is_file()
+    again = await wait_status(coordinator, await submit(coordinator), OpStatus.COMPLETED, OpStatus.FAILED)
+    # Same digest: the second run reads its local copy and downloads nothing.
+    assert again.info["dataset_1h"]["cached"] is True
+    assert again.info["dataset_1h"]["digest"] == first.info["dataset_1h"]["digest"]
+
+
+@pytest.mark.parametrize(("params", "says"), [
+    ({"symbol": "NOSUCH"}, "no data for NOSUCH 1h"),
+    ({"strategy": "no_such_strategy"}, "no_such_strategy"),
+    ({"start": "2021-01-01", "end": "2021-02-01"}, "no SYNTH 1h bars between 2021-01-01"),
+])
+async def test_missing_data_unknown_strategy_or_an_empty_range_fail_naming_what_is_missing(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path,
+        params: dict[str, Any], says: str) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+    await backtest_worker(make_worker, "bt1", tmp_path / "bt1")
+    op = await wait_status(coordinator, await submit(coordinator, **params), OpStatus.FAILED, OpStatus.COMPLETED)
+    assert op.status is OpStatus.FAILED
+    assert says in (op.error or "")
+    assert await get_result(nc.jetstream(), op.op_id) is None
+
+
+async def test_cancelling_a_running_backtest_stops_it_without_storing_results(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+
+    def hold(ctx: JobContext, update: dict[str, Any]) -> None:
+        ctx.token.wait(30)  # a slow backtest: every progress step waits, a cancel wakes it
+
+    await backtest_worker(make_worker, "bt1", tmp_path / "bt1", on_progress=hold)
+    op_id = await submit(coordinator)
+    await wait_status(coordinator, op_id, OpStatus.RUNNING)
+    reply = await nc.request(f"ops.{op_id}.cancel", b'{"reason": "enough"}', timeout=5)
+    assert b'"accepted":true' in reply.data
+    done = await wait_status(coordinator, op_id, OpStatus.CANCELLED)
+    assert done.cancel_reason == "enough"
+    assert await get_result(nc.jetstream(), op_id) is None
+    await assert_eventually(lambda: not coordinator.registry.workers["bt1"].running)

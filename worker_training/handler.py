@@ -1,0 +1,135 @@
+"""The ``training`` handler, shared by the CPU training worker and the GPU host (only the device
+differs): bars from the ``data`` bucket, :func:`train_strategy` with the op's cancel token and
+progress, checkpoints in the ``checkpoints`` store, the bundle in the model registry.
+
+A retried attempt (``ctx.attempt > 1``) resumes from the last checkpoint its predecessor wrote
+and records the epoch in the op record (``info.resumed_from_epoch``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from nats.js.errors import NotFoundError
+
+from ktrdr.data import DataStore
+from ktrdr.data.shared import fetch_dataset
+from ktrdr.models import save_model
+from ktrdr.models.training_plan import plan_training
+from ktrdr.progress import ProgressFn
+from ktrdr.runtime.context import Handler, JobContext
+from ktrdr.training import train_strategy
+from ktrdr.training.checkpoint import read_checkpoint
+from ktrdr.training.device import resolve_device
+from subjects.training import TrainingParams
+from worker_training.checkpoints import delete_checkpoint, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_TIMEOUT_S = 30.0
+
+
+class MissingBars(FileNotFoundError):
+    pass
+
+
+def load_bars(ctx: JobContext, store: DataStore, symbol: str, timeframe: str,
+              start: datetime | None, end: datetime | None) -> pd.DataFrame:
+    """The bucket's current bars for ``symbol``/``timeframe`` (cached locally), cut to [start, end]."""
+    try:
+        ctx.run_async(fetch_dataset(ctx.js, store, symbol, timeframe))
+    except NotFoundError:
+        if not store.exists(symbol, timeframe):
+            raise MissingBars(f"no {symbol} {timeframe} bars in the data bucket (publish them first) "
+                              f"nor in {store.root}") from None
+        log.warning("%s %s is not in the data bucket; training on the local copy", symbol, timeframe)
+    bars = store.load(symbol, timeframe, start, end)
+    if bars.empty:
+        raise MissingBars(f"no {symbol} {timeframe} bars between {start or 'the start'} and {end or 'the end'}")
+    return bars
+
+
+def _resume_state(ctx: JobContext) -> bytes | None:
+    if ctx.attempt <= 1:
+        return None
+    data = ctx.run_async(load_checkpoint(ctx.js, ctx.op_id))
+    if data is None:
+        log.info("operation %s attempt %d: no checkpoint, training from the start", ctx.op_id, ctx.attempt)
+        return None
+    try:
+        epoch = int(read_checkpoint(data)["epoch"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        log.warning("operation %s: unreadable checkpoint (%s); training from the start", ctx.op_id, exc)
+        return None
+    ctx.info(resumed_from_epoch=epoch)
+    log.info("operation %s attempt %d resumes after epoch %d", ctx.op_id, ctx.attempt, epoch)
+    return data
+
+
+def _with_device(progress: ProgressFn, device: str) -> ProgressFn:
+    def forward(**fields: Any) -> None:
+        fields["context"] = {"device": device, **(fields.get("context") or {})}
+        progress(**fields)
+
+    return forward  # type: ignore[return-value]
+
+
+def plain(value: Any) -> Any:
+    """JSON-safe copy (numpy scalars and arrays become Python values)."""
+    def convert(obj: Any) -> Any:
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+        return str(obj)
+
+    return json.loads(json.dumps(value, default=convert))
+
+
+def make_training_handler(*, device: str, data_root: Path) -> Handler:
+    """A training handler that trains on ``device`` (``cpu``, ``cuda``, ``mps`` or ``auto``)."""
+
+    def run_training(ctx: JobContext) -> dict[str, Any]:
+        params = TrainingParams.model_validate(ctx.params)
+        plan = plan_training(params)
+        store = DataStore(root=data_root)
+        ctx.progress(percentage=0.0, step="loading data", message=f"{plan.symbol} {', '.join(plan.timeframes)}")
+        bars = {tf: load_bars(ctx, store, plan.symbol, tf, params.start, params.end) for tf in plan.timeframes}
+        ctx.raise_if_cancelled()
+        resume_from = _resume_state(ctx)
+
+        def checkpoint(state: bytes, epoch: int) -> None:
+            # Best effort: a lost checkpoint costs a retry some epochs, never the training itself.
+            try:
+                ctx.run_async(save_checkpoint(ctx.js, ctx.op_id, state), timeout=CHECKPOINT_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("operation %s: checkpoint of epoch %d not saved: %s", ctx.op_id, epoch, exc)
+                return
+            ctx.info(last_checkpoint_epoch=epoch)
+
+        used = resolve_device(device).type
+        result = train_strategy(plan.document, bars, device=device, cancel=ctx.token,
+                                progress=_with_device(ctx.progress, used), checkpoint=checkpoint,
+                                resume_from=resume_from, request=ctx.params)
+        metrics = plain(result.metrics)
+        metadata = {
+            "op_id": ctx.op_id, "attempt": ctx.attempt, "worker_id": ctx.worker_id,
+            "strategy": plan.strategy.name, "symbol": plan.symbol, "timeframes": plan.timeframes,
+            "start": str(bars[plan.timeframes[0]].index[0]), "end": str(bars[plan.timeframes[0]].index[-1]),
+            "metrics": metrics, "feature_names": result.feature_names,
+        }
+        version = ctx.run_async(save_model(ctx.js, plan.model_name, result.bundle, metadata))
+        try:
+            ctx.run_async(delete_checkpoint(ctx.js, ctx.op_id))
+        except Exception as exc:  # the model is stored; a stale checkpoint only costs space
+            log.warning("operation %s: checkpoint not deleted: %s", ctx.op_id, exc)
+        return {"model": f"{plan.model_name}@{version}", "model_name": plan.model_name, "model_version": version,
+                "symbol": plan.symbol, "timeframes": plan.timeframes, "metrics": metrics}
+
+    return run_training
