@@ -180,8 +180,12 @@ class Coordinator:
             kind = names.OPS_PROGRESS_ALL if subject.endswith(".progress") else names.OPS_EVENTS_ALL
             self.metrics.rejected.labels(subject=kind, reason="invalid").inc()
             log.error("rejected message on %s: %s", subject, exc)
-        except Exception:
-            log.exception("failed to apply %s; it will be redelivered", subject)
+        except Exception as exc:
+            # JetStream unavailable for a moment (a cluster electing a leader): try again soon
+            # instead of after the consumer's AckWait.
+            log.warning("could not apply %s yet (%s); redelivering", subject, exc)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=0.5)
             return
         with contextlib.suppress(Exception):
             await msg.ack()

@@ -100,9 +100,16 @@ class WorkerRegistry:
         if reason == "lease expired" and lease is not None:
             self.metrics.lease_expiries.labels(type=lease.worker_type).inc()
         log.warning("worker %s is gone: %s", worker_id, reason)
-        task = asyncio.create_task(self.on_lost(worker_id, lease, reason))
+        task = asyncio.create_task(self._handle_lost(worker_id, lease, reason))
         self._lost_tasks.add(task)
         task.add_done_callback(self._lost_tasks.discard)
+
+    async def _handle_lost(self, worker_id: str, lease: WorkerLease | None, reason: str) -> None:
+        try:
+            await self.on_lost(worker_id, lease, reason)
+        except Exception:
+            # The reaper finds the same ops again on its next pass (ops whose owner holds no lease).
+            log.exception("handling the loss of worker %s failed; the reaper will retry", worker_id)
 
     def collect(self) -> None:
         self.metrics.workers.clear()

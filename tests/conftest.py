@@ -27,13 +27,21 @@ FAST = {"lease_ttl_s": 2.0, "heartbeat_s": 0.25}
 
 
 async def bounded(awaitable: Awaitable[Any], what: str, timeout: float = 30.0) -> None:
-    """Teardown that cannot hang the suite: on timeout, print every task's stack and fail."""
-    try:
-        await asyncio.wait_for(awaitable, timeout)
-    except TimeoutError:
-        for task in asyncio.all_tasks():
-            task.print_stack(file=sys.stderr)
-        raise AssertionError(f"{what} did not stop within {timeout} s") from None
+    """Teardown that cannot hang the suite: on timeout, print every task's stack and fail.
+
+    ``asyncio.wait`` rather than ``wait_for``: the latter waits for a cancelled task to finish,
+    which is exactly what never happens when a stop hangs.
+    """
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait([task], timeout=timeout)
+    if task in done:
+        task.result()
+        return
+    for other in asyncio.all_tasks():
+        print(f"--- {other!r}", file=sys.stderr)
+        other.print_stack(file=sys.stderr)
+    task.cancel()
+    raise AssertionError(f"{what} did not stop within {timeout} s")
 
 
 @pytest.fixture
