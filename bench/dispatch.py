@@ -115,12 +115,13 @@ async def main() -> None:
     parser.add_argument("--ops", type=int, default=500)
     parser.add_argument("--throughput-ops", type=int, default=2000)
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--slots", type=int, default=1, help="slots per worker (KTRDR_SLOTS)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ktrdr-bench-"))
     server = NatsServer(store_dir=tmp / "nats").start()
     api_port = free_port()
     env = {**os.environ, "KTRDR_NATS_URL": server.url, "KTRDR_API_PORT": str(api_port), "KTRDR_LOG_LEVEL": "WARNING",
-           "KTRDR_LEASE_TTL_S": str(LEASE_TTL), "KTRDR_HOME": str(tmp)}
+           "KTRDR_LEASE_TTL_S": str(LEASE_TTL), "KTRDR_HOME": str(tmp), "KTRDR_SLOTS": str(args.slots)}
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(name: str, module: str, **extra: str) -> None:
@@ -166,7 +167,7 @@ async def main() -> None:
         else:
             raise SystemExit("platform did not come up")
         print(f"ktrdr dispatch benchmark — {os.cpu_count()} cores, nats-server file storage, "
-              f"coordinator + API + 2 worker processes\n")
+              f"coordinator + API + 2 worker processes with {args.slots} slot(s) each\n")
 
         async def submit(params: dict[str, object]) -> str:
             r = await api.post("/api/v1/operations", json={"type": "dummy", "params": params})
