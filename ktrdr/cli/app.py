@@ -28,6 +28,7 @@ app.add_typer(host_app, name="host")
 @app.command()
 def up(
     nats_port: Annotated[int, typer.Option(help="Port of the embedded nats-server.")] = 4222,
+    monitor_port: Annotated[int, typer.Option(help="Monitoring port of the embedded nats-server.")] = 8222,
     api_port: Annotated[int, typer.Option(help="Port of the status API.")] = 8000,
     backtest_workers: Annotated[int, typer.Option(min=0)] = 1,
     training_workers: Annotated[int, typer.Option(min=0)] = 1,
@@ -38,7 +39,8 @@ def up(
 
     setup_logging("WARNING")
     code = run_up(settings=settings(), explicit_nats="KTRDR_NATS_URL" in os.environ, nats_port=nats_port,
-                  api_port=api_port, backtest_workers=backtest_workers, training_workers=training_workers, gpu=gpu)
+                  monitor_port=monitor_port, api_port=api_port, backtest_workers=backtest_workers,
+                  training_workers=training_workers, gpu=gpu)
     raise typer.Exit(code)
 
 

@@ -30,17 +30,24 @@ class Child:
         self.started = time.monotonic()
 
 
-def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, api_port: int,
+def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monitor_port: int, api_port: int,
            backtest_workers: int, training_workers: int, gpu: bool | None) -> int:
     home = settings.home
     server: NatsServer | None = None
     nats_url = settings.nats_url
+    wanted = {"the status API (--api-port)": api_port}
     if not explicit_nats:
-        if port_open("127.0.0.1", nats_port):
-            console.print(f"[red]port {nats_port} is already in use.[/] Another `ktrdr up`? Stop it, pass "
-                          "--nats-port, or set KTRDR_NATS_URL to use that server.")
-            return 1
-        server = NatsServer(store_dir=home / "nats", port=nats_port, http_port=nats_port + 4000,
+        wanted |= {"NATS (--nats-port)": nats_port, "NATS monitoring (--monitor-port)": monitor_port}
+    if len(set(wanted.values())) < len(wanted):
+        console.print(f"[red]two components would share a port:[/] {wanted}")
+        return 1
+    busy = [f"{port} for {what}" for what, port in wanted.items() if port_open("127.0.0.1", port)]
+    if busy:
+        console.print(f"[red]port already in use:[/] {', '.join(busy)}. Another `ktrdr up`? Stop it, pick other "
+                      "ports, or set KTRDR_NATS_URL to use a running nats-server.")
+        return 1
+    if not explicit_nats:
+        server = NatsServer(store_dir=home / "nats", port=nats_port, http_port=monitor_port,
                             log_file=home / "nats-server.log")
         (home / "nats").mkdir(parents=True, exist_ok=True)
         server.start()
