@@ -26,6 +26,7 @@ from coordinator.service import OpsService
 from coordinator.settings import CoordinatorSettings
 from coordinator.sweeps import SweepManager
 from ktrdr.runtime.connection import connect
+from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.topology import ensure_topology
 from subjects import names
 from subjects.models import (
@@ -136,12 +137,11 @@ class Coordinator:
                 await sub.unsubscribe()
         await self.registry.stop()
         await self.dispatcher.stop()
-        for task in [*self._tasks, *self._inflight]:
-            if task.get_name() != "api":
-                task.cancel()
-        for task in [*self._tasks, *self._inflight]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        api = [t for t in self._tasks if t.get_name() == "api"]
+        if api:
+            # uvicorn ends by itself once should_exit is set; bounded in case a request hangs.
+            await asyncio.wait(api, timeout=5.0)
+        await cancel_and_wait([*self._tasks, *self._inflight], what="coordinator task")
         with contextlib.suppress(Exception):
             await self.nc.drain()
         log.info("coordinator stopped")

@@ -21,6 +21,7 @@ from coordinator.metrics import Metrics
 from coordinator.operations import Operations
 from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
+from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
 from subjects.models import (
     Claim,
@@ -306,8 +307,4 @@ class Dispatcher:
         for handle in self._fallbacks.values():
             handle.cancel()
         self._fallbacks.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(list(self._tasks), what="dispatcher task")

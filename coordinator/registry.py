@@ -7,13 +7,13 @@ arrives as a PURGE marker (the bucket has ``limit_marker_ttl``) and a graceful s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from nats.js.kv import KeyValue
 
 from coordinator.metrics import Metrics
+from ktrdr.runtime.tasks import cancel_and_wait
 from subjects.models import BadPayload, WorkerLease, decode
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,7 @@ class WorkerRegistry:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait([self._task], what="workers watch")
             self._task = None
 
     async def _watch(self) -> None:

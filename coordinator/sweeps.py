@@ -15,7 +15,6 @@ and finishes sweeps whose children all ended while it was down. Cancelling the p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -30,6 +29,7 @@ from coordinator.dispatcher import Dispatcher
 from coordinator.operations import OperationExists, Operations
 from ktrdr.backtest.sweep import combinations, rank
 from ktrdr.results import put_result
+from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
 from subjects.models import CancelRequest, Operation, OpStatus, Progress, SubmitRequest
 from subjects.params import SweepParams
@@ -86,11 +86,7 @@ class SweepManager:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(list(self._tasks), what="sweep task")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

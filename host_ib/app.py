@@ -23,6 +23,7 @@ from ktrdr.dummy import run_dummy
 from ktrdr.ib.client import IbClient
 from ktrdr.ib.pacing import Pacer, PacingRules
 from ktrdr.runtime.settings import WorkerSettings
+from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.worker import Worker
 from subjects import names
 from subjects.data import IbStatus
@@ -115,9 +116,7 @@ class IbHost(Worker):
         # Running downloads have ended: hand the lock over now so a standby takes over at once
         # instead of after the lock's TTL.
         if self._election_task is not None:
-            self._election_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._election_task
+            await cancel_and_wait([self._election_task], what="IB election")
         if self.service is not None:
             with contextlib.suppress(Exception):
                 await self.service.stop()

@@ -17,6 +17,7 @@ from ktrdr.cancel import CancelToken
 from ktrdr.ib.client import ConnectionState, IbClient
 from ktrdr.ib.errors import ConnectionLost
 from ktrdr.runtime.settings import WorkerSettings
+from ktrdr.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,7 @@ class Gateway:
     async def close(self) -> None:
         await self.deactivate()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task], what="IB gateway connector")
             self._task = None
 
     def activate(self) -> None:

@@ -32,6 +32,7 @@ from ktrdr.cancel import OperationCancelled
 from ktrdr.runtime.connection import connect
 from ktrdr.runtime.context import Handler, JobContext
 from ktrdr.runtime.settings import WorkerSettings
+from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.topology import Buckets, ensure_topology
 from subjects import names
 from subjects.models import (
@@ -185,11 +186,7 @@ class Worker:
         fetchers = [t for t in self._tasks if t.get_name().startswith("fetch-")]
         if fetchers:
             await asyncio.wait(fetchers, timeout=self.settings.fetch_timeout_s + 2.0)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks, what=f"worker {self.worker_id} task")
         self._tasks.clear()
         assert self.nc is not None and self.buckets is not None
         try:

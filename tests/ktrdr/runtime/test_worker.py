@@ -47,7 +47,7 @@ async def test_a_stopping_worker_fetches_nothing_more(coordinator: Coordinator, 
     second = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
     await worker.stop()
     await worker.stop()  # idempotent
-    assert coordinator.ops.get(first.op_id).status is OpStatus.COMPLETED  # type: ignore[union-attr]
+    await wait_status(coordinator, first.op_id, OpStatus.COMPLETED)
     assert coordinator.ops.get(second.op_id).status is OpStatus.PENDING  # type: ignore[union-attr]
 
 
