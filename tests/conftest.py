@@ -16,7 +16,7 @@ import nats
 from coordinator.app import Coordinator
 from coordinator.settings import CoordinatorSettings
 from ktrdr.dummy import run_dummy
-from ktrdr.natsd import NatsServer
+from ktrdr.natsd import NatsServer, free_port
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker
 from subjects import names
@@ -46,8 +46,8 @@ async def bounded(awaitable: Awaitable[Any], what: str, timeout: float = 30.0) -
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A fresh nats-server with JetStream for each test: free port, temporary store."""
-    server = NatsServer(store_dir=tmp_path / "nats")
+    """A fresh nats-server with JetStream for each test: free ports, temporary store."""
+    server = NatsServer(store_dir=tmp_path / "nats", http_port=free_port())
     server.start()
     try:
         yield server

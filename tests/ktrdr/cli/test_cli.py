@@ -9,8 +9,11 @@ import signal
 import subprocess
 import sys
 
+import httpx
+
 from coordinator.app import Coordinator
 from ktrdr.natsd import NatsServer
+from subjects import names
 from subjects.models import OpStatus, SubmitRequest
 from tests.conftest import ROOT, MakeWorker
 from tests.support import assert_eventually, wait_status
@@ -20,6 +23,13 @@ def ktrdr(server: NatsServer, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "KTRDR_NATS_URL": server.url, "COLUMNS": "200"}
     return subprocess.Popen([sys.executable, "-m", "ktrdr.cli.app", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+async def subscribed(server: NatsServer, subject: str) -> bool:
+    """Whether any client subscribes to ``subject``, from the server's monitoring endpoint."""
+    async with httpx.AsyncClient() as http:
+        connz = (await http.get(f"http://127.0.0.1:{server.http_port}/connz", params={"subs": "1"})).json()
+    return any(subject in (c.get("subscriptions_list") or []) for c in connz.get("connections", []))
 
 
 async def finish(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]:
@@ -44,7 +54,8 @@ async def test_ctrl_c_on_a_followed_op_cancels_it(nats_server: NatsServer, coord
     proc = ktrdr(nats_server, "dummy", "--duration", "60", "--follow")
     op = await assert_eventually(lambda: next(iter(coordinator.ops.all()), None), timeout=15)
     await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
-    await asyncio.sleep(0.5)  # let follow subscribe and install its handler
+    # follow installs its Ctrl-C handler before it subscribes: once subscribed, it is ready.
+    await assert_eventually(lambda: subscribed(nats_server, names.ops_progress(op.op_id)), timeout=15)
     proc.send_signal(signal.SIGINT)
     code, out = await finish(proc)
     assert code == 130, out
