@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from subjects.fields import Timeframe
 from subjects.models import Payload, Request, utcnow
 
-Timeframe = Literal["1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w"]
 LoadMode = Literal["tail", "backfill", "full"]
 
 # One ib.bars request is answered from one IB request: at most this many bars.

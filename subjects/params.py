@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from subjects.data import DataLoadParams
+from subjects.fields import TIMEFRAMES
 from subjects.training import TrainingParams
 
 
@@ -24,7 +25,6 @@ class DummyParams(BaseModel):
 
 
 # The bar timeframes of ktrdr.data.timeframes, spelled here so the wire contract needs no domain code.
-TIMEFRAMES = ("1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w")
 _SYMBOL = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,31}$")
 ParamValue = int | float | str | bool
 

@@ -8,10 +8,11 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from subjects.fields import TIMEFRAMES
+
 # A model name is one segment of an object name in the ``models`` store: no '/', no '@'.
 MODEL_NAME: Final = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 _SYMBOL: Final = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
-_TIMEFRAMES: Final = ("1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w")
 
 
 def validate_model_name(name: str) -> str:
@@ -60,9 +61,9 @@ class TrainingParams(BaseModel):
             return v
         if not v:
             raise ValueError("give at least one timeframe")
-        bad = [tf for tf in v if tf not in _TIMEFRAMES]
+        bad = [tf for tf in v if tf not in TIMEFRAMES]
         if bad:
-            raise ValueError(f"unknown timeframe(s) {bad}; one of {', '.join(_TIMEFRAMES)}")
+            raise ValueError(f"unknown timeframe(s) {bad}; one of {', '.join(TIMEFRAMES)}")
         return list(dict.fromkeys(v))
 
     @field_validator("model_name")

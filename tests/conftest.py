@@ -20,6 +20,7 @@ from ktrdr.natsd import NatsServer, free_port
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker
 from subjects import names
+from tests.ktrdr.ib.fake_gateway import FakeGateway
 
 ROOT = Path(__file__).resolve().parent.parent
 # Short leases keep fault tests quick; the semantics are the same as with the defaults.
@@ -53,6 +54,17 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    """The fake TWS gateway (tests/ktrdr/ib/fake_gateway.py) on a free loopback port."""
+    gw = FakeGateway()
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.table import Table
 
-from ktrdr.cli.client import KtrdrClient, to_json
-from ktrdr.cli.common import JsonOpt, exit_for, run_client, strategy_source
-from ktrdr.cli.follow import follow
+from ktrdr.cli.client import KtrdrClient
+from ktrdr.cli.common import JsonOpt, run_client, strategy_source, submit_and_maybe_follow
 from ktrdr.cli.render import console
 from ktrdr.results import get_result
 from subjects import names
@@ -71,19 +70,9 @@ def _checked(model: type[BaseModel], fields: dict[str, Any]) -> Any:
 
 
 def _submit(op_type: str, params: BaseModel, *, follow_it: bool, json: bool) -> Operation:
-    async def work(c: KtrdrClient) -> Operation:
-        op = await c.submit(op_type, params.model_dump(mode="json"))
-        if not json:
-            console.print(f"submitted [bold]{op.op_id}[/] ({op.route_reason})")
-        return await follow(c, op.op_id, quiet=json) if follow_it else op
-
-    op = run_client(work)
-    if json:
-        print(to_json(op))
-    elif op.status is OpStatus.COMPLETED:
+    op = submit_and_maybe_follow(op_type, params.model_dump(mode="json"), follow_it=follow_it, json=json)
+    if not json and op.status is OpStatus.COMPLETED:
         console.print(f"details: ktrdr backtest show {op.op_id}")
-    if follow_it:
-        exit_for(op)
     return op
 
 

@@ -55,7 +55,8 @@ def strategy_source(strategy: str) -> str:
     return path.read_text() if path.suffix in (".yaml", ".yml") and path.is_file() else strategy
 
 
-def submit_and_maybe_follow(op_type: str, params: dict[str, Any], *, follow_it: bool, json: bool) -> None:
+def submit_and_maybe_follow(op_type: str, params: dict[str, Any], *, follow_it: bool, json: bool) -> Operation:
+    """Submit; with ``follow_it`` follow to the end and exit with the op's outcome code."""
     async def work(c: KtrdrClient) -> Operation:
         op = await c.submit(op_type, params)
         if not json:
@@ -69,3 +70,4 @@ def submit_and_maybe_follow(op_type: str, params: dict[str, Any], *, follow_it: 
         print(to_json(op))
     if follow_it:
         exit_for(op)
+    return op

@@ -15,12 +15,11 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from ktrdr.cli.client import KtrdrClient, KtrdrError, to_json
-from ktrdr.cli.common import JsonOpt, run_client
-from ktrdr.cli.follow import follow
+from ktrdr.cli.common import JsonOpt, run_client, submit_and_maybe_follow
 from ktrdr.cli.render import ago, console
 from subjects import names
 from subjects.data import DataLoadParams, IbStatus
-from subjects.models import BadPayload, Operation, OpStatus, WorkerLease, decode
+from subjects.models import BadPayload, WorkerLease, decode
 
 ib_app = typer.Typer(help="The Interactive Brokers host: connection, pacing, active instance.",
                      no_args_is_help=True)
@@ -110,16 +109,5 @@ def fetch(
         console.print(f"[red]error:[/] {where}: {first['msg']}")
         raise typer.Exit(2) from None
 
-    async def work(c: KtrdrClient) -> Operation:
-        op = await c.submit("data_load", params.model_dump(mode="json", exclude_none=True))
-        if not json:
-            console.print(f"submitted [bold]{op.op_id}[/] ({op.route_reason})")
-        return await follow(c, op.op_id, quiet=json) if follow_it else op
-
-    op = run_client(work)
-    if json:
-        print(to_json(op))
-    if follow_it and op.status is OpStatus.FAILED:
-        raise typer.Exit(1)
-    if follow_it and op.status is OpStatus.CANCELLED:
-        raise typer.Exit(130)
+    submit_and_maybe_follow("data_load", params.model_dump(mode="json", exclude_none=True),
+                            follow_it=follow_it, json=json)

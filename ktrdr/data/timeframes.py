@@ -6,7 +6,7 @@ from typing import Final
 
 import pandas as pd
 
-TIMEFRAMES: Final = ("1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w")
+from subjects.fields import TIMEFRAMES
 
 _MINUTES: Final = {"1m": 1, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "4h": 240, "1d": 1440, "1w": 10080}
 

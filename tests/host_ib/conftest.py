@@ -31,16 +31,6 @@ def host_settings(url: str, worker_id: str, gateway: FakeGateway, data_dir: Path
                              "ib_data_dir": data_dir / worker_id, **FAST_IB, **overrides})
 
 
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    gw = FakeGateway()
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.stop()
-
-
 MakeHost = Callable[..., Awaitable[IbHost]]
 
 

@@ -10,16 +10,6 @@ from tests.ktrdr.ib.fake_gateway import FakeGateway
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    gw = FakeGateway()
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.stop()
-
-
-@pytest.fixture
 async def client(gateway: FakeGateway) -> AsyncIterator[IbClient]:
     ib_client = IbClient(request_timeout_s=5.0)
     await ib_client.connect("127.0.0.1", gateway.port, client_id=11, timeout=3.0)
