@@ -67,11 +67,13 @@ async def test_a_training_reports_epochs_and_stores_a_versioned_model(
     assert op.params["symbols"] == [SYMBOL] and op.params["timeframes"] == ["1h"]
     assert op.result is not None and op.result["model"] == "planted-e2e@1"
     assert op.result["metrics"]["epochs_run"] == 4 and op.result["metrics"]["device"] == "cpu"
-    # Progress is coalesced to at most ~10 updates a second, so a short run may publish only some of
-    # its batch or epoch updates (the full history is in the bundle, below): never out of order.
+    # Progress is coalesced to at most ~10 updates a second: a run this short publishes its first
+    # and last update and maybe none of its epochs in between (per-epoch progress is covered by the
+    # trainer's tests; the full history is in the bundle, below). Whatever arrives is in order.
+    assert contexts
     with_epoch = [c for c in contexts if "epoch" in c]
     seen = [c["epoch"] for c in with_epoch]
-    assert seen and seen == sorted(seen) and set(seen) <= {1, 2, 3, 4}
+    assert seen == sorted(seen) and set(seen) <= {1, 2, 3, 4}
     assert all(c["device"] == "cpu" and c["batch"] > 0 for c in with_epoch)
     assert all(c["val_loss"] is not None for c in with_epoch if "train_loss" in c)
     bundle = load_bundle(await load_model(nc.jetstream(), "planted-e2e"))
