@@ -45,6 +45,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def report(name: str, values_s: list[float]) -> None:
     ms = [v * 1000 for v in values_s]
     print(f"  {name:<52} p50 {pct(ms, 50):8.2f} ms   p99 {pct(ms, 99):8.2f} ms   (n={len(ms)})")
@@ -116,9 +122,10 @@ async def main() -> None:
     parser.add_argument("--throughput-ops", type=int, default=2000)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--slots", type=int, default=1, help="slots per worker (KTRDR_SLOTS)")
+    parser.add_argument("--phases", default="12345", help="which of the five measurements to run")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ktrdr-bench-"))
-    server = NatsServer(store_dir=tmp / "nats").start()
+    server = NatsServer(store_dir=tmp / "nats", http_port=free_port()).start()
     api_port = free_port()
     env = {**os.environ, "KTRDR_NATS_URL": server.url, "KTRDR_API_PORT": str(api_port), "KTRDR_LOG_LEVEL": "WARNING",
            "KTRDR_LEASE_TTL_S": str(LEASE_TTL), "KTRDR_HOME": str(tmp), "KTRDR_SLOTS": str(args.slots)}
@@ -174,143 +181,158 @@ async def main() -> None:
             r.raise_for_status()
             return r.json()["op_id"]
 
-        # 1. sequential
-        seen_event: list[float] = []
-        seen_record: list[float] = []
-        for i in range(args.ops + 20):
-            op_id = f"seq-{i}"
-            done_record = watch.wait_record(op_id, lambda o: o.status == "completed")
-            done_event: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-            watch.event_waiters[op_id] = done_event
-            body = b'{"type": "dummy", "op_id": "%s", "params": {"duration": 0, "steps": 1}}' % op_id.encode()
-            t0 = time.perf_counter()
-            status, _ = await raw.post("/api/v1/operations", body)
-            assert status == 201, status
-            t_event = await asyncio.wait_for(done_event, 10)
-            t_record = await asyncio.wait_for(done_record, 10)
-            if i >= 20:  # warm-up excluded
-                seen_event.append(t_event - t0)
-                seen_record.append(t_record - t0)
-        print("1. sequential zero-duration ops through the API (submit -> completed seen by the client)")
-        report("completed event (worker -> OPS stream -> client)", seen_event)
-        report("completed op record (coordinator's durable write)", seen_record)
-
-        # 2. throughput
-        n = args.throughput_ops
-        ids = [f"tp-{i}" for i in range(n)]
-        futures = [watch.wait_record(op_id, lambda o: o.status == "completed") for op_id in ids]
-        clients = [RawHttp(api_port) for _ in range(32)]
-
-        async def post_all(client: RawHttp, mine: list[str]) -> None:
-            for op_id in mine:
+        if "1" in args.phases:
+            # 1. sequential
+            seen_event: list[float] = []
+            seen_record: list[float] = []
+            for i in range(args.ops + 20):
+                op_id = f"seq-{i}"
+                done_record = watch.wait_record(op_id, lambda o: o.status == "completed")
+                done_event: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+                watch.event_waiters[op_id] = done_event
                 body = b'{"type": "dummy", "op_id": "%s", "params": {"duration": 0, "steps": 1}}' % op_id.encode()
-                status, _ = await client.post("/api/v1/operations", body)
+                t0 = time.perf_counter()
+                status, _ = await raw.post("/api/v1/operations", body)
                 assert status == 201, status
+                t_event = await asyncio.wait_for(done_event, 10)
+                t_record = await asyncio.wait_for(done_record, 10)
+                if i >= 20:  # warm-up excluded
+                    seen_event.append(t_event - t0)
+                    seen_record.append(t_record - t0)
+            print("1. sequential zero-duration ops through the API (submit -> completed seen by the client)")
+            report("completed event (worker -> OPS stream -> client)", seen_event)
+            report("completed op record (coordinator's durable write)", seen_record)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(post_all(c, ids[i::len(clients)]) for i, c in enumerate(clients)))
-        t_submitted = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*futures), 300)
-        elapsed = time.perf_counter() - t0
-        print(f"\n2. throughput, 2 workers, {n} ops")
-        print(f"  through the HTTP API (32 keep-alive clients): {n / elapsed:,.0f} ops/s completed "
-              f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
-        ids = [f"tpn-{i}" for i in range(n)]
-        futures = [watch.wait_record(op_id, lambda o: o.status == "completed") for op_id in ids]
-        service = f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}"
+        if "2" in args.phases:
+            # 2. throughput
+            n = args.throughput_ops
+            ids = [f"tp-{i}" for i in range(n)]
+            futures = [watch.wait_record(op_id, lambda o: o.status == "completed") for op_id in ids]
+            clients = [RawHttp(api_port) for _ in range(32)]
 
-        async def submit_nats(mine: list[str]) -> None:
-            for op_id in mine:
-                body = b'{"type": "dummy", "op_id": "%s", "params": {"duration": 0, "steps": 1}}' % op_id.encode()
-                reply = await nc.request(service, body, timeout=10)
-                assert not reply.headers, reply.headers
+            async def post_all(client: RawHttp, mine: list[str]) -> None:
+                for op_id in mine:
+                    body = b'{"type": "dummy", "op_id": "%s", "params": {"duration": 0, "steps": 1}}' % op_id.encode()
+                    status, _ = await client.post("/api/v1/operations", body)
+                    assert status == 201, status
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(submit_nats(ids[i::32]) for i in range(32)))
-        t_submitted = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*futures), 300)
-        elapsed = time.perf_counter() - t0
-        print(f"  through the NATS service {service} (32 concurrent): {n / elapsed:,.0f} ops/s completed "
-              f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
-
-        # 3. progress latency
-        sub_lat: list[float] = []
-        rec_lat: list[float] = []
-        got: asyncio.Queue[tuple[ProgressUpdate, float]] = asyncio.Queue()
-
-        async def on_progress(msg: nats.aio.msg.Msg) -> None:
-            await got.put((decode(ProgressUpdate, msg.data), time.time()))
-
-        psub = await nc.subscribe(names.OPS_PROGRESS_ALL, cb=on_progress)
-        last_rec: dict[str, datetime] = {}
-
-        def record_progress(op: Operation) -> None:
-            if op.progress and op.op_id.startswith("prog-") and last_rec.get(op.op_id) != op.progress.timestamp:
-                last_rec[op.op_id] = op.progress.timestamp
-                rec_lat.append(time.time() - op.progress.timestamp.timestamp())
-
-        original = watch.on_record
-        watch.on_record = lambda op: (record_progress(op), original(op))  # type: ignore[method-assign]
-        op_id = "prog-1"
-        done = watch.wait_record(op_id, lambda o: o.status == "completed")
-        await api.post("/api/v1/operations", json={"type": "dummy", "op_id": op_id,
-                                                   "params": {"duration": 6, "steps": 60}})
-        await asyncio.wait_for(done, 30)
-        watch.on_record = original  # type: ignore[method-assign]
-        await psub.unsubscribe()
-        while not got.empty():
-            update, at = got.get_nowait()
-            sub_lat.append(at - update.timestamp.timestamp())
-        print("\n3. progress latency (worker creates the update -> visible)")
-        report("to a subscriber of ops.<id>.progress", sub_lat)
-        report("in the op record the API serves", rec_lat)
-
-        # 4. cancel
-        reply_lat: list[float] = []
-        cancelled_lat: list[float] = []
-        for i in range(20):
-            op_id = f"cancel-{i}"
-            running = watch.wait_record(op_id, lambda o: o.status == "running")
-            await submit_with_id(api, op_id, {"duration": 60, "steps": 600})
-            await asyncio.wait_for(running, 10)
-            cancelled = watch.wait_record(op_id, lambda o: o.status == "cancelled")
+            pids = {"nats-server": server.pid, **{name: p.pid for name, p in procs.items()},
+                    "bench client": os.getpid()}
+            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            varz0 = (await api.get(f"http://127.0.0.1:{server.http_port}/varz")).json()
             t0 = time.perf_counter()
-            msg = await nc.request(names.ops_cancel(op_id), b'{"reason": "bench"}', timeout=5)
-            t_reply = time.perf_counter()
-            assert decode(CancelReply, msg.data).accepted
-            t_done = await asyncio.wait_for(cancelled, 10)
-            reply_lat.append(t_reply - t0)
-            cancelled_lat.append(t_done - t0)
-        print("\n4. cancel of a running op (nats req ops.<id>.cancel)")
-        report("reply received", reply_lat)
-        report("op record says cancelled", cancelled_lat)
+            await asyncio.gather(*(post_all(c, ids[i::len(clients)]) for i, c in enumerate(clients)))
+            t_submitted = time.perf_counter()
+            await asyncio.wait_for(asyncio.gather(*futures), 300)
+            elapsed = time.perf_counter() - t0
+            cpu = {name: (cpu_seconds(pid) - cpu0[name]) * 1e6 / n for name, pid in pids.items()}
+            varz1 = (await api.get(f"http://127.0.0.1:{server.http_port}/varz")).json()
+            print(f"\n2. throughput, 2 workers, {n} ops")
+            print(f"  through the HTTP API (32 keep-alive clients): {n / elapsed:,.0f} ops/s completed "
+                  f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
+            print("  CPU per op: " + ", ".join(f"{name} {us:.0f} µs" for name, us in cpu.items())
+                  + f"; total {sum(cpu.values()):.0f} µs")
+            print(f"  nats-server messages per op: {(varz1['in_msgs'] - varz0['in_msgs']) / n:.1f} in, "
+                  f"{(varz1['out_msgs'] - varz0['out_msgs']) / n:.1f} out")
+            ids = [f"tpn-{i}" for i in range(n)]
+            futures = [watch.wait_record(op_id, lambda o: o.status == "completed") for op_id in ids]
+            service = f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}"
 
-        # 5. kill -9 -> re-dispatch
-        redispatch: list[float] = []
-        rerun: list[float] = []
-        for i in range(args.kills):
-            op_id = f"kill-{i}"
-            running = watch.wait_record(op_id, lambda o: o.status == "running")
-            await submit_with_id(api, op_id, {"duration": 30, "steps": 30})
-            await asyncio.wait_for(running, 10)
-            owner = watch.records[op_id].worker_id
-            entry = await buckets.workers.get(owner)
-            lease = decode(WorkerLease, entry.value)
-            name = next(n for n, p in procs.items() if p.pid == lease.pid)
-            offered = watch.wait_record(op_id, lambda o: o.attempt == 2)
-            restarted = watch.wait_record(op_id, lambda o: o.attempt == 2 and o.status == "running")
+            async def submit_nats(mine: list[str]) -> None:
+                for op_id in mine:
+                    body = b'{"type": "dummy", "op_id": "%s", "params": {"duration": 0, "steps": 1}}' % op_id.encode()
+                    reply = await nc.request(service, body, timeout=10)
+                    assert not reply.headers, reply.headers
+
             t0 = time.perf_counter()
-            os.kill(lease.pid, signal.SIGKILL)
-            redispatch.append(await asyncio.wait_for(offered, 30) - t0)
-            rerun.append(await asyncio.wait_for(restarted, 30) - t0)
-            procs[name].wait()
-            index = name[-1]
-            start(name, "worker_backtest", KTRDR_WORKER_INDEX=index, KTRDR_WORKER_ID=f"bench-w{index}")
-            await nc.request(names.ops_cancel(op_id), b"{}", timeout=5)
-            await asyncio.sleep(1.0)
-        print(f"\n5. kill -9 of the worker running an op (lease TTL {LEASE_TTL:g} s)")
-        report("kill -> attempt 2 offered (re-dispatched)", redispatch)
-        report("kill -> attempt 2 running on the other worker", rerun)
+            await asyncio.gather(*(submit_nats(ids[i::32]) for i in range(32)))
+            t_submitted = time.perf_counter()
+            await asyncio.wait_for(asyncio.gather(*futures), 300)
+            elapsed = time.perf_counter() - t0
+            print(f"  through the NATS service {service} (32 concurrent): {n / elapsed:,.0f} ops/s completed "
+                  f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
+
+        if "3" in args.phases:
+            # 3. progress latency
+            sub_lat: list[float] = []
+            rec_lat: list[float] = []
+            got: asyncio.Queue[tuple[ProgressUpdate, float]] = asyncio.Queue()
+
+            async def on_progress(msg: nats.aio.msg.Msg) -> None:
+                await got.put((decode(ProgressUpdate, msg.data), time.time()))
+
+            psub = await nc.subscribe(names.OPS_PROGRESS_ALL, cb=on_progress)
+            last_rec: dict[str, datetime] = {}
+
+            def record_progress(op: Operation) -> None:
+                if op.progress and op.op_id.startswith("prog-") and last_rec.get(op.op_id) != op.progress.timestamp:
+                    last_rec[op.op_id] = op.progress.timestamp
+                    rec_lat.append(time.time() - op.progress.timestamp.timestamp())
+
+            original = watch.on_record
+            watch.on_record = lambda op: (record_progress(op), original(op))  # type: ignore[method-assign]
+            op_id = "prog-1"
+            done = watch.wait_record(op_id, lambda o: o.status == "completed")
+            await api.post("/api/v1/operations", json={"type": "dummy", "op_id": op_id,
+                                                       "params": {"duration": 6, "steps": 60}})
+            await asyncio.wait_for(done, 30)
+            watch.on_record = original  # type: ignore[method-assign]
+            await psub.unsubscribe()
+            while not got.empty():
+                update, at = got.get_nowait()
+                sub_lat.append(at - update.timestamp.timestamp())
+            print("\n3. progress latency (worker creates the update -> visible)")
+            report("to a subscriber of ops.<id>.progress", sub_lat)
+            report("in the op record the API serves", rec_lat)
+
+        if "4" in args.phases:
+            # 4. cancel
+            reply_lat: list[float] = []
+            cancelled_lat: list[float] = []
+            for i in range(20):
+                op_id = f"cancel-{i}"
+                running = watch.wait_record(op_id, lambda o: o.status == "running")
+                await submit_with_id(api, op_id, {"duration": 60, "steps": 600})
+                await asyncio.wait_for(running, 10)
+                cancelled = watch.wait_record(op_id, lambda o: o.status == "cancelled")
+                t0 = time.perf_counter()
+                msg = await nc.request(names.ops_cancel(op_id), b'{"reason": "bench"}', timeout=5)
+                t_reply = time.perf_counter()
+                assert decode(CancelReply, msg.data).accepted
+                t_done = await asyncio.wait_for(cancelled, 10)
+                reply_lat.append(t_reply - t0)
+                cancelled_lat.append(t_done - t0)
+            print("\n4. cancel of a running op (nats req ops.<id>.cancel)")
+            report("reply received", reply_lat)
+            report("op record says cancelled", cancelled_lat)
+
+        if "5" in args.phases:
+            # 5. kill -9 -> re-dispatch
+            redispatch: list[float] = []
+            rerun: list[float] = []
+            for i in range(args.kills):
+                op_id = f"kill-{i}"
+                running = watch.wait_record(op_id, lambda o: o.status == "running")
+                await submit_with_id(api, op_id, {"duration": 30, "steps": 30})
+                await asyncio.wait_for(running, 10)
+                owner = watch.records[op_id].worker_id
+                entry = await buckets.workers.get(owner)
+                lease = decode(WorkerLease, entry.value)
+                name = next(n for n, p in procs.items() if p.pid == lease.pid)
+                offered = watch.wait_record(op_id, lambda o: o.attempt == 2)
+                restarted = watch.wait_record(op_id, lambda o: o.attempt == 2 and o.status == "running")
+                t0 = time.perf_counter()
+                os.kill(lease.pid, signal.SIGKILL)
+                redispatch.append(await asyncio.wait_for(offered, 30) - t0)
+                rerun.append(await asyncio.wait_for(restarted, 30) - t0)
+                procs[name].wait()
+                index = name[-1]
+                start(name, "worker_backtest", KTRDR_WORKER_INDEX=index, KTRDR_WORKER_ID=f"bench-w{index}")
+                await nc.request(names.ops_cancel(op_id), b"{}", timeout=5)
+                await asyncio.sleep(1.0)
+            print(f"\n5. kill -9 of the worker running an op (lease TTL {LEASE_TTL:g} s)")
+            report("kill -> attempt 2 offered (re-dispatched)", redispatch)
+            report("kill -> attempt 2 running on the other worker", rerun)
     finally:
         await api.aclose()
         feeder.cancel()

@@ -102,8 +102,10 @@ class IbHost(Worker):
             self.gateway.activate()
             await self.service.start()
             self._activated.set()
+            await self.request_jobs()
             return
         self._activated.clear()
+        await self.request_jobs()
         # Another host holds the lock now (we were frozen or cut off past its TTL): our work
         # must stop before that host's session and ours both talk to IB.
         for running in list(self._running.values()):

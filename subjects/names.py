@@ -133,6 +133,14 @@ def jobs_consumer(capability: str) -> str:
     return "jobs-" + validate_capability(capability).replace(".", "-")
 
 
+JS_API_PREFIX: Final = "$JS.API"
+
+
+def jobs_pull_subject(capability: str) -> str:
+    """Where a worker sends its pull requests (JetStream's ``CONSUMER.MSG.NEXT``) for ``capability``."""
+    return f"{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{jobs_consumer(capability)}"
+
+
 def ops_progress(op_id: str) -> str:
     return f"ops.{validate_token(op_id, what='operation id')}.progress"
 

@@ -31,6 +31,7 @@ from ktrdr import __version__
 from ktrdr.cancel import OperationCancelled
 from ktrdr.runtime.connection import connect
 from ktrdr.runtime.context import Handler, JobContext
+from ktrdr.runtime.pull import JobPuller
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.topology import Buckets, ensure_topology
@@ -114,7 +115,8 @@ class Worker:
         self.js: JetStreamContext | None = None
         self.buckets: Buckets | None = None
         self._running: dict[str, _Running] = {}
-        self._free = asyncio.Condition()
+        self._jobs: set[asyncio.Task[None]] = set()  # every job task, until its outcome is published
+        self._pullers: list[JobPuller] = []
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
         self._fetching = True
@@ -131,7 +133,8 @@ class Worker:
             started_at=self.started_at)
 
     async def start(self) -> None:
-        self.nc = await connect(self.settings.nats_url, name=f"ktrdr-{self.worker_id}")
+        self.nc = await connect(self.settings.nats_url, name=f"ktrdr-{self.worker_id}",
+                                on_reconnect=self._on_reconnect)
         self.js = self.nc.jetstream(timeout=5.0)
         self.buckets = await ensure_topology(self.js, lease_ttl_s=self.settings.lease_ttl_s,
                                             replicas=self.settings.js_replicas)
@@ -139,7 +142,11 @@ class Worker:
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
         self._tasks.append(asyncio.create_task(self._register_loop(), name="register"))
         for cap in self.capabilities:
-            self._tasks.append(asyncio.create_task(self._fetch_loop(cap), name=f"fetch-{cap}"))
+            puller = JobPuller(nc=self.nc, capability=cap, expires_s=self.settings.fetch_timeout_s,
+                               on_job=lambda msg, cap=cap: self._on_job(msg, cap))
+            await puller.start()
+            self._pullers.append(puller)
+        await self.request_jobs()
         log.info("worker %s (%s) serving %s with %d slot(s)", self.worker_id, self.worker_type,
                  ", ".join(self.capabilities), self.slots)
 
@@ -170,22 +177,25 @@ class Worker:
             return
         self._stopped.set()
         self._fetching = False
-        async with self._free:
-            self._free.notify_all()
-        running = [r.task for r in self._running.values() if r.task is not None]
+        await self.request_jobs()
+        running = list(self._jobs)
         if running:
             log.info("stopping: waiting up to %.1f s for %d running operation(s)",
-                     self.settings.grace_s, len(running))
+                     self.settings.grace_s, len(self._running))
             _, pending = await asyncio.wait(running, timeout=self.settings.grace_s)
             if pending:
                 for r in list(self._running.values()):
                     r.ctx.token.cancel("worker shutting down")
                 await asyncio.wait(pending, timeout=self.settings.cancel_wait_s)
-        # Fetch loops end by themselves within one fetch timeout; cancelling a fetch in flight
-        # could strand a delivered job until its AckWait runs out.
-        fetchers = [t for t in self._tasks if t.get_name().startswith("fetch-")]
-        if fetchers:
-            await asyncio.wait(fetchers, timeout=self.settings.fetch_timeout_s + 2.0)
+        # Pull requests still open on the server would deliver into a closed inbox, stranding a
+        # job until its AckWait runs out: let them run out first (what arrives meanwhile is
+        # handed back at once).
+        deadline = asyncio.get_running_loop().time() + self.settings.fetch_timeout_s + 2.0
+        while (any(p.outstanding for p in self._pullers) and self.nc is not None and self.nc.is_connected
+               and asyncio.get_running_loop().time() < deadline):
+            await asyncio.sleep(0.05)
+        for puller in self._pullers:
+            await puller.stop()
         await cancel_and_wait(self._tasks, what=f"worker {self.worker_id} task")
         self._tasks.clear()
         assert self.nc is not None and self.buckets is not None
@@ -228,6 +238,8 @@ class Worker:
             try:
                 await self._put_lease()
                 await self._check_ownership()
+                # Renews requests whose expiry notice was lost with a dropped connection.
+                await self.request_jobs()
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_s)
@@ -278,44 +290,23 @@ class Worker:
     def is_active(self) -> bool:
         return self._active is None or self._active.is_set()
 
-    async def _wait_active(self) -> None:
-        """Return once active again or stopping (a standby must still notice shutdown)."""
-        assert self._active is not None
-        waits = [asyncio.ensure_future(self._active.wait()), asyncio.ensure_future(self._stopped.wait())]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-
     def _free_slots(self) -> int:
         return self.slots - len(self._running)
 
-    async def _fetch_loop(self, capability: str) -> None:
-        assert self.js is not None
-        sub = await self.js.pull_subscribe_bind(names.jobs_consumer(capability), names.JOBS_STREAM)
-        while self._fetching:
-            async with self._free:
-                await self._free.wait_for(lambda: self._free_slots() > 0 or not self._fetching)
-            if not self._fetching:
-                break
-            if not self.is_active:
-                await self._wait_active()
-                continue
+    async def request_jobs(self) -> None:
+        """Keep pull requests outstanding for the free slots: none while stopping or standby.
+
+        Called whenever a slot frees or the worker's activity changes."""
+        free = self._free_slots() if self._fetching and self.is_active else 0
+        for puller in self._pullers:
             try:
-                msgs = await sub.fetch(1, timeout=self.settings.fetch_timeout_s)
-            except nats.errors.TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
+                await puller.want(free)
             except Exception as exc:
-                log.warning("fetch on %s failed: %s", capability, exc)
-                await asyncio.sleep(0.25)
-                continue
-            for msg in msgs:
-                await self._on_job(msg, capability)
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+                log.warning("pull request on %s failed: %s", puller.capability, exc)
+
+    async def _on_reconnect(self) -> None:
+        for puller in self._pullers:
+            await puller.reset()
 
     async def _on_job(self, msg: Msg, capability: str) -> None:
         try:
@@ -332,8 +323,9 @@ class Worker:
         if (not self._fetching or not self.is_active or self._free_slots() <= 0
                 or job.op_id in self._running):
             # Two capabilities can deliver at once to the last slot, or the worker went standby
-            # during the fetch: hand the job back at once.
+            # or began to stop with a request open: hand the job back at once.
             await msg.nak()
+            await self.request_jobs()
             return
         assert self.nc is not None and self.js is not None
         ctx = JobContext(job=job, worker_id=self.worker_id, nc=self.nc, js=self.js,
@@ -341,6 +333,8 @@ class Worker:
         running = _Running(ctx=ctx)
         self._running[job.op_id] = running
         running.task = asyncio.create_task(self._run_job(msg, running), name=f"op-{job.op_id}")
+        self._jobs.add(running.task)
+        running.task.add_done_callback(self._jobs.discard)
 
     # --- one operation --------------------------------------------------------------------
 
@@ -352,12 +346,17 @@ class Worker:
             r.cancel_sub = await self.nc.subscribe(names.ops_cancel(ctx.op_id), cb=self._cancel_cb(r))
             won = await self._claim(ctx)
             r.claimed.set_result(won)
-            if not won:
-                await msg.ack()
-                return
             await msg.ack()
-            await self._publish_event(ctx, OpEventKind.STARTED)
-            await self._execute(r)
+            if not won:
+                return
+            # Not awaited before the handler starts: the stream still gets it ahead of the
+            # outcome, which goes out later on this same connection.
+            started = asyncio.ensure_future(self._publish_event(ctx, OpEventKind.STARTED))
+            outcome = await self._execute(r)
+            # The slot is free once the handler is done: the next pull request leaves in the
+            # same write as this outcome, while its acknowledgement is still on the way.
+            await self._release(ctx.op_id)
+            await asyncio.gather(started, outcome)
         except Exception:
             log.exception("operation %s: runtime error", ctx.op_id)
             if not r.claimed.done():
@@ -368,9 +367,11 @@ class Worker:
             if r.cancel_sub is not None:
                 with contextlib.suppress(Exception):
                     await r.cancel_sub.unsubscribe()
-            self._running.pop(ctx.op_id, None)
-            async with self._free:
-                self._free.notify_all()
+            await self._release(ctx.op_id)
+
+    async def _release(self, op_id: str) -> None:
+        if self._running.pop(op_id, None) is not None:
+            await self.request_jobs()
 
     async def _claim(self, ctx: JobContext) -> bool:
         """``kv.create`` on ``claims/<op>_<attempt>`` is the arbiter: exactly one claimant wins.
@@ -387,7 +388,8 @@ class Worker:
             return False
         return True
 
-    async def _execute(self, r: _Running) -> None:
+    async def _execute(self, r: _Running) -> asyncio.Future[None]:
+        """Run the handler; returns the publication of its outcome, sent but not yet acknowledged."""
         ctx = r.ctx
         handler = self.handlers[names.OP_TYPE_KIND[ctx.job.type]]
         outcome, result, error = OpEventKind.COMPLETED, None, None
@@ -405,8 +407,8 @@ class Worker:
             outcome, error = OpEventKind.FAILED, f"{type(exc).__name__}: {exc}"
             log.warning("operation %s failed: %s", ctx.op_id, error)
         await ctx.flush()
-        await self._publish_event(ctx, outcome, result=result if isinstance(result, dict) else None,
-                                  error=error)
+        return asyncio.ensure_future(self._publish_event(
+            ctx, outcome, result=result if isinstance(result, dict) else None, error=error))
 
     async def _publish_event(self, ctx: JobContext, kind: OpEventKind, *,
                              result: dict[str, Any] | None = None, error: str | None = None) -> None:

@@ -1,0 +1,125 @@
+"""Pull requests kept outstanding for exactly a worker's free slots.
+
+``fetch(1)`` sends a request and then waits on it for every job, so the next job can't be
+asked for before the last one is done: a round trip, a timer and a wake-up per job. The puller
+keeps requests outstanding on the server that add up to the free slots (never more: a worker
+takes no job it has no slot for), and asks again in the same write as the finished job's
+outcome. Deliveries go to a callback, not to a queue that a fetch must poll.
+
+Bookkeeping: the server fills waiting requests in the order they came, and a request that
+expires with slots unfilled is answered by a ``408`` status. Every request here has the same
+lifetime, so a ``408`` always ends the oldest one. A request whose ``408`` never came (the
+connection dropped) is forgotten locally once its lifetime is well past.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from subjects import names
+
+log = logging.getLogger(__name__)
+
+# How long past its lifetime a request still counts, waiting for its 408.
+EXPIRY_GRACE_S = 1.0
+
+
+@dataclass
+class _Request:
+    deadline: float
+    remaining: int
+
+
+class JobPuller:
+    """Keeps pull requests on one capability's durable consumer covering ``want(free)`` slots."""
+
+    def __init__(
+        self,
+        *,
+        nc: Client,
+        capability: str,
+        on_job: Callable[[Msg], Awaitable[None]],
+        expires_s: float,
+    ) -> None:
+        self.nc = nc
+        self.capability = capability
+        self._subject = names.jobs_pull_subject(capability)
+        self._on_job = on_job
+        self._expires_ns = int(expires_s * 1e9)
+        self._lifetime_s = expires_s + EXPIRY_GRACE_S
+        self._requests: deque[_Request] = deque()
+        self._wanted = 0
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._backoff_until = 0.0
+
+    async def start(self) -> None:
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
+
+    async def stop(self) -> None:
+        self._wanted = 0
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    @property
+    def outstanding(self) -> int:
+        """Slots that requests on the server may still fill."""
+        now = time.monotonic()
+        while self._requests and (self._requests[0].deadline < now or self._requests[0].remaining <= 0):
+            self._requests.popleft()
+        return sum(r.remaining for r in self._requests)
+
+    async def want(self, free: int) -> None:
+        """Ask for more jobs until ``free`` slots are covered; ``0`` lets requests run out."""
+        self._wanted = max(0, free)
+        if self._sub is None or not self.nc.is_connected or time.monotonic() < self._backoff_until:
+            return
+        deficit = self._wanted - self.outstanding
+        if deficit <= 0:
+            return
+        self._requests.append(_Request(deadline=time.monotonic() + self._lifetime_s, remaining=deficit))
+        await self.nc.publish(self._subject, b'{"batch":%d,"expires":%d}' % (deficit, self._expires_ns),
+                              reply=self._inbox)
+
+    async def reset(self) -> None:
+        """After a reconnect: requests held by the old connection's server may be gone."""
+        self._requests.clear()
+        await self.want(self._wanted)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = JetStreamContext.is_status_msg(msg)
+        if status is None:
+            for request in self._requests:
+                if request.remaining > 0:
+                    request.remaining -= 1
+                    break
+            await self._on_job(msg)
+            return
+        if status == "100":  # idle heartbeat: we ask for none, but it is harmless
+            return
+        if status == "408":
+            if self._requests:
+                self._requests.popleft()
+        else:
+            # 409 (leadership change, consumer deleted, too many waiting requests...): every
+            # request may be gone. Ask again, but not in a tight loop if the cause persists.
+            description = msg.headers.get("Description", "") if msg.headers else ""
+            log.warning("pull request on %s ended: %s %s", self.capability, status, description)
+            self._requests.clear()
+            self._backoff_until = time.monotonic() + 0.25
+            await asyncio.sleep(0.25)
+        await self.want(self._wanted)
