@@ -9,6 +9,7 @@ blocking work while the event loop sets it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class OperationCancelled(Exception):
@@ -22,15 +23,29 @@ class OperationCancelled(Exception):
 class CancelToken:
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
         self.reason: str | None = None
 
     def cancel(self, reason: str = "cancelled") -> bool:
         """Set the token; returns False when it was already set (first reason wins)."""
-        if self._event.is_set():
-            return False
-        self.reason = reason
-        self._event.set()
+        with self._lock:
+            if self._event.is_set():
+                return False
+            self.reason = reason
+            self._event.set()
+            listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener()
         return True
+
+    def on_cancel(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` once, from whichever thread cancels (at once if already cancelled)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._listeners.append(listener)
+                return
+        listener()
 
     @property
     def cancelled(self) -> bool:

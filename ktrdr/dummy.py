@@ -12,13 +12,14 @@ class DummyFailure(RuntimeError):
     pass
 
 
-def run_dummy(ctx: JobContext) -> dict[str, Any]:
+async def run_dummy(ctx: JobContext) -> dict[str, Any]:
+    """Async: its work is sleeping, which needs no thread (blocking handlers get one)."""
     params = DummyParams.model_validate(ctx.params)
     per_step = params.duration / params.steps
     for step in range(1, params.steps + 1):
-        # Sleeping on the token means a cancel wakes the work at once.
+        # A cancel wakes the sleep at once.
         if per_step > 0:
-            ctx.token.wait(per_step)
+            await ctx.sleep(per_step)
         ctx.raise_if_cancelled()
         if params.fail and step == params.steps:
             raise DummyFailure(params.fail if isinstance(params.fail, str) else "dummy failure requested")

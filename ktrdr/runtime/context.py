@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -55,6 +56,7 @@ class JobContext:
         self._publishing: asyncio.Task[None] | None = None
         self._subject = names.ops_progress(job.op_id)
         self._info_tasks: set[asyncio.Future[Any]] = set()
+        self._cancelled: asyncio.Event | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -62,6 +64,17 @@ class JobContext:
 
     def raise_if_cancelled(self) -> None:
         self.token.raise_if_cancelled()
+
+    async def sleep(self, seconds: float) -> bool:
+        """For async handlers: sleep up to ``seconds`` on the event loop, waking at once on
+        cancellation. Returns whether the operation was cancelled."""
+        if self._cancelled is None:
+            self._cancelled = asyncio.Event()
+            event, loop = self._cancelled, self.loop
+            self.token.on_cancel(lambda: loop.call_soon_threadsafe(event.set))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._cancelled.wait(), seconds)
+        return self.token.cancelled
 
     def progress(self, **fields: Any) -> None:
         update = ProgressUpdate(op_id=self.op_id, worker_id=self.worker_id, attempt=self.attempt, **fields)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import signal
+import threading
+import time
+
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
 
 from coordinator.app import Coordinator
+from ktrdr.runtime.context import JobContext
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import default_worker_id
-from subjects.models import OpStatus, SubmitRequest
+from subjects import names
+from subjects.models import CancelReply, OpStatus, SubmitRequest, decode
 from tests.conftest import MakeWorker, SpawnWorker
 from tests.support import assert_eventually, wait_status
 
@@ -67,3 +74,31 @@ async def test_the_lease_carries_state_and_running_ops(coordinator: Coordinator,
     lease = await assert_eventually(
         lambda: (w := coordinator.registry.workers.get("w1")) and w.running and w)
     assert lease.state == "busy" and [(r.op_id, r.attempt) for r in lease.running] == [(op.op_id, 1)]
+
+
+async def test_a_blocking_handler_runs_in_a_thread_and_the_worker_stays_responsive(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
+    on_main_thread: list[bool] = []
+
+    def blocking(ctx: JobContext) -> None:
+        on_main_thread.append(threading.current_thread() is threading.main_thread())
+        deadline = time.monotonic() + 30
+        while not ctx.token.cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)  # blocks this thread only
+        ctx.raise_if_cancelled()
+
+    await make_worker("w1", handlers={names.KIND_DUMMY: blocking})
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={}))
+    await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
+    leases = await nc.jetstream().key_value(names.WORKERS_BUCKET)
+    before = (await leases.get("w1")).revision
+    # The event loop is free: heartbeats go on and the worker itself answers the cancel.
+    await assert_eventually(lambda: _newer_lease(leases, before), message="the lease was not refreshed")
+    reply = decode(CancelReply, (await nc.request(names.ops_cancel(op.op_id), b"{}", timeout=5)).data)
+    assert reply.accepted and "w1" in reply.message
+    await wait_status(coordinator, op.op_id, OpStatus.CANCELLED)
+    assert on_main_thread == [False]
+
+
+async def _newer_lease(leases: KeyValue, revision: int) -> bool:
+    return (await leases.get("w1")).revision > revision
