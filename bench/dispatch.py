@@ -220,6 +220,7 @@ async def main() -> None:
                     "bench client": os.getpid()}
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             varz0 = (await api.get(f"http://127.0.0.1:{server.http_port}/varz")).json()
+            writes0 = (await js.stream_info(names.kv_stream(names.OPS_BUCKET))).state.last_seq
             t0 = time.perf_counter()
             await asyncio.gather(*(post_all(c, ids[i::len(clients)]) for i, c in enumerate(clients)))
             t_submitted = time.perf_counter()
@@ -227,13 +228,14 @@ async def main() -> None:
             elapsed = time.perf_counter() - t0
             cpu = {name: (cpu_seconds(pid) - cpu0[name]) * 1e6 / n for name, pid in pids.items()}
             varz1 = (await api.get(f"http://127.0.0.1:{server.http_port}/varz")).json()
+            writes = ((await js.stream_info(names.kv_stream(names.OPS_BUCKET))).state.last_seq - writes0) / n
             print(f"\n2. throughput, 2 workers, {n} ops")
             print(f"  through the HTTP API (32 keep-alive clients): {n / elapsed:,.0f} ops/s completed "
                   f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
             print("  CPU per op: " + ", ".join(f"{name} {us:.0f} µs" for name, us in cpu.items())
                   + f"; total {sum(cpu.values()):.0f} µs")
             print(f"  nats-server messages per op: {(varz1['in_msgs'] - varz0['in_msgs']) / n:.1f} in, "
-                  f"{(varz1['out_msgs'] - varz0['out_msgs']) / n:.1f} out")
+                  f"{(varz1['out_msgs'] - varz0['out_msgs']) / n:.1f} out; op record writes per op: {writes:.2f}")
             ids = [f"tpn-{i}" for i in range(n)]
             futures = [watch.wait_record(op_id, lambda o: o.status == "completed") for op_id in ids]
             service = f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}"

@@ -26,6 +26,7 @@ from coordinator.service import OpsService
 from coordinator.settings import CoordinatorSettings
 from coordinator.sweeps import SweepManager
 from ktrdr.runtime.connection import connect
+from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.topology import ensure_topology
 from subjects import names
@@ -48,6 +49,7 @@ class Coordinator:
         self.metrics = Metrics()
         self.nc: Client = None  # type: ignore[assignment]
         self.js: JetStreamContext = None  # type: ignore[assignment]
+        self.publisher: AckedPublisher = None  # type: ignore[assignment]
         self.ops: Operations = None  # type: ignore[assignment]
         self.registry: WorkerRegistry = None  # type: ignore[assignment]
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
@@ -66,11 +68,13 @@ class Coordinator:
         self.nc = await connect(s.nats_url, name="ktrdr-coordinator", on_reconnect=self._on_reconnect)
         self.js = self.nc.jetstream(timeout=5.0)
         buckets = await ensure_topology(self.js, lease_ttl_s=s.lease_ttl_s, replicas=s.js_replicas)
-        self.ops = Operations(bucket=buckets.ops, metrics=self.metrics)
+        self.publisher = AckedPublisher(nc=self.nc)
+        await self.publisher.start()
+        self.ops = Operations(bucket=buckets.ops, publisher=self.publisher, metrics=self.metrics)
         loaded = await self.ops.load()
         self.registry = WorkerRegistry(bucket=buckets.workers, metrics=self.metrics,
                                        on_lost=self._worker_lost)
-        self.dispatcher = Dispatcher(js=self.js, ops=self.ops, registry=self.registry,
+        self.dispatcher = Dispatcher(js=self.js, publisher=self.publisher, ops=self.ops, registry=self.registry,
                                      claims=buckets.claims, settings=s, metrics=self.metrics)
         self.registry.start()
         with contextlib.suppress(TimeoutError):
@@ -142,6 +146,7 @@ class Coordinator:
             # uvicorn ends by itself once should_exit is set; bounded in case a request hangs.
             await asyncio.wait(api, timeout=5.0)
         await cancel_and_wait([*self._tasks, *self._inflight], what="coordinator task")
+        await self.publisher.stop()
         with contextlib.suppress(Exception):
             await self.nc.drain()
         log.info("coordinator stopped")

@@ -21,6 +21,7 @@ from coordinator.metrics import Metrics
 from coordinator.operations import Operations
 from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
+from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
 from subjects.models import (
@@ -52,6 +53,7 @@ class Dispatcher:
         self,
         *,
         js: JetStreamContext,
+        publisher: AckedPublisher,
         ops: Operations,
         registry: WorkerRegistry,
         claims: KeyValue,
@@ -59,6 +61,7 @@ class Dispatcher:
         metrics: Metrics,
     ) -> None:
         self.js = js
+        self.publisher = publisher
         self.ops = ops
         self.registry = registry
         self.claims = claims
@@ -120,7 +123,7 @@ class Dispatcher:
             delay = 0.1
             for _ in range(20):
                 try:
-                    await self.js.publish(names.jobs_subject(capability), job.encode(), headers=headers)
+                    await self.publisher.publish(names.jobs_subject(capability), job.encode(), headers=headers)
                     break
                 except Exception as exc:
                     log.warning("offer of %s on %s failed (%s); retrying", op.op_id, capability, exc)

@@ -17,6 +17,8 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from coordinator.metrics import Metrics
+from ktrdr.runtime.publish import AckedPublisher
+from subjects import names
 from subjects.models import (
     AttemptRecord,
     BadPayload,
@@ -47,8 +49,9 @@ class OperationExists(ValueError):
 
 
 class Operations:
-    def __init__(self, *, bucket: KeyValue, metrics: Metrics) -> None:
+    def __init__(self, *, bucket: KeyValue, publisher: AckedPublisher, metrics: Metrics) -> None:
         self.bucket = bucket
+        self.publisher = publisher
         self.metrics = metrics
         self._cache: dict[str, tuple[Operation, int]] = {}
         self._queued: dict[str, list[tuple[Mutation, asyncio.Future[Operation | None]]]] = {}
@@ -106,7 +109,7 @@ class Operations:
 
     async def create(self, op: Operation) -> Operation:
         try:
-            revision = await self.bucket.create(op.op_id, op.encode())
+            revision = await self.publisher.kv_create(names.OPS_BUCKET, op.op_id, op.encode())
         except KeyWrongLastSequenceError:
             raise OperationExists(f"operation {op.op_id} already exists") from None
         self._cache[op.op_id] = (op, revision)
@@ -161,7 +164,8 @@ class Operations:
             if not any(changed):
                 return before
             try:
-                new_revision = await self.bucket.update(op_id, after.encode(), last=revision)
+                new_revision = await self.publisher.kv_update(names.OPS_BUCKET, op_id, after.encode(),
+                                                              last=revision)
             except KeyWrongLastSequenceError:
                 # Someone else wrote (a second coordinator during a hand-over): re-read, retry.
                 entry = await self.bucket.get(op_id)

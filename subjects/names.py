@@ -103,6 +103,7 @@ ROUTES: Final = {
 }
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KEY = re.compile(r"^[A-Za-z0-9_=-]{1,255}$")  # the keys we write: one subject token each
 
 
 class InvalidToken(ValueError):
@@ -134,6 +135,18 @@ def jobs_consumer(capability: str) -> str:
 
 
 JS_API_PREFIX: Final = "$JS.API"
+
+
+def kv_key_subject(bucket: str, key: str) -> str:
+    """The subject a key-value write to ``bucket``/``key`` is published on."""
+    if not _KEY.match(key):
+        raise InvalidToken(f"invalid key {key!r} for bucket {bucket}")
+    return f"$KV.{validate_token(bucket, what='bucket')}.{key}"
+
+
+def kv_stream(bucket: str) -> str:
+    """The stream behind a key-value bucket (its sequence counts the bucket's writes)."""
+    return f"KV_{validate_token(bucket, what='bucket')}"
 
 
 def jobs_pull_subject(capability: str) -> str:

@@ -13,6 +13,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from ktrdr.cancel import CancelToken
+from ktrdr.runtime.publish import AckedPublisher
 from subjects import names
 from subjects.models import JobMessage, OpEvent, OpEventKind, ProgressUpdate
 
@@ -38,6 +39,7 @@ class JobContext:
         worker_id: str,
         nc: Client,
         js: JetStreamContext,
+        publisher: AckedPublisher,
         loop: asyncio.AbstractEventLoop,
         on_rejected: Callable[[str], None] | None = None,
     ) -> None:
@@ -48,6 +50,7 @@ class JobContext:
         self.worker_id = worker_id
         self.nc = nc
         self.js = js
+        self.publisher = publisher
         self.loop = loop
         self.token = CancelToken()
         self._pending: ProgressUpdate | None = None
@@ -90,7 +93,7 @@ class JobContext:
         """
         event = OpEvent(op_id=self.op_id, event=OpEventKind.INFO, worker_id=self.worker_id,
                         attempt=self.attempt, context=facts)
-        coro = self.js.publish(names.ops_events(self.op_id), event.encode())
+        coro = self.publisher.publish(names.ops_events(self.op_id), event.encode())
         if self._on_loop():
             future: asyncio.Future[Any] = asyncio.ensure_future(coro)
         else:
@@ -125,7 +128,7 @@ class JobContext:
             return
         self._last_sent = time.monotonic()
         try:
-            await self.js.publish(self._subject, update.encode())
+            await self.publisher.publish(self._subject, update.encode())
         except Exception as exc:  # progress is best effort; the outcome event is not
             log.warning("progress for %s not published: %s", self.op_id, exc)
         if self._pending is not None and self._flush_handle is None:

@@ -31,6 +31,7 @@ from ktrdr import __version__
 from ktrdr.cancel import OperationCancelled
 from ktrdr.runtime.connection import connect
 from ktrdr.runtime.context import Handler, JobContext
+from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.pull import JobPuller
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.tasks import cancel_and_wait
@@ -114,6 +115,7 @@ class Worker:
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.buckets: Buckets | None = None
+        self.publisher: AckedPublisher | None = None
         self._running: dict[str, _Running] = {}
         self._jobs: set[asyncio.Task[None]] = set()  # every job task, until its outcome is published
         self._pullers: list[JobPuller] = []
@@ -138,6 +140,8 @@ class Worker:
         self.js = self.nc.jetstream(timeout=5.0)
         self.buckets = await ensure_topology(self.js, lease_ttl_s=self.settings.lease_ttl_s,
                                             replicas=self.settings.js_replicas)
+        self.publisher = AckedPublisher(nc=self.nc)
+        await self.publisher.start()
         await self._put_lease()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
         self._tasks.append(asyncio.create_task(self._register_loop(), name="register"))
@@ -205,6 +209,8 @@ class Worker:
             log.exception("shutdown hook failed")
         with contextlib.suppress(Exception):
             await self.buckets.workers.delete(self.worker_id)
+        if self.publisher is not None:
+            await self.publisher.stop()
         with contextlib.suppress(Exception):
             await self.nc.drain()
         log.info("worker %s stopped", self.worker_id)
@@ -327,9 +333,9 @@ class Worker:
             await msg.nak()
             await self.request_jobs()
             return
-        assert self.nc is not None and self.js is not None
+        assert self.nc is not None and self.js is not None and self.publisher is not None
         ctx = JobContext(job=job, worker_id=self.worker_id, nc=self.nc, js=self.js,
-                         loop=asyncio.get_running_loop())
+                         publisher=self.publisher, loop=asyncio.get_running_loop())
         running = _Running(ctx=ctx)
         self._running[job.op_id] = running
         running.task = asyncio.create_task(self._run_job(msg, running), name=f"op-{job.op_id}")
@@ -379,10 +385,11 @@ class Worker:
         Every attempt that is retried, cancelled while queued or failed undeliverable already has
         its claim taken, so a stale offer loses here without reading the op record.
         """
-        assert self.buckets is not None
+        assert self.publisher is not None
         claim = Claim(op_id=ctx.op_id, attempt=ctx.attempt, worker_id=self.worker_id)
         try:
-            await self.buckets.claims.create(names.claim_key(ctx.op_id, ctx.attempt), claim.encode())
+            await self.publisher.kv_create(names.CLAIMS_BUCKET, names.claim_key(ctx.op_id, ctx.attempt),
+                                           claim.encode())
         except KeyWrongLastSequenceError:
             log.info("operation %s attempt %d was claimed by someone else", ctx.op_id, ctx.attempt)
             return False
@@ -412,14 +419,14 @@ class Worker:
 
     async def _publish_event(self, ctx: JobContext, kind: OpEventKind, *,
                              result: dict[str, Any] | None = None, error: str | None = None) -> None:
-        assert self.js is not None
+        assert self.publisher is not None
         event = OpEvent(op_id=ctx.op_id, event=kind, worker_id=self.worker_id, attempt=ctx.attempt,
                         result=result, error=error)
         # The outcome must reach the stream: retry through a reconnect instead of losing it.
         delay = 0.1
         while True:
             try:
-                await self.js.publish(names.ops_events(ctx.op_id), event.encode())
+                await self.publisher.publish(names.ops_events(ctx.op_id), event.encode())
                 return
             except Exception as exc:
                 if self.nc is None or self.nc.is_closed:
