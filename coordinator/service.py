@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.micro import Request, add_service
@@ -17,6 +19,7 @@ from coordinator.dispatcher import Dispatcher
 from coordinator.metrics import Metrics
 from coordinator.operations import OperationExists, Operations
 from ktrdr import __version__
+from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
 from subjects.models import BadPayload, GetRequest, ListRequest, OpList, SubmitRequest, decode
 
@@ -30,13 +33,14 @@ class OpsService:
         self.dispatcher = dispatcher
         self.metrics = metrics
         self._service: Service | None = None
+        self._handling: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._service = await add_service(
             self.nc, name=names.SERVICE_NAME, version=__version__,
             description="ktrdr coordinator: submit, get and list operations")
         group = self._service.add_group(name=names.SERVICE_GROUP)
-        await group.add_endpoint(name=names.SERVICE_SUBMIT, handler=self._submit)
+        await group.add_endpoint(name=names.SERVICE_SUBMIT, handler=self._concurrently(self._submit))
         await group.add_endpoint(name=names.SERVICE_GET, handler=self._get)
         await group.add_endpoint(name=names.SERVICE_LIST, handler=self._list)
 
@@ -44,6 +48,16 @@ class OpsService:
         if self._service is not None:
             await self._service.stop()
             self._service = None
+        await cancel_and_wait(self._handling, what="service request")
+
+    def _concurrently(self, handler: Callable[[Request], Awaitable[None]]) -> Callable[[Request], Awaitable[None]]:
+        """An endpoint's handler runs inside its subscription's callback, one request at a time;
+        a submit waits on two JetStream writes, so each one gets a task of its own."""
+        async def spawn(req: Request) -> None:
+            task = asyncio.create_task(handler(req))
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+        return spawn
 
     async def _error(self, req: Request, code: int, message: str) -> None:
         if code == 400:

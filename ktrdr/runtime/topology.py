@@ -6,6 +6,7 @@ is file-based: a restarted nats-server keeps every operation, lease history and 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -19,7 +20,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from subjects import names
@@ -48,6 +49,36 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyVal
         return await js.key_value(config.bucket)
     except BucketNotFoundError:
         return await js.create_key_value(config)
+
+
+async def _ensure_coordinator_consumer(js: JetStreamContext) -> None:
+    """The coordinator's durable push consumer of OPS, acknowledged "all up to here" in batches.
+
+    A store made before acknowledgements were batched has the consumer with per-message acks,
+    which a consumer cannot change: it is replaced by one that starts after the old one's ack
+    floor, so nothing is skipped and nothing already applied comes again.
+    """
+    start = DeliverPolicy.ALL
+    start_seq: int | None = None
+    try:
+        info = await js.consumer_info(names.OPS_STREAM, names.COORDINATOR_CONSUMER)
+    except NotFoundError:
+        pass
+    else:
+        if info.config.ack_policy == AckPolicy.ALL:
+            return
+        await js.delete_consumer(names.OPS_STREAM, names.COORDINATOR_CONSUMER)
+        start, start_seq = DeliverPolicy.BY_START_SEQUENCE, info.ack_floor.stream_seq + 1
+    with contextlib.suppress(BadRequestError):  # another process created it meanwhile
+        await js.add_consumer(names.OPS_STREAM, ConsumerConfig(
+            durable_name=names.COORDINATOR_CONSUMER,
+            deliver_subject=names.COORDINATOR_DELIVER,
+            deliver_policy=start,
+            opt_start_seq=start_seq,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=30.0,
+            max_ack_pending=20_000,
+        ))
 
 
 async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas: int = 1) -> Buckets:
@@ -87,17 +118,7 @@ async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas:
                 max_ack_pending=10_000,
                 max_waiting=4096,
             ))
-    try:
-        await js.consumer_info(names.OPS_STREAM, names.COORDINATOR_CONSUMER)
-    except NotFoundError:
-        await js.add_consumer(names.OPS_STREAM, ConsumerConfig(
-            durable_name=names.COORDINATOR_CONSUMER,
-            deliver_subject=names.COORDINATOR_DELIVER,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30.0,
-            max_ack_pending=20_000,
-        ))
+    await _ensure_coordinator_consumer(js)
     workers = await _ensure_bucket(js, KeyValueConfig(
         bucket=names.WORKERS_BUCKET,
         history=1,
