@@ -45,10 +45,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, part: str = "both") -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    user, system = int(fields[11]), int(fields[12])
+    ticks = {"both": user + system, "user": user, "system": system}[part]
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def report(name: str, values_s: list[float]) -> None:
@@ -221,6 +223,7 @@ async def main() -> None:
             pids = {"nats-server": server.pid, **{name: p.pid for name, p in procs.items()},
                     "bench client": os.getpid()}
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            sys0 = {name: cpu_seconds(pid, "system") for name, pid in pids.items()}
             varz0 = (await api.get(f"http://127.0.0.1:{server.http_port}/varz")).json()
             writes0 = (await js.stream_info(names.kv_stream(names.OPS_BUCKET))).state.last_seq
             t0 = time.perf_counter()
@@ -229,6 +232,7 @@ async def main() -> None:
             await asyncio.wait_for(asyncio.gather(*futures), 300)
             elapsed = time.perf_counter() - t0
             cpu = {name: (cpu_seconds(pid) - cpu0[name]) * 1e6 / n for name, pid in pids.items()}
+            kernel = {name: (cpu_seconds(pid, "system") - sys0[name]) * 1e6 / n for name, pid in pids.items()}
             varz1 = (await api.get(f"http://127.0.0.1:{server.http_port}/varz")).json()
             writes = ((await js.stream_info(names.kv_stream(names.OPS_BUCKET))).state.last_seq - writes0) / n
             print(f"\n2. throughput, 2 workers, {n} ops")
@@ -236,6 +240,7 @@ async def main() -> None:
                   f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
             print("  CPU per op: " + ", ".join(f"{name} {us:.0f} µs" for name, us in cpu.items())
                   + f"; total {sum(cpu.values()):.0f} µs")
+            print("  of which in the kernel: " + ", ".join(f"{name} {us:.0f} µs" for name, us in kernel.items()))
             print(f"  nats-server messages per op: {(varz1['in_msgs'] - varz0['in_msgs']) / n:.1f} in, "
                   f"{(varz1['out_msgs'] - varz0['out_msgs']) / n:.1f} out; op record writes per op: {writes:.2f}")
             ids = [f"tpn-{i}" for i in range(n)]

@@ -67,6 +67,14 @@ class _Running:
     fenced: bool = False
 
 
+@dataclass
+class _SentEvent:
+    subject: str
+    payload: bytes
+    kind: OpEventKind
+    ack: asyncio.Future[int] | None = None
+
+
 def default_worker_id(settings: WorkerSettings, worker_type: str) -> str:
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in settings.hostname)[:40]
     return f"{host}-{worker_type}-{settings.worker_index}"
@@ -355,14 +363,15 @@ class Worker:
             await msg.ack()
             if not won:
                 return
-            # Not awaited before the handler starts: the stream still gets it ahead of the
-            # outcome, which goes out later on this same connection.
-            started = asyncio.ensure_future(self._publish_event(ctx, OpEventKind.STARTED))
+            # Sent, not awaited, before the handler starts: the stream still gets it ahead of
+            # the outcome, which goes out later on this same connection.
+            started = await self._send_event(ctx, OpEventKind.STARTED)
             outcome = await self._execute(r)
             # The slot is free once the handler is done: the next pull request leaves in the
-            # same write as this outcome, while its acknowledgement is still on the way.
+            # same write as this outcome, while the acknowledgements are still on the way.
             await self._release(ctx.op_id)
-            await asyncio.gather(started, outcome)
+            await self._confirm(started)
+            await self._confirm(outcome)
         except Exception:
             log.exception("operation %s: runtime error", ctx.op_id)
             if not r.claimed.done():
@@ -395,8 +404,8 @@ class Worker:
             return False
         return True
 
-    async def _execute(self, r: _Running) -> asyncio.Future[None]:
-        """Run the handler; returns the publication of its outcome, sent but not yet acknowledged."""
+    async def _execute(self, r: _Running) -> _SentEvent:
+        """Run the handler; returns its outcome event, sent but not yet acknowledged."""
         ctx = r.ctx
         handler = self.handlers[names.OP_TYPE_KIND[ctx.job.type]]
         outcome, result, error = OpEventKind.COMPLETED, None, None
@@ -413,27 +422,44 @@ class Worker:
         except Exception as exc:
             outcome, error = OpEventKind.FAILED, f"{type(exc).__name__}: {exc}"
             log.warning("operation %s failed: %s", ctx.op_id, error)
+        # No cancel can change the outcome now: the coordinator answers from here on.
+        if r.cancel_sub is not None:
+            with contextlib.suppress(Exception):
+                await r.cancel_sub.unsubscribe()
+            r.cancel_sub = None
         await ctx.flush()
-        return asyncio.ensure_future(self._publish_event(
-            ctx, outcome, result=result if isinstance(result, dict) else None, error=error))
+        return await self._send_event(ctx, outcome, result=result if isinstance(result, dict) else None,
+                                      error=error)
 
-    async def _publish_event(self, ctx: JobContext, kind: OpEventKind, *,
-                             result: dict[str, Any] | None = None, error: str | None = None) -> None:
+    async def _send_event(self, ctx: JobContext, kind: OpEventKind, *,
+                          result: dict[str, Any] | None = None, error: str | None = None) -> _SentEvent:
         assert self.publisher is not None
         event = OpEvent(op_id=ctx.op_id, event=kind, worker_id=self.worker_id, attempt=ctx.attempt,
                         result=result, error=error)
-        # The outcome must reach the stream: retry through a reconnect instead of losing it.
+        sent = _SentEvent(subject=names.ops_events(ctx.op_id), payload=event.encode(), kind=kind)
+        try:
+            sent.ack = await self.publisher.send(sent.subject, sent.payload)
+        except Exception as exc:
+            log.warning("event %s for %s not yet published (%s); retrying", kind, ctx.op_id, exc)
+        return sent
+
+    async def _confirm(self, sent: _SentEvent) -> None:
+        """Wait until the event is stored; resend until it is: an outcome must not be lost."""
+        assert self.publisher is not None
         delay = 0.1
         while True:
             try:
-                await self.publisher.publish(names.ops_events(ctx.op_id), event.encode())
+                if sent.ack is None:
+                    sent.ack = await self.publisher.send(sent.subject, sent.payload)
+                await sent.ack
                 return
             except Exception as exc:
+                sent.ack = None
                 if self.nc is None or self.nc.is_closed:
                     # Only at shutdown: the lease expiry then retries or fails the op elsewhere.
-                    log.error("event %s for %s lost: the connection is closed", kind, ctx.op_id)
+                    log.error("event %s on %s lost: the connection is closed", sent.kind, sent.subject)
                     return
-                log.warning("event %s for %s not yet published (%s); retrying", kind, ctx.op_id, exc)
+                log.warning("event %s on %s not yet stored (%s); retrying", sent.kind, sent.subject, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
