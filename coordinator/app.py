@@ -164,9 +164,12 @@ class Coordinator:
 
     # --- inputs ---------------------------------------------------------------------------
 
-    async def _apply(self, msg: Msg) -> None:
-        """Fold one progress update or event into its op record (fed by :class:`OpsFeed`, which
-        retries it when this raises)."""
+    def _apply(self, msg: Msg) -> asyncio.Future[Any] | None:
+        """Queue one progress update or event for its op record (fed by :class:`OpsFeed`).
+
+        Returns the commit to wait for, or None when there is nothing to apply (a malformed
+        message: logged, counted and acknowledged, never retried).
+        """
         subject = msg.subject
         try:
             op_id = names.op_id_from_subject(subject)
@@ -174,16 +177,16 @@ class Coordinator:
                 update = decode(ProgressUpdate, msg.data)
                 if update.op_id != op_id:
                     raise BadPayload(f"payload op_id {update.op_id} does not match subject")
-                await self.ops.apply_progress(update)
-            else:
-                event = decode(OpEvent, msg.data)
-                if event.op_id != op_id:
-                    raise BadPayload(f"payload op_id {event.op_id} does not match subject")
-                await self.ops.apply_event(event)
+                return self.ops.apply_progress_soon(update)
+            event = decode(OpEvent, msg.data)
+            if event.op_id != op_id:
+                raise BadPayload(f"payload op_id {event.op_id} does not match subject")
+            return self.ops.apply_event_soon(event)
         except (BadPayload, names.InvalidToken) as exc:
             kind = names.OPS_PROGRESS_ALL if subject.endswith(".progress") else names.OPS_EVENTS_ALL
             self.metrics.rejected.labels(subject=kind, reason="invalid").inc()
             log.error("rejected message on %s: %s", subject, exc)
+            return None
 
     async def _on_register(self, msg: Msg) -> None:
         try:

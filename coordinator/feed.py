@@ -1,7 +1,7 @@
 """The coordinator's feed of what workers publish: the durable consumer of the ``OPS`` stream.
 
-Every message is applied in a task of its own, so different operations proceed concurrently
-(one op's messages stay in order: ``Operations`` queues its changes). Acknowledgements go out
+Every message's change is queued at once, so different operations proceed concurrently (one
+op's messages stay in order: ``Operations`` queues its changes and commits them together). Acknowledgements go out
 in batches: the consumer acknowledges "everything up to here" (AckPolicy ALL), and the feed only
 ever acknowledges up to the oldest message not yet applied. A message that cannot be applied
 yet (JetStream briefly unavailable) is retried here rather than handed back, which would let a
@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -31,15 +32,19 @@ RETRY_MAX_S = 2.0
 
 
 class _Delivery:
-    __slots__ = ("msg", "applied")
+    __slots__ = ("msg", "applied", "retries")
 
     def __init__(self, msg: Msg) -> None:
         self.msg = msg
         self.applied = False
+        self.retries = 0
 
 
 class OpsFeed:
-    def __init__(self, *, nc: Client, apply: Callable[[Msg], Awaitable[None]]) -> None:
+    """``apply(msg)`` queues the message's change and returns the commit to wait for (None when
+    there is nothing to apply); it may raise, like the commit may fail, when JetStream is away."""
+
+    def __init__(self, *, nc: Client, apply: Callable[[Msg], asyncio.Future[Any] | None]) -> None:
         self.nc = nc
         self._apply = apply
         self._unacked: deque[_Delivery] = deque()
@@ -60,6 +65,7 @@ class OpsFeed:
         await cancel_and_wait(self._tasks, what="ops feed task")
         if self._ack_timer is not None:
             self._ack_timer.cancel()
+            self._ack_timer = None
         await self._send_ack()
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -67,29 +73,51 @@ class OpsFeed:
             return  # a status message (we ask for no heartbeats or flow control)
         delivery = _Delivery(msg)
         self._unacked.append(delivery)
-        task = asyncio.create_task(self._handle(delivery))
+        self._start(delivery)
+
+    def _start(self, delivery: _Delivery) -> None:
+        # No task per message: the change is queued at once and the commit reports back.
+        try:
+            commit = self._apply(delivery.msg)
+        except Exception as exc:
+            self._retry_later(delivery, exc)
+            return
+        if commit is None:
+            self._applied(delivery)
+        else:
+            commit.add_done_callback(lambda done: self._committed(delivery, done))
+
+    def _committed(self, delivery: _Delivery, commit: asyncio.Future[Any]) -> None:
+        if commit.cancelled():
+            return  # shutting down: the message comes again to the next coordinator
+        exc = commit.exception()
+        if exc is None:
+            self._applied(delivery)
+        else:
+            self._retry_later(delivery, exc)
+
+    def _retry_later(self, delivery: _Delivery, exc: BaseException) -> None:
+        # JetStream unavailable for a moment (a cluster electing a leader): try again. Handing
+        # the message back instead would let a later acknowledgement cover it.
+        delivery.retries += 1
+        delay = min(RETRY_MAX_S, 0.1 * 2 ** (delivery.retries - 1))
+        log.warning("could not apply %s yet (%s); retrying in %.1f s", delivery.msg.subject, exc, delay)
+
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            self._start(delivery)
+
+        task = asyncio.create_task(retry())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, delivery: _Delivery) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await self._apply(delivery.msg)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # JetStream unavailable for a moment (a cluster electing a leader): try again.
-                log.warning("could not apply %s yet (%s); retrying in %.1f s", delivery.msg.subject, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+    def _applied(self, delivery: _Delivery) -> None:
         delivery.applied = True
         advanced = False
         while self._unacked and self._unacked[0].applied:
             self._ack_to = self._unacked.popleft().msg
             advanced = True
-        if advanced and self._ack_timer is None:
+        if advanced and self._ack_timer is None and self._sub is not None:
             self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._ack_soon)
 
     def _ack_soon(self) -> None:

@@ -123,6 +123,10 @@ class Operations:
         queued meanwhile in one compare-and-set write (a started and a completed event that arrive
         together cost one write). Returns the record as committed after this change.
         """
+        return await self.mutate_soon(op_id, change)
+
+    def mutate_soon(self, op_id: str, change: Mutation) -> asyncio.Future[Operation | None]:
+        """:meth:`mutate` without waiting: queued now (in order), committed by the op's writer."""
         future: asyncio.Future[Operation | None] = asyncio.get_running_loop().create_future()
         self._queued.setdefault(op_id, []).append((change, future))
         if op_id not in self._writers:
@@ -130,7 +134,7 @@ class Operations:
             # strand the changes queued behind it.
             writer = asyncio.create_task(self._commit_queued(op_id), name=f"ops-writer-{op_id}")
             self._writers[op_id] = writer
-        return await future
+        return future
 
     async def _commit_queued(self, op_id: str) -> None:
         try:
@@ -195,6 +199,10 @@ class Operations:
         return op.attempt == attempt and op.worker_id in (None, worker_id)
 
     async def apply_event(self, event: OpEvent) -> None:
+        await self.apply_event_soon(event)
+
+    def apply_event_soon(self, event: OpEvent) -> asyncio.Future[Operation | None]:
+        """Queue the event's change to its op record; the future ends once it is committed."""
         fenced = False
 
         def fold(op: Operation) -> bool | None:
@@ -236,16 +244,26 @@ class Operations:
                 op.error = None
             return None
 
-        result = await self.mutate(event.op_id, fold)
-        if result is None:
-            self.metrics.rejected.labels(subject="ops.*.events", reason="unknown operation").inc()
-            log.warning("event %s for unknown operation %s", event.event, event.op_id)
-        elif fenced:
-            self.metrics.fenced.labels(kind="event").inc()
-            log.warning("fenced %s event of %s from %s attempt %d (owner: %s attempt %d)", event.event,
-                        event.op_id, event.worker_id, event.attempt, result.worker_id, result.attempt)
+        def report(future: asyncio.Future[Operation | None]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            result = future.result()
+            if result is None:
+                self.metrics.rejected.labels(subject="ops.*.events", reason="unknown operation").inc()
+                log.warning("event %s for unknown operation %s", event.event, event.op_id)
+            elif fenced:
+                self.metrics.fenced.labels(kind="event").inc()
+                log.warning("fenced %s event of %s from %s attempt %d (owner: %s attempt %d)", event.event,
+                            event.op_id, event.worker_id, event.attempt, result.worker_id, result.attempt)
+
+        future = self.mutate_soon(event.op_id, fold)
+        future.add_done_callback(report)
+        return future
 
     async def apply_progress(self, update: ProgressUpdate) -> None:
+        await self.apply_progress_soon(update)
+
+    def apply_progress_soon(self, update: ProgressUpdate) -> asyncio.Future[Operation | None]:
         fenced = False
 
         def fold(op: Operation) -> bool | None:
@@ -256,11 +274,17 @@ class Operations:
             op.progress = Progress.model_validate(update.model_dump(include=set(Progress.model_fields)))
             return None
 
-        result = await self.mutate(update.op_id, fold)
-        if result is None:
-            self.metrics.rejected.labels(subject="ops.*.progress", reason="unknown operation").inc()
-        elif fenced:
-            self.metrics.fenced.labels(kind="progress").inc()
+        def report(future: asyncio.Future[Operation | None]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            if future.result() is None:
+                self.metrics.rejected.labels(subject="ops.*.progress", reason="unknown operation").inc()
+            elif fenced:
+                self.metrics.fenced.labels(kind="progress").inc()
+
+        future = self.mutate_soon(update.op_id, fold)
+        future.add_done_callback(report)
+        return future
 
 
 def _clone(op: Operation) -> Operation:

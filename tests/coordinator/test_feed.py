@@ -28,7 +28,7 @@ async def test_every_message_is_applied_and_acknowledged_in_batches(nc: Client) 
     await ensure_topology(nc.jetstream(), lease_ttl_s=5.0)
     applied: list[bytes] = []
 
-    async def apply(msg: Msg) -> None:
+    def apply(msg: Msg) -> None:
         applied.append(msg.data)
 
     feed = OpsFeed(nc=nc, apply=apply)
@@ -54,12 +54,17 @@ async def test_a_message_that_cannot_be_applied_yet_is_retried_and_holds_back_th
     unavailable = asyncio.Event()
     unavailable.set()
 
-    async def apply(msg: Msg) -> None:
+    def apply(msg: Msg) -> asyncio.Future[None]:
+        # Committing the change fails while JetStream is "unavailable".
         nonlocal failures
+        commit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if msg.data == b'{"n": 1}' and unavailable.is_set():
             failures += 1
-            raise RuntimeError("JetStream unavailable")
-        applied.append(msg.data)
+            commit.set_exception(RuntimeError("JetStream unavailable"))
+        else:
+            applied.append(msg.data)
+            commit.set_result(None)
+        return commit
 
     feed = OpsFeed(nc=nc, apply=apply)
     await feed.start()
@@ -94,7 +99,7 @@ async def test_a_consumer_from_before_batched_acks_is_replaced_from_its_ack_floo
     assert info.config.ack_policy == AckPolicy.ALL
     applied: list[bytes] = []
 
-    async def apply(msg: Msg) -> None:
+    def apply(msg: Msg) -> None:
         applied.append(msg.data)
 
     feed = OpsFeed(nc=nc, apply=apply)
