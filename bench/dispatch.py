@@ -53,6 +53,22 @@ def cpu_seconds(pid: int, part: str = "both") -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+class CpuUsage:
+    """CPU each process spent from now on, per op: where the two cores went."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid is not None}
+        self.start = {name: (cpu_seconds(pid), cpu_seconds(pid, "system")) for name, pid in self.pids.items()}
+
+    def per_op(self, n: int) -> str:
+        parts, total = [], 0.0
+        for name, pid in self.pids.items():
+            both, system = cpu_seconds(pid) - self.start[name][0], cpu_seconds(pid, "system") - self.start[name][1]
+            total += both
+            parts.append(f"{name} {both * 1e6 / n:.0f} ({system * 1e6 / n:.0f} kernel)")
+        return f"{total * 1e6 / n:.0f} µs: " + ", ".join(parts)
+
+
 def report(name: str, values_s: list[float]) -> None:
     ms = [v * 1000 for v in values_s]
     print(f"  {name:<52} p50 {pct(ms, 50):8.2f} ms   p99 {pct(ms, 99):8.2f} ms   (n={len(ms)})")
@@ -222,8 +238,7 @@ async def main() -> None:
 
             pids = {"nats-server": server.pid, **{name: p.pid for name, p in procs.items()},
                     "bench client": os.getpid()}
-            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            sys0 = {name: cpu_seconds(pid, "system") for name, pid in pids.items()}
+            usage = CpuUsage(pids)
             varz0 = (await api.get(f"http://127.0.0.1:{server.http_port}/varz")).json()
             writes0 = (await js.stream_info(names.kv_stream(names.OPS_BUCKET))).state.last_seq
             t0 = time.perf_counter()
@@ -231,16 +246,13 @@ async def main() -> None:
             t_submitted = time.perf_counter()
             await asyncio.wait_for(asyncio.gather(*futures), 300)
             elapsed = time.perf_counter() - t0
-            cpu = {name: (cpu_seconds(pid) - cpu0[name]) * 1e6 / n for name, pid in pids.items()}
-            kernel = {name: (cpu_seconds(pid, "system") - sys0[name]) * 1e6 / n for name, pid in pids.items()}
+            http_usage = usage.per_op(n)
             varz1 = (await api.get(f"http://127.0.0.1:{server.http_port}/varz")).json()
             writes = ((await js.stream_info(names.kv_stream(names.OPS_BUCKET))).state.last_seq - writes0) / n
             print(f"\n2. throughput, 2 workers, {n} ops")
             print(f"  through the HTTP API (32 keep-alive clients): {n / elapsed:,.0f} ops/s completed "
                   f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
-            print("  CPU per op: " + ", ".join(f"{name} {us:.0f} µs" for name, us in cpu.items())
-                  + f"; total {sum(cpu.values()):.0f} µs")
-            print("  of which in the kernel: " + ", ".join(f"{name} {us:.0f} µs" for name, us in kernel.items()))
+            print(f"    CPU per op: {http_usage}")
             print(f"  nats-server messages per op: {(varz1['in_msgs'] - varz0['in_msgs']) / n:.1f} in, "
                   f"{(varz1['out_msgs'] - varz0['out_msgs']) / n:.1f} out; op record writes per op: {writes:.2f}")
             ids = [f"tpn-{i}" for i in range(n)]
@@ -253,6 +265,7 @@ async def main() -> None:
                     reply = await nc.request(service, body, timeout=10)
                     assert not reply.headers, reply.headers
 
+            usage = CpuUsage(pids)
             t0 = time.perf_counter()
             await asyncio.gather(*(submit_nats(ids[i::32]) for i in range(32)))
             t_submitted = time.perf_counter()
@@ -260,6 +273,7 @@ async def main() -> None:
             elapsed = time.perf_counter() - t0
             print(f"  through the NATS service {service} (32 concurrent): {n / elapsed:,.0f} ops/s completed "
                   f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
+            print(f"    CPU per op: {usage.per_op(n)}")
 
         if "3" in args.phases:
             # 3. progress latency
