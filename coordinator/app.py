@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import signal
+from datetime import datetime
 from typing import Any
 
 import uvicorn
@@ -215,8 +216,9 @@ class Coordinator:
             return
         await self.dispatcher.fail_undeliverable(seq, advisory.get("deliveries"))
 
-    async def _worker_lost(self, worker_id: str, lease: WorkerLease | None, reason: str) -> None:
-        await self.dispatcher.worker_lost(worker_id, lease, reason)
+    async def _worker_lost(self, worker_id: str, lease: WorkerLease | None, reason: str,
+                           started_before: datetime | None) -> None:
+        await self.dispatcher.worker_lost(worker_id, lease, reason, started_before=started_before)
 
     async def _on_reconnect(self) -> None:
         # The ordered consumer behind the KV watch does not survive a server restart reliably.

@@ -44,6 +44,17 @@ def _coordinated(op: Operation) -> bool:
     return op.type in names.COORDINATOR_OP_TYPES
 
 
+def _attempt_started(op: Operation) -> datetime | None:
+    for record in op.attempts:
+        if record.attempt == op.attempt and record.started_at is not None:
+            return record.started_at
+    return op.started_at
+
+
+def _before(when: datetime | None, started_at: datetime) -> bool:
+    return when is not None and when < started_at
+
+
 def new_op_id(op_type: str) -> str:
     return f"{op_type[:5]}-{uuid.uuid4().hex[:12]}"
 
@@ -180,13 +191,17 @@ class Dispatcher:
     # --- claims ---------------------------------------------------------------------------
 
     async def claim_holder(self, op_id: str, attempt: int) -> str | None:
+        claim = await self.claim_of(op_id, attempt)
+        return claim.worker_id if claim is not None else None
+
+    async def claim_of(self, op_id: str, attempt: int) -> Claim | None:
         try:
             entry = await self.claims.get(names.claim_key(op_id, attempt))
         except KeyNotFoundError:
             return None
         if entry.value is None:
             return None
-        return decode(Claim, entry.value).worker_id
+        return decode(Claim, entry.value)
 
     async def claim_for_coordinator(self, op_id: str, attempt: int) -> bool:
         """Take the attempt's claim so that no worker can ever start it (cancel of a queued op)."""
@@ -211,16 +226,26 @@ class Dispatcher:
                     await self._offer(op, op.offered or [op.capability or ""])
                 self._schedule_fallback(op)
 
-    async def worker_lost(self, worker_id: str, lease: WorkerLease | None, reason: str) -> None:
-        """Retry or fail every operation the lost worker owned."""
+    async def worker_lost(self, worker_id: str, lease: WorkerLease | None, reason: str, *,
+                          started_before: datetime | None = None) -> None:
+        """Retry or fail every operation the lost worker owned.
+
+        ``started_before``: the worker restarted under the same id at that time; only what the
+        old process took before it is lost (the new one may already run ops of its own).
+        """
         listed = {r.op_id: r.attempt for r in lease.running} if lease else {}
         for op in list(self.ops.all()):
             if op.status.terminal or _coordinated(op):
                 continue
             owned = (op.status is OpStatus.RUNNING and op.worker_id == worker_id) or (
                 listed.get(op.op_id) == op.attempt)
+            taken_at = _attempt_started(op) if owned else None
             if not owned and op.status is OpStatus.PENDING:
-                owned = await self.claim_holder(op.op_id, op.attempt) == worker_id
+                claim = await self.claim_of(op.op_id, op.attempt)
+                owned = claim is not None and claim.worker_id == worker_id
+                taken_at = claim.claimed_at if claim is not None else None
+            if owned and started_before is not None and (taken_at is None or taken_at >= started_before):
+                continue
             if owned:
                 await self.recover(op.op_id, op.attempt, worker_id, reason)
 
@@ -230,13 +255,23 @@ class Dispatcher:
         for op in list(self.ops.all()):
             if _coordinated(op):
                 continue  # no worker holds it: the coordinator runs it and resumes it on start
-            if op.status is OpStatus.RUNNING and not self.registry.alive(op.worker_id):
-                await self.recover(op.op_id, op.attempt, op.worker_id or "?", "no lease")
+            if op.status is OpStatus.RUNNING:
+                lease = self.registry.workers.get(op.worker_id or "")
+                if lease is None:
+                    await self.recover(op.op_id, op.attempt, op.worker_id or "?", "no lease")
+                elif _before(_attempt_started(op), lease.started_at):
+                    # Its worker restarted under the same id while we were not watching.
+                    await self.recover(op.op_id, op.attempt, lease.worker_id, "its worker restarted")
             elif op.status is OpStatus.PENDING and op.offered_at is not None and (
                     now - op.offered_at).total_seconds() > self.settings.lease_ttl_s:
-                holder = await self.claim_holder(op.op_id, op.attempt)
-                if holder not in (None, COORDINATOR_CLAIMANT) and not self.registry.alive(holder):
-                    await self.recover(op.op_id, op.attempt, holder or "?", "no lease")
+                claim = await self.claim_of(op.op_id, op.attempt)
+                if claim is None or claim.worker_id == COORDINATOR_CLAIMANT:
+                    continue
+                lease = self.registry.workers.get(claim.worker_id)
+                if lease is None:
+                    await self.recover(op.op_id, op.attempt, claim.worker_id, "no lease")
+                elif _before(claim.claimed_at, lease.started_at):
+                    await self.recover(op.op_id, op.attempt, claim.worker_id, "its worker restarted")
 
     async def recover(self, op_id: str, attempt: int, worker_id: str, reason: str) -> None:
         lost = f"worker {worker_id} lost ({reason}) during attempt {attempt}"

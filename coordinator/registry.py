@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 from nats.js.kv import KeyValue
 
@@ -18,7 +19,8 @@ from subjects.models import BadPayload, WorkerLease, decode
 
 log = logging.getLogger(__name__)
 
-LostCallback = Callable[[str, WorkerLease | None, str], Awaitable[None]]
+# (worker id, its last lease, why, and for a restart: when the new process started)
+LostCallback = Callable[[str, WorkerLease | None, str, datetime | None], Awaitable[None]]
 
 
 class WorkerRegistry:
@@ -88,23 +90,32 @@ class WorkerRegistry:
         if lease.worker_id != key:
             self.metrics.rejected.labels(subject="$KV.workers", reason="key mismatch").inc()
             return
-        if key not in self.workers:
+        previous = self.workers.get(key)
+        if previous is None:
             log.info("worker %s (%s) is up: %s", key, lease.worker_type, ", ".join(lease.capabilities))
+        elif previous.started_at != lease.started_at:
+            # Worker ids are stable, so a process restarted within its old lease's TTL takes the
+            # lease over before it can expire: what the old process owned is lost all the same.
+            self.workers[key] = lease
+            self._lost(key, f"restarted (now pid {lease.pid})", previous=previous,
+                       started_before=lease.started_at)
         self.workers[key] = lease
         self.metrics.worker_rejected.labels(worker=key).set(lease.status.get("rejected_messages", 0))
 
-    def _lost(self, worker_id: str, reason: str) -> None:
-        lease = self.workers.pop(worker_id, None)
+    def _lost(self, worker_id: str, reason: str, *, previous: WorkerLease | None = None,
+              started_before: datetime | None = None) -> None:
+        lease = previous if started_before is not None else self.workers.pop(worker_id, None)
         if reason == "lease expired" and lease is not None:
             self.metrics.lease_expiries.labels(type=lease.worker_type).inc()
         log.warning("worker %s is gone: %s", worker_id, reason)
-        task = asyncio.create_task(self._handle_lost(worker_id, lease, reason))
+        task = asyncio.create_task(self._handle_lost(worker_id, lease, reason, started_before))
         self._lost_tasks.add(task)
         task.add_done_callback(self._lost_tasks.discard)
 
-    async def _handle_lost(self, worker_id: str, lease: WorkerLease | None, reason: str) -> None:
+    async def _handle_lost(self, worker_id: str, lease: WorkerLease | None, reason: str,
+                           started_before: datetime | None) -> None:
         try:
-            await self.on_lost(worker_id, lease, reason)
+            await self.on_lost(worker_id, lease, reason, started_before)
         except Exception:
             # The reaper finds the same ops again on its next pass (ops whose owner holds no lease).
             log.exception("handling the loss of worker %s failed; the reaper will retry", worker_id)

@@ -57,6 +57,8 @@ from subjects.models import (
 
 log = logging.getLogger(__name__)
 
+CLAIM_TRIES = 8
+
 
 @dataclass
 class _Running:
@@ -392,17 +394,39 @@ class Worker:
         """``kv.create`` on ``claims/<op>_<attempt>`` is the arbiter: exactly one claimant wins.
 
         Every attempt that is retried, cancelled while queued or failed undeliverable already has
-        its claim taken, so a stale offer loses here without reading the op record.
+        its claim taken, so a stale offer loses here without reading the op record. When the
+        acknowledgement of our claim is lost (a reconnect), we cannot know whether it was stored:
+        the claim is sent again, and if it then exists, reading it back says whose it is.
         """
-        assert self.publisher is not None
+        assert self.publisher is not None and self.buckets is not None
+        key = names.claim_key(ctx.op_id, ctx.attempt)
         claim = Claim(op_id=ctx.op_id, attempt=ctx.attempt, worker_id=self.worker_id)
-        try:
-            await self.publisher.kv_create(names.CLAIMS_BUCKET, names.claim_key(ctx.op_id, ctx.attempt),
-                                           claim.encode())
-        except KeyWrongLastSequenceError:
-            log.info("operation %s attempt %d was claimed by someone else", ctx.op_id, ctx.attempt)
+        uncertain = False
+        delay = 0.1
+        for _ in range(CLAIM_TRIES):
+            try:
+                await self.publisher.kv_create(names.CLAIMS_BUCKET, key, claim.encode())
+                return True
+            except KeyWrongLastSequenceError:
+                if uncertain and await self._holds_claim(key, claim):
+                    return True
+                log.info("operation %s attempt %d was claimed by someone else", ctx.op_id, ctx.attempt)
+                return False
+            except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
+                    nats.errors.ConnectionReconnectingError) as exc:
+                uncertain = True
+                log.warning("claim of %s attempt %d unconfirmed (%s); asking again", ctx.op_id, ctx.attempt, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise RuntimeError(f"could not claim {ctx.op_id} attempt {ctx.attempt}")
+
+    async def _holds_claim(self, key: str, mine: Claim) -> bool:
+        assert self.buckets is not None
+        entry = await self.buckets.claims.get(key)
+        if entry.value is None:
             return False
-        return True
+        stored = decode(Claim, entry.value)
+        return stored.worker_id == self.worker_id and stored.claimed_at == mine.claimed_at
 
     async def _execute(self, r: _Running) -> _SentEvent:
         """Run the handler; returns its outcome event, sent but not yet acknowledged."""

@@ -14,7 +14,7 @@ from coordinator.app import Coordinator
 from ktrdr.cli.client import KtrdrClient
 from ktrdr.natsd import NatsServer
 from subjects.models import Operation, OpStatus, SubmitRequest
-from tests.conftest import FAST, ROOT, MakeWorker, SpawnWorker
+from tests.conftest import FAST, ROOT, MakeWorker, SpawnWorker, coordinator_settings
 from tests.support import assert_eventually, wait_status
 
 TTL = FAST["lease_ttl_s"]
@@ -45,6 +45,28 @@ async def test_killed_worker_op_is_retried_on_another_worker(
     assert any("victim" in w for w in again.warnings)
     assert "retry after worker victim lost" in (again.route_reason or "")
     assert [a.attempt for a in again.attempts] == [1, 2]
+
+
+async def test_a_worker_restarted_under_its_own_id_loses_what_the_old_process_ran(
+        nats_server: NatsServer, spawn_worker: SpawnWorker) -> None:
+    # A lease far longer than the test: the old process's lease never expires, because the new
+    # process (same stable id) takes it over within a second or two.
+    settings = coordinator_settings(nats_server.url, lease_ttl_s=60.0)
+    async with Coordinator(settings=settings) as coordinator:
+        old = spawn_worker("steady", KTRDR_LEASE_TTL_S="60")
+        op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 60, "steps": 60}))
+        await start_on(coordinator, op.op_id, "steady")
+        old.send_signal(signal.SIGKILL)
+        old.wait()
+        spawn_worker("steady", KTRDR_LEASE_TTL_S="60")
+
+        def retried() -> Operation | None:
+            o = coordinator.ops.get(op.op_id)
+            return o if o and o.attempt == 2 and o.status is OpStatus.RUNNING else None
+
+        again = await assert_eventually(retried, timeout=30)
+        assert again.worker_id == "steady"  # the new process took the retry
+        assert any("restarted" in w for w in again.warnings), again.warnings
 
 
 async def test_lease_expiry_fails_the_op_naming_the_worker_when_attempts_are_exhausted(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
 
+import nats.errors
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
@@ -102,3 +104,27 @@ async def test_a_blocking_handler_runs_in_a_thread_and_the_worker_stays_responsi
 
 async def _newer_lease(leases: KeyValue, revision: int) -> bool:
     return (await leases.get("w1")).revision > revision
+
+
+async def test_a_claim_whose_acknowledgement_is_lost_is_read_back_not_dropped(
+        coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    worker = await make_worker("w1")
+    assert worker.publisher is not None
+    real_send = worker.publisher.send
+    lost: list[str] = []
+
+    async def send(subject: str, payload: bytes, headers: dict[str, str] | None = None) -> asyncio.Future[int]:
+        stored = await real_send(subject, payload, headers)
+        if subject.startswith("$KV.claims.") and not lost:
+            # The claim is stored, but its acknowledgement never arrives (a reconnect, say).
+            lost.append(subject)
+            await stored
+            never: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            never.set_exception(nats.errors.TimeoutError())
+            return never
+        return stored
+
+    worker.publisher.send = send  # type: ignore[method-assign]
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED)
+    assert lost and done.worker_id == "w1" and done.attempt == 1
