@@ -9,7 +9,8 @@ outcome. Deliveries go to a callback, not to a queue that a fetch must poll.
 Bookkeeping: the server fills waiting requests in the order they came, and a request that
 expires with slots unfilled is answered by a ``408`` status. Every request here has the same
 lifetime, so a ``408`` always ends the oldest one. A request whose ``408`` never came (the
-connection dropped) is forgotten locally once its lifetime is well past.
+connection dropped, the consumer was deleted) is forgotten locally once its lifetime is well
+past; the owner calls :meth:`JobPuller.want` again on every heartbeat to renew it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # How long past its lifetime a request still counts, waiting for its 408.
 EXPIRY_GRACE_S = 1.0
+MAX_BACKOFF_S = 5.0
 
 
 @dataclass
@@ -63,6 +65,7 @@ class JobPuller:
         self._inbox = ""
         self._sub: Subscription | None = None
         self._backoff_until = 0.0
+        self._backoff_s = 0.0
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
@@ -114,12 +117,16 @@ class JobPuller:
         if status == "408":
             if self._requests:
                 self._requests.popleft()
+            self._backoff_s = 0.0
         else:
-            # 409 (leadership change, consumer deleted, too many waiting requests...): every
-            # request may be gone. Ask again, but not in a tight loop if the cause persists.
+            # 409 (leadership change, consumer deleted, too many waiting requests...) or 503 (no
+            # such consumer): every request may be gone. Ask again, backing off while it lasts.
             description = msg.headers.get("Description", "") if msg.headers else ""
-            log.warning("pull request on %s ended: %s %s", self.capability, status, description)
+            self._backoff_s = min(MAX_BACKOFF_S, max(0.25, 2 * self._backoff_s))
+            log.warning("pull request on %s ended: %s %s; asking again in %.2f s", self.capability, status,
+                        description, self._backoff_s)
             self._requests.clear()
-            self._backoff_until = time.monotonic() + 0.25
-            await asyncio.sleep(0.25)
+            self._backoff_until = time.monotonic() + self._backoff_s
+            await asyncio.sleep(self._backoff_s)
+            self._backoff_until = 0.0
         await self.want(self._wanted)

@@ -63,3 +63,21 @@ async def test_no_free_slots_means_no_requests(nc: Client) -> None:
     info = await nc.jetstream().consumer_info(names.JOBS_STREAM, names.jobs_consumer(names.CAP_DUMMY_ANY))
     assert info.num_pending == 2
     await puller.stop()
+
+
+async def test_requests_resume_after_the_consumer_is_deleted_and_recreated(nc: Client) -> None:
+    puller, delivered = await _setup(nc, expires_s=0.5)
+    await puller.want(1)
+    js = nc.jetstream()
+    await js.delete_consumer(names.JOBS_STREAM, names.jobs_consumer(names.CAP_DUMMY_ANY))
+    await ensure_topology(js, lease_ttl_s=5.0)
+    await _queue_jobs(nc, 1)
+
+    async def delivered_after_heartbeats() -> bool:
+        # The worker's heartbeat calls want() every beat: it renews a request whose end went
+        # unannounced (the deleted consumer took it along).
+        await puller.want(1)
+        return len(delivered) == 1
+
+    await assert_eventually(delivered_after_heartbeats, interval=0.25, timeout=15)
+    await puller.stop()
