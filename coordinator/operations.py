@@ -198,9 +198,6 @@ class Operations:
     def _owned_by(self, op: Operation, worker_id: str, attempt: int) -> bool:
         return op.attempt == attempt and op.worker_id in (None, worker_id)
 
-    async def apply_event(self, event: OpEvent) -> None:
-        await self.apply_event_soon(event)
-
     def apply_event_soon(self, event: OpEvent) -> asyncio.Future[Operation | None]:
         """Queue the event's change to its op record; the future ends once it is committed."""
         fenced = False
@@ -259,9 +256,6 @@ class Operations:
         future = self.mutate_soon(event.op_id, fold)
         future.add_done_callback(report)
         return future
-
-    async def apply_progress(self, update: ProgressUpdate) -> None:
-        await self.apply_progress_soon(update)
 
     def apply_progress_soon(self, update: ProgressUpdate) -> asyncio.Future[Operation | None]:
         fenced = False
