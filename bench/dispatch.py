@@ -4,12 +4,13 @@ Starts its own nats-server (file storage), a coordinator with the status API and
 processes, then measures:
   1. sequential zero-duration dummy ops submitted through the HTTP API: submit -> completed
      seen by the client, both as the worker's `completed` event and as the durable op record;
-  2. throughput with 2 workers and 2,000 ops;
+  2. throughput with 2 workers and 2,000 ops, through the HTTP API and through the NATS service,
+     with the CPU each process spent per op and the messages nats-server handled per op;
   3. progress latency: worker publish -> a subscriber, and -> the op record the API serves;
   4. cancel: reply latency, and time until the op record says cancelled;
   5. kill -9 of the worker running an op -> the op re-dispatched (attempt 2 offered) and running.
 
-    python bench/dispatch.py [--ops 500] [--throughput-ops 2000]
+    python bench/dispatch.py [--ops 500] [--throughput-ops 2000] [--slots 1] [--phases 12345]
 """
 
 from __future__ import annotations
