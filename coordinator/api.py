@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from coordinator.admission import Rejected, admit
 from coordinator.operations import OperationExists
 from subjects import names
 from subjects.models import (
@@ -69,8 +70,23 @@ def parse(model: type[BaseModel], data: Any) -> Any:
         raise ApiError(422, f"invalid {detail[0]['field'] or 'body'}: {detail[0]['message']}", detail) from None
 
 
+async def submit_admitted(coordinator: Coordinator, submit: SubmitRequest) -> Response:
+    """Admit (``coordinator.admission``), dispatch, answer 201 with the op: every submit route."""
+    try:
+        op = await coordinator.dispatcher.submit(await admit(submit))
+    except Rejected as exc:
+        raise ApiError(422, str(exc), [{"field": exc.field, "message": exc.message}]) from None
+    except ValidationError as exc:
+        detail = validation_detail(exc)
+        raise ApiError(422, f"invalid params.{detail[0]['field']}: {detail[0]['message']}", detail) from None
+    except OperationExists as exc:
+        raise ApiError(409, str(exc)) from None
+    # Serialised by pydantic in one step: the busiest response of the API.
+    return Response(op.encode(), status_code=201, media_type="application/json")
+
+
 def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None) -> Starlette:
-    ops, registry, dispatcher = coordinator.ops, coordinator.registry, coordinator.dispatcher
+    ops, registry = coordinator.ops, coordinator.registry
     metrics = coordinator.metrics
 
     async def health(request: Request) -> JSONResponse:
@@ -139,17 +155,7 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
         return JSONResponse(_dump(reply), status_code=code)
 
     async def submit_operation(request: Request) -> Response:
-        submit: SubmitRequest = parse(SubmitRequest, await read_json(request))
-        try:
-            op = await dispatcher.submit(submit)
-        except ValidationError as exc:
-            detail = validation_detail(exc)
-            raise ApiError(422, f"invalid params.{detail[0]['field']}: {detail[0]['message']}",
-                           detail) from None
-        except OperationExists as exc:
-            raise ApiError(409, str(exc)) from None
-        # Serialised by pydantic in one step: the busiest response of the API.
-        return Response(op.encode(), status_code=201, media_type="application/json")
+        return await submit_admitted(coordinator, parse(SubmitRequest, await read_json(request)))
 
     async def metrics_endpoint(request: Request) -> Response:
         await coordinator.collect_metrics()

@@ -1,21 +1,19 @@
 """Backtest routes of the status API: submit a backtest or a sweep, read an operation's results.
 
 Both submissions are checked before anything is queued: params by their model (422 naming the
-field), then the strategy itself (it must load, with its overrides and every grid combination).
+field), then the strategy itself (``coordinator.admission``, as for every other way in).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from coordinator.api import ApiError, parse, read_json
-from ktrdr.backtest.checks import RequestProblem, check_strategy
+from coordinator.api import ApiError, parse, read_json, submit_admitted
 from ktrdr.results import get_result
 from subjects import names
 from subjects.models import OpStatus, SubmitRequest
@@ -28,22 +26,13 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def routes(coordinator: Coordinator) -> list[Route]:
-    async def submit(op_type: str, params: BacktestParams) -> JSONResponse:
-        grid = params.grid if isinstance(params, SweepParams) else None
-        try:
-            # Loading a strategy and every combination is CPU work: keep it off the event loop.
-            await asyncio.to_thread(check_strategy, params.strategy, params.parameters, grid)
-        except RequestProblem as exc:
-            raise ApiError(422, f"invalid {exc.field}: {exc.message}",
-                           [{"field": exc.field, "message": exc.message}]) from None
-        op = await coordinator.dispatcher.submit(
-            SubmitRequest(type=op_type, params=params.model_dump(mode="json")))
-        return JSONResponse(op.model_dump(mode="json"), status_code=201)
+    async def submit(op_type: str, params: BacktestParams) -> Response:
+        return await submit_admitted(coordinator, SubmitRequest(type=op_type, params=params.model_dump(mode="json")))
 
-    async def submit_backtest(request: Request) -> JSONResponse:
+    async def submit_backtest(request: Request) -> Response:
         return await submit("backtesting", _params(BacktestParams, await read_json(request)))
 
-    async def submit_sweep(request: Request) -> JSONResponse:
+    async def submit_sweep(request: Request) -> Response:
         return await submit(names.OP_SWEEP, _params(SweepParams, await read_json(request)))
 
     async def results(request: Request) -> Response:

@@ -15,6 +15,7 @@ from nats.micro import Request, add_service
 from nats.micro.service import Service
 from pydantic import ValidationError
 
+from coordinator.admission import Rejected, admit
 from coordinator.dispatcher import Dispatcher
 from coordinator.metrics import Metrics
 from coordinator.operations import OperationExists, Operations
@@ -66,8 +67,8 @@ class OpsService:
 
     async def _submit(self, req: Request) -> None:
         try:
-            op = await self.dispatcher.submit(decode(SubmitRequest, req.data))
-        except BadPayload as exc:
+            op = await self.dispatcher.submit(await admit(decode(SubmitRequest, req.data)))
+        except (BadPayload, Rejected) as exc:
             await self._error(req, 400, str(exc))
         except ValidationError as exc:
             await self._error(req, 400, f"invalid params: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
-from coordinator.api import ApiError, parse, read_json
-from ktrdr.models.training_plan import TrainingRequestError, plan_training
+from coordinator.api import parse, read_json, submit_admitted
 from subjects.models import SubmitRequest
 from subjects.training import TrainingParams
 
@@ -19,21 +17,13 @@ if TYPE_CHECKING:
 
 
 def routes(coordinator: Coordinator) -> list[Route]:
-    async def submit_training(request: Request) -> JSONResponse:
+    async def submit_training(request: Request) -> Response:
         """Body: :class:`TrainingParams`. 422 names the field; the strategy must load and be neuro-fuzzy.
 
         Symbols, timeframes and the model name the strategy implies are written into the op's params.
         """
         params: TrainingParams = parse(TrainingParams, await read_json(request))
-        try:
-            plan = await asyncio.to_thread(plan_training, params)
-        except TrainingRequestError as exc:
-            raise ApiError(422, f"invalid {exc.field}: {exc.message}",
-                           [{"field": exc.field, "message": exc.message}]) from None
-        filled = params.model_copy(update={"symbols": [plan.symbol], "timeframes": plan.timeframes,
-                                           "model_name": plan.model_name})
-        op = await coordinator.dispatcher.submit(
-            SubmitRequest(type="training", params=filled.model_dump(mode="json", exclude_none=True)))
-        return JSONResponse(op.model_dump(mode="json"), status_code=201)
+        return await submit_admitted(
+            coordinator, SubmitRequest(type="training", params=params.model_dump(mode="json", exclude_none=True)))
 
     return [Route("/api/v1/trainings", submit_training, methods=["POST"])]

@@ -3,6 +3,7 @@ from the ``results`` bucket once an op has completed."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
+from subjects import names
 from subjects.models import OpStatus, SubmitRequest
 from tests.backtesting import backtest_params
 from tests.conftest import MakeWorker
@@ -92,3 +94,21 @@ async def test_the_dispatcher_never_offers_a_sweep_to_workers(coordinator: Coord
     # Only its one child was offered.
     info = await nc.jetstream().stream_info("JOBS")
     assert info.state.messages == 1
+
+
+@pytest.mark.parametrize("op_type", ["backtesting", "sweep"])
+async def test_every_way_in_checks_the_strategy_before_queueing(
+        api: httpx.AsyncClient, coordinator: Coordinator, nc: Client, op_type: str) -> None:
+    params = backtest_params(strategy=BAD_INLINE)
+    if op_type == "sweep":
+        params["grid"] = {"fast": [5, 10]}
+    # The generic operations route...
+    response = await api.post("/api/v1/operations", json={"type": op_type, "params": params})
+    assert response.status_code == 422, response.text
+    assert "rules.entry_long" in response.json()["error"]
+    # ...and the NATS service refuse it the same way, naming the field.
+    reply = await nc.request(f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}",
+                             json.dumps({"type": op_type, "params": params}).encode(), timeout=5)
+    assert reply.headers and reply.headers["Nats-Service-Error-Code"] == "400"
+    assert "rules.entry_long" in reply.headers["Nats-Service-Error"]
+    assert list(coordinator.ops.all()) == []

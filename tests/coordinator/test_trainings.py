@@ -1,4 +1,5 @@
-"""``POST /api/v1/trainings``: requests are checked, strategy included, before anything is dispatched."""
+"""Training requests are checked, strategy included, before anything is dispatched: through
+``POST /api/v1/trainings`` and through every other way in."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+from nats.aio.client import Client
 
 from coordinator.app import Coordinator
+from subjects import names
+from subjects.models import Operation, decode
 from tests.ktrdr.training.planted import strategy_yaml
 
 
@@ -52,3 +56,16 @@ async def test_bad_training_requests_get_a_422_naming_the_field(
     assert response.status_code == 422, response.text
     assert names_field in response.json()["error"]
     assert list(coordinator.ops.all()) == []
+
+
+async def test_a_training_submitted_over_nats_is_checked_and_filled_in_the_same_way(
+        coordinator: Coordinator, nc: Client) -> None:
+    submit = f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}"
+    refused = await nc.request(submit, b'{"type": "training", "params": {"strategy": "sma_crossover"}}', timeout=5)
+    assert refused.headers and refused.headers["Nats-Service-Error-Code"] == "400"
+    assert "rule-based" in refused.headers["Nats-Service-Error"]
+    assert list(coordinator.ops.all()) == []
+    reply = await nc.request(submit, b'{"type": "training", "params": {"strategy": "neuro_mean_reversion"}}',
+                             timeout=5)
+    op = decode(Operation, reply.data)
+    assert op.params["symbols"] == ["SYNTH"] and op.params["model_name"] == "neuro_mean_reversion"
