@@ -32,6 +32,7 @@ class WorkerRegistry:
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lost_tasks: set[asyncio.Task[None]] = set()
+        self._duplicates: dict[str, tuple[int, int]] = {}
 
     def alive(self, worker_id: str | None) -> bool:
         return worker_id is not None and worker_id in self.workers
@@ -93,12 +94,21 @@ class WorkerRegistry:
         previous = self.workers.get(key)
         if previous is None:
             log.info("worker %s (%s) is up: %s", key, lease.worker_type, ", ".join(lease.capabilities))
-        elif previous.started_at != lease.started_at:
+        elif lease.started_at > previous.started_at:
             # Worker ids are stable, so a process restarted within its old lease's TTL takes the
             # lease over before it can expire: what the old process owned is lost all the same.
             self.workers[key] = lease
             self._lost(key, f"restarted (now pid {lease.pid})", previous=previous,
                        started_before=lease.started_at)
+        elif lease.started_at < previous.started_at:
+            # An older process writing after a newer one: two live processes share this id.
+            if self._duplicates.get(key) != (previous.pid, lease.pid):
+                self._duplicates[key] = (previous.pid, lease.pid)
+                self.metrics.rejected.labels(subject="$KV.workers", reason="duplicate worker id").inc()
+                log.error("two live processes share worker id %s (pid %d on %s and pid %d on %s): give each "
+                          "its own KTRDR_WORKER_ID or KTRDR_WORKER_INDEX", key, previous.pid, previous.host,
+                          lease.pid, lease.host)
+            return
         self.workers[key] = lease
         self.metrics.worker_rejected.labels(worker=key).set(lease.status.get("rejected_messages", 0))
 

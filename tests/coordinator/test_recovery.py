@@ -168,3 +168,15 @@ async def test_nats_server_restart_mid_op_loses_nothing(
     await assert_eventually(lambda: "w1" in coordinator.registry.workers, timeout=10)
     after = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
     await wait_status(coordinator, after.op_id, OpStatus.COMPLETED, timeout=15)
+
+
+async def test_two_live_processes_sharing_a_worker_id_are_reported_not_taken_for_restarts(
+        coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    first = await make_worker("twin")
+    second = await make_worker("twin")
+    rejected = coordinator.metrics.rejected.labels(subject="$KV.workers", reason="duplicate worker id")
+    await assert_eventually(lambda: rejected._value.get() >= 1, message="the shared id was not reported")
+    # The registry keeps following the newer process only.
+    await assert_eventually(lambda: (w := coordinator.registry.workers.get("twin")) is not None
+                            and w.started_at == second.started_at)
+    assert first.started_at < second.started_at
