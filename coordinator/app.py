@@ -84,7 +84,7 @@ class Coordinator:
         await self.dispatcher.resume()
         sweeps = SweepManager(nc=self.nc, js=self.js, ops=self.ops, dispatcher=self.dispatcher)
         await sweeps.start()
-        self._feed = OpsFeed(nc=self.nc, apply=self._apply)
+        self._feed = OpsFeed(nc=self.nc, js=self.js, apply=self._apply)
         await self._feed.start()
         self._subs.append(await self.nc.subscribe(names.WORKER_REGISTER, cb=self._on_register))
         self._subs.append(await self.nc.subscribe(names.MAX_DELIVERIES_ADVISORY, cb=self._on_advisory))

@@ -7,6 +7,12 @@ ever acknowledges up to the oldest message not yet applied. A message that canno
 yet (JetStream briefly unavailable) is retried here rather than handed back, which would let a
 later acknowledgement cover it. After a crash, what was applied but not yet acknowledged is
 delivered again; applying an event or progress update twice changes nothing.
+
+An "up to here" acknowledgement must never cover a message this process has not seen: one that
+went to a coordinator that died before applying it, or that was in flight when the connection
+dropped. The server delivers those again only after the AckWait, and in the meantime delivers
+newer ones. So the feed follows the stream sequence from the consumer's ack floor on, and reads
+any sequence it skipped straight from the stream, applying it before acknowledging past it.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
@@ -35,18 +43,31 @@ class _Delivery:
     __slots__ = ("msg", "applied", "retries")
 
     def __init__(self, msg: Msg) -> None:
-        self.msg = msg
+        self.msg = msg  # a message read back from the stream has no reply subject to ack
         self.applied = False
         self.retries = 0
+
+
+def _stream_seq(reply: str) -> int | None:
+    """The stream sequence in a JetStream ack subject (with or without a domain)."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5])
+    if len(tokens) >= 11:
+        return int(tokens[7])
+    return None
 
 
 class OpsFeed:
     """``apply(msg)`` queues the message's change and returns the commit to wait for (None when
     there is nothing to apply); it may raise, like the commit may fail, when JetStream is away."""
 
-    def __init__(self, *, nc: Client, apply: Callable[[Msg], asyncio.Future[Any] | None]) -> None:
+    def __init__(self, *, nc: Client, js: JetStreamContext,
+                 apply: Callable[[Msg], asyncio.Future[Any] | None]) -> None:
         self.nc = nc
+        self.js = js
         self._apply = apply
+        self._expected: int | None = None  # the next new stream sequence the consumer will deliver
         self._unacked: deque[_Delivery] = deque()
         self._ack_to: Msg | None = None
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -54,6 +75,8 @@ class OpsFeed:
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
+        info = await self.js.consumer_info(names.OPS_STREAM, names.COORDINATOR_CONSUMER)
+        self._expected = info.ack_floor.stream_seq + 1 if info.ack_floor else None
         self._sub = await self.nc.subscribe(names.COORDINATOR_DELIVER, cb=self._on_msg,
                                             pending_msgs_limit=200_000)
 
@@ -71,9 +94,43 @@ class OpsFeed:
     async def _on_msg(self, msg: Msg) -> None:
         if not msg.reply:
             return  # a status message (we ask for no heartbeats or flow control)
+        seq = _stream_seq(msg.reply)
+        if seq is not None:
+            if self._expected is not None and seq > self._expected:
+                await self._fill_gap(self._expected, seq)
+            if self._expected is None or seq >= self._expected:
+                self._expected = seq + 1
         delivery = _Delivery(msg)
         self._unacked.append(delivery)
         self._start(delivery)
+
+    async def _fill_gap(self, first: int, end: int) -> None:
+        """Sequences ``first`` to ``end - 1`` were delivered elsewhere or lost on the way."""
+        if end - first > 100:
+            # Messages the stream no longer holds (past their max age) are not a gap.
+            first = max(first, (await self.js.stream_info(names.OPS_STREAM)).state.first_seq)
+        if first < end:
+            log.warning("OPS sequences %d-%d were not delivered here; reading them from the stream", first, end - 1)
+        for seq in range(first, end):
+            missing = _Delivery(Msg(_client=self.nc))
+            self._unacked.append(missing)
+            self._spawn(self._read_back(missing, seq))
+
+    async def _read_back(self, missing: _Delivery, seq: int) -> None:
+        delay = 0.1
+        while True:
+            try:
+                stored = await self.js.get_msg(names.OPS_STREAM, seq)
+                break
+            except NotFoundError:
+                self._applied(missing)  # deleted from the stream: nothing to apply
+                return
+            except Exception as exc:
+                log.warning("could not read OPS sequence %d yet (%s)", seq, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        missing.msg = Msg(_client=self.nc, subject=stored.subject, data=stored.data or b"")
+        self._start(missing)
 
     def _start(self, delivery: _Delivery) -> None:
         # No task per message: the change is queued at once and the commit reports back.
@@ -107,7 +164,10 @@ class OpsFeed:
             await asyncio.sleep(delay)
             self._start(delivery)
 
-        task = asyncio.create_task(retry())
+        self._spawn(retry())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -115,16 +175,16 @@ class OpsFeed:
         delivery.applied = True
         advanced = False
         while self._unacked and self._unacked[0].applied:
-            self._ack_to = self._unacked.popleft().msg
-            advanced = True
+            msg = self._unacked.popleft().msg
+            if msg.reply:  # acking a later delivery covers one read back from the stream
+                self._ack_to = msg
+                advanced = True
         if advanced and self._ack_timer is None and self._sub is not None:
             self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._ack_soon)
 
     def _ack_soon(self) -> None:
         self._ack_timer = None
-        task = asyncio.create_task(self._send_ack())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._send_ack())
 
     async def _send_ack(self) -> None:
         msg, self._ack_to = self._ack_to, None

@@ -31,7 +31,7 @@ async def test_every_message_is_applied_and_acknowledged_in_batches(nc: Client) 
     def apply(msg: Msg) -> None:
         applied.append(msg.data)
 
-    feed = OpsFeed(nc=nc, apply=apply)
+    feed = OpsFeed(nc=nc, js=nc.jetstream(), apply=apply)
     await feed.start()
     await _publish_events(nc, 200)
     await assert_eventually(lambda: len(applied) == 200)
@@ -66,7 +66,7 @@ async def test_a_message_that_cannot_be_applied_yet_is_retried_and_holds_back_th
             commit.set_result(None)
         return commit
 
-    feed = OpsFeed(nc=nc, apply=apply)
+    feed = OpsFeed(nc=nc, js=nc.jetstream(), apply=apply)
     await feed.start()
     await _publish_events(nc, 5)
     await assert_eventually(lambda: len(applied) == 4 and failures >= 2)
@@ -102,8 +102,39 @@ async def test_a_consumer_from_before_batched_acks_is_replaced_from_its_ack_floo
     def apply(msg: Msg) -> None:
         applied.append(msg.data)
 
-    feed = OpsFeed(nc=nc, apply=apply)
+    feed = OpsFeed(nc=nc, js=nc.jetstream(), apply=apply)
     await feed.start()
     await assert_eventually(lambda: len(applied) == 2)
     assert applied == [b'{"n": 4}', b'{"n": 5}']
+    await feed.stop()
+
+
+async def test_what_a_dead_coordinator_received_but_never_applied_is_read_back_not_acked_away(
+        nc: Client) -> None:
+    await ensure_topology(nc.jetstream(), lease_ttl_s=5.0)
+    # A coordinator receives three messages and dies before applying or acknowledging them: the
+    # server redelivers them only after the AckWait (30 s), but newer ones right away.
+    received: list[Msg] = []
+
+    async def dies_before_applying(msg: Msg) -> None:
+        received.append(msg)
+
+    dead = await nc.subscribe(names.COORDINATOR_DELIVER, cb=dies_before_applying)
+    await _publish_events(nc, 3)
+    await assert_eventually(lambda: len(received) == 3)
+    await dead.unsubscribe()
+
+    applied: list[bytes] = []
+
+    def apply(msg: Msg) -> None:
+        applied.append(msg.data)
+
+    feed = OpsFeed(nc=nc, js=nc.jetstream(), apply=apply)
+    await feed.start()
+    await _publish_events(nc, 2, op_id="op-2")
+    # Long before any redelivery: the skipped ones were read from the stream and applied, so
+    # acknowledging the newer ones loses nothing.
+    await assert_eventually(lambda: len(applied) >= 5, timeout=10)
+    assert sorted(applied) == sorted([b'{"n": %d}' % i for i in range(3)] + [b'{"n": 0}', b'{"n": 1}'])
+    await assert_eventually(lambda: _acked_through(nc, 5))
     await feed.stop()
