@@ -4,8 +4,10 @@
 and a parsed acknowledgement object; and it cannot send now and wait later. On the hot path
 (every op is about six acknowledged writes) those costs were a fifth of a process's CPU. Here a
 publish is sent at once and returns a future for its stream sequence, so several writes leave
-in one flush and are awaited together (nats.go calls this ``PublishAsync``). A sweep, not a
-timer per call, fails acknowledgements that never come (the connection dropped meanwhile).
+in one flush and are awaited together (nats.go calls this ``PublishAsync``). nats-py's own
+``js.publish_async`` has the same per-call token and never gives up on a lost acknowledgement;
+here a sweep, not a timer per call, fails acknowledgements that never come (the connection
+dropped meanwhile).
 
 Key-value writes go through it too: a bucket is a stream, ``create`` is a publish that expects
 no earlier revision of the key and ``update`` one that expects the revision read.
