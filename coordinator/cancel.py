@@ -1,7 +1,7 @@
 """The coordinator's side of ``ops.<id>.cancel``.
 
-The worker running an op holds a plain subscription on its cancel subject and answers itself.
-The coordinator subscribes to ``ops.*.cancel`` too and answers what no worker can: unknown ids,
+Every worker holds a plain subscription (no queue group) on ``ops.*.cancel`` and answers for the
+ops it runs. The coordinator subscribes to it too and answers what no worker can: unknown ids,
 finished ops, and queued ops, which it cancels by taking their claim so no worker ever starts
 them. For a running op it records the request (so a lost worker's op ends cancelled instead of
 being retried) and answers only if the worker has not within ``cancel_fallback_reply_s``: the

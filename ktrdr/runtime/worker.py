@@ -65,7 +65,8 @@ class _Running:
     ctx: JobContext
     task: asyncio.Task[None] | None = None
     claimed: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    cancel_sub: Subscription | None = None
+    # Until its outcome is decided a cancel is answered here; from then on, by the coordinator.
+    cancellable: bool = True
     fenced: bool = False
 
 
@@ -129,6 +130,8 @@ class Worker:
         self._running: dict[str, _Running] = {}
         self._jobs: set[asyncio.Task[None]] = set()  # every job task, until its outcome is published
         self._pullers: list[JobPuller] = []
+        self._cancel_sub: Subscription | None = None
+        self._cancel_replies: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
         self._fetching = True
@@ -152,6 +155,11 @@ class Worker:
                                             replicas=self.settings.js_replicas)
         self.publisher = AckedPublisher(nc=self.nc)
         await self.publisher.start()
+        # One plain subscription (no queue group) for every op this worker will run, held from
+        # before the first claim: whoever owns a claim is reachable. A subscription per op cost a
+        # SUB and an UNSUB each, and each of those resets the server's per-connection routing
+        # caches: about a tenth of the platform's CPU per zero-duration op (README, Benchmarks).
+        self._cancel_sub = await self.nc.subscribe(names.OPS_CANCEL_ALL, cb=self._on_cancel)
         await self._put_lease()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
         self._tasks.append(asyncio.create_task(self._register_loop(), name="register"))
@@ -212,6 +220,11 @@ class Worker:
             await puller.stop()
         await cancel_and_wait(self._tasks, what=f"worker {self.worker_id} task")
         self._tasks.clear()
+        await cancel_and_wait(self._cancel_replies, what="cancel reply")
+        if self._cancel_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._cancel_sub.unsubscribe()
+            self._cancel_sub = None
         assert self.nc is not None and self.buckets is not None
         try:
             await self._before_disconnect()
@@ -358,8 +371,6 @@ class Worker:
         ctx = r.ctx
         assert self.nc is not None and self.js is not None and self.buckets is not None
         try:
-            # Subscribe before claiming, so that whoever owns the claim is always reachable.
-            r.cancel_sub = await self.nc.subscribe(names.ops_cancel(ctx.op_id), cb=self._cancel_cb(r))
             won = await self._claim(ctx)
             r.claimed.set_result(won)
             await msg.ack()
@@ -381,9 +392,7 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=1.0)
         finally:
-            if r.cancel_sub is not None:
-                with contextlib.suppress(Exception):
-                    await r.cancel_sub.unsubscribe()
+            r.cancellable = False
             await self._release(ctx.op_id)
 
     async def _release(self, op_id: str) -> None:
@@ -447,10 +456,7 @@ class Worker:
             outcome, error = OpEventKind.FAILED, f"{type(exc).__name__}: {exc}"
             log.warning("operation %s failed: %s", ctx.op_id, error)
         # No cancel can change the outcome now: the coordinator answers from here on.
-        if r.cancel_sub is not None:
-            with contextlib.suppress(Exception):
-                await r.cancel_sub.unsubscribe()
-            r.cancel_sub = None
+        r.cancellable = False
         await ctx.flush()
         return await self._send_event(ctx, outcome, result=result if isinstance(result, dict) else None,
                                       error=error)
@@ -487,29 +493,43 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _cancel_cb(self, r: _Running) -> Callable[[Msg], Any]:
-        async def on_cancel(msg: Msg) -> None:
-            ctx = r.ctx
-            try:
-                req = decode(CancelRequest, msg.data) if msg.data.strip() else CancelRequest()
-            except BadPayload as exc:
-                self.rejected[msg.subject] += 1
-                log.error("rejected cancel request for %s: %s", ctx.op_id, exc)
-                if msg.reply:
-                    await msg.respond(CancelReply(op_id=ctx.op_id, accepted=False,
-                                                  message=f"invalid cancel request: {exc}").encode())
-                return
-            # Until the claim is settled we do not know whether this cancel is ours to answer.
-            if not await asyncio.shield(r.claimed):
-                return
-            first = ctx.token.cancel(req.reason)
-            reply = CancelReply(
-                op_id=ctx.op_id, accepted=True, status=OpStatus.RUNNING,
-                message=(f"cancelling: worker {self.worker_id} stops the operation at its next check"
-                         if first else "cancellation already in progress"))
+    async def _on_cancel(self, msg: Msg) -> None:
+        """``ops.*.cancel``: answered for the ops this worker runs; the rest are the coordinator's."""
+        try:
+            op_id = names.op_id_from_subject(msg.subject)
+        except names.InvalidToken:
+            return
+        r = self._running.get(op_id)
+        if r is None or not r.cancellable:
+            return
+        try:
+            req = decode(CancelRequest, msg.data) if msg.data.strip() else CancelRequest()
+        except BadPayload as exc:
+            self.rejected[msg.subject] += 1
+            log.error("rejected cancel request for %s: %s", op_id, exc)
             if msg.reply:
-                await msg.respond(reply.encode())
-        return on_cancel
+                await msg.respond(CancelReply(op_id=op_id, accepted=False,
+                                              message=f"invalid cancel request: {exc}").encode())
+            return
+        if r.claimed.done():
+            await self._answer_cancel(r, msg, req)
+            return
+        # Until the claim is settled we do not know whether this cancel is ours to answer; the
+        # subscription serves every op, so the wait must not hold it up.
+        task = asyncio.create_task(self._answer_cancel(r, msg, req), name=f"cancel-{op_id}")
+        self._cancel_replies.add(task)
+        task.add_done_callback(self._cancel_replies.discard)
+
+    async def _answer_cancel(self, r: _Running, msg: Msg, req: CancelRequest) -> None:
+        if not await asyncio.shield(r.claimed):
+            return
+        first = r.ctx.token.cancel(req.reason)
+        reply = CancelReply(
+            op_id=r.ctx.op_id, accepted=True, status=OpStatus.RUNNING,
+            message=(f"cancelling: worker {self.worker_id} stops the operation at its next check"
+                     if first else "cancellation already in progress"))
+        if msg.reply:
+            await msg.respond(reply.encode())
 
 
 async def run_until_signal(worker: Worker) -> None:

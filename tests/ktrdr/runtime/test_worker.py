@@ -102,6 +102,32 @@ async def test_a_blocking_handler_runs_in_a_thread_and_the_worker_stays_responsi
     assert on_main_thread == [False]
 
 
+async def test_only_the_worker_running_an_op_answers_its_cancel(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
+    # Every worker hears every cancel (one ops.*.cancel subscription each); the others stay silent.
+    workers = {w.worker_id: w for w in [await make_worker("w1"), await make_worker("w2")]}
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 30, "steps": 30}))
+    running = await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
+    owner = running.worker_id
+    assert owner is not None
+    (other,) = set(workers) - {owner}
+
+    bad = decode(CancelReply, (await nc.request(names.ops_cancel(op.op_id), b"{not json", timeout=5)).data)
+    assert not bad.accepted and "invalid cancel request" in bad.message
+    await assert_eventually(lambda: sum(workers[owner].rejected.values()) == 1)
+    assert coordinator.ops.get(op.op_id).status is OpStatus.RUNNING  # type: ignore[union-attr]
+
+    reply = decode(CancelReply, (await nc.request(names.ops_cancel(op.op_id), b'{"reason": "enough"}',
+                                                  timeout=5)).data)
+    assert reply.accepted and owner in reply.message
+    done = await wait_status(coordinator, op.op_id, OpStatus.CANCELLED)
+    assert done.cancel_reason == "enough"
+    assert not workers[other].rejected
+    # Once the outcome is out, the coordinator answers: the worker no longer does.
+    after = decode(CancelReply, (await nc.request(names.ops_cancel(op.op_id), b"{}", timeout=5)).data)
+    assert not after.accepted and after.status is OpStatus.CANCELLED
+
+
 async def _newer_lease(leases: KeyValue, revision: int) -> bool:
     return (await leases.get("w1")).revision > revision
 
