@@ -25,6 +25,7 @@ from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
 from subjects.models import (
+    AttemptRecord,
     Claim,
     JobMessage,
     Operation,
@@ -38,6 +39,8 @@ from subjects.params import PARAMS_MODELS
 log = logging.getLogger(__name__)
 
 COORDINATOR_CLAIMANT = "coordinator"
+# How often an offer that reached MaxDeliver without any claim is renewed before the op fails.
+UNCLAIMED_REOFFERS = 3
 
 
 def _coordinated(op: Operation) -> bool:
@@ -126,11 +129,11 @@ class Dispatcher:
         op.offered = [op.capability]
         op.offered_at = datetime.now(UTC)
 
-    async def _offer(self, op: Operation, capabilities: list[str]) -> None:
+    async def _offer(self, op: Operation, capabilities: list[str], *, reoffer: int = 0) -> None:
         for capability in capabilities:
             job = JobMessage(op_id=op.op_id, type=op.type, params=op.params, attempt=op.attempt,
                              capability=capability, parent_id=op.parent_id)
-            headers = {"Nats-Msg-Id": names.job_msg_id(op.op_id, op.attempt, capability)}
+            headers = {"Nats-Msg-Id": names.job_msg_id(op.op_id, op.attempt, capability, reoffer)}
             delay = 0.1
             for _ in range(20):
                 try:
@@ -310,7 +313,15 @@ class Dispatcher:
             log.error("%s: %s", op_id, op.error)
 
     async def fail_undeliverable(self, stream_seq: int, deliveries: int | None) -> None:
-        """A job that reached MaxDeliver: fail its op and remove the message from the queue."""
+        """A job that reached MaxDeliver: remove the message from the queue, then renew the offer
+        if no worker ever claimed it, else fail the op.
+
+        Deliveries without a claim are hand-backs: a worker serving several capabilities can be
+        handed a job on one just after its last slot went to another, and gives it back. Those
+        say nothing about the job, so they must not fail it; a renewed offer starts its count
+        again. Only :data:`UNCLAIMED_REOFFERS` times, so a job that kills every worker before it
+        can claim still ends.
+        """
         try:
             raw = await self.js.get_msg(names.JOBS_STREAM, stream_seq)
         except Exception as exc:
@@ -321,6 +332,8 @@ class Dispatcher:
         try:
             job = decode(JobMessage, raw.data or b"")
         except Exception:
+            return
+        if await self.claim_of(job.op_id, job.attempt) is None and await self._reoffer(job, deliveries):
             return
         error = f"job could not be delivered to a worker ({deliveries or 'max'} deliveries)"
         # Take the claim so that a copy still in flight can never start the failed attempt.
@@ -333,6 +346,34 @@ class Dispatcher:
             return None
 
         await self.ops.mutate(job.op_id, change)
+
+    async def _reoffer(self, job: JobMessage, deliveries: int | None) -> bool:
+        """Offer ``job`` afresh, recorded on its attempt; False once the renewals are used up."""
+        renewal = 0
+
+        def count(op: Operation) -> bool | None:
+            nonlocal renewal
+            if op.status is not OpStatus.PENDING or op.attempt != job.attempt:
+                return False
+            record = next((a for a in op.attempts if a.attempt == op.attempt), None)
+            if record is None:
+                record = AttemptRecord(attempt=op.attempt, route=op.route)
+                op.attempts.append(record)
+            if record.reoffers >= UNCLAIMED_REOFFERS:
+                return False
+            record.reoffers += 1
+            renewal = record.reoffers
+            op.warnings.append(f"offer on {job.capability} renewed after {deliveries or 'max'} deliveries "
+                               f"that no worker claimed")
+            return None
+
+        op = await self.ops.mutate(job.op_id, count)
+        if op is None or renewal == 0:
+            return False
+        log.warning("%s: offer on %s reached MaxDeliver unclaimed; renewed (%d of %d)", job.op_id,
+                    job.capability, renewal, UNCLAIMED_REOFFERS)
+        await self._offer(op, [job.capability], reoffer=renewal)
+        return True
 
     # --- lifecycle ------------------------------------------------------------------------
 

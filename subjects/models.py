@@ -146,6 +146,8 @@ class AttemptRecord(BaseModel):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     outcome: str | None = None
+    # Offers renewed because one reached MaxDeliver with no worker claiming it (all bounces).
+    reoffers: int = 0
 
 
 class Operation(Payload):

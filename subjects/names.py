@@ -178,9 +178,11 @@ def claim_key(op_id: str, attempt: int) -> str:
     return f"{validate_token(op_id, what='operation id')}_{int(attempt)}"
 
 
-def job_msg_id(op_id: str, attempt: int, capability: str) -> str:
-    """Nats-Msg-Id of one offer: distinct per attempt and route, so a CPU fallback is not deduped."""
-    return f"{validate_token(op_id, what='operation id')}:{int(attempt)}:{validate_capability(capability)}"
+def job_msg_id(op_id: str, attempt: int, capability: str, reoffer: int = 0) -> str:
+    """Nats-Msg-Id of one offer: distinct per attempt and route, so a CPU fallback is not deduped,
+    and per renewal of an offer that reached MaxDeliver unclaimed."""
+    base = f"{validate_token(op_id, what='operation id')}:{int(attempt)}:{validate_capability(capability)}"
+    return f"{base}:r{int(reoffer)}" if reoffer else base
 
 
 def object_meta_subject(bucket: str, object_name: str) -> str:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+import nats.errors
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
+from coordinator.dispatcher import UNCLAIMED_REOFFERS
+from ktrdr.runtime.context import JobContext
+from ktrdr.runtime.topology import JOB_MAX_DELIVER
 from subjects import names
-from subjects.models import JobMessage, OpEvent, OpStatus, SubmitRequest, decode
+from subjects.models import Claim, JobMessage, OpEvent, OpStatus, SubmitRequest, decode
+from tests.backtesting import backtest_params
 from tests.conftest import MakeWorker
 from tests.support import assert_eventually, wait_status
 
@@ -150,3 +156,77 @@ async def test_a_handler_can_record_facts_in_the_op_record(coordinator: Coordina
     op_id = await submit(coordinator, duration=0)
     op = await wait_status(coordinator, op_id, OpStatus.COMPLETED)
     assert op.info == {"resumed_from_epoch": 7} and op.result == {"ok": True}
+
+
+async def _hand_back(nc: Client, capability: str, times: int) -> None:
+    """Play a busy multi-capability worker: take the offer and give it back, ``times`` times."""
+    sub = await nc.jetstream().pull_subscribe_bind(names.jobs_consumer(capability), names.JOBS_STREAM)
+    handed, misses = 0, 0
+    while handed < times:
+        try:
+            msgs = await sub.fetch(1, timeout=2)
+        except nats.errors.TimeoutError:
+            misses += 1
+            assert misses < 5, f"no offer to take after {handed} hand-backs"
+            continue
+        await msgs[0].nak()
+        handed += 1
+    # The server notices MaxDeliver (and sends its advisory) only when someone asks for more.
+    with contextlib.suppress(nats.errors.TimeoutError):
+        for msg in await sub.fetch(1, timeout=1):
+            await msg.nak()
+    await sub.unsubscribe()
+
+
+async def test_an_offer_handed_back_until_max_deliver_is_renewed_not_failed(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    await _hand_back(nc, names.CAP_DUMMY_ANY, JOB_MAX_DELIVER)
+    await assert_eventually(lambda: [a.reoffers for a in coordinator.ops.get(op.op_id).attempts] == [1])  # type: ignore[union-attr]
+    assert coordinator.ops.get(op.op_id).status is OpStatus.PENDING  # type: ignore[union-attr]
+    # The renewed offer was handed back once more by the last fetch: no matter, it counts afresh.
+    await make_worker("w1")
+    done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED)
+    assert done.attempt == 1 and done.attempts[0].reoffers == 1
+    assert any("renewed" in w for w in done.warnings)
+
+
+async def test_an_offer_nobody_ever_claims_fails_once_its_renewals_are_used_up(
+        coordinator: Coordinator, nc: Client) -> None:
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    await _hand_back(nc, names.CAP_DUMMY_ANY, JOB_MAX_DELIVER * (UNCLAIMED_REOFFERS + 1))
+    failed = await wait_status(coordinator, op.op_id, OpStatus.FAILED)
+    assert "could not be delivered" in (failed.error or "")
+    assert failed.attempts[0].reoffers == UNCLAIMED_REOFFERS
+
+
+async def test_a_claimed_job_that_reaches_max_deliver_fails_at_once(coordinator: Coordinator, nc: Client) -> None:
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    claims = await nc.jetstream().key_value(names.CLAIMS_BUCKET)
+    await claims.create(names.claim_key(op.op_id, 1), Claim(op_id=op.op_id, attempt=1, worker_id="gone").encode())
+    await _hand_back(nc, names.CAP_DUMMY_ANY, JOB_MAX_DELIVER)
+    failed = await wait_status(coordinator, op.op_id, OpStatus.FAILED)
+    assert "could not be delivered" in (failed.error or "") and not failed.attempts
+
+
+async def test_a_worker_serving_two_capabilities_takes_from_both_in_turn(
+        coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    # With one slot, both capabilities' requests go out when it frees and both may deliver; the
+    # job handed back must not be the same capability's every time: it would starve, and its
+    # deliveries would run out (MaxDeliver 10) while the other capability has a backlog.
+    started: list[str] = []
+
+    async def record(ctx: JobContext) -> dict[str, object]:
+        started.append(ctx.job.type)
+        await asyncio.sleep(0.02)
+        return {}
+
+    ids = [await submit(coordinator, "backtesting", **backtest_params()) for _ in range(JOB_MAX_DELIVER + 2)]
+    ids += [await submit(coordinator, duration=0) for _ in range(JOB_MAX_DELIVER + 2)]
+    await make_worker("w1", capabilities=[names.CAP_DUMMY_ANY, names.CAP_BACKTEST_CPU], slots=1,
+                      handlers={names.KIND_DUMMY: record, names.KIND_BACKTEST: record})
+    done = [await wait_status(coordinator, op_id, OpStatus.COMPLETED, timeout=30) for op_id in ids]
+    assert sorted(started) == ["backtesting"] * len(ids[:len(ids) // 2]) + ["dummy"] * len(ids[len(ids) // 2:])
+    assert [op.op_id for op in done if op.warnings or op.attempts[0].reoffers] == [], started
+    # Both kinds got through early, not one only after the other's backlog was gone.
+    assert set(started[:len(ids) // 2]) == {"backtesting", "dummy"}, started
