@@ -58,6 +58,9 @@ from subjects.models import (
 log = logging.getLogger(__name__)
 
 CLAIM_TRIES = 8
+# A lease change (an op started or ended) is written this long after it, not only on the next
+# heartbeat; the changes within it share one write, so a busy worker adds a few per second.
+LEASE_CHANGE_DELAY_S = 0.1
 
 
 @dataclass
@@ -136,6 +139,8 @@ class Worker:
         self._stopped = asyncio.Event()
         self._fetching = True
         self._tasks: list[asyncio.Task[None]] = []
+        self._lease_change: asyncio.TimerHandle | None = None
+        self._lease_writes: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -220,6 +225,10 @@ class Worker:
             await puller.stop()
         await cancel_and_wait(self._tasks, what=f"worker {self.worker_id} task")
         self._tasks.clear()
+        if self._lease_change is not None:
+            self._lease_change.cancel()
+            self._lease_change = None
+        await cancel_and_wait(self._lease_writes, what="lease write")
         await cancel_and_wait(self._cancel_replies, what="cancel reply")
         if self._cancel_sub is not None:
             with contextlib.suppress(Exception):
@@ -261,6 +270,22 @@ class Worker:
     async def _put_lease(self) -> None:
         assert self.buckets is not None
         await self.buckets.workers.put(self.worker_id, self.lease().encode())
+
+    def _lease_changed(self) -> None:
+        if self._lease_change is None and not self._stopped.is_set():
+            self._lease_change = asyncio.get_running_loop().call_later(LEASE_CHANGE_DELAY_S, self._write_lease)
+
+    def _write_lease(self) -> None:
+        self._lease_change = None
+        task = asyncio.create_task(self._put_lease_logged(), name="lease-write")
+        self._lease_writes.add(task)
+        task.add_done_callback(self._lease_writes.discard)
+
+    async def _put_lease_logged(self) -> None:
+        try:
+            await self._put_lease()
+        except Exception as exc:
+            log.warning("lease write failed (the heartbeat writes it again): %s", exc)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -365,6 +390,7 @@ class Worker:
                          publisher=self.publisher, loop=asyncio.get_running_loop())
         running = _Running(ctx=ctx)
         self._running[job.op_id] = running
+        self._lease_changed()
         running.task = asyncio.create_task(self._run_job(msg, running), name=f"op-{job.op_id}")
         self._jobs.add(running.task)
         running.task.add_done_callback(self._jobs.discard)
@@ -401,6 +427,7 @@ class Worker:
 
     async def _release(self, op_id: str) -> None:
         if self._running.pop(op_id, None) is not None:
+            self._lease_changed()
             await self.request_jobs()
 
     async def _claim(self, ctx: JobContext) -> bool:

@@ -12,12 +12,13 @@ from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from coordinator.app import Coordinator
+from ktrdr.natsd import NatsServer
 from ktrdr.runtime.context import JobContext
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import default_worker_id
 from subjects import names
 from subjects.models import CancelReply, OpStatus, SubmitRequest, decode
-from tests.conftest import MakeWorker, SpawnWorker
+from tests.conftest import MakeWorker, SpawnWorker, coordinator_settings
 from tests.support import assert_eventually, wait_status
 
 
@@ -76,6 +77,25 @@ async def test_the_lease_carries_state_and_running_ops(coordinator: Coordinator,
     lease = await assert_eventually(
         lambda: (w := coordinator.registry.workers.get("w1")) and w.running and w)
     assert lease.state == "busy" and [(r.op_id, r.attempt) for r in lease.running] == [(op.op_id, 1)]
+
+
+async def test_the_lease_follows_an_op_starting_and_ending_without_waiting_for_a_heartbeat(
+        nats_server: NatsServer, make_worker: MakeWorker) -> None:
+    # Heartbeats 30 s apart: only the write that follows each change can show it in time.
+    async with Coordinator(settings=coordinator_settings(nats_server.url, lease_ttl_s=60.0)) as coordinator:
+        await make_worker("w1", heartbeat_s=30.0, lease_ttl_s=60.0)
+
+        def lease_of_w1() -> tuple[str, list[str]] | None:
+            w = coordinator.registry.workers.get("w1")
+            return (w.state, [r.op_id for r in w.running]) if w else None
+
+        await assert_eventually(lambda: lease_of_w1() == ("idle", []))
+        for _ in range(2):
+            op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 1}))
+            await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
+            await assert_eventually(lambda: lease_of_w1() == ("busy", [op.op_id]))  # noqa: B023
+            await wait_status(coordinator, op.op_id, OpStatus.COMPLETED)
+            await assert_eventually(lambda: lease_of_w1() == ("idle", []))
 
 
 async def test_a_blocking_handler_runs_in_a_thread_and_the_worker_stays_responsive(
