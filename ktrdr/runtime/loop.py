@@ -34,4 +34,12 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         import uvloop
     except ImportError:
         return asyncio.run(main)
-    return uvloop.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        # A runner with a loop factory does not make its loop the thread's current one, so code
+        # that asks the policy for the loop (ib_insync does, everywhere) would get a second one
+        # and fail with "attached to a different loop".
+        asyncio.set_event_loop(runner.get_loop())
+        try:
+            return runner.run(main)
+        finally:
+            asyncio.set_event_loop(None)

@@ -1,3 +1,4 @@
+import asyncio
 import gc
 from collections.abc import Iterator
 
@@ -35,3 +36,11 @@ def test_cyclic_garbage_made_after_tuning_is_still_collected(restored_gc: None) 
         return gc.collect()
 
     assert run(make_cycle()) >= 1
+
+
+def test_the_running_loop_is_also_the_threads_current_loop() -> None:
+    # ib_insync asks the policy for the loop instead of taking the running one.
+    async def both() -> bool:
+        return asyncio.get_event_loop_policy().get_event_loop() is asyncio.get_running_loop()
+
+    assert run(both())
