@@ -5,11 +5,17 @@ every segment already fetched), the dataset is republished to the bucket now and
 download runs and always at its end, and segments IB had no data for are recorded in the op
 record. A dropped gateway is waited out (the host's :class:`Gateway` reconnects with back-off)
 and the download resumes with the segment that was in flight.
+
+Hosts take over from each other, so before it writes, a host merges in what the bucket holds
+(a publish replaces the object: bars another host published must not vanish). Each publish
+during a download is followed by a checkpoint of the plan (``checkpoints`` store, under the op
+id); the retry of an attempt whose host died resumes after the segments already in the bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -20,11 +26,12 @@ from typing import Any
 import pandas as pd
 
 from host_ib.gateway import Gateway
-from ktrdr.data.shared import PublishResult, publish_dataset
+from ktrdr.data.shared import PublishResult, adopt_dataset, publish_dataset
 from ktrdr.data.store import DataStore
 from ktrdr.ib.downloader import Downloader, DownloadState, RetryPolicy, StoredRange, plan_download
 from ktrdr.ib.errors import ConnectionLost, IbError, NoData, NoSecurityDefinition, RequestTimedOut
 from ktrdr.ib.pacing import Pacer
+from ktrdr.runtime.checkpoints import delete_checkpoint, load_checkpoint, save_checkpoint
 from ktrdr.runtime.context import JobContext
 from ktrdr.runtime.settings import WorkerSettings
 from subjects.data import DataLoadParams
@@ -49,6 +56,7 @@ def retry_policy(settings: WorkerSettings) -> RetryPolicy:
 class _Run:
     """What one op stored and published (reported in the result and the op record)."""
 
+    state: DownloadState
     new_bars: int = 0
     dirty: bool = False  # stored bars not yet in the bucket
     last_publish: float = 0.0
@@ -75,24 +83,38 @@ class DataLoader:
         ctx.progress(percentage=0.0, step="connect", message=f"waiting for IB at {self.gateway.address}")
         await self.gateway.ensure_connected(ctx.token, give_up_s=s.ib_reconnect_give_up_s)
         earliest = await self._earliest(ctx, p.symbol)
+        async with self._locks[(p.symbol, p.timeframe)]:
+            adopted = await adopt_dataset(ctx.js, self.store, p.symbol, p.timeframe)
+        if adopted:
+            ctx.info(adopted_bars=adopted)
         stored = await asyncio.to_thread(self._stored_range, p.symbol, p.timeframe)
         state = plan_download(symbol=p.symbol, timeframe=p.timeframe, mode=p.mode, start=p.start, end=p.end,
                               stored=stored, earliest=earliest)
-        run = _Run(last_publish=time.monotonic())
+        resumed = await self._resume(ctx, state)
+        if resumed:
+            ctx.info(resumed_segments=resumed)
+        run = _Run(state=state, last_publish=time.monotonic())
         drops_before = self.gateway.drops
         try:
-            await self.downloader.run(state, on_segment=lambda frame: self._store(ctx, p, frame, run),
-                                      progress=ctx.progress, cancel=ctx.token, collect=False)
-        except BaseException:
-            # A cancelled or failed op keeps its segments: they still reach the bucket (best
-            # effort, so the original error is what the op reports).
+            try:
+                await self.downloader.run(state, on_segment=lambda frame: self._store(ctx, p, frame, run),
+                                          progress=ctx.progress, cancel=ctx.token, collect=False)
+            except BaseException:
+                # A cancelled or failed op keeps its segments: they still reach the bucket (best
+                # effort, so the original error is what the op reports).
+                if run.dirty:
+                    await self._publish(ctx, p, run, final=False)
+                raise
+            finally:
+                ctx.info(**_facts(state, reconnects=self.gateway.drops - drops_before))
             if run.dirty:
-                await self._publish(ctx, p, run, final=False)
-            raise
+                await self._publish(ctx, p, run, final=True)
         finally:
-            ctx.info(**_facts(state, reconnects=self.gateway.drops - drops_before))
-        if run.dirty:
-            await self._publish(ctx, p, run, final=True)
+            # Only a dead host leaves its checkpoint behind: every outcome here is final.
+            try:
+                await delete_checkpoint(ctx.js, ctx.op_id)
+            except Exception as exc:
+                log.warning("operation %s: download checkpoint not deleted: %s", ctx.op_id, exc)
         return {
             "symbol": p.symbol, "timeframe": p.timeframe, "mode": p.mode,
             "segments": len(state.segments), "no_data_segments": len(state.gaps),
@@ -123,6 +145,27 @@ class DataLoader:
             except (NoData, RequestTimedOut, IbError) as exc:
                 log.info("no head timestamp for %s (%s); downloading the whole range", symbol, exc)
                 return None
+
+    async def _resume(self, ctx: JobContext, state: DownloadState) -> int:
+        """Skip the segments a lost earlier attempt of this op already got into the bucket."""
+        try:
+            data = await load_checkpoint(ctx.js, ctx.op_id)
+            if data is None:
+                return 0
+            earlier = DownloadState.from_dict(json.loads(data))
+        except Exception as exc:  # a checkpoint only saves requests: without it, start over
+            log.warning("operation %s: download checkpoint unusable (%s); downloading it all", ctx.op_id, exc)
+            return 0
+        resumed = state.resume_from(earlier)
+        log.info("operation %s attempt %d: resuming after %d segment(s) already stored", ctx.op_id,
+                 ctx.attempt, resumed)
+        return resumed
+
+    async def _checkpoint(self, ctx: JobContext, run: _Run) -> None:
+        try:
+            await save_checkpoint(ctx.js, ctx.op_id, json.dumps(run.state.to_dict()).encode())
+        except Exception as exc:  # costs a retry some requests, never the download
+            log.warning("operation %s: download checkpoint not saved: %s", ctx.op_id, exc)
 
     def _stored_range(self, symbol: str, timeframe: str) -> StoredRange | None:
         if not self.store.exists(symbol, timeframe):
@@ -162,6 +205,9 @@ class DataLoader:
             return
         run.dirty = False
         run.last_publish = time.monotonic()
+        if not final:
+            # Only what is in the bucket counts as done for a retry on another host.
+            await self._checkpoint(ctx, run)
 
 
 def _facts(state: DownloadState, *, reconnects: int) -> dict[str, Any]:

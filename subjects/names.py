@@ -27,7 +27,7 @@ IB_ACTIVE_KEY: Final = "active"
 DATA_OBJECTS: Final = "data"  # market-data datasets, cached by digest on every worker
 RESULTS_OBJECTS: Final = "results"  # full operation results (trades, equity curves) under the op id
 MODELS_OBJECTS: Final = "models"  # versioned trained-model bundles
-CHECKPOINTS_OBJECTS: Final = "checkpoints"  # training checkpoints under the op id
+CHECKPOINTS_OBJECTS: Final = "checkpoints"  # resumable work (training, IB downloads) under the op id
 
 # Streams.
 JOBS_STREAM: Final = "JOBS"  # work-queue retention: an acked job is gone

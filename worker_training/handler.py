@@ -23,12 +23,12 @@ from ktrdr.data.shared import fetch_dataset
 from ktrdr.models import save_model
 from ktrdr.models.training_plan import plan_training
 from ktrdr.progress import ProgressFn
+from ktrdr.runtime.checkpoints import delete_checkpoint, load_checkpoint, save_checkpoint
 from ktrdr.runtime.context import Handler, JobContext
 from ktrdr.training import train_strategy
 from ktrdr.training.checkpoint import read_checkpoint
 from ktrdr.training.device import resolve_device
 from subjects.training import TrainingParams
-from worker_training.checkpoints import delete_checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 

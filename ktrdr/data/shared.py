@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nats.js.api import ObjectMeta
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
 
 from ktrdr.data.store import DataStore, bars_from_bytes, validate_symbol
@@ -63,7 +63,33 @@ async def publish_dataset(js: JetStreamContext, store: DataStore, symbol: str, t
     name = object_name(symbol, timeframe)
     bucket = await data_bucket(js)
     info = await bucket.put(name, data, meta=ObjectMeta(name=name, description=f"{symbol} {timeframe} OHLCV npz"))
+    _write_marker(store, symbol, timeframe, str(info.digest))
     return PublishResult(name=name, digest=str(info.digest), size=int(info.size or len(data)))
+
+
+async def adopt_dataset(js: JetStreamContext, store: DataStore, symbol: str, timeframe: str) -> int:
+    """Merge the bucket's version of a dataset into the local store, keeping local bars where both
+    have a timestamp; returns the number of bars the local store gained.
+
+    For whoever is about to publish: a publish replaces the object with the local file, so a host
+    that took over from another (whose bars it never stored) would otherwise erase them. Nothing
+    is downloaded when the local store already took in the bucket's current version.
+    """
+    name = object_name(symbol, timeframe)
+    try:
+        bucket = await data_bucket(js, create=False)
+        info = await bucket.get_info(name)
+    except (BucketNotFoundError, NotFoundError):
+        return 0
+    digest = str(info.digest)
+    marker = _marker(store, symbol, timeframe)
+    if store.exists(symbol, timeframe) and marker.is_file() and marker.read_text() == digest:
+        return 0
+    data = (await bucket.get(name)).data or b""
+    theirs = bars_from_bytes(data, source=f"object {DATA_OBJECTS}/{name}")
+    gained = store.merge(symbol, timeframe, theirs, prefer="stored") if len(theirs) else 0
+    _write_marker(store, symbol, timeframe, digest)
+    return gained
 
 
 async def fetch_dataset(js: JetStreamContext, store: DataStore, symbol: str, timeframe: str) -> FetchResult:
@@ -85,13 +111,24 @@ async def fetch_dataset(js: JetStreamContext, store: DataStore, symbol: str, tim
         tmp = cache_file.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         tmp.write_bytes(data)
         tmp.replace(cache_file)
-    marker = store.path(symbol, timeframe).with_suffix(".digest")
+    marker = _marker(store, symbol, timeframe)
     if not (marker.is_file() and marker.read_text() == digest and store.exists(symbol, timeframe)):
         store.write_bytes(symbol, timeframe, data)
-        marker_tmp = marker.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        marker_tmp.write_text(digest)
-        marker_tmp.replace(marker)
+        _write_marker(store, symbol, timeframe, digest)
     return FetchResult(name=name, digest=digest, size=len(data), cached=cached, path=store.path(symbol, timeframe))
+
+
+def _marker(store: DataStore, symbol: str, timeframe: str) -> Path:
+    """Names the bucket version the local file holds (or, after :func:`adopt_dataset`, contains)."""
+    return store.path(symbol, timeframe).with_suffix(".digest")
+
+
+def _write_marker(store: DataStore, symbol: str, timeframe: str, digest: str) -> None:
+    marker = _marker(store, symbol, timeframe)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_suffix(f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(digest)
+    tmp.replace(marker)
 
 
 def _cache_path(store: DataStore, digest: str) -> Path:

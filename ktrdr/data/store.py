@@ -130,16 +130,20 @@ class DataStore:
         hi = len(ts) if end is None else int(np.searchsorted(ts, _utc(end).value, side="right"))
         return df.iloc[lo:hi]
 
-    def merge(self, symbol: str, timeframe: str, df: pd.DataFrame) -> int:
-        """Add bars; a timestamp already stored takes the new bar. Returns the number of new timestamps."""
+    def merge(self, symbol: str, timeframe: str, df: pd.DataFrame, *, prefer: str = "new") -> int:
+        """Add bars. Where a timestamp is already stored, ``prefer="new"`` takes the new bar (a
+        re-download corrects a bar the provider revised) and ``"stored"`` keeps the stored one.
+        Returns the number of new timestamps."""
+        if prefer not in ("new", "stored"):
+            raise ValueError(f"prefer must be 'new' or 'stored', not {prefer!r}")
         validate_bars(df, source=f"new bars for {symbol}/{timeframe}")
         if not self.exists(symbol, timeframe):
             self.save(symbol, timeframe, df[list(OHLCV)])
             return len(df)
         old = self.load(symbol, timeframe)
         combined = pd.concat([old, df[list(OHLCV)]])
-        # keep="last": a re-download corrects a bar the provider revised.
-        combined = combined[~combined.index.duplicated(keep="last")].sort_index(kind="stable")
+        combined = combined[~combined.index.duplicated(keep="last" if prefer == "new" else "first")]
+        combined = combined.sort_index(kind="stable")
         self.save(symbol, timeframe, combined)
         return len(combined) - len(old)
 

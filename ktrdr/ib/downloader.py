@@ -81,6 +81,21 @@ class DownloadState:
     def done(self) -> bool:
         return not self.pending()
 
+    def resume_from(self, earlier: DownloadState) -> int:
+        """Take over what an earlier run of the same download completed (a lost attempt's
+        checkpoint): its completed segments that this plan also has. Returns how many."""
+        if (earlier.symbol, earlier.timeframe, earlier.mode) != (self.symbol, self.timeframe, self.mode):
+            return 0
+        planned, done = set(self.segments), set(self.completed)
+        taken = [s for s in earlier.completed if s in planned and s not in done]
+        if not taken:
+            return 0
+        self.completed.extend(taken)
+        self.gaps.extend(g for g in earlier.gaps if g in set(taken) and g not in self.gaps)
+        self.bars += earlier.bars
+        self.requests += earlier.requests
+        return len(taken)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "symbol": self.symbol,

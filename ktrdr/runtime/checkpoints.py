@@ -1,7 +1,9 @@
-"""Training checkpoints in the ``checkpoints`` object store, one object per operation id.
+"""Checkpoints of resumable work in the ``checkpoints`` object store, one object per operation id.
 
 Every attempt of an operation writes the same object, so the retry of a lost attempt finds the
-last checkpoint its predecessor wrote.
+last checkpoint its predecessor wrote: the trainer's weights and optimiser state, the IB host's
+download plan with the segments already in the shared ``data`` bucket. What a checkpoint holds is
+its writer's business; here it is bytes.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 
 from coordinator.app import Coordinator
 from ktrdr.models import list_models, load_model
+from ktrdr.runtime.checkpoints import load_checkpoint
 from ktrdr.training import load_bundle
 from ktrdr.training.checkpoint import read_checkpoint
 from subjects import names
@@ -23,7 +24,6 @@ from subjects.models import OpStatus
 from tests.conftest import MakeWorker, SpawnWorker
 from tests.ktrdr.training.planted import SYMBOL, publish_planted_bars, strategy_yaml
 from tests.support import assert_eventually, wait_status
-from worker_training.checkpoints import load_checkpoint
 from worker_training.handler import make_training_handler
 
 

@@ -257,3 +257,22 @@ async def test_overlapping_segment_edges_are_deduplicated(client: IbClient, gate
     assert [r.duration for r in gateway.historical_requests][1:] == ["3 D"] * (len(state.segments) - 1)
     expected = synthetic_bars(START + timedelta(hours=5), END - timedelta(hours=7), HOUR)
     assert result.bars.index.equals(expected.index)
+
+
+def test_a_retried_download_takes_over_what_a_lost_attempt_completed() -> None:
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    lost = plan_download(symbol="AAPL", timeframe="1m", mode="full", start=start, end=start + timedelta(days=5))
+    lost.completed = lost.segments[:3]
+    lost.gaps = [lost.segments[1]]
+    lost.bars, lost.requests = 2 * 1440, 3
+    saved = DownloadState.from_dict(lost.to_dict())  # through the checkpoint's JSON form
+
+    # The retry plans again (with end = "now" the range may have grown); what both plans share counts.
+    retry = plan_download(symbol="AAPL", timeframe="1m", mode="full", start=start, end=start + timedelta(days=6))
+    assert retry.resume_from(saved) == 3
+    assert retry.pending() == retry.segments[3:] and retry.gaps == [retry.segments[1]]
+    assert (retry.bars, retry.requests) == (2 * 1440, 3)
+    assert retry.resume_from(saved) == 0  # nothing taken twice
+
+    other = plan_download(symbol="AAPL", timeframe="1m", mode="backfill", start=start, end=start + timedelta(days=5))
+    assert other.resume_from(saved) == 0 and len(other.pending()) == 5
