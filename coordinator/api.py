@@ -1,7 +1,8 @@
 """The status API (Starlette): health, workers, operations, cancel, submit and /metrics.
 
 It reads the coordinator's mirrors of the ``workers`` and ``ops`` buckets, submits through the
-dispatcher and cancels through ``ops.<id>.cancel``, the same path as ``nats req``.
+dispatcher and cancels through ``ops.<id>.cancel``, the same path as ``nats req``. The submit
+route, the API's hot path, is a bare ASGI app in front of Starlette (:class:`SubmitEndpoint`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coordinator.admission import Rejected, admit
 from coordinator.operations import OperationExists
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from coordinator.app import Coordinator
 
 log = logging.getLogger(__name__)
+
+SUBMIT_PATH = "/api/v1/operations"
 
 
 class ApiError(Exception):
@@ -70,8 +74,20 @@ def parse(model: type[BaseModel], data: Any) -> Any:
         raise ApiError(422, f"invalid {detail[0]['field'] or 'body'}: {detail[0]['message']}", detail) from None
 
 
+def error_response(exc: ApiError, metrics: Any) -> JSONResponse:
+    metrics.api_errors.labels(status=str(exc.status)).inc()
+    body: dict[str, Any] = {"error": exc.error}
+    if exc.detail is not None:
+        body["detail"] = exc.detail
+    return JSONResponse(body, status_code=exc.status)
+
+
 async def submit_admitted(coordinator: Coordinator, submit: SubmitRequest) -> Response:
     """Admit (``coordinator.admission``), dispatch, answer 201 with the op: every submit route."""
+    return Response(await _submit(coordinator, submit), status_code=201, media_type="application/json")
+
+
+async def _submit(coordinator: Coordinator, submit: SubmitRequest) -> bytes:
     try:
         op = await coordinator.dispatcher.submit(await admit(submit))
     except Rejected as exc:
@@ -82,10 +98,63 @@ async def submit_admitted(coordinator: Coordinator, submit: SubmitRequest) -> Re
     except OperationExists as exc:
         raise ApiError(409, str(exc)) from None
     # Serialised by pydantic in one step: the busiest response of the API.
-    return Response(op.encode(), status_code=201, media_type="application/json")
+    return op.encode()
 
 
-def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None) -> Starlette:
+def parse_submit(body: bytes) -> SubmitRequest:
+    """The body of ``POST /api/v1/operations``, parsed and validated in one step."""
+    if not body.strip():
+        body = b"{}"
+    try:
+        return SubmitRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise ApiError(400, f"request body is not valid JSON: {first['msg']}") from None
+        detail = validation_detail(exc)
+        raise ApiError(422, f"invalid {detail[0]['field'] or 'body'}: {detail[0]['message']}", detail) from None
+
+
+class SubmitEndpoint:
+    """``POST /api/v1/operations`` answered before Starlette; every other request goes through it.
+
+    Starlette's routing, its middleware and its Request object cost the coordinator ~50 µs per
+    submitted op, a sixth of its CPU: with this, HTTP throughput rose by about a tenth (README,
+    Benchmarks). The answers are the routed version's: the same JSON, status codes and metrics.
+    """
+
+    def __init__(self, *, coordinator: Coordinator, app: ASGIApp) -> None:
+        self.coordinator = coordinator
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != SUBMIT_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            out = await _submit(self.coordinator, parse_submit(body))
+        except ApiError as exc:
+            await error_response(exc, self.coordinator.metrics)(scope, receive, send)
+            return
+        except Exception as exc:
+            log.exception("submission failed")
+            await error_response(ApiError(500, f"submission failed: {exc}"), self.coordinator.metrics)(
+                scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 201,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out))]})
+        await send({"type": "http.response.body", "body": out})
+
+
+def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None) -> ASGIApp:
     ops, registry = coordinator.ops, coordinator.registry
     metrics = coordinator.metrics
 
@@ -154,20 +223,13 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
             code = 404 if reply.status is None and ops.get(op_id) is None else 409
         return JSONResponse(_dump(reply), status_code=code)
 
-    async def submit_operation(request: Request) -> Response:
-        return await submit_admitted(coordinator, parse(SubmitRequest, await read_json(request)))
-
     async def metrics_endpoint(request: Request) -> Response:
         await coordinator.collect_metrics()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        metrics.api_errors.labels(status=str(exc.status)).inc()
-        body: dict[str, Any] = {"error": exc.error}
-        if exc.detail is not None:
-            body["detail"] = exc.detail
-        return JSONResponse(body, status_code=exc.status)
+        return error_response(exc, metrics)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
@@ -179,10 +241,11 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
         Route("/metrics", metrics_endpoint),
         Route("/api/v1/workers", list_workers),
         Route("/api/v1/workers/{worker_id}", get_worker),
-        Route("/api/v1/operations", list_operations, methods=["GET"]),
-        Route("/api/v1/operations", submit_operation, methods=["POST"]),
+        # POST /api/v1/operations never gets here: SubmitEndpoint answers it.
+        Route(SUBMIT_PATH, list_operations, methods=["GET"]),
         Route("/api/v1/operations/{op_id}", get_operation, methods=["GET"]),
         Route("/api/v1/operations/{op_id}", cancel_operation, methods=["DELETE"]),
         *(extra_routes or []),
     ]
-    return Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error})
+    app = Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error})
+    return SubmitEndpoint(coordinator=coordinator, app=app)

@@ -87,3 +87,22 @@ async def test_health_and_metrics(api: httpx.AsyncClient, coordinator: Coordinat
                  'ktrdr_queue_depth{capability="dummy.any"} 0.0',
                  "ktrdr_dispatch_latency_seconds_count", "ktrdr_operation_duration_seconds_count"):
         assert line in text
+
+
+async def test_an_empty_submission_names_the_missing_type(api: httpx.AsyncClient) -> None:
+    response = await api.post("/api/v1/operations", content=b"  ")
+    assert response.status_code == 422 and "type" in response.json()["error"]
+
+
+async def test_a_submission_that_fails_inside_gets_a_json_500_and_the_api_goes_on(
+        api: httpx.AsyncClient, coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(request: object) -> None:
+        raise RuntimeError("JOBS unavailable")
+
+    monkeypatch.setattr(coordinator.dispatcher, "submit", broken)
+    response = await api.post("/api/v1/operations", json={"type": "dummy"})
+    assert response.status_code == 500 and "JOBS unavailable" in response.json()["error"]
+    monkeypatch.undo()
+    assert (await api.post("/api/v1/operations", json={"type": "dummy"})).status_code == 201
+    # Other methods on the path still go through the router.
+    assert (await api.put("/api/v1/operations", json={})).status_code == 405
