@@ -378,9 +378,9 @@ class Worker:
                 or job.op_id in self._running):
             # Two capabilities can deliver at once to the last slot, or the worker went standby
             # or began to stop with a request open: hand the job back at once. Which request the
-            # server fills first follows the order they were sent in (reversed, as it happens,
-            # by Go's scheduler), so a fixed order makes the same capability lose every race and
-            # starve while another has a backlog: turn the order after every hand-back.
+            # server fills first follows the order they were sent in (in tests, the later one
+            # won), so a fixed order makes the same capability lose every race and starve while
+            # another has a backlog: turn the order after every hand-back.
             self._pullers.append(self._pullers.pop(0))
             await msg.nak()
             await self.request_jobs()
