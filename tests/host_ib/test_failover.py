@@ -66,15 +66,20 @@ async def test_standby_waits_and_takes_over_when_the_active_host_stops(
     assert await holder(nc) == "ib2"
 
 
-async def test_a_killed_active_host_is_replaced_when_its_lock_expires(
-        nats_server: NatsServer, nc: Client, coordinator: Coordinator, make_host: MakeHost,
-        gateway: FakeGateway, tmp_path: Path) -> None:
+def spawn_host(nats_server: NatsServer, gateway: FakeGateway, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m host_ib`` as worker ``ib-proc``: a real process, to be killed."""
     env = {**os.environ, "KTRDR_NATS_URL": nats_server.url, "KTRDR_WORKER_ID": "ib-proc",
            "KTRDR_IB_PORT": str(gateway.port), "KTRDR_IB_DATA_DIR": str(tmp_path / "proc"),
            "KTRDR_LOG_LEVEL": "WARNING", **{f"KTRDR_{k.upper()}": str(v) for k, v in FAST_IB.items()}}
     with open(tmp_path / "ib-proc.log", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "host_ib"], cwd=ROOT, env=env, stdout=out,
+        return subprocess.Popen([sys.executable, "-m", "host_ib"], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
+
+
+async def test_a_killed_active_host_is_replaced_when_its_lock_expires(
+        nats_server: NatsServer, nc: Client, coordinator: Coordinator, make_host: MakeHost,
+        gateway: FakeGateway, tmp_path: Path) -> None:
+    proc = spawn_host(nats_server, gateway, tmp_path)
     try:
         await assert_eventually(lambda: holder(nc), timeout=20, message="the host process never became active")
         assert await holder(nc) == "ib-proc"
@@ -124,13 +129,8 @@ async def test_a_host_taking_over_keeps_the_bars_the_other_host_published(
 async def test_a_full_download_resumes_after_its_host_is_killed(
         nats_server: NatsServer, nc: Client, coordinator: Coordinator, make_host: MakeHost,
         gateway: FakeGateway, tmp_path: Path) -> None:
-    env = {**os.environ, "KTRDR_NATS_URL": nats_server.url, "KTRDR_WORKER_ID": "ib-proc",
-           "KTRDR_IB_PORT": str(gateway.port), "KTRDR_IB_DATA_DIR": str(tmp_path / "proc"),
-           "KTRDR_LOG_LEVEL": "WARNING", **{f"KTRDR_{k.upper()}": str(v) for k, v in FAST_IB.items()}}
     gateway.response_delay_s = 0.2
-    with open(tmp_path / "ib-proc.log", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "host_ib"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+    proc = spawn_host(nats_server, gateway, tmp_path)
     try:
         await assert_eventually(lambda: holder(nc), timeout=20, message="the host process never became active")
         op = await coordinator.dispatcher.submit(SubmitRequest(type="data_load", params=_minute_load(0, 8)))
