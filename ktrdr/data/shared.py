@@ -8,6 +8,7 @@ fetch whose object digest is unchanged only reads the (small) object info, and s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import uuid
@@ -86,10 +87,14 @@ async def adopt_dataset(js: JetStreamContext, store: DataStore, symbol: str, tim
     if store.exists(symbol, timeframe) and marker.is_file() and marker.read_text() == digest:
         return 0
     data = (await bucket.get(name)).data or b""
-    theirs = bars_from_bytes(data, source=f"object {DATA_OBJECTS}/{name}")
-    gained = store.merge(symbol, timeframe, theirs, prefer="stored") if len(theirs) else 0
-    _write_marker(store, symbol, timeframe, digest)
-    return gained
+
+    def merge() -> int:  # years of minute bars: off the event loop
+        theirs = bars_from_bytes(data, source=f"object {DATA_OBJECTS}/{name}")
+        gained = store.merge(symbol, timeframe, theirs, prefer="stored") if len(theirs) else 0
+        _write_marker(store, symbol, timeframe, digest)
+        return gained
+
+    return await asyncio.to_thread(merge)
 
 
 async def fetch_dataset(js: JetStreamContext, store: DataStore, symbol: str, timeframe: str) -> FetchResult:
