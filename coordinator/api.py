@@ -66,12 +66,17 @@ async def read_json(request: Request) -> Any:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
 
 
+def invalid(exc: ValidationError, *, prefix: str = "") -> ApiError:
+    """A 422 naming the first field that failed (``prefix`` places it, e.g. ``params.``)."""
+    detail = validation_detail(exc)
+    return ApiError(422, f"invalid {prefix}{detail[0]['field'] or 'body'}: {detail[0]['message']}", detail)
+
+
 def parse(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        detail = validation_detail(exc)
-        raise ApiError(422, f"invalid {detail[0]['field'] or 'body'}: {detail[0]['message']}", detail) from None
+        raise invalid(exc) from None
 
 
 def error_response(exc: ApiError, metrics: Any) -> JSONResponse:
@@ -111,8 +116,7 @@ def parse_submit(body: bytes) -> SubmitRequest:
         first = exc.errors()[0]
         if first["type"] == "json_invalid":
             raise ApiError(400, f"request body is not valid JSON: {first['msg']}") from None
-        detail = validation_detail(exc)
-        raise ApiError(422, f"invalid {detail[0]['field'] or 'body'}: {detail[0]['message']}", detail) from None
+        raise invalid(exc) from None
 
 
 class SubmitEndpoint:

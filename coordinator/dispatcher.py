@@ -18,14 +18,13 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from coordinator.metrics import Metrics
-from coordinator.operations import Operations
+from coordinator.operations import Operations, attempt_record
 from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
 from subjects.models import (
-    AttemptRecord,
     Claim,
     JobMessage,
     Operation,
@@ -355,10 +354,7 @@ class Dispatcher:
             nonlocal renewal
             if op.status is not OpStatus.PENDING or op.attempt != job.attempt:
                 return False
-            record = next((a for a in op.attempts if a.attempt == op.attempt), None)
-            if record is None:
-                record = AttemptRecord(attempt=op.attempt, route=op.route)
-                op.attempts.append(record)
+            record = attempt_record(op)
             if record.reoffers >= UNCLAIMED_REOFFERS:
                 return False
             record.reoffers += 1

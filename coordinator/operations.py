@@ -210,7 +210,7 @@ class Operations:
                               and op.attempt == event.attempt)
                 return False
             now = event.timestamp
-            record = _attempt_record(op)
+            record = attempt_record(op)
             if event.event is OpEventKind.STARTED:
                 if op.status is OpStatus.RUNNING:
                     return False
@@ -295,7 +295,8 @@ def _clone(op: Operation) -> Operation:
     })
 
 
-def _attempt_record(op: Operation) -> AttemptRecord:
+def attempt_record(op: Operation) -> AttemptRecord:
+    """The record of the op's current attempt, added if it has none yet."""
     for record in op.attempts:
         if record.attempt == op.attempt:
             return record

@@ -221,12 +221,13 @@ async def test_a_worker_serving_two_capabilities_takes_from_both_in_turn(
         await asyncio.sleep(0.02)
         return {}
 
-    ids = [await submit(coordinator, "backtesting", **backtest_params()) for _ in range(JOB_MAX_DELIVER + 2)]
-    ids += [await submit(coordinator, duration=0) for _ in range(JOB_MAX_DELIVER + 2)]
+    each = JOB_MAX_DELIVER + 2  # a backlog long enough to use up a starved job's deliveries
+    ids = [await submit(coordinator, "backtesting", **backtest_params()) for _ in range(each)]
+    ids += [await submit(coordinator, duration=0) for _ in range(each)]
     await make_worker("w1", capabilities=[names.CAP_DUMMY_ANY, names.CAP_BACKTEST_CPU], slots=1,
                       handlers={names.KIND_DUMMY: record, names.KIND_BACKTEST: record})
     done = [await wait_status(coordinator, op_id, OpStatus.COMPLETED, timeout=30) for op_id in ids]
-    assert sorted(started) == ["backtesting"] * len(ids[:len(ids) // 2]) + ["dummy"] * len(ids[len(ids) // 2:])
+    assert sorted(started) == ["backtesting"] * each + ["dummy"] * each
     assert [op.op_id for op in done if op.warnings or op.attempts[0].reoffers] == [], started
     # Both kinds got through early, not one only after the other's backlog was gone.
-    assert set(started[:len(ids) // 2]) == {"backtesting", "dummy"}, started
+    assert set(started[:each]) == {"backtesting", "dummy"}, started

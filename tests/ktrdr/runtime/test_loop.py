@@ -1,5 +1,6 @@
 import asyncio
 import gc
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -28,14 +29,21 @@ def test_a_larger_configured_threshold_is_kept(restored_gc: None) -> None:
     assert gc.get_threshold() == (GEN0_THRESHOLD * 5, 20, 30)
 
 
-def test_cyclic_garbage_made_after_tuning_is_still_collected(restored_gc: None) -> None:
-    async def make_cycle() -> int:
-        a: list[object] = []
-        a.append(a)
-        del a
-        return gc.collect()
+class _Node:
+    def __init__(self) -> None:
+        self.me = self
 
-    assert run(make_cycle()) >= 1
+
+def test_cyclic_garbage_made_after_tuning_is_still_collected_by_itself(restored_gc: None) -> None:
+    async def cycle_outlives_allocations() -> bool:
+        node = _Node()
+        gone = weakref.ref(node)
+        del node  # a cycle: only the collector can free it
+        kept = [[] for _ in range(GEN0_THRESHOLD * 3)]  # enough allocations for a young collection
+        del kept
+        return gone() is None
+
+    assert run(cycle_outlives_allocations())
 
 
 def test_the_running_loop_is_also_the_threads_current_loop() -> None:
