@@ -144,7 +144,7 @@ async def main() -> None:
     parser.add_argument("--phases", default="12345", help="which of the five measurements to run")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ktrdr-bench-"))
-    server = NatsServer(store_dir=tmp / "nats", http_port=free_port()).start()
+    server = NatsServer(store_dir=tmp / "nats", http_port=0).start()
     api_port = free_port()
     env = {**os.environ, "KTRDR_NATS_URL": server.url, "KTRDR_API_PORT": str(api_port), "KTRDR_LOG_LEVEL": "WARNING",
            "KTRDR_LEASE_TTL_S": str(LEASE_TTL), "KTRDR_HOME": str(tmp), "KTRDR_SLOTS": str(args.slots)}

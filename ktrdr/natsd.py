@@ -20,6 +20,13 @@ class NatsServerError(RuntimeError):
     pass
 
 
+class _PortTaken(NatsServerError):
+    pass
+
+
+PORT_TRIES = 5
+
+
 def find_nats_server() -> str:
     """The nats-server binary: next to this interpreter first (the venv's bin), then PATH."""
     candidate = Path(sys.executable).parent / "nats-server"
@@ -60,7 +67,9 @@ class NatsServer:
     """A nats-server child process. ``start()`` returns once the client port accepts connections.
 
     The port is kept across ``stop()``/``start()`` so that a restart looks, to clients, like the
-    same server coming back, which is what the reconnect tests need.
+    same server coming back, which is what the reconnect tests need. ``port=None`` and
+    ``http_port=0`` pick free ports; a port found free can be taken by someone else before the
+    server binds it, so a first start that finds a picked port taken picks again.
     """
 
     def __init__(
@@ -77,8 +86,10 @@ class NatsServer:
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
+        self._pick_port, self._pick_http_port = port is None, http_port == 0
         self.port = port or free_port(host)
-        self.http_port = http_port
+        self.http_port = free_port(host) if http_port == 0 else http_port
+        self._started = False
         self.name = name
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.config_file = config_file
@@ -98,8 +109,26 @@ class NatsServer:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 10.0) -> NatsServer:
+        picked = not self._started and (self._pick_port or self._pick_http_port)
+        error = NatsServerError("nats-server did not start")
+        for _ in range(PORT_TRIES if picked else 1):
+            try:
+                self._start(timeout)
+                self._started = True
+                return self
+            except _PortTaken as exc:
+                error = exc
+                if not picked:
+                    break
+                if self._pick_port:
+                    self.port = free_port(self.host)
+                if self._pick_http_port:
+                    self.http_port = free_port(self.host)
+        raise NatsServerError(str(error))
+
+    def _start(self, timeout: float) -> None:
         if self.running:
-            return self
+            return
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [find_nats_server(), "-js", "-sd", str(self.store_dir), "-a", self.host,
                 "-p", str(self.port), "-n", self.name]
@@ -109,16 +138,22 @@ class NatsServer:
             args += ["-c", str(self.config_file)]
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
         self._log = log
+        log_start = log.tell()
         env = {**os.environ, "GOMAXPROCS": str(self.gomaxprocs)}
         self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                       env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            with open(self.log_file, "rb") as written:
+                written.seek(log_start)
+                said = written.read()
             if self._proc.poll() is not None:
-                raise NatsServerError(
-                    f"nats-server exited with {self._proc.returncode}; see {self.log_file}")
-            if port_open(self.host, self.port):
-                return self
+                message = f"nats-server exited with {self._proc.returncode}; see {self.log_file}"
+                self.stop()
+                raise (_PortTaken if b"address already in use" in said else NatsServerError)(message)
+            # Its own word, not an open port: another process may hold the port it was given.
+            if b"Server is ready" in said and port_open(self.host, self.port):
+                return
             time.sleep(0.02)
         self.stop()
         raise NatsServerError(f"nats-server did not listen on {self.url} within {timeout} s")

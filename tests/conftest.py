@@ -16,7 +16,7 @@ import nats
 from coordinator.app import Coordinator
 from coordinator.settings import CoordinatorSettings
 from ktrdr.dummy import run_dummy
-from ktrdr.natsd import NatsServer, free_port
+from ktrdr.natsd import NatsServer
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker
 from subjects import names
@@ -48,7 +48,7 @@ async def bounded(awaitable: Awaitable[Any], what: str, timeout: float = 30.0) -
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A fresh nats-server with JetStream for each test: free ports, temporary store."""
-    server = NatsServer(store_dir=tmp_path / "nats", http_port=free_port())
+    server = NatsServer(store_dir=tmp_path / "nats", http_port=0)
     server.start()
     try:
         yield server
