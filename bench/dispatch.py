@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -79,8 +80,11 @@ class RawHttp:
     """A minimal keep-alive HTTP/1.1 client: httpx costs more CPU than the server it measures on
     a 2-core machine, so the figures would describe the client instead of the platform."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str) -> None:
         self.port = port
+        # Sent on every request, so built once: the API refuses a submission without them.
+        self.head = (b"Host: 127.0.0.1\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                     % token.encode())
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -88,8 +92,8 @@ class RawHttp:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
-        self.writer.write(b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        self.writer.write(b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
+                          % (path.encode(), self.head, len(body), body))
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         length = 0
@@ -155,7 +159,8 @@ async def main() -> None:
         procs[name] = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**env, **extra},
                                        stdout=log, stderr=subprocess.STDOUT)
 
-    start("coordinator", "coordinator")
+    token = secrets.token_urlsafe(32)
+    start("coordinator", "coordinator", KTRDR_API_TOKEN=token)
     for i in range(2):
         start(f"worker{i}", "worker_backtest", KTRDR_WORKER_INDEX=str(i), KTRDR_WORKER_ID=f"bench-w{i}")
     nc = await nats.connect(server.url)
@@ -181,8 +186,9 @@ async def main() -> None:
 
     # Only the sequential figures need every event; the throughput run is measured on the records.
     events_sub = await nc.subscribe(names.OPS_EVENTS_ALL, cb=on_event)
-    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
-    raw = RawHttp(api_port)
+    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30,
+                            headers={"Authorization": f"Bearer {token}"})
+    raw = RawHttp(api_port, token)
     try:
         for _ in range(200):
             try:
@@ -229,7 +235,7 @@ async def main() -> None:
             n = args.throughput_ops
             ids = [f"tp-{i}" for i in range(n)]
             futures = [watch.wait_record(op_id, lambda o: o.status == "completed") for op_id in ids]
-            clients = [RawHttp(api_port) for _ in range(32)]
+            clients = [RawHttp(api_port, token) for _ in range(32)]
 
             async def post_all(client: RawHttp, mine: list[str]) -> None:
                 for op_id in mine:

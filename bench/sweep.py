@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -101,9 +102,12 @@ async def main() -> None:
 
             port = free_port()
             base = {"KTRDR_NATS_URL": server.url, "KTRDR_LOG_LEVEL": "WARNING"}
-            procs.append(spawn("coordinator", {**base, "KTRDR_API_PORT": str(port), "KTRDR_HOME": str(tmp / "c")},
+            token = secrets.token_urlsafe(32)
+            procs.append(spawn("coordinator", {**base, "KTRDR_API_PORT": str(port), "KTRDR_HOME": str(tmp / "c"),
+                                               "KTRDR_API_TOKEN": token},
                                tmp / "coordinator.log"))
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                                         headers={"Authorization": f"Bearer {token}"}) as api:
                 async def up() -> bool:
                     try:
                         return (await api.get("/health")).status_code == 200

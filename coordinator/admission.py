@@ -3,8 +3,12 @@
 The HTTP routes (``POST /api/v1/operations``, ``/backtests``, ``/backtests/sweeps``,
 ``/trainings``) and the NATS service ``ktrdr.ops.submit`` all admit through here, so a bad
 strategy is refused up front with the field at fault, never discovered by a worker later.
-Params are checked by their model first (a pydantic ``ValidationError``, as before); then:
-- backtests and sweeps: the strategy must load, with its overrides and every grid combination;
+Every type's params must first fit ``subjects.limits`` (no string over 64 Ki characters, 128 KiB in
+all): they travel in every offer and stay in the op record. Params are checked by their model next
+(a pydantic ``ValidationError``, as before); then:
+- backtests and sweeps: the strategy must load, with its overrides and every grid combination
+  (a packaged name, a file name in the strategies directory or YAML text, never a path: the same
+  :func:`ktrdr.strategy.load_strategy` the workers use, so a job that skipped admission fails alike);
 - training: the strategy must load and be neuro-fuzzy; the symbol, timeframes and model name it
   implies are written into the params.
 Loading a strategy is CPU work, so it runs in a thread; other types pass straight through.
@@ -13,13 +17,16 @@ Loading a strategy is CPU work, so it runs in a thread; other types pass straigh
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from ktrdr.backtest.checks import RequestProblem, check_strategy
 from ktrdr.models.training_plan import TrainingRequestError, plan_training
-from subjects import names
+from subjects import limits, names
 from subjects.models import SubmitRequest
 from subjects.params import BacktestParams, SweepParams
 from subjects.training import TrainingParams
+
+log = logging.getLogger(__name__)
 
 
 class Rejected(ValueError):
@@ -30,9 +37,22 @@ class Rejected(ValueError):
         self.field, self.message = field, message
 
 
+class TooLarge(Rejected):
+    """Params over ``subjects.limits``: they would be copied into every offer and the op record."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, f"too large: {message}")
+
+
 async def admit(request: SubmitRequest) -> SubmitRequest:
     """The request to dispatch (params completed where the type implies more); raises
-    :class:`Rejected`, or pydantic's ``ValidationError`` for params that fail their model."""
+    :class:`Rejected` (:class:`TooLarge` for params over the limits), or pydantic's
+    ``ValidationError`` for params that fail their model."""
+    # First, and for every type: an op whose params cannot fit a job or a record must never exist.
+    problem = limits.params_problem(request.params)
+    if problem is not None:
+        log.warning("refused a %s submission: %s: %s", request.type, *problem)
+        raise TooLarge(*problem)
     try:
         if request.type in ("backtesting", names.OP_SWEEP):
             model = SweepParams if request.type == names.OP_SWEEP else BacktestParams

@@ -2,7 +2,8 @@
 
 It reads the coordinator's mirrors of the ``workers`` and ``ops`` buckets, submits through the
 dispatcher and cancels through ``ops.<id>.cancel``, the same path as ``nats req``. The submit
-route, the API's hot path, is a bare ASGI app in front of Starlette (:class:`SubmitEndpoint`).
+route, the API's hot path, is a bare ASGI app in front of Starlette (:class:`SubmitEndpoint`);
+both sit behind :class:`coordinator.guard.ApiGuard` (token, Host, Origin, content type, body size).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coordinator.admission import Rejected, admit
+from coordinator.guard import ApiGuard
 from coordinator.operations import OperationExists
 from subjects import names
+from subjects.limits import MAX_LIST_PAGE_OPS
 from subjects.models import (
     CancelReply,
     CancelRequest,
@@ -193,9 +196,11 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
         if "active_only" in q:
             data["active_only"] = q["active_only"]
         query = parse(ListRequest, data)
-        total, found = ops.list(query)
-        return JSONResponse({"total": total, "limit": query.limit, "offset": query.offset,
-                             "operations": [_dump(o) for o in found]})
+        # Paged like ktrdr.ops.list: at most MAX_LIST_PAGE_OPS and MAX_LIST_PAGE_BYTES of them.
+        page = ops.page(query)
+        return JSONResponse({"total": page.total, "limit": min(query.limit, MAX_LIST_PAGE_OPS),
+                             "offset": page.offset, "next_offset": page.next_offset, "truncated": page.truncated,
+                             "operations": [_dump(o) for o in page.operations]})
 
     def _op_or_404(op_id: str) -> Any:
         op = ops.get(op_id)
@@ -240,6 +245,10 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
         metrics.api_errors.labels(status=str(exc.status_code)).inc()
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette re-raises it after this answer; ApiGuard logs it with its traceback.
+        return error_response(ApiError(500, f"internal error: {exc}"), metrics)
+
     routes = [
         Route("/health", health),
         Route("/metrics", metrics_endpoint),
@@ -251,5 +260,10 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
         Route("/api/v1/operations/{op_id}", cancel_operation, methods=["DELETE"]),
         *(extra_routes or []),
     ]
-    app = Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error})
-    return SubmitEndpoint(coordinator=coordinator, app=app)
+    app = Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error,
+                                                       Exception: on_unexpected})
+    s = coordinator.settings
+    assert coordinator.api_token is not None, "the coordinator resolves its API token before building the API"
+    return ApiGuard(app=SubmitEndpoint(coordinator=coordinator, app=app), token=coordinator.api_token,
+                    allowed_hosts=s.api_allowed_hosts, allowed_origins=s.api_allowed_origins,
+                    max_body_bytes=s.api_max_body_bytes, metrics_auth=s.metrics_auth, errors=metrics.api_errors)

@@ -27,11 +27,11 @@ from coordinator.routes import capability_routes
 from coordinator.service import OpsService
 from coordinator.settings import CoordinatorSettings
 from coordinator.sweeps import SweepManager
-from ktrdr.runtime.connection import connect
+from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.tasks import cancel_and_wait
-from ktrdr.runtime.topology import ensure_topology
-from subjects import names
+from ktrdr.runtime.topology import Buckets, ensure_topology
+from subjects import names, roles
 from subjects.models import (
     BadPayload,
     OpEvent,
@@ -56,6 +56,8 @@ class Coordinator:
         self.registry: WorkerRegistry = None  # type: ignore[assignment]
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self.api_port: int | None = None
+        # The bearer token the status API checks, resolved once at start (settings.resolve_api_token).
+        self.api_token: str | None = None
         self._subs: list[Subscription] = []
         self._parts: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -67,9 +69,10 @@ class Coordinator:
 
     async def start(self) -> None:
         s = self.settings
-        self.nc = await connect(s.nats_url, name="ktrdr-coordinator", on_reconnect=self._on_reconnect)
+        self.nc = await connect(s.nats_url, name="ktrdr-coordinator", on_reconnect=self._on_reconnect,
+                                auth=NatsAuth.resolve(s, role=roles.COORDINATOR))
         self.js = self.nc.jetstream(timeout=5.0)
-        buckets = await ensure_topology(self.js, lease_ttl_s=s.lease_ttl_s, replicas=s.js_replicas)
+        buckets = await self._ensure_topology()
         self.publisher = AckedPublisher(nc=self.nc)
         await self.publisher.start()
         self.ops = Operations(bucket=buckets.ops, publisher=self.publisher, metrics=self.metrics)
@@ -84,7 +87,7 @@ class Coordinator:
         await self.dispatcher.resume()
         sweeps = SweepManager(nc=self.nc, js=self.js, ops=self.ops, dispatcher=self.dispatcher)
         await sweeps.start()
-        self._feed = OpsFeed(nc=self.nc, js=self.js, apply=self._apply)
+        self._feed = OpsFeed(nc=self.nc, js=self.js, apply=self._apply, metrics=self.metrics)
         await self._feed.start()
         self._subs.append(await self.nc.subscribe(names.WORKER_REGISTER, cb=self._on_register))
         self._subs.append(await self.nc.subscribe(names.MAX_DELIVERIES_ADVISORY, cb=self._on_advisory))
@@ -96,6 +99,7 @@ class Coordinator:
         await service.start()
         self._parts = [cancel, service, sweeps]
         self._tasks.append(asyncio.create_task(self._reaper(), name="reaper"))
+        self._tasks.append(asyncio.create_task(self._topology_watch(), name="topology-watch"))
         if s.api_enabled:
             await self._start_api()
         log.info("coordinator up: %d operation(s) loaded, %d worker(s) leased, API %s",
@@ -104,6 +108,7 @@ class Coordinator:
         self.ready.set()
 
     async def _start_api(self) -> None:
+        self.api_token = self.settings.resolve_api_token()
         app = build_app(self, capability_routes(self))
         # No proxy-header rewriting (it listens on loopback by default, not behind a proxy) and
         # no Server/Date headers: less work on every request of a busy submit path.
@@ -224,6 +229,22 @@ class Coordinator:
         # The ordered consumer behind the KV watch does not survive a server restart reliably.
         if self.registry is not None:
             await self.registry.restart()
+
+    async def _ensure_topology(self) -> Buckets:
+        s = self.settings
+        return await ensure_topology(self.js, lease_ttl_s=s.lease_ttl_s, replicas=s.js_replicas,
+                                     ib_lock_ttl_s=s.ib_lock_ttl_s)
+
+    async def _topology_watch(self) -> None:
+        """Recreate any stream, consumer, bucket or object store that has gone missing (deleted by
+        hand, or lost with a store): without one, every new operation would stay pending."""
+        while True:
+            await asyncio.sleep(self.settings.topology_check_s)
+            try:
+                await self._ensure_topology()
+            except Exception as exc:
+                log.warning("checking the streams and buckets failed (retrying in %.0f s): %s",
+                            self.settings.topology_check_s, exc)
 
     async def _reaper(self) -> None:
         grace = self.settings.startup_grace_s

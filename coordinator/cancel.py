@@ -70,6 +70,11 @@ class CancelResponder:
             await self._reply(msg, CancelReply(op_id=op_id, accepted=False,
                                                message=f"invalid cancel request: {exc}"))
             return
+        if request.truncated_from is not None:
+            # Cut on decoding (CancelRequest): a reason of any length fits a request, not a record.
+            self.metrics.rejected.labels(subject=names.OPS_CANCEL_ALL, reason="truncated").inc()
+            log.warning("cancel request for %s: a reason of %d characters cut to %d", op_id,
+                        request.truncated_from, len(request.reason))
         op = self.ops.get(op_id)
         if op is None:
             await self._reply(msg, CancelReply(op_id=op_id, accepted=False,

@@ -5,8 +5,11 @@ op's messages stay in order: ``Operations`` queues its changes and commits them 
 in batches: the consumer acknowledges "everything up to here" (AckPolicy ALL), and the feed only
 ever acknowledges up to the oldest message not yet applied. A message that cannot be applied
 yet (JetStream briefly unavailable) is retried here rather than handed back, which would let a
-later acknowledgement cover it. After a crash, what was applied but not yet acknowledged is
-delivered again; applying an event or progress update twice changes nothing.
+later acknowledgement cover it. One that never can be applied (a poison message: the same
+failure every time) is logged, counted in ``ktrdr_rejected_messages_total`` and acknowledged
+after a few tries, since every acknowledgement behind it waits for it. After a crash, what was
+applied but not yet acknowledged is delivered again; applying an event or progress update twice
+changes nothing.
 
 An "up to here" acknowledgement must never cover a message this process has not seen: one that
 went to a coordinator that died before applying it, or that was in flight when the connection
@@ -24,19 +27,43 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+from pydantic import ValidationError
 
+from coordinator.metrics import Metrics
+from coordinator.operations import ConcurrentWriters
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
+from subjects.models import BadPayload
 
 log = logging.getLogger(__name__)
 
 ACK_DELAY_S = 0.005  # acknowledgements of the messages applied meanwhile leave together
 RETRY_MAX_S = 2.0
+# Tries of a message that fails for a reason not known to pass (about 10 s): after them it is a
+# poison message, logged, counted and acknowledged, since every acknowledgement waits behind it.
+POISON_AFTER = 8
+
+# JetStream away for a moment (a reconnect, a leader election): retried for as long as it lasts.
+_TRANSIENT = (
+    nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError, nats.errors.FlushTimeoutError, ServiceUnavailableError,
+    ConcurrentWriters,
+)
+# Failures that the same message can only repeat: a poison message at once.
+_PERMANENT = (nats.errors.MaxPayloadError, BadPayload, ValidationError, ValueError, TypeError, KeyError)
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, APIError) and (exc.code or 0) >= 500
 
 
 class _Delivery:
@@ -63,10 +90,11 @@ class OpsFeed:
     there is nothing to apply); it may raise, like the commit may fail, when JetStream is away."""
 
     def __init__(self, *, nc: Client, js: JetStreamContext,
-                 apply: Callable[[Msg], asyncio.Future[Any] | None]) -> None:
+                 apply: Callable[[Msg], asyncio.Future[Any] | None], metrics: Metrics | None = None) -> None:
         self.nc = nc
         self.js = js
         self._apply = apply
+        self.metrics = metrics
         self._expected: int | None = None  # the next new stream sequence the consumer will deliver
         self._unacked: deque[_Delivery] = deque()
         self._ack_to: Msg | None = None
@@ -156,6 +184,9 @@ class OpsFeed:
     def _retry_later(self, delivery: _Delivery, exc: BaseException) -> None:
         # JetStream unavailable for a moment (a cluster electing a leader): try again. Handing
         # the message back instead would let a later acknowledgement cover it.
+        if not _transient(exc) and (isinstance(exc, _PERMANENT) or delivery.retries + 1 >= POISON_AFTER):
+            self._poison(delivery, exc)
+            return
         delivery.retries += 1
         delay = min(RETRY_MAX_S, 0.1 * 2 ** (delivery.retries - 1))
         log.warning("could not apply %s yet (%s); retrying in %.1f s", delivery.msg.subject, exc, delay)
@@ -165,6 +196,17 @@ class OpsFeed:
             self._start(delivery)
 
         self._spawn(retry())
+
+    def _poison(self, delivery: _Delivery, exc: BaseException) -> None:
+        """A message no retry can apply: acknowledging it keeps the ack floor moving, and every
+        message behind it (other ops' outcomes) is acknowledged as it is applied."""
+        subject = delivery.msg.subject or "?"
+        kind = names.OPS_PROGRESS_ALL if subject.endswith(".progress") else names.OPS_EVENTS_ALL
+        if self.metrics is not None:
+            self.metrics.rejected.labels(subject=kind, reason="poison").inc()
+        log.error("giving up on %s after %d tries (%d bytes): %s: %s", subject, delivery.retries + 1,
+                  len(delivery.msg.data or b""), type(exc).__name__, exc)
+        self._applied(delivery)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -34,5 +34,5 @@ class Metrics:
                               "owns its operation, ignored", ["kind"], registry=r)
         self.retries = Counter("ktrdr_operation_retries", "Attempts re-dispatched after a lost worker",
                                ["type"], registry=r)
-        self.api_errors = Counter("ktrdr_api_errors", "Status API requests answered with 4xx",
+        self.api_errors = Counter("ktrdr_api_errors", "Status API requests answered with an error (4xx, 5xx)",
                                   ["status"], registry=r)

@@ -13,12 +13,14 @@ import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
-from nats.js.errors import KeyWrongLastSequenceError
+import nats.errors
+from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from coordinator.metrics import Metrics
 from ktrdr.runtime.publish import AckedPublisher
-from subjects import names
+from subjects import limits, names
+from subjects.limits import bounded_text, json_size
 from subjects.models import (
     AttemptRecord,
     BadPayload,
@@ -26,6 +28,7 @@ from subjects.models import (
     Operation,
     OpEvent,
     OpEventKind,
+    OpList,
     OpStatus,
     Progress,
     ProgressUpdate,
@@ -44,8 +47,18 @@ _EVENT_STATUS = {
 }
 
 
+# JetStream's error code for a message over the stream's max_msg_size.
+MESSAGE_TOO_LARGE = 10054
+# Warnings a record keeps when it must be cut down to fit (the newest).
+FITTED_WARNINGS = 20
+
+
 class OperationExists(ValueError):
     pass
+
+
+class ConcurrentWriters(RuntimeError):
+    """Someone else kept writing the record between our read and our write: try again later."""
 
 
 class Operations:
@@ -95,6 +108,23 @@ class Operations:
             ops = [o for o in ops if o.parent_id == query.parent_id]
         ops.sort(key=lambda o: o.created_at, reverse=True)
         return len(ops), ops[query.offset: query.offset + query.limit]
+
+    def page(self, query: ListRequest, *, max_bytes: int = limits.MAX_LIST_PAGE_BYTES) -> OpList:
+        """:meth:`list` as one reply that fits the payload: at most ``MAX_LIST_PAGE_OPS`` operations
+        and ``max_bytes`` of them; ``next_offset`` says where the next page starts."""
+        limit = min(query.limit, limits.MAX_LIST_PAGE_OPS)
+        total, ops = self.list(query.model_copy(update={"limit": limit}))
+        page: list[Operation] = []
+        size = 0
+        for op in ops:
+            size += len(op.encode()) + 1
+            if page and size > max_bytes:
+                break
+            page.append(op)  # one record alone always fits: records are kept under half the payload
+        end = query.offset + len(page)
+        more = end < total
+        return OpList(total=total, operations=page, offset=query.offset, next_offset=end if more else None,
+                      truncated=more and len(page) < query.limit)
 
     def subscribe(self, listener: Listener) -> None:
         """``listener(before, after)`` runs after every committed change."""
@@ -157,7 +187,12 @@ class Operations:
             # No await between the empty queue and this: a change queued after it starts a writer.
             self._writers.pop(op_id, None)
 
+    def _record_limit(self) -> int:
+        # The server's max_payload, should it be set below nats-server's default, bounds us too.
+        return min(limits.MAX_RECORD_BYTES, self.publisher.nc.max_payload // 2)
+
     async def _commit(self, op_id: str, changes: list[Mutation]) -> Operation | None:
+        limit = self._record_limit()
         for _ in range(5):
             found = self._cache.get(op_id)
             if found is None:
@@ -167,9 +202,11 @@ class Operations:
             changed = [change(after) is not False for change in changes]
             if not any(changed):
                 return before
+            payload = after.encode()
+            if len(payload) > limit:
+                after, payload = self._fit(after, len(payload), limit)
             try:
-                new_revision = await self.publisher.kv_update(names.OPS_BUCKET, op_id, after.encode(),
-                                                              last=revision)
+                new_revision = await self.publisher.kv_update(names.OPS_BUCKET, op_id, payload, last=revision)
             except KeyWrongLastSequenceError:
                 # Someone else wrote (a second coordinator during a hand-over): re-read, retry.
                 entry = await self.bucket.get(op_id)
@@ -178,10 +215,61 @@ class Operations:
                     return None
                 self._cache[op_id] = (decode(Operation, entry.value), entry.revision)
                 continue
+            except (nats.errors.MaxPayloadError, APIError) as exc:
+                if isinstance(exc, APIError) and exc.err_code != MESSAGE_TOO_LARGE:
+                    raise
+                # Smaller limits than we know of (the bucket's or the server's): retrying the same
+                # write would fail forever and hold up every acknowledgement behind it. Fit it.
+                limit = min(limit, len(payload)) // 2
+                log.error("operation %s: a record of %d bytes was refused (%s); fitting it to %d",
+                          op_id, len(payload), exc, limit)
+                continue
             self._cache[op_id] = (after, new_revision)
             self._notify(before, after)
             return after
-        raise RuntimeError(f"operation {op_id}: too many concurrent writers")
+        raise ConcurrentWriters(f"operation {op_id}: too many concurrent writers")
+
+    def _fit(self, op: Operation, size: int, limit: int) -> tuple[Operation, bytes]:
+        """``op`` cut down to ``limit`` bytes, saying what was dropped: a record that cannot be
+        written would leave the op unfinished for good.
+
+        What accumulates (info, progress context, warnings) goes first and the op carries on; if
+        that is not enough, the result and params go too and the op ends failed.
+        """
+        self.metrics.rejected.labels(subject=f"$KV.{names.OPS_BUCKET}", reason="too large").inc()
+        fitted = _clone(op)
+        dropped: list[str] = []
+        if fitted.info:
+            dropped.append(f"info ({json_size(fitted.info)} bytes)")
+            fitted.info = {}
+        if fitted.progress is not None and fitted.progress.context:
+            dropped.append("progress context")
+            fitted.progress.context = {}
+        if len(fitted.warnings) > FITTED_WARNINGS:
+            dropped.append(f"{len(fitted.warnings) - FITTED_WARNINGS} older warnings")
+        fitted.warnings = [bounded_text(w, limits.MAX_ERROR_CHARS) for w in fitted.warnings[-FITTED_WARNINGS:]]
+        note = f"the record would have been {size} bytes, over the {limit} a record may hold"
+        payload = fitted.encode()
+        if len(payload) > limit:
+            # Still too large: what is left that can be large is the result and the params.
+            if fitted.result is not None:
+                dropped.append(f"result ({json_size(fitted.result)} bytes)")
+                fitted.result = None
+            dropped.append(f"params ({json_size(fitted.params)} bytes)")
+            fitted.params = {}
+            if fitted.status not in (OpStatus.FAILED, OpStatus.CANCELLED):
+                fitted.status = OpStatus.FAILED
+                fitted.completed_at = fitted.completed_at or datetime.now(UTC)
+                attempt_record(fitted).ended_at = fitted.completed_at
+                attempt_record(fitted).outcome = OpStatus.FAILED.value
+            fitted.error = bounded_text(f"{note}; dropped {', '.join(dropped)}"
+                                        + (f"; error: {fitted.error}" if fitted.error else ""), limits.MAX_ERROR_CHARS)
+            fitted.cancel_reason = bounded_text(fitted.cancel_reason, limits.MAX_REASON_CHARS) \
+                if fitted.cancel_reason else None
+        else:
+            fitted.warnings.append(f"{note}; dropped {', '.join(dropped)}")
+        log.error("operation %s: %s; dropped %s", op.op_id, note, ", ".join(dropped))
+        return fitted, fitted.encode()
 
     def _notify(self, before: Operation | None, after: Operation) -> None:
         if before is not None and not before.status.terminal and after.status.terminal:
@@ -198,9 +286,41 @@ class Operations:
     def _owned_by(self, op: Operation, worker_id: str, attempt: int) -> bool:
         return op.attempt == attempt and op.worker_id in (None, worker_id)
 
+    def _bounded(self, text: str | None, limit: int, *, subject: str, op_id: str, what: str) -> str | None:
+        """``bounded_text``, logged and counted when it cuts: workers are not trusted to bound."""
+        if text is None or len(text) <= limit:
+            return text
+        self.metrics.rejected.labels(subject=subject, reason="truncated").inc()
+        log.warning("operation %s: %s of %d characters cut to %d", op_id, what, len(text), limit)
+        return bounded_text(text, limit)
+
     def apply_event_soon(self, event: OpEvent) -> asyncio.Future[Operation | None]:
         """Queue the event's change to its op record; the future ends once it is committed."""
         fenced = False
+        # Bounded once here, not in the fold (which runs again when a write races another).
+        where = {"subject": names.OPS_EVENTS_ALL, "op_id": event.op_id}
+        error = reason = None
+        if event.event is OpEventKind.CANCELLED:
+            reason = self._bounded(event.error, limits.MAX_REASON_CHARS, what="cancel reason", **where)
+        else:
+            error = self._bounded(event.error, limits.MAX_ERROR_CHARS, what=f"{event.event} error", **where)
+        result, context, status = event.result, event.context, _EVENT_STATUS.get(event.event)
+        if status is OpStatus.COMPLETED and result is not None:
+            size = json_size(result)
+            if size > limits.MAX_INLINE_RESULT_BYTES:
+                # Kept in the record it would crowd out everything else; a full result has its store.
+                self.metrics.rejected.labels(subject=names.OPS_EVENTS_ALL, reason="too large").inc()
+                log.error("operation %s: an inline result of %d bytes; failing it", event.op_id, size)
+                status, result = OpStatus.FAILED, None
+                error = (f"the worker's result was {size} bytes, over the {limits.MAX_INLINE_RESULT_BYTES} a "
+                         "record keeps inline; a full result belongs in the results store")
+        if event.event is OpEventKind.INFO and context:
+            size = json_size(context)
+            if size > limits.MAX_INFO_BYTES:
+                self.metrics.rejected.labels(subject=names.OPS_EVENTS_ALL, reason="too large").inc()
+                log.warning("operation %s: info of %d bytes dropped", event.op_id, size)
+                context = {"dropped_info": bounded_text(
+                    f"{size} bytes, over {limits.MAX_INFO_BYTES}: {', '.join(context)}", limits.MAX_ERROR_CHARS)}
 
         def fold(op: Operation) -> bool | None:
             nonlocal fenced
@@ -223,21 +343,22 @@ class Operations:
                         max(0.0, (datetime.now(UTC) - op.created_at).total_seconds()))
                 return None
             if event.event is OpEventKind.INFO:
-                op.info.update(event.context)
+                op.info.update(context)
                 return None
-            op.status = _EVENT_STATUS[event.event]
+            assert status is not None
+            op.status = status
             op.worker_id = event.worker_id
             op.completed_at = now
             op.started_at = op.started_at or now
             record.ended_at, record.outcome = now, op.status.value
-            if event.event is OpEventKind.COMPLETED:
-                op.result = event.result
+            if op.status is OpStatus.COMPLETED:
+                op.result = result
                 if op.progress is not None:
                     op.progress.percentage = 100.0
-            elif event.event is OpEventKind.FAILED:
-                op.error = event.error or "failed"
+            elif op.status is OpStatus.FAILED:
+                op.error = error or "failed"
             else:
-                op.cancel_reason = op.cancel_reason or event.error or "cancelled"
+                op.cancel_reason = op.cancel_reason or reason or "cancelled"
                 op.error = None
             return None
 
@@ -259,13 +380,23 @@ class Operations:
 
     def apply_progress_soon(self, update: ProgressUpdate) -> asyncio.Future[Operation | None]:
         fenced = False
+        progress = Progress.model_validate(update.model_dump(include=set(Progress.model_fields)))
+        where = {"subject": names.OPS_PROGRESS_ALL, "op_id": update.op_id}
+        progress.message = self._bounded(progress.message, limits.MAX_PROGRESS_TEXT_CHARS,
+                                         what="progress message", **where)
+        progress.step = self._bounded(progress.step, limits.MAX_PROGRESS_TEXT_CHARS, what="progress step", **where)
+        if progress.context and json_size(progress.context) > limits.MAX_PROGRESS_CONTEXT_BYTES:
+            self.metrics.rejected.labels(subject=names.OPS_PROGRESS_ALL, reason="too large").inc()
+            log.warning("operation %s: a progress context over %d bytes dropped", update.op_id,
+                        limits.MAX_PROGRESS_CONTEXT_BYTES)
+            progress.context = {}
 
         def fold(op: Operation) -> bool | None:
             nonlocal fenced
             if op.status is not OpStatus.RUNNING or not self._owned_by(op, update.worker_id, update.attempt):
                 fenced = True
                 return False
-            op.progress = Progress.model_validate(update.model_dump(include=set(Progress.model_fields)))
+            op.progress = progress.model_copy()
             return None
 
         def report(future: asyncio.Future[Operation | None]) -> None:

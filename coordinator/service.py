@@ -15,14 +15,14 @@ from nats.micro import Request, add_service
 from nats.micro.service import Service
 from pydantic import ValidationError
 
-from coordinator.admission import Rejected, admit
+from coordinator.admission import Rejected, TooLarge, admit
 from coordinator.dispatcher import Dispatcher
 from coordinator.metrics import Metrics
 from coordinator.operations import OperationExists, Operations
 from ktrdr import __version__
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
-from subjects.models import BadPayload, GetRequest, ListRequest, OpList, SubmitRequest, decode
+from subjects.models import BadPayload, GetRequest, ListRequest, SubmitRequest, decode
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,16 @@ class OpsService:
             task.add_done_callback(self._handling.discard)
         return spawn
 
-    async def _error(self, req: Request, code: int, message: str) -> None:
+    async def _error(self, req: Request, code: int, message: str, *, reason: str = "invalid") -> None:
         if code == 400:
-            self.metrics.rejected.labels(subject=req.subject, reason="invalid").inc()
+            self.metrics.rejected.labels(subject=req.subject, reason=reason).inc()
         await req.respond_error(str(code), message, data=json.dumps({"error": message, "code": code}).encode())
 
     async def _submit(self, req: Request) -> None:
         try:
             op = await self.dispatcher.submit(await admit(decode(SubmitRequest, req.data)))
+        except TooLarge as exc:
+            await self._error(req, 400, str(exc), reason="too large")
         except (BadPayload, Rejected) as exc:
             await self._error(req, 400, str(exc))
         except ValidationError as exc:
@@ -95,5 +97,6 @@ class OpsService:
         except BadPayload as exc:
             await self._error(req, 400, str(exc))
             return
-        total, ops = self.ops.list(query)
-        await req.respond(OpList(total=total, operations=ops).encode())
+        # Paged below the payload: a reply over it is not sent at all (MaxPayloadError).
+        page = self.ops.page(query)
+        await req.respond(page.encode())

@@ -2,15 +2,56 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Annotated, Any
 
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from ktrdr.security.api_token import check_token, load_or_create_token
 from ktrdr.settings import CommonSettings
+
+# The listen addresses that mean "every interface": not a name a client puts in its Host header.
+_WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+# Under NATS's default 1 MB max payload with room to spare: a submitted body becomes an op
+# record (params plus status, timestamps, progress) and a job message, and a cancel body a
+# request on ops.<id>.cancel; re-encoding never makes JSON longer than what was received.
+DEFAULT_MAX_BODY_BYTES = 512 * 1024
+
+
+def host_name(host: str) -> str:
+    """``host`` as compared with a Host header: lower case, no port, IPv6 in brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    if host.count(":") > 1:  # a bare IPv6 address
+        return f"[{host}]"
+    return host.partition(":")[0]
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
 
 
 class CoordinatorSettings(CommonSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
     api_enabled: bool = True
+    # The bearer token every status API route but /health needs (KTRDR_API_TOKEN). Unset: the one
+    # in api_token_file (default <home>/auth/api.token), created with a random one if absent.
+    api_token: SecretStr | None = None
+    api_token_file: Path | None = None
+    # False opens GET /metrics to a Prometheus scraper that has no token; the data is aggregate.
+    metrics_auth: bool = True
+    # Host header names the API answers to, against DNS rebinding (a port in them is ignored).
+    # Empty: the loopback names plus api_host unless it is a wildcard; "*" turns the check off.
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Browser origins allowed to call the API (CORS). Empty: any cross-origin request is refused.
+    api_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     gpu_fallback_timeout_s: float = Field(default=30.0, ge=0)
     max_attempts: int = Field(default=2, ge=1, le=10)
     # After a restart, running ops whose worker shows no lease within this long are reaped.
@@ -18,3 +59,39 @@ class CoordinatorSettings(CommonSettings):
     # How long the coordinator waits for a running op's worker to answer a cancel before it
     # answers itself (the worker's reply, when it comes, reaches the requester first).
     cancel_fallback_reply_s: float = Field(default=0.5, ge=0)
+    # How often the coordinator checks that every stream and bucket exists, recreating the missing.
+    topology_check_s: float = Field(default=5.0, gt=0)
+
+    _split_lists = field_validator("api_allowed_hosts", "api_allowed_origins", mode="before")(_comma_list)
+
+    @field_validator("api_token")
+    @classmethod
+    def _usable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_token(value.get_secret_value(), source="KTRDR_API_TOKEN")
+        return value
+
+    @field_validator("api_allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # Browsers send an Origin as scheme://host[:port], lower case, no path.
+        return [o.strip().lower().rstrip("/") for o in value]
+
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> CoordinatorSettings:
+        if self.api_token_file is None:
+            self.api_token_file = self.home / "auth" / "api.token"
+        if self.api_allowed_hosts:
+            self.api_allowed_hosts = [h if h == "*" else host_name(h) for h in self.api_allowed_hosts]
+        else:
+            own = host_name(self.api_host)
+            self.api_allowed_hosts = [*LOOPBACK_HOSTS, *([own] if own not in _WILDCARD_HOSTS
+                                                         and own not in LOOPBACK_HOSTS else [])]
+        return self
+
+    def resolve_api_token(self) -> str:
+        """The token the status API checks: KTRDR_API_TOKEN, else the token file's (created if absent)."""
+        if self.api_token is not None:
+            return self.api_token.get_secret_value()
+        assert self.api_token_file is not None
+        return load_or_create_token(self.api_token_file)

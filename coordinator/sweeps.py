@@ -31,6 +31,7 @@ from ktrdr.backtest.sweep import combinations, rank
 from ktrdr.results import put_result
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
+from subjects.limits import MAX_ERROR_CHARS, bounded_text
 from subjects.models import CancelRequest, Operation, OpStatus, Progress, SubmitRequest
 from subjects.params import SweepParams
 
@@ -247,7 +248,8 @@ class SweepManager:
                 op.status, op.result = OpStatus.COMPLETED, summary
             else:
                 op.status = OpStatus.FAILED
-                op.error = f"none of the {len(children)} backtests completed; first error: {first_error}"
+                op.error = bounded_text(f"none of the {len(children)} backtests completed; first error: {first_error}",
+                                        MAX_ERROR_CHARS)
             return None
 
         done = await self.ops.mutate(sweep_id, complete)

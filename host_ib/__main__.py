@@ -4,4 +4,4 @@ from host_ib.app import build_worker
 from ktrdr.runtime.entry import run_worker
 
 if __name__ == "__main__":
-    run_worker(build_worker)
+    raise SystemExit(run_worker(build_worker))

@@ -87,7 +87,7 @@ class IbHost(Worker):
         await super().start()
         assert self.nc is not None and self.js is not None
         s = self.settings
-        kv = await lock_bucket(self.js, ttl_s=s.ib_lock_ttl_s, replicas=s.js_replicas)
+        kv = await lock_bucket(self.js)
         self.service = IbService(nc=self.nc, gateway=self.gateway, pacer=self.pacer, status=self.ib_status,
                                  max_wait_s=s.ib_request_max_wait_s)
         self.election = ActiveElection(

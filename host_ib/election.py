@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from ktrdr.runtime.topology import BIND_BACKOFF_MAX_S
 from subjects import names
 from subjects.data import ActiveLock
 from subjects.models import BadPayload, decode, utcnow
@@ -30,14 +30,18 @@ log = logging.getLogger(__name__)
 OnChange = Callable[[bool], Awaitable[None]]
 
 
-async def lock_bucket(js: JetStreamContext, *, ttl_s: float, replicas: int = 1) -> KeyValue:
-    try:
-        return await js.key_value(names.IB_ACTIVE_BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(KeyValueConfig(
-            bucket=names.IB_ACTIVE_BUCKET, history=1, ttl=ttl_s,
-            # Markers let watchers (and `nats kv watch ib_active`) see an expired lock.
-            limit_marker_ttl=max(1.0, ttl_s), storage=StorageType.FILE, replicas=replicas))
+async def lock_bucket(js: JetStreamContext) -> KeyValue:
+    """The lock's bucket, made by the coordinator with the fleet's ``KTRDR_IB_LOCK_TTL_S`` (and
+    limit markers, so an expired lock is seen); waits, saying so, while it does not exist."""
+    delay = 0.25
+    while True:
+        try:
+            return await js.key_value(names.IB_ACTIVE_BUCKET)
+        except BucketNotFoundError:
+            log.warning("the key-value bucket %r does not exist; waiting %.1f s for the coordinator to create it",
+                        names.IB_ACTIVE_BUCKET, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, BIND_BACKOFF_MAX_S)
 
 
 async def read_lock(kv: KeyValue) -> tuple[int, ActiveLock | None] | None:

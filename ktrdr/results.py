@@ -13,13 +13,9 @@ from nats.js.object_store import ObjectStore
 from subjects.names import RESULTS_OBJECTS, validate_token
 
 
-async def results_bucket(js: JetStreamContext, *, create: bool = True) -> ObjectStore:
-    try:
-        return await js.object_store(RESULTS_OBJECTS)
-    except BucketNotFoundError:
-        if not create:
-            raise
-        return await js.create_object_store(RESULTS_OBJECTS)
+async def results_bucket(js: JetStreamContext) -> ObjectStore:
+    """The bucket the coordinator made (``ensure_topology``); nobody else may create it."""
+    return await js.object_store(RESULTS_OBJECTS)
 
 
 async def put_result(js: JetStreamContext, op_id: str, data: bytes, *, description: str = "") -> int:
@@ -34,7 +30,7 @@ async def get_result(js: JetStreamContext, op_id: str) -> bytes | None:
     """The stored result of ``op_id``, or None when there is none (or no bucket yet)."""
     name = validate_token(op_id, what="operation id")
     try:
-        bucket = await results_bucket(js, create=False)
+        bucket = await results_bucket(js)
         return (await bucket.get(name)).data or b""
     except (BucketNotFoundError, ObjectNotFoundError, NotFoundError):
         return None

@@ -29,14 +29,28 @@ class CommonSettings(BaseSettings):
     # must agree on it; the first process to create the bucket fixes it.
     lease_ttl_s: float = Field(default=5.0, gt=0)
     heartbeat_s: float = Field(default=1.0, gt=0)
+    # The IB host's active-instance lock lives in a bucket with this TTL; the coordinator makes it.
+    ib_lock_ttl_s: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
     # JetStream replicas for the streams and buckets ktrdr creates: 3 on a three-node cluster.
     js_replicas: int = Field(default=1, ge=1, le=5)
+    # This process's NATS credential (an nkey seed file) and the CA that signed the server's TLS
+    # certificate. Unset: the files ``ktrdr up`` wrote under ``<home>/auth`` and ``<home>/tls``.
+    nats_creds: Path | None = None
+    nats_ca: Path | None = None
 
     @property
     def data_dir(self) -> Path:
         """The local market-data store (``ktrdr.data.DataStore``); workers cache the ``data`` bucket here."""
         return self.home / "data"
+
+    @property
+    def auth_dir(self) -> Path:
+        return self.home / "auth"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.home / "tls"
 
     @property
     def hostname(self) -> str:

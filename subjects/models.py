@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from subjects.limits import MAX_REASON_CHARS, bounded_text
 from subjects.names import CAPABILITIES, OP_TYPES, validate_token
 
 SCHEMA_VERSION = 1
@@ -241,7 +242,23 @@ class Request(Payload):
 
 
 class CancelRequest(Request):
+    """A reason of any length fits a request, but it is copied into the worker's ``cancelled``
+    event and the op record: it is cut to :data:`~subjects.limits.MAX_REASON_CHARS` on decoding."""
+
     reason: str = "cancelled by user"
+    # The reason's length as it arrived, when it was cut (receivers log and count that).
+    _truncated_from: int | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _bounded_reason(self) -> CancelRequest:
+        if len(self.reason) > MAX_REASON_CHARS:
+            self._truncated_from = len(self.reason)
+            self.reason = bounded_text(self.reason, MAX_REASON_CHARS)
+        return self
+
+    @property
+    def truncated_from(self) -> int | None:
+        return self._truncated_from
 
 
 class CancelReply(Payload):
@@ -296,8 +313,17 @@ class ListRequest(Request):
 
 
 class OpList(Payload):
+    """One page of operations, cut below the payload limit (``subjects.limits.MAX_LIST_PAGE_BYTES``).
+
+    ``truncated``: the page holds fewer than the request's ``limit`` although more match; ask again
+    from ``next_offset`` (None once the matching operations are exhausted).
+    """
+
     total: int
     operations: list[Operation]
+    offset: int = 0
+    next_offset: int | None = None
+    truncated: bool = False
 
 
 class ServiceError(Payload):

@@ -30,8 +30,7 @@ MODELS_OBJECTS: Final = "models"  # versioned trained-model bundles
 CHECKPOINTS_OBJECTS: Final = "checkpoints"  # resumable work (training, IB downloads) under the op id
 
 # Streams.
-JOBS_STREAM: Final = "JOBS"  # work-queue retention: an acked job is gone
-JOBS_SUBJECTS: Final = "jobs.>"
+JOBS_STREAM: Final = "JOBS"  # work-queue retention: an acked job is gone; subjects: JOBS_SUBJECTS below
 OPS_STREAM: Final = "OPS"  # progress and lifecycle events; never ops.*.cancel
 OPS_PROGRESS_ALL: Final = "ops.*.progress"
 OPS_EVENTS_ALL: Final = "ops.*.events"
@@ -81,6 +80,9 @@ CAP_DATA_IB: Final = "data.ib"
 CAP_DUMMY_ANY: Final = "dummy.any"
 
 CAPABILITIES: Final = (CAP_BACKTEST_CPU, CAP_TRAINING_GPU, CAP_TRAINING_CPU, CAP_DATA_IB, CAP_DUMMY_ANY)
+# What JOBS stores: exactly one subject per capability. A job on any other subject (no consumer
+# would ever fetch it, no queue depth would show it) is refused instead of kept unseen for days.
+JOBS_SUBJECTS: Final = tuple(f"jobs.{capability}" for capability in CAPABILITIES)
 
 # Operation types as users name them, mapped to the job kind that carries them.
 OP_TYPE_KIND: Final = {

@@ -34,7 +34,8 @@ class BacktestParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    strategy: str = Field(min_length=1, description="packaged strategy name or inline YAML")
+    strategy: str = Field(min_length=1, description="packaged name, file name in the strategies dir or "
+                                                     "YAML text; never a path")
     symbol: str
     timeframe: str
     start: datetime | None = Field(default=None, description="first bar (UTC); none: the first stored")

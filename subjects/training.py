@@ -31,7 +31,8 @@ class TrainingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    strategy: str = Field(min_length=1, description="packaged strategy name or the strategy's YAML text")
+    strategy: str = Field(min_length=1, description="packaged name, file name in the strategies dir or "
+                                                     "YAML text; never a path")
     symbols: list[str] | None = Field(default=None, description="one symbol (default: the strategy's)")
     timeframes: list[str] | None = Field(default=None, description="default: the strategy's")
     start: datetime | None = Field(default=None, description="first bar (UTC when naive)")

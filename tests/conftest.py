@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,14 +19,55 @@ from coordinator.app import Coordinator
 from coordinator.settings import CoordinatorSettings
 from ktrdr.dummy import run_dummy
 from ktrdr.natsd import NatsServer
+from ktrdr.runtime.connection import NatsAuth
 from ktrdr.runtime.settings import WorkerSettings
+from ktrdr.runtime.topology import ensure_topology
 from ktrdr.runtime.worker import Worker
-from subjects import names
+from ktrdr.security.fleet import Fleet, provision
+from subjects import names, roles
 from tests.ktrdr.ib.fake_gateway import FakeGateway
 
 ROOT = Path(__file__).resolve().parent.parent
 # Short leases keep fault tests quick; the semantics are the same as with the defaults.
 FAST = {"lease_ttl_s": 2.0, "heartbeat_s": 0.25}
+IB_LOCK_TTL_S = 2.0
+
+# Every test's nats-server runs the config `ktrdr up` generates: every connection authenticates
+# with its role's credential and the server enforces the roles. Keys are made once per session.
+_FLEET: Fleet | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _FLEET
+    _FLEET = provision(Path(tempfile.mkdtemp(prefix="ktrdr-test-fleet-")))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _FLEET is not None:
+        shutil.rmtree(_FLEET.home, ignore_errors=True)
+
+
+def fleet() -> Fleet:
+    assert _FLEET is not None, "pytest_configure makes the test fleet"
+    return _FLEET
+
+
+def creds(role: str) -> Path:
+    """The credential file of ``role`` (what ``KTRDR_NATS_CREDS`` names)."""
+    return fleet().credential_file(role)
+
+
+def auth(role: str) -> NatsAuth:
+    return NatsAuth(credential=fleet().credentials[role], credential_file=creds(role))
+
+
+def role_env(role: str) -> dict[str, str]:
+    return fleet().env(role)
+
+
+async def connect_as(url: str, role: str, **options: Any) -> Client:
+    """A plain nats-py connection holding ``role``'s credential, as any user of that role could make."""
+    return await nats.connect(url, **{**auth(role).options(), **options})
 
 
 async def bounded(awaitable: Awaitable[Any], what: str, timeout: float = 30.0) -> None:
@@ -45,15 +88,33 @@ async def bounded(awaitable: Awaitable[Any], what: str, timeout: float = 30.0) -
     raise AssertionError(f"{what} did not stop within {timeout} s")
 
 
+@pytest.fixture(autouse=True)
+def api_token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's coordinator keeps its status API token in the test's folder, not in ~/.ktrdr."""
+    path = tmp_path / "auth" / "api.token"
+    monkeypatch.setenv("KTRDR_API_TOKEN_FILE", str(path))
+    return path
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A fresh nats-server with JetStream for each test: free ports, temporary store."""
-    server = NatsServer(store_dir=tmp_path / "nats", http_port=0)
+    """A fresh nats-server with JetStream for each test (free ports, temporary store), enforcing the
+    roles, with the streams and buckets a coordinator makes at its start already there."""
+    server = NatsServer(store_dir=tmp_path / "nats", http_port=0, config_file=fleet().config)
     server.start()
     try:
+        asyncio.run(_provision_topology(server.url))
         yield server
     finally:
         server.stop()
+
+
+async def _provision_topology(url: str) -> None:
+    nc = await connect_as(url, roles.COORDINATOR)
+    try:
+        await ensure_topology(nc.jetstream(), lease_ttl_s=FAST["lease_ttl_s"], ib_lock_ttl_s=IB_LOCK_TTL_S)
+    finally:
+        await nc.close()
 
 
 @pytest.fixture
@@ -69,7 +130,8 @@ async def gateway() -> AsyncIterator[FakeGateway]:
 
 @pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
+    """The test's own connection: the coordinator's role, so that it can inspect and inject anything."""
+    client = await connect_as(nats_server.url, roles.COORDINATOR)
     try:
         yield client
     finally:
@@ -77,7 +139,8 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
 
 
 def coordinator_settings(url: str, **overrides: Any) -> CoordinatorSettings:
-    values: dict[str, Any] = {"nats_url": url, "api_port": 0, "gpu_fallback_timeout_s": 1.0,
+    values: dict[str, Any] = {"nats_url": url, "nats_creds": creds(roles.COORDINATOR), "api_port": 0,
+                              "gpu_fallback_timeout_s": 1.0, "ib_lock_ttl_s": IB_LOCK_TTL_S,
                               "cancel_fallback_reply_s": 0.3, **FAST}
     values.update(overrides)
     return CoordinatorSettings(**values)
@@ -109,6 +172,7 @@ async def make_worker(nats_server: NatsServer) -> AsyncIterator[MakeWorker]:
         kinds = {c.split(".")[0] for c in caps}
         worker = Worker(
             settings=WorkerSettings(nats_url=nats_server.url, worker_id=worker_id,
+                                    nats_creds=creds(roles.IB if worker_type == "ib" else roles.WORKER),
                                     **{**FAST, "fetch_timeout_s": 0.3, "grace_s": 1.0, **settings}),
             worker_type=worker_type, capabilities=caps,
             handlers={**dict.fromkeys(kinds, run_dummy), **(handlers or {})}, slots=slots, gpu=gpu)
@@ -130,7 +194,8 @@ def spawn_worker(nats_server: NatsServer, tmp_path: Path) -> Iterator[SpawnWorke
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(worker_id: str, *, capabilities: str = names.CAP_DUMMY_ANY, **env: str) -> subprocess.Popen[bytes]:
-        full_env = {**os.environ, "KTRDR_NATS_URL": nats_server.url, "KTRDR_WORKER_ID": worker_id,
+        full_env = {**os.environ, **role_env(roles.WORKER), "KTRDR_NATS_URL": nats_server.url,
+                    "KTRDR_WORKER_ID": worker_id,
                     "KTRDR_EXTRA_CAPABILITIES": capabilities, "KTRDR_LEASE_TTL_S": str(FAST["lease_ttl_s"]),
                     "KTRDR_HEARTBEAT_S": str(FAST["heartbeat_s"]), "KTRDR_LOG_LEVEL": "INFO", **env}
         log = open(tmp_path / f"{worker_id}.log", "ab")  # noqa: SIM115 - closed with the process

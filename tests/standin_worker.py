@@ -31,4 +31,4 @@ def build_worker(settings: WorkerSettings) -> Worker:
 
 
 if __name__ == "__main__":
-    run_worker(build_worker)
+    raise SystemExit(run_worker(build_worker))

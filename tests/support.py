@@ -40,3 +40,8 @@ async def wait_status(coordinator: Coordinator, op_id: str, *statuses: OpStatus,
     return await assert_eventually(check, timeout=timeout,
                                    message=f"{op_id} never reached {[s.value for s in statuses]}: "
                                            f"{coordinator.ops.get(op_id)}")
+
+
+def auth_headers(coordinator: Coordinator) -> dict[str, str]:
+    """What a status API client sends: the token the coordinator resolved at start."""
+    return {"Authorization": f"Bearer {coordinator.api_token}"}

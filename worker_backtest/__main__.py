@@ -4,4 +4,4 @@ from ktrdr.runtime.entry import run_worker
 from worker_backtest.app import build_worker
 
 if __name__ == "__main__":
-    run_worker(build_worker)
+    raise SystemExit(run_worker(build_worker))

@@ -112,7 +112,8 @@ class BacktestHandler:
 
 
 def _strategy(p: BacktestParams) -> Strategy:
-    # A StrategyError names the file (or packaged name) and every bad field: it is the op's error.
+    # The loader admission uses: a packaged name, a file name in this host's strategies directory or
+    # YAML text, never a path. A StrategyError names the strategy and every bad field: the op's error.
     strategy = load_strategy(p.strategy)
     return with_parameters(strategy, p.parameters) if p.parameters else strategy
 

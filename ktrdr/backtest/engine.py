@@ -20,6 +20,7 @@ from ktrdr.strategy import (
     Strategy,
     generate_signals,
     load_strategy,
+    load_strategy_file,
     target_positions,
 )
 
@@ -37,7 +38,9 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
     strategy's decisions come from its trained model, computed elsewhere.
     """
     config = config or BacktestConfig()
-    if not isinstance(strategy, RuleStrategy | NeuroFuzzyStrategy):
+    if isinstance(strategy, Path):
+        strategy = load_strategy_file(strategy)  # the caller's own file
+    elif not isinstance(strategy, RuleStrategy | NeuroFuzzyStrategy):
         strategy = load_strategy(strategy)
     if len(bars) == 0:
         raise ValueError("no bars to backtest")

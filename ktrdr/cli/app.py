@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,6 +20,8 @@ app = typer.Typer(help="ktrdr: trading-strategy research on a NATS JetStream wor
 ops_app = typer.Typer(help="Operations: list, show, follow, cancel.", no_args_is_help=True)
 worker_app = typer.Typer(help="Run a worker process.", no_args_is_help=True)
 host_app = typer.Typer(help="Run a host process (GPU, Interactive Brokers).", no_args_is_help=True)
+fleet_app = typer.Typer(help="Hosts joining the fleet: credentials and certificates.", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
 app.add_typer(ops_app, name="ops")
 app.add_typer(worker_app, name="worker")
 app.add_typer(host_app, name="host")
@@ -33,14 +36,32 @@ def up(
     backtest_workers: Annotated[int, typer.Option(min=0)] = 1,
     training_workers: Annotated[int, typer.Option(min=0)] = 1,
     gpu: Annotated[bool | None, typer.Option("--gpu/--no-gpu", help="Force or skip the GPU host.")] = None,
+    listen: Annotated[str, typer.Option(help="Address NATS listens on; beyond loopback (e.g. 0.0.0.0) TLS is "
+                                             "required.")] = "127.0.0.1",
+    name: Annotated[list[str] | None, typer.Option(
+        "--name", help="A name or address other hosts reach this one by (repeatable): in the TLS certificate "
+                       "and the URL `ktrdr fleet invite` hands out.")] = None,
+    tls: Annotated[bool | None, typer.Option("--tls/--no-tls", help="TLS for NATS (default: on unless "
+                                                                      "loopback).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Your own server certificate (PEM) instead of the "
+                                                       "fleet CA's.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="The CA that signed it (handed to joining hosts).")] = None,
 ) -> None:
     """Start everything: embedded nats-server (unless KTRDR_NATS_URL is set), coordinator and workers."""
-    from ktrdr.cli.up import run_up
+    from ktrdr.cli.up import Listen, run_up
+    from ktrdr.security.tls import TlsFiles
 
+    own = [tls_cert, tls_key, tls_ca]
+    if any(own) and not all(own):
+        console.print("[red]error:[/] --tls-cert, --tls-key and --tls-ca go together")
+        raise typer.Exit(2)
     setup_logging("WARNING")
     code = run_up(settings=settings(), explicit_nats="KTRDR_NATS_URL" in os.environ, nats_port=nats_port,
                   monitor_port=monitor_port, api_port=api_port, backtest_workers=backtest_workers,
-                  training_workers=training_workers, gpu=gpu)
+                  training_workers=training_workers, gpu=gpu,
+                  listen=Listen(host=listen, tls=True if all(own) else tls, names=tuple(name or ()),
+                                own_tls=TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key) if all(own) else None))
     raise typer.Exit(code)
 
 
@@ -49,45 +70,80 @@ def coordinator() -> None:
     """Run the coordinator (registry, dispatcher, status API on KTRDR_API_PORT)."""
     from coordinator.__main__ import main
 
-    main()
+    raise typer.Exit(main())
 
 
-def _run_worker(module: str) -> None:
+NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL(s), comma separated (KTRDR_NATS_URL).")]
+CredsOpt = Annotated[Path | None, typer.Option("--creds", help="This component's credential, an nkey seed file "
+                                                               "(KTRDR_NATS_CREDS).")]
+CaOpt = Annotated[Path | None, typer.Option("--ca", help="The CA of the server's TLS certificate (KTRDR_NATS_CA).")]
+
+
+def _run_worker(module: str, nats: str | None = None, creds: Path | None = None, ca: Path | None = None) -> None:
+    """Run one component, here or on another host: the options win over the ``KTRDR_*`` variables."""
     import importlib
 
     from ktrdr.runtime.entry import run_worker
 
-    run_worker(importlib.import_module(f"{module}.app").build_worker)
+    for var, value in (("KTRDR_NATS_URL", nats), ("KTRDR_NATS_CREDS", creds), ("KTRDR_NATS_CA", ca)):
+        if value is not None:
+            os.environ[var] = str(value)
+    raise typer.Exit(run_worker(importlib.import_module(f"{module}.app").build_worker))
 
 
 @worker_app.command("backtest")
-def worker_backtest() -> None:
-    """Run a backtest worker (CPU; start as many as you like)."""
-    _run_worker("worker_backtest")
+def worker_backtest(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> None:
+    """Run a backtest worker (CPU; start as many as you like, on any host)."""
+    _run_worker("worker_backtest", nats, creds, ca)
 
 
 @worker_app.command("training")
-def worker_training() -> None:
+def worker_training(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> None:
     """Run a CPU training worker."""
-    _run_worker("worker_training")
+    _run_worker("worker_training", nats, creds, ca)
 
 
 @host_app.command("gpu")
-def host_gpu() -> None:
+def host_gpu(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> None:
     """Run the GPU host (refuses to start without CUDA or MPS)."""
     from host_gpu.device import NoGpuError
 
     try:
-        _run_worker("host_gpu")
+        _run_worker("host_gpu", nats, creds, ca)
     except NoGpuError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
 
 
 @host_app.command("ib")
-def host_ib() -> None:
-    """Run the Interactive Brokers host."""
-    _run_worker("host_ib")
+def host_ib(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> None:
+    """Run the Interactive Brokers host (its credential is the `ib` role's)."""
+    _run_worker("host_ib", nats, creds, ca)
+
+
+@fleet_app.command("invite")
+def fleet_invite(
+    role: Annotated[str, typer.Argument(help="worker (backtest, training, GPU hosts), ib, client or viewer.")],
+    url: Annotated[str | None, typer.Option(help="The URL the other host reaches NATS by (default: what "
+                                                 "`ktrdr up --listen/--name` advertised).")] = None,
+) -> None:
+    """Print a shell script that gives another host what it needs to join: the URL, the CA
+    certificate and the role's credential. It holds a secret: hand it over privately."""
+    from ktrdr.security.fleet import invite, read_fleet_file
+
+    s = settings()
+    known = read_fleet_file(s.home) or {}
+    urls = known.get("urls") or []
+    chosen = url or (urls[0] if isinstance(urls, list) and urls else None)
+    if chosen is None:
+        console.print("[red]error:[/] no URL: start `ktrdr up --listen 0.0.0.0 --name <this host>` or pass --url")
+        raise typer.Exit(2)
+    ca = s.tls_dir / "ca.pem"
+    try:
+        print(invite(home=s.home, role=role, url=chosen, ca=ca if known.get("tls") and ca.exists() else None), end="")
+    except (ValueError, OSError, RuntimeError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def _submit(op_type: str, params: BaseModel, *, follow_it: bool, json: bool) -> 
 
 @backtest_app.command("run")
 def run(
-    strategy: Annotated[str, typer.Argument(help="Packaged strategy name or a YAML file.")],
+    strategy: Annotated[str, typer.Argument(help="Packaged name, name in the strategies dir, or a YAML file.")],
     symbol: SymbolOpt,
     timeframe: TimeframeOpt = "1h",
     start: StartOpt = None,
@@ -108,7 +108,7 @@ def run(
 
 @backtest_app.command("sweep")
 def sweep(
-    strategy: Annotated[str, typer.Argument(help="Packaged strategy name or a YAML file.")],
+    strategy: Annotated[str, typer.Argument(help="Packaged name, name in the strategies dir, or a YAML file.")],
     param: Annotated[list[str], typer.Option("--param", "-p", help="name=start:stop:step or name=a,b,c (repeatable).")],
     symbol: SymbolOpt,
     timeframe: TimeframeOpt = "1h",

@@ -10,10 +10,13 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import BucketNotFoundError
 
 import nats
-from ktrdr.runtime.topology import ensure_topology
+from ktrdr.runtime.connection import NatsAuth, NatsConnectError, connect
+from ktrdr.security.credentials import CredentialError
 from subjects import names
+from subjects.limits import MAX_LIST_PAGE_OPS
 from subjects.models import (
     BadPayload,
     CancelReply,
@@ -39,19 +42,20 @@ class KtrdrError(RuntimeError):
 
 
 class KtrdrClient:
-    def __init__(self, *, nats_url: str, timeout: float = 5.0, lease_ttl_s: float = 5.0) -> None:
+    def __init__(self, *, nats_url: str, timeout: float = 5.0, lease_ttl_s: float = 5.0,
+                 auth: NatsAuth | None = None) -> None:
         self.nats_url = nats_url
+        self.auth = auth
         self.timeout = timeout
         self.lease_ttl_s = lease_ttl_s
         self.nc: Client | None = None
 
     async def connect(self) -> KtrdrClient:
         try:
-            self.nc = await nats.connect(self.nats_url, connect_timeout=self.timeout, max_reconnect_attempts=3,
-                                         allow_reconnect=True)
-        except Exception as exc:
-            raise KtrdrError(f"cannot reach NATS at {self.nats_url} ({exc}); is `ktrdr up` running, "
-                             "or is KTRDR_NATS_URL set?", 503) from None
+            self.nc = await connect(self.nats_url, name="ktrdr-cli", auth=self.auth, connect_timeout=self.timeout,
+                                    reconnect=False, quiet=True)
+        except (NatsConnectError, CredentialError) as exc:
+            raise KtrdrError(f"{exc}; is `ktrdr up` running, or is KTRDR_NATS_URL set?", 503) from None
         return self
 
     async def close(self) -> None:
@@ -93,8 +97,26 @@ class KtrdrClient:
         return decode(Operation, (await self._service(names.SERVICE_GET, GetRequest(op_id=op_id).encode())).data)
 
     async def list(self, **query: Any) -> OpList:
+        """Up to ``limit`` operations, newest first, gathered from as many pages as that takes: the
+        service cuts each reply below the payload limit and says where the next one starts."""
         request = ListRequest(**query)
-        return decode(OpList, (await self._service(names.SERVICE_LIST, request.encode())).data)
+        wanted, offset = request.limit, request.offset
+        found: dict[str, Operation] = {}  # by id: an op created between two pages shifts the next one
+        total = 0
+        while True:
+            page_request = request.model_copy(update={"offset": offset,
+                                                      "limit": min(wanted - len(found), MAX_LIST_PAGE_OPS)})
+            page = decode(OpList, (await self._service(names.SERVICE_LIST, page_request.encode())).data)
+            total = page.total
+            for op in page.operations:
+                found.setdefault(op.op_id, op)
+            if len(found) >= wanted or page.next_offset is None or not page.operations:
+                break
+            offset = page.next_offset
+        ops = list(found.values())[:wanted]
+        end = request.offset + len(ops)
+        return OpList(total=total, operations=ops, offset=request.offset,
+                      next_offset=end if end < total else None, truncated=False)
 
     async def cancel(self, op_id: str, reason: str = "cancelled by user") -> CancelReply:
         try:
@@ -107,9 +129,13 @@ class KtrdrClient:
         return decode(CancelReply, msg.data)
 
     async def workers(self) -> list[WorkerLease]:
-        buckets = await ensure_topology(self._nc.jetstream(), lease_ttl_s=self.lease_ttl_s)
+        try:
+            workers = await self._nc.jetstream().key_value(names.WORKERS_BUCKET)
+        except BucketNotFoundError:
+            raise KtrdrError(f"the key-value bucket {names.WORKERS_BUCKET!r} does not exist: is the coordinator "
+                             "running?", 503) from None
         leases = []
-        watcher = await buckets.workers.watchall()
+        watcher = await workers.watchall()
         async for entry in watcher:
             if entry is None:
                 break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -13,6 +14,9 @@ from ktrdr.cli.client import KtrdrClient, KtrdrError, to_json
 from ktrdr.cli.follow import follow
 from ktrdr.cli.render import console
 from ktrdr.cli.settings import CliSettings
+from ktrdr.runtime.connection import NatsAuth
+from ktrdr.security.credentials import CredentialError
+from subjects import roles
 from subjects.models import Operation, OpStatus
 
 T = TypeVar("T")
@@ -24,12 +28,21 @@ def settings() -> CliSettings:
     return CliSettings()
 
 
+def client_auth(s: CliSettings) -> NatsAuth:
+    """KTRDR_NATS_CREDS, else the client credential ``ktrdr up`` wrote on this host."""
+    try:
+        return NatsAuth.resolve(s, role=roles.CLIENT)
+    except CredentialError as exc:
+        raise KtrdrError(str(exc), 3) from None
+
+
 def run_client(work: Callable[[KtrdrClient], Awaitable[T]]) -> T:
     """Run ``work`` with a connected client; platform errors become a message and exit code."""
     s = settings()
 
     async def main() -> T:
-        async with KtrdrClient(nats_url=s.nats_url, timeout=s.request_timeout_s, lease_ttl_s=s.lease_ttl_s) as c:
+        async with KtrdrClient(nats_url=s.nats_url, timeout=s.request_timeout_s, lease_ttl_s=s.lease_ttl_s,
+                               auth=client_auth(s)) as c:
             return await work(c)
 
     try:
@@ -50,9 +63,22 @@ def exit_for(op: Operation) -> None:
 
 
 def strategy_source(strategy: str) -> str:
-    """A strategy given as a YAML file travels inline; anything else is a packaged name or YAML text."""
-    path = Path(strategy)
-    return path.read_text() if path.suffix in (".yaml", ".yml") and path.is_file() else strategy
+    """The user's own strategy file is read here and travels as YAML text: the coordinator and the
+    workers never read paths. A file is a path (``./my.yaml``, ``~/s/x.yaml``) or a ``.yaml``/``.yml``
+    file in the current directory; anything else goes as given: a packaged name, a file name in the
+    strategies directory (``KTRDR_STRATEGIES_DIR``) or YAML text."""
+    if "\n" in strategy:
+        return strategy
+    path = Path(strategy).expanduser()
+    is_path = "/" in strategy or os.sep in strategy or strategy.startswith("~")
+    if path.is_file() and (is_path or path.suffix in (".yaml", ".yml")):
+        try:
+            return path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise typer.BadParameter(f"cannot read {path}: {exc}") from None
+    if is_path and ":" not in strategy:
+        raise typer.BadParameter(f"no such file: {path}")
+    return strategy
 
 
 def submit_and_maybe_follow(op_type: str, params: dict[str, Any], *, follow_it: bool, json: bool) -> Operation:

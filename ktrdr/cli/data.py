@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-import nats
+from ktrdr.cli.common import client_auth
 from ktrdr.cli.render import console
 from ktrdr.cli.settings import CliSettings
+from ktrdr.runtime.connection import connect
 from subjects.names import DATA_OBJECTS
 
 if TYPE_CHECKING:
@@ -45,14 +46,9 @@ def publish(symbol: str, timeframe: str) -> dict[str, object]:
     s = CliSettings()
 
     async def work() -> dict[str, object]:
-        async def quiet(exc: Exception) -> None:
-            pass
-
         try:
-            # Two quick tries: nats-py retries an unreachable server forever with 0 (and by default).
-            nc = await asyncio.wait_for(nats.connect(
-                s.nats_url, connect_timeout=2, max_reconnect_attempts=1, reconnect_time_wait=0.5,
-                error_cb=quiet), timeout=6)
+            nc = await asyncio.wait_for(connect(s.nats_url, name="ktrdr-cli", auth=client_auth(s), connect_timeout=2,
+                                                reconnect=False, quiet=True), timeout=6)
         except Exception as exc:
             why = str(exc) or type(exc).__name__
             return {"published": False, "reason": f"NATS at {s.nats_url} is not reachable ({why})"}

@@ -7,7 +7,6 @@ hands in the app's client runner (so this module never imports the app module).
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -15,23 +14,12 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from ktrdr.cli.client import KtrdrClient, to_json
-from ktrdr.cli.common import JsonOpt, run_client, submit_and_maybe_follow
+from ktrdr.cli.common import JsonOpt, run_client, strategy_source, submit_and_maybe_follow
 from ktrdr.cli.render import console
 from ktrdr.models import ModelVersion, list_models, parse_model_ref, show_model
 from ktrdr.models.registry import ModelNotFoundError
 from ktrdr.models.training_plan import TrainingRequestError, plan_training
 from subjects.training import TrainingParams
-
-
-def strategy_source(strategy: str) -> str:
-    """A YAML file's text (sent inline: the worker may not have the file), else the packaged name."""
-    path = Path(strategy)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        try:
-            return path.read_text()
-        except OSError as exc:
-            raise typer.BadParameter(f"cannot read {path}: {exc}") from None
-    return strategy
 
 
 def training_params(strategy: str, *, symbol: str | None, timeframes: list[str] | None, start: datetime | None,
@@ -98,7 +86,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def train(
-        strategy: Annotated[str, typer.Argument(help="Packaged strategy name or a strategy YAML file.")],
+        strategy: Annotated[str, typer.Argument(help="Packaged name, name in the strategies dir, or a YAML file.")],
         symbol: Annotated[str | None, typer.Option(help="Symbol (default: the strategy's).")] = None,
         timeframe: Annotated[list[str] | None, typer.Option(help="Timeframe (repeatable; default: the strategy's).")]
         = None,

@@ -1,4 +1,11 @@
-"""``ktrdr up``: the whole platform on one machine, stopped cleanly with Ctrl-C."""
+"""``ktrdr up``: the whole platform on one machine, stopped cleanly with Ctrl-C.
+
+Secure by default with nothing to set up: the embedded nats-server runs the config that
+:func:`ktrdr.security.fleet.provision` writes (a credential per role, the server enforcing each
+role's permissions) and listens on loopback; each child gets its role's credential. Listening
+beyond loopback (``--listen``) requires TLS, with certificates from the fleet's own CA or the
+user's.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,13 @@ from rich.table import Table
 from ktrdr.cli.render import console
 from ktrdr.cli.settings import CliSettings
 from ktrdr.natsd import NatsServer, port_open
+from ktrdr.security.api_token import load_or_create_token
+from ktrdr.security.fleet import Fleet, provision, write_fleet_file
+from ktrdr.security.tls import TlsFiles
+from subjects import roles
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARD = ("0.0.0.0", "::")
 
 
 @dataclass
@@ -30,11 +44,40 @@ class Child:
         self.started = time.monotonic()
 
 
+@dataclass(frozen=True, kw_only=True)
+class Listen:
+    """Where the embedded nats-server listens, and its TLS."""
+
+    host: str = "127.0.0.1"
+    tls: bool | None = None  # None: on unless the host is loopback
+    names: tuple[str, ...] = ()  # the names and addresses other hosts reach this one by
+    own_tls: TlsFiles | None = None
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls if self.tls is not None else not self.loopback
+
+    def advertised(self, port: int) -> list[str]:
+        scheme = "tls" if self.use_tls else "nats"
+        hosts = list(self.names) or ([] if self.host in WILDCARD else [self.host]) or ["127.0.0.1"]
+        return [f"{scheme}://{h}:{port}" for h in hosts]
+
+
 def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monitor_port: int, api_port: int,
-           backtest_workers: int, training_workers: int, gpu: bool | None) -> int:
+           backtest_workers: int, training_workers: int, gpu: bool | None, listen: Listen | None = None) -> int:
     home = settings.home
+    listen = listen or Listen()
     server: NatsServer | None = None
+    fleet: Fleet | None = None
     nats_url = settings.nats_url
+    if not listen.loopback and not listen.use_tls:
+        console.print(f"[red]refusing to listen on {listen.host} without TLS:[/] anyone on the network could read "
+                      "every credential-bearing connection. Drop --no-tls.")
+        return 1
     wanted = {"the status API (--api-port)": api_port}
     if not explicit_nats:
         wanted |= {"NATS (--nats-port)": nats_port, "NATS monitoring (--monitor-port)": monitor_port}
@@ -47,24 +90,38 @@ def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monito
                       "ports, or set KTRDR_NATS_URL to use a running nats-server.")
         return 1
     if not explicit_nats:
-        server = NatsServer(store_dir=home / "nats", port=nats_port, http_port=monitor_port,
-                            log_file=home / "nats-server.log")
+        # The monitoring endpoint has no auth of its own: loopback only, whatever --listen says.
+        fleet = provision(home, tls=listen.use_tls, tls_names=[*listen.names, *([listen.host] if listen.host not in
+                          WILDCARD else [])], own_tls=listen.own_tls, monitor=f"127.0.0.1:{monitor_port}")
+        server = NatsServer(store_dir=home / "nats", host=listen.host, port=nats_port,
+                            log_file=home / "nats-server.log", config_file=fleet.config)
         (home / "nats").mkdir(parents=True, exist_ok=True)
         server.start()
-        nats_url = server.url
+        nats_url = f"{'tls' if listen.use_tls else 'nats'}://127.0.0.1:{nats_port}"
+        write_fleet_file(home, urls=listen.advertised(nats_port), tls=listen.use_tls)
+    elif not settings.nats_creds:
+        console.print(f"[yellow]warning:[/] {nats_url} is used without a credential (KTRDR_NATS_CREDS): a server "
+                      "without auth lets anyone who reaches it read, forge or delete everything")
+    api_token_file = home / "auth" / "api.token"
+    load_or_create_token(api_token_file)
     base_env = {**os.environ, "KTRDR_NATS_URL": nats_url, "KTRDR_HOME": str(home)}
-    children = [Child("coordinator", "coordinator", {**base_env, "KTRDR_API_PORT": str(api_port)})]
+
+    def env(role: str, **extra: str) -> dict[str, str]:
+        return {**base_env, **(fleet.env(role) if fleet else {}), **extra}
+
+    children = [Child("coordinator", "coordinator", env(roles.COORDINATOR, KTRDR_API_PORT=str(api_port)))]
     for i in range(backtest_workers):
-        children.append(Child(f"backtest worker {i}", "worker_backtest", {**base_env, "KTRDR_WORKER_INDEX": str(i)}))
+        children.append(Child(f"backtest worker {i}", "worker_backtest", env(roles.WORKER, KTRDR_WORKER_INDEX=str(i))))
     for i in range(training_workers):
-        children.append(Child(f"training worker {i}", "worker_training", {**base_env, "KTRDR_WORKER_INDEX": str(i)}))
+        children.append(Child(f"training worker {i}", "worker_training",
+                              env(roles.WORKER, KTRDR_WORKER_INDEX=str(i))))
     gpu_note = "no CUDA or MPS device found"
     if gpu is not False:
         from host_gpu.device import detect_gpu
 
         device = detect_gpu()
         if device is not None:
-            children.append(Child("gpu host", "host_gpu", dict(base_env)))
+            children.append(Child("gpu host", "host_gpu", env(roles.WORKER)))
             gpu_note = f"{device.kind}: {device.name}"
         elif gpu:
             console.print("[red]--gpu asked for a GPU host but no CUDA or MPS device is present[/]")
@@ -85,9 +142,15 @@ def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monito
         table.add_column(style="bold")
         table.add_column()
         table.add_row("NATS", f"{nats_url}" + (" (embedded, data in " + str(home / "nats") + ")" if server else ""))
-        if server:
-            table.add_row("NATS monitoring", f"http://127.0.0.1:{server.http_port}")
-        table.add_row("status API", f"http://{settings_api_host()}:{api_port}  (/health, /api/v1/..., /metrics)")
+        if server and fleet:
+            table.add_row("NATS monitoring", f"http://127.0.0.1:{monitor_port}")
+            table.add_row("security", f"credentials per role in {fleet.auth_dir}" + (
+                f"; TLS, CA {fleet.tls.ca}" if fleet.tls else "; loopback only (--listen for other hosts)"))
+            if not listen.loopback:
+                table.add_row("other hosts", ", ".join(listen.advertised(nats_port))
+                              + "  (`ktrdr fleet invite worker` prints what they need)")
+        table.add_row("status API", f"http://{settings_api_host()}:{api_port}  (/health, /api/v1/..., /metrics; "
+                      f"bearer token in {api_token_file})")
         table.add_row("workers", ", ".join(c.name for c in children[1:]))
         table.add_row("GPU", gpu_note)
         table.add_row("try", "ktrdr dummy --duration 5 --follow    ktrdr workers    ktrdr ops list")

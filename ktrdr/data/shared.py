@@ -45,13 +45,9 @@ def object_name(symbol: str, timeframe: str) -> str:
     return f"{validate_symbol(symbol)}/{validate_timeframe(timeframe)}"
 
 
-async def data_bucket(js: JetStreamContext, *, create: bool = True) -> ObjectStore:
-    try:
-        return await js.object_store(DATA_OBJECTS)
-    except BucketNotFoundError:
-        if not create:
-            raise
-        return await js.create_object_store(DATA_OBJECTS)
+async def data_bucket(js: JetStreamContext) -> ObjectStore:
+    """The bucket the coordinator made (``ensure_topology``); nobody else may create it."""
+    return await js.object_store(DATA_OBJECTS)
 
 
 async def publish_dataset(js: JetStreamContext, store: DataStore, symbol: str, timeframe: str) -> PublishResult:
@@ -78,7 +74,7 @@ async def adopt_dataset(js: JetStreamContext, store: DataStore, symbol: str, tim
     """
     name = object_name(symbol, timeframe)
     try:
-        bucket = await data_bucket(js, create=False)
+        bucket = await data_bucket(js)
         info = await bucket.get_info(name)
     except (BucketNotFoundError, NotFoundError):
         return 0
@@ -100,7 +96,7 @@ async def adopt_dataset(js: JetStreamContext, store: DataStore, symbol: str, tim
 async def fetch_dataset(js: JetStreamContext, store: DataStore, symbol: str, timeframe: str) -> FetchResult:
     """Make the bucket's current version of the dataset the local one, downloading only when needed."""
     name = object_name(symbol, timeframe)
-    bucket = await data_bucket(js, create=False)
+    bucket = await data_bucket(js)
     info = await bucket.get_info(name)
     digest = str(info.digest)
     cache_file = _cache_path(store, digest)

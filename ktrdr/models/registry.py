@@ -79,16 +79,12 @@ def _split_object_name(object_name: str) -> tuple[str, int] | None:
     return name, int(version)
 
 
-async def models_bucket(js: JetStreamContext, *, create: bool = True) -> ObjectStore:
+async def models_bucket(js: JetStreamContext) -> ObjectStore:
+    """The bucket the coordinator made (``ensure_topology``); nobody else may create it."""
     try:
         return await js.object_store(MODELS_OBJECTS)
     except BucketNotFoundError:
-        if not create:
-            raise ModelNotFoundError("the model registry is empty (no models bucket yet)") from None
-        try:
-            return await js.create_object_store(MODELS_OBJECTS)
-        except APIError:  # created by someone else meanwhile
-            return await js.object_store(MODELS_OBJECTS)
+        raise ModelNotFoundError("the model registry has no bucket yet (is the coordinator running?)") from None
 
 
 async def _all_infos(bucket: ObjectStore) -> list[Any]:
@@ -148,7 +144,7 @@ async def save_model(js: JetStreamContext, name: str, bundle_bytes: bytes, metad
 async def list_models(js: JetStreamContext) -> list[ModelVersion]:
     """Every stored version, by name then version."""
     try:
-        bucket = await models_bucket(js, create=False)
+        bucket = await models_bucket(js)
     except ModelNotFoundError:
         return []
     found = [v for info in await _all_infos(bucket) if (v := _to_version(info)) is not None]
@@ -174,7 +170,7 @@ async def show_model(js: JetStreamContext, name: str, version: int | str | None 
 async def load_model(js: JetStreamContext, name: str, version: int | str | None = None) -> bytes:
     """The bundle bytes of ``name@version`` (the latest when ``version`` is None)."""
     found = await show_model(js, name, version)
-    bucket = await models_bucket(js, create=False)
+    bucket = await models_bucket(js)
     try:
         result = await bucket.get(_object_name(found.name, found.version))
     except NotFoundError:

@@ -1,8 +1,9 @@
 """Turning a ``training`` request into what :func:`train_strategy` needs.
 
 Shared by the coordinator (which validates before dispatch) and the training handler, so both
-read a request the same way. Strategies come by packaged name or as YAML text, never as a path:
-a path would name a file on whichever machine reads it.
+read a request the same way. Strategies come by packaged name, as a file name in the strategies
+directory or as YAML text (:func:`ktrdr.strategy.load_strategy`), never as a path: a path would
+name a file on whichever machine reads it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ktrdr.strategy import NeuroFuzzyStrategy, StrategyError, load_strategy, packaged_strategies
+from ktrdr.strategy import NeuroFuzzyStrategy, StrategyError, load_strategy
 from ktrdr.strategy.loader import parse_strategy
 from subjects.training import MODEL_NAME, TrainingParams
 
@@ -39,9 +40,6 @@ class TrainingPlan:
 
 
 def load_neuro_strategy(source: str) -> NeuroFuzzyStrategy:
-    if "\n" not in source and source.removesuffix(".yaml") not in packaged_strategies():
-        raise TrainingRequestError("strategy", f"{source!r} is not a packaged strategy ("
-                                   + ", ".join(packaged_strategies()) + "); send the strategy's YAML text")
     try:
         strategy = load_strategy(source)
     except StrategyError as exc:

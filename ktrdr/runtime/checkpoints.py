@@ -9,20 +9,15 @@ its writer's business; here it is bytes.
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
 from subjects.names import CHECKPOINTS_OBJECTS, validate_token
 
 
 async def checkpoints_bucket(js: JetStreamContext) -> ObjectStore:
-    try:
-        return await js.object_store(CHECKPOINTS_OBJECTS)
-    except BucketNotFoundError:
-        try:
-            return await js.create_object_store(CHECKPOINTS_OBJECTS)
-        except APIError:  # created by another worker meanwhile
-            return await js.object_store(CHECKPOINTS_OBJECTS)
+    """The bucket the coordinator made (``ensure_topology``); nobody else may create it."""
+    return await js.object_store(CHECKPOINTS_OBJECTS)
 
 
 async def save_checkpoint(js: JetStreamContext, op_id: str, data: bytes) -> None:

@@ -1,49 +1,150 @@
-"""Connecting to NATS with the options every long-running ktrdr process wants."""
+"""Connecting to NATS with the options every ktrdr process wants: its credential, the fleet's CA,
+a private reply inbox, and reconnecting forever once connected.
+
+Each process type has a default role (coordinator, worker, ib, client) whose credential it finds
+under ``<home>/auth`` by itself, so ``ktrdr up`` and every command on its host need no settings;
+``KTRDR_NATS_CREDS`` and ``KTRDR_NATS_CA`` name them explicitly on another host.
+"""
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 
 import nats
+from ktrdr.security.credentials import CredentialError, NatsCredential, credential_path
+from ktrdr.security.tls import client_context
+from ktrdr.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+
+
+class NatsConnectError(RuntimeError):
+    """A connection that cannot succeed by retrying: refused credentials, an untrusted server."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NatsAuth:
+    credential: NatsCredential | None = None
+    credential_file: Path | None = None
+    ca: Path | None = None
+
+    @classmethod
+    def resolve(cls, settings: CommonSettings, *, role: str) -> NatsAuth:
+        """The explicit settings, else this host's files for ``role`` (written by ``ktrdr up``)."""
+        creds = settings.nats_creds
+        if creds is None and credential_path(settings.auth_dir, role).exists():
+            creds = credential_path(settings.auth_dir, role)
+        ca = settings.nats_ca
+        if ca is None and settings.tls_dir.joinpath("ca.pem").exists() and _wants_tls(settings.nats_url):
+            ca = settings.tls_dir / "ca.pem"
+        return cls(credential=NatsCredential.load(creds) if creds else None, credential_file=creds, ca=ca)
+
+    def options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {}
+        if self.credential is not None:
+            opts["nkeys_seed_str"] = self.credential.seed
+            opts["inbox_prefix"] = self.credential.inbox_prefix
+        if self.ca is not None:
+            if not self.ca.is_file():
+                raise CredentialError(f"the CA certificate {self.ca} does not exist")
+            opts["tls"] = client_context(self.ca)
+        return opts
+
+
+def _wants_tls(url: str) -> bool:
+    return any(u.strip().startswith("tls://") for u in url.split(","))
+
+
+def split_urls(url: str) -> list[str]:
+    """A comma-separated list names the nodes of a cluster (nats/cluster/*.conf)."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
+def explain(exc: BaseException, url: str, auth: NatsAuth) -> str:
+    """What to do about a connection the server refused."""
+    text = str(exc)
+    if "Authorization Violation" in text or isinstance(exc, nats.errors.AuthorizationError):
+        if auth.credential is None:
+            return (f"{url} requires a credential: set KTRDR_NATS_CREDS to the role's .nk file "
+                    "(`ktrdr fleet invite ROLE` prints one)")
+        return f"{url} refused the credential {auth.credential_file}: not a user of this server"
+    if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return (f"{url}: the server's TLS certificate is not signed by the CA "
+                f"{auth.ca or '(none given: set KTRDR_NATS_CA)'} ({getattr(exc, 'verify_message', text)})")
+    if isinstance(exc, ssl.SSLError):
+        return f"{url}: TLS failed ({text})"
+    return f"cannot reach NATS at {url}: {text or type(exc).__name__}"
+
+
+def _fatal(exc: BaseException) -> bool:
+    text = str(exc)
+    return ("Authorization Violation" in text or isinstance(exc, nats.errors.AuthorizationError | ssl.SSLError)
+            or "CERTIFICATE_VERIFY_FAILED" in text)
 
 
 async def connect(
     url: str,
     *,
     name: str,
+    auth: NatsAuth | None = None,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     connect_timeout: float = 5.0,
+    reconnect: bool = True,
+    quiet: bool = False,
 ) -> Client:
-    """Connect, and keep reconnecting forever: a restarted nats-server must not end a worker."""
+    """Connect, and keep reconnecting forever: a restarted nats-server must not end a worker.
+
+    ``reconnect=False`` (commands): a few tries, then :class:`NatsConnectError`. ``quiet``: failed
+    tries are not logged (a command reports the outcome once). A refused credential or an
+    untrusted certificate fails at once with a clear :class:`NatsConnectError`: retrying cannot fix
+    it, and nats-py would retry for minutes.
+    """
+    auth = auth or NatsAuth()
+    if auth.credential is None and not quiet:
+        log.warning("connecting to %s without a credential: only a server without auth accepts this", url)
+    connected = False
 
     async def error_cb(exc: Exception) -> None:
-        log.warning("nats: %s", exc)
+        if not connected and _fatal(exc):
+            raise NatsConnectError(explain(exc, url, auth))
+        log.log(logging.DEBUG if quiet else logging.WARNING, "nats: %s", exc)
 
     async def disconnected_cb() -> None:
-        log.warning("nats: disconnected from %s", url)
+        if connected and not quiet:
+            log.warning("nats: disconnected from %s", url)
 
     async def reconnected_cb() -> None:
         log.info("nats: reconnected to %s", url)
         if on_reconnect is not None:
             await on_reconnect()
 
-    return await nats.connect(
-        # A comma-separated list names the nodes of a cluster (nats/cluster/*.conf).
-        [u.strip() for u in url.split(",") if u.strip()],
-        name=name,
-        connect_timeout=connect_timeout,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.25,
-        allow_reconnect=True,
-        error_cb=error_cb,
-        disconnected_cb=disconnected_cb,
-        reconnected_cb=reconnected_cb,
-        # Large enough that a burst of progress during a reconnect is buffered, not dropped.
-        pending_size=64 * 1024 * 1024,
-        drain_timeout=5,
-    )
+    try:
+        nc = await nats.connect(
+            split_urls(url),
+            name=name,
+            connect_timeout=connect_timeout,
+            max_reconnect_attempts=-1 if reconnect else 3,
+            reconnect_time_wait=0.25,
+            allow_reconnect=True,
+            error_cb=error_cb,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
+            # Large enough that a burst of progress during a reconnect is buffered, not dropped.
+            pending_size=64 * 1024 * 1024,
+            drain_timeout=5,
+            **auth.options(),
+        )
+    except NatsConnectError:
+        raise
+    except Exception as exc:
+        raise NatsConnectError(explain(exc, url, auth)) from None
+    connected = True
+    return nc

@@ -37,9 +37,8 @@ class WorkerSettings(CommonSettings):
     ib_reconnect_max_s: float = Field(default=30.0, gt=0)
     # How long one download waits for the gateway to come back before failing the op.
     ib_reconnect_give_up_s: float = Field(default=900.0, gt=0)
-    # The active-instance lock: its TTL (fixed by the first host that creates the bucket), how
-    # often the active host refreshes it and how often a standby looks at it.
-    ib_lock_ttl_s: float = Field(default=5.0, gt=0)
+    # The active-instance lock (its TTL is a common setting: the coordinator makes the bucket):
+    # how often the active host refreshes it and how often a standby looks at it.
     ib_lock_refresh_s: float = Field(default=1.0, gt=0)
     ib_standby_poll_s: float = Field(default=0.5, gt=0)
     # IB's historical-data pacing rules (defaults are IB's published limits).

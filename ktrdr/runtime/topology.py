@@ -1,12 +1,17 @@
-"""Create the streams, consumers and buckets of the wire contract if they are missing.
+"""The streams, consumers, buckets and object stores of the wire contract.
 
-Every process calls :func:`ensure_topology` at start, so no start order is required. Storage
-is file-based: a restarted nats-server keeps every operation, lease history and queued job.
+The coordinator is the only role allowed to create them (:func:`ensure_topology`, at start and
+again whenever one has gone missing); every other process binds to them (:func:`bind_topology`),
+waiting with a clear message while one is missing. Storage is file-based: a restarted
+nats-server keeps every operation, lease history and queued job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -16,14 +21,18 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
-from subjects import names
+from subjects import limits, names
+
+log = logging.getLogger(__name__)
 
 DAY = 24 * 3600.0
 JOB_ACK_WAIT_S = 30.0
@@ -37,17 +46,53 @@ class Buckets:
     claims: KeyValue
 
 
+# Settings an existing stream is brought up to date with, so that upgrading applies them to
+# streams an older version created. Replicas are left as they are: scaling is the operator's call.
+_UPDATABLE = ("subjects", "max_msg_size", "max_bytes", "discard", "max_age", "max_msgs_per_subject")
+STORAGE_RESOURCES_EXCEEDED = 10047  # JetStream: max_bytes cannot be reserved in the server's store
+
+
+def _setting(config: StreamConfig, name: str) -> object:
+    value = getattr(config, name)
+    return sorted(value or ()) if name == "subjects" else value
+
+
+async def _within_storage(call: Callable[[StreamConfig], Awaitable[object]], config: StreamConfig) -> None:
+    """A server whose store is smaller than ``max_bytes`` refuses to reserve it: the stream then
+    goes without a byte limit of its own (the server's store bounds it) rather than not at all."""
+    try:
+        await call(config)
+    except APIError as exc:
+        if exc.err_code != STORAGE_RESOURCES_EXCEEDED or not config.max_bytes or config.max_bytes < 0:
+            raise
+        log.warning("the nats-server's store cannot reserve %d bytes for the stream %s; it goes without "
+                    "max_bytes (give JetStream more storage to have it)", config.max_bytes, config.name)
+        await call(config.evolve(max_bytes=-1))
+
+
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
-        await js.stream_info(config.name)
+        info = await js.stream_info(config.name)
     except NotFoundError:
-        await js.add_stream(config)
+        log.info("creating the stream %s", config.name)
+        await _within_storage(js.add_stream, config)
+        return
+    differs = [name for name in _UPDATABLE if _setting(info.config, name) != _setting(config, name)]
+    if not differs:
+        return
+    log.info("updating the stream %s: %s", config.name, ", ".join(differs))
+    try:
+        await _within_storage(js.update_stream, config.evolve(num_replicas=info.config.num_replicas))
+    except APIError as exc:
+        # The stream as it is still works: a refused update must not keep the platform down.
+        log.error("could not update the stream %s (%s): %s", config.name, ", ".join(differs), exc)
 
 
 async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     try:
         return await js.key_value(config.bucket)
     except BucketNotFoundError:
+        log.info("creating the key-value bucket %s", config.bucket)
         return await js.create_key_value(config)
 
 
@@ -81,16 +126,37 @@ async def _ensure_coordinator_consumer(js: JetStreamContext) -> None:
         ))
 
 
-async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas: int = 1) -> Buckets:
-    """``replicas`` > 1 on a cluster (nats/cluster/*.conf) keeps every stream through a node loss."""
+OBJECT_STORES = (names.DATA_OBJECTS, names.RESULTS_OBJECTS, names.MODELS_OBJECTS, names.CHECKPOINTS_OBJECTS)
+
+
+async def _ensure_object_store(js: JetStreamContext, bucket: str, replicas: int) -> ObjectStore:
+    try:
+        return await js.object_store(bucket)
+    except BucketNotFoundError:
+        log.info("creating the object store %s", bucket)
+        with contextlib.suppress(BadRequestError):  # made by another coordinator meanwhile
+            return await js.create_object_store(bucket, config=ObjectStoreConfig(
+                storage=StorageType.FILE, replicas=replicas))
+        return await js.object_store(bucket)
+
+
+async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas: int = 1,
+                          ib_lock_ttl_s: float = 5.0) -> Buckets:
+    """Create what is missing (the coordinator's job). ``replicas`` > 1 on a cluster
+    (nats/cluster/*.conf) keeps every stream, bucket and object store through a node loss."""
     await _ensure_stream(js, StreamConfig(
         name=names.JOBS_STREAM,
-        subjects=[names.JOBS_SUBJECTS],
+        # Only the declared capabilities: a job on any other subject is refused, not kept unseen.
+        subjects=list(names.JOBS_SUBJECTS),
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         num_replicas=replicas,
         duplicate_window=120.0,
         max_age=7 * DAY,
+        max_msg_size=limits.JOBS_MAX_MSG_BYTES,
+        max_bytes=limits.JOBS_MAX_BYTES,
+        # A full queue refuses new offers (the submission fails, visibly) instead of dropping queued work.
+        discard=DiscardPolicy.NEW,
     ))
     await _ensure_stream(js, StreamConfig(
         name=names.OPS_STREAM,
@@ -102,6 +168,8 @@ async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas:
         max_age=7 * DAY,
         # The op record keeps the latest progress; the stream needs only recent history.
         max_msgs_per_subject=1000,
+        max_msg_size=limits.OPS_MAX_MSG_BYTES,
+        max_bytes=limits.OPS_MAX_BYTES,
         discard=DiscardPolicy.OLD,
     ))
     for capability in names.CAPABILITIES:
@@ -133,4 +201,49 @@ async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas:
     claims = await _ensure_bucket(js, KeyValueConfig(
         bucket=names.CLAIMS_BUCKET, history=1, ttl=30 * DAY, storage=StorageType.FILE,
         replicas=replicas))
+    await _ensure_bucket(js, KeyValueConfig(
+        bucket=names.IB_ACTIVE_BUCKET, history=1, ttl=ib_lock_ttl_s,
+        # Markers let watchers (and `nats kv watch ib_active`) see an expired lock.
+        limit_marker_ttl=max(1.0, ib_lock_ttl_s), storage=StorageType.FILE, replicas=replicas))
+    for bucket in OBJECT_STORES:
+        await _ensure_object_store(js, bucket, replicas)
     return Buckets(workers=workers, ops=ops, claims=claims)
+
+
+class TopologyMissing(RuntimeError):
+    """A stream or bucket this process needs does not exist (yet): only the coordinator makes them."""
+
+
+BIND_BACKOFF_MAX_S = 10.0
+
+
+async def bind_topology(js: JetStreamContext, *, object_stores: tuple[str, ...] = (),
+                        wait: bool = True) -> Buckets:
+    """Bind to the buckets a worker or client uses; while one is missing, say which and wait for
+    the coordinator to create it (``wait=False``: raise :class:`TopologyMissing` instead)."""
+    delay = 0.25
+    while True:
+        try:
+            return await _bind(js, object_stores)
+        except TopologyMissing as exc:
+            if not wait:
+                raise
+            log.warning("%s; waiting %.1f s for the coordinator to create it", exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, BIND_BACKOFF_MAX_S)
+
+
+async def _bind(js: JetStreamContext, object_stores: tuple[str, ...]) -> Buckets:
+    found: dict[str, KeyValue] = {}
+    for bucket in (names.WORKERS_BUCKET, names.OPS_BUCKET, names.CLAIMS_BUCKET):
+        try:
+            found[bucket] = await js.key_value(bucket)
+        except BucketNotFoundError:
+            raise TopologyMissing(f"the key-value bucket {bucket!r} does not exist") from None
+    for bucket in object_stores:
+        try:
+            await js.object_store(bucket)
+        except BucketNotFoundError:
+            raise TopologyMissing(f"the object store {bucket!r} does not exist") from None
+    return Buckets(workers=found[names.WORKERS_BUCKET], ops=found[names.OPS_BUCKET],
+                   claims=found[names.CLAIMS_BUCKET])

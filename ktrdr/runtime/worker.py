@@ -29,14 +29,15 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from ktrdr import __version__
 from ktrdr.cancel import OperationCancelled
-from ktrdr.runtime.connection import connect
+from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.context import Handler, JobContext
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.pull import JobPuller
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.tasks import cancel_and_wait
-from ktrdr.runtime.topology import Buckets, ensure_topology
-from subjects import names
+from ktrdr.runtime.topology import Buckets, TopologyMissing, bind_topology
+from subjects import limits, names, roles
+from subjects.limits import bounded_text
 from subjects.models import (
     BadPayload,
     CancelReply,
@@ -153,11 +154,12 @@ class Worker:
             started_at=self.started_at)
 
     async def start(self) -> None:
+        role = roles.IB if self.worker_type == "ib" else roles.WORKER
         self.nc = await connect(self.settings.nats_url, name=f"ktrdr-{self.worker_id}",
-                                on_reconnect=self._on_reconnect)
+                                on_reconnect=self._on_reconnect, auth=NatsAuth.resolve(self.settings, role=role))
         self.js = self.nc.jetstream(timeout=5.0)
-        self.buckets = await ensure_topology(self.js, lease_ttl_s=self.settings.lease_ttl_s,
-                                            replicas=self.settings.js_replicas)
+        # Only the coordinator creates streams and buckets: until it has, say what is missing and wait.
+        self.buckets = await bind_topology(self.js)
         self.publisher = AckedPublisher(nc=self.nc)
         await self.publisher.start()
         # One plain subscription (no queue group) for every op this worker will run, held from
@@ -415,6 +417,13 @@ class Worker:
             await self._release(ctx.op_id)
             await self._confirm(started)
             await self._confirm(outcome)
+        except TopologyMissing as exc:
+            # The coordinator recreates it within seconds; the offer comes back after the delay.
+            log.warning("operation %s: %s; handing the job back for a later try", ctx.op_id, exc)
+            if not r.claimed.done():
+                r.claimed.set_result(False)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=2.0)
         except Exception:
             log.exception("operation %s: runtime error", ctx.op_id)
             if not r.claimed.done():
@@ -447,6 +456,9 @@ class Worker:
             try:
                 await self.publisher.kv_create(names.CLAIMS_BUCKET, key, claim.encode())
                 return True
+            except nats.errors.NoRespondersError:
+                # Nothing stores $KV.claims.>: the bucket is gone (deleted by hand, or a lost store).
+                raise TopologyMissing(f"the key-value bucket {names.CLAIMS_BUCKET!r} does not exist") from None
             except KeyWrongLastSequenceError:
                 if uncertain and await self._holds_claim(key, claim):
                     return True
@@ -482,10 +494,16 @@ class Worker:
             if ctx.token.cancelled and r.fenced:
                 raise OperationCancelled(ctx.token.reason or "cancelled")
         except OperationCancelled as exc:
-            outcome, error = OpEventKind.CANCELLED, exc.reason
+            outcome, error = OpEventKind.CANCELLED, bounded_text(exc.reason, limits.MAX_REASON_CHARS)
         except Exception as exc:
-            outcome, error = OpEventKind.FAILED, f"{type(exc).__name__}: {exc}"
+            # The outcome event must fit the payload, or it is never stored and the op never ends.
+            text = f"{type(exc).__name__}: {exc}"
+            error = bounded_text(text, limits.MAX_ERROR_CHARS)
+            outcome = OpEventKind.FAILED
             log.warning("operation %s failed: %s", ctx.op_id, error)
+            if len(error) < len(text):
+                log.warning("operation %s: its error of %d characters was cut to %d", ctx.op_id, len(text),
+                            len(error))
         # No cancel can change the outcome now: the coordinator answers from here on.
         r.cancellable = False
         await ctx.flush()
@@ -495,9 +513,30 @@ class Worker:
     async def _send_event(self, ctx: JobContext, kind: OpEventKind, *,
                           result: dict[str, Any] | None = None, error: str | None = None) -> _SentEvent:
         assert self.publisher is not None
+        if error is not None:
+            error = bounded_text(error, limits.MAX_ERROR_CHARS)
         event = OpEvent(op_id=ctx.op_id, event=kind, worker_id=self.worker_id, attempt=ctx.attempt,
                         result=result, error=error)
-        sent = _SentEvent(subject=names.ops_events(ctx.op_id), payload=event.encode(), kind=kind)
+        payload = event.encode()
+        # Cheap test first: only an event this large can hold a result over the inline limit.
+        too_large = len(payload) > limits.MAX_EVENT_BYTES or (
+            len(payload) > limits.MAX_INLINE_RESULT_BYTES and result is not None
+            and limits.json_size(result) > limits.MAX_INLINE_RESULT_BYTES)
+        if too_large:
+            # Sent anyway it would be refused again and again, and the op would stay running for
+            # good: the outcome is a failure that says why, small enough to be stored.
+            why = (f"the {kind.value} event would have been {len(payload)} bytes, over the "
+                   f"{limits.MAX_EVENT_BYTES} an event may carry")
+            if result is not None:
+                why = (f"the handler returned a result of {limits.json_size(result)} bytes, over the "
+                       f"{limits.MAX_INLINE_RESULT_BYTES} an event carries inline; a full result belongs in the "
+                       "results store (ktrdr.results.put_result), with a summary returned")
+            log.error("operation %s: %s", ctx.op_id, why)
+            kind = OpEventKind.FAILED
+            event = OpEvent(op_id=ctx.op_id, event=kind, worker_id=self.worker_id, attempt=ctx.attempt,
+                            error=bounded_text(why, limits.MAX_ERROR_CHARS))
+            payload = event.encode()
+        sent = _SentEvent(subject=names.ops_events(ctx.op_id), payload=payload, kind=kind)
         try:
             sent.ack = await self.publisher.send(sent.subject, sent.payload)
         except Exception as exc:
@@ -542,6 +581,10 @@ class Worker:
                 await msg.respond(CancelReply(op_id=op_id, accepted=False,
                                               message=f"invalid cancel request: {exc}").encode())
             return
+        if req.truncated_from is not None:
+            # Cut on decoding: the reason goes into the cancelled event, which must fit the payload.
+            log.warning("cancel request for %s: a reason of %d characters cut to %d", op_id, req.truncated_from,
+                        len(req.reason))
         if r.claimed.done():
             await self._answer_cancel(r, msg, req)
             return

@@ -13,3 +13,13 @@ class StrategyError(ValueError):
     @property
     def fields(self) -> list[str]:
         return [field for field, _ in self.problems]
+
+
+class UnknownStrategyError(StrategyError):
+    """A request's strategy that is no packaged name, no file of the strategies directory and no YAML
+    text: one message, whatever exists on the host under that name."""
+
+    def __init__(self, source: str, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.source = source
+        self.problems = [("", message)]

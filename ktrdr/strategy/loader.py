@@ -1,11 +1,27 @@
-"""Loading strategies from a file, a packaged name or inline YAML, and applying parameter overrides."""
+"""Loading strategies, and applying parameter overrides.
+
+A strategy named in a request (:func:`load_strategy` with a string) is exactly one of:
+
+- a packaged name (``sma_crossover``, from ``ktrdr/strategies/*.yaml``);
+- the name of a file in the strategies directory (:func:`strategies_dir`): ``[A-Za-z0-9_-]{1,64}``,
+  optionally with ``.yaml``/``.yml``, which must still lie inside that directory once symlinks are
+  resolved;
+- YAML text (it contains a newline or a ``:``), at most :data:`MAX_STRATEGY_BYTES`.
+
+Never a path: a request reaches the coordinator and then a worker on another host, and reading what
+it names would read (and quote in errors) any file there. Anything else is refused with one message,
+whether or not a file of that name exists anywhere. A local file (the CLI reads the user's own
+file and sends its text; tests) is read by :func:`load_strategy_file`, which trusts its caller.
+"""
 
 from __future__ import annotations
 
 import copy
+import os
+import re
 from collections.abc import Mapping
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import yaml
@@ -13,8 +29,20 @@ from pydantic import ValidationError
 
 from ktrdr.data.validation import OHLCV
 from ktrdr.strategy.conditions import check_condition
-from ktrdr.strategy.errors import StrategyError
+from ktrdr.strategy.errors import StrategyError, UnknownStrategyError
 from ktrdr.strategy.schema import NeuroFuzzyStrategy, RuleStrategy, Strategy
+
+MAX_STRATEGY_BYTES = 64 * 1024
+_NAME = re.compile(r"([A-Za-z0-9_-]{1,64})(\.ya?ml)?")
+
+
+def strategies_dir() -> Path:
+    """Where strategies named by file name live: ``KTRDR_STRATEGIES_DIR``, else ``$KTRDR_HOME/strategies``
+    (``~/.ktrdr/strategies``)."""
+    configured = os.environ.get("KTRDR_STRATEGIES_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("KTRDR_HOME") or Path.home() / ".ktrdr").expanduser() / "strategies"
 
 
 def packaged_strategies() -> list[str]:
@@ -22,35 +50,83 @@ def packaged_strategies() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def _packaged_path(name: str) -> Path | None:
-    stem = name[:-5] if name.endswith(".yaml") else name
+def _packaged_path(stem: str) -> Path | None:
+    if stem not in packaged_strategies():
+        return None
     candidate = Path(str(resources.files("ktrdr") / "strategies" / f"{stem}.yaml"))
     return candidate if candidate.is_file() else None
 
 
-def load_strategy(source: str | Path | Mapping[str, Any]) -> Strategy:
-    """A validated strategy from a path, a packaged name (``sma_crossover``), inline YAML or a mapping."""
+def _dir_path(stem: str, suffix: str | None) -> Path | None:
+    """The file ``stem[.suffix]`` of the strategies directory, symlinks resolved, if it lies inside it."""
+    try:
+        root = strategies_dir().resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    for name in [stem + suffix] if suffix else [f"{stem}.yaml", f"{stem}.yml"]:
+        try:
+            real = (root / name).resolve(strict=True)
+        except (OSError, RuntimeError):
+            continue
+        if real.is_relative_to(root) and real.is_file():
+            return real
+    return None
+
+
+def _unknown(source: str) -> UnknownStrategyError:
+    shown = source if len(source) <= 200 else source[:197] + "..."
+    return UnknownStrategyError(shown, f"unknown strategy {shown!r}: use a packaged name ("
+                                + ", ".join(packaged_strategies()) + f"), a file name in {strategies_dir()}, "
+                                "or YAML text")
+
+
+def load_strategy(source: str | Mapping[str, Any]) -> Strategy:
+    """A validated strategy from a packaged name (``sma_crossover``), a file name in the strategies
+    directory, YAML text or a mapping; never from a path (see the module's docstring)."""
     if isinstance(source, Mapping):
         return parse_strategy(dict(source), source="<mapping>")
-    if isinstance(source, Path):
-        return _load_file(source)
-    if "\n" not in source:
-        if Path(source).is_file():
-            return _load_file(Path(source))
-        packaged = _packaged_path(source)
+    if isinstance(source, PurePath) or not isinstance(source, str):
+        raise TypeError("load_strategy takes a name, YAML text or a mapping; a local file: load_strategy_file")
+    match = _NAME.fullmatch(source.strip())
+    if match:
+        stem, suffix = match.group(1), match.group(2)
+        packaged = _packaged_path(stem) if suffix in (None, ".yaml") else None
         if packaged is not None:
-            return _load_file(packaged)
-        if ":" not in source:
-            raise StrategyError(source, [("", "no such file or packaged strategy; packaged: "
-                                          + ", ".join(packaged_strategies()))])
+            return load_strategy_file(packaged)
+        found = _dir_path(stem, suffix)
+        if found is None:
+            raise _unknown(source)
+        return _load_bounded(found)
+    if "\n" not in source and ":" not in source:
+        raise _unknown(source)
+    size = len(source.encode())
+    if size > MAX_STRATEGY_BYTES:
+        raise StrategyError("<inline>", [("", f"YAML text of {size} bytes: at most {MAX_STRATEGY_BYTES}")])
     return parse_strategy(_parse_yaml(source, "<inline>"), source="<inline>")
 
 
-def _load_file(path: Path) -> Strategy:
+def load_strategy_file(path: str | PurePath) -> Strategy:
+    """A validated strategy from a local file the caller trusts (the CLI's user's own file, tests)."""
+    path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise StrategyError(str(path), [("", f"cannot read: {e}")]) from None
+    return parse_strategy(_parse_yaml(text, str(path)), source=str(path))
+
+
+def _load_bounded(path: Path) -> Strategy:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_STRATEGY_BYTES + 1)
+    except OSError as e:
+        raise StrategyError(str(path), [("", f"cannot read: {e.strerror}")]) from None
+    if len(data) > MAX_STRATEGY_BYTES:
+        raise StrategyError(str(path), [("", f"larger than {MAX_STRATEGY_BYTES} bytes")])
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise StrategyError(str(path), [("", "not UTF-8 text")]) from None
     return parse_strategy(_parse_yaml(text, str(path)), source=str(path))
 
 

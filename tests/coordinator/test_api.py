@@ -10,12 +10,13 @@ import pytest
 from coordinator.app import Coordinator
 from subjects.models import OpStatus
 from tests.conftest import MakeWorker
-from tests.support import assert_eventually, wait_status
+from tests.support import assert_eventually, auth_headers, wait_status
 
 
 @pytest.fixture
 async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}") as client:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
+                                 headers=auth_headers(coordinator)) as client:
         yield client
 
 
@@ -90,7 +91,7 @@ async def test_health_and_metrics(api: httpx.AsyncClient, coordinator: Coordinat
 
 
 async def test_an_empty_submission_names_the_missing_type(api: httpx.AsyncClient) -> None:
-    response = await api.post("/api/v1/operations", content=b"  ")
+    response = await api.post("/api/v1/operations", content=b"  ", headers={"content-type": "application/json"})
     assert response.status_code == 422 and "type" in response.json()["error"]
 
 

@@ -16,7 +16,7 @@ from subjects import names
 from subjects.models import OpStatus, SubmitRequest
 from tests.backtesting import backtest_params
 from tests.conftest import MakeWorker
-from tests.support import wait_status
+from tests.support import auth_headers, wait_status
 
 BAD_INLINE = """
 name: broken
@@ -29,7 +29,8 @@ rules:
 
 @pytest.fixture
 async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}") as client:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
+                                 headers=auth_headers(coordinator)) as client:
         yield client
 
 

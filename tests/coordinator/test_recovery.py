@@ -13,8 +13,9 @@ from nats.aio.client import Client
 from coordinator.app import Coordinator
 from ktrdr.cli.client import KtrdrClient
 from ktrdr.natsd import NatsServer
+from subjects import roles
 from subjects.models import Operation, OpStatus, SubmitRequest
-from tests.conftest import FAST, ROOT, MakeWorker, SpawnWorker, coordinator_settings
+from tests.conftest import FAST, ROOT, MakeWorker, SpawnWorker, auth, coordinator_settings, role_env
 from tests.support import assert_eventually, wait_status
 
 TTL = FAST["lease_ttl_s"]
@@ -108,7 +109,7 @@ def _fenced(coordinator: Coordinator, kind: str) -> float:
 
 
 def spawn_coordinator(server: NatsServer, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KTRDR_NATS_URL": server.url, "KTRDR_API_ENABLED": "false",
+    env = {**os.environ, **role_env(roles.COORDINATOR), "KTRDR_NATS_URL": server.url, "KTRDR_API_ENABLED": "false",
            "KTRDR_LEASE_TTL_S": str(TTL), "KTRDR_HEARTBEAT_S": str(FAST["heartbeat_s"])}
     return subprocess.Popen([sys.executable, "-m", "coordinator"], cwd=ROOT, env=env,
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
@@ -118,7 +119,7 @@ async def test_coordinator_killed_mid_op_loses_nothing(
         nats_server: NatsServer, make_worker: MakeWorker, tmp_path: Path) -> None:
     first = spawn_coordinator(nats_server, tmp_path / "coordinator.log")
     try:
-        async with KtrdrClient(nats_url=nats_server.url) as client:
+        async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
             await make_worker("w1")
             op = await assert_eventually(lambda: _try_submit(client), timeout=15)
             await assert_eventually(lambda: _status_is(client, op.op_id, OpStatus.RUNNING), timeout=10)

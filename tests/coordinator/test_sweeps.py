@@ -19,14 +19,15 @@ from ktrdr.runtime.context import JobContext
 from subjects.models import Operation, OpStatus, SubmitRequest
 from tests.backtesting import backtest_params, backtest_worker, publish_synth
 from tests.conftest import MakeWorker, coordinator_settings
-from tests.support import assert_eventually, wait_status
+from tests.support import assert_eventually, auth_headers, wait_status
 
 GRID = {"fast": [5, 10, 15], "slow": [30, 60]}
 
 
 @pytest.fixture
 async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}") as client:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
+                                 headers=auth_headers(coordinator)) as client:
         yield client
 
 

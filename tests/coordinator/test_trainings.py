@@ -14,11 +14,13 @@ from coordinator.app import Coordinator
 from subjects import names
 from subjects.models import Operation, decode
 from tests.ktrdr.training.planted import strategy_yaml
+from tests.support import auth_headers
 
 
 @pytest.fixture
 async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}") as client:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
+                                 headers=auth_headers(coordinator)) as client:
         yield client
 
 
@@ -44,8 +46,8 @@ async def test_a_packaged_strategy_is_queued_with_its_defaults_filled_in(
     ({"strategy": "neuro_mean_reversion", "model_name": "a/b"}, "invalid model_name"),
     ({"strategy": "neuro_mean_reversion", "start": "2024-02-01", "end": "2024-01-01"}, "start is after end"),
     ({"strategy": "neuro_mean_reversion", "bogus": 1}, "invalid bogus"),
-    ({"strategy": "no_such_strategy"}, "invalid strategy: 'no_such_strategy' is not a packaged strategy"),
-    ({"strategy": "/etc/hostname"}, "is not a packaged strategy"),
+    ({"strategy": "no_such_strategy"}, "invalid strategy: unknown strategy 'no_such_strategy': use a packaged name"),
+    ({"strategy": "/etc/hostname"}, "invalid strategy: unknown strategy '/etc/hostname': use a packaged name"),
     ({"strategy": "sma_crossover"}, "rule-based"),
     ({"strategy": strategy_yaml().replace("period: 14", "period: -3", 1)}, "invalid strategy"),
     ({"strategy": strategy_yaml(), "timeframes": ["4h"]}, "invalid timeframes: the strategy's nn_inputs need ['1h']"),

@@ -11,7 +11,8 @@ import pytest
 from host_ib.app import IbHost
 from ktrdr.natsd import NatsServer
 from ktrdr.runtime.settings import WorkerSettings
-from tests.conftest import FAST, bounded
+from subjects import roles
+from tests.conftest import FAST, bounded, creds
 from tests.ktrdr.ib.fake_gateway import FakeGateway
 from tests.support import assert_eventually
 
@@ -27,7 +28,8 @@ FAST_IB: dict[str, Any] = {
 
 
 def host_settings(url: str, worker_id: str, gateway: FakeGateway, data_dir: Path, **overrides: Any) -> WorkerSettings:
-    return WorkerSettings(**{"nats_url": url, "worker_id": worker_id, "ib_port": gateway.port,
+    return WorkerSettings(**{"nats_url": url, "nats_creds": creds(roles.IB), "worker_id": worker_id,
+                             "ib_port": gateway.port,
                              "ib_data_dir": data_dir / worker_id, **FAST_IB, **overrides})
 
 

@@ -17,9 +17,9 @@ from host_ib.election import lock_bucket, read_lock
 from ktrdr.data.shared import fetch_dataset
 from ktrdr.data.store import DataStore
 from ktrdr.natsd import NatsServer
-from subjects import names
+from subjects import names, roles
 from subjects.models import OpStatus, SubmitRequest, WorkerLease, WorkerState, decode
-from tests.conftest import ROOT
+from tests.conftest import ROOT, role_env
 from tests.host_ib.conftest import FAST_IB, MakeHost
 from tests.ktrdr.ib.fake_gateway import FakeGateway
 from tests.support import assert_eventually, wait_status
@@ -37,7 +37,7 @@ async def lease_of(nc: Client, worker_id: str) -> WorkerLease | None:
 
 
 async def holder(nc: Client) -> str | None:
-    kv = await lock_bucket(nc.jetstream(), ttl_s=FAST_IB["ib_lock_ttl_s"])
+    kv = await lock_bucket(nc.jetstream())
     current = await read_lock(kv)
     return current[1].worker_id if current and current[1] else None
 
@@ -68,7 +68,7 @@ async def test_standby_waits_and_takes_over_when_the_active_host_stops(
 
 def spawn_host(nats_server: NatsServer, gateway: FakeGateway, tmp_path: Path) -> subprocess.Popen[bytes]:
     """``python -m host_ib`` as worker ``ib-proc``: a real process, to be killed."""
-    env = {**os.environ, "KTRDR_NATS_URL": nats_server.url, "KTRDR_WORKER_ID": "ib-proc",
+    env = {**os.environ, **role_env(roles.IB), "KTRDR_NATS_URL": nats_server.url, "KTRDR_WORKER_ID": "ib-proc",
            "KTRDR_IB_PORT": str(gateway.port), "KTRDR_IB_DATA_DIR": str(tmp_path / "proc"),
            "KTRDR_LOG_LEVEL": "WARNING", **{f"KTRDR_{k.upper()}": str(v) for k, v in FAST_IB.items()}}
     with open(tmp_path / "ib-proc.log", "wb") as out:

@@ -19,12 +19,13 @@ from ktrdr.runtime.context import JobContext
 from subjects.models import OpStatus, SubmitRequest
 from tests.backtesting import SYMBOL, TIMEFRAME, backtest_params, backtest_worker, publish_synth
 from tests.conftest import MakeWorker
-from tests.support import assert_eventually, wait_status
+from tests.support import assert_eventually, auth_headers, wait_status
 
 
 @pytest.fixture
 async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}") as client:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
+                                 headers=auth_headers(coordinator)) as client:
         yield client
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from coordinator.app import Coordinator
 from ktrdr.natsd import NatsServer, free_port
+from subjects import roles
 from tests.backtesting import backtest_worker
-from tests.conftest import ROOT, MakeWorker
+from tests.conftest import ROOT, MakeWorker, role_env
 
 
 async def ktrdr(url: str, home: Path, *args: str) -> tuple[int, str]:
-    env = {**os.environ, "KTRDR_NATS_URL": url, "KTRDR_HOME": str(home), "COLUMNS": "200"}
+    env = {**os.environ, **role_env(roles.CLIENT), "KTRDR_NATS_URL": url, "KTRDR_HOME": str(home), "COLUMNS": "200"}
     proc = subprocess.Popen([sys.executable, "-m", "ktrdr.cli.app", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = await asyncio.to_thread(proc.communicate, timeout=60)

@@ -13,14 +13,14 @@ import httpx
 
 from coordinator.app import Coordinator
 from ktrdr.natsd import NatsServer
-from subjects import names
+from subjects import names, roles
 from subjects.models import OpStatus, SubmitRequest
-from tests.conftest import ROOT, MakeWorker
+from tests.conftest import ROOT, MakeWorker, role_env
 from tests.support import assert_eventually, wait_status
 
 
 def ktrdr(server: NatsServer, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "KTRDR_NATS_URL": server.url, "COLUMNS": "200"}
+    env = {**os.environ, **role_env(roles.CLIENT), "KTRDR_NATS_URL": server.url, "COLUMNS": "200"}
     return subprocess.Popen([sys.executable, "-m", "ktrdr.cli.app", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

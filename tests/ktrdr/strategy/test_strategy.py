@@ -12,6 +12,7 @@ from ktrdr.strategy import (
     StrategyError,
     generate_signals,
     load_strategy,
+    load_strategy_file,
     packaged_strategies,
     target_positions,
     with_parameters,
@@ -33,14 +34,14 @@ def test_load_from_path_and_inline(tmp_path: Path) -> None:
     text = Path(load_strategy("sma_crossover").source).read_text()
     f = tmp_path / "mine.yaml"
     f.write_text(text)
-    assert load_strategy(f).source == str(f)
-    assert load_strategy(str(f)).name == "sma_crossover"
+    assert load_strategy_file(f).source == str(f)
+    assert load_strategy_file(str(f)).name == "sma_crossover"
     assert load_strategy(text).source == "<inline>"
 
 
 def _error(source: str | Path) -> StrategyError:
     with pytest.raises(StrategyError) as info:
-        load_strategy(source)
+        load_strategy_file(source) if isinstance(source, Path) else load_strategy(source)
     return info.value
 
 

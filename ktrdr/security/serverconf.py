@@ -1,0 +1,58 @@
+"""The nats-server configuration that enforces ktrdr's roles (and TLS, when the server is reachable
+from other hosts).
+
+Written as JSON, which nats-server's config format accepts as it is. Only public keys go in; the
+file is still kept private, since its permission blocks map the platform.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ktrdr.security.credentials import NatsCredential, write_private
+from ktrdr.security.tls import TlsFiles
+from subjects import roles
+
+# nats-server's default, said out loud: every record, event and reply is bounded below it.
+MAX_PAYLOAD = 1024 * 1024
+
+
+def _block(p: roles.Permissions) -> dict[str, Any]:
+    publish: dict[str, Any] = {"allow": list(p.publish)}
+    subscribe: dict[str, Any] = {"allow": list(p.subscribe)}
+    if p.deny_publish:
+        publish["deny"] = list(p.deny_publish)
+    if p.deny_subscribe:
+        subscribe["deny"] = list(p.deny_subscribe)
+    block: dict[str, Any] = {"publish": publish, "subscribe": subscribe}
+    if p.allow_responses:
+        block["allow_responses"] = {"max": 1}
+    return block
+
+
+def authorization(credentials: dict[str, NatsCredential]) -> dict[str, Any]:
+    """One user per role, identified by its nkey; no anonymous user."""
+    users = [{"nkey": cred.public_key, "permissions": _block(roles.permissions(role, cred.public_key))}
+             for role, cred in credentials.items()]
+    return {"users": users}
+
+
+def render(*, credentials: dict[str, NatsCredential], tls: TlsFiles | None = None,
+           monitor: str | None = None) -> str:
+    """``monitor``: ``host:port`` of the monitoring endpoint, which has no auth of its own, so it is
+    only ever bound to loopback by ``ktrdr up``."""
+    conf: dict[str, Any] = {"max_payload": MAX_PAYLOAD, "authorization": authorization(credentials)}
+    if tls is not None:
+        # Required of every client once present: nobody joins in plain text.
+        conf["tls"] = {"cert_file": str(tls.cert), "key_file": str(tls.key), "ca_file": str(tls.ca),
+                       "timeout": 5}
+    if monitor:
+        conf["http"] = monitor
+    return json.dumps(conf, indent=2) + "\n"
+
+
+def write(path: Path, text: str) -> Path:
+    write_private(path, text)
+    return path

@@ -1,0 +1,214 @@
+"""The roles are enforced by nats-server: each hostile act of issue 10 is refused by the server
+itself (its permissions violation is what the client hears), one test per act, and nothing of it
+takes effect. That each role can do its own job is what the rest of the suite shows: every
+component in it connects with its role's credential."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import nats.errors
+import pytest
+from nats.aio.client import Client
+
+from coordinator.app import Coordinator
+from ktrdr.natsd import NatsServer
+from ktrdr.runtime.connection import NatsAuth, NatsConnectError, connect
+from subjects import names, roles
+from subjects.models import ListRequest, OpEvent, OpEventKind, OpStatus, SubmitRequest, WorkerInfo, utcnow
+from tests.conftest import MakeWorker, auth, connect_as
+from tests.support import assert_eventually, wait_status
+
+
+class Denials:
+    """The permission violations the server reported on one connection."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def record(self, exc: Exception) -> None:
+        self.seen.append(str(exc))
+
+    async def expect(self, verb: str, subject: str) -> None:
+        # nats-py lower-cases the server's notice, subject included.
+        wanted = f'permissions violation for {verb} to "{subject}"'.lower()
+        await assert_eventually(lambda: any(wanted in s.lower() for s in self.seen),
+                                message=f"the server did not refuse {verb} {subject}")
+
+
+@pytest.fixture
+async def as_role(nats_server: NatsServer) -> AsyncIterator[Callable[[str], Awaitable[tuple[Client, Denials]]]]:
+    opened: list[Client] = []
+
+    async def open_as(role: str) -> tuple[Client, Denials]:
+        denials = Denials()
+        nc = await connect_as(nats_server.url, role, error_cb=denials.record)
+        opened.append(nc)
+        return nc, denials
+
+    yield open_as
+    for nc in opened:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+async def attempt(awaitable: Awaitable[Any]) -> None:
+    """A denied JetStream call or request only times out on the client: the refusal is the
+    server's violation notice, which the test reads instead."""
+    with contextlib.suppress(nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError):
+        await asyncio.wait_for(awaitable, 1.0)
+
+
+async def submit_dummy(coordinator: Coordinator, **params: Any) -> str:
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0, "steps": 1,
+                                                                                 **params}))
+    return op.op_id
+
+
+async def test_an_anonymous_connection_is_refused(nats_server: NatsServer) -> None:
+    with pytest.raises(NatsConnectError, match="requires a credential"):
+        await connect(nats_server.url, name="anonymous", auth=NatsAuth(), reconnect=False, quiet=True)
+
+
+async def test_a_credential_the_server_does_not_know_is_refused(nats_server: NatsServer) -> None:
+    from ktrdr.security.credentials import NatsCredential
+
+    stranger = NatsAuth(credential=NatsCredential.generate())
+    with pytest.raises(NatsConnectError, match="refused the credential"):
+        await connect(nats_server.url, name="stranger", auth=stranger, reconnect=False, quiet=True)
+
+
+async def test_a_client_cannot_register_a_fake_gpu_worker_nor_write_its_lease(as_role, nc: Client) -> None:
+    client, denials = await as_role(roles.CLIENT)
+    fake = WorkerInfo(worker_id="fake-gpu", worker_type="gpu", capabilities=[names.CAP_TRAINING_GPU], gpu=True,
+                      host="evil", pid=1, version="0", slots=1, started_at=utcnow())
+    await attempt(client.request(names.WORKER_REGISTER, fake.encode(), timeout=0.5))
+    await denials.expect("publish", names.WORKER_REGISTER)
+    await attempt(client.jetstream(timeout=0.5).publish(names.kv_key_subject(names.WORKERS_BUCKET, "fake-gpu"),
+                                                        b"{}"))
+    await denials.expect("publish", "$KV.workers.fake-gpu")
+    workers = await nc.jetstream().key_value(names.WORKERS_BUCKET)
+    assert "fake-gpu" not in (await workers.keys() if await _has_keys(workers) else [])
+
+
+async def _has_keys(kv: Any) -> bool:
+    try:
+        await kv.keys()
+        return True
+    except Exception:
+        return False
+
+
+async def test_a_client_cannot_forge_a_completed_event(as_role, coordinator: Coordinator,
+                                                       make_worker: MakeWorker) -> None:
+    op_id = await submit_dummy(coordinator, duration=30, steps=30)
+    worker = await make_worker("w1")
+    op = await wait_status(coordinator, op_id, OpStatus.RUNNING)
+    client, denials = await as_role(roles.CLIENT)
+    forged = OpEvent(op_id=op_id, event=OpEventKind.COMPLETED, worker_id=worker.worker_id, attempt=op.attempt,
+                     result={"made": "up"})
+    await attempt(client.jetstream(timeout=0.5).publish(names.ops_events(op_id), forged.encode()))
+    await denials.expect("publish", names.ops_events(op_id))
+    assert coordinator.ops.get(op_id).status is OpStatus.RUNNING
+
+
+async def test_a_client_cannot_overwrite_a_live_workers_lease(as_role, make_worker: MakeWorker) -> None:
+    worker = await make_worker("w1")
+    client, denials = await as_role(roles.CLIENT)
+    subject = names.kv_key_subject(names.WORKERS_BUCKET, worker.worker_id)
+    await attempt(client.jetstream(timeout=0.5).publish(subject, b'{"started_at": "2099-01-01T00:00:00Z"}'))
+    await denials.expect("publish", subject)
+
+
+async def test_a_viewer_cannot_cancel_an_operation(as_role, coordinator: Coordinator,
+                                                   make_worker: MakeWorker) -> None:
+    op_id = await submit_dummy(coordinator, duration=30, steps=30)
+    await make_worker("w1")
+    await wait_status(coordinator, op_id, OpStatus.RUNNING)
+    viewer, denials = await as_role(roles.VIEWER)
+    await attempt(viewer.request(names.ops_cancel(op_id), b"{}", timeout=0.5))
+    await denials.expect("publish", names.ops_cancel(op_id))
+    assert coordinator.ops.get(op_id).status is OpStatus.RUNNING
+
+
+async def test_a_viewer_cannot_submit(as_role, coordinator: Coordinator) -> None:
+    viewer, denials = await as_role(roles.VIEWER)
+    subject = f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}"
+    await attempt(viewer.request(subject, b'{"type": "dummy", "params": {}}', timeout=0.5))
+    await denials.expect("publish", subject)
+    assert coordinator.ops.list(ListRequest())[0] == 0
+
+
+@pytest.mark.parametrize("role", [roles.CLIENT, roles.WORKER, roles.IB, roles.VIEWER])
+async def test_only_the_coordinator_publishes_jobs(as_role, role: str) -> None:
+    nc, denials = await as_role(role)
+    subject = names.jobs_subject(names.CAP_BACKTEST_CPU)
+    await attempt(nc.jetstream(timeout=0.5).publish(subject, b"{}"))
+    await denials.expect("publish", subject)
+
+
+@pytest.mark.parametrize(("role", "capability"), [
+    (roles.CLIENT, names.CAP_BACKTEST_CPU), (roles.VIEWER, names.CAP_DUMMY_ANY),
+    (roles.WORKER, names.CAP_DATA_IB), (roles.IB, names.CAP_BACKTEST_CPU)])
+async def test_a_role_cannot_pull_jobs_it_does_not_serve(as_role, role: str, capability: str) -> None:
+    nc, denials = await as_role(role)
+    subject = names.jobs_pull_subject(capability)
+    await nc.publish(subject, b'{"batch": 1}', reply=nc.new_inbox())
+    await denials.expect("publish", subject)
+
+
+@pytest.mark.parametrize("role", [roles.CLIENT, roles.WORKER, roles.IB, roles.VIEWER])
+async def test_no_role_but_the_coordinator_can_delete_a_bucket(as_role, nc: Client, role: str) -> None:
+    other, denials = await as_role(role)
+    await attempt(other.jetstream(timeout=0.5).delete_key_value(names.CLAIMS_BUCKET))
+    await denials.expect("publish", f"$JS.API.STREAM.DELETE.KV_{names.CLAIMS_BUCKET}")
+    assert await nc.jetstream().key_value(names.CLAIMS_BUCKET)
+
+
+@pytest.mark.parametrize("role", [roles.CLIENT, roles.WORKER, roles.IB])
+async def test_only_the_coordinator_writes_op_records(as_role, role: str) -> None:
+    other, denials = await as_role(role)
+    subject = names.kv_key_subject(names.OPS_BUCKET, "someop")
+    await attempt(other.jetstream(timeout=0.5).publish(subject, b"{}"))
+    await denials.expect("publish", subject)
+
+
+async def test_a_client_cannot_listen_in_on_another_roles_replies(as_role) -> None:
+    client, denials = await as_role(roles.CLIENT)
+    worker_inbox = auth(roles.WORKER).credential.inbox_prefix  # type: ignore[union-attr]
+    await client.subscribe(f"{worker_inbox}.>")
+    await denials.expect("subscription", f"{worker_inbox}.>")
+
+
+async def test_a_worker_cannot_read_the_operations_service(as_role, coordinator: Coordinator) -> None:
+    worker, denials = await as_role(roles.WORKER)
+    subject = f"{names.SERVICE_GROUP}.{names.SERVICE_LIST}"
+    await attempt(worker.request(subject, b"{}", timeout=0.5))
+    await denials.expect("publish", subject)
+
+
+async def test_a_client_submits_lists_follows_and_cancels(nats_server: NatsServer, coordinator: Coordinator,
+                                                          make_worker: MakeWorker) -> None:
+    from ktrdr.cli.client import KtrdrClient
+
+    await make_worker("w1")
+    async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
+        op = await client.submit("dummy", {"duration": 30, "steps": 30})
+        await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
+        assert [o.op_id for o in (await client.list(limit=5)).operations] == [op.op_id]
+        assert (await client.cancel(op.op_id, "enough")).accepted
+        await wait_status(coordinator, op.op_id, OpStatus.CANCELLED)
+        assert [w.worker_id for w in await client.workers()] == ["w1"]
+
+
+async def test_a_viewer_reads_but_cannot_change(nats_server: NatsServer, coordinator: Coordinator) -> None:
+    from ktrdr.cli.client import KtrdrClient
+
+    op_id = await submit_dummy(coordinator)
+    async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.VIEWER), timeout=1.0) as viewer:
+        assert (await viewer.get(op_id)).op_id == op_id
+        with pytest.raises(Exception):  # noqa: B017 - the server's refusal surfaces as a timeout
+            await viewer.submit("dummy", {})
