@@ -10,7 +10,16 @@ processes, then measures:
   4. cancel: reply latency, and time until the op record says cancelled;
   5. kill -9 of the worker running an op -> the op re-dispatched (attempt 2 offered) and running.
 
+--security picks what the NATS connections carry (every process connects with its role's credential
+and env, as under `ktrdr up`): `auth` (the default, what `ktrdr up` runs on loopback: an nkey
+credential per role, roles enforced by nats-server, plain TCP), `tls` (the same over TLS from the
+fleet's own CA, as with `ktrdr up --listen`), `none` (no credential, no TLS: a bare nats-server), or
+`compare`: `none` and `tls` run alternately (none, tls, none, tls, ... for --rounds rounds), each on a
+fresh platform, then a table gives every figure for both and the ratio (target: no more than 10 %
+lost to auth + TLS).
+
     python bench/dispatch.py [--ops 500] [--throughput-ops 2000] [--slots 1] [--phases 12345]
+                             [--security none|auth|tls|compare] [--rounds N]
 """
 
 from __future__ import annotations
@@ -20,11 +29,15 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,8 +47,9 @@ import httpx
 
 import nats
 from ktrdr.natsd import NatsServer, free_port
-from ktrdr.runtime.topology import ensure_topology
-from subjects import names
+from ktrdr.runtime.connection import NatsAuth
+from ktrdr.security.fleet import provision
+from subjects import names, roles
 from subjects.models import CancelReply, Operation, OpEvent, ProgressUpdate, WorkerLease, decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,18 +76,26 @@ class CpuUsage:
         self.pids = {name: pid for name, pid in pids.items() if pid is not None}
         self.start = {name: (cpu_seconds(pid), cpu_seconds(pid, "system")) for name, pid in self.pids.items()}
 
-    def per_op(self, n: int) -> str:
-        parts, total = [], 0.0
+    def per_op_us(self, n: int) -> dict[str, tuple[float, float]]:
+        """µs of CPU per op by process: (user + kernel, kernel)."""
+        out = {}
         for name, pid in self.pids.items():
             both, system = cpu_seconds(pid) - self.start[name][0], cpu_seconds(pid, "system") - self.start[name][1]
-            total += both
-            parts.append(f"{name} {both * 1e6 / n:.0f} ({system * 1e6 / n:.0f} kernel)")
-        return f"{total * 1e6 / n:.0f} µs: " + ", ".join(parts)
+            out[name] = (both * 1e6 / n, system * 1e6 / n)
+        return out
+
+    @staticmethod
+    def describe(per_op: dict[str, tuple[float, float]]) -> str:
+        parts = [f"{name} {both:.0f} ({system:.0f} kernel)" for name, (both, system) in per_op.items()]
+        return f"{sum(both for both, _ in per_op.values()):.0f} µs: " + ", ".join(parts)
 
 
-def report(name: str, values_s: list[float]) -> None:
+def report(name: str, values_s: list[float]) -> tuple[float, float]:
+    """Prints a latency line; returns its p50 and p99 in ms."""
     ms = [v * 1000 for v in values_s]
-    print(f"  {name:<52} p50 {pct(ms, 50):8.2f} ms   p99 {pct(ms, 99):8.2f} ms   (n={len(ms)})")
+    p50, p99 = pct(ms, 50), pct(ms, 99)
+    print(f"  {name:<52} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms   (n={len(ms)})")
+    return p50, p99
 
 
 class RawHttp:
@@ -139,53 +161,99 @@ class Watch:
                 waiters.remove((fut, predicate))
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--ops", type=int, default=500)
-    parser.add_argument("--throughput-ops", type=int, default=2000)
-    parser.add_argument("--kills", type=int, default=3)
-    parser.add_argument("--slots", type=int, default=1, help="slots per worker (KTRDR_SLOTS)")
-    parser.add_argument("--phases", default="12345", help="which of the five measurements to run")
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="ktrdr-bench-"))
-    server = NatsServer(store_dir=tmp / "nats", http_port=0).start()
+MODES = {
+    "none": ("none", "no credential, plain TCP: a bare nats-server"),
+    "auth": ("auth", "an nkey credential per role, roles enforced by nats-server, plain TCP (`ktrdr up`)"),
+    "tls": ("auth+TLS", "credentials per role over TLS from the fleet's CA (`ktrdr up --listen`)"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Setup:
+    """A running nats-server of one security mode, and how each party connects to it."""
+
+    mode: str
+    server: NatsServer
+    url: str
+    role_env: Callable[[str], dict[str, str]]  # what a child process of a role connects with
+    connect: dict[str, Any]  # nats.connect options of the bench's own client (the `client` role)
+
+
+def make_setup(mode: str, home: Path) -> Setup:
+    """``home`` is the platform's KTRDR_HOME: the credentials and TLS files go where `ktrdr up` puts them."""
+    if mode == "none":
+        server = NatsServer(store_dir=home / "nats", http_port=0).start()
+        return Setup(mode=mode, server=server, url=server.url, role_env=lambda role: {}, connect={})
+    fleet = provision(home, tls=mode == "tls")  # the certificate covers 127.0.0.1
+    server = NatsServer(store_dir=home / "nats", http_port=0, config_file=fleet.config).start()
+    ca = fleet.tls.ca if fleet.tls is not None else None
+    auth = NatsAuth(credential=fleet.credentials[roles.CLIENT], credential_file=fleet.credential_file(roles.CLIENT),
+                    ca=ca)
+    url = f"tls://127.0.0.1:{server.port}" if ca is not None else server.url
+    return Setup(mode=mode, server=server, url=url, role_env=fleet.env, connect=auth.options())
+
+
+# The figures a run returns, in the comparison table's order: key, label, format, whether more is better.
+FIGURES = [
+    ("seq_event_p50", "1. sequential: completed event, p50 (ms)", ".2f", False),
+    ("seq_event_p99", "   completed event, p99 (ms)", ".2f", False),
+    ("seq_record_p50", "   completed op record, p50 (ms)", ".2f", False),
+    ("seq_record_p99", "   completed op record, p99 (ms)", ".2f", False),
+    ("http_ops", "2. throughput through the HTTP API (ops/s)", ",.0f", True),
+    ("http_cpu", "   CPU per op, all processes (µs)", ".0f", False),
+    ("http_cpu_nats", "   of which nats-server (µs)", ".0f", False),
+    ("http_cpu_coordinator", "   of which the coordinator (µs)", ".0f", False),
+    ("http_cpu_workers", "   of which the two workers (µs)", ".0f", False),
+    ("http_cpu_client", "   of which the bench client (µs)", ".0f", False),
+    ("nats_ops", "   throughput through the NATS service (ops/s)", ",.0f", True),
+    ("nats_cpu", "   CPU per op, all processes (µs)", ".0f", False),
+    ("progress_sub_p50", "3. progress -> subscriber, p50 (ms)", ".2f", False),
+    ("progress_rec_p50", "   progress -> op record, p50 (ms)", ".2f", False),
+    ("cancel_reply_p50", "4. cancel: reply, p50 (ms)", ".2f", False),
+    ("cancel_done_p50", "   cancel: op record cancelled, p50 (ms)", ".2f", False),
+    ("kill_offered_p50", "5. kill -9 -> re-dispatched, p50 (s)", ".2f", False),
+    ("kill_running_p50", "   kill -9 -> running again, p50 (s)", ".2f", False),
+]
+TARGET_LOSS = 0.10  # throughput auth + TLS may cost, at most
+
+
+def cpu_figures(prefix: str, per_op: dict[str, tuple[float, float]]) -> dict[str, float]:
+    workers = sum(both for name, (both, _) in per_op.items() if name.startswith("worker"))
+    return {prefix: sum(both for both, _ in per_op.values()), f"{prefix}_nats": per_op["nats-server"][0],
+            f"{prefix}_coordinator": per_op["coordinator"][0], f"{prefix}_workers": workers,
+            f"{prefix}_client": per_op["bench client"][0]}
+
+
+async def run_platform(setup: Setup, home: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Starts a coordinator and two workers on ``setup``'s server, runs the phases, stops them."""
+    figures: dict[str, float] = {}
+    server = setup.server
     api_port = free_port()
-    env = {**os.environ, "KTRDR_NATS_URL": server.url, "KTRDR_API_PORT": str(api_port), "KTRDR_LOG_LEVEL": "WARNING",
-           "KTRDR_LEASE_TTL_S": str(LEASE_TTL), "KTRDR_HOME": str(tmp), "KTRDR_SLOTS": str(args.slots)}
+    # Only the setup's own credentials: none from the caller's environment.
+    inherited = {k: v for k, v in os.environ.items() if k not in ("KTRDR_NATS_CREDS", "KTRDR_NATS_CA")}
+    env = {**inherited, "KTRDR_NATS_URL": setup.url, "KTRDR_API_PORT": str(api_port), "KTRDR_LOG_LEVEL": "WARNING",
+           "KTRDR_LEASE_TTL_S": str(LEASE_TTL), "KTRDR_HOME": str(home), "KTRDR_SLOTS": str(args.slots)}
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(name: str, module: str, **extra: str) -> None:
-        log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115
-        procs[name] = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**env, **extra},
+    def start(name: str, module: str, role: str, **extra: str) -> None:
+        log = open(home / f"{name}.log", "ab")  # noqa: SIM115
+        procs[name] = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT,
+                                       env={**env, **setup.role_env(role), **extra},
                                        stdout=log, stderr=subprocess.STDOUT)
 
+    def start_worker(index: int) -> None:
+        start(f"worker{index}", "worker_backtest", roles.WORKER, KTRDR_WORKER_INDEX=str(index),
+              KTRDR_WORKER_ID=f"bench-w{index}")
+
     token = secrets.token_urlsafe(32)
-    start("coordinator", "coordinator", KTRDR_API_TOKEN=token)
+    start("coordinator", "coordinator", roles.COORDINATOR, KTRDR_API_TOKEN=token)
     for i in range(2):
-        start(f"worker{i}", "worker_backtest", KTRDR_WORKER_INDEX=str(i), KTRDR_WORKER_ID=f"bench-w{i}")
-    nc = await nats.connect(server.url)
+        start_worker(i)
+    nc = await nats.connect(setup.url, **setup.connect)
     js = nc.jetstream()
-    buckets = await ensure_topology(js, lease_ttl_s=LEASE_TTL)
     watch = Watch()
-    watcher = await buckets.ops.watchall()
-
-    async def feed() -> None:
-        async for entry in watcher:
-            if entry is not None and entry.value:
-                watch.on_record(light_record(entry.value))
-
-    feeder = asyncio.create_task(feed())
-
-    async def on_event(msg: nats.aio.msg.Msg) -> None:
-        fut = watch.event_waiters.get(names.op_id_from_subject(msg.subject))
-        if fut is None or fut.done():
-            return
-        event = decode(OpEvent, msg.data)
-        if event.event == "completed":
-            fut.set_result(time.perf_counter())
-
-    # Only the sequential figures need every event; the throughput run is measured on the records.
-    events_sub = await nc.subscribe(names.OPS_EVENTS_ALL, cb=on_event)
+    watcher: Any = None
+    feeder: asyncio.Task[None] | None = None
     api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30,
                             headers={"Authorization": f"Bearer {token}"})
     raw = RawHttp(api_port, token)
@@ -198,14 +266,33 @@ async def main() -> None:
                 pass
             await asyncio.sleep(0.1)
         else:
-            raise SystemExit("platform did not come up")
-        print(f"ktrdr dispatch benchmark — {os.cpu_count()} cores, nats-server file storage, "
-              f"coordinator + API + 2 worker processes with {args.slots} slot(s) each\n")
+            raise SystemExit(f"platform did not come up; see the logs in {home}")
+        # The coordinator made the streams and buckets (only its role may): the client binds to them.
+        ops_bucket = await js.key_value(names.OPS_BUCKET)
+        workers_bucket = await js.key_value(names.WORKERS_BUCKET)
+        watcher = await ops_bucket.watchall()
 
-        async def submit(params: dict[str, object]) -> str:
-            r = await api.post("/api/v1/operations", json={"type": "dummy", "params": params})
-            r.raise_for_status()
-            return r.json()["op_id"]
+        async def feed() -> None:
+            async for entry in watcher:
+                if entry is not None and entry.value:
+                    watch.on_record(light_record(entry.value))
+
+        feeder = asyncio.create_task(feed())
+
+        async def on_event(msg: nats.aio.msg.Msg) -> None:
+            fut = watch.event_waiters.get(names.op_id_from_subject(msg.subject))
+            if fut is None or fut.done():
+                return
+            event = decode(OpEvent, msg.data)
+            if event.event == "completed":
+                fut.set_result(time.perf_counter())
+
+        # Only the sequential figures need every event; the throughput run is measured on the records.
+        events_sub = await nc.subscribe(names.OPS_EVENTS_ALL, cb=on_event)
+        label, description = MODES[setup.mode]
+        print(f"ktrdr dispatch benchmark — {os.cpu_count()} cores, nats-server file storage, "
+              f"coordinator + API + 2 worker processes with {args.slots} slot(s) each\n"
+              f"security: {label} ({description})\n")
 
         if "1" in args.phases:
             # 1. sequential
@@ -226,8 +313,10 @@ async def main() -> None:
                     seen_event.append(t_event - t0)
                     seen_record.append(t_record - t0)
             print("1. sequential zero-duration ops through the API (submit -> completed seen by the client)")
-            report("completed event (worker -> OPS stream -> client)", seen_event)
-            report("completed op record (coordinator's durable write)", seen_record)
+            figures["seq_event_p50"], figures["seq_event_p99"] = report(
+                "completed event (worker -> OPS stream -> client)", seen_event)
+            figures["seq_record_p50"], figures["seq_record_p99"] = report(
+                "completed op record (coordinator's durable write)", seen_record)
         await events_sub.unsubscribe()
 
         if "2" in args.phases:
@@ -253,13 +342,17 @@ async def main() -> None:
             t_submitted = time.perf_counter()
             await asyncio.wait_for(asyncio.gather(*futures), 300)
             elapsed = time.perf_counter() - t0
-            http_usage = usage.per_op(n)
+            http_usage = usage.per_op_us(n)
+            for client in clients:
+                client.close()
             varz1 = (await api.get(f"http://127.0.0.1:{server.http_port}/varz")).json()
             writes = ((await js.stream_info(names.kv_stream(names.OPS_BUCKET))).state.last_seq - writes0) / n
             print(f"\n2. throughput, 2 workers, {n} ops")
+            figures["http_ops"] = n / elapsed
+            figures |= cpu_figures("http_cpu", http_usage)
             print(f"  through the HTTP API (32 keep-alive clients): {n / elapsed:,.0f} ops/s completed "
                   f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
-            print(f"    CPU per op: {http_usage}")
+            print(f"    CPU per op: {CpuUsage.describe(http_usage)}")
             print(f"  nats-server messages per op: {(varz1['in_msgs'] - varz0['in_msgs']) / n:.1f} in, "
                   f"{(varz1['out_msgs'] - varz0['out_msgs']) / n:.1f} out; op record writes per op: {writes:.2f}")
             ids = [f"tpn-{i}" for i in range(n)]
@@ -278,9 +371,12 @@ async def main() -> None:
             t_submitted = time.perf_counter()
             await asyncio.wait_for(asyncio.gather(*futures), 300)
             elapsed = time.perf_counter() - t0
+            nats_usage = usage.per_op_us(n)
+            figures["nats_ops"] = n / elapsed
+            figures["nats_cpu"] = cpu_figures("nats_cpu", nats_usage)["nats_cpu"]
             print(f"  through the NATS service {service} (32 concurrent): {n / elapsed:,.0f} ops/s completed "
                   f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
-            print(f"    CPU per op: {usage.per_op(n)}")
+            print(f"    CPU per op: {CpuUsage.describe(nats_usage)}")
 
         if "3" in args.phases:
             # 3. progress latency
@@ -312,8 +408,8 @@ async def main() -> None:
                 update, at = got.get_nowait()
                 sub_lat.append(at - update.timestamp.timestamp())
             print("\n3. progress latency (worker creates the update -> visible)")
-            report("to a subscriber of ops.<id>.progress", sub_lat)
-            report("in the op record the API serves", rec_lat)
+            figures["progress_sub_p50"] = report("to a subscriber of ops.<id>.progress", sub_lat)[0]
+            figures["progress_rec_p50"] = report("in the op record the API serves", rec_lat)[0]
 
         if "4" in args.phases:
             # 4. cancel
@@ -333,8 +429,8 @@ async def main() -> None:
                 reply_lat.append(t_reply - t0)
                 cancelled_lat.append(t_done - t0)
             print("\n4. cancel of a running op (nats req ops.<id>.cancel)")
-            report("reply received", reply_lat)
-            report("op record says cancelled", cancelled_lat)
+            figures["cancel_reply_p50"] = report("reply received", reply_lat)[0]
+            figures["cancel_done_p50"] = report("op record says cancelled", cancelled_lat)[0]
 
         if "5" in args.phases:
             # 5. kill -9 -> re-dispatch
@@ -346,7 +442,7 @@ async def main() -> None:
                 await submit_with_id(api, op_id, {"duration": 30, "steps": 30})
                 await asyncio.wait_for(running, 10)
                 owner = watch.records[op_id].worker_id
-                entry = await buckets.workers.get(owner)
+                entry = await workers_bucket.get(owner)
                 lease = decode(WorkerLease, entry.value)
                 name = next(n for n, p in procs.items() if p.pid == lease.pid)
                 offered = watch.wait_record(op_id, lambda o: o.attempt == 2)
@@ -356,16 +452,18 @@ async def main() -> None:
                 redispatch.append(await asyncio.wait_for(offered, 30) - t0)
                 rerun.append(await asyncio.wait_for(restarted, 30) - t0)
                 procs[name].wait()
-                index = name[-1]
-                start(name, "worker_backtest", KTRDR_WORKER_INDEX=index, KTRDR_WORKER_ID=f"bench-w{index}")
+                start_worker(int(name[-1]))
                 await nc.request(names.ops_cancel(op_id), b"{}", timeout=5)
                 await asyncio.sleep(1.0)
             print(f"\n5. kill -9 of the worker running an op (lease TTL {LEASE_TTL:g} s)")
-            report("kill -> attempt 2 offered (re-dispatched)", redispatch)
-            report("kill -> attempt 2 running on the other worker", rerun)
+            # In seconds: the ms of report() / 1000.
+            figures["kill_offered_p50"] = report("kill -> attempt 2 offered (re-dispatched)", redispatch)[0] / 1000
+            figures["kill_running_p50"] = report("kill -> attempt 2 running on the other worker", rerun)[0] / 1000
     finally:
         await api.aclose()
-        feeder.cancel()
+        raw.close()
+        if feeder is not None:
+            feeder.cancel()
         await nc.close()
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
@@ -374,7 +472,67 @@ async def main() -> None:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        server.stop()
+    return figures
+
+
+def compare(runs: list[tuple[str, dict[str, float]]], base: str, other: str) -> None:
+    """Every figure of both modes, run by run, and the ratio of their means (``other`` / ``base``)."""
+    a_label, b_label = MODES[base][0], MODES[other][0]
+    rounds = sum(1 for mode, _ in runs if mode == base)
+    print(f"\n=== {a_label} vs {b_label}: {rounds} run(s) each, alternating; values run by run ===")
+    print(f"{'figure':<48} {a_label:>22} {b_label:>22} {'ratio':>7} {'lost':>7}   ratio by round")
+    losses: dict[str, float] = {}
+    for key, label, fmt, more_is_better in FIGURES:
+        a = [figs[key] for mode, figs in runs if mode == base and key in figs]
+        b = [figs[key] for mode, figs in runs if mode == other and key in figs]
+        if not a or not b:
+            continue
+        ratio = statistics.mean(b) / statistics.mean(a)
+        # What the secure mode costs: less throughput, or more time and CPU. Negative: it did better.
+        lost = (1 - ratio) if more_is_better else (ratio - 1)
+        if more_is_better:
+            losses[key.removesuffix("_ops").upper()] = lost
+        by_round = " ".join(f"{y / x:.2f}" for x, y in zip(a, b, strict=False))
+        print(f"{label:<48} {' '.join(format(v, fmt) for v in a):>22} {' '.join(format(v, fmt) for v in b):>22} "
+              f"{ratio:7.2f} {lost * 100:+6.1f}%   {by_round}")
+    if losses:
+        verdict = "within" if max(losses.values()) <= TARGET_LOSS else "OVER"
+        print(f"\nthroughput lost to {b_label}: " + ", ".join(f"{k} {v * 100:+.1f} %" for k, v in losses.items())
+              + f" (means over the rounds) — {verdict} the target of {TARGET_LOSS:.0%}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ops", type=int, default=500)
+    parser.add_argument("--throughput-ops", type=int, default=2000)
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--slots", type=int, default=1, help="slots per worker (KTRDR_SLOTS)")
+    parser.add_argument("--phases", default="12345", help="which of the five measurements to run")
+    parser.add_argument("--security", choices=[*MODES, "compare"], default="auth",
+                        help="auth: credentials per role, as `ktrdr up` (default); tls: auth + TLS; none: neither; "
+                             "compare: none and tls alternately, then a table of both")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="runs of each mode (default: 2 with --security compare, else 1)")
+    args = parser.parse_args()
+    modes = ["none", "tls"] if args.security == "compare" else [args.security]
+    rounds = args.rounds or (2 if args.security == "compare" else 1)
+    runs: list[tuple[str, dict[str, float]]] = []
+    for _ in range(rounds):
+        for mode in modes:  # alternating, so that the machine's load weighs on every mode alike
+            if len(modes) * rounds > 1:
+                print(f"\n=== run {len(runs) + 1} of {len(modes) * rounds}: {MODES[mode][0]} ===")
+            home = Path(tempfile.mkdtemp(prefix=f"ktrdr-bench-{mode}-"))
+            setup = make_setup(mode, home)
+            try:
+                runs.append((mode, await run_platform(setup, home, args)))
+            except BaseException:
+                print(f"logs kept in {home}", file=sys.stderr)
+                raise
+            finally:
+                setup.server.stop()
+            shutil.rmtree(home, ignore_errors=True)
+    if len(modes) == 2:
+        compare(runs, *modes)
 
 
 async def submit_with_id(api: httpx.AsyncClient, op_id: str, params: dict[str, object]) -> None:

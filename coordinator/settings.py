@@ -10,6 +10,7 @@ from pydantic_settings import NoDecode
 
 from ktrdr.security.api_token import check_token, load_or_create_token
 from ktrdr.settings import CommonSettings
+from subjects.limits import NATS_MAX_PAYLOAD
 
 # The listen addresses that mean "every interface": not a name a client puts in its Host header.
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
@@ -17,7 +18,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 # Under NATS's default 1 MB max payload with room to spare: a submitted body becomes an op
 # record (params plus status, timestamps, progress) and a job message, and a cancel body a
 # request on ops.<id>.cancel; re-encoding never makes JSON longer than what was received.
-DEFAULT_MAX_BODY_BYTES = 512 * 1024
+DEFAULT_MAX_BODY_BYTES = NATS_MAX_PAYLOAD // 2
 
 
 def host_name(host: str) -> str:

@@ -121,6 +121,28 @@ def host_ib(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> N
     _run_worker("host_ib", nats, creds, ca)
 
 
+@fleet_app.command("server-config")
+def fleet_server_config(
+    out: Annotated[Path, typer.Option(help="Where to write it (owner-only). nats/cluster/secure/*.conf include "
+                                           "nats/cluster/secure/fleet.conf.")],
+    tls: Annotated[bool, typer.Option("--tls/--no-tls", help="Serve TLS (clients and cluster routes).")] = True,
+    name: Annotated[list[str] | None, typer.Option("--name", help="A name or address the servers are reached "
+                                                                  "by (repeatable).")] = None,
+) -> None:
+    """Write the auth (one nkey user per role, with its permissions) and TLS blocks for a nats-server
+    you run yourself, e.g. the three-node cluster in nats/cluster/secure. Credentials and the CA are
+    this host's (under KTRDR_HOME), the same that `ktrdr fleet invite` hands out."""
+    from ktrdr.security.credentials import ensure_credentials, write_private
+    from ktrdr.security.serverconf import render
+    from ktrdr.security.tls import ensure_server_cert, server_names
+
+    s = settings()
+    credentials = ensure_credentials(s.auth_dir)
+    files = ensure_server_cert(s.tls_dir, server_names(name)) if tls else None
+    write_private(out, render(credentials=credentials, tls=files))
+    console.print(f"wrote {out}: users for {', '.join(credentials)}" + (f"; TLS with CA {files.ca}" if files else ""))
+
+
 @fleet_app.command("invite")
 def fleet_invite(
     role: Annotated[str, typer.Argument(help="worker (backtest, training, GPU hosts), ib, client or viewer.")],

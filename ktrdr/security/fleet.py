@@ -85,19 +85,18 @@ def invite(*, home: Path, role: str, url: str, ca: Path | None) -> str:
         seed,
         "EOF",
     ]
-    env = [f"KTRDR_NATS_URL={url}", f'KTRDR_NATS_CREDS="$dir/{role}.nk"']
+    flags = f"--nats {url} --creds $dir/{role}.nk"
+    env = f"KTRDR_NATS_URL={url} KTRDR_NATS_CREDS=$dir/{role}.nk"
     if ca is not None:
         lines += ["cat > \"$dir/ca.pem\" <<'EOF'", ca.read_text().strip(), "EOF"]
-        env.append('KTRDR_NATS_CA="$dir/ca.pem"')
-    run = {roles.WORKER: "ktrdr worker backtest   # or: ktrdr worker training, ktrdr host gpu",
-           roles.IB: "ktrdr host ib", roles.CLIENT: "ktrdr workers", roles.VIEWER: "ktrdr ops list"}[role]
-    lines += [
-        'echo "credential written to $dir. Run, for example:"',
-        f"echo '  ktrdr {_flags(url, role, ca is not None)} ...'",
-        f'echo "or export {" ".join(env)} and run: {run}"',
-    ]
+        flags += " --ca $dir/ca.pem"
+        env += " KTRDR_NATS_CA=$dir/ca.pem"
+    lines.append('echo "ktrdr: credential written to $dir. On this host, run:"')
+    if role == roles.WORKER:
+        lines += [f'echo "  ktrdr worker backtest {flags}"',
+                  'echo "  (or: ktrdr worker training / ktrdr host gpu, with the same options)"']
+    elif role == roles.IB:
+        lines.append(f'echo "  ktrdr host ib {flags}"')
+    else:
+        lines += [f'echo "  export {env}"', 'echo "  ktrdr workers; ktrdr ops list"']
     return "\n".join(lines) + "\n"
-
-
-def _flags(url: str, role: str, ca: bool) -> str:
-    return f"--nats {url} --creds $dir/{role}.nk" + (" --ca $dir/ca.pem" if ca else "")

@@ -14,9 +14,7 @@ from typing import Any
 from ktrdr.security.credentials import NatsCredential, write_private
 from ktrdr.security.tls import TlsFiles
 from subjects import roles
-
-# nats-server's default, said out loud: every record, event and reply is bounded below it.
-MAX_PAYLOAD = 1024 * 1024
+from subjects.limits import NATS_MAX_PAYLOAD
 
 
 def _block(p: roles.Permissions) -> dict[str, Any]:
@@ -43,7 +41,7 @@ def render(*, credentials: dict[str, NatsCredential], tls: TlsFiles | None = Non
            monitor: str | None = None) -> str:
     """``monitor``: ``host:port`` of the monitoring endpoint, which has no auth of its own, so it is
     only ever bound to loopback by ``ktrdr up``."""
-    conf: dict[str, Any] = {"max_payload": MAX_PAYLOAD, "authorization": authorization(credentials)}
+    conf: dict[str, Any] = {"max_payload": NATS_MAX_PAYLOAD, "authorization": authorization(credentials)}
     if tls is not None:
         # Required of every client once present: nobody joins in plain text.
         conf["tls"] = {"cert_file": str(tls.cert), "key_file": str(tls.key), "ca_file": str(tls.ca),

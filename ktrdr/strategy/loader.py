@@ -130,9 +130,21 @@ def _load_bounded(path: Path) -> Strategy:
     return parse_strategy(_parse_yaml(text, str(path)), source=str(path))
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML aliases let a few hundred bytes expand into billions of nodes ("billion laughs") once
+    validation walks them; a strategy never needs one."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a strategy",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader without aliases
     except yaml.YAMLError as e:
         raise StrategyError(source, [("", f"not valid YAML: {e}")]) from None
     if not isinstance(doc, dict):

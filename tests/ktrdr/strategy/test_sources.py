@@ -151,3 +151,10 @@ def test_a_training_request_naming_a_path_is_refused_the_same_way(sdir: Path, ou
     with pytest.raises(TrainingRequestError) as info:
         plan_training(TrainingParams(strategy=str(outside)))
     assert info.value.field == "strategy" and info.value.message == _generic(str(outside))
+
+
+def test_yaml_aliases_are_refused_before_they_can_expand() -> None:
+    laughs = "name: x\na: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" \
+             "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+    with pytest.raises(StrategyError, match="aliases"):
+        load_strategy(laughs)
