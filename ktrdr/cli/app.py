@@ -12,7 +12,7 @@ from ktrdr.cli.client import to_json
 from ktrdr.cli.common import JsonOpt, exit_for, run_client, settings, submit_and_maybe_follow
 from ktrdr.cli.follow import follow
 from ktrdr.cli.render import console, op_details, ops_table, workers_table
-from ktrdr.logs import setup_logging
+from ktrdr.logs import quiet_ssl_eof, setup_logging
 from subjects.models import OpStatus
 
 app = typer.Typer(help="ktrdr: trading-strategy research on a NATS JetStream worker fleet.",
@@ -271,6 +271,7 @@ _train.register(app)
 
 
 def main() -> None:
+    quiet_ssl_eof()
     app()
 
 

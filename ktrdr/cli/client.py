@@ -55,7 +55,8 @@ class KtrdrClient:
             self.nc = await connect(self.nats_url, name="ktrdr-cli", auth=self.auth, connect_timeout=self.timeout,
                                     reconnect=False, quiet=True)
         except (NatsConnectError, CredentialError) as exc:
-            raise KtrdrError(f"{exc}; is `ktrdr up` running, or is KTRDR_NATS_URL set?", 503) from None
+            hint = "; is `ktrdr up` running, or is KTRDR_NATS_URL set?" if str(exc).startswith("cannot reach") else ""
+            raise KtrdrError(f"{exc}{hint}", 503) from None
         return self
 
     async def close(self) -> None:

@@ -43,7 +43,8 @@ class NatsAuth:
         if creds is None and credential_path(settings.auth_dir, role).exists():
             creds = credential_path(settings.auth_dir, role)
         ca = settings.nats_ca
-        if ca is None and settings.tls_dir.joinpath("ca.pem").exists() and _wants_tls(settings.nats_url):
+        # Harmless against a server without TLS: the context is used only when the server asks for TLS.
+        if ca is None and settings.tls_dir.joinpath("ca.pem").exists():
             ca = settings.tls_dir / "ca.pem"
         return cls(credential=NatsCredential.load(creds) if creds else None, credential_file=creds, ca=ca)
 
@@ -57,10 +58,6 @@ class NatsAuth:
                 raise CredentialError(f"the CA certificate {self.ca} does not exist")
             opts["tls"] = client_context(self.ca)
         return opts
-
-
-def _wants_tls(url: str) -> bool:
-    return any(u.strip().startswith("tls://") for u in url.split(","))
 
 
 def split_urls(url: str) -> list[str]:
