@@ -97,6 +97,15 @@ def api_token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def sdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty strategies directory (KTRDR_STRATEGIES_DIR) for the test."""
+    root = tmp_path / "strategies"
+    root.mkdir()
+    monkeypatch.setenv("KTRDR_STRATEGIES_DIR", str(root))
+    return root
+
+
+@pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A fresh nats-server with JetStream for each test (free ports, temporary store), enforcing the
     roles, with the streams and buckets a coordinator makes at its start already there."""

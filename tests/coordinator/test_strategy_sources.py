@@ -22,12 +22,7 @@ from tests.support import auth_headers, wait_status
 SMA = (Path(__file__).parents[2] / "ktrdr" / "strategies" / "sma_crossover.yaml").read_text()
 
 
-@pytest.fixture(autouse=True)
-def sdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "strategies"
-    root.mkdir()
-    monkeypatch.setenv("KTRDR_STRATEGIES_DIR", str(root))
-    return root
+pytestmark = pytest.mark.usefixtures("sdir")
 
 
 @pytest.fixture

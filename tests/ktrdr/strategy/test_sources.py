@@ -25,14 +25,6 @@ SECRET = SMA.replace("name: sma_crossover", "name: outside_secret") + "# SECRET-
 
 
 @pytest.fixture
-def sdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "strategies"
-    root.mkdir()
-    monkeypatch.setenv("KTRDR_STRATEGIES_DIR", str(root))
-    return root
-
-
-@pytest.fixture
 def outside(tmp_path: Path) -> Path:
     f = tmp_path / "outside.yaml"
     f.write_text(SECRET)
