@@ -83,7 +83,11 @@ class NatsServer:
         log_file: str | os.PathLike[str] | None = None,
         config_file: str | os.PathLike[str] | None = None,
         gomaxprocs: int | None = None,
+        env: dict[str, str] | None = None,
+        store_in_config: bool = False,
     ) -> None:
+        """``env``: added to the server's environment (a config file may read ``$VARIABLES`` from it).
+        ``store_in_config``: the config file names JetStream's store (nats-server refuses both)."""
         self.store_dir = Path(store_dir)
         self.host = host
         self._pick_port, self._pick_http_port = port is None, http_port == 0
@@ -95,6 +99,8 @@ class NatsServer:
         self.config_file = config_file
         self.gomaxprocs = gomaxprocs or int(os.environ.get("GOMAXPROCS") or embedded_gomaxprocs())
         self._proc: subprocess.Popen[bytes] | None = None
+        self._env = dict(env or {})
+        self._store_in_config = store_in_config
 
     @property
     def url(self) -> str:
@@ -130,8 +136,8 @@ class NatsServer:
         if self.running:
             return
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        args = [find_nats_server(), "-js", "-sd", str(self.store_dir), "-a", self.host,
-                "-p", str(self.port), "-n", self.name]
+        args = [find_nats_server(), "-js", *([] if self._store_in_config else ["-sd", str(self.store_dir)]),
+                "-a", self.host, "-p", str(self.port), "-n", self.name]
         if self.http_port:
             args += ["-m", str(self.http_port)]
         if self.config_file:
@@ -139,7 +145,7 @@ class NatsServer:
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
         self._log = log
         log_start = log.tell()
-        env = {**os.environ, "GOMAXPROCS": str(self.gomaxprocs)}
+        env = {**os.environ, **self._env, "GOMAXPROCS": str(self.gomaxprocs)}
         self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                       env=env)
         deadline = time.monotonic() + timeout

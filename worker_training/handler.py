@@ -104,14 +104,17 @@ def make_training_handler(*, device: str, data_root: Path) -> Handler:
         ctx.raise_if_cancelled()
         resume_from = _resume_state(ctx)
 
-        def checkpoint(state: bytes, epoch: int) -> None:
-            # Best effort: a lost checkpoint costs a retry some epochs, never the training itself.
+        def checkpoint(state: bytes, epoch: int) -> bool:
+            # Best effort: a lost checkpoint costs a retry some epochs, never the training itself;
+            # False makes the trainer try again after the next epoch.
             try:
                 ctx.run_async(save_checkpoint(ctx.js, ctx.op_id, state), timeout=CHECKPOINT_TIMEOUT_S)
             except Exception as exc:
-                log.warning("operation %s: checkpoint of epoch %d not saved: %s", ctx.op_id, epoch, exc)
-                return
+                log.warning("operation %s: checkpoint of epoch %d not saved (tried again after the next epoch): %s",
+                            ctx.op_id, epoch, exc)
+                return False
             ctx.info(last_checkpoint_epoch=epoch)
+            return True
 
         used = resolve_device(device).type
         result = train_strategy(plan.document, bars, device=device, cancel=ctx.token,

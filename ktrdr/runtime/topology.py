@@ -47,7 +47,7 @@ class Buckets:
 
 
 # Settings an existing stream is brought up to date with, so that upgrading applies them to
-# streams an older version created. Replicas are left as they are: scaling is the operator's call.
+# streams an older version created. Replicas are only ever raised (:func:`_raise_replicas`).
 _UPDATABLE = ("subjects", "max_msg_size", "max_bytes", "discard", "max_age", "max_msgs_per_subject")
 STORAGE_RESOURCES_EXCEEDED = 10047  # JetStream: max_bytes cannot be reserved in the server's store
 
@@ -77,15 +77,43 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         log.info("creating the stream %s", config.name)
         await _within_storage(js.add_stream, config)
         return
+    replicas = await _raise_replicas(js, config.name, config.num_replicas or 1)
     differs = [name for name in _UPDATABLE if _setting(info.config, name) != _setting(config, name)]
     if not differs:
         return
     log.info("updating the stream %s: %s", config.name, ", ".join(differs))
     try:
-        await _within_storage(js.update_stream, config.evolve(num_replicas=info.config.num_replicas))
+        await _within_storage(js.update_stream, config.evolve(num_replicas=replicas))
     except APIError as exc:
         # The stream as it is still works: a refused update must not keep the platform down.
         log.error("could not update the stream %s (%s): %s", config.name, ", ".join(differs), exc)
+
+
+_REPLICAS_REFUSED: set[tuple[str, int]] = set()  # said once, not on every topology check
+
+
+async def _raise_replicas(js: JetStreamContext, stream: str, replicas: int) -> int:
+    """Bring a stream made with fewer replicas (a single-node start, an older version) up to the
+    setting: on a cluster, an unreplicated bucket or object store is lost with the one node holding
+    it. Never lowered: fewer replicas than configured is the only direction that loses data.
+    Returns the stream's replicas now."""
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return replicas
+    have = info.config.num_replicas or 1
+    if have >= replicas:
+        return have
+    try:
+        await js.update_stream(info.config.evolve(num_replicas=replicas))
+    except APIError as exc:
+        if (stream, replicas) not in _REPLICAS_REFUSED:
+            _REPLICAS_REFUSED.add((stream, replicas))
+            log.error("could not raise the replicas of %s from %d to %d (does the cluster have %d nodes?): %s",
+                      stream, have, replicas, replicas, exc)
+        return have
+    log.warning("raised the replicas of %s from %d to %d", stream, have, replicas)
+    return replicas
 
 
 async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
@@ -94,6 +122,8 @@ async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyVal
     except BucketNotFoundError:
         log.info("creating the key-value bucket %s", config.bucket)
         return await js.create_key_value(config)
+    finally:
+        await _raise_replicas(js, names.kv_stream(config.bucket), config.replicas)
 
 
 async def _ensure_coordinator_consumer(js: JetStreamContext) -> None:
@@ -130,6 +160,7 @@ OBJECT_STORES = (names.DATA_OBJECTS, names.RESULTS_OBJECTS, names.MODELS_OBJECTS
 
 
 async def _ensure_object_store(js: JetStreamContext, bucket: str, replicas: int) -> ObjectStore:
+    await _raise_replicas(js, f"OBJ_{bucket}", replicas)
     try:
         return await js.object_store(bucket)
     except BucketNotFoundError:

@@ -418,7 +418,7 @@ class Worker:
             await self._confirm(started)
             await self._confirm(outcome)
         except TopologyMissing as exc:
-            # The coordinator recreates it within seconds; the offer comes back after the delay.
+            # Recreated or re-elected within seconds; the offer comes back after the delay.
             log.warning("operation %s: %s; handing the job back for a later try", ctx.op_id, exc)
             if not r.claimed.done():
                 r.claimed.set_result(False)
@@ -457,8 +457,10 @@ class Worker:
                 await self.publisher.kv_create(names.CLAIMS_BUCKET, key, claim.encode())
                 return True
             except nats.errors.NoRespondersError:
-                # Nothing stores $KV.claims.>: the bucket is gone (deleted by hand, or a lost store).
-                raise TopologyMissing(f"the key-value bucket {names.CLAIMS_BUCKET!r} does not exist") from None
+                # Nothing stores $KV.claims.> right now: the bucket is gone (the coordinator recreates it)
+                # or, on a cluster, its stream is electing a leader. Either way it passes.
+                raise TopologyMissing(f"no stream answered for the key-value bucket {names.CLAIMS_BUCKET!r} "
+                                      "(missing, or electing a leader)") from None
             except KeyWrongLastSequenceError:
                 if uncertain and await self._holds_claim(key, claim):
                     return True

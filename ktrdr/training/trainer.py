@@ -36,7 +36,9 @@ from ktrdr.training.device import DeviceProfile, default_profile, resolve_device
 from ktrdr.training.history import EpochMetrics, derived_metrics
 from ktrdr.training.model import ModelConfig, build_mlp
 
-CheckpointFn = Callable[[bytes, int], None]
+# Returns False when the state could not be saved (a leader election, a lost connection): the
+# trainer then tries again at the next epoch rather than waiting for the next due one.
+CheckpointFn = Callable[[bytes, int], bool | None]
 
 _PROGRESS_INTERVAL_S = 0.1  # intra-epoch progress at most ~10/s
 
@@ -217,6 +219,7 @@ class Trainer:
         train_seconds: list[float] = []
         last_state: bytes | None = None
         last_state_epoch = last_saved_epoch = start_epoch
+        unsaved = False  # a due checkpoint that could not be saved: tried again each epoch until it is
         epoch = start_epoch
         try:
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -274,9 +277,10 @@ class Trainer:
                     # Kept each epoch so a cancellation can still hand back the last whole epoch.
                     last_state = dump_state(self._state(epoch, history, best_info, extra_state))
                     last_state_epoch = epoch
-                    if due:
-                        checkpoint(last_state, epoch)
-                        last_saved_epoch = epoch
+                    if due or unsaved:
+                        unsaved = checkpoint(last_state, epoch) is False
+                        if not unsaved:
+                            last_saved_epoch = epoch
                 if stop:
                     stopped_early = True
                     break

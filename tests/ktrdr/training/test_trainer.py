@@ -50,6 +50,17 @@ def test_learns_and_reports_history() -> None:
     assert {"epochs_since_improvement", "is_overfitting", "is_plateau"} <= set(res.metrics)
 
 
+def test_a_checkpoint_that_could_not_be_saved_is_tried_again_after_the_next_epoch() -> None:
+    tried: list[int] = []
+
+    def flaky(state: bytes, epoch: int) -> bool:
+        tried.append(epoch)
+        return epoch != 3  # the due checkpoint of epoch 3 is lost (a leader election, say)
+
+    Trainer(MODEL, _config(checkpoint_every=3), device="cpu", seed=4).fit(*_data(), checkpoint=flaky)
+    assert tried == [3, 4, 6]
+
+
 def test_checkpoint_resume_continues_exactly() -> None:
     data = _data()
     saved: dict[int, bytes] = {}
