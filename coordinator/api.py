@@ -265,5 +265,6 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
     s = coordinator.settings
     assert coordinator.api_token is not None, "the coordinator resolves its API token before building the API"
     return ApiGuard(app=SubmitEndpoint(coordinator=coordinator, app=app), token=coordinator.api_token,
+                    viewer_token=coordinator.api_viewer_token,
                     allowed_hosts=s.api_allowed_hosts, allowed_origins=s.api_allowed_origins,
                     max_body_bytes=s.api_max_body_bytes, metrics_auth=s.metrics_auth, errors=metrics.api_errors)

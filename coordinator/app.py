@@ -58,6 +58,7 @@ class Coordinator:
         self.api_port: int | None = None
         # The bearer token the status API checks, resolved once at start (settings.resolve_api_token).
         self.api_token: str | None = None
+        self.api_viewer_token: str | None = None
         self._subs: list[Subscription] = []
         self._parts: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -109,6 +110,7 @@ class Coordinator:
 
     async def _start_api(self) -> None:
         self.api_token = self.settings.resolve_api_token()
+        self.api_viewer_token = self.settings.resolve_api_viewer_token()
         app = build_app(self, capability_routes(self))
         # No proxy-header rewriting (it listens on loopback by default, not behind a proxy) and
         # no Server/Date headers: less work on every request of a busy submit path.

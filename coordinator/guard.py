@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = logging.getLogger(__name__)
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+READ_METHODS = frozenset({"GET", "HEAD"})
 _JSON = b"application/json"
 _CORS_METHODS = b"GET, POST, DELETE"
 _CORS_HEADERS = b"authorization, content-type"
@@ -50,10 +51,12 @@ def is_json(content_type: bytes) -> bool:
 
 class ApiGuard:
     def __init__(self, *, app: ASGIApp, token: str, allowed_hosts: Iterable[str], allowed_origins: Iterable[str],
-                 max_body_bytes: int, metrics_auth: bool, errors: Counter) -> None:
+                 max_body_bytes: int, metrics_auth: bool, errors: Counter, viewer_token: str | None = None) -> None:
+        """``viewer_token``: the API's read-only role, allowed GET and HEAD only."""
         self.app = app
         self._token = token.encode()
         self._bearer = b"Bearer " + self._token
+        self._viewer = viewer_token.encode() if viewer_token and viewer_token != token else None
         hosts = set(allowed_hosts)
         self._any_host = "*" in hosts
         self._hosts = frozenset(h.encode() for h in hosts)
@@ -109,11 +112,16 @@ class ApiGuard:
                 return await self._preflight(send, cors)
 
         if scope["path"] not in self._open_paths and not self._authorized(auth):
-            if auth is None:
+            if self._is_viewer(auth):
+                if scope["method"] not in READ_METHODS:
+                    return await self._refuse(send, 403, "the viewer token is read-only (GET): submitting and "
+                                                         "cancelling take the API token", cors)
+            elif auth is None:
                 return await self._refuse(send, 401, "missing bearer token (Authorization: Bearer <token>)", cors,
                                           [(b"www-authenticate", b'Bearer realm="ktrdr"')])
-            return await self._refuse(send, 401, "wrong bearer token", cors,
-                                      [(b"www-authenticate", b'Bearer realm="ktrdr", error="invalid_token"')])
+            else:
+                return await self._refuse(send, 401, "wrong bearer token", cors,
+                                          [(b"www-authenticate", b'Bearer realm="ktrdr", error="invalid_token"')])
 
         has_body = chunked is not None or (length is not None and length != b"0")
         if (has_body or scope["method"] in BODY_METHODS) and (ctype is None or not is_json(ctype)):
@@ -154,6 +162,12 @@ class ApiGuard:
         # The scheme is case-insensitive (RFC 9110 11.1); a client may send "bearer".
         scheme, _, credentials = auth.partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(b" "), self._token)
+
+    def _is_viewer(self, auth: bytes | None) -> bool:
+        if auth is None or self._viewer is None:
+            return False
+        scheme, _, credentials = auth.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(b" "), self._viewer)
 
     async def _read_body(self, receive: Receive) -> bytes | bool | None:
         """The whole body; False once it passes the limit; None if the client went away."""

@@ -45,6 +45,10 @@ class CoordinatorSettings(CommonSettings):
     # in api_token_file (default <home>/auth/api.token), created with a random one if absent.
     api_token: SecretStr | None = None
     api_token_file: Path | None = None
+    # A second, read-only token (the API's viewer role): GET routes only. Same resolution, default
+    # file <home>/auth/api-viewer.token.
+    api_viewer_token: SecretStr | None = None
+    api_viewer_token_file: Path | None = None
     # False opens GET /metrics to a Prometheus scraper that has no token; the data is aggregate.
     metrics_auth: bool = True
     # Host header names the API answers to, against DNS rebinding (a port in them is ignored).
@@ -65,7 +69,7 @@ class CoordinatorSettings(CommonSettings):
 
     _split_lists = field_validator("api_allowed_hosts", "api_allowed_origins", mode="before")(_comma_list)
 
-    @field_validator("api_token")
+    @field_validator("api_token", "api_viewer_token")
     @classmethod
     def _usable_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
@@ -82,6 +86,8 @@ class CoordinatorSettings(CommonSettings):
     def _derived_defaults(self) -> CoordinatorSettings:
         if self.api_token_file is None:
             self.api_token_file = self.home / "auth" / "api.token"
+        if self.api_viewer_token_file is None:
+            self.api_viewer_token_file = self.api_token_file.with_name("api-viewer.token")
         if self.api_allowed_hosts:
             self.api_allowed_hosts = [h if h == "*" else host_name(h) for h in self.api_allowed_hosts]
         else:
@@ -96,3 +102,10 @@ class CoordinatorSettings(CommonSettings):
             return self.api_token.get_secret_value()
         assert self.api_token_file is not None
         return load_or_create_token(self.api_token_file)
+
+    def resolve_api_viewer_token(self) -> str:
+        """The read-only token: KTRDR_API_VIEWER_TOKEN, else its file's (created if absent)."""
+        if self.api_viewer_token is not None:
+            return self.api_viewer_token.get_secret_value()
+        assert self.api_viewer_token_file is not None
+        return load_or_create_token(self.api_viewer_token_file)

@@ -104,6 +104,7 @@ def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monito
                       "without auth lets anyone who reaches it read, forge or delete everything")
     api_token_file = home / "auth" / "api.token"
     load_or_create_token(api_token_file)
+    load_or_create_token(api_token_file.with_name("api-viewer.token"))
     base_env = {**os.environ, "KTRDR_NATS_URL": nats_url, "KTRDR_HOME": str(home)}
 
     def env(role: str, **extra: str) -> dict[str, str]:

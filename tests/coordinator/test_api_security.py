@@ -97,6 +97,22 @@ async def test_a_wrong_token_is_401_on_the_fast_submit_route_and_the_others(
     assert list(coordinator.ops.all()) == []
 
 
+@pytest.mark.parametrize(("method", "path"), [r for r in ROUTES if r[0] in ("POST", "DELETE")])
+async def test_the_viewer_token_cannot_submit_or_cancel(
+        anon: httpx.AsyncClient, coordinator: Coordinator, method: str, path: str) -> None:
+    viewer = {"Authorization": f"Bearer {coordinator.api_viewer_token}"}
+    response = await anon.request(method, path, json={"type": "dummy"}, headers=viewer)
+    assert refused(response, 403, "read-only")
+    assert list(coordinator.ops.all()) == []
+
+
+async def test_the_viewer_token_reads(anon: httpx.AsyncClient, coordinator: Coordinator) -> None:
+    viewer = {"Authorization": f"Bearer {coordinator.api_viewer_token}"}
+    assert coordinator.api_viewer_token != coordinator.api_token
+    for path in ("/api/v1/workers", "/api/v1/operations", "/metrics"):
+        assert (await anon.get(path, headers=viewer)).status_code == 200, path
+
+
 async def test_the_right_token_is_accepted_whatever_the_case_of_its_scheme(
         anon: httpx.AsyncClient, coordinator: Coordinator) -> None:
     response = await anon.get("/api/v1/workers", headers={"Authorization": f"bearer {coordinator.api_token}"})
