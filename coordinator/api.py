@@ -24,7 +24,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coordinator.admission import Rejected, admit
 from coordinator.guard import ApiGuard
+from coordinator.health import RETRY_AFTER_S, unavailable_message
 from coordinator.operations import OperationExists
+from ktrdr.runtime.retry import transient_js_error
 from subjects import names
 from subjects.limits import MAX_LIST_PAGE_OPS
 from subjects.models import (
@@ -46,9 +48,15 @@ SUBMIT_PATH = "/api/v1/operations"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+    def __init__(self, status: int, error: str, detail: Any = None, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(error)
-        self.status, self.error, self.detail = status, error, detail
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+def jetstream_unavailable(exc: BaseException) -> ApiError:
+    """The 503 for a write that waited out its budget while JetStream elected a leader (never a 500:
+    nothing is wrong with the request, and trying again later is the right thing to do)."""
+    return ApiError(503, unavailable_message(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:
@@ -87,7 +95,7 @@ def error_response(exc: ApiError, metrics: Any) -> JSONResponse:
     body: dict[str, Any] = {"error": exc.error}
     if exc.detail is not None:
         body["detail"] = exc.detail
-    return JSONResponse(body, status_code=exc.status)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 async def submit_admitted(coordinator: Coordinator, submit: SubmitRequest) -> Response:
@@ -105,6 +113,10 @@ async def _submit(coordinator: Coordinator, submit: SubmitRequest) -> bytes:
         raise ApiError(422, f"invalid params.{detail[0]['field']}: {detail[0]['message']}", detail) from None
     except OperationExists as exc:
         raise ApiError(409, str(exc)) from None
+    except Exception as exc:
+        if transient_js_error(exc, nc=coordinator.nc):
+            raise jetstream_unavailable(exc) from None
+        raise
     # Serialised by pydantic in one step: the busiest response of the API.
     return op.encode()
 
@@ -166,11 +178,20 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
     metrics = coordinator.metrics
 
     async def health(request: Request) -> JSONResponse:
-        connected = coordinator.nc is not None and coordinator.nc.is_connected
-        return JSONResponse({"status": "ok" if connected else "degraded", "nats": connected,
-                             "workers": len(registry.workers),
+        js = await coordinator.jetstream.state()
+        return JSONResponse({"status": "ok" if js.ok else "degraded", "nats": coordinator.nc.is_connected,
+                             "jetstream": js.text, "workers": len(registry.workers),
                              "operations": sum(1 for _ in ops.all())},
-                            status_code=200 if connected else 503)
+                            status_code=200 if js.ok else 503)
+
+    async def live(request: Request) -> JSONResponse:
+        # Answered by the event loop that runs everything else: a stuck loop does not answer at all.
+        return JSONResponse({"status": "alive"})
+
+    async def ready(request: Request) -> JSONResponse:
+        js = await coordinator.jetstream.state()
+        return JSONResponse({"ready": js.ok, "nats": coordinator.nc.is_connected, "jetstream": js.text},
+                            status_code=200 if js.ok else 503)
 
     async def list_workers(request: Request) -> JSONResponse:
         wtype, state = request.query_params.get("type"), request.query_params.get("status")
@@ -245,12 +266,22 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
         metrics.api_errors.labels(status=str(exc.status_code)).inc()
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
+    async def on_nats_error(request: Request, exc: Exception) -> JSONResponse:
+        # Handled here rather than by on_unexpected, which Starlette re-raises: an election is not a bug.
+        if transient_js_error(exc, nc=coordinator.nc):
+            log.warning("%s %s: JetStream unavailable: %s", request.method, request.url.path, exc)
+            return error_response(jetstream_unavailable(exc), metrics)
+        log.error("status API request %s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(ApiError(500, f"internal error: {exc}"), metrics)
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Starlette re-raises it after this answer; ApiGuard logs it with its traceback.
         return error_response(ApiError(500, f"internal error: {exc}"), metrics)
 
     routes = [
         Route("/health", health),
+        Route("/health/live", live),
+        Route("/health/ready", ready),
         Route("/metrics", metrics_endpoint),
         Route("/api/v1/workers", list_workers),
         Route("/api/v1/workers/{worker_id}", get_worker),
@@ -261,7 +292,7 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
         *(extra_routes or []),
     ]
     app = Starlette(routes=routes, exception_handlers={ApiError: on_api_error, HTTPException: on_http_error,
-                                                       Exception: on_unexpected})
+                                                       nats.errors.Error: on_nats_error, Exception: on_unexpected})
     s = coordinator.settings
     assert coordinator.api_token is not None, "the coordinator resolves its API token before building the API"
     return ApiGuard(app=SubmitEndpoint(coordinator=coordinator, app=app), token=coordinator.api_token,

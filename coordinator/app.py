@@ -20,6 +20,7 @@ from coordinator.api import build_app
 from coordinator.cancel import CancelResponder
 from coordinator.dispatcher import Dispatcher
 from coordinator.feed import OpsFeed
+from coordinator.health import JetStreamProbe
 from coordinator.metrics import Metrics
 from coordinator.operations import Operations
 from coordinator.registry import WorkerRegistry
@@ -55,6 +56,7 @@ class Coordinator:
         self.ops: Operations = None  # type: ignore[assignment]
         self.registry: WorkerRegistry = None  # type: ignore[assignment]
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
+        self.jetstream: JetStreamProbe = None  # type: ignore[assignment]
         self.api_port: int | None = None
         # The bearer token the status API checks, resolved once at start (settings.resolve_api_token).
         self.api_token: str | None = None
@@ -78,6 +80,7 @@ class Coordinator:
         await self.publisher.start()
         self.ops = Operations(bucket=buckets.ops, publisher=self.publisher, metrics=self.metrics)
         loaded = await self.ops.load()
+        self.jetstream = JetStreamProbe(nc=self.nc, bucket=buckets.ops)
         self.registry = WorkerRegistry(bucket=buckets.workers, metrics=self.metrics,
                                        on_lost=self._worker_lost)
         self.dispatcher = Dispatcher(js=self.js, publisher=self.publisher, ops=self.ops, registry=self.registry,

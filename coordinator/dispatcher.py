@@ -22,6 +22,7 @@ from coordinator.operations import Operations, attempt_record
 from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
 from ktrdr.runtime.publish import AckedPublisher
+from ktrdr.runtime.retry import RetryPolicy, any_error, transient_js_error
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
 from subjects.models import (
@@ -40,6 +41,13 @@ log = logging.getLogger(__name__)
 COORDINATOR_CLAIMANT = "coordinator"
 # How often an offer that reached MaxDeliver without any claim is renewed before the op fails.
 UNCLAIMED_REOFFERS = 3
+# Publishing a job: about 17 s of tries. Offers repeat their Nats-Msg-Id, so a try that was stored
+# after all is deduplicated, never offered twice.
+OFFER_RETRY = RetryPolicy(first_s=0.1, max_s=1.0, attempts=20)
+# A submission's writes during a leader election: the budget comes from the settings.
+SUBMIT_RETRY = RetryPolicy(first_s=0.1, max_s=1.0)
+# The offer of a recorded op whose submission ran out of budget: until it is stored.
+BACKGROUND_OFFER_RETRY = RetryPolicy(first_s=0.1, max_s=1.0)
 
 
 def _coordinated(op: Operation) -> bool:
@@ -55,6 +63,10 @@ def _attempt_started(op: Operation) -> datetime | None:
 
 def _before(when: datetime | None, started_at: datetime) -> bool:
     return when is not None and when < started_at
+
+
+class OfferNotStored(RuntimeError):
+    """A job that could not be published within its retry policy (the cause says why)."""
 
 
 def new_op_id(op_type: str) -> str:
@@ -80,6 +92,7 @@ class Dispatcher:
         self.claims = claims
         self.settings = settings
         self.metrics = metrics
+        self._submit_retry = SUBMIT_RETRY.within(settings.write_retry_budget_s)
         self._fallbacks: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         ops.subscribe(self._on_change)
@@ -87,6 +100,10 @@ class Dispatcher:
     # --- submission -----------------------------------------------------------------------
 
     async def submit(self, request: SubmitRequest) -> Operation:
+        """Record the op and offer its job, both retried through a leader election within the budget
+        (``write_retry_budget_s``); past it the last error is raised, ``transient_js_error`` says so."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._submit_retry.budget_s or 0.0)
         params = request.params
         model = PARAMS_MODELS.get(request.type)
         if model is not None:
@@ -101,10 +118,18 @@ class Dispatcher:
         if _coordinated(op):
             # Run by the coordinator itself (coordinator.sweeps): recorded, never offered to a worker.
             op.route, op.route_reason = "coordinator", "run by the coordinator"
-            return await self.ops.create(op)
+            return await self.ops.create(op, retry=self._submit_retry)
         self._route(op, why=None)
-        op = await self.ops.create(op)
-        await self._offer(op, op.offered)
+        op = await self.ops.create(op, retry=self._submit_retry)
+        try:
+            await self._offer(op, op.offered, retry=self._submit_retry.within(max(0.0, deadline - loop.time())))
+        except OfferNotStored as exc:
+            if exc.__cause__ is None or not transient_js_error(exc.__cause__, nc=self.publisher.nc):
+                raise
+            # The record is written, so the op exists: answering an error would have the client submit
+            # it again. Its offer goes on in the background; it is pending meanwhile.
+            log.warning("%s: offer not stored within the submission's budget (%s); still offering", op.op_id, exc)
+            self._spawn(self._offer(op, op.offered, retry=BACKGROUND_OFFER_RETRY))
         self._schedule_fallback(op)
         return op
 
@@ -128,23 +153,26 @@ class Dispatcher:
         op.offered = [op.capability]
         op.offered_at = datetime.now(UTC)
 
-    async def _offer(self, op: Operation, capabilities: list[str], *, reoffer: int = 0) -> None:
+    async def _offer(self, op: Operation, capabilities: list[str], *, reoffer: int = 0,
+                     retry: RetryPolicy = OFFER_RETRY) -> None:
         for capability in capabilities:
-            job = JobMessage(op_id=op.op_id, type=op.type, params=op.params, attempt=op.attempt,
-                             capability=capability, parent_id=op.parent_id)
-            headers = {"Nats-Msg-Id": names.job_msg_id(op.op_id, op.attempt, capability, reoffer)}
-            delay = 0.1
-            for _ in range(20):
-                try:
-                    await self.publisher.publish(names.jobs_subject(capability), job.encode(), headers=headers)
-                    break
-                except Exception as exc:
-                    log.warning("offer of %s on %s failed (%s); retrying", op.op_id, capability, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(2 * delay, 1.0)
-            else:
-                # The record stays pending with its offer noted; the next coordinator start re-offers.
-                raise RuntimeError(f"could not publish {op.op_id} to {names.jobs_subject(capability)}")
+            await self._offer_on(op, capability, reoffer=reoffer, retry=retry)
+
+    async def _offer_on(self, op: Operation, capability: str, *, reoffer: int, retry: RetryPolicy) -> None:
+        job = JobMessage(op_id=op.op_id, type=op.type, params=op.params, attempt=op.attempt,
+                         capability=capability, parent_id=op.parent_id).encode()
+        headers = {"Nats-Msg-Id": names.job_msg_id(op.op_id, op.attempt, capability, reoffer)}
+        subject = names.jobs_subject(capability)
+
+        def retrying(exc: BaseException, pause: float) -> None:
+            log.warning("offer of %s on %s failed (%s); retrying", op.op_id, capability, exc)
+
+        try:
+            await retry.run(lambda: self.publisher.publish(subject, job, headers=headers),
+                            retry_on=any_error, on_retry=retrying)
+        except Exception as exc:
+            # The record stays pending with its offer noted; the next coordinator start re-offers.
+            raise OfferNotStored(f"could not publish {op.op_id} to {subject}: {exc}") from exc
 
     # --- GPU fallback ---------------------------------------------------------------------
 

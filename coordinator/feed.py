@@ -37,6 +37,7 @@ from pydantic import ValidationError
 
 from coordinator.metrics import Metrics
 from coordinator.operations import ConcurrentWriters
+from ktrdr.runtime.retry import RetryPolicy
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
 from subjects.models import BadPayload
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 ACK_DELAY_S = 0.005  # acknowledgements of the messages applied meanwhile leave together
 RETRY_MAX_S = 2.0
+# Reading a message back, or applying one again: JetStream away for a moment.
+RETRY = RetryPolicy(first_s=0.1, max_s=RETRY_MAX_S)
 # Tries of a message that fails for a reason not known to pass (about 10 s): after them it is a
 # poison message, logged, counted and acknowledged, since every acknowledgement waits behind it.
 POISON_AFTER = 8
@@ -145,7 +148,7 @@ class OpsFeed:
             self._spawn(self._read_back(missing, seq))
 
     async def _read_back(self, missing: _Delivery, seq: int) -> None:
-        delay = 0.1
+        pauses = RETRY.delays()
         while True:
             try:
                 stored = await self.js.get_msg(names.OPS_STREAM, seq)
@@ -155,8 +158,7 @@ class OpsFeed:
                 return
             except Exception as exc:
                 log.warning("could not read OPS sequence %d yet (%s)", seq, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                await asyncio.sleep(next(pauses))
         missing.msg = Msg(_client=self.nc, subject=stored.subject, data=stored.data or b"")
         self._start(missing)
 
@@ -188,7 +190,7 @@ class OpsFeed:
             self._poison(delivery, exc)
             return
         delivery.retries += 1
-        delay = min(RETRY_MAX_S, 0.1 * 2 ** (delivery.retries - 1))
+        delay = RETRY.delay(delivery.retries - 1)
         log.warning("could not apply %s yet (%s); retrying in %.1f s", delivery.msg.subject, exc, delay)
 
         async def retry() -> None:

@@ -6,8 +6,8 @@ It wraps the whole app (the fast submit endpoint included), so no route can skip
   resolves to 127.0.0.1 sends its own name and is refused (421);
 * an ``Origin`` header must be this API's own or one of ``api_allowed_origins`` (403); only for
   those are CORS headers added, preflights included;
-* every route but ``/health`` (and ``/metrics`` when ``metrics_auth`` is off) needs
-  ``Authorization: Bearer <token>`` (401);
+* every route but ``/health``, ``/health/live`` and ``/health/ready`` (and ``/metrics`` when
+  ``metrics_auth`` is off) needs ``Authorization: Bearer <token>`` (401);
 * every POST and any request with a body must say ``Content-Type: application/json`` (415): a
   cross-site form or ``fetch`` can only send text/plain and the like without a preflight;
 * a body may not exceed ``api_max_body_bytes`` (413), by Content-Length before reading it or,
@@ -36,6 +36,8 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 _JSON = b"application/json"
 _CORS_METHODS = b"GET, POST, DELETE"
 _CORS_HEADERS = b"authorization, content-type"
+# What a load balancer or systemd polls without a token: states, no data.
+HEALTH_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 
 
 def header_host(host: bytes) -> bytes:
@@ -62,7 +64,7 @@ class ApiGuard:
         self._hosts = frozenset(h.encode() for h in hosts)
         self._origins = frozenset(o.encode() for o in allowed_origins)
         self._max_body = max_body_bytes
-        self._open_paths = frozenset({"/health"} if metrics_auth else {"/health", "/metrics"})
+        self._open_paths = HEALTH_PATHS if metrics_auth else HEALTH_PATHS | {"/metrics"}
         self._errors = errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,8 +17,10 @@ import nats.errors
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from coordinator.health import HEALTH_KEY
 from coordinator.metrics import Metrics
 from ktrdr.runtime.publish import AckedPublisher
+from ktrdr.runtime.retry import RetryPolicy, transient_js_error
 from subjects import limits, names
 from subjects.limits import bounded_text, json_size
 from subjects.models import (
@@ -79,7 +81,7 @@ class Operations:
         async for entry in watcher:
             if entry is None:
                 break
-            if entry.value:
+            if entry.value and entry.key != HEALTH_KEY:
                 try:
                     self._cache[entry.key] = (decode(Operation, entry.value), entry.revision)
                 except BadPayload as exc:
@@ -137,11 +139,43 @@ class Operations:
 
     # --- writing --------------------------------------------------------------------------
 
-    async def create(self, op: Operation) -> Operation:
-        try:
-            revision = await self.publisher.kv_create(names.OPS_BUCKET, op.op_id, op.encode())
-        except KeyWrongLastSequenceError:
-            raise OperationExists(f"operation {op.op_id} already exists") from None
+    async def create(self, op: Operation, *, retry: RetryPolicy | None = None) -> Operation:
+        """Write the new record; with ``retry``, wait out a leader election of the ``ops`` stream.
+
+        Past the policy's tries or budget the last error is raised (``transient_js_error`` tells a
+        caller that it was JetStream being unavailable, not the request).
+        """
+        payload = op.encode()
+        uncertain = False
+
+        async def write() -> int:
+            nonlocal uncertain
+            if retry is not None and not self.publisher.nc.is_connected:
+                # Buffered until the reconnect, the write could be stored after the caller was told it
+                # failed: the op would exist though its client was told to submit it again.
+                raise nats.errors.ConnectionReconnectingError
+            try:
+                return await self.publisher.kv_create(names.OPS_BUCKET, op.op_id, payload)
+            except KeyWrongLastSequenceError:
+                if uncertain:
+                    # An earlier try that timed out may have been stored after all: ours if identical.
+                    entry = await self.bucket.get(op.op_id)
+                    if entry.value == payload and entry.revision is not None:
+                        return entry.revision
+                raise OperationExists(f"operation {op.op_id} already exists") from None
+            except nats.errors.TimeoutError:
+                uncertain = True
+                raise
+
+        def retrying(exc: BaseException, pause: float) -> None:
+            log.warning("operation %s: its record could not be written yet (%s); retrying in %.1f s",
+                        op.op_id, str(exc) or type(exc).__name__, pause)
+
+        if retry is None:
+            revision = await write()
+        else:
+            revision = await retry.run(write, on_retry=retrying,
+                                       retry_on=lambda exc: transient_js_error(exc, nc=self.publisher.nc))
         self._cache[op.op_id] = (op, revision)
         self._notify(None, op)
         return op

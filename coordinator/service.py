@@ -17,9 +17,11 @@ from pydantic import ValidationError
 
 from coordinator.admission import Rejected, TooLarge, admit
 from coordinator.dispatcher import Dispatcher
+from coordinator.health import RETRY_AFTER_S, unavailable_message
 from coordinator.metrics import Metrics
 from coordinator.operations import OperationExists, Operations
 from ktrdr import __version__
+from ktrdr.runtime.retry import transient_js_error
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
 from subjects.models import BadPayload, GetRequest, ListRequest, SubmitRequest, decode
@@ -60,10 +62,17 @@ class OpsService:
             task.add_done_callback(self._handling.discard)
         return spawn
 
-    async def _error(self, req: Request, code: int, message: str, *, reason: str = "invalid") -> None:
+    async def _error(self, req: Request, code: int, message: str, *, reason: str = "invalid",
+                     retry_after: int | None = None) -> None:
         if code == 400:
             self.metrics.rejected.labels(subject=req.subject, reason=reason).inc()
-        await req.respond_error(str(code), message, data=json.dumps({"error": message, "code": code}).encode())
+        body: dict[str, object] = {"error": message, "code": code}
+        headers = None
+        if retry_after is not None:
+            # As the status API says it: a Retry-After header, and in the body for clients that read only that.
+            body["retry_after"] = retry_after
+            headers = {"Retry-After": str(retry_after)}
+        await req.respond_error(str(code), message, data=json.dumps(body).encode(), headers=headers)
 
     async def _submit(self, req: Request) -> None:
         try:
@@ -76,6 +85,14 @@ class OpsService:
             await self._error(req, 400, f"invalid params: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
         except OperationExists as exc:
             await self._error(req, 409, str(exc))
+        except Exception as exc:
+            # The status API's answers: 503 for JetStream electing a leader past the budget, 500 else.
+            if transient_js_error(exc, nc=self.nc):
+                log.warning("ktrdr.ops.submit: JetStream unavailable: %s", exc)
+                await self._error(req, 503, unavailable_message(exc), retry_after=RETRY_AFTER_S)
+            else:
+                log.exception("ktrdr.ops.submit failed")
+                await self._error(req, 500, f"submission failed: {exc}")
         else:
             await req.respond(op.encode())
 

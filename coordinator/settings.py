@@ -66,6 +66,9 @@ class CoordinatorSettings(CommonSettings):
     cancel_fallback_reply_s: float = Field(default=0.5, ge=0)
     # How often the coordinator checks that every stream and bucket exists, recreating the missing.
     topology_check_s: float = Field(default=5.0, gt=0)
+    # How long a submission retries writes that a JetStream leader election interrupts before the
+    # API answers 503 (Retry-After) and the NATS service its 503 service error.
+    write_retry_budget_s: float = Field(default=5.0, ge=0)
 
     _split_lists = field_validator("api_allowed_hosts", "api_allowed_origins", mode="before")(_comma_list)
 

@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from ktrdr.runtime.retry import RetryPolicy
 from ktrdr.runtime.topology import BIND_BACKOFF_MAX_S
 from subjects import names
 from subjects.data import ActiveLock
@@ -33,15 +34,15 @@ OnChange = Callable[[bool], Awaitable[None]]
 async def lock_bucket(js: JetStreamContext) -> KeyValue:
     """The lock's bucket, made by the coordinator with the fleet's ``KTRDR_IB_LOCK_TTL_S`` (and
     limit markers, so an expired lock is seen); waits, saying so, while it does not exist."""
-    delay = 0.25
+    pauses = RetryPolicy(first_s=0.25, max_s=BIND_BACKOFF_MAX_S).delays()
     while True:
+        delay = next(pauses)
         try:
             return await js.key_value(names.IB_ACTIVE_BUCKET)
         except BucketNotFoundError:
             log.warning("the key-value bucket %r does not exist; waiting %.1f s for the coordinator to create it",
                         names.IB_ACTIVE_BUCKET, delay)
         await asyncio.sleep(delay)
-        delay = min(delay * 2, BIND_BACKOFF_MAX_S)
 
 
 async def read_lock(kv: KeyValue) -> tuple[int, ActiveLock | None] | None:

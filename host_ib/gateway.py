@@ -16,6 +16,7 @@ from typing import Literal
 from ktrdr.cancel import CancelToken
 from ktrdr.ib.client import ConnectionState, IbClient
 from ktrdr.ib.errors import ConnectionLost
+from ktrdr.runtime.retry import RetryPolicy
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.tasks import cancel_and_wait
 
@@ -82,7 +83,9 @@ class Gateway:
 
     async def _keep_connected(self) -> None:
         s = self.settings
-        delay = s.ib_reconnect_min_s
+        # A max below the min (both are settings) means pauses of the min: never shorter than asked.
+        retry = RetryPolicy(first_s=s.ib_reconnect_min_s, max_s=max(s.ib_reconnect_min_s, s.ib_reconnect_max_s))
+        pauses = retry.delays()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -92,17 +95,17 @@ class Gateway:
                         s.ib_host, s.ib_port, client_id=s.ib_client_id, timeout=s.ib_connect_timeout_s)
                 except (ConnectionLost, OSError, TimeoutError) as exc:
                     self.last_error = str(exc)
+                    delay = next(pauses)
                     log.info("IB at %s not reachable (%s); next try in %.1f s", self.address, exc, delay)
                     # Sleep on the wake event so activate()/a waiting download can cut the wait short.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), delay)
                     self._wake.clear()
-                    delay = min(delay * 2, s.ib_reconnect_max_s)
                     continue
                 if not self._wanted:  # went standby during the handshake
                     await self.client.disconnect()
                     break
-                delay = s.ib_reconnect_min_s
+                pauses = retry.delays()
                 self._ever_connected = True
                 self.last_error = None
                 self._connected.set()

@@ -49,9 +49,15 @@ def _kv_read(bucket: str, *, watch: bool = False) -> list[str]:
     allowed = [f"{API}.STREAM.INFO.{stream}", f"{API}.STREAM.MSG.GET.{stream}", f"{API}.DIRECT.GET.{stream}",
                f"{API}.DIRECT.GET.{stream}.>"]
     if watch:  # keys(), watch() and history() make an ordered (non-durable) consumer
-        allowed += [f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
-                    f"{API}.CONSUMER.INFO.{stream}.*", f"{API}.CONSUMER.DELETE.{stream}.*"]
+        allowed += _ordered_consumer(stream)
     return allowed
+
+
+def _ordered_consumer(stream: str) -> list[str]:
+    """What an ordered push consumer (a KV watch, an object-store get) needs. It must answer the
+    server's flow-control requests on ``$JS.FC``: refused, a busy watch or a large download stalls."""
+    return [f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
+            f"{API}.CONSUMER.INFO.{stream}.*", f"{API}.CONSUMER.DELETE.{stream}.*", f"$JS.FC.{stream}.>"]
 
 
 def _kv_write(bucket: str, keys: str = ">") -> list[str]:
@@ -61,8 +67,7 @@ def _kv_write(bucket: str, keys: str = ">") -> list[str]:
 def _obj_read(bucket: str) -> list[str]:
     stream = f"OBJ_{bucket}"
     return [f"{API}.STREAM.INFO.{stream}", f"{API}.STREAM.MSG.GET.{stream}", f"{API}.STREAM.NAMES",
-            f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
-            f"{API}.CONSUMER.INFO.{stream}.*", f"{API}.CONSUMER.DELETE.{stream}.*"]
+            *_ordered_consumer(stream)]
 
 
 def _obj_write(bucket: str) -> list[str]:

@@ -14,6 +14,7 @@ from nats.js.errors import BucketNotFoundError
 
 import nats
 from ktrdr.runtime.connection import NatsAuth, NatsConnectError, connect
+from ktrdr.runtime.retry import RetryPolicy
 from ktrdr.security.credentials import CredentialError
 from subjects import names
 from subjects.limits import MAX_LIST_PAGE_OPS
@@ -41,12 +42,30 @@ class KtrdrError(RuntimeError):
         self.code = code
 
 
+class JetStreamUnavailable(KtrdrError):
+    """The coordinator answered 503: JetStream could not take the write within its budget."""
+
+    def __init__(self) -> None:
+        super().__init__("the platform is electing a leader (JetStream unavailable); try again", 503)
+
+
+# A 503 means the coordinator already waited out its own budget: two more tries within a few
+# seconds catch the end of an election without keeping a user waiting much longer.
+UNAVAILABLE_RETRY = RetryPolicy(first_s=1.0, max_s=2.0, attempts=3)
+# Longer than the coordinator's write budget (KTRDR_WRITE_RETRY_BUDGET_S, 5 s) plus one try, so a
+# submission that waits out an election gets its answer rather than a timeout.
+SUBMIT_TIMEOUT_S = 15.0
+
+
 class KtrdrClient:
     def __init__(self, *, nats_url: str, timeout: float = 5.0, lease_ttl_s: float = 5.0,
-                 auth: NatsAuth | None = None) -> None:
+                 auth: NatsAuth | None = None, submit_timeout: float = SUBMIT_TIMEOUT_S,
+                 unavailable_retry: RetryPolicy = UNAVAILABLE_RETRY) -> None:
         self.nats_url = nats_url
         self.auth = auth
         self.timeout = timeout
+        self.submit_timeout = max(timeout, submit_timeout)
+        self.unavailable_retry = unavailable_retry
         self.lease_ttl_s = lease_ttl_s
         self.nc: Client | None = None
 
@@ -76,22 +95,32 @@ class KtrdrClient:
             raise KtrdrError("not connected")
         return self.nc
 
-    async def _service(self, endpoint: str, payload: bytes) -> Msg:
+    async def _service(self, endpoint: str, payload: bytes, *, timeout: float | None = None) -> Msg:
+        """One request to the coordinator's service; its 503 (JetStream electing a leader) is tried again
+        a couple of times before :class:`JetStreamUnavailable` is raised."""
+        return await self.unavailable_retry.run(
+            lambda: self._service_once(endpoint, payload, timeout=timeout or self.timeout),
+            retry_on=lambda exc: isinstance(exc, JetStreamUnavailable))
+
+    async def _service_once(self, endpoint: str, payload: bytes, *, timeout: float) -> Msg:
         subject = f"{names.SERVICE_GROUP}.{endpoint}"
         try:
-            msg = await self._nc.request(subject, payload, timeout=self.timeout)
+            msg = await self._nc.request(subject, payload, timeout=timeout)
         except nats.errors.NoRespondersError:
             raise KtrdrError("no coordinator is running (nobody answers " + subject + ")", 503) from None
         except nats.errors.TimeoutError:
-            raise KtrdrError(f"the coordinator did not answer {subject} in {self.timeout:g} s", 504) from None
+            raise KtrdrError(f"the coordinator did not answer {subject} in {timeout:g} s", 504) from None
         if msg.headers and "Nats-Service-Error" in msg.headers:
             code = int(msg.headers.get("Nats-Service-Error-Code", "400") or 400)
+            if code == 503:
+                raise JetStreamUnavailable()
             raise KtrdrError(msg.headers["Nats-Service-Error"], code)
         return msg
 
     async def submit(self, op_type: str, params: dict[str, Any] | None = None, **extra: Any) -> Operation:
         request = SubmitRequest(type=op_type, params=params or {}, **extra)
-        return decode(Operation, (await self._service(names.SERVICE_SUBMIT, request.encode())).data)
+        reply = await self._service(names.SERVICE_SUBMIT, request.encode(), timeout=self.submit_timeout)
+        return decode(Operation, reply.data)
 
     async def get(self, op_id: str) -> Operation:
         names.validate_token(op_id, what="operation id")

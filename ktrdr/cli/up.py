@@ -21,6 +21,7 @@ from rich.table import Table
 from ktrdr.cli.render import console
 from ktrdr.cli.settings import CliSettings
 from ktrdr.natsd import NatsServer, port_open
+from ktrdr.runtime.retry import RetryPolicy
 from ktrdr.security.api_token import load_or_create_token
 from ktrdr.security.fleet import Fleet, provision, write_fleet_file
 from ktrdr.security.tls import TlsFiles
@@ -28,6 +29,8 @@ from subjects import roles
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WILDCARD = ("0.0.0.0", "::")
+# A crashed component is restarted after 1, 2, 4 ... up to 30 s: a crash loop must not spin.
+RESTART_RETRY = RetryPolicy(first_s=1.0, max_s=30.0)
 
 
 @dataclass
@@ -164,7 +167,7 @@ def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monito
                 if code is not None and not stopping:
                     # Keep the platform up: restart a crashed component, slower each time.
                     child.restarts += 1
-                    delay = min(30.0, 0.5 * 2 ** min(child.restarts, 6))
+                    delay = RESTART_RETRY.delay(child.restarts - 1)
                     console.print(f"[red]{child.name} exited with {code}; restarting in {delay:g} s[/]")
                     time.sleep(delay)
                     child.start()

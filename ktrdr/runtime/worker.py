@@ -33,6 +33,7 @@ from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.context import Handler, JobContext
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.pull import JobPuller
+from ktrdr.runtime.retry import RetryPolicy
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.topology import Buckets, TopologyMissing, bind_topology
@@ -59,6 +60,12 @@ from subjects.models import (
 log = logging.getLogger(__name__)
 
 CLAIM_TRIES = 8
+# Pauses between claim tries whose acknowledgement was lost.
+CLAIM_RETRY = RetryPolicy(first_s=0.1, max_s=2.0)
+# Registration: the lease keeps a worker visible meanwhile, so asking again can be slow.
+REGISTER_RETRY = RetryPolicy(first_s=0.5, max_s=10.0)
+# An outcome event not yet stored is sent again until it is: an outcome must not be lost.
+CONFIRM_RETRY = RetryPolicy(first_s=0.1, max_s=2.0)
 # A lease change (an op started or ended) is written this long after it, not only on the next
 # heartbeat; the changes within it share one write, so a busy worker adds a few per second.
 LEASE_CHANGE_DELAY_S = 0.1
@@ -302,7 +309,7 @@ class Worker:
 
     async def _register_loop(self) -> None:
         assert self.nc is not None
-        delay = 0.5
+        pauses = REGISTER_RETRY.delays()
         while not self.registered.is_set():
             try:
                 reply = await self.nc.request(names.WORKER_REGISTER, self.info.encode(), timeout=2.0)
@@ -316,8 +323,7 @@ class Worker:
                 log.info("no coordinator answered worker.register yet; the lease keeps us visible")
             except Exception as exc:
                 log.warning("registration failed: %s", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            await asyncio.sleep(next(pauses))
 
     async def _check_ownership(self) -> None:
         """Fencing on this side: stop work whose attempt the coordinator has given to someone else.
@@ -451,7 +457,7 @@ class Worker:
         key = names.claim_key(ctx.op_id, ctx.attempt)
         claim = Claim(op_id=ctx.op_id, attempt=ctx.attempt, worker_id=self.worker_id)
         uncertain = False
-        delay = 0.1
+        pauses = CLAIM_RETRY.delays()
         for _ in range(CLAIM_TRIES):
             try:
                 await self.publisher.kv_create(names.CLAIMS_BUCKET, key, claim.encode())
@@ -470,8 +476,7 @@ class Worker:
                     nats.errors.ConnectionReconnectingError) as exc:
                 uncertain = True
                 log.warning("claim of %s attempt %d unconfirmed (%s); asking again", ctx.op_id, ctx.attempt, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await asyncio.sleep(next(pauses))
         raise RuntimeError(f"could not claim {ctx.op_id} attempt {ctx.attempt}")
 
     async def _holds_claim(self, key: str, mine: Claim) -> bool:
@@ -548,7 +553,7 @@ class Worker:
     async def _confirm(self, sent: _SentEvent) -> None:
         """Wait until the event is stored; resend until it is: an outcome must not be lost."""
         assert self.publisher is not None
-        delay = 0.1
+        pauses = CONFIRM_RETRY.delays()
         while True:
             try:
                 if sent.ack is None:
@@ -562,8 +567,7 @@ class Worker:
                     log.error("event %s on %s lost: the connection is closed", sent.kind, sent.subject)
                     return
                 log.warning("event %s on %s not yet stored (%s); retrying", sent.kind, sent.subject, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await asyncio.sleep(next(pauses))
 
     async def _on_cancel(self, msg: Msg) -> None:
         """``ops.*.cancel``: answered for the ops this worker runs; the rest are the coordinator's."""

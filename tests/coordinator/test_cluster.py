@@ -7,82 +7,25 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 import nats
 from coordinator.app import Coordinator
 from ktrdr.dummy import run_dummy
-from ktrdr.natsd import NatsServer, free_port
 from ktrdr.runtime.connection import NatsAuth
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.topology import OBJECT_STORES, ensure_topology
 from ktrdr.runtime.worker import Worker
-from ktrdr.security.serverconf import render
-from ktrdr.security.tls import TlsFiles, ensure_server_cert, server_names
 from subjects import names, roles
 from subjects.models import OpStatus, SubmitRequest
 from tests.conftest import ROOT, coordinator_settings, creds, fleet
-from tests.support import assert_eventually, wait_status
+from tests.coordinator.cluster import Cluster
+from tests.support import wait_status
 
 
-@pytest.fixture
-def tls_files(tmp_path: Path) -> TlsFiles:
-    return ensure_server_cert(tmp_path / "tls", server_names())
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, tls_files: TlsFiles) -> Iterator[list[NatsServer]]:
-    """The shipped nats/cluster/secure/node.conf, three times on loopback, with the fleet.conf that
-    `ktrdr fleet server-config` writes beside it."""
-    routes = [free_port() for _ in range(3)]
-    servers = []
-    template = (ROOT / "nats" / "cluster" / "secure" / "node.conf").read_text()
-    (tmp_path / "fleet.conf").write_text(render(credentials=fleet().credentials, tls=tls_files))
-    for i, route in enumerate(routes):
-        env = {"KTRDR_NODE_NAME": f"n{i}", "KTRDR_NODE_LISTEN": "127.0.0.1:0",
-               "KTRDR_NODE_CLUSTER": f"127.0.0.1:{route}", "KTRDR_NODE_STORE": str(tmp_path / f"store{i}"),
-               **{f"KTRDR_ROUTE_{j + 1}": f"nats-route://127.0.0.1:{r}" for j, r in enumerate(routes)}}
-        # NatsServer's own flags pick the client port; the rest is the shipped file.
-        # Three hosts would each have their own 8222; here the nodes share one.
-        conf = tmp_path / f"node{i}.conf"
-        conf.write_text(template.replace("http: 127.0.0.1:8222", f"http: 127.0.0.1:{free_port()}"))
-        servers.append(NatsServer(store_dir=tmp_path / f"store{i}", config_file=conf,
-                                  name=f"n{i}", env=env, store_in_config=True))
-    for server in servers:
-        server.start()
-    try:
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
-
-
-def _url(server: NatsServer) -> str:
-    return f"tls://127.0.0.1:{server.port}"
-
-
-async def _jetstream_ready(url: str, ca: Path) -> bool:
-    try:
-        nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0,
-                                **NatsAuth(credential=fleet().credentials[roles.COORDINATOR], ca=ca).options())
-    except Exception:
-        return False
-    try:
-        await nc.jetstream(timeout=1).account_info()
-        return True
-    except Exception:
-        return False
-    finally:
-        await nc.close()
-
-
-async def test_an_op_survives_the_loss_of_one_node_of_three(cluster: list[NatsServer], tls_files: TlsFiles) -> None:
-    urls = ",".join(_url(s) for s in cluster)
-    await assert_eventually(lambda: _jetstream_ready(_url(cluster[0]), tls_files.ca), timeout=30, interval=0.2,
-                            message="the cluster elected no JetStream leader")
+async def test_an_op_survives_the_loss_of_one_node_of_three(cluster: Cluster) -> None:
+    urls, tls_files = cluster.urls, cluster.tls
+    await cluster.ready()
     # A lease longer than a leader election, so that losing a node does not look like losing the worker.
     lease = {"lease_ttl_s": 8.0, "heartbeat_s": 0.5}
     coordinator = Coordinator(settings=coordinator_settings(urls, js_replicas=3, nats_ca=tls_files.ca, **lease))
@@ -95,7 +38,7 @@ async def test_an_op_survives_the_loss_of_one_node_of_three(cluster: list[NatsSe
         try:
             op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 3, "steps": 6}))
             await wait_status(coordinator, op.op_id, OpStatus.RUNNING, timeout=15)
-            cluster[0].kill()
+            cluster.nodes[0].kill()
             done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED, timeout=45)
             assert done.worker_id == "w1" and done.result == {"steps": 6, "duration": 3.0}
             after = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
@@ -107,10 +50,9 @@ async def test_an_op_survives_the_loss_of_one_node_of_three(cluster: list[NatsSe
 
 
 async def test_streams_buckets_and_object_stores_made_with_one_replica_are_raised_to_the_setting(
-        cluster: list[NatsServer], tls_files: TlsFiles) -> None:
-    urls = ",".join(_url(s) for s in cluster)
-    await assert_eventually(lambda: _jetstream_ready(_url(cluster[0]), tls_files.ca), timeout=30, interval=0.2,
-                            message="the cluster elected no JetStream leader")
+        cluster: Cluster) -> None:
+    urls, tls_files = cluster.urls, cluster.tls
+    await cluster.ready()
     nc = await nats.connect(urls.split(","), **NatsAuth(credential=fleet().credentials[roles.COORDINATOR],
                                                         ca=tls_files.ca).options())
     try:
@@ -125,11 +67,9 @@ async def test_streams_buckets_and_object_stores_made_with_one_replica_are_raise
         await nc.close()
 
 
-async def test_the_cli_takes_the_three_url_setting(cluster: list[NatsServer], tls_files: TlsFiles,
-                                                   tmp_path: Path) -> None:
-    urls = ",".join(_url(s) for s in cluster)
-    await assert_eventually(lambda: _jetstream_ready(_url(cluster[0]), tls_files.ca), timeout=30, interval=0.2,
-                            message="the cluster elected no JetStream leader")
+async def test_the_cli_takes_the_three_url_setting(cluster: Cluster, tmp_path: Path) -> None:
+    urls, tls_files = cluster.urls, cluster.tls
+    await cluster.ready()
     coordinator = Coordinator(settings=coordinator_settings(urls, js_replicas=3, nats_ca=tls_files.ca))
     await coordinator.start()
     try:

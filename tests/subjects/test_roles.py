@@ -212,3 +212,31 @@ async def test_a_viewer_reads_but_cannot_change(nats_server: NatsServer, coordin
         assert (await viewer.get(op_id)).op_id == op_id
         with pytest.raises(Exception):  # noqa: B017 - the server's refusal surfaces as a timeout
             await viewer.submit("dummy", {})
+
+
+async def test_a_worker_downloads_a_large_object_and_a_client_watches_a_busy_bucket(
+        as_role, nc: Client) -> None:
+    """Both ride an ordered consumer whose flow-control requests the role must be allowed to answer."""
+    js = nc.jetstream(timeout=30)
+    data = await js.object_store(names.DATA_OBJECTS)
+    blob = bytes(range(256)) * (48 * 1024)  # 12 MiB: far past the consumer's flow-control window
+    await data.put("BIG/1h", blob)
+    ops = await js.key_value(names.OPS_BUCKET)
+    for i in range(2000):
+        await ops.put(f"op-{i}", b"x" * 2048)
+
+    worker, _ = await as_role(roles.WORKER)
+    got = await asyncio.wait_for((await worker.jetstream(timeout=30).object_store(names.DATA_OBJECTS)).get("BIG/1h"),
+                                 60)
+    assert got.data == blob
+
+    client, _ = await as_role(roles.CLIENT)
+    watcher = await (await client.jetstream(timeout=30).key_value(names.OPS_BUCKET)).watchall()
+    seen = 0
+    async with asyncio.timeout(60):
+        async for entry in watcher:
+            if entry is None:
+                break
+            seen += 1
+    await watcher.stop()
+    assert seen == 2000
