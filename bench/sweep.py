@@ -1,8 +1,8 @@
 """Sweep benchmark through the whole stack (prints figures; not a test).
 
-Starts its own nats-server, a coordinator process with the status API and 1, 2 and 4 backtest
-worker processes (``python -m worker_backtest``, each with its own empty KTRDR_HOME, as if on its
-own machine: the data comes from the ``data`` bucket). For each fleet size it submits the same
+Starts its own nats-server with the roles `ktrdr up` uses, a coordinator process with the status
+API and 1, 2 and 4 backtest worker processes (``python -m worker_backtest``, each with its own
+empty KTRDR_HOME, as if on its own machine: the data comes from the ``data`` bucket). For each fleet size it submits the same
 sweep (SMA crossover, ``fast`` x ``slow`` grid) on a year of hourly synthetic bars through
 ``POST /api/v1/backtests/sweeps`` and measures submit -> the sweep completed with its ranking.
 
@@ -26,10 +26,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import nats  # noqa: E402
 from ktrdr.data import DataStore, synth  # noqa: E402
 from ktrdr.data.shared import publish_dataset  # noqa: E402
 from ktrdr.natsd import NatsServer, free_port  # noqa: E402
+from ktrdr.runtime.connection import NatsAuth, connect  # noqa: E402
+from ktrdr.security.fleet import provision  # noqa: E402
+from subjects import roles  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,21 +92,16 @@ async def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ktrdr-bench-sweep-") as tmp_dir:
         tmp = Path(tmp_dir)
-        server = NatsServer(store_dir=tmp / "nats")
+        fleet = provision(tmp / "fleet")
+        server = NatsServer(store_dir=tmp / "nats", config_file=fleet.config)
         server.start()
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            nc = await nats.connect(server.url)
-            store = DataStore(root=tmp / "publisher")
-            store.save("BENCH", "1h", synth("BENCH", "1h", "2020-01-01", args.bars, seed=11))
-            await publish_dataset(nc.jetstream(), store, "BENCH", "1h")
-            await nc.drain()
-
             port = free_port()
             base = {"KTRDR_NATS_URL": server.url, "KTRDR_LOG_LEVEL": "WARNING"}
             token = secrets.token_urlsafe(32)
-            procs.append(spawn("coordinator", {**base, "KTRDR_API_PORT": str(port), "KTRDR_HOME": str(tmp / "c"),
-                                               "KTRDR_API_TOKEN": token},
+            procs.append(spawn("coordinator", {**base, **fleet.env(roles.COORDINATOR), "KTRDR_API_PORT": str(port),
+                                               "KTRDR_HOME": str(tmp / "c"), "KTRDR_API_TOKEN": token},
                                tmp / "coordinator.log"))
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
                                          headers={"Authorization": f"Bearer {token}"}) as api:
@@ -115,14 +112,22 @@ async def main() -> None:
                         return False
 
                 await wait_for(up, 60, "the coordinator")
+                # The coordinator has made the `data` bucket: publish the year of bars as a client would.
+                nc = await connect(server.url, name="bench", auth=NatsAuth(
+                    credential=fleet.credentials[roles.CLIENT]), reconnect=False)
+                store = DataStore(root=tmp / "publisher")
+                store.save("BENCH", "1h", synth("BENCH", "1h", "2020-01-01", args.bars, seed=11))
+                await publish_dataset(nc.jetstream(), store, "BENCH", "1h")
+                await nc.drain()
                 print(f"sweep of {variants} SMA-crossover variants on {args.bars:,} hourly bars "
                       f"({os.cpu_count()} CPU cores on this machine)")
                 print(f"  {'workers':>7}  {'wall s':>8}  {'backtests/s':>11}  {'speedup':>7}  {'ms per child':>12}")
                 baseline = None
                 for n in fleets:
-                    fleet = [spawn("worker_backtest", {**base, "KTRDR_WORKER_ID": f"bench-{n}-{i}",
-                                                       "KTRDR_HOME": str(tmp / f"w{n}-{i}")},
-                                   tmp / f"worker-{n}-{i}.log") for i in range(n)]
+                    workers = [spawn("worker_backtest", {**base, **fleet.env(roles.WORKER),
+                                                         "KTRDR_WORKER_ID": f"bench-{n}-{i}",
+                                                         "KTRDR_HOME": str(tmp / f"w{n}-{i}")},
+                                     tmp / f"worker-{n}-{i}.log") for i in range(n)]
 
                     async def leased(count: int = n) -> bool:
                         found = (await api.get("/api/v1/workers", params={"type": "backtest"})).json()
@@ -135,14 +140,13 @@ async def main() -> None:
                     result = op.get("result") or {}
                     if op["status"] != "completed" or result.get("completed") != variants:
                         raise RuntimeError(f"sweep ended {op['status']}: {op.get('error') or result}")
-                    children = (await api.get("/api/v1/operations", params={
-                        "parent_id": op["op_id"], "limit": 10_000})).json()["operations"]
+                    children = await all_children(api, str(op["op_id"]))
                     busy = [c for c in children if c.get("started_at") and c.get("completed_at")]
                     per_child = sum(_seconds(c) for c in busy) / max(len(busy), 1)
                     baseline = baseline or wall
                     print(f"  {n:>7}  {wall:>8.2f}  {variants / wall:>11.1f}  {baseline / wall:>6.2f}x  "
                           f"{per_child * 1000:>12.1f}")
-                    stop(fleet)
+                    stop(workers)
 
                     async def gone() -> bool:
                         return (await api.get("/api/v1/workers", params={"type": "backtest"})).json()["total"] == 0
@@ -154,6 +158,18 @@ async def main() -> None:
         finally:
             stop(procs)
             server.stop()
+
+
+async def all_children(api: httpx.AsyncClient, parent_id: str) -> list[dict[str, object]]:
+    """Every child of a sweep: the list answers in pages of at most 1,000."""
+    found: list[dict[str, object]] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = (await api.get("/api/v1/operations", params={"parent_id": parent_id, "limit": 1000,
+                                                            "offset": offset})).json()
+        found += page["operations"]
+        offset = page.get("next_offset")
+    return found
 
 
 def _seconds(op: dict[str, object]) -> float:

@@ -20,8 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from ktrdr.runtime.retry import RetryPolicy
-from ktrdr.runtime.topology import BIND_BACKOFF_MAX_S
+from ktrdr.runtime.topology import BIND_RETRY
 from subjects import names
 from subjects.data import ActiveLock
 from subjects.models import BadPayload, decode, utcnow
@@ -34,7 +33,7 @@ OnChange = Callable[[bool], Awaitable[None]]
 async def lock_bucket(js: JetStreamContext) -> KeyValue:
     """The lock's bucket, made by the coordinator with the fleet's ``KTRDR_IB_LOCK_TTL_S`` (and
     limit markers, so an expired lock is seen); waits, saying so, while it does not exist."""
-    pauses = RetryPolicy(first_s=0.25, max_s=BIND_BACKOFF_MAX_S).delays()
+    pauses = BIND_RETRY.delays()
     while True:
         delay = next(pauses)
         try:

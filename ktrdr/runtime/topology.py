@@ -30,6 +30,7 @@ from nats.js.errors import APIError, BadRequestError, BucketNotFoundError, NotFo
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from ktrdr.runtime.retry import RetryPolicy
 from subjects import limits, names
 
 log = logging.getLogger(__name__)
@@ -246,14 +247,17 @@ class TopologyMissing(RuntimeError):
 
 
 BIND_BACKOFF_MAX_S = 10.0
+# Waiting for the coordinator to create what a process binds to: soon at first, then every 10 s.
+BIND_RETRY = RetryPolicy(first_s=0.25, max_s=BIND_BACKOFF_MAX_S)
 
 
 async def bind_topology(js: JetStreamContext, *, object_stores: tuple[str, ...] = (),
                         wait: bool = True) -> Buckets:
     """Bind to the buckets a worker or client uses; while one is missing, say which and wait for
     the coordinator to create it (``wait=False``: raise :class:`TopologyMissing` instead)."""
-    delay = 0.25
+    pauses = BIND_RETRY.delays()
     while True:
+        delay = next(pauses)
         try:
             return await _bind(js, object_stores)
         except TopologyMissing as exc:
@@ -261,7 +265,6 @@ async def bind_topology(js: JetStreamContext, *, object_stores: tuple[str, ...] 
                 raise
             log.warning("%s; waiting %.1f s for the coordinator to create it", exc, delay)
         await asyncio.sleep(delay)
-        delay = min(delay * 2, BIND_BACKOFF_MAX_S)
 
 
 async def _bind(js: JetStreamContext, object_stores: tuple[str, ...]) -> Buckets:

@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
+from nats.aio.client import Client
 
 import nats
 from ktrdr.natsd import NatsServer, free_port
@@ -39,10 +39,10 @@ class Cluster:
     def node(self, name: str) -> NatsServer:
         return next(n for n in self.nodes if n.name == name)
 
-    def serving(self, client_url: str) -> NatsServer:
-        """The node behind a client's ``connected_url``."""
-        port = urlsplit(client_url).port
-        return next(n for n in self.nodes if n.port == port)
+    def serving(self, nc: Client) -> NatsServer:
+        """The node ``nc`` is connected to now."""
+        assert nc.connected_url is not None, "not connected"
+        return next(n for n in self.nodes if n.port == nc.connected_url.port)
 
     def start(self) -> None:
         for node in self.nodes:

@@ -203,22 +203,27 @@ def log_summary(records: list[logging.LogRecord]) -> str:
     return "\n".join(f"  {n:3d} × {line}" for line, n in sorted(lines.items(), key=lambda kv: -kv[1])[:25])
 
 
-async def drill_one_node_lost(cluster: Cluster, coordinator: Coordinator, pick: NatsServer | None,
-                              drill: str, caplog: pytest.LogCaptureFixture) -> Load:
-    """Kill one node (``pick``, or the one the coordinator is connected to when None) under load."""
+async def drill_one_node_lost(coordinator: Coordinator, victim: NatsServer | None, drill: str,
+                              caplog: pytest.LogCaptureFixture, *, cluster: Cluster) -> None:
+    """Kill one node under load (``victim``, or when None the node the coordinator is connected to,
+    found at the moment of the kill)."""
     async with api(coordinator) as http, steady_load(http, BEFORE + AFTER_A_LOSS) as load:
         await load.until_sent(BEFORE)
-        victim = pick or cluster.serving(str(coordinator.nc.connected_url))
+        victim = victim or cluster.serving(coordinator.nc)
         victim.kill()
         load.fault()
-    figures = f"{load.report(drill)} (node {victim.name} killed)"
+    figures = f"{load.report(drill)} (node {victim.name})"
     print(f"\n{figures}\n{log_summary(caplog.records)}")
+    only_201s(coordinator, load, figures)
+    await all_completed(coordinator, load.accepted, figures)
+    nothing_unaccounted(coordinator, load, [], figures)
+    no_tracebacks_for_elections(caplog.records, figures)
+
+
+def only_201s(coordinator: Coordinator, load: Load, figures: str) -> None:
     no_500s(coordinator, load, figures)
     refused = [f"{a.status} {a.text}" for a in load.answers if a.status != 201]
-    assert not refused, f"a submission refused while only one node was down: {refused[0]}; {figures}"
-    await all_completed(coordinator, load.accepted, figures)
-    no_tracebacks_for_elections(caplog.records, figures)
-    return load
+    assert not refused, f"{len(refused)} submissions refused with one node down, e.g. {refused[0]}; {figures}"
 
 
 @pytest.fixture(autouse=True)
@@ -229,21 +234,23 @@ def warnings_logged(caplog: pytest.LogCaptureFixture) -> None:
 async def test_killing_the_jetstream_meta_leader_slows_submissions_and_loses_nothing(
         cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with platform(cluster, tmp_path / "worker-data") as coordinator:
-        await drill_one_node_lost(cluster, coordinator, await cluster.meta_leader(), "meta leader killed", caplog)
+        await drill_one_node_lost(coordinator, await cluster.meta_leader(), "meta leader killed", caplog,
+                                  cluster=cluster)
 
 
 async def test_killing_the_node_the_coordinator_is_connected_to_slows_submissions_and_loses_nothing(
         cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with platform(cluster, tmp_path / "worker-data") as coordinator:
-        await drill_one_node_lost(cluster, coordinator, None, "coordinator's node killed", caplog)
+        await drill_one_node_lost(coordinator, None, "coordinator's node killed", caplog, cluster=cluster)
 
 
 async def test_a_backtest_completes_with_the_node_leading_the_object_stores_down(
         cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with platform(cluster, tmp_path / "worker-data") as coordinator:
-        # Its data in `data`, its result for `results`: both led from one node, the one that is lost.
+        # Its data in `data` (the worker's own cache is empty), its result for `results`: both led
+        # from the node that is lost.
         await publish_synth(coordinator.nc, tmp_path / "publisher")
-        leader = await lead_both_object_stores_from_one_node(coordinator)
+        leader = await lead_both_object_stores_from_one_node(cluster, coordinator)
         async with api(coordinator) as http, steady_load(http, BEFORE + AFTER_A_LOSS) as load:
             await load.until_sent(BEFORE)
             leader.kill()
@@ -251,42 +258,92 @@ async def test_a_backtest_completes_with_the_node_leading_the_object_stores_down
             queued = await http.post("/api/v1/backtests", json=backtest_params())
             assert queued.status_code == 201, queued.text
             backtest = queued.json()["op_id"]
-            await all_completed(coordinator, [backtest], f"the backtest, node {leader.name} down")
+            await all_completed(coordinator, [backtest], f"the backtest, with node {leader.name} down")
             results = await http.get(f"/api/v1/operations/{backtest}/results")
             assert results.status_code == 200, results.text
-            assert "metrics" in results.json()
-        figures = f"{load.report('object stores leader killed')} (node {leader.name} killed)"
+            assert results.json()["metrics"], results.text
+        figures = f"{load.report('object stores leader killed')} (node {leader.name})"
         print(f"\n{figures}\n{log_summary(caplog.records)}")
-        no_500s(coordinator, load, figures)
-        refused = [f"{a.status} {a.text}" for a in load.answers if a.status != 201]
-        assert not refused, f"a submission refused while only one node was down: {refused[0]}; {figures}"
+        only_201s(coordinator, load, figures)
         await all_completed(coordinator, load.accepted, figures)
         nothing_unaccounted(coordinator, load, [backtest], figures)
         no_tracebacks_for_elections(caplog.records, figures)
 
 
-async def lead_both_object_stores_from_one_node(coordinator: Coordinator) -> NatsServer | None:
-    ...
+async def lead_both_object_stores_from_one_node(cluster: Cluster, coordinator: Coordinator) -> NatsServer:
+    """The node leading `OBJ_data`, made to lead `OBJ_results` too (a leader stepdown naming it)."""
+    data, results = (f"OBJ_{b}" for b in (names.DATA_OBJECTS, names.RESULTS_OBJECTS))
+    leader = await stream_leader(coordinator, data)
+    if await stream_leader(coordinator, results) != leader:
+        request = {"placement": {"preferred": leader}}
+        await coordinator.nc.request(f"{names.JS_API_PREFIX}.STREAM.LEADER.STEPDOWN.{results}",
+                                     json.dumps(request).encode(), timeout=5)
+
+    async def moved() -> bool:
+        with contextlib.suppress(Exception):
+            return await stream_leader(coordinator, results) == leader
+        return False
+
+    await assert_eventually(moved, timeout=20, interval=0.2, message=f"{results} is not led from {leader}")
+    return cluster.node(leader)
+
+
+async def stream_leader(coordinator: Coordinator, stream: str) -> str:
+    info = await coordinator.js.stream_info(stream)
+    assert info.cluster is not None and info.cluster.leader, f"{stream} has no leader: {info.cluster}"
+    return info.cluster.leader
+
+
+async def readiness(http: httpx.AsyncClient) -> tuple[int, dict[str, object]]:
+    response = await http.get("/health/ready")
+    return response.status_code, response.json()
 
 
 async def test_a_quorum_lost_and_regained_answers_503s_with_retry_after_and_loses_nothing(
         cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with platform(cluster, tmp_path / "worker-data") as coordinator:
+        clock = asyncio.get_running_loop().time
         async with api(coordinator) as http, steady_load(http, BEFORE + QUORUM_LOST_FOR + AFTER_THE_RETURN) as load:
-            readiness = asyncio.create_task(watch_readiness(http))
             await load.until_sent(BEFORE)
-            lost = [cluster.serving(str(coordinator.nc.connected_url))]
-            lost.append(next(n for n in cluster.nodes if n is not lost[0]))
+            # The coordinator's own node stays: connected, it must still see that nothing can be written.
+            kept = cluster.serving(coordinator.nc)
+            lost = [n for n in cluster.nodes if n is not kept]
             for node in lost:
                 node.kill()
             load.fault()
+            assert load.fault_at is not None
+
+            async def not_ready_though_connected() -> bool:
+                status, body = await readiness(http)
+                return status == 503 and body["nats"] is True
+
+            await assert_eventually(not_ready_though_connected, timeout=QUORUM_LOST_FOR / RATE_PER_S, interval=0.2,
+                                    message="ready though two of three nodes are down")
+            not_ready_at = clock() - load.fault_at
             await load.until_sent(BEFORE + QUORUM_LOST_FOR)
             for node in lost:
                 await asyncio.to_thread(node.start)
-            returned_at = asyncio.get_running_loop().time()
-            await assert_eventually(lambda: readiness_answers(http, 200), timeout=SETTLE_S, interval=0.2,
+            back_at = clock() - load.fault_at
+            await assert_eventually(lambda: _ready(http), timeout=SETTLE_S, interval=0.2,
                                     message="not ready again after the nodes came back")
-            ready_again_at = asyncio.get_running_loop().time()
-            readiness.cancel()
-            seen = await readiness
-        ...
+            ready_at = clock() - load.fault_at
+        figures = (f"{load.report('quorum lost')} (nodes {', '.join(n.name for n in lost)} down; readiness 503 "
+                   f"at t+{not_ready_at:.1f} s, nodes back at t+{back_at:.1f} s, ready at t+{ready_at:.1f} s)")
+        print(f"\n{figures}\n{log_summary(caplog.records)}")
+        no_500s(coordinator, load, figures)
+        refused = [a for a in load.answers if a.status != 201]
+        assert refused, f"no submission refused though the quorum was lost; {figures}"
+        wrong = [f"{a.status} {a.retry_after} {a.text}" for a in refused if a.status != 503 or a.retry_after != "2"]
+        assert not wrong, f"refusals other than 503 with Retry-After: 2: {wrong}; {figures}"
+        await all_completed(coordinator, load.accepted, figures)
+        nothing_unaccounted(coordinator, load, [], figures)
+        no_tracebacks_for_elections(caplog.records, figures)
+        # And once back, a submission goes through at once.
+        async with api(coordinator) as http:
+            after = await http.post(SUBMIT_PATH, json=SUBMIT)
+            assert after.status_code == 201, f"{after.text}; {figures}"
+        await all_completed(coordinator, [after.json()["op_id"]], figures)
+
+
+async def _ready(http: httpx.AsyncClient) -> bool:
+    return (await readiness(http))[0] == 200
