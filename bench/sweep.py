@@ -2,8 +2,9 @@
 
 Starts its own nats-server with the roles `ktrdr up` uses, a coordinator process with the status
 API and 1, 2 and 4 backtest worker processes (``python -m worker_backtest``, each with its own
-empty KTRDR_HOME, as if on its own machine: the data comes from the ``data`` bucket). For each fleet size it submits the same
-sweep (SMA crossover, ``fast`` x ``slow`` grid) on a year of hourly synthetic bars through
+empty KTRDR_HOME, as if on its own machine: the data comes from the ``data`` bucket). For each
+fleet size it submits the same sweep (SMA crossover, ``fast`` x ``slow`` grid) on a year of
+hourly synthetic bars through
 ``POST /api/v1/backtests/sweeps`` and measures submit -> the sweep completed with its ranking.
 
     python bench/sweep.py [--variants 500] [--workers 1,2,4] [--bars 8760]
