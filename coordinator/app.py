@@ -30,6 +30,7 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.sweeps import SweepManager
 from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.publish import AckedPublisher
+from ktrdr.runtime.retry import transient_js_error
 from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.topology import Buckets, ensure_topology
 from subjects import names, roles
@@ -259,8 +260,13 @@ class Coordinator:
         while True:
             try:
                 await self.dispatcher.reap_orphans()
-            except Exception:
-                log.exception("reaper failed")
+            except Exception as exc:
+                if not transient_js_error(exc, nc=self.nc):
+                    log.exception("reaper failed")
+                else:
+                    # An election passes by itself, and the next pass finds the same orphans: one line.
+                    log.warning("reaper pass skipped, JetStream unavailable (%s); next in %.0f s",
+                                str(exc) or type(exc).__name__, self.settings.lease_ttl_s)
             await asyncio.sleep(self.settings.lease_ttl_s)
 
     async def collect_metrics(self) -> None:

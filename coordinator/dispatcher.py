@@ -14,11 +14,12 @@ import uuid
 from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
+from nats.js.api import Header
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from coordinator.metrics import Metrics
-from coordinator.operations import Operations, attempt_record
+from coordinator.operations import Operations, RecordMayYetBeStored, attempt_record
 from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
 from ktrdr.runtime.publish import AckedPublisher
@@ -118,9 +119,9 @@ class Dispatcher:
         if _coordinated(op):
             # Run by the coordinator itself (coordinator.sweeps): recorded, never offered to a worker.
             op.route, op.route_reason = "coordinator", "run by the coordinator"
-            return await self.ops.create(op, retry=self._submit_retry)
+            return await self._record(op)
         self._route(op, why=None)
-        op = await self.ops.create(op, retry=self._submit_retry)
+        op = await self._record(op)
         try:
             await self._offer(op, op.offered, retry=self._submit_retry.within(max(0.0, deadline - loop.time())))
         except OfferNotStored as exc:
@@ -132,6 +133,18 @@ class Dispatcher:
             self._spawn(self._offer(op, op.offered, retry=BACKGROUND_OFFER_RETRY))
         self._schedule_fallback(op)
         return op
+
+    async def _record(self, op: Operation) -> Operation:
+        try:
+            return await self.ops.create(op, retry=self._submit_retry)
+        except RecordMayYetBeStored as exc:
+            # The client is told no (503), so the record must not appear later, pending for good and
+            # never offered, while the client submits the op again.
+            log.warning("%s: refused, its record may yet be stored (%s); withdrawing it once JetStream answers",
+                        op.op_id, exc.__cause__)
+            self._spawn(self.ops.withdraw(exc.op_id, exc.payload))
+            assert exc.__cause__ is not None
+            raise exc.__cause__ from None
 
     def _route(self, op: Operation, *, why: str | None) -> None:
         """Choose the capabilities to offer this attempt on, and say why in the record."""
@@ -161,7 +174,7 @@ class Dispatcher:
     async def _offer_on(self, op: Operation, capability: str, *, reoffer: int, retry: RetryPolicy) -> None:
         job = JobMessage(op_id=op.op_id, type=op.type, params=op.params, attempt=op.attempt,
                          capability=capability, parent_id=op.parent_id).encode()
-        headers = {"Nats-Msg-Id": names.job_msg_id(op.op_id, op.attempt, capability, reoffer)}
+        headers = {Header.MSG_ID: names.job_msg_id(op.op_id, op.attempt, capability, reoffer)}
         subject = names.jobs_subject(capability)
 
         def retrying(exc: BaseException, pause: float) -> None:

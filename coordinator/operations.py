@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import nats.errors
-from nats.js.errors import APIError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KV_DEL, KV_OP, KeyValue
 
 from coordinator.health import HEALTH_KEY
 from coordinator.metrics import Metrics
-from ktrdr.runtime.publish import AckedPublisher
-from ktrdr.runtime.retry import RetryPolicy, transient_js_error
+from ktrdr.runtime.publish import EXPECTED_LAST_SUBJECT_SEQ, AckedPublisher
+from ktrdr.runtime.retry import RetryPolicy, any_error, transient_js_error
 from subjects import limits, names
 from subjects.limits import bounded_text, json_size
 from subjects.models import (
@@ -53,10 +53,33 @@ _EVENT_STATUS = {
 MESSAGE_TOO_LARGE = 10054
 # Warnings a record keeps when it must be cut down to fit (the newest).
 FITTED_WARNINGS = 20
+# A submission's record write waits this long for its acknowledgement before trying again, not the
+# publisher's 5 s: a write under way when its node or the stream leader is lost is never answered,
+# and waiting 5 s for that spent the whole write budget on one try, so the client got a 503 for a
+# loss that the cluster had got over in well under a second (tests/coordinator/test_cluster_drills.py).
+CREATE_TRY_TIMEOUT_S = 1.5
+# Withdrawing the record of a refused submission: until it is stored, however long JetStream is away.
+WITHDRAW_RETRY = RetryPolicy(first_s=0.2, max_s=2.0)
 
 
 class OperationExists(ValueError):
     pass
+
+
+def _deleted_revision(missing: KeyNotFoundError) -> int | None:
+    """The revision of the delete marker when the key was deleted (``KeyValue.get`` says not found
+    either way; only a deleted key comes with its entry)."""
+    entry = getattr(missing, "entry", None)
+    return entry.revision if entry is not None else None
+
+
+class RecordMayYetBeStored(RuntimeError):
+    """A new record given up on after a try whose outcome is unknown (its cause says why): the caller
+    refuses the submission and has it withdrawn (:meth:`Operations.withdraw`)."""
+
+    def __init__(self, op_id: str, payload: bytes) -> None:
+        super().__init__(f"operation {op_id}: its record may yet be stored")
+        self.op_id, self.payload = op_id, payload
 
 
 class ConcurrentWriters(RuntimeError):
@@ -155,17 +178,30 @@ class Operations:
                 # failed: the op would exist though its client was told to submit it again.
                 raise nats.errors.ConnectionReconnectingError
             try:
-                return await self.publisher.kv_create(names.OPS_BUCKET, op.op_id, payload)
+                async with asyncio.timeout(None if retry is None else CREATE_TRY_TIMEOUT_S):
+                    return await self.publisher.kv_create(names.OPS_BUCKET, op.op_id, payload)
             except KeyWrongLastSequenceError:
-                if uncertain:
-                    # An earlier try that timed out may have been stored after all: ours if identical.
+                try:
                     entry = await self.bucket.get(op.op_id)
-                    if entry.value == payload and entry.revision is not None:
-                        return entry.revision
+                except KeyNotFoundError as missing:
+                    last = _deleted_revision(missing)
+                    if last is not None:
+                        # Withdrawn (below): the id is free again, as nats' own kv.create has it.
+                        uncertain = True  # this write too may time out and be stored
+                        return await self.publisher.kv_update(names.OPS_BUCKET, op.op_id, payload, last=last)
+                    if not uncertain:
+                        raise OperationExists(f"operation {op.op_id} already exists") from None
+                    # Stored at the leader, not yet on the replica that answered the read: ask again.
+                    raise nats.errors.TimeoutError from None
+                # An earlier try that timed out may have been stored after all: ours if identical.
+                if uncertain and entry.value == payload and entry.revision is not None:
+                    return entry.revision
                 raise OperationExists(f"operation {op.op_id} already exists") from None
-            except nats.errors.TimeoutError:
+            except TimeoutError as exc:  # the publisher's (nats') or CREATE_TRY_TIMEOUT_S
                 uncertain = True
-                raise
+                if isinstance(exc, nats.errors.TimeoutError):
+                    raise
+                raise nats.errors.TimeoutError from None
 
         def retrying(exc: BaseException, pause: float) -> None:
             log.warning("operation %s: its record could not be written yet (%s); retrying in %.1f s",
@@ -174,11 +210,54 @@ class Operations:
         if retry is None:
             revision = await write()
         else:
-            revision = await retry.run(write, on_retry=retrying,
-                                       retry_on=lambda exc: transient_js_error(exc, nc=self.publisher.nc))
+            try:
+                revision = await retry.run(write, on_retry=retrying,
+                                           retry_on=lambda exc: transient_js_error(exc, nc=self.publisher.nc))
+            except Exception as exc:
+                if uncertain and transient_js_error(exc, nc=self.publisher.nc):
+                    raise RecordMayYetBeStored(op.op_id, payload) from exc
+                raise
         self._cache[op.op_id] = (op, revision)
         self._notify(None, op)
         return op
+
+    async def withdraw(self, op_id: str, payload: bytes) -> None:
+        """Make sure that the record ``payload`` of ``op_id`` does not remain: its submission was
+        refused, but a write of it that timed out may yet be stored (a stream leader without its
+        quorum keeps the write and commits it once the quorum is back: the quorum-loss drill stored
+        every refused submission, pending for good and never offered).
+
+        Settled by writing it again: stored now or found stored, it is deleted by a marker that
+        expects its revision, so that a record submitted again under the same id since (another
+        ``created_at``) is left alone. Tried until settled; the coordinator's mirror never held it.
+        """
+        subject = names.kv_key_subject(names.OPS_BUCKET, op_id)
+
+        async def settle() -> bool:
+            """Whether the refused write had been stored after all."""
+            try:
+                revision, stored = await self.publisher.kv_create(names.OPS_BUCKET, op_id, payload), False
+            except KeyWrongLastSequenceError:
+                try:
+                    entry = await self.bucket.get(op_id)
+                except KeyNotFoundError as missing:
+                    if _deleted_revision(missing) is not None:
+                        return False
+                    raise nats.errors.TimeoutError from None  # stored, not yet readable here
+                if entry.value != payload or entry.revision is None:
+                    return False
+                revision, stored = entry.revision, True
+            await self.publisher.publish(subject, b"", headers={KV_OP: KV_DEL,
+                                                                  EXPECTED_LAST_SUBJECT_SEQ: str(revision)})
+            return stored
+
+        def retrying(exc: BaseException, pause: float) -> None:
+            log.debug("operation %s: not withdrawn yet (%s)", op_id, str(exc) or type(exc).__name__)
+
+        if await WITHDRAW_RETRY.run(settle, retry_on=any_error, on_retry=retrying):
+            log.info("operation %s: its refused submission was stored after all; withdrawn", op_id)
+        else:
+            log.info("operation %s: its refused submission was not stored", op_id)
 
     async def mutate(self, op_id: str, change: Mutation) -> Operation | None:
         """Apply ``change`` to the record and commit it; ``change`` returns False to leave it alone.
@@ -348,6 +427,9 @@ class Operations:
                 status, result = OpStatus.FAILED, None
                 error = (f"the worker's result was {size} bytes, over the {limits.MAX_INLINE_RESULT_BYTES} a "
                          "record keeps inline; a full result belongs in the results store")
+        # A worker's warning (JobContext.warn) rides in an info event's message.
+        warning = (self._bounded(event.message, limits.MAX_ERROR_CHARS, what="warning", **where)
+                   if event.event is OpEventKind.INFO and event.message else None)
         if event.event is OpEventKind.INFO and context:
             size = json_size(context)
             if size > limits.MAX_INFO_BYTES:
@@ -378,6 +460,8 @@ class Operations:
                 return None
             if event.event is OpEventKind.INFO:
                 op.info.update(context)
+                if warning and warning not in op.warnings:  # a redelivered event adds it once
+                    op.warnings.append(warning)
                 return None
             assert status is not None
             op.status = status

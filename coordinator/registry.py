@@ -14,6 +14,7 @@ from datetime import datetime
 from nats.js.kv import KeyValue
 
 from coordinator.metrics import Metrics
+from ktrdr.runtime.retry import transient_js_error
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects.models import BadPayload, WorkerLease, decode
 
@@ -126,9 +127,13 @@ class WorkerRegistry:
                            started_before: datetime | None) -> None:
         try:
             await self.on_lost(worker_id, lease, reason, started_before)
-        except Exception:
+        except Exception as exc:
             # The reaper finds the same ops again on its next pass (ops whose owner holds no lease).
-            log.exception("handling the loss of worker %s failed; the reaper will retry", worker_id)
+            if transient_js_error(exc) or (exc.__cause__ is not None and transient_js_error(exc.__cause__)):
+                log.warning("handling the loss of worker %s failed, JetStream unavailable (%s); the reaper "
+                            "will retry", worker_id, str(exc) or type(exc).__name__)
+            else:
+                log.exception("handling the loss of worker %s failed; the reaper will retry", worker_id)
 
     def collect(self) -> None:
         self.metrics.workers.clear()

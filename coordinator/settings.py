@@ -67,8 +67,11 @@ class CoordinatorSettings(CommonSettings):
     # How often the coordinator checks that every stream and bucket exists, recreating the missing.
     topology_check_s: float = Field(default=5.0, gt=0)
     # How long a submission retries writes that a JetStream leader election interrupts before the
-    # API answers 503 (Retry-After) and the NATS service its 503 service error.
-    write_retry_budget_s: float = Field(default=5.0, ge=0)
+    # API answers 503 (Retry-After) and the NATS service its 503 service error. Longer than the
+    # longest election: nats-server's followers wait 4 to 9 s for a lost leader, then campaign for up
+    # to 0.8 s; at 5 s, losing the node that led the ops bucket answered 503s for about 2 s of
+    # submissions (tests/coordinator/test_cluster_drills.py).
+    write_retry_budget_s: float = Field(default=12.0, ge=0)
 
     _split_lists = field_validator("api_allowed_hosts", "api_allowed_origins", mode="before")(_comma_list)
 

@@ -18,11 +18,11 @@ from host_ib.download import DataLoader
 from host_ib.election import ActiveElection, lock_bucket
 from host_ib.gateway import Gateway
 from host_ib.service import IbService
+from host_ib.settings import IbSettings
 from ktrdr.data.store import DataStore
 from ktrdr.dummy import run_dummy
 from ktrdr.ib.client import IbClient
 from ktrdr.ib.pacing import Pacer, PacingRules
-from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.worker import Worker
 from subjects import names
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SLOTS = 2
 
 
-def pacing_rules(settings: WorkerSettings) -> PacingRules:
+def pacing_rules(settings: IbSettings) -> PacingRules:
     return PacingRules(
         max_requests=settings.ib_pacing_max_requests,
         window_s=settings.ib_pacing_window_s,
@@ -45,7 +45,9 @@ def pacing_rules(settings: WorkerSettings) -> PacingRules:
 
 
 class IbHost(Worker):
-    def __init__(self, *, settings: WorkerSettings, client: IbClient | None = None,
+    settings: IbSettings
+
+    def __init__(self, *, settings: IbSettings, client: IbClient | None = None,
                  slots: int = DEFAULT_SLOTS) -> None:
         self._activated = asyncio.Event()
         self.gateway = Gateway(settings=settings, client=client)
@@ -128,5 +130,5 @@ class IbHost(Worker):
         await self.gateway.close()
 
 
-def build_worker(settings: WorkerSettings) -> Worker:
+def build_worker(settings: IbSettings) -> Worker:
     return IbHost(settings=settings)

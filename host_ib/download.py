@@ -3,8 +3,8 @@
 Each completed segment is merged into the store at once (a cancel, a failure or a crash keeps
 every segment already fetched), the dataset is republished to the bucket now and then while the
 download runs and always at its end, and segments IB had no data for are recorded in the op
-record. A dropped gateway is waited out (the host's :class:`Gateway` reconnects with back-off)
-and the download resumes with the segment that was in flight.
+record. A dropped gateway is waited out (the host's :class:`Gateway` reconnects, with the host's
+one reconnect policy) and the download resumes with the segment that was in flight.
 
 Hosts take over from each other, so before it writes, a host merges in what the bucket holds
 (a publish replaces the object: bars another host published must not vanish). Each publish
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,30 +25,17 @@ from typing import Any
 import pandas as pd
 
 from host_ib.gateway import Gateway
+from host_ib.settings import IbSettings
 from ktrdr.data.shared import PublishResult, adopt_dataset, publish_dataset
 from ktrdr.data.store import DataStore
-from ktrdr.ib.downloader import Downloader, DownloadState, RetryPolicy, StoredRange, plan_download
+from ktrdr.ib.downloader import Downloader, DownloadState, StoredRange, plan_download
 from ktrdr.ib.errors import ConnectionLost, IbError, NoData, NoSecurityDefinition, RequestTimedOut
 from ktrdr.ib.pacing import Pacer
 from ktrdr.runtime.checkpoints import delete_checkpoint, load_checkpoint, save_checkpoint
 from ktrdr.runtime.context import JobContext
-from ktrdr.runtime.settings import WorkerSettings
 from subjects.data import DataLoadParams
 
 log = logging.getLogger(__name__)
-
-# A download waits for a dropped gateway in slices this long, checking for cancel in between.
-_RECONNECT_SLICE_S = 1.0
-
-
-def retry_policy(settings: WorkerSettings) -> RetryPolicy:
-    """The downloader's etiquette from the host's settings; reconnecting is the Gateway's job."""
-    return RetryPolicy(
-        pacing_backoff_s=settings.ib_pacing_backoff_s,
-        pacing_backoff_max_s=max(600.0, settings.ib_pacing_backoff_s),
-        reconnect_delays_s=(0.0,),
-        max_reconnect_attempts=max(1, math.ceil(settings.ib_reconnect_give_up_s / _RECONNECT_SLICE_S)),
-    )
 
 
 @dataclass
@@ -64,24 +50,21 @@ class _Run:
 
 
 class DataLoader:
-    def __init__(self, *, gateway: Gateway, pacer: Pacer, store: DataStore, settings: WorkerSettings) -> None:
+    def __init__(self, *, gateway: Gateway, pacer: Pacer, store: DataStore, settings: IbSettings) -> None:
         self.gateway = gateway
         self.pacer = pacer
         self.store = store
         self.settings = settings
-        self.downloader = Downloader(source=gateway.client, pacer=pacer, reconnect=self._reconnect,
-                                     retry=retry_policy(settings))
+        # Reconnecting is the Gateway's: a download waits for it (the reconnect policy's budget).
+        self.downloader = Downloader(source=gateway.client, pacer=pacer, reconnect=gateway.ensure_connected,
+                                     pacing_backoff=settings.pacing_backoff())
         # Two ops on the same dataset must not interleave their read-merge-write of one file.
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def _reconnect(self) -> None:
-        await self.gateway.wait_connected(_RECONNECT_SLICE_S)
-
     async def run(self, ctx: JobContext) -> dict[str, Any]:
         p = DataLoadParams.model_validate(ctx.params)
-        s = self.settings
         ctx.progress(percentage=0.0, step="connect", message=f"waiting for IB at {self.gateway.address}")
-        await self.gateway.ensure_connected(ctx.token, give_up_s=s.ib_reconnect_give_up_s)
+        await self.gateway.ensure_connected(ctx.token)
         earliest = await self._earliest(ctx, p.symbol)
         async with self._locks[(p.symbol, p.timeframe)]:
             adopted = await adopt_dataset(ctx.js, self.store, p.symbol, p.timeframe)
@@ -141,7 +124,7 @@ class DataLoader:
             except NoSecurityDefinition as exc:
                 raise NoSecurityDefinition(f"unknown symbol {symbol}: {exc.message}", code=exc.code) from None
             except ConnectionLost:
-                await self.gateway.ensure_connected(ctx.token, give_up_s=self.settings.ib_reconnect_give_up_s)
+                await self.gateway.ensure_connected(ctx.token)
             except (NoData, RequestTimedOut, IbError) as exc:
                 log.info("no head timestamp for %s (%s); downloading the whole range", symbol, exc)
                 return None

@@ -1,9 +1,10 @@
-"""The host's one connection to TWS / IB Gateway: connected while active, re-established with
-back-off after a drop, and described for the lease (``connected`` / ``disconnected`` ...).
+"""The host's one connection to TWS / IB Gateway: connected while active, re-established after a
+drop, and described for the lease (``connected`` / ``disconnected`` ...).
 
-Exactly one task (``_keep_connected``) ever calls ``connect``: downloads and requests that meet
-a dropped connection only *wait* for it (:meth:`wait_connected`), so two callers never race
-two handshakes on the same ``ib_insync.IB``.
+Exactly one task (``_keep_connected``) ever calls ``connect``, with the host's one reconnect
+policy (:meth:`host_ib.settings.IbSettings.reconnect_policy`): downloads and requests that meet a
+dropped connection only *wait* for it (:meth:`ensure_connected`, :meth:`wait_connected`), so two
+callers never race two handshakes on the same ``ib_insync.IB``.
 """
 
 from __future__ import annotations
@@ -13,19 +14,20 @@ import contextlib
 import logging
 from typing import Literal
 
+from host_ib.settings import IbSettings
 from ktrdr.cancel import CancelToken
 from ktrdr.ib.client import ConnectionState, IbClient
 from ktrdr.ib.errors import ConnectionLost
-from ktrdr.runtime.retry import RetryPolicy
-from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 
 class Gateway:
-    def __init__(self, *, settings: WorkerSettings, client: IbClient | None = None) -> None:
+    def __init__(self, *, settings: IbSettings, client: IbClient | None = None) -> None:
         self.settings = settings
+        # Pauses between connection attempts, and how long an operation waits for the connection.
+        self.reconnect_policy = settings.reconnect_policy()
         self.client = client or IbClient(request_timeout_s=settings.ib_request_timeout_s)
         self.client.on_disconnect(self._on_drop)
         self.address = f"{settings.ib_host}:{settings.ib_port}"
@@ -83,9 +85,7 @@ class Gateway:
 
     async def _keep_connected(self) -> None:
         s = self.settings
-        # A max below the min (both are settings) means pauses of the min: never shorter than asked.
-        retry = RetryPolicy(first_s=s.ib_reconnect_min_s, max_s=max(s.ib_reconnect_min_s, s.ib_reconnect_max_s))
-        pauses = retry.delays()
+        pauses = self.reconnect_policy.delays()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -105,7 +105,7 @@ class Gateway:
                 if not self._wanted:  # went standby during the handshake
                     await self.client.disconnect()
                     break
-                pauses = retry.delays()
+                pauses = self.reconnect_policy.delays()
                 self._ever_connected = True
                 self.last_error = None
                 self._connected.set()
@@ -123,15 +123,19 @@ class Gateway:
         except TimeoutError:
             raise ConnectionLost(f"not connected to IB at {self.address}: {self.last_error or 'connecting'}") from None
 
-    async def ensure_connected(self, token: CancelToken, *, give_up_s: float) -> None:
-        """Wait for the connection in short slices so a cancel is noticed; give up after ``give_up_s``."""
+    async def ensure_connected(self, token: CancelToken | None = None) -> None:
+        """Wait for the connection in short slices so a cancel is noticed; ConnectionLost once the
+        reconnect policy's budget is spent (or at once on a standby, which never connects)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + give_up_s
+        budget = self.reconnect_policy.budget_s
+        deadline = None if budget is None else loop.time() + budget
         while True:
-            token.raise_if_cancelled()
+            if token is not None:
+                token.raise_if_cancelled()
+            left = 1.0 if deadline is None else deadline - loop.time()
             try:
-                await self.wait_connected(min(1.0, max(0.01, deadline - loop.time())))
+                await self.wait_connected(min(1.0, max(0.01, left)))
                 return
             except ConnectionLost:
-                if loop.time() >= deadline:
+                if not self._wanted or (deadline is not None and loop.time() >= deadline):
                     raise

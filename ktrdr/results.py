@@ -5,12 +5,21 @@ Workers write there, the coordinator's API and the CLI read; the op record keeps
 
 from __future__ import annotations
 
+import logging
+
 from nats.js.api import ObjectMeta
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+from ktrdr.runtime.retry import RetryPolicy, transient_js_error
 from subjects.names import RESULTS_OBJECTS, validate_token
+
+log = logging.getLogger(__name__)
+
+# Storing a result while the bucket's stream elects a leader (4 to 9 s on nats-server): waited out,
+# twice over, rather than failing an op whose work is done.
+STORE_RETRY = RetryPolicy(first_s=0.2, max_s=2.0, budget_s=30.0)
 
 
 async def results_bucket(js: JetStreamContext) -> ObjectStore:
@@ -21,9 +30,17 @@ async def results_bucket(js: JetStreamContext) -> ObjectStore:
 async def put_result(js: JetStreamContext, op_id: str, data: bytes, *, description: str = "") -> int:
     """Store ``data`` (JSON) as the result of ``op_id``; returns its size in bytes."""
     name = validate_token(op_id, what="operation id")
-    bucket = await results_bucket(js)
-    info = await bucket.put(name, data, meta=ObjectMeta(name=name, description=description or None))
-    return int(info.size or len(data))
+
+    async def put() -> int:
+        bucket = await results_bucket(js)
+        info = await bucket.put(name, data, meta=ObjectMeta(name=name, description=description or None))
+        return int(info.size or len(data))
+
+    def retrying(exc: BaseException, pause: float) -> None:
+        log.warning("result of %s not stored yet (%s); retrying in %.1f s", op_id, str(exc) or type(exc).__name__,
+                    pause)
+
+    return await STORE_RETRY.run(put, retry_on=transient_js_error, on_retry=retrying)
 
 
 async def get_result(js: JetStreamContext, op_id: str) -> bytes | None:

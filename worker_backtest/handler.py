@@ -3,12 +3,18 @@
 Datasets come through the worker's local :class:`DataStore` (``settings.data_dir``), refreshed from
 the Object Store by digest, so a worker on another machine needs nothing on its disk beforehand.
 The full result goes to the ``results`` bucket under the op id; the op record gets the metrics.
+
+A neuro-fuzzy strategy trades its model's decisions: the version named (``--model name@3``) or the
+latest. The result and the record (``info.model``) name the version used, and when the backtest's
+bars overlap the bars the model was trained on, the record gets an ``in-sample`` warning: such a
+return says how well the model fits data it has seen, not how it trades.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,30 @@ class MissingData(LookupError):
     pass
 
 
+@dataclass(frozen=True, kw_only=True)
+class ModelUse:
+    """The model version a backtest traded, and how its bars relate to the model's training bars."""
+
+    ref: str  # name@version
+    trained_on: tuple[pd.Timestamp, pd.Timestamp] | None  # first and last training bar; None: not recorded
+    in_sample_bars: int | None  # backtest bars inside that range; None: unknown
+
+    def warning(self, bars: int) -> str | None:
+        if self.trained_on is None:
+            return (f"model {self.ref} does not record the bars it was trained on: this backtest may be "
+                    "in-sample")
+        if not self.in_sample_bars:
+            return None
+        start, end = (_day(t) for t in self.trained_on)
+        return (f"in-sample: the backtest range overlaps the model's training data ({start}..{end}): "
+                f"{self.in_sample_bars:,} of {bars:,} bars")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.ref, "model_trained_on": None if self.trained_on is None else {
+            "start": self.trained_on[0].isoformat(), "end": self.trained_on[1].isoformat()},
+            "in_sample_bars": self.in_sample_bars}
+
+
 class BacktestHandler:
     def __init__(self, data_dir: Path, *, on_progress: ProgressHook | None = None) -> None:
         self.store = DataStore(root=data_dir)
@@ -46,7 +76,13 @@ class BacktestHandler:
         ctx.progress(percentage=0.0, step="data", message=f"loading {p.symbol} {p.timeframe}")
         bars = self._bars(ctx, p, p.timeframe)
         ctx.raise_if_cancelled()
-        wanted = self._model_positions(ctx, p, strategy, bars) if isinstance(strategy, NeuroFuzzyStrategy) else None
+        wanted, model = None, None
+        if isinstance(strategy, NeuroFuzzyStrategy):
+            wanted, model = self._model_positions(ctx, p, strategy, bars)
+            ctx.info(**model.to_dict())
+            warning = model.warning(len(bars))
+            if warning is not None:
+                ctx.warn(warning)
 
         def progress(**update: Any) -> None:
             # The engine passes every field, unset ones as None: send only what it set.
@@ -66,6 +102,7 @@ class BacktestHandler:
                                         description=f"backtest {result.strategy} {p.symbol} {p.timeframe}"))
         return {"strategy": result.strategy, "symbol": p.symbol, "timeframe": p.timeframe,
                 "start": bars.index[0].isoformat(), "end": bars.index[-1].isoformat(),
+                **({} if model is None else model.to_dict()),
                 "parameters": result.parameters, "metrics": result.metrics,
                 "result_bytes": size, "curves": p.include_curves}
 
@@ -95,20 +132,28 @@ class BacktestHandler:
         return {"source": "bucket", "object": got.name, "digest": got.digest, "cached": got.cached}
 
     def _model_positions(self, ctx: JobContext, p: BacktestParams, strategy: NeuroFuzzyStrategy,
-                         bars: pd.DataFrame) -> np.ndarray:
+                         bars: pd.DataFrame) -> tuple[np.ndarray, ModelUse]:
         """A neuro-fuzzy strategy trades its trained model's decisions (+1/0/-1 per base bar)."""
         # Deferred: the training stack (torch) is loaded only by workers that run such strategies.
-        from ktrdr.models.registry import load_model
+        from ktrdr.models.registry import load_model, show_model
         from ktrdr.training.inference import model_positions
 
         name, _, version = (p.model or strategy.name).partition("@")
         ctx.progress(step="model", message=f"loading model {name}@{version or 'latest'}")
-        bundle = ctx.run_async(load_model(ctx.js, name, version or None))
+        # The version is resolved once: "latest" read again to load could be a newer one.
+        found = ctx.run_async(show_model(ctx.js, name, version or None))
+        bundle = ctx.run_async(load_model(ctx.js, found.name, found.version))
         by_timeframe = {p.timeframe: bars}
         for tf in strategy.training_data.timeframes:
             if tf not in by_timeframe:
                 by_timeframe[tf] = self._bars(ctx, p, tf)
-        return model_positions(bundle, by_timeframe)
+        trained_on = _training_range(found.metadata)
+        inside = None
+        if trained_on is not None:
+            index = pd.DatetimeIndex(bars.index)
+            inside = int(((index >= trained_on[0]) & (index <= trained_on[1])).sum())
+        return model_positions(bundle, by_timeframe), ModelUse(ref=found.ref, trained_on=trained_on,
+                                                                in_sample_bars=inside)
 
 
 def _strategy(p: BacktestParams) -> Strategy:
@@ -116,6 +161,24 @@ def _strategy(p: BacktestParams) -> Strategy:
     # YAML text, never a path. A StrategyError names the strategy and every bad field: the op's error.
     strategy = load_strategy(p.strategy)
     return with_parameters(strategy, p.parameters) if p.parameters else strategy
+
+
+def _training_range(metadata: dict[str, Any]) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The first and last bar a model was trained on (validation and test parts included), from its
+    registry metadata; None when it has none (a model stored by hand)."""
+    try:
+        start, end = (_utc(pd.Timestamp(metadata[k])) for k in ("start", "end"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if pd.isna(start) or pd.isna(end) else (start, end)
+
+
+def _utc(ts: pd.Timestamp) -> pd.Timestamp:
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _day(ts: pd.Timestamp) -> str:
+    return ts.strftime("%Y-%m-%d") if ts == ts.normalize() else ts.strftime("%Y-%m-%d %H:%M")
 
 
 def _when(value: object, default: str) -> str:

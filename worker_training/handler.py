@@ -117,7 +117,7 @@ def make_training_handler(*, device: str, data_root: Path) -> Handler:
             return True
 
         used = resolve_device(device).type
-        result = train_strategy(plan.document, bars, device=device, cancel=ctx.token,
+        result = train_strategy(plan.strategy, bars, device=device, cancel=ctx.token,
                                 progress=_with_device(ctx.progress, used), checkpoint=checkpoint,
                                 resume_from=resume_from, request=ctx.params)
         metrics = plain(result.metrics)

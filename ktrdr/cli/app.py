@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,9 @@ from ktrdr.cli.follow import follow
 from ktrdr.cli.render import console, op_details, ops_table, workers_table
 from ktrdr.logs import quiet_ssl_eof, setup_logging
 from subjects.models import OpStatus
+
+if TYPE_CHECKING:
+    from ktrdr.runtime.settings import WorkerSettings
 
 app = typer.Typer(help="ktrdr: trading-strategy research on a NATS JetStream worker fleet.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -79,16 +82,20 @@ CredsOpt = Annotated[Path | None, typer.Option("--creds", help="This component's
 CaOpt = Annotated[Path | None, typer.Option("--ca", help="The CA of the server's TLS certificate (KTRDR_NATS_CA).")]
 
 
-def _run_worker(module: str, nats: str | None = None, creds: Path | None = None, ca: Path | None = None) -> None:
-    """Run one component, here or on another host: the options win over the ``KTRDR_*`` variables."""
+def _run_worker(module: str, nats: str | None = None, creds: Path | None = None, ca: Path | None = None,
+                settings_type: type[WorkerSettings] | None = None) -> None:
+    """Run one component, here or on another host: the options win over the ``KTRDR_*`` variables.
+
+    ``settings_type``: the component's settings class when it has its own (the IB host's)."""
     import importlib
 
     from ktrdr.runtime.entry import run_worker
+    from ktrdr.runtime.settings import WorkerSettings as Default
 
     for var, value in (("KTRDR_NATS_URL", nats), ("KTRDR_NATS_CREDS", creds), ("KTRDR_NATS_CA", ca)):
         if value is not None:
             os.environ[var] = str(value)
-    raise typer.Exit(run_worker(importlib.import_module(f"{module}.app").build_worker))
+    raise typer.Exit(run_worker(importlib.import_module(f"{module}.app").build_worker, settings_type or Default))
 
 
 @worker_app.command("backtest")
@@ -118,7 +125,9 @@ def host_gpu(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> 
 @host_app.command("ib")
 def host_ib(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> None:
     """Run the Interactive Brokers host (its credential is the `ib` role's)."""
-    _run_worker("host_ib", nats, creds, ca)
+    from host_ib.settings import IbSettings
+
+    _run_worker("host_ib", nats, creds, ca, IbSettings)
 
 
 @fleet_app.command("server-config")

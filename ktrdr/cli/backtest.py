@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel, ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from ktrdr.cli.client import KtrdrClient
@@ -89,7 +90,8 @@ def run(
     sizing: SizingOpt = "fraction",
     fraction: FractionOpt = 0.25,
     overrides: SetOpt = None,
-    model: Annotated[str | None, typer.Option(help="Neuro-fuzzy: the model as name@version.")] = None,
+    model: Annotated[str | None, typer.Option(help="Neuro-fuzzy: the model as name@version (default: the latest "
+                                                   "version of the strategy's name; the result names it).")] = None,
     follow_it: FollowOpt = False,
     json: JsonOpt = False,
 ) -> None:
@@ -162,17 +164,22 @@ def show(op_id: str, trades: Annotated[int, typer.Option(min=0, help="Trades to 
          json: JsonOpt = False) -> None:
     """Metrics and trades of a completed backtest, or the ranking of a sweep."""
     op, doc = _results(op_id)
+    # The model a neuro-fuzzy backtest traded is in the op's result, not in the stored result.
+    model = (op.result or {}).get("model")
     if json:
-        print(jsonlib.dumps(doc if op.type == names.OP_SWEEP else {k: v for k, v in doc.items()
-                                                                   if k not in ("index_ns", "equity", "benchmark")},
-                            indent=2))
+        shown = doc if op.type == names.OP_SWEEP else {k: v for k, v in doc.items()
+                                                       if k not in ("index_ns", "equity", "benchmark")}
+        extra = {"model": model} if model else {}
+        print(jsonlib.dumps({**shown, **extra, **({"warnings": op.warnings} if op.warnings else {})}, indent=2))
         return
     if op.type == names.OP_SWEEP:
         console.print(_ranking_table(doc, limit=max(trades, 1)))
         return
     config = doc.get("config", {})
     console.print(f"[bold]{doc['strategy']}[/] on {config.get('symbol')} {doc.get('timeframe')} "
-                  f"parameters {doc.get('parameters')}")
+                  f"parameters {doc.get('parameters')}" + (f" model {model}" if model else ""))
+    for warning in op.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     console.print(_metrics_table(doc["metrics"]))
     console.print(_trades_table(doc["trades"], trades))
 

@@ -11,6 +11,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import BucketNotFoundError
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 import nats
 from ktrdr.runtime.connection import NatsAuth, NatsConnectError, connect
@@ -42,6 +43,17 @@ class KtrdrError(RuntimeError):
         self.code = code
 
 
+def service_error(msg: Msg) -> KtrdrError | None:
+    """The error a NATS micro service answered with (``Nats-Service-Error`` and ``-Code``), else None.
+
+    Both of ktrdr's services always send a code; an error without a usable one counts as the service's own (500).
+    """
+    if not msg.headers or ERROR_HEADER not in msg.headers:
+        return None
+    code = msg.headers.get(ERROR_CODE_HEADER, "")
+    return KtrdrError(msg.headers[ERROR_HEADER], int(code) if code.isdigit() else 500)
+
+
 class JetStreamUnavailable(KtrdrError):
     """The coordinator answered 503: JetStream could not take the write within its budget."""
 
@@ -52,9 +64,10 @@ class JetStreamUnavailable(KtrdrError):
 # A 503 means the coordinator already waited out its own budget: two more tries within a few
 # seconds catch the end of an election without keeping a user waiting much longer.
 UNAVAILABLE_RETRY = RetryPolicy(first_s=1.0, max_s=2.0, attempts=3)
-# Longer than the coordinator's write budget (KTRDR_WRITE_RETRY_BUDGET_S, 5 s) plus one try, so a
-# submission that waits out an election gets its answer rather than a timeout.
-SUBMIT_TIMEOUT_S = 15.0
+# Longer than the coordinator's write budget (KTRDR_WRITE_RETRY_BUDGET_S, 12 s) plus a last try of the
+# record and of the job (up to 5 s), so a submission that waits out an election gets its answer
+# rather than a timeout.
+SUBMIT_TIMEOUT_S = 20.0
 
 
 class KtrdrClient:
@@ -110,11 +123,9 @@ class KtrdrClient:
             raise KtrdrError("no coordinator is running (nobody answers " + subject + ")", 503) from None
         except nats.errors.TimeoutError:
             raise KtrdrError(f"the coordinator did not answer {subject} in {timeout:g} s", 504) from None
-        if msg.headers and "Nats-Service-Error" in msg.headers:
-            code = int(msg.headers.get("Nats-Service-Error-Code", "400") or 400)
-            if code == 503:
-                raise JetStreamUnavailable()
-            raise KtrdrError(msg.headers["Nats-Service-Error"], code)
+        error = service_error(msg)
+        if error is not None:
+            raise JetStreamUnavailable() if error.code == 503 else error
         return msg
 
     async def submit(self, op_type: str, params: dict[str, Any] | None = None, **extra: Any) -> Operation:

@@ -6,6 +6,7 @@ import asyncio
 import signal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from ktrdr.cli.client import KtrdrClient
@@ -82,6 +83,8 @@ async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool =
     if final.result:
         line += f" — result {final.result}"
     console.print(line)
+    for warning in final.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     return final
 
 

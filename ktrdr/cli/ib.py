@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from ktrdr.cli.client import KtrdrClient, KtrdrError, to_json
+from ktrdr.cli.client import KtrdrClient, KtrdrError, service_error, to_json
 from ktrdr.cli.common import JsonOpt, run_client, submit_and_maybe_follow
 from ktrdr.cli.render import ago, console
 from subjects import names
@@ -34,9 +34,9 @@ async def ib_request(client: KtrdrClient, endpoint: str, payload: bytes = b"") -
         raise KtrdrError(f"no active IB host answers {subject} (is `ktrdr host ib` running?)", 503) from None
     except nats.errors.TimeoutError:
         raise KtrdrError(f"the IB host did not answer {subject} in {client.timeout:g} s", 504) from None
-    if msg.headers and "Nats-Service-Error" in msg.headers:
-        code = int(msg.headers.get("Nats-Service-Error-Code", "500") or 500)
-        raise KtrdrError(msg.headers["Nats-Service-Error"], code)
+    error = service_error(msg)
+    if error is not None:
+        raise error
     return msg.data
 
 

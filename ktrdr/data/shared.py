@@ -9,20 +9,28 @@ fetch whose object digest is unchanged only reads the (small) object info, and s
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from nats.js.api import ObjectMeta
+from nats.js.api import ObjectInfo, ObjectMeta
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
 
 from ktrdr.data.store import DataStore, bars_from_bytes, validate_symbol
 from ktrdr.data.timeframes import validate_timeframe
+from ktrdr.runtime.retry import RetryPolicy, transient_js_error
 from subjects.names import DATA_OBJECTS
+
+log = logging.getLogger(__name__)
+
+# Reading a dataset while the bucket's stream elects a leader (4 to 9 s on nats-server): waited out,
+# twice over, rather than failing the op that needs it.
+FETCH_RETRY = RetryPolicy(first_s=0.2, max_s=2.0, budget_s=30.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,16 +104,27 @@ async def adopt_dataset(js: JetStreamContext, store: DataStore, symbol: str, tim
 async def fetch_dataset(js: JetStreamContext, store: DataStore, symbol: str, timeframe: str) -> FetchResult:
     """Make the bucket's current version of the dataset the local one, downloading only when needed."""
     name = object_name(symbol, timeframe)
-    bucket = await data_bucket(js)
-    info = await bucket.get_info(name)
+
+    def retrying(exc: BaseException, pause: float) -> None:
+        log.warning("dataset %s not readable yet (%s); retrying in %.1f s", name, str(exc) or type(exc).__name__,
+                    pause)
+
+    async def read_info() -> tuple[ObjectStore, ObjectInfo]:
+        bucket = await data_bucket(js)
+        return bucket, await bucket.get_info(name)
+
+    bucket, info = await FETCH_RETRY.run(read_info, retry_on=transient_js_error, on_retry=retrying)
     digest = str(info.digest)
     cache_file = _cache_path(store, digest)
     cached = cache_file.is_file()
     if cached:
         data = cache_file.read_bytes()
     else:
-        # ObjectStore.get checks the SHA-256 digest of what arrived against the object info.
-        data = (await bucket.get(name)).data or b""
+        async def read() -> bytes:
+            # ObjectStore.get checks the SHA-256 digest of what arrived against the object info.
+            return (await bucket.get(name)).data or b""
+
+        data = await FETCH_RETRY.run(read, retry_on=transient_js_error, on_retry=retrying)
         bars_from_bytes(data, source=f"object {DATA_OBJECTS}/{name}")
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         # A unique temporary name: several workers may share one data dir and fetch at once.

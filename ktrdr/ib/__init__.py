@@ -1,11 +1,12 @@
 """Interactive Brokers market-data access: limits, pacing, the ib_insync client and the downloader."""
 
 from ktrdr.ib.client import ConnectionState, ContractInfo, IbClient
-from ktrdr.ib.downloader import Downloader, DownloadResult, DownloadState, Mode, RetryPolicy, StoredRange
+from ktrdr.ib.downloader import PACING_BACKOFF, Downloader, DownloadResult, DownloadState, Mode, Reconnect, StoredRange
 from ktrdr.ib.errors import ConnectionLost, IbError, NoData, NoSecurityDefinition, PacingViolation, RequestTimedOut
 from ktrdr.ib.pacing import Pacer, PacingBudget, PacingRules, PacingWait
 
 __all__ = [
+    "PACING_BACKOFF",
     "ConnectionLost",
     "ConnectionState",
     "ContractInfo",
@@ -22,7 +23,7 @@ __all__ = [
     "PacingRules",
     "PacingViolation",
     "PacingWait",
+    "Reconnect",
     "RequestTimedOut",
-    "RetryPolicy",
     "StoredRange",
 ]

@@ -155,7 +155,7 @@ class IbClient:
         return self.state()
 
     async def reconnect(self) -> ConnectionState:
-        """Connect again with the last parameters (the downloader's default reconnect hook)."""
+        """Connect again with the last parameters (one try: the caller's reconnect policy says when)."""
         if self._ib.isConnected():
             return self.state()
         self._ib.disconnect()

@@ -1,17 +1,18 @@
 """Download a symbol's history from IB in request-sized segments, politely and resumably.
 
 The downloader owns the *plan* (which segments, in which order), the *etiquette* (pacing,
-back-off after violations, reconnecting) and the *bookkeeping* (a :class:`DownloadState` that
-records completed segments and gaps). Persisting bars is the caller's job: ``on_segment`` is
-called with each completed segment's bars, so a cancel or a crash loses at most the segment in
-flight, and a new run with the same state resumes after the last completed segment.
+back-off after violations) and the *bookkeeping* (a :class:`DownloadState` that records completed
+segments and gaps). Persisting bars is the caller's job: ``on_segment`` is called with each
+completed segment's bars, so a cancel or a crash loses at most the segment in flight, and a new run
+with the same state resumes after the last completed segment. Reconnecting is not its job either:
+whoever owns the connection (the IB host's ``Gateway``) owns the reconnect policy, and the
+downloader waits for it through the ``reconnect`` hook, then retries the interrupted segment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,8 +27,7 @@ from ktrdr.ib.errors import ConnectionLost, NoData, PacingViolation, RequestTime
 from ktrdr.ib.limits import Segment, as_utc, limit_for, plan_segments
 from ktrdr.ib.pacing import Pacer, PacingWait
 from ktrdr.progress import ProgressFn, no_progress
-
-log = logging.getLogger(__name__)
+from ktrdr.runtime.retry import RetryPolicy
 
 
 class Mode(StrEnum):
@@ -50,14 +50,16 @@ class BarSource(Protocol):
     ) -> pd.DataFrame: ...
 
 
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    pacing_backoff_s: float = 60.0  # IB's advice after 100/162/420; doubled per repeat
-    pacing_backoff_max_s: float = 600.0
-    max_pacing_retries: int = 5
-    reconnect_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # the last repeats
-    max_reconnect_attempts: int = 30
-    max_timeout_retries: int = 2
+# IB's rule after a pacing error (100, 162, 420): wait a minute, doubled per repeat up to ten minutes.
+# The pause is a penalty on the shared pacer, so every concurrent download waits it out too; the
+# sixth error in a row on one segment fails the download.
+PACING_BACKOFF = RetryPolicy(first_s=60.0, max_s=600.0, attempts=6)
+# A request IB did not answer is asked again at once (the pacer spaces requests), twice at most.
+TIMEOUT_RETRY = RetryPolicy(first_s=0.0, max_s=0.0, attempts=3)
+
+# Returns once the connection to IB is back; raises ConnectionLost when it gives up, or
+# OperationCancelled when the cancel token (its argument) is set while it waits.
+Reconnect = Callable[[CancelToken | None], Awaitable[object]]
 
 
 @dataclass(kw_only=True)
@@ -195,16 +197,16 @@ class Downloader:
         *,
         source: BarSource,
         pacer: Pacer,
-        reconnect: Callable[[], Awaitable[object]] | None = None,
-        retry: RetryPolicy | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        reconnect: Reconnect | None = None,
+        pacing_backoff: RetryPolicy = PACING_BACKOFF,
+        timeout_retry: RetryPolicy = TIMEOUT_RETRY,
     ) -> None:
         self._source = source
         self._pacer = pacer
-        # The hook that brings the connection back; IbClient.reconnect when the source has one.
-        self._reconnect = reconnect or getattr(source, "reconnect", None)
-        self._retry = retry or RetryPolicy()
-        self._sleep = sleep
+        # Without it, a lost connection fails the download (ConnectionLost).
+        self._reconnect = reconnect
+        self._pacing_backoff = pacing_backoff
+        self._timeout_retry = timeout_retry
 
     async def download(
         self,
@@ -269,8 +271,8 @@ class Downloader:
         self, state: DownloadState, segment: Segment, reporter: _Reporter, cancel: CancelToken | None
     ) -> pd.DataFrame | None:
         """One segment's bars, or None when IB has none; retries what is worth retrying."""
-        policy = self._retry
-        violations = timeouts = 0
+        pacing_pauses = self._pacing_backoff.delays()
+        timeout_pauses = self._timeout_retry.delays()
         key = (state.symbol, state.timeframe, segment.start, segment.end)
         while True:
             await self._pacer.acquire(
@@ -285,10 +287,9 @@ class Downloader:
             except NoData:
                 return None
             except PacingViolation as exc:
-                violations += 1
-                if violations > policy.max_pacing_retries:
+                backoff = next(pacing_pauses, None)
+                if backoff is None:
                     raise
-                backoff = min(policy.pacing_backoff_s * 2 ** (violations - 1), policy.pacing_backoff_max_s)
                 # Penalising the shared pacer makes every concurrent download back off too.
                 self._pacer.penalize(backoff, reason=f"IB reported a pacing violation (code {exc.code})")
                 reporter.report(
@@ -296,9 +297,10 @@ class Downloader:
                     segment=segment,
                 )
             except RequestTimedOut:
-                timeouts += 1
-                if timeouts > policy.max_timeout_retries:
+                pause = next(timeout_pauses, None)
+                if pause is None:
                     raise
+                await asyncio.sleep(pause)
                 reporter.report(f"IB did not answer for {segment}; retrying", segment=segment)
             except ConnectionLost:
                 await self._recover(reporter, cancel)
@@ -306,30 +308,9 @@ class Downloader:
     async def _recover(self, reporter: _Reporter, cancel: CancelToken | None) -> None:
         if self._reconnect is None:
             raise ConnectionLost("connection to IB lost and no reconnect hook")
-        delays = self._retry.reconnect_delays_s or (1.0,)
-        for attempt in range(1, self._retry.max_reconnect_attempts + 1):
-            delay = delays[min(attempt - 1, len(delays) - 1)]
-            reporter.report(f"connection to IB lost; reconnecting in {delay:.1f} s (attempt {attempt})")
-            await self._cancellable_sleep(delay, cancel)
-            try:
-                await self._reconnect()
-            except (ConnectionLost, OSError, TimeoutError) as exc:
-                log.info("reconnect attempt %d failed: %r", attempt, exc)
-                continue
-            reporter.report("reconnected to IB; resuming from the last completed segment")
-            return
-        raise ConnectionLost(f"gave up reconnecting after {self._retry.max_reconnect_attempts} attempts")
-
-    async def _cancellable_sleep(self, seconds: float, cancel: CancelToken | None) -> None:
-        remaining = seconds
-        while remaining > 0:
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            step = min(remaining, 1.0)
-            await self._sleep(step)
-            remaining -= step
-        if cancel is not None:
-            cancel.raise_if_cancelled()
+        reporter.report("connection to IB lost; reconnecting")
+        await self._reconnect(cancel)
+        reporter.report("reconnected to IB; resuming from the last completed segment")
 
 
 @dataclass(kw_only=True)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import ObjectMeta
+from nats.js.api import Header, ObjectMeta
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
 
@@ -25,7 +25,9 @@ from subjects.training import validate_model_name
 
 log = logging.getLogger(__name__)
 
-_WRONG_LAST_SEQUENCE = 10071  # JetStream error code of a failed expected-last-sequence check
+# JetStream's error codes of a failed expected-last-sequence check (10164: on a replicated stream,
+# another write of the subject still in flight).
+_WRONG_LAST_SEQUENCE = (10071, 10164)
 _RESERVE_TRIES = 20
 
 
@@ -116,10 +118,10 @@ async def _reserve(js: JetStreamContext, bucket: ObjectStore, name: str, first: 
                 "deleted": True, "description": "reserved"}
         try:
             await js.publish(object_meta_subject(MODELS_OBJECTS, object_name), json.dumps(stub).encode(),
-                             headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+                             headers={Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "0"})
             return version
         except APIError as exc:
-            if exc.err_code != _WRONG_LAST_SEQUENCE:
+            if exc.err_code not in _WRONG_LAST_SEQUENCE:
                 raise
             version += 1
     raise RuntimeError(f"could not reserve a version of model {name!r} after {_RESERVE_TRIES} tries")

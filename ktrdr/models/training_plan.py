@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from ktrdr.strategy import NeuroFuzzyStrategy, StrategyError, load_strategy
 from ktrdr.strategy.loader import parse_strategy
@@ -33,10 +32,6 @@ class TrainingPlan:
     symbol: str
     timeframes: list[str]
     model_name: str
-
-    @property
-    def document(self) -> dict[str, Any]:
-        return copy.deepcopy(self.strategy.document)
 
 
 def load_neuro_strategy(source: str) -> NeuroFuzzyStrategy:

@@ -91,8 +91,17 @@ class JobContext:
 
         E.g. ``ctx.info(resumed_from_epoch=12)``. Published as an ``info`` event before the outcome.
         """
-        event = OpEvent(op_id=self.op_id, event=OpEventKind.INFO, worker_id=self.worker_id,
-                        attempt=self.attempt, context=facts)
+        self._publish_info(OpEvent(op_id=self.op_id, event=OpEventKind.INFO, worker_id=self.worker_id,
+                                   attempt=self.attempt, context=facts))
+
+    def warn(self, message: str) -> None:
+        """Add ``message`` to the op record's ``warnings``, durably: something the user should know
+        about a result that is still a result (e.g. a backtest on its model's training data).
+        Published as an ``info`` event carrying the message, before the outcome."""
+        self._publish_info(OpEvent(op_id=self.op_id, event=OpEventKind.INFO, worker_id=self.worker_id,
+                                   attempt=self.attempt, message=message))
+
+    def _publish_info(self, event: OpEvent) -> None:
         coro = self.publisher.publish(names.ops_events(self.op_id), event.encode())
         if self._on_loop():
             future: asyncio.Future[Any] = asyncio.ensure_future(coro)

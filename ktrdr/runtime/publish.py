@@ -23,15 +23,18 @@ import time
 from collections import deque
 
 import nats.errors
-from nats.aio.client import Client
+from nats.aio.client import NO_RESPONDERS_STATUS, Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import Header
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
 from subjects import names
 
-EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
-WRONG_LAST_SEQUENCE = 10071  # JetStream's error code for a failed expected-sequence check
+EXPECTED_LAST_SUBJECT_SEQ = Header.EXPECTED_LAST_SUBJECT_SEQUENCE
+# JetStream's error codes for a failed expected-sequence check: 10071, or on a replicated stream
+# 10164 when another write of the key is still in flight (nats-py's own KeyValue knows both).
+WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 class AckedPublisher:
@@ -106,7 +109,7 @@ class AckedPublisher:
         future = self._pending.pop(msg.subject[self._cut:], None)
         if future is None or future.done():
             return
-        if msg.headers and msg.headers.get("Status") == "503":
+        if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
             future.set_exception(nats.errors.NoRespondersError())
             return
         try:
@@ -117,7 +120,7 @@ class AckedPublisher:
         error = ack.get("error")
         if error is None:
             future.set_result(int(ack["seq"]))
-        elif error.get("err_code") == WRONG_LAST_SEQUENCE:
+        elif error.get("err_code") in WRONG_LAST_SEQUENCE:
             future.set_exception(KeyWrongLastSequenceError(description=error.get("description")))
         else:
             future.set_exception(APIError(code=error.get("code"), err_code=error.get("err_code"),

@@ -27,6 +27,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.api import Header, StatusCode
 
 from subjects import names
 
@@ -112,16 +113,16 @@ class JobPuller:
                     break
             await self._on_job(msg)
             return
-        if status == "100":  # idle heartbeat: we ask for none, but it is harmless
+        if status == StatusCode.CONTROL_MESSAGE:  # idle heartbeat: we ask for none, but it is harmless
             return
-        if status == "408":
+        if status == StatusCode.REQUEST_TIMEOUT:
             if self._requests:
                 self._requests.popleft()
             self._backoff_s = 0.0
         else:
             # 409 (leadership change, consumer deleted, too many waiting requests...) or 503 (no
             # such consumer): every request may be gone. Ask again, backing off while it lasts.
-            description = msg.headers.get("Description", "") if msg.headers else ""
+            description = msg.headers.get(Header.DESCRIPTION, "") if msg.headers else ""
             self._backoff_s = min(MAX_BACKOFF_S, max(0.25, 2 * self._backoff_s))
             log.warning("pull request on %s ended: %s %s; asking again in %.2f s", self.capability, status,
                         description, self._backoff_s)

@@ -21,6 +21,9 @@ T = TypeVar("T")
 
 # JetStream's "JetStream system temporarily unavailable": a stream, or the meta group, without a leader.
 JS_TEMPORARILY_UNAVAILABLE = 10008
+# "duplicate message id is in process" (a 409): an earlier publish with the same Nats-Msg-Id is still
+# in flight at a leader that cannot commit it yet. Asked again later, it is stored or deduplicated.
+JS_DUPLICATE_IN_PROCESS = 10158
 
 # What an election looks like from a client: nobody stores the subject (no stream leader), no
 # answer in time (a leader that lost its quorum), or the connection moving to another node.
@@ -44,7 +47,7 @@ def transient_js_error(exc: BaseException, *, nc: Client | None = None) -> bool:
     if isinstance(exc, APIError):
         # Some subclasses (the key-value errors) never set the fields.
         code, err_code = getattr(exc, "code", None), getattr(exc, "err_code", None)
-        return code == 503 or err_code == JS_TEMPORARILY_UNAVAILABLE
+        return code == 503 or err_code in (JS_TEMPORARILY_UNAVAILABLE, JS_DUPLICATE_IN_PROCESS)
     if isinstance(exc, nats.errors.ConnectionClosedError):
         return nc is not None and not nc.is_closed
     return isinstance(exc, _TRANSIENT)

@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from ktrdr import __version__
 from ktrdr.cancel import OperationCancelled
@@ -33,7 +33,7 @@ from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.context import Handler, JobContext
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.pull import JobPuller
-from ktrdr.runtime.retry import RetryPolicy
+from ktrdr.runtime.retry import RetryPolicy, transient_js_error
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.topology import Buckets, TopologyMissing, bind_topology
@@ -59,7 +59,6 @@ from subjects.models import (
 
 log = logging.getLogger(__name__)
 
-CLAIM_TRIES = 8
 # Pauses between claim tries whose acknowledgement was lost.
 CLAIM_RETRY = RetryPolicy(first_s=0.1, max_s=2.0)
 # Registration: the lease keeps a worker visible meanwhile, so asking again can be slow.
@@ -450,38 +449,56 @@ class Worker:
 
         Every attempt that is retried, cancelled while queued or failed undeliverable already has
         its claim taken, so a stale offer loses here without reading the op record. When the
-        acknowledgement of our claim is lost (a reconnect), we cannot know whether it was stored:
-        the claim is sent again, and if it then exists, reading it back says whose it is.
+        acknowledgement of our claim is lost (a reconnect, a leader election), we cannot know whether
+        it was stored: the claim is sent again, and if it then exists, reading it back says whose it
+        is. From then on only that answer ends this: a stored claim of ours given up on would leave
+        its op pending for good, since no other worker can take it (seen in the quorum-loss drill,
+        tests/coordinator/test_cluster_drills.py).
         """
         assert self.publisher is not None and self.buckets is not None
         key = names.claim_key(ctx.op_id, ctx.attempt)
         claim = Claim(op_id=ctx.op_id, attempt=ctx.attempt, worker_id=self.worker_id)
         uncertain = False
         pauses = CLAIM_RETRY.delays()
-        for _ in range(CLAIM_TRIES):
+        while True:
             try:
                 await self.publisher.kv_create(names.CLAIMS_BUCKET, key, claim.encode())
                 return True
             except nats.errors.NoRespondersError:
-                # Nothing stores $KV.claims.> right now: the bucket is gone (the coordinator recreates it)
-                # or, on a cluster, its stream is electing a leader. Either way it passes.
-                raise TopologyMissing(f"no stream answered for the key-value bucket {names.CLAIMS_BUCKET!r} "
-                                      "(missing, or electing a leader)") from None
+                if not uncertain:
+                    # Nothing stores $KV.claims.> right now: the bucket is gone (the coordinator recreates
+                    # it) or, on a cluster, its stream is electing a leader. Either way it passes.
+                    raise TopologyMissing(f"no stream answered for the key-value bucket {names.CLAIMS_BUCKET!r} "
+                                          "(missing, or electing a leader)") from None
+                why = "no stream answered"
             except KeyWrongLastSequenceError:
-                if uncertain and await self._holds_claim(key, claim):
-                    return True
-                log.info("operation %s attempt %d was claimed by someone else", ctx.op_id, ctx.attempt)
-                return False
-            except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
-                    nats.errors.ConnectionReconnectingError) as exc:
+                held = await self._holds_claim(key, claim) if uncertain else False
+                if held is not None:
+                    if not held:
+                        log.info("operation %s attempt %d was claimed by someone else", ctx.op_id, ctx.attempt)
+                    return held
+                why = "stored, not yet readable"
+            except Exception as exc:
+                if not transient_js_error(exc, nc=self.nc):
+                    raise
                 uncertain = True
-                log.warning("claim of %s attempt %d unconfirmed (%s); asking again", ctx.op_id, ctx.attempt, exc)
-                await asyncio.sleep(next(pauses))
-        raise RuntimeError(f"could not claim {ctx.op_id} attempt {ctx.attempt}")
+                why = str(exc) or type(exc).__name__
+            log.warning("claim of %s attempt %d unconfirmed (%s); asking again", ctx.op_id, ctx.attempt, why)
+            await asyncio.sleep(next(pauses))
 
-    async def _holds_claim(self, key: str, mine: Claim) -> bool:
+    async def _holds_claim(self, key: str, mine: Claim) -> bool | None:
+        """Whether the stored claim is ``mine``; None while that cannot be read yet (the write that beat
+        ours to the key is still in flight, or the replica that answered is behind its leader)."""
         assert self.buckets is not None
-        entry = await self.buckets.claims.get(key)
+        try:
+            entry = await self.buckets.claims.get(key)
+        except KeyNotFoundError as missing:
+            # Only a deleted key comes with its entry: a claim nobody holds now is not ours.
+            return False if getattr(missing, "entry", None) is not None else None
+        except Exception as exc:
+            if transient_js_error(exc, nc=self.nc):
+                return None
+            raise
         if entry.value is None:
             return False
         stored = decode(Claim, entry.value)

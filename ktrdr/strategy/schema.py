@@ -3,8 +3,12 @@
 * :class:`RuleStrategy` -- indicators plus entry/exit conditions; needs no model. Strict: an
   unknown key is an error, so typos do not silently change a backtest.
 * :class:`NeuroFuzzyStrategy` -- the first ktrdr's version "3.0" layout (indicators -> fuzzy
-  sets -> MLP). Sections accept extra keys the trainer understands (``weight_decay``, ...), but
-  every field listed here is type- and range-checked.
+  sets -> MLP). Every field listed here is type- and range-checked. ``training`` is strict: it is
+  the whole configuration of a training (:func:`ktrdr.training.train_strategy` reads nothing else),
+  so its defaults here are the ones that apply and a misspelt key is an error, not a default. The
+  first ktrdr's names are read too: ``data_split``, ``zigzag_threshold``, ``label_lookahead`` and
+  hyperparameters under ``model.training`` (``training`` wins where both set one). Other sections
+  stay open for the first ktrdr's descriptive keys (``hypothesis``, ``deployment``, ...).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ktrdr.data.timeframes import TIMEFRAMES
 from ktrdr.indicators import validate_spec
@@ -171,16 +175,20 @@ class Decisions(_Open):
     confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
-class Labels(_Open):
+class Labels(_Strict):
     source: Literal["zigzag", "forward_return"] = "zigzag"
-    threshold: float = Field(default=0.05, gt=0.0)
-    lookahead: int = Field(default=20, ge=1)
+    # The first ktrdr's names, and ``horizon`` (what lookahead is for forward returns), are read too;
+    # giving two names of one field is an error (the second is an unknown key).
+    threshold: float = Field(default=0.05, gt=0.0, validation_alias=AliasChoices("threshold", "zigzag_threshold"))
+    lookahead: int = Field(default=20, ge=1,
+                           validation_alias=AliasChoices("lookahead", "label_lookahead", "horizon"))
 
 
-class EarlyStopping(_Open):
+class EarlyStopping(_Strict):
     enabled: bool = True
     patience: int = Field(default=10, ge=1)
     min_delta: float = Field(default=0.001, ge=0.0)
+    restore_best: bool = True  # end with the weights of the best validation epoch, not the last
 
 
 class Split(_Strict):
@@ -195,14 +203,32 @@ class Split(_Strict):
         return self
 
 
-class Training(_Open):
+class Training(_Strict):
+    """How the model is trained. These defaults apply on every device: a device only changes how a
+    step runs (CUDA graphs), never what is optimised, so a training that falls back from GPU to CPU,
+    or resumes on another device, optimises the same thing."""
+
     epochs: int = Field(default=100, ge=1)
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=0.001, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
     labels: Labels = Field(default_factory=Labels)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     class_weights: list[float] | Literal["balanced"] | None = None
-    split: Split = Field(default_factory=Split)
+    split: Split = Field(default_factory=Split, validation_alias=AliasChoices("split", "data_split"))
+    # Rows left out between split parts; None: labels.lookahead, so no label of one part sees the next.
+    split_gap: int | None = Field(default=None, ge=0)
+    seed: int = Field(default=42, ge=0)
+    checkpoint_every: int = Field(default=10, ge=0)  # epochs; 0: no periodic checkpoints
+    # The first ktrdr's; each has one value here.
+    method: Literal["supervised"] = "supervised"
+    optimizer: Literal["adam"] = "adam"
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _switch(cls, v: Any) -> Any:
+        # ``early_stopping: false`` is shorthand for ``{enabled: false}``.
+        return {"enabled": v} if isinstance(v, bool) else v
 
     @field_validator("class_weights")
     @classmethod
@@ -253,6 +279,22 @@ class NeuroFuzzyStrategy(_StrategyBase, _Open):
     decisions: Decisions = Field(default_factory=Decisions)
     training: Training = Field(default_factory=Training)
     training_data: TrainingData
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_ktrdr_hyperparameters(cls, data: Any) -> Any:
+        # The first ktrdr kept epochs, batch size, learning rate... under model.training: ignored,
+        # they would silently give way to defaults. Keys set in training win.
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model")
+        legacy = model.get("training") if isinstance(model, dict) else None
+        if not isinstance(legacy, dict) or not legacy:
+            return data
+        training = data.get("training")
+        if training is not None and not isinstance(training, dict):
+            return data
+        return {**data, "training": {**legacy, **(training or {})}}
 
 
 Strategy = RuleStrategy | NeuroFuzzyStrategy

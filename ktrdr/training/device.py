@@ -29,25 +29,25 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """Tuning that depends on the device, applied only where the strategy leaves it open.
+    """How a training step runs on a device; never what it optimises.
 
-    ``batch_size`` is used only when the strategy does not pin ``training.batch_size``: a
-    larger batch changes the optimisation, so a pinned value always wins.
+    The batch size is not here: it changes the optimisation, and a training offered to the GPU
+    first may run on a CPU worker, or resume there from a GPU's checkpoint. It is the strategy's
+    ``training.batch_size`` (the schema's 32 when unset) on every device.
     ``cuda_graphs`` captures the training step once and replays it (CUDA only);
     ``steps_per_graph`` unrolls several optimiser steps into one capture to amortise the
     per-replay launch cost for tiny models.
     """
 
-    batch_size: int = 32
     cuda_graphs: bool = False
     steps_per_graph: int = 1
     eval_chunk: int = 65536
 
 
 PROFILES: dict[str, DeviceProfile] = {
-    "cpu": DeviceProfile(batch_size=32),
-    "mps": DeviceProfile(batch_size=32),
-    "cuda": DeviceProfile(batch_size=256, cuda_graphs=True, steps_per_graph=8, eval_chunk=1 << 20),
+    "cpu": DeviceProfile(),
+    "mps": DeviceProfile(),
+    "cuda": DeviceProfile(cuda_graphs=True, steps_per_graph=8, eval_chunk=1 << 20),
 }
 
 

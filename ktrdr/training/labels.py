@@ -8,13 +8,13 @@ be dropped, never filled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
+
+from ktrdr.strategy.schema import Labels
 
 BUY, SELL, HOLD = 0, 1, 2
 CLASS_NAMES = ("BUY", "SELL", "HOLD")
@@ -68,14 +68,9 @@ class LabelConfig:
     lookahead: int = 20  # zigzag window, or forward-return horizon
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> LabelConfig:
-        cfg = cfg or {}
-        source = str(cfg.get("source", cfg.get("type", "zigzag"))).lower()
-        if source not in ("zigzag", "forward_return"):
-            raise ValueError(f"unsupported label source {source!r}")
-        threshold = cfg.get("threshold", cfg.get("zigzag_threshold", cls.threshold))
-        lookahead = cfg.get("lookahead", cfg.get("label_lookahead", cfg.get("horizon", cls.lookahead)))
-        return cls(source, float(threshold), int(lookahead))
+    def from_labels(cls, labels: Labels) -> LabelConfig:
+        """The validated strategy's ``training.labels`` (the first ktrdr's names are read there)."""
+        return cls(labels.source, labels.threshold, labels.lookahead)
 
     def compute(self, close: pd.Series) -> pd.Series:
         if self.source == "zigzag":

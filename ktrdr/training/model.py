@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
+
+from ktrdr.strategy.schema import ModelSpec
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -27,23 +28,10 @@ class ModelConfig:
     num_classes: int = 3
 
     @classmethod
-    def from_strategy(cls, model: Mapping[str, Any] | None) -> ModelConfig:
-        model = model or {}
-        kind = str(model.get("type", "mlp")).lower()
-        if kind != "mlp":
-            raise ValueError(f"unsupported model type {kind!r} (only mlp)")
-        arch = {**model, **(model.get("architecture") or {})}
-        cfg = cls(
-            hidden_layers=tuple(int(h) for h in arch.get("hidden_layers", cls.hidden_layers)),
-            dropout=float(arch.get("dropout", cls.dropout)),
-            activation=str(arch.get("activation", cls.activation)).lower(),
-            num_classes=int(arch.get("num_classes", cls.num_classes)),
-        )
-        if cfg.activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {cfg.activation!r}; one of {sorted(_ACTIVATIONS)}")
-        if not 0.0 <= cfg.dropout < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
-        return cfg
+    def from_spec(cls, model: ModelSpec) -> ModelConfig:
+        """The validated strategy's ``model`` section (type, ranges and activation checked there)."""
+        arch = model.architecture
+        return cls(hidden_layers=tuple(arch.hidden_layers), dropout=arch.dropout, activation=arch.activation)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,6 +1,11 @@
 """Strategy training end to end: bars -> features + labels -> split -> scale -> train -> evaluate
 -> bundle. The worker only wires NATS (progress, cancel, checkpoints, results) around
-:func:`train_strategy`."""
+:func:`train_strategy`.
+
+Every setting comes from the validated strategy (:class:`ktrdr.strategy.NeuroFuzzyStrategy`): a
+mapping or YAML text is validated first, so what the schema refuses is refused here too, and the
+schema's defaults are the ones that apply.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import yaml
 
 from ktrdr.cancel import CancelToken
 from ktrdr.progress import ProgressFn, no_progress
+from ktrdr.strategy import NeuroFuzzyStrategy, load_strategy, parse_strategy
 from ktrdr.training.alignment import base_timeframe
 from ktrdr.training.bundle import ModelBundle
 from ktrdr.training.checkpoint import read_checkpoint
@@ -27,7 +33,6 @@ from ktrdr.training.scaler import StandardScaler
 from ktrdr.training.split import SplitIndices, chronological_split
 from ktrdr.training.trainer import CheckpointFn, Trainer, TrainerConfig, predict_logits
 
-DEFAULT_SEED = 42
 # Share of the overall percentage given to each phase (training dominates).
 _PREP, _TRAIN_END = 5.0, 95.0
 
@@ -57,47 +62,46 @@ class TrainingResult:
     feature_names: list[str] = field(default_factory=list)
 
 
-def _parse_strategy(strategy: Mapping[str, Any] | str) -> tuple[dict[str, Any], str]:
-    if isinstance(strategy, str):
-        parsed = yaml.safe_load(strategy)
-        if not isinstance(parsed, dict):
-            raise ValueError("strategy text is not a YAML mapping")
-        return parsed, strategy
-    return dict(strategy), yaml.safe_dump(dict(strategy), sort_keys=False)
-
-
-def _split_config(training: Mapping[str, Any]) -> tuple[float, float, float]:
-    cfg = training.get("data_split") or training.get("split") or {}
-    return (
-        float(cfg.get("train", 0.7)),
-        float(cfg.get("validation", cfg.get("val", 0.15))),
-        float(cfg.get("test", 0.15)),
-    )
+def validated(strategy: NeuroFuzzyStrategy | Mapping[str, Any] | str) -> NeuroFuzzyStrategy:
+    """The strategy as the schema reads it; raises :class:`ktrdr.strategy.StrategyError` naming every bad
+    field, or ValueError for a rule-based strategy (no model to train)."""
+    if isinstance(strategy, NeuroFuzzyStrategy):
+        return strategy
+    if isinstance(strategy, Mapping):
+        loaded = parse_strategy(dict(strategy), source="<mapping>")
+    else:
+        loaded = load_strategy(strategy)
+    if not isinstance(loaded, NeuroFuzzyStrategy):
+        raise ValueError(f"{loaded.name!r} is rule-based: it has no model to train")
+    return loaded
 
 
 def prepare_dataset(
-    strategy: Mapping[str, Any],
+    strategy: NeuroFuzzyStrategy,
     bars_by_timeframe: Mapping[str, pd.DataFrame],
     *,
     compute: IndicatorFn | None = None,
 ) -> Dataset:
     """Features and labels on the base timeframe, incomplete rows dropped, split in time order.
 
-    Labels come from the base timeframe's closes; a ``gap`` of ``lookahead`` rows between the
-    split parts keeps labels of one part from looking into the next.
+    Labels come from the base timeframe's closes; a gap of ``split_gap`` rows (default: the labels'
+    ``lookahead``) between the split parts keeps labels of one part from looking into the next.
     """
-    training = strategy.get("training") or {}
-    features = build_features(strategy, bars_by_timeframe, compute=compute)
-    used = sorted({tf for i in parse_nn_inputs(strategy, list(bars_by_timeframe)) for tf in i.timeframes})
+    training = strategy.training
+    # Features read the fuzzy sets and nn_inputs of the validated document, as inference does
+    # from a bundle's strategy text.
+    document = strategy.document or strategy.model_dump()
+    features = build_features(document, bars_by_timeframe, compute=compute)
+    used = sorted({tf for i in parse_nn_inputs(document, list(bars_by_timeframe)) for tf in i.timeframes})
     base = base_timeframe(used)
     close = bars_by_timeframe[base].sort_index()["close"].astype(float)
-    label_cfg = LabelConfig.from_config(training.get("labels"))
+    label_cfg = LabelConfig.from_labels(training.labels)
     labels = label_cfg.compute(close).reindex(features.index)
     keep = features.notna().all(axis=1) & labels.notna()
     features, labels = features[keep], labels[keep].astype(np.int64)
-    train, val, test = _split_config(training)
-    gap = int(training.get("split_gap", label_cfg.lookahead))
-    split = chronological_split(len(features), train, val, test, gap=gap)
+    part = training.split
+    gap = label_cfg.lookahead if training.split_gap is None else training.split_gap
+    split = chronological_split(len(features), part.train, part.validation, part.test, gap=gap)
     return Dataset(features, labels, split, base, label_cfg)
 
 
@@ -111,7 +115,7 @@ def _scaled_progress(progress: ProgressFn, lo: float, hi: float) -> ProgressFn:
 
 
 def train_strategy(
-    strategy_config: Mapping[str, Any] | str,
+    strategy_config: NeuroFuzzyStrategy | Mapping[str, Any] | str,
     bars_by_timeframe: Mapping[str, pd.DataFrame],
     *,
     device: str = "auto",
@@ -126,15 +130,17 @@ def train_strategy(
 ) -> TrainingResult:
     """Train the strategy's model on one symbol's bars (``{timeframe: OHLCV frame}``).
 
+    ``strategy_config``: a validated strategy, or a mapping, YAML text or strategy name to validate
+    (:func:`validated`). ``seed`` overrides ``training.seed``. ``device_profile`` changes how a step
+    runs on the device (CUDA graphs), never the batch size or any other setting of the strategy.
     ``checkpoint(state_bytes, epoch)`` is called every ``training.checkpoint_every`` epochs (and
     with the last whole epoch on cancellation); pass such bytes back as ``resume_from`` to
     continue. ``request`` (the original job) is stored in checkpoints for the resuming worker.
     Raises :class:`ktrdr.cancel.OperationCancelled` when ``cancel`` is set.
     """
     progress = progress or no_progress
-    strategy, strategy_text = _parse_strategy(strategy_config)
-    training = strategy.get("training") or {}
-    seed = int(seed if seed is not None else training.get("seed", DEFAULT_SEED))
+    strategy = validated(strategy_config)
+    seed = int(seed if seed is not None else strategy.training.seed)
     progress(percentage=0.0, step="preparing data", message="computing features and labels")
 
     data = prepare_dataset(strategy, bars_by_timeframe, compute=compute)
@@ -151,8 +157,8 @@ def train_strategy(
     else:
         scaler = StandardScaler.fit(x_train)
     feature_names = list(data.features.columns)
-    model_config = ModelConfig.from_strategy(strategy.get("model"))
-    trainer_config = TrainerConfig.from_strategy(training)
+    model_config = ModelConfig.from_spec(strategy.model)
+    trainer_config = TrainerConfig.from_training(strategy.training)
     trainer = Trainer(model_config, trainer_config, device=device, seed=seed, profile=device_profile)
     progress(
         percentage=_PREP,
@@ -203,13 +209,14 @@ def train_strategy(
         "test_accuracy": evaluation.get("accuracy"),
         "test_edge": evaluation.get("edge"),
     }
-    fuzzy = {name: fs.to_dict() for name, fs in parse_fuzzy_sets(strategy.get("fuzzy_sets") or {}).items()}
+    document = strategy.document or strategy.model_dump()
+    fuzzy = {name: fs.to_dict() for name, fs in parse_fuzzy_sets(document["fuzzy_sets"]).items()}
     bundle = ModelBundle(
         model_config=model_config,
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         feature_names=feature_names,
         scaler=scaler,
-        strategy_text=strategy_text,
+        strategy_text=yaml.safe_dump(document, sort_keys=False),
         fuzzy_sets=fuzzy,
         base_timeframe=data.base_timeframe,
         timeframes=sorted({c.split("_", 1)[0] for c in feature_names}),

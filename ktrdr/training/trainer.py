@@ -31,6 +31,7 @@ from torch import nn
 
 from ktrdr.cancel import CancelToken
 from ktrdr.progress import ProgressFn, no_progress
+from ktrdr.strategy.schema import Training
 from ktrdr.training.checkpoint import CHECKPOINT_FORMAT, cpu_state_dict, dump_state, read_checkpoint
 from ktrdr.training.device import DeviceProfile, default_profile, resolve_device
 from ktrdr.training.history import EpochMetrics, derived_metrics
@@ -43,42 +44,44 @@ CheckpointFn = Callable[[bytes, int], bool | None]
 _PROGRESS_INTERVAL_S = 0.1  # intra-epoch progress at most ~10/s
 
 
+# The strategy schema's training section is the one source of defaults: a TrainerConfig built
+# without a strategy (bench, tests) trains as a strategy that sets nothing would.
+_SCHEMA = Training()
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
-    epochs: int = 100
-    batch_size: int | None = None  # None: the device profile chooses
-    learning_rate: float = 0.001
-    weight_decay: float = 0.0
+    epochs: int = _SCHEMA.epochs
+    batch_size: int = _SCHEMA.batch_size
+    learning_rate: float = _SCHEMA.learning_rate
+    weight_decay: float = _SCHEMA.weight_decay
     class_weights: str | tuple[float, ...] | None = None  # None | "balanced" | explicit weights
-    early_stopping: bool = True
-    patience: int = 10
-    min_delta: float = 0.001
-    restore_best: bool = True
-    checkpoint_every: int = 10  # epochs; 0 disables periodic checkpoints
-    cuda_graphs: bool | None = None  # None: the device profile chooses
+    early_stopping: bool = _SCHEMA.early_stopping.enabled
+    patience: int = _SCHEMA.early_stopping.patience
+    min_delta: float = _SCHEMA.early_stopping.min_delta
+    restore_best: bool = _SCHEMA.early_stopping.restore_best
+    checkpoint_every: int = _SCHEMA.checkpoint_every  # epochs; 0 disables periodic checkpoints
+    # How a step runs, not what it computes (the masked graph loss equals the plain one), so these
+    # are the device profile's unless set here; a strategy cannot set them.
+    cuda_graphs: bool | None = None
     steps_per_graph: int | None = None
 
     @classmethod
-    def from_strategy(cls, training: Mapping[str, Any] | None) -> TrainerConfig:
-        t = dict(training or {})
-        es = t.get("early_stopping") or {}
-        if isinstance(es, bool):
-            es = {"enabled": es}
-        weights = t.get("class_weights")
-        if isinstance(weights, list | tuple):
-            weights = tuple(float(w) for w in weights)
-        batch = t.get("batch_size")
+    def from_training(cls, training: Training) -> TrainerConfig:
+        """The validated strategy's ``training`` section; every value is the strategy's or its default."""
+        weights = training.class_weights
+        es = training.early_stopping
         return cls(
-            epochs=int(t.get("epochs", cls.epochs)),
-            batch_size=int(batch) if batch is not None else None,
-            learning_rate=float(t.get("learning_rate", cls.learning_rate)),
-            weight_decay=float(t.get("weight_decay", cls.weight_decay)),
-            class_weights=weights,
-            early_stopping=bool(es.get("enabled", cls.early_stopping)),
-            patience=int(es.get("patience", cls.patience)),
-            min_delta=float(es.get("min_delta", cls.min_delta)),
-            restore_best=bool(es.get("restore_best", cls.restore_best)),
-            checkpoint_every=int(t.get("checkpoint_every", cls.checkpoint_every)),
+            epochs=training.epochs,
+            batch_size=training.batch_size,
+            learning_rate=training.learning_rate,
+            weight_decay=training.weight_decay,
+            class_weights=tuple(weights) if isinstance(weights, list) else weights,
+            early_stopping=es.enabled,
+            patience=es.patience,
+            min_delta=es.min_delta,
+            restore_best=es.restore_best,
+            checkpoint_every=training.checkpoint_every,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,7 +138,7 @@ class Trainer:
         self.device = resolve_device(device)
         self.seed = seed
         self.profile = profile or default_profile(self.device)
-        self.batch_size = self.config.batch_size or self.profile.batch_size
+        self.batch_size = self.config.batch_size
         use_graphs = self.config.cuda_graphs if self.config.cuda_graphs is not None else self.profile.cuda_graphs
         self.use_graphs = bool(use_graphs) and self.device.type == "cuda"
         self.steps_per_graph = max(1, self.config.steps_per_graph or self.profile.steps_per_graph)

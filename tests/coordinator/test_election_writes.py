@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
 
 from coordinator.app import Coordinator
 from coordinator.health import HEALTH_KEY
@@ -21,7 +23,7 @@ from ktrdr.cli.client import JetStreamUnavailable, KtrdrClient
 from ktrdr.natsd import NatsServer
 from ktrdr.runtime.retry import RetryPolicy
 from subjects import names, roles
-from subjects.models import OpStatus
+from subjects.models import Operation, OpStatus, SubmitRequest, decode
 from tests.conftest import ROOT, MakeWorker, auth, bounded, coordinator_settings, role_env
 from tests.support import assert_eventually, auth_headers, wait_status
 
@@ -206,3 +208,34 @@ async def test_the_cli_says_the_platform_is_electing_a_leader_and_exits_3(nats_s
     out = proc.stdout + proc.stderr
     assert proc.returncode == 3, out
     assert "the platform is electing a leader (JetStream unavailable); try again" in out
+
+
+async def test_a_refused_submission_stored_after_all_is_withdrawn_and_its_id_can_be_used_again(
+        coordinator: Coordinator, nc: Client, make_worker: MakeWorker) -> None:
+    # What a stream leader without its quorum does with a write whose submission was refused: stores it
+    # once the quorum is back (tests/coordinator/test_cluster_drills.py).
+    late = Operation(op_id="mine-1", type="dummy", params={"duration": 0}).encode()
+    ops = await nc.jetstream().key_value(names.OPS_BUCKET)
+    await ops.create("mine-1", late)
+    await coordinator.ops.withdraw("mine-1", late)
+    with pytest.raises(KeyNotFoundError):
+        await ops.get("mine-1")
+    await make_worker("w1")
+    again = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}, op_id="mine-1"))
+    await wait_status(coordinator, again.op_id, OpStatus.COMPLETED)
+
+
+async def test_withdrawing_leaves_a_record_submitted_again_since_alone(coordinator: Coordinator, nc: Client) -> None:
+    refused = Operation(op_id="mine-2", type="dummy", params={"duration": 0}).encode()
+    await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}, op_id="mine-2"))
+    await coordinator.ops.withdraw("mine-2", refused)
+    ops = await nc.jetstream().key_value(names.OPS_BUCKET)
+    assert decode(Operation, (await ops.get("mine-2")).value).op_id == "mine-2"
+
+
+async def test_withdrawing_a_record_never_stored_leaves_nothing_behind(coordinator: Coordinator, nc: Client) -> None:
+    await coordinator.ops.withdraw("mine-3", Operation(op_id="mine-3", type="dummy").encode())
+    ops = await nc.jetstream().key_value(names.OPS_BUCKET)
+    with pytest.raises(KeyNotFoundError):
+        await ops.get("mine-3")
+    assert coordinator.ops.get("mine-3") is None

@@ -50,6 +50,8 @@ async def test_a_packaged_strategy_is_queued_with_its_defaults_filled_in(
     ({"strategy": "/etc/hostname"}, "invalid strategy: unknown strategy '/etc/hostname': use a packaged name"),
     ({"strategy": "sma_crossover"}, "rule-based"),
     ({"strategy": strategy_yaml().replace("period: 14", "period: -3", 1)}, "invalid strategy"),
+    # A key the schema does not know is a typo, not a default: training.batch_size was meant.
+    ({"strategy": strategy_yaml(batchsize=256)}, "training.batchsize: Extra inputs are not permitted"),
     ({"strategy": strategy_yaml(), "timeframes": ["4h"]}, "invalid timeframes: the strategy's nn_inputs need ['1h']"),
 ])
 async def test_bad_training_requests_get_a_422_naming_the_field(

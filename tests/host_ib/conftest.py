@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from host_ib.app import IbHost
+from host_ib.settings import IbSettings
 from ktrdr.natsd import NatsServer
-from ktrdr.runtime.settings import WorkerSettings
 from subjects import roles
 from tests.conftest import FAST, bounded, creds
 from tests.ktrdr.ib.fake_gateway import FakeGateway
@@ -27,10 +27,10 @@ FAST_IB: dict[str, Any] = {
 }
 
 
-def host_settings(url: str, worker_id: str, gateway: FakeGateway, data_dir: Path, **overrides: Any) -> WorkerSettings:
-    return WorkerSettings(**{"nats_url": url, "nats_creds": creds(roles.IB), "worker_id": worker_id,
-                             "ib_port": gateway.port,
-                             "ib_data_dir": data_dir / worker_id, **FAST_IB, **overrides})
+def host_settings(url: str, worker_id: str, gateway: FakeGateway, data_dir: Path, **overrides: Any) -> IbSettings:
+    return IbSettings(**{"nats_url": url, "nats_creds": creds(roles.IB), "worker_id": worker_id,
+                         "ib_port": gateway.port,
+                         "ib_data_dir": data_dir / worker_id, **FAST_IB, **overrides})
 
 
 MakeHost = Callable[..., Awaitable[IbHost]]

@@ -19,6 +19,7 @@ from ktrdr.runtime.context import JobContext
 from subjects.models import OpStatus, SubmitRequest
 from tests.backtesting import SYMBOL, TIMEFRAME, backtest_params, backtest_worker, publish_synth
 from tests.conftest import MakeWorker
+from tests.ktrdr.training import planted
 from tests.support import assert_eventually, auth_headers, wait_status
 
 
@@ -108,3 +109,36 @@ async def test_cancelling_a_running_backtest_stops_it_without_storing_results(
     assert done.cancel_reason == "enough"
     assert await get_result(nc.jetstream(), op_id) is None
     await assert_eventually(lambda: not coordinator.registry.workers["bt1"].running)
+
+
+async def test_a_model_driven_backtest_records_the_latest_version_and_warns_that_it_is_in_sample(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path) -> None:
+    bars = await planted.publish_planted_bars(nc.jetstream(), tmp_path / "origin")
+    trained_on = bars.loc[:"2020-02-29 23:00"]
+    await planted.store_planted_model(nc.jetstream(), trained_on)
+    assert await planted.store_planted_model(nc.jetstream(), trained_on) == "planted@2"
+    await backtest_worker(make_worker, "bt1", tmp_path / "bt1")
+    op_id = await submit(coordinator, strategy=planted.STRATEGY_YAML, symbol=planted.SYMBOL)  # no model: the latest
+    op = await wait_status(coordinator, op_id, OpStatus.COMPLETED, OpStatus.FAILED, timeout=30)
+
+    assert op.status is OpStatus.COMPLETED, op.error
+    assert op.result is not None and op.result["model"] == op.info["model"] == "planted@2"
+    assert op.result["model_trained_on"] == {"start": "2020-01-01T00:00:00+00:00", "end": "2020-02-29T23:00:00+00:00"}
+    assert op.result["in_sample_bars"] == len(trained_on)
+    assert op.warnings == [f"in-sample: the backtest range overlaps the model's training data "
+                           f"(2020-01-01..2020-02-29 23:00): {len(trained_on):,} of {len(bars):,} bars"]
+
+
+async def test_a_backtest_after_the_models_training_range_names_its_model_and_warns_of_nothing(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path) -> None:
+    bars = await planted.publish_planted_bars(nc.jetstream(), tmp_path / "origin")
+    model = await planted.store_planted_model(nc.jetstream(), bars.loc[:"2020-02-29 23:00"])
+    await backtest_worker(make_worker, "bt1", tmp_path / "bt1")
+    op_id = await submit(coordinator, strategy=planted.STRATEGY_YAML, symbol=planted.SYMBOL, model=model,
+                         start="2020-03-01")
+    op = await wait_status(coordinator, op_id, OpStatus.COMPLETED, OpStatus.FAILED, timeout=30)
+
+    assert op.status is OpStatus.COMPLETED, op.error
+    assert op.result is not None and op.result["model"] == op.info["model"] == "planted@1"
+    assert op.result["in_sample_bars"] == 0
+    assert op.warnings == []

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from coordinator.app import Coordinator
 from ktrdr.models import list_models, load_model
 from ktrdr.runtime.checkpoints import load_checkpoint
+from ktrdr.strategy.schema import Training
 from ktrdr.training import load_bundle
 from ktrdr.training.checkpoint import read_checkpoint
 from subjects import names
@@ -81,6 +82,18 @@ async def test_a_training_reports_epochs_and_stores_a_versioned_model(
     assert [h["epoch"] for h in bundle.training_metrics["history"]] == [1, 2, 3, 4]
     again = await submit(api, training={"epochs": 1}, model_name="planted-e2e")
     assert (await wait_status(coordinator, again, OpStatus.COMPLETED, timeout=30)).result["model"] == "planted-e2e@2"
+
+
+async def test_a_training_takes_the_schemas_batch_size_when_the_strategy_sets_none_and_its_own_when_it_does(
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker, bars: None,
+        tmp_path: Path) -> None:
+    await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU], **training_worker(tmp_path, "cpu1"))
+    unset = await submit(api, training={"epochs": 1, "batch_size": None})
+    pinned = await submit(api, training={"epochs": 1, "batch_size": 48})
+    for op_id, batch_size in ((unset, Training().batch_size), (pinned, 48)):
+        op = await wait_status(coordinator, op_id, OpStatus.COMPLETED, OpStatus.FAILED, timeout=30)
+        assert op.status is OpStatus.COMPLETED, op.error
+        assert op.result is not None and op.result["metrics"]["batch_size"] == batch_size
 
 
 async def test_cancelling_a_training_stops_it_and_keeps_its_last_epoch(

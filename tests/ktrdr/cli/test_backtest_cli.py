@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nats.aio.client import Client
+
 from coordinator.app import Coordinator
 from ktrdr.natsd import NatsServer, free_port
 from subjects import roles
 from tests.backtesting import backtest_worker
 from tests.conftest import ROOT, MakeWorker, role_env
+from tests.ktrdr.training import planted
 
 
 async def ktrdr(url: str, home: Path, *args: str) -> tuple[int, str]:
@@ -82,3 +85,31 @@ async def test_backtest_run_follow_show_plot_and_sweep(
     code, out = await ktrdr(nats_server.url, home, "backtest", "run", "sma_crossover", "--symbol", "SYN",
                             "--timeframe", "7m")
     assert code == 2 and "timeframe" in out
+
+
+async def test_a_model_driven_backtest_on_its_training_range_says_so_in_run_and_show(
+        nats_server: NatsServer, coordinator: Coordinator, make_worker: MakeWorker, nc: Client,
+        tmp_path: Path) -> None:
+    home = tmp_path / "user"
+    bars = await planted.publish_planted_bars(nc.jetstream(), tmp_path / "origin")
+    await planted.store_planted_model(nc.jetstream(), bars.loc[:"2020-02-29 23:00"])
+    await backtest_worker(make_worker, "bt1", tmp_path / "worker-data")
+    strategy = tmp_path / "planted.yaml"
+    strategy.write_text(planted.STRATEGY_YAML)
+    warning = "in-sample: the backtest range overlaps the model's training data (2020-01-01..2020-02-29 23:00)"
+
+    code, out = await ktrdr(nats_server.url, home, "backtest", "run", str(strategy), "--symbol", planted.SYMBOL,
+                            "--follow")
+    assert code == 0, out
+    assert ": completed" in out and "'planted@1'" in out and f"warning: {warning}" in out
+    code, out = await ktrdr(nats_server.url, home, "backtest", "show", out.split("submitted ")[1].split()[0])
+    assert code == 0, out
+    assert "model planted@1" in out and f"warning: {warning}" in out
+
+    code, out = await ktrdr(nats_server.url, home, "backtest", "run", str(strategy), "--symbol", planted.SYMBOL,
+                            "--start", "2020-03-01", "--follow")
+    assert code == 0, out
+    assert "'planted@1'" in out and "in-sample" not in out
+    code, out = await ktrdr(nats_server.url, home, "backtest", "show", out.split("submitted ")[1].split()[0])
+    assert code == 0, out
+    assert "model planted@1" in out and "warning" not in out

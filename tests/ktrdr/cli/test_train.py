@@ -60,3 +60,13 @@ async def test_train_refuses_a_rule_based_strategy_before_submitting(
     assert code == 2
     assert "rule-based" in out
     assert list(coordinator.ops.all()) == []
+
+
+async def test_train_refuses_a_training_key_the_schema_does_not_know_naming_it(
+        nats_server: NatsServer, coordinator: Coordinator, tmp_path: Path) -> None:
+    strategy_file = tmp_path / "typo.yaml"
+    strategy_file.write_text(strategy_yaml(batchsize=256))
+    code, out = await finish(ktrdr(nats_server, "train", str(strategy_file)))
+    assert code == 2
+    assert "training.batchsize" in out
+    assert list(coordinator.ops.all()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -14,14 +15,14 @@ from ktrdr.ib.downloader import (
     Downloader,
     DownloadState,
     Mode,
-    RetryPolicy,
     StoredRange,
     merge_bars,
     plan_download,
 )
-from ktrdr.ib.errors import NoSecurityDefinition
+from ktrdr.ib.errors import ConnectionLost, NoSecurityDefinition, PacingViolation
 from ktrdr.ib.limits import Segment
 from ktrdr.ib.pacing import Pacer, PacingRules
+from ktrdr.runtime.retry import RetryPolicy
 from tests.ktrdr.ib.conftest import ProgressLog
 from tests.ktrdr.ib.fake_gateway import FakeGateway, HistoricalRequest, synthetic_bars
 
@@ -32,11 +33,21 @@ HOUR = timedelta(hours=1)
 FAST_RULES = PacingRules(
     max_requests=60, window_s=600.0, max_per_contract=100, contract_window_s=0.01, identical_interval_s=0.05
 )
-FAST_RETRY = RetryPolicy(pacing_backoff_s=0.05, reconnect_delays_s=(0.05, 0.1, 0.2), max_reconnect_attempts=20)
+FAST_PACING_BACKOFF = RetryPolicy(first_s=0.05, max_s=600.0, attempts=6)
+# Standing in for the IB host's Gateway, which owns reconnecting: the client's reconnect, tried again.
+FAST_RECONNECT = RetryPolicy(first_s=0.05, max_s=0.2, budget_s=10.0)
+
+
+def reconnect_hook(client: IbClient) -> Callable[[CancelToken | None], Awaitable[object]]:
+    async def reconnect(cancel: CancelToken | None) -> object:
+        return await FAST_RECONNECT.run(client.reconnect, retry_on=lambda exc: isinstance(exc, ConnectionLost))
+
+    return reconnect
 
 
 def make_downloader(client: IbClient, rules: PacingRules = FAST_RULES) -> Downloader:
-    return Downloader(source=client, pacer=Pacer(rules=rules), retry=FAST_RETRY)
+    return Downloader(source=client, pacer=Pacer(rules=rules), reconnect=reconnect_hook(client),
+                      pacing_backoff=FAST_PACING_BACKOFF)
 
 
 def segment_of(request: HistoricalRequest) -> tuple[datetime, datetime]:
@@ -160,6 +171,19 @@ async def test_pacing_violation_backs_off_and_retries(
     assert any("pacing violation (code 162)" in m for m in progress_log.messages)
     assert any("pacing violation (code 420)" in m for m in progress_log.messages)
     assert store.bars.index.equals(synthetic_bars(START, END, HOUR).index)
+
+
+async def test_pacing_errors_past_the_backoff_policy_fail_the_download(
+    client: IbClient, gateway: FakeGateway, progress_log: ProgressLog
+) -> None:
+    gateway.script_pacing_violation(times=3, code=162)
+    downloader = Downloader(source=client, pacer=Pacer(rules=FAST_RULES),
+                            pacing_backoff=RetryPolicy(first_s=0.1, max_s=0.3, attempts=3))
+    with pytest.raises(PacingViolation):
+        await downloader.run(plan_1h(), progress=progress_log)
+    assert len(gateway.historical_requests) == 3  # three tries: two pauses, then the error stands
+    backoffs = [m.rsplit("backing off ", 1)[1] for m in progress_log.messages if "backing off" in m]
+    assert backoffs == ["0.1 s", "0.2 s"]  # doubled, as the policy says
 
 
 async def test_no_data_records_a_gap_and_continues(client: IbClient, gateway: FakeGateway) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import nats.errors
 import pytest
@@ -52,6 +53,19 @@ async def test_an_acknowledgement_that_never_comes_times_out(nc: Client) -> None
     async with AckedPublisher(nc=nc, timeout_s=0.3) as publisher:
         with pytest.raises(nats.errors.TimeoutError):
             await asyncio.wait_for(publisher.publish("silent.listener", b"x"), 5)
+
+
+@pytest.mark.parametrize("err_code", [10071, 10164])
+async def test_either_wrong_last_sequence_is_a_lost_key_race(nc: Client, err_code: int) -> None:
+    # 10164: what a replicated stream answers while another write of the key is still in flight.
+    async def stream(msg: Msg) -> None:
+        await msg.respond(json.dumps({"error": {"code": 400, "err_code": err_code,
+                                                "description": "wrong last sequence"}}).encode())
+
+    await nc.subscribe("$KV.claims_r.op-1_1", cb=stream)
+    async with AckedPublisher(nc=nc) as publisher:
+        with pytest.raises(KeyWrongLastSequenceError):
+            await asyncio.wait_for(publisher.kv_create("claims_r", "op-1_1", b"mine"), 5)
 
 
 def test_key_subjects_are_validated() -> None:

@@ -115,6 +115,8 @@ async def test_a_budget_of_zero_means_a_single_try() -> None:
     ServiceUnavailableError(),
     APIError(code=503, err_code=10008, description="JetStream system temporarily unavailable"),
     APIError(code=500, err_code=10008, description="JetStream system temporarily unavailable"),
+    # A publish repeating the Nats-Msg-Id of one still in flight at a leader without its quorum.
+    APIError(code=409, err_code=10158, description="duplicate message id is in process"),
     nats.errors.ConnectionReconnectingError(),
 ])
 def test_what_a_leader_election_produces_is_transient(exc: BaseException) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from ktrdr.strategy import (
     load_strategy,
     load_strategy_file,
     packaged_strategies,
+    parse_strategy,
     target_positions,
     with_parameters,
 )
@@ -28,6 +30,23 @@ def test_packaged_strategies_load() -> None:
     assert isinstance(nf, NeuroFuzzyStrategy)
     assert nf.training.labels.source == "zigzag" and nf.model.architecture.hidden_layers == [32, 16]
     assert nf.fuzzy_sets["rsi_momentum"].members["oversold"] == [0, 25, 40]
+
+
+def test_the_first_ktrdrs_training_keys_are_read_and_a_misspelt_one_is_refused() -> None:
+    doc = copy.deepcopy(load_strategy("neuro_mean_reversion").document)
+    del doc["training"]
+    doc["model"]["training"] = {"learning_rate": 0.01, "batch_size": 64, "epochs": 7, "optimizer": "adam"}
+    doc["training"] = {"method": "supervised", "epochs": 9,
+                       "labels": {"source": "zigzag", "zigzag_threshold": 0.03, "label_lookahead": 12},
+                       "data_split": {"train": 0.6, "validation": 0.2, "test": 0.2}}
+    training = parse_strategy(doc, source="first").training
+    assert (training.learning_rate, training.batch_size, training.epochs) == (0.01, 64, 9)  # training wins
+    assert (training.labels.threshold, training.labels.lookahead) == (0.03, 12)
+    assert (training.split.train, training.split.validation) == (0.6, 0.2)
+    doc["training"]["learning_rat"] = 0.1
+    with pytest.raises(StrategyError) as refused:
+        parse_strategy(doc, source="first")
+    assert refused.value.fields == ["training.learning_rat"]
 
 
 def test_load_from_path_and_inline(tmp_path: Path) -> None:

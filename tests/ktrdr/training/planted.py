@@ -3,6 +3,7 @@ mean-reversion pattern (``synth(mean_reversion=0.3)``): shared by the training i
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from nats.js import JetStreamContext
 
 from ktrdr.data import DataStore, synth
 from ktrdr.data.shared import publish_dataset
+from ktrdr.models import save_model
 
 SYMBOL = "PLANT"
 TIMEFRAME = "1h"
@@ -51,9 +53,11 @@ training_data: {symbols: [PLANT], timeframes: [1h]}
 
 
 def strategy_yaml(**training: Any) -> str:
-    """The strategy's YAML with ``training`` keys overridden (epochs, batch_size, ...)."""
+    """The strategy's YAML with ``training`` keys overridden (epochs, batch_size, ...); a key given
+    None is left out, so the schema's default applies."""
     doc = yaml.safe_load(STRATEGY_YAML)
     doc["training"].update(training)
+    doc["training"] = {k: v for k, v in doc["training"].items() if v is not None}
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -68,3 +72,14 @@ async def publish_planted_bars(js: JetStreamContext, root: Path, bars: int = 300
     store.save(SYMBOL, TIMEFRAME, df)
     await publish_dataset(js, store, SYMBOL, TIMEFRAME)
     return df
+
+
+async def store_planted_model(js: JetStreamContext, bars: pd.DataFrame) -> str:
+    """Train the strategy's model for one epoch on ``bars`` and store it as the training handler
+    does (its metadata records the first and last bar); returns ``name@version``."""
+    from ktrdr.training import train_strategy  # torch: only for the tests that train
+
+    result = await asyncio.to_thread(train_strategy, strategy_yaml(epochs=1), {TIMEFRAME: bars}, device="cpu")
+    metadata = {"strategy": "planted", "symbol": SYMBOL, "timeframes": [TIMEFRAME],
+                "start": str(bars.index[0]), "end": str(bars.index[-1])}
+    return f"planted@{await save_model(js, 'planted', result.bundle, metadata)}"

@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ktrdr.indicators import names as indicator_names
+from ktrdr.indicators import register
+
 
 def make_bars(
     n: int, *, seed: int = 0, pattern: str = "none", freq: str = "1h", start: str = "2024-01-01"
@@ -56,6 +59,18 @@ def resample(bars: pd.DataFrame, freq: str) -> pd.DataFrame:
     return bars.resample(freq, label="left", closed="left").agg(agg).dropna()
 
 
+def zscore(bars: pd.DataFrame, *, period: int = 20) -> pd.Series:
+    close = bars["close"]
+    mean = close.rolling(period).mean()
+    return (close - mean) / close.rolling(period).std()
+
+
+# Training validates the strategy, indicators included, against the registry: make zscore known
+# (computed here by ``compute`` all the same).
+if "zscore" not in indicator_names():
+    register("zscore", zscore)
+
+
 def compute(spec: Mapping[str, Any], df: pd.DataFrame) -> pd.Series | pd.DataFrame:
     """A minimal stand-in for ktrdr.indicators.compute: rsi, zscore, macd (multi-output)."""
     kind = spec["type"]
@@ -67,9 +82,7 @@ def compute(spec: Mapping[str, Any], df: pd.DataFrame) -> pd.Series | pd.DataFra
         loss = (-delta.clip(upper=0)).ewm(alpha=1 / period, adjust=False, min_periods=period).mean()
         return 100 - 100 / (1 + gain / loss)
     if kind == "zscore":
-        period = int(spec.get("period", 20))
-        mean = close.rolling(period).mean()
-        return (close - mean) / close.rolling(period).std()
+        return zscore(df, period=int(spec.get("period", 20)))
     if kind == "macd":
         fast = close.ewm(span=int(spec.get("fast", 12)), adjust=False).mean()
         slow = close.ewm(span=int(spec.get("slow", 26)), adjust=False).mean()
@@ -109,4 +122,5 @@ def strategy(
             "early_stopping": {"patience": 5, "min_delta": 0.001},
             **training,
         },
+        "training_data": {"symbols": ["SYN"], "timeframes": timeframes or ["1h"]},
     }

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ktrdr.strategy.schema import Labels
 from ktrdr.training.labels import BUY, HOLD, SELL, LabelConfig, forward_return_labels, zigzag_labels
 from ktrdr.training.split import chronological_split
 
@@ -39,8 +40,9 @@ def test_forward_return_labels() -> None:
     assert labels.iloc[3:].isna().all()
 
 
-def test_label_config_accepts_legacy_keys() -> None:
-    cfg = LabelConfig.from_config({"source": "zigzag", "zigzag_threshold": 0.03, "label_lookahead": 12})
+def test_label_config_reads_the_first_ktrdrs_keys_through_the_schema() -> None:
+    labels = Labels.model_validate({"source": "zigzag", "zigzag_threshold": 0.03, "label_lookahead": 12})
+    cfg = LabelConfig.from_labels(labels)
     assert (cfg.source, cfg.threshold, cfg.lookahead) == ("zigzag", 0.03, 12)
 
 

@@ -6,7 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ktrdr.strategy import StrategyError
+from ktrdr.strategy.schema import Training
 from ktrdr.training import ModelBundle, build_features, decide, load_bundle, predict, target_positions, train_strategy
+from ktrdr.training.device import PROFILES
+from ktrdr.training.trainer import TrainerConfig
 from tests.ktrdr.training.synthetic import compute, make_bars, resample, strategy
 
 
@@ -102,3 +106,41 @@ def test_progress_is_monotonic_and_ends_at_100() -> None:
     )
     assert seen[0] == 0.0 and seen[-1] == 100.0
     assert seen == sorted(seen)
+
+
+def test_the_schema_is_the_one_source_of_training_defaults() -> None:
+    assert TrainerConfig() == TrainerConfig.from_training(Training())
+    assert Training().batch_size == 32
+
+
+def test_a_strategy_without_a_batch_size_trains_with_the_schemas_default_whatever_the_device_profile() -> None:
+    unset = strategy(epochs=1)
+    del unset["training"]["batch_size"]
+    bars = _bars("none", n=1500)
+    on_cpu = train_strategy(unset, bars, compute=compute, device="cpu")
+    # The CUDA profile changes how a step runs there, never the batch size.
+    cuda_tuned = train_strategy(unset, bars, compute=compute, device="cpu", device_profile=PROFILES["cuda"])
+    assert on_cpu.metrics["batch_size"] == cuda_tuned.metrics["batch_size"] == Training().batch_size
+
+
+def test_a_batch_size_the_strategy_sets_always_wins() -> None:
+    pinned = train_strategy(strategy(epochs=1, batch_size=48), _bars("none", n=1500), compute=compute, device="cpu",
+                            device_profile=PROFILES["cuda"])
+    assert pinned.metrics["batch_size"] == 48
+
+
+@pytest.mark.parametrize(("training", "field"), [
+    ({"batchsize": 64}, "training.batchsize"),
+    ({"split": {"train": 0.7, "val": 0.15, "test": 0.15}}, "training.split.val"),
+    ({"labels": {"source": "zigzag", "treshold": 0.01}}, "training.labels.treshold"),
+])
+def test_a_training_key_the_schema_refuses_is_refused_by_the_pipeline_naming_it(
+        training: dict[str, Any], field: str) -> None:
+    with pytest.raises(StrategyError) as refused:
+        train_strategy(strategy(epochs=1, **training), _bars("none", n=500), compute=compute, device="cpu")
+    assert field in refused.value.fields
+
+
+def test_a_rule_based_strategy_is_refused_by_the_pipeline() -> None:
+    with pytest.raises(ValueError, match="rule-based"):
+        train_strategy("sma_crossover", _bars("none", n=500), device="cpu")
