@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -54,6 +55,9 @@ def service_error(msg: Msg) -> KtrdrError | None:
     return KtrdrError(msg.headers[ERROR_HEADER], int(code) if code.isdigit() else 500)
 
 
+_DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+
+
 class JetStreamUnavailable(KtrdrError):
     """The coordinator answered 503: JetStream could not take the write within its budget."""
 
@@ -81,11 +85,13 @@ class KtrdrClient:
         self.unavailable_retry = unavailable_retry
         self.lease_ttl_s = lease_ttl_s
         self.nc: Client | None = None
+        # Requests waiting on a subject the server may refuse this credential (see _request).
+        self._denial_waiters: dict[str, asyncio.Future[None]] = {}
 
     async def connect(self) -> KtrdrClient:
         try:
             self.nc = await connect(self.nats_url, name="ktrdr-cli", auth=self.auth, connect_timeout=self.timeout,
-                                    reconnect=False, quiet=True)
+                                    reconnect=False, quiet=True, on_error=self._on_error)
         except (NatsConnectError, CredentialError) as exc:
             hint = "; is `ktrdr up` running, or is KTRDR_NATS_URL set?" if str(exc).startswith("cannot reach") else ""
             raise KtrdrError(f"{exc}{hint}", 503) from None
@@ -101,6 +107,28 @@ class KtrdrClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _on_error(self, exc: Exception) -> None:
+        found = _DENIED.search(str(exc))
+        waiter = self._denial_waiters.get(found.group(1).lower()) if found else None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def request(self, subject: str, payload: bytes, *, timeout: float) -> Msg:
+        """A request that fails at once with a 403 when the server refuses this credential the
+        subject: the refusal is a notice on the connection, and the request would only time out."""
+        denied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._denial_waiters[subject.lower()] = denied  # nats-py lower-cases the server's notice
+        answer = asyncio.ensure_future(self._nc.request(subject, payload, timeout=timeout))
+        try:
+            await asyncio.wait({answer, denied}, return_when=asyncio.FIRST_COMPLETED)
+            if not answer.done():
+                answer.cancel()
+                raise KtrdrError(f"the server refused {subject} to this credential's role (a viewer cannot submit "
+                                 "or cancel, a worker cannot use the operations service)", 403)
+            return answer.result()
+        finally:
+            self._denial_waiters.pop(subject.lower(), None)
 
     @property
     def _nc(self) -> Client:
@@ -118,7 +146,7 @@ class KtrdrClient:
     async def _service_once(self, endpoint: str, payload: bytes, *, timeout: float) -> Msg:
         subject = f"{names.SERVICE_GROUP}.{endpoint}"
         try:
-            msg = await self._nc.request(subject, payload, timeout=timeout)
+            msg = await self.request(subject, payload, timeout=timeout)
         except nats.errors.NoRespondersError:
             raise KtrdrError("no coordinator is running (nobody answers " + subject + ")", 503) from None
         except nats.errors.TimeoutError:
@@ -161,8 +189,8 @@ class KtrdrClient:
 
     async def cancel(self, op_id: str, reason: str = "cancelled by user") -> CancelReply:
         try:
-            msg = await self._nc.request(names.ops_cancel(op_id), CancelRequest(reason=reason).encode(),
-                                         timeout=self.timeout)
+            msg = await self.request(names.ops_cancel(op_id), CancelRequest(reason=reason).encode(),
+                                     timeout=self.timeout)
         except nats.errors.NoRespondersError:
             raise KtrdrError("nobody answers cancel requests: is the coordinator running?", 503) from None
         except nats.errors.TimeoutError:

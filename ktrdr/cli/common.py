@@ -49,7 +49,7 @@ def run_client(work: Callable[[KtrdrClient], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except KtrdrError as exc:
         console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2 if exc.code in (400, 404, 409, 422) else 3) from None
+        raise typer.Exit(2 if exc.code in (400, 403, 404, 409, 422) else 3) from None
     except asyncio.CancelledError:
         raise typer.Exit(130) from None
 

@@ -29,7 +29,7 @@ async def ib_request(client: KtrdrClient, endpoint: str, payload: bytes = b"") -
     assert client.nc is not None
     subject = names.ib_subject(endpoint)
     try:
-        msg = await client.nc.request(subject, payload, timeout=client.timeout)
+        msg = await client.request(subject, payload, timeout=client.timeout)
     except nats.errors.NoRespondersError:
         raise KtrdrError(f"no active IB host answers {subject} (is `ktrdr host ib` running?)", 503) from None
     except nats.errors.TimeoutError:

@@ -96,11 +96,13 @@ async def connect(
     connect_timeout: float = 5.0,
     reconnect: bool = True,
     quiet: bool = False,
+    on_error: Callable[[Exception], None] | None = None,
 ) -> Client:
     """Connect, and keep reconnecting forever: a restarted nats-server must not end a worker.
 
     ``reconnect=False`` (commands): a few tries, then :class:`NatsConnectError`. ``quiet``: failed
-    tries are not logged (a command reports the outcome once). A refused credential or an
+    tries are not logged (a command reports the outcome once). ``on_error``: told of every error the
+    server reports once connected (a permissions violation among them). A refused credential or an
     untrusted certificate fails at once with a clear :class:`NatsConnectError`: retrying cannot fix
     it, and nats-py would retry for minutes.
     """
@@ -112,6 +114,8 @@ async def connect(
     async def error_cb(exc: Exception) -> None:
         if not connected and _fatal(exc):
             raise NatsConnectError(explain(exc, url, auth))
+        if on_error is not None:
+            on_error(exc)
         log.log(logging.DEBUG if quiet else logging.WARNING, "nats: %s", exc)
 
     async def disconnected_cb() -> None:

@@ -205,13 +205,14 @@ async def test_a_client_submits_lists_follows_and_cancels(nats_server: NatsServe
 
 
 async def test_a_viewer_reads_but_cannot_change(nats_server: NatsServer, coordinator: Coordinator) -> None:
-    from ktrdr.cli.client import KtrdrClient
+    from ktrdr.cli.client import KtrdrClient, KtrdrError
 
     op_id = await submit_dummy(coordinator)
     async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.VIEWER), timeout=1.0) as viewer:
         assert (await viewer.get(op_id)).op_id == op_id
-        with pytest.raises(Exception):  # noqa: B017 - the server's refusal surfaces as a timeout
+        with pytest.raises(KtrdrError, match="refused") as refused:
             await viewer.submit("dummy", {})
+        assert refused.value.code == 403
 
 
 async def test_a_worker_downloads_a_large_object_and_a_client_watches_a_busy_bucket(
