@@ -21,6 +21,7 @@ from coordinator.cancel import CancelResponder
 from coordinator.dispatcher import Dispatcher
 from coordinator.feed import OpsFeed
 from coordinator.health import JetStreamProbe
+from coordinator.layer import OpsLayer
 from coordinator.metrics import Metrics
 from coordinator.operations import Operations
 from coordinator.registry import WorkerRegistry
@@ -58,6 +59,7 @@ class Coordinator:
         self.registry: WorkerRegistry = None  # type: ignore[assignment]
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self.jetstream: JetStreamProbe = None  # type: ignore[assignment]
+        self.layer: OpsLayer = None  # type: ignore[assignment]
         self.api_port: int | None = None
         # The bearer token the status API checks, resolved once at start (settings.resolve_api_token).
         self.api_token: str | None = None
@@ -100,7 +102,8 @@ class Coordinator:
                                  registry=self.registry, metrics=self.metrics,
                                  fallback_reply_s=s.cancel_fallback_reply_s)
         await cancel.start()
-        service = OpsService(nc=self.nc, ops=self.ops, dispatcher=self.dispatcher, metrics=self.metrics)
+        self.layer = OpsLayer(ops=self.ops, dispatcher=self.dispatcher, nc=self.nc)
+        service = OpsService(nc=self.nc, layer=self.layer, metrics=self.metrics)
         await service.start()
         self._parts = [cancel, service, sweeps]
         self._tasks.append(asyncio.create_task(self._reaper(), name="reaper"))
@@ -115,7 +118,7 @@ class Coordinator:
     async def _start_api(self) -> None:
         self.api_token = self.settings.resolve_api_token()
         self.api_viewer_token = self.settings.resolve_api_viewer_token()
-        app = build_app(self, capability_routes(self))
+        app = build_app(self, capability_routes())
         # No proxy-header rewriting (it listens on loopback by default, not behind a proxy) and
         # no Server/Date headers: less work on every request of a busy submit path.
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,

@@ -6,47 +6,48 @@ field), then the strategy itself (``coordinator.admission``, as for every other 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from coordinator.api import ApiError, parse, read_json, submit_admitted
+from coordinator.api import read_json, submit_admitted
+from coordinator.errors import Conflict, InvalidRequest, NotFound, parse
 from ktrdr.results import get_result
 from subjects import names
 from subjects.models import OpStatus, SubmitRequest
 from subjects.params import BacktestParams, SweepParams
 
-if TYPE_CHECKING:
-    from coordinator.app import Coordinator
-
 M = TypeVar("M", bound=BaseModel)
 
 
-def routes(coordinator: Coordinator) -> list[Route]:
-    async def submit(op_type: str, params: BacktestParams) -> Response:
-        return await submit_admitted(coordinator, SubmitRequest(type=op_type, params=params.model_dump(mode="json")))
+async def _submit(request: Request, op_type: str, params: BacktestParams) -> Response:
+    return await submit_admitted(request.app.state,
+                                 SubmitRequest(type=op_type, params=params.model_dump(mode="json")))
 
-    async def submit_backtest(request: Request) -> Response:
-        return await submit("backtesting", _params(BacktestParams, await read_json(request)))
 
-    async def submit_sweep(request: Request) -> Response:
-        return await submit(names.OP_SWEEP, _params(SweepParams, await read_json(request)))
+async def submit_backtest(request: Request) -> Response:
+    return await _submit(request, "backtesting", _params(BacktestParams, await read_json(request)))
 
-    async def results(request: Request) -> Response:
-        op_id = request.path_params["op_id"]
-        op = coordinator.ops.get(op_id)
-        if op is None:
-            raise ApiError(404, f"unknown operation {op_id}")
-        if op.status is not OpStatus.COMPLETED:
-            raise ApiError(409, f"operation {op_id} is {op.status.value}: results exist once it completes")
-        data = await get_result(coordinator.js, op_id)
-        if data is None:
-            raise ApiError(404, f"operation {op_id} stored no results")
-        return Response(data, media_type="application/json")
 
+async def submit_sweep(request: Request) -> Response:
+    return await _submit(request, names.OP_SWEEP, _params(SweepParams, await read_json(request)))
+
+
+async def results(request: Request) -> Response:
+    state, op_id = request.app.state, request.path_params["op_id"]
+    op = state.layer.get(op_id)
+    if op.status is not OpStatus.COMPLETED:
+        raise Conflict(f"operation {op_id} is {op.status.value}: results exist once it completes")
+    data = await get_result(state.js, op_id)
+    if data is None:
+        raise NotFound(f"operation {op_id} stored no results")
+    return Response(data, media_type="application/json")
+
+
+def routes() -> list[Route]:
     return [
         Route("/api/v1/backtests", submit_backtest, methods=["POST"]),
         Route("/api/v1/backtests/sweeps", submit_sweep, methods=["POST"]),
@@ -56,5 +57,5 @@ def routes(coordinator: Coordinator) -> list[Route]:
 
 def _params(model: type[M], body: object) -> M:
     if not isinstance(body, dict):
-        raise ApiError(422, "invalid body: expected a JSON object of backtest parameters")
-    return parse(model, body)  # type: ignore[no-any-return]
+        raise InvalidRequest("invalid body: expected a JSON object of backtest parameters", field="body")
+    return parse(model, body)

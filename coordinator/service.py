@@ -1,39 +1,35 @@
 """The coordinator's NATS micro service: submit, get and list operations from any NATS client.
 
-``nats micro ls`` shows it; ``nats req ktrdr.ops.get '{"op_id": "..."}'`` calls it.
+``nats micro ls`` shows it; ``nats req ktrdr.ops.get '{"op_id": "..."}'`` calls it. It calls the same
+operations layer as the status API (``coordinator.layer``) and answers its errors from the same table
+(``coordinator.errors``): the HTTP status code as ``Nats-Service-Error-Code``, the same JSON body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.micro import Request, add_service
 from nats.micro.service import Service
-from pydantic import ValidationError
 
-from coordinator.admission import Rejected, TooLarge, admit
-from coordinator.dispatcher import Dispatcher
-from coordinator.health import RETRY_AFTER_S, unavailable_message
+from coordinator.errors import OpError, op_error, parse_body
+from coordinator.layer import OpsLayer
 from coordinator.metrics import Metrics
-from coordinator.operations import OperationExists, Operations
 from ktrdr import __version__
-from ktrdr.runtime.retry import transient_js_error
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
-from subjects.models import BadPayload, GetRequest, ListRequest, SubmitRequest, decode
+from subjects.models import GetRequest, ListRequest, SubmitRequest
 
 log = logging.getLogger(__name__)
 
 
 class OpsService:
-    def __init__(self, *, nc: Client, ops: Operations, dispatcher: Dispatcher, metrics: Metrics) -> None:
+    def __init__(self, *, nc: Client, layer: OpsLayer, metrics: Metrics) -> None:
         self.nc = nc
-        self.ops = ops
-        self.dispatcher = dispatcher
+        self.layer = layer
         self.metrics = metrics
         self._service: Service | None = None
         self._handling: set[asyncio.Task[None]] = set()
@@ -62,58 +58,38 @@ class OpsService:
             task.add_done_callback(self._handling.discard)
         return spawn
 
-    async def _error(self, req: Request, code: int, message: str, *, reason: str = "invalid",
-                     retry_after: int | None = None) -> None:
-        if code == 400:
-            self.metrics.rejected.labels(subject=req.subject, reason=reason).inc()
-        body: dict[str, object] = {"error": message, "code": code}
-        headers = None
-        if retry_after is not None:
-            # As the status API says it: a Retry-After header, and in the body for clients that read only that.
-            body["retry_after"] = retry_after
-            headers = {"Retry-After": str(retry_after)}
-        await req.respond_error(str(code), message, data=json.dumps(body).encode(), headers=headers)
+    async def _error(self, req: Request, exc: BaseException) -> None:
+        """``exc`` answered as the status API would (``coordinator.errors``): the same code, in the
+        service error headers, and the same JSON body."""
+        error = op_error(exc, nc=self.nc)
+        if error.reject_reason is not None:
+            self.metrics.rejected.labels(subject=req.subject, reason=error.reject_reason).inc()
+        await req.respond_error(str(error.status), error.message, data=error.encode(), headers=error.headers)
 
     async def _submit(self, req: Request) -> None:
         try:
-            op = await self.dispatcher.submit(await admit(decode(SubmitRequest, req.data)))
-        except TooLarge as exc:
-            await self._error(req, 400, str(exc), reason="too large")
-        except (BadPayload, Rejected) as exc:
-            await self._error(req, 400, str(exc))
-        except ValidationError as exc:
-            await self._error(req, 400, f"invalid params: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
-        except OperationExists as exc:
-            await self._error(req, 409, str(exc))
+            op = await self.layer.submit(parse_body(SubmitRequest, req.data))
+        except OpError as exc:
+            await self._error(req, exc)
         except Exception as exc:
-            # The status API's answers: 503 for JetStream electing a leader past the budget, 500 else.
-            if transient_js_error(exc, nc=self.nc):
-                log.warning("ktrdr.ops.submit: JetStream unavailable: %s", exc)
-                await self._error(req, 503, unavailable_message(exc), retry_after=RETRY_AFTER_S)
-            else:
-                log.exception("ktrdr.ops.submit failed")
-                await self._error(req, 500, f"submission failed: {exc}")
+            log.exception("ktrdr.ops.submit failed")
+            await self._error(req, exc)
         else:
             await req.respond(op.encode())
 
     async def _get(self, req: Request) -> None:
         try:
-            op_id = decode(GetRequest, req.data).op_id
-        except BadPayload as exc:
-            await self._error(req, 400, str(exc))
-            return
-        op = self.ops.get(op_id)
-        if op is None:
-            await self._error(req, 404, f"unknown operation {op_id}")
+            op = self.layer.get(parse_body(GetRequest, req.data).op_id)
+        except OpError as exc:
+            await self._error(req, exc)
         else:
             await req.respond(op.encode())
 
     async def _list(self, req: Request) -> None:
         try:
-            query = decode(ListRequest, req.data) if req.data.strip() else ListRequest()
-        except BadPayload as exc:
-            await self._error(req, 400, str(exc))
+            query = parse_body(ListRequest, req.data)
+        except OpError as exc:
+            await self._error(req, exc)
             return
         # Paged below the payload: a reply over it is not sent at all (MaxPayloadError).
-        page = self.ops.page(query)
-        await req.respond(page.encode())
+        await req.respond(self.layer.page(query).encode())

@@ -107,9 +107,9 @@ async def test_every_way_in_checks_the_strategy_before_queueing(
     response = await api.post("/api/v1/operations", json={"type": op_type, "params": params})
     assert response.status_code == 422, response.text
     assert "rules.entry_long" in response.json()["error"]
-    # ...and the NATS service refuse it the same way, naming the field.
+    # ...and the NATS service refuse it the same way (the same 422), naming the field.
     reply = await nc.request(f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}",
                              json.dumps({"type": op_type, "params": params}).encode(), timeout=5)
-    assert reply.headers and reply.headers["Nats-Service-Error-Code"] == "400"
+    assert reply.headers and reply.headers["Nats-Service-Error-Code"] == "422"
     assert "rules.entry_long" in reply.headers["Nats-Service-Error"]
     assert list(coordinator.ops.all()) == []

@@ -41,7 +41,7 @@ async def test_params_over_the_limit_are_refused_at_the_door_and_reach_no_worker
         coordinator: Coordinator, nc: Client) -> None:
     huge = SubmitRequest(type="dummy", params={"duration": 0, "fail": "x" * 600_000}).encode()
     reply = await nc.request(f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}", huge, timeout=5)
-    assert reply.headers and reply.headers["Nats-Service-Error-Code"] == "400"
+    assert reply.headers and reply.headers["Nats-Service-Error-Code"] == "422"
     assert "params.fail" in reply.headers["Nats-Service-Error"] and "too large" in reply.headers["Nats-Service-Error"]
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",

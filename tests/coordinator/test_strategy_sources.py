@@ -55,7 +55,7 @@ async def test_a_backtest_naming_a_path_is_a_422_with_the_generic_message_and_qu
     reply = await nc.request(f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}",
                              json.dumps({"type": "backtesting", "params": backtest_params(strategy=source)}).encode(),
                              timeout=5)
-    assert reply.headers and reply.headers["Nats-Service-Error-Code"] == "400"
+    assert reply.headers and reply.headers["Nats-Service-Error-Code"] == "422"
     assert generic(source) in reply.headers["Nats-Service-Error"]
     assert list(coordinator.ops.all()) == []
     assert (await nc.jetstream().stream_info(names.JOBS_STREAM)).state.messages == 0

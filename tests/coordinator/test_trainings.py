@@ -66,7 +66,7 @@ async def test_a_training_submitted_over_nats_is_checked_and_filled_in_the_same_
         coordinator: Coordinator, nc: Client) -> None:
     submit = f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}"
     refused = await nc.request(submit, b'{"type": "training", "params": {"strategy": "sma_crossover"}}', timeout=5)
-    assert refused.headers and refused.headers["Nats-Service-Error-Code"] == "400"
+    assert refused.headers and refused.headers["Nats-Service-Error-Code"] == "422"
     assert "rule-based" in refused.headers["Nats-Service-Error"]
     assert list(coordinator.ops.all()) == []
     reply = await nc.request(submit, b'{"type": "training", "params": {"strategy": "neuro_mean_reversion"}}',

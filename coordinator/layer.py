@@ -1,0 +1,67 @@
+"""The operations layer: submit, get, list and cancel, as every transport calls them.
+
+The status API (its routes and the fast :class:`coordinator.api.SubmitEndpoint`) and the NATS service
+``ktrdr.ops.*`` call these and nothing below them; every failure leaves here as an
+:class:`coordinator.errors.OpError` (the one table in ``coordinator.errors``), so each transport only
+writes it out in its own way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nats.errors
+from nats.aio.client import Client
+
+from coordinator.admission import admit
+from coordinator.dispatcher import Dispatcher
+from coordinator.errors import Internal, InvalidRequest, NoAnswer, NotFound, Unavailable, op_error
+from coordinator.operations import Operations
+from subjects import names
+from subjects.models import CancelReply, CancelRequest, ListRequest, Operation, OpList, SubmitRequest, decode
+
+log = logging.getLogger(__name__)
+
+CANCEL_TIMEOUT_S = 5.0
+
+
+class OpsLayer:
+    def __init__(self, *, ops: Operations, dispatcher: Dispatcher, nc: Client) -> None:
+        self.ops = ops
+        self.dispatcher = dispatcher
+        self.nc = nc
+
+    async def submit(self, request: SubmitRequest) -> Operation:
+        """Admit (``coordinator.admission``) and dispatch; the op as recorded."""
+        try:
+            return await self.dispatcher.submit(await admit(request))
+        except Exception as exc:
+            error = op_error(exc, nc=self.nc)
+            if isinstance(error, Unavailable):
+                log.warning("submission: JetStream unavailable: %s", exc)
+            elif isinstance(error, Internal):
+                log.error("submission failed", exc_info=exc)
+            raise error from None
+
+    def get(self, op_id: str) -> Operation:
+        op = self.ops.get(op_id)
+        if op is None:
+            raise NotFound(f"unknown operation {op_id}")
+        return op
+
+    def page(self, query: ListRequest) -> OpList:
+        # Paged: at most MAX_LIST_PAGE_OPS and MAX_LIST_PAGE_BYTES of them (a NATS reply over the
+        # payload is not sent at all).
+        return self.ops.page(query)
+
+    async def cancel(self, op_id: str, cancel: CancelRequest) -> CancelReply:
+        """Ask ``ops.<id>.cancel``, the same path as ``nats req``."""
+        try:
+            names.validate_token(op_id, what="operation id")
+        except names.InvalidToken as exc:
+            raise InvalidRequest(str(exc), field="op_id") from None
+        try:
+            msg = await self.nc.request(names.ops_cancel(op_id), cancel.encode(), timeout=CANCEL_TIMEOUT_S)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise NoAnswer(f"no answer to the cancel request: {exc}") from None
+        return decode(CancelReply, msg.data)
