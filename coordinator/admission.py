@@ -54,13 +54,13 @@ async def admit(request: SubmitRequest) -> SubmitRequest:
         log.warning("refused a %s submission: %s: %s", request.type, *problem)
         raise TooLarge(*problem)
     try:
-        if request.type in ("backtesting", names.OP_SWEEP):
+        if request.type in (names.OP_BACKTEST, names.OP_SWEEP):
             model = SweepParams if request.type == names.OP_SWEEP else BacktestParams
             params = model.model_validate(request.params)
             grid = params.grid if isinstance(params, SweepParams) else None
             await asyncio.to_thread(check_strategy, params.strategy, params.parameters, grid)
             return request.model_copy(update={"params": params.model_dump(mode="json")})
-        if request.type == "training":
+        if request.type == names.OP_TRAINING:
             training = TrainingParams.model_validate(request.params)
             plan = await asyncio.to_thread(plan_training, training)
             filled = training.model_copy(update={"symbols": [plan.symbol], "timeframes": plan.timeframes,

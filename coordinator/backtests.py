@@ -29,7 +29,7 @@ async def _submit(request: Request, op_type: str, params: BacktestParams) -> Res
 
 
 async def submit_backtest(request: Request) -> Response:
-    return await _submit(request, "backtesting", _params(BacktestParams, await read_json(request)))
+    return await _submit(request, names.OP_BACKTEST, _params(BacktestParams, await read_json(request)))
 
 
 async def submit_sweep(request: Request) -> Response:

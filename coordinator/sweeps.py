@@ -149,7 +149,7 @@ class SweepManager:
                 cid = child_id(sweep_id, index)
                 if self.ops.get(cid) is not None:
                     continue
-                request = SubmitRequest(type="backtesting", params=params.child_params(combo),
+                request = SubmitRequest(type=names.OP_BACKTEST, params=params.child_params(combo),
                                         parent_id=sweep_id, op_id=cid)
                 try:
                     await self.dispatcher.submit(request)

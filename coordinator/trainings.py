@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from coordinator.api import read_json, submit_admitted
 from coordinator.errors import parse
+from subjects import names
 from subjects.models import SubmitRequest
 from subjects.training import TrainingParams
 
@@ -19,7 +20,8 @@ async def submit_training(request: Request) -> Response:
     """
     params = parse(TrainingParams, await read_json(request))
     return await submit_admitted(
-        request.app.state, SubmitRequest(type="training", params=params.model_dump(mode="json", exclude_none=True)))
+        request.app.state,
+        SubmitRequest(type=names.OP_TRAINING, params=params.model_dump(mode="json", exclude_none=True)))
 
 
 def routes() -> list[Route]:

@@ -85,11 +85,15 @@ CAPABILITIES: Final = (CAP_BACKTEST_CPU, CAP_TRAINING_GPU, CAP_TRAINING_CPU, CAP
 JOBS_SUBJECTS: Final = tuple(f"jobs.{capability}" for capability in CAPABILITIES)
 
 # Operation types as users name them, mapped to the job kind that carries them.
+OP_BACKTEST: Final = "backtesting"
+OP_TRAINING: Final = "training"
+OP_DATA_LOAD: Final = "data_load"
+OP_DUMMY: Final = "dummy"
 OP_TYPE_KIND: Final = {
-    "backtesting": KIND_BACKTEST,
-    "training": KIND_TRAINING,
-    "data_load": KIND_DATA,
-    "dummy": KIND_DUMMY,
+    OP_BACKTEST: KIND_BACKTEST,
+    OP_TRAINING: KIND_TRAINING,
+    OP_DATA_LOAD: KIND_DATA,
+    OP_DUMMY: KIND_DUMMY,
 }
 # Operation types the coordinator runs itself: no job kind, never offered to a worker (a sweep
 # fans out child operations and aggregates them).

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from subjects import names
 from subjects.data import DataLoadParams
 from subjects.fields import TIMEFRAMES
 from subjects.training import TrainingParams
@@ -121,9 +122,9 @@ class SweepParams(BacktestParams):
 
 # One line per op type. Capabilities add theirs here.
 PARAMS_MODELS: dict[str, type[BaseModel]] = {
-    "dummy": DummyParams,
-    "data_load": DataLoadParams,
-    "training": TrainingParams,
-    "backtesting": BacktestParams,
-    "sweep": SweepParams,
+    names.OP_DUMMY: DummyParams,
+    names.OP_DATA_LOAD: DataLoadParams,
+    names.OP_TRAINING: TrainingParams,
+    names.OP_BACKTEST: BacktestParams,
+    names.OP_SWEEP: SweepParams,
 }

@@ -13,6 +13,7 @@ from ktrdr.cli.common import JsonOpt, exit_for, run_client, settings, submit_and
 from ktrdr.cli.follow import follow
 from ktrdr.cli.render import console, op_details, ops_table, workers_table
 from ktrdr.logs import quiet_ssl_eof, setup_logging
+from subjects import names
 from subjects.models import OpStatus
 
 if TYPE_CHECKING:
@@ -256,7 +257,7 @@ def dummy(
     json: JsonOpt = False,
 ) -> None:
     """Submit a diagnostic dummy operation."""
-    submit_and_maybe_follow("dummy", {"duration": duration, "steps": steps, "fail": fail},
+    submit_and_maybe_follow(names.OP_DUMMY, {"duration": duration, "steps": steps, "fail": fail},
                             follow_it=follow_it, json=json)
 
 

@@ -105,7 +105,7 @@ def run(
         strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
         capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
         parameters=parameters, model=model))
-    _submit("backtesting", params, follow_it=follow_it, json=json)
+    _submit(names.OP_BACKTEST, params, follow_it=follow_it, json=json)
 
 
 @backtest_app.command("sweep")

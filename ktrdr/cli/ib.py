@@ -109,5 +109,5 @@ def fetch(
         console.print(f"[red]error:[/] {where}: {first['msg']}")
         raise typer.Exit(2) from None
 
-    submit_and_maybe_follow("data_load", params.model_dump(mode="json", exclude_none=True),
+    submit_and_maybe_follow(names.OP_DATA_LOAD, params.model_dump(mode="json", exclude_none=True),
                             follow_it=follow_it, json=json)
