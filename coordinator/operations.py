@@ -108,7 +108,7 @@ class Operations:
                 try:
                     self._cache[entry.key] = (decode(Operation, entry.value), entry.revision)
                 except BadPayload as exc:
-                    self.metrics.rejected.labels(subject="$KV.ops", reason="schema").inc()
+                    self.metrics.rejected.labels(subject=f"$KV.{names.OPS_BUCKET}", reason="schema").inc()
                     log.error("ignoring malformed op record %r: %s", entry.key, exc)
         await watcher.stop()
         return len(self._cache)

@@ -16,6 +16,7 @@ from nats.js.kv import KeyValue
 from coordinator.metrics import Metrics
 from ktrdr.runtime.retry import transient_js_error
 from ktrdr.runtime.tasks import cancel_and_wait
+from subjects import names
 from subjects.models import BadPayload, WorkerLease, decode
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,11 @@ class WorkerRegistry:
         try:
             lease = decode(WorkerLease, value)
         except BadPayload as exc:
-            self.metrics.rejected.labels(subject="$KV.workers", reason="schema").inc()
+            self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="schema").inc()
             log.error("ignoring malformed lease under %r: %s", key, exc)
             return
         if lease.worker_id != key:
-            self.metrics.rejected.labels(subject="$KV.workers", reason="key mismatch").inc()
+            self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="key mismatch").inc()
             return
         previous = self.workers.get(key)
         if previous is None:
@@ -105,7 +106,7 @@ class WorkerRegistry:
             # An older process writing after a newer one: two live processes share this id.
             if self._duplicates.get(key) != (previous.pid, lease.pid):
                 self._duplicates[key] = (previous.pid, lease.pid)
-                self.metrics.rejected.labels(subject="$KV.workers", reason="duplicate worker id").inc()
+                self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="duplicate worker id").inc()
                 log.error("two live processes share worker id %s (pid %d on %s and pid %d on %s): give each "
                           "its own KTRDR_WORKER_ID or KTRDR_WORKER_INDEX", key, previous.pid, previous.host,
                           lease.pid, lease.host)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -103,14 +104,21 @@ async def test_readiness_is_503_while_connected_but_the_ops_bucket_cannot_be_wri
         await assert_eventually(lambda: answers(anon, "/health/ready", 200), timeout=5)
 
 
+def retrying_a_record(caplog: pytest.LogCaptureFixture) -> bool:
+    """The coordinator is in the write's retry loop: the submission waits, it has not failed."""
+    return any("could not be written yet" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_submission_while_nats_server_is_briefly_down_is_answered_once_it_is_back(
-        nats_server: NatsServer, coordinator: Coordinator, make_worker: MakeWorker) -> None:
+        nats_server: NatsServer, coordinator: Coordinator, make_worker: MakeWorker,
+        caplog: pytest.LogCaptureFixture) -> None:
     await make_worker("w1")
+    caplog.set_level(logging.WARNING, logger="coordinator.operations")
     async with api(coordinator) as http:
         nats_server.stop()
         await assert_eventually(lambda: not coordinator.nc.is_connected, timeout=5)
         submitting = asyncio.create_task(http.post("/api/v1/operations", json=SUBMIT))
-        await asyncio.sleep(1.0)
+        await assert_eventually(lambda: retrying_a_record(caplog), timeout=5)
         assert not submitting.done(), "answered while nats-server was down"
         await asyncio.to_thread(nats_server.start)
         response = await submitting
@@ -119,12 +127,13 @@ async def test_a_submission_while_nats_server_is_briefly_down_is_answered_once_i
 
 
 async def test_a_submission_while_the_ops_stream_has_no_leader_is_answered_once_it_has_one(
-        nats_server: NatsServer, nc: Client, make_worker: MakeWorker) -> None:
+        nats_server: NatsServer, nc: Client, make_worker: MakeWorker, caplog: pytest.LogCaptureFixture) -> None:
     await make_worker("w1")
+    caplog.set_level(logging.WARNING, logger="coordinator.operations")
     async with running(nats_server, topology_check_s=60.0) as c, api(c) as http:
         await lose_the_ops_stream(nc)
         submitting = asyncio.create_task(http.post("/api/v1/operations", json=SUBMIT))
-        await asyncio.sleep(1.0)
+        await assert_eventually(lambda: retrying_a_record(caplog), timeout=5)
         assert not submitting.done(), "answered while nothing could store the record"
         await c._ensure_topology()
         response = await submitting
@@ -174,14 +183,19 @@ async def test_the_client_tries_a_503_again_and_gets_through_once_jetstream_is_b
                                unavailable_retry=RetryPolicy(first_s=1.0, attempts=2)) as client:
             submitting = asyncio.create_task(client.submit("dummy", {"duration": 0}))
             # Its first try is answered 503 at once (no budget); the stream returns during its pause.
-            await asyncio.sleep(0.4)
+            await assert_eventually(lambda: submit_requests(nc, 1), timeout=5)
             assert not submitting.done()
             await c._ensure_topology()
             op = await submitting
         assert c.ops.get(op.op_id) is not None
-        stats = json.loads((await nc.request(f"$SRV.STATS.{names.SERVICE_NAME}", b"", timeout=2)).data)
-        submits = next(e for e in stats["endpoints"] if e["name"] == names.SERVICE_SUBMIT)
-        assert submits["num_requests"] == 2
+        assert await submit_requests(nc, 2)
+
+
+async def submit_requests(nc: Client, count: int) -> bool:
+    """Whether the coordinator's ``submit`` endpoint has had ``count`` requests (its $SRV stats)."""
+    stats = json.loads((await nc.request(f"$SRV.STATS.{names.SERVICE_NAME}", b"", timeout=2)).data)
+    submits = next(e for e in stats["endpoints"] if e["name"] == names.SERVICE_SUBMIT)
+    return submits["num_requests"] == count
 
 
 async def test_the_client_gives_up_after_a_couple_of_503s_saying_why(nats_server: NatsServer, nc: Client) -> None:
