@@ -24,11 +24,11 @@ from coordinator.health import JetStreamProbe
 from coordinator.layer import OpsLayer
 from coordinator.metrics import Metrics
 from coordinator.operations import Operations
+from coordinator.parents import ParentRunner
 from coordinator.registry import WorkerRegistry
-from coordinator.routes import capability_routes
+from coordinator.routes import optype_routes
 from coordinator.service import OpsService
 from coordinator.settings import CoordinatorSettings
-from coordinator.sweeps import SweepManager
 from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.retry import transient_js_error
@@ -92,8 +92,8 @@ class Coordinator:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.registry.ready.wait(), 5.0)
         await self.dispatcher.resume()
-        sweeps = SweepManager(nc=self.nc, js=self.js, ops=self.ops, dispatcher=self.dispatcher)
-        await sweeps.start()
+        parents = ParentRunner(nc=self.nc, js=self.js, ops=self.ops, dispatcher=self.dispatcher)
+        await parents.start()
         self._feed = OpsFeed(nc=self.nc, js=self.js, apply=self._apply, metrics=self.metrics)
         await self._feed.start()
         self._subs.append(await self.nc.subscribe(names.WORKER_REGISTER, cb=self._on_register))
@@ -105,7 +105,7 @@ class Coordinator:
         self.layer = OpsLayer(ops=self.ops, dispatcher=self.dispatcher, nc=self.nc)
         service = OpsService(nc=self.nc, layer=self.layer, metrics=self.metrics)
         await service.start()
-        self._parts = [cancel, service, sweeps]
+        self._parts = [cancel, service, parents]
         self._tasks.append(asyncio.create_task(self._reaper(), name="reaper"))
         self._tasks.append(asyncio.create_task(self._topology_watch(), name="topology-watch"))
         if s.api_enabled:
@@ -118,7 +118,7 @@ class Coordinator:
     async def _start_api(self) -> None:
         self.api_token = self.settings.resolve_api_token()
         self.api_viewer_token = self.settings.resolve_api_viewer_token()
-        app = build_app(self, capability_routes())
+        app = build_app(self, optype_routes())
         # No proxy-header rewriting (it listens on loopback by default, not behind a proxy) and
         # no Server/Date headers: less work on every request of a busy submit path.
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,

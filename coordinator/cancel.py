@@ -21,6 +21,7 @@ from nats.aio.subscription import Subscription
 from coordinator.dispatcher import Dispatcher
 from coordinator.metrics import Metrics
 from coordinator.operations import Operations
+from coordinator.parents import parent_type
 from coordinator.registry import WorkerRegistry
 from subjects import names
 from subjects.models import BadPayload, CancelReply, CancelRequest, Operation, OpStatus, decode
@@ -83,8 +84,8 @@ class CancelResponder:
         if op.status.terminal:
             await self._reply(msg, self._finished(op))
             return
-        if op.type in names.COORDINATOR_OP_TYPES:
-            # No worker runs it: the coordinator ends it here, and its runner (coordinator.sweeps)
+        if parent_type(op) is not None:
+            # No worker runs it: the coordinator ends it here, and its runner (coordinator.parents)
             # cancels the children through this same subject.
             done = await self.ops.mutate(op_id, _cancelled(request.reason, op.attempt))
             await self._reply(msg, CancelReply(

@@ -1,8 +1,10 @@
 """The dispatcher: routes operations to capability subjects and recovers them from lost workers.
 
+Each type's declaration (``ktrdr.optypes``) gives its route: capabilities in order of preference.
 Training goes GPU first: offered on ``jobs.training.gpu`` when any GPU worker holds a lease, and
 also on ``jobs.training.cpu`` once ``gpu_fallback_timeout_s`` passes without a claim. The first
-claim wins (``kv.create`` on the claim key), so a late GPU worker simply drops its copy.
+claim wins (``kv.create`` on the claim key), so a late GPU worker simply drops its copy. Types the
+coordinator runs itself (parents) are recorded, never offered (``coordinator.parents``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from coordinator.metrics import Metrics
 from coordinator.operations import Operations, RecordMayYetBeStored, attempt_record
 from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
+from ktrdr.optypes import UnknownOpType, op_type
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.retry import RetryPolicy, any_error, transient_js_error
 from ktrdr.runtime.tasks import cancel_and_wait
@@ -35,7 +38,6 @@ from subjects.models import (
     WorkerLease,
     decode,
 )
-from subjects.params import PARAMS_MODELS
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,14 @@ BACKGROUND_OFFER_RETRY = RetryPolicy(first_s=0.1, max_s=1.0)
 
 
 def _coordinated(op: Operation) -> bool:
-    return op.type in names.COORDINATOR_OP_TYPES
+    try:
+        return op_type(op.type).on_coordinator
+    except UnknownOpType:
+        return False
+
+
+def _where(capability: str) -> str:
+    return capability.split(".", 1)[1]
 
 
 def _attempt_started(op: Operation) -> datetime | None:
@@ -105,10 +114,8 @@ class Dispatcher:
         (``write_retry_budget_s``); past it the last error is raised, ``transient_js_error`` says so."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._submit_retry.budget_s or 0.0)
-        params = request.params
-        model = PARAMS_MODELS.get(request.type)
-        if model is not None:
-            params = model.model_validate(params).model_dump(mode="json")
+        declared = op_type(request.type)
+        params = declared.dump(declared.parse(request.params))
         op = Operation(
             op_id=request.op_id or new_op_id(request.type),
             type=request.type,
@@ -147,22 +154,21 @@ class Dispatcher:
             raise exc.__cause__ from None
 
     def _route(self, op: Operation, *, why: str | None) -> None:
-        """Choose the capabilities to offer this attempt on, and say why in the record."""
-        kind = names.OP_TYPE_KIND[op.type]
-        routes = names.ROUTES[kind]
+        """Choose the capability to offer this attempt on, and say why in the record: the first of
+        the type's route that a live worker holds, else its last (the fallback)."""
+        route = op_type(op.type).runs.capabilities
         prefix = f"{why}; " if why else ""
-        if routes == (names.CAP_TRAINING_GPU, names.CAP_TRAINING_CPU):
-            gpus = self.registry.with_capability(names.CAP_TRAINING_GPU)
-            if gpus:
-                op.capability, op.route = names.CAP_TRAINING_GPU, "gpu"
-                op.route_reason = f"{prefix}gpu: {len(gpus)} gpu worker(s) holding a lease"
-            else:
-                op.capability, op.route = names.CAP_TRAINING_CPU, "cpu"
-                op.route_reason = f"{prefix}cpu: no gpu worker"
+        chosen, reason = route[-1], _where(route[-1])
+        for capability in route[:-1]:
+            holders = self.registry.with_capability(capability)
+            if holders:
+                where = _where(capability)
+                chosen, reason = capability, f"{where}: {len(holders)} {where} worker(s) holding a lease"
+                break
         else:
-            op.capability = routes[0]
-            op.route = routes[0].split(".")[1]
-            op.route_reason = f"{prefix}{op.route}"
+            if len(route) > 1:
+                reason = f"{_where(route[-1])}: no {'/'.join(_where(c) for c in route[:-1])} worker"
+        op.capability, op.route, op.route_reason = chosen, _where(chosen), prefix + reason
         op.offered = [op.capability]
         op.offered_at = datetime.now(UTC)
 
@@ -190,7 +196,8 @@ class Dispatcher:
     # --- GPU fallback ---------------------------------------------------------------------
 
     def _schedule_fallback(self, op: Operation) -> None:
-        if op.capability != names.CAP_TRAINING_GPU or names.CAP_TRAINING_CPU in op.offered:
+        route = op_type(op.type).runs
+        if op.capability is None or op.capability == route.fallback or route.fallback in op.offered:
             return
         assert op.offered_at is not None
         waited = (datetime.now(UTC) - op.offered_at).total_seconds()
@@ -213,19 +220,25 @@ class Dispatcher:
         if await self.claim_holder(op_id, attempt) is not None:
             return  # a GPU worker claimed it; its started event is on the way
         timeout = self.settings.gpu_fallback_timeout_s
+        route = op_type(op.type).runs.capabilities
+        preferred = op.capability
+        if preferred not in route:
+            return
+        rest = list(route[route.index(preferred) + 1:])
 
-        def add_cpu(o: Operation) -> bool | None:
-            if o.status is not OpStatus.PENDING or o.attempt != attempt or names.CAP_TRAINING_CPU in o.offered:
+        def add_rest(o: Operation) -> bool | None:
+            if o.status is not OpStatus.PENDING or o.attempt != attempt or all(c in o.offered for c in rest):
                 return False
-            o.offered.append(names.CAP_TRAINING_CPU)
-            o.capability, o.route = names.CAP_TRAINING_CPU, "cpu"
-            o.route_reason = f"cpu: gpu timeout after {timeout:g} s"
+            o.offered.extend(c for c in rest if c not in o.offered)
+            o.capability, o.route = rest[-1], _where(rest[-1])
+            o.route_reason = f"{_where(rest[-1])}: {_where(preferred)} timeout after {timeout:g} s"
             return None
 
-        updated = await self.ops.mutate(op_id, add_cpu)
-        if updated is not None and names.CAP_TRAINING_CPU in updated.offered:
-            log.info("%s: no GPU claim after %g s; also offered to CPU workers", op_id, timeout)
-            await self._offer(updated, [names.CAP_TRAINING_CPU])
+        updated = await self.ops.mutate(op_id, add_rest)
+        if updated is not None and all(c in updated.offered for c in rest):
+            log.info("%s: no %s claim after %g s; also offered on %s", op_id, _where(preferred), timeout,
+                     ", ".join(rest))
+            await self._offer(updated, rest)
 
     def _on_change(self, before: Operation, after: Operation) -> None:
         if after.status is not OpStatus.PENDING:

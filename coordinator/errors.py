@@ -125,7 +125,8 @@ class Internal(OpError):
 
 
 def validation_detail(exc: ValidationError, *, prefix: str = "") -> list[dict[str, Any]]:
-    return [{"field": prefix + ".".join(str(p) for p in e["loc"]) if e["loc"] else prefix.rstrip("."),
+    # A check of the whole model (which fields go together) has no location: it is the body's, or the params'.
+    return [{"field": prefix + ".".join(str(p) for p in e["loc"]) if e["loc"] else prefix.rstrip(".") or "body",
              "message": e["msg"]} for e in exc.errors()]
 
 

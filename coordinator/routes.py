@@ -1,18 +1,67 @@
-"""HTTP routes that capabilities add to the status API, beside the core ones in ``coordinator.api``.
+"""HTTP routes that operation types add to the status API, beside the core ones in ``coordinator.api``.
 
-Their handlers reach what they need through ``request.app.state`` (see ``coordinator.api.build_app``).
+A type whose declaration names an ``api`` path (``ktrdr.optypes``) gets ``POST <path>`` taking its bare
+params (``POST /api/v1/backtests`` with a backtest's params); every type is also submitted through
+``POST /api/v1/operations`` with ``{"type": ..., "params": ...}``. ``GET /api/v1/optypes`` lists the
+declared types, where they run and their params' JSON schema. Handlers reach what they need through
+``request.app.state``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from coordinator import backtests, trainings
+from coordinator.api import read_json, submit_admitted
+from coordinator.errors import Conflict, InvalidRequest, NotFound, parse
+from ktrdr.optypes import OpType, op_types
+from ktrdr.results import get_result
+from subjects.models import OpStatus, SubmitRequest
 
 
-def capability_routes() -> list[Route]:
-    routes: list[Route] = []
-    # One line per capability module, e.g. routes += backtests.routes()
-    routes += trainings.routes()
-    routes += backtests.routes()
+def _submit_route(declared: OpType[Any, Any]) -> Route:
+    async def submit(request: Request) -> Response:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise InvalidRequest(f"invalid body: expected a JSON object of {declared.name} parameters",
+                                 field="body")
+        params = parse(declared.params, body)
+        return await submit_admitted(request.app.state,
+                                     SubmitRequest(type=declared.name, params=declared.dump(params)))
+
+    submit.__name__ = f"submit_{declared.name}"
+    assert declared.api is not None
+    return Route(declared.api, submit, methods=["POST"])
+
+
+async def results(request: Request) -> Response:
+    """An operation's full result from the ``results`` store (a backtest's trades and curves, a
+    sweep's whole ranking), once it has completed."""
+    state, op_id = request.app.state, request.path_params["op_id"]
+    op = state.layer.get(op_id)
+    if op.status is not OpStatus.COMPLETED:
+        raise Conflict(f"operation {op_id} is {op.status.value}: results exist once it completes")
+    data = await get_result(state.js, op_id)
+    if data is None:
+        raise NotFound(f"operation {op_id} stored no results")
+    return Response(data, media_type="application/json")
+
+
+def describe(declared: OpType[Any, Any]) -> dict[str, Any]:
+    return {"name": declared.name, "summary": declared.summary,
+            "runs": "coordinator" if declared.on_coordinator else list(declared.runs.capabilities),
+            "api": declared.api, "cli": declared.cli, "params": declared.params.model_json_schema()}
+
+
+async def list_types(request: Request) -> JSONResponse:
+    return JSONResponse({"types": [describe(t) for t in op_types()]})
+
+
+def optype_routes() -> list[Route]:
+    routes = [_submit_route(t) for t in op_types() if t.api is not None]
+    routes += [Route("/api/v1/operations/{op_id}/results", results, methods=["GET"]),
+               Route("/api/v1/optypes", list_types, methods=["GET"])]
     return routes

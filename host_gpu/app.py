@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from host_gpu.device import require_gpu, slots_for_memory
 from ktrdr.dummy import run_dummy
+from ktrdr.optypes.dummy import DUMMY
+from ktrdr.optypes.training import TRAINING
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker
 from subjects import names
@@ -13,6 +15,6 @@ def build_worker(settings: WorkerSettings) -> Worker:
     training = make_training_handler(device=device.kind, data_root=settings.home / "data")
     # Worker prefers settings.slots (KTRDR_SLOTS) over the memory-based default.
     return Worker(settings=settings, worker_type="gpu", capabilities=[names.CAP_TRAINING_GPU, names.CAP_DUMMY_ANY],
-                  handlers={names.KIND_TRAINING: training, names.KIND_DUMMY: run_dummy},
+                  handlers={TRAINING: training, DUMMY: run_dummy},
                   slots=slots_for_memory(device.memory_mb), gpu=True,
                   device_name=f"{device.kind}:{device.name}", device_memory_mb=device.memory_mb)

@@ -23,6 +23,8 @@ from ktrdr.data.store import DataStore
 from ktrdr.dummy import run_dummy
 from ktrdr.ib.client import IbClient
 from ktrdr.ib.pacing import Pacer, PacingRules
+from ktrdr.optypes.data_load import DATA_LOAD
+from ktrdr.optypes.dummy import DUMMY
 from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.worker import Worker
 from subjects import names
@@ -56,7 +58,7 @@ class IbHost(Worker):
         self.loader = DataLoader(gateway=self.gateway, pacer=self.pacer, store=self.store, settings=settings)
         super().__init__(
             settings=settings, worker_type="ib", capabilities=[names.CAP_DATA_IB, names.CAP_DUMMY_ANY],
-            handlers={names.KIND_DATA: self.loader.run, names.KIND_DUMMY: run_dummy}, slots=slots,
+            handlers={DATA_LOAD: self.loader.run, DUMMY: run_dummy}, slots=slots,
             status=self._lease_status, active=self._activated)
         self.election: ActiveElection | None = None
         self.service: IbService | None = None

@@ -26,14 +26,14 @@ import pandas as pd
 
 from host_ib.gateway import Gateway
 from host_ib.settings import IbSettings
-from ktrdr.data.shared import PublishResult, adopt_dataset, publish_dataset
+from ktrdr.data.shared import PublishResult
 from ktrdr.data.store import DataStore
 from ktrdr.ib.downloader import Downloader, DownloadState, StoredRange, plan_download
 from ktrdr.ib.errors import ConnectionLost, IbError, NoData, NoSecurityDefinition, RequestTimedOut
 from ktrdr.ib.pacing import Pacer
-from ktrdr.runtime.checkpoints import delete_checkpoint, load_checkpoint, save_checkpoint
 from ktrdr.runtime.context import JobContext
 from subjects.data import DataLoadParams
+from subjects.results import DataLoadResult
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,12 @@ class DataLoader:
         # Two ops on the same dataset must not interleave their read-merge-write of one file.
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def run(self, ctx: JobContext) -> dict[str, Any]:
-        p = DataLoadParams.model_validate(ctx.params)
+    async def run(self, ctx: JobContext, p: DataLoadParams) -> DataLoadResult:
         ctx.progress(percentage=0.0, step="connect", message=f"waiting for IB at {self.gateway.address}")
         await self.gateway.ensure_connected(ctx.token)
         earliest = await self._earliest(ctx, p.symbol)
         async with self._locks[(p.symbol, p.timeframe)]:
-            adopted = await adopt_dataset(ctx.js, self.store, p.symbol, p.timeframe)
+            adopted = await ctx.datasets.adopt(self.store, p.symbol, p.timeframe)
         if adopted:
             ctx.info(adopted_bars=adopted)
         stored = await asyncio.to_thread(self._stored_range, p.symbol, p.timeframe)
@@ -95,17 +94,17 @@ class DataLoader:
         finally:
             # Only a dead host leaves its checkpoint behind: every outcome here is final.
             try:
-                await delete_checkpoint(ctx.js, ctx.op_id)
+                await ctx.checkpoints.delete()
             except Exception as exc:
                 log.warning("operation %s: download checkpoint not deleted: %s", ctx.op_id, exc)
-        return {
-            "symbol": p.symbol, "timeframe": p.timeframe, "mode": p.mode,
-            "segments": len(state.segments), "no_data_segments": len(state.gaps),
-            "bars_fetched": state.bars, "new_bars": run.new_bars, "requests": state.requests,
+        return DataLoadResult(
+            symbol=p.symbol, timeframe=p.timeframe, mode=p.mode,
+            segments=len(state.segments), no_data_segments=len(state.gaps),
+            bars_fetched=state.bars, new_bars=run.new_bars, requests=state.requests,
             **(await asyncio.to_thread(self._summary, p.symbol, p.timeframe)),
-            "object": run.published.name if run.published else None,
-            "digest": run.published.digest if run.published else None,
-        }
+            object=run.published.name if run.published else None,
+            digest=run.published.digest if run.published else None,
+        )
 
     async def _earliest(self, ctx: JobContext, symbol: str) -> Any:
         """IB's head timestamp (keeps a backfill from asking for years before a listing).
@@ -132,7 +131,7 @@ class DataLoader:
     async def _resume(self, ctx: JobContext, state: DownloadState) -> int:
         """Skip the segments a lost earlier attempt of this op already got into the bucket."""
         try:
-            data = await load_checkpoint(ctx.js, ctx.op_id)
+            data = await ctx.checkpoints.get()
             if data is None:
                 return 0
             earlier = DownloadState.from_dict(json.loads(data))
@@ -146,7 +145,7 @@ class DataLoader:
 
     async def _checkpoint(self, ctx: JobContext, run: _Run) -> None:
         try:
-            await save_checkpoint(ctx.js, ctx.op_id, json.dumps(run.state.to_dict()).encode())
+            await ctx.checkpoints.put(json.dumps(run.state.to_dict()).encode())
         except Exception as exc:  # costs a retry some requests, never the download
             log.warning("operation %s: download checkpoint not saved: %s", ctx.op_id, exc)
 
@@ -179,7 +178,7 @@ class DataLoader:
     async def _publish(self, ctx: JobContext, p: DataLoadParams, run: _Run, *, final: bool) -> None:
         try:
             async with self._locks[(p.symbol, p.timeframe)]:
-                run.published = await publish_dataset(ctx.js, self.store, p.symbol, p.timeframe)
+                run.published = await ctx.datasets.publish(self.store, p.symbol, p.timeframe)
         except Exception as exc:
             if final:
                 raise

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ktrdr.runtime.context import JobContext
 from subjects.params import DummyParams
+from subjects.results import DummyResult
 
 
 class DummyFailure(RuntimeError):
     pass
 
 
-async def run_dummy(ctx: JobContext) -> dict[str, Any]:
+async def run_dummy(ctx: JobContext, params: DummyParams) -> DummyResult:
     """Async: its work is sleeping, which needs no thread (blocking handlers get one)."""
-    params = DummyParams.model_validate(ctx.params)
     per_step = params.duration / params.steps
     for step in range(1, params.steps + 1):
         # A cancel wakes the sleep at once.
@@ -31,4 +29,4 @@ async def run_dummy(ctx: JobContext) -> dict[str, Any]:
                 steps_total=params.steps,
                 message=f"dummy step {step} of {params.steps}",
             )
-    return {"steps": params.steps, "duration": params.duration}
+    return DummyResult(steps=params.steps, duration=params.duration)

@@ -67,12 +67,8 @@ def ib_subject(endpoint: str) -> str:
 # JetStream advisory sent when a job message reaches MaxDeliver.
 MAX_DELIVERIES_ADVISORY: Final = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + JOBS_STREAM + ".*"
 
-# Job kinds and capabilities. A capability is "<kind>.<where>": the tail of its jobs subject.
-KIND_BACKTEST: Final = "backtest"
-KIND_TRAINING: Final = "training"
-KIND_DATA: Final = "data"
-KIND_DUMMY: Final = "dummy"
-
+# Capabilities: "<kind>.<where>", the tail of a jobs subject. Which operation types run on which
+# (and in what order of preference) is each type's declaration (ktrdr.optypes).
 CAP_BACKTEST_CPU: Final = "backtest.cpu"
 CAP_TRAINING_GPU: Final = "training.gpu"
 CAP_TRAINING_CPU: Final = "training.cpu"
@@ -83,30 +79,6 @@ CAPABILITIES: Final = (CAP_BACKTEST_CPU, CAP_TRAINING_GPU, CAP_TRAINING_CPU, CAP
 # What JOBS stores: exactly one subject per capability. A job on any other subject (no consumer
 # would ever fetch it, no queue depth would show it) is refused instead of kept unseen for days.
 JOBS_SUBJECTS: Final = tuple(f"jobs.{capability}" for capability in CAPABILITIES)
-
-# Operation types as users name them, mapped to the job kind that carries them.
-OP_BACKTEST: Final = "backtesting"
-OP_TRAINING: Final = "training"
-OP_DATA_LOAD: Final = "data_load"
-OP_DUMMY: Final = "dummy"
-OP_TYPE_KIND: Final = {
-    OP_BACKTEST: KIND_BACKTEST,
-    OP_TRAINING: KIND_TRAINING,
-    OP_DATA_LOAD: KIND_DATA,
-    OP_DUMMY: KIND_DUMMY,
-}
-# Operation types the coordinator runs itself: no job kind, never offered to a worker (a sweep
-# fans out child operations and aggregates them).
-OP_SWEEP: Final = "sweep"
-COORDINATOR_OP_TYPES: Final = (OP_SWEEP,)
-OP_TYPES: Final = (*OP_TYPE_KIND, *COORDINATOR_OP_TYPES)
-# Kinds whose jobs can go to more than one capability, in order of preference.
-ROUTES: Final = {
-    KIND_BACKTEST: (CAP_BACKTEST_CPU,),
-    KIND_TRAINING: (CAP_TRAINING_GPU, CAP_TRAINING_CPU),
-    KIND_DATA: (CAP_DATA_IB,),
-    KIND_DUMMY: (CAP_DUMMY_ANY,),
-}
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KEY = re.compile(r"^[A-Za-z0-9_=-]{1,255}$")  # the keys we write: one subject token each

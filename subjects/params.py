@@ -9,10 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from subjects import names
-from subjects.data import DataLoadParams
 from subjects.fields import TIMEFRAMES
-from subjects.training import TrainingParams
 
 
 class DummyParams(BaseModel):
@@ -118,13 +115,3 @@ class SweepParams(BacktestParams):
         base = self.model_dump(mode="json", exclude=set(SweepParams.model_fields) - set(BacktestParams.model_fields))
         base["parameters"] = {**self.parameters, **combination}
         return base
-
-
-# One line per op type. Capabilities add theirs here.
-PARAMS_MODELS: dict[str, type[BaseModel]] = {
-    names.OP_DUMMY: DummyParams,
-    names.OP_DATA_LOAD: DataLoadParams,
-    names.OP_TRAINING: TrainingParams,
-    names.OP_BACKTEST: BacktestParams,
-    names.OP_SWEEP: SweepParams,
-}

@@ -30,7 +30,7 @@ async def publish_synth(nc: Client, root: Path, *, symbol: str = SYMBOL, bars: i
 async def backtest_worker(make_worker: MakeWorker, worker_id: str, data_dir: Path, *,
                           on_progress: ProgressHook | None = None, **settings: Any) -> Worker:
     return await make_worker(worker_id, capabilities=[names.CAP_BACKTEST_CPU], worker_type="backtest",
-                             handlers={names.KIND_BACKTEST: BacktestHandler(data_dir, on_progress=on_progress)},
+                             handlers={"backtesting": BacktestHandler(data_dir, on_progress=on_progress)},
                              **settings)
 
 

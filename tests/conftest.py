@@ -19,6 +19,8 @@ from coordinator.app import Coordinator
 from coordinator.settings import CoordinatorSettings
 from ktrdr.dummy import run_dummy
 from ktrdr.natsd import NatsServer
+from ktrdr.optypes import op_type, types_on
+from ktrdr.optypes.dummy import DUMMY
 from ktrdr.runtime.connection import NatsAuth
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.topology import ensure_topology
@@ -26,6 +28,7 @@ from ktrdr.runtime.worker import Worker
 from ktrdr.security.fleet import Fleet, provision
 from subjects import names, roles
 from tests.ktrdr.ib.fake_gateway import FakeGateway
+from tests.support import dummy_standin
 
 ROOT = Path(__file__).resolve().parent.parent
 # Short leases keep fault tests quick; the semantics are the same as with the defaults.
@@ -176,15 +179,17 @@ async def make_worker(nats_server: NatsServer) -> AsyncIterator[MakeWorker]:
     async def make(worker_id: str, *, capabilities: list[str] | None = None, slots: int = 1,
                    gpu: bool = False, handlers: dict[str, Any] | None = None, worker_type: str = "test",
                    **settings: Any) -> Worker:
-        """Handlers default to the dummy handler for every kind the capabilities name."""
+        """Handlers default to the dummy handler for every type the capabilities serve; ``handlers``
+        maps type names (or declarations) to others."""
         caps = capabilities or [names.CAP_DUMMY_ANY]
-        kinds = {c.split(".")[0] for c in caps}
+        served = {t: run_dummy if t is DUMMY else dummy_standin for c in caps for t in types_on(c)}
+        given = {op_type(k) if isinstance(k, str) else k: h for k, h in (handlers or {}).items()}
         worker = Worker(
             settings=WorkerSettings(nats_url=nats_server.url, worker_id=worker_id,
                                     nats_creds=creds(roles.IB if worker_type == "ib" else roles.WORKER),
                                     **{**FAST, "fetch_timeout_s": 0.3, "grace_s": 1.0, **settings}),
             worker_type=worker_type, capabilities=caps,
-            handlers={**dict.fromkeys(kinds, run_dummy), **(handlers or {})}, slots=slots, gpu=gpu)
+            handlers={**served, **given}, slots=slots, gpu=gpu)
         await worker.start()
         started.append(worker)
         return worker

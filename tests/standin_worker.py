@@ -1,4 +1,4 @@
-"""A real worker process whose every job kind runs the dummy handler.
+"""A real worker process whose every operation type runs the dummy handler.
 
 Tests start it as ``python -m tests.standin_worker`` to kill, freeze or SIGTERM a worker, and to
 stand in for a GPU host (``KTRDR_GPU=true KTRDR_EXTRA_CAPABILITIES=training.gpu``) on machines
@@ -11,22 +11,26 @@ bars under ``$KTRDR_HOME/data``), to kill a worker in the middle of a real train
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from ktrdr.dummy import run_dummy
+from ktrdr.optypes import OpType, op_types
+from ktrdr.optypes.dummy import DUMMY
+from ktrdr.optypes.training import TRAINING
 from ktrdr.runtime.context import Handler
 from ktrdr.runtime.entry import run_worker
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker
-from subjects import names
+from tests.support import dummy_standin
 
 
 def build_worker(settings: WorkerSettings) -> Worker:
-    kinds = {names.KIND_DUMMY, names.KIND_TRAINING, names.KIND_BACKTEST, names.KIND_DATA}
-    handlers: dict[str, Handler] = dict.fromkeys(kinds, run_dummy)
+    handlers: dict[OpType[Any, Any], Handler] = {
+        t: run_dummy if t is DUMMY else dummy_standin for t in op_types() if not t.on_coordinator}
     if os.environ.get("KTRDR_STANDIN_REAL_TRAINING") == "1":
         from worker_training.handler import make_training_handler
 
-        handlers[names.KIND_TRAINING] = make_training_handler(device="cpu", data_root=settings.home / "data")
+        handlers[TRAINING] = make_training_handler(device="cpu", data_root=settings.home / "data")
     return Worker(settings=settings, worker_type="standin", capabilities=[], handlers=handlers, slots=1)
 
 

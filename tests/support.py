@@ -7,7 +7,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from coordinator.app import Coordinator
+from ktrdr.dummy import run_dummy
+from ktrdr.runtime.context import JobContext
 from subjects.models import Operation, OpStatus
+from subjects.params import DummyParams
+from subjects.results import DummyResult
 
 
 async def assert_eventually(
@@ -45,3 +49,9 @@ async def wait_status(coordinator: Coordinator, op_id: str, *statuses: OpStatus,
 def auth_headers(coordinator: Coordinator) -> dict[str, str]:
     """What a status API client sends: the token the coordinator resolved at start."""
     return {"Authorization": f"Bearer {coordinator.api_token}"}
+
+
+async def dummy_standin(ctx: JobContext, params: object) -> DummyResult:
+    """The dummy handler standing in for any type's (in tests that only route, kill or freeze
+    workers): it reads the job's params as a dummy's, so a real type's params fail it, as before."""
+    return await run_dummy(ctx, DummyParams.model_validate(ctx.job.params))

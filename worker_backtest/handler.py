@@ -20,16 +20,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
 from ktrdr.backtest import BacktestConfig, run_backtest
 from ktrdr.data import DataStore
-from ktrdr.data.shared import fetch_dataset
-from ktrdr.results import put_result
 from ktrdr.runtime.context import JobContext
+from ktrdr.runtime.services import DatasetMissing
 from ktrdr.strategy import NeuroFuzzyStrategy, Strategy, load_strategy, with_parameters
 from subjects.names import DATA_OBJECTS
 from subjects.params import BacktestParams
+from subjects.results import BacktestSummary
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +69,7 @@ class BacktestHandler:
         self.store = DataStore(root=data_dir)
         self.on_progress = on_progress
 
-    def __call__(self, ctx: JobContext) -> dict[str, Any]:
-        p = BacktestParams.model_validate(ctx.params)
+    def __call__(self, ctx: JobContext, p: BacktestParams) -> BacktestSummary:
         strategy = _strategy(p)
         ctx.progress(percentage=0.0, step="data", message=f"loading {p.symbol} {p.timeframe}")
         bars = self._bars(ctx, p, p.timeframe)
@@ -98,13 +96,12 @@ class BacktestHandler:
         # The engine's last cancellation check can precede its last chunk: do not store a cancelled run.
         ctx.raise_if_cancelled()
         data = result.to_json_bytes(include_curves=p.include_curves)
-        size = ctx.run_async(put_result(ctx.js, ctx.op_id, data,
-                                        description=f"backtest {result.strategy} {p.symbol} {p.timeframe}"))
-        return {"strategy": result.strategy, "symbol": p.symbol, "timeframe": p.timeframe,
-                "start": bars.index[0].isoformat(), "end": bars.index[-1].isoformat(),
-                **({} if model is None else model.to_dict()),
-                "parameters": result.parameters, "metrics": result.metrics,
-                "result_bytes": size, "curves": p.include_curves}
+        size = ctx.call(ctx.results.put(data, description=f"backtest {result.strategy} {p.symbol} {p.timeframe}"))
+        return BacktestSummary(strategy=result.strategy, symbol=p.symbol, timeframe=p.timeframe,
+                               start=bars.index[0].isoformat(), end=bars.index[-1].isoformat(),
+                               **({} if model is None else model.to_dict()),
+                               parameters=result.parameters, metrics=result.metrics,
+                               result_bytes=size, curves=p.include_curves)
 
     def _bars(self, ctx: JobContext, p: BacktestParams, timeframe: str) -> pd.DataFrame:
         source = self._sync(ctx, p.symbol, timeframe)
@@ -125,8 +122,8 @@ class BacktestHandler:
     def _sync(self, ctx: JobContext, symbol: str, timeframe: str) -> dict[str, Any]:
         """Make the bucket's version local (a no-op when the digest is cached); say where it came from."""
         try:
-            got = ctx.run_async(fetch_dataset(ctx.js, self.store, symbol, timeframe))
-        except (BucketNotFoundError, ObjectNotFoundError, NotFoundError):
+            got = ctx.call(ctx.datasets.fetch(self.store, symbol, timeframe))
+        except DatasetMissing:
             # Data imported while NATS was down exists only on this machine: use it, say so.
             return {"source": "local"}
         return {"source": "bucket", "object": got.name, "digest": got.digest, "cached": got.cached}
@@ -135,14 +132,14 @@ class BacktestHandler:
                          bars: pd.DataFrame) -> tuple[np.ndarray, ModelUse]:
         """A neuro-fuzzy strategy trades its trained model's decisions (+1/0/-1 per base bar)."""
         # Deferred: the training stack (torch) is loaded only by workers that run such strategies.
-        from ktrdr.models.registry import load_model, show_model
+        from ktrdr.models.registry import parse_model_ref
         from ktrdr.training.inference import model_positions
 
-        name, _, version = (p.model or strategy.name).partition("@")
+        name, version = parse_model_ref(p.model or strategy.name)
         ctx.progress(step="model", message=f"loading model {name}@{version or 'latest'}")
         # The version is resolved once: "latest" read again to load could be a newer one.
-        found = ctx.run_async(show_model(ctx.js, name, version or None))
-        bundle = ctx.run_async(load_model(ctx.js, found.name, found.version))
+        found = ctx.call(ctx.models.show(name, version))
+        bundle = ctx.call(ctx.models.load(found.name, found.version))
         by_timeframe = {p.timeframe: bars}
         for tf in strategy.training_data.timeframes:
             if tf not in by_timeframe:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from ktrdr.dummy import run_dummy
+from ktrdr.optypes.dummy import DUMMY
+from ktrdr.optypes.training import TRAINING
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker
 from subjects import names
@@ -11,4 +13,4 @@ def build_worker(settings: WorkerSettings) -> Worker:
     training = make_training_handler(device="cpu", data_root=settings.home / "data")
     return Worker(settings=settings, worker_type="training",
                   capabilities=[names.CAP_TRAINING_CPU, names.CAP_DUMMY_ANY],
-                  handlers={names.KIND_TRAINING: training, names.KIND_DUMMY: run_dummy}, slots=1)
+                  handlers={TRAINING: training, DUMMY: run_dummy}, slots=1)

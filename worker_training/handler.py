@@ -16,18 +16,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from nats.js.errors import NotFoundError
 
 from ktrdr.data import DataStore
-from ktrdr.data.shared import fetch_dataset
-from ktrdr.models import save_model
 from ktrdr.models.training_plan import plan_training
 from ktrdr.progress import ProgressFn
-from ktrdr.runtime.checkpoints import delete_checkpoint, load_checkpoint, save_checkpoint
 from ktrdr.runtime.context import Handler, JobContext
+from ktrdr.runtime.services import DatasetMissing
 from ktrdr.training import train_strategy
 from ktrdr.training.checkpoint import read_checkpoint
 from ktrdr.training.device import resolve_device
+from subjects.results import TrainingResult
 from subjects.training import TrainingParams
 
 log = logging.getLogger(__name__)
@@ -43,8 +41,8 @@ def load_bars(ctx: JobContext, store: DataStore, symbol: str, timeframe: str,
               start: datetime | None, end: datetime | None) -> pd.DataFrame:
     """The bucket's current bars for ``symbol``/``timeframe`` (cached locally), cut to [start, end]."""
     try:
-        ctx.run_async(fetch_dataset(ctx.js, store, symbol, timeframe))
-    except NotFoundError:
+        ctx.call(ctx.datasets.fetch(store, symbol, timeframe))
+    except DatasetMissing:
         if not store.exists(symbol, timeframe):
             raise MissingBars(f"no {symbol} {timeframe} bars in the data bucket (publish them first) "
                               f"nor in {store.root}") from None
@@ -58,7 +56,7 @@ def load_bars(ctx: JobContext, store: DataStore, symbol: str, timeframe: str,
 def _resume_state(ctx: JobContext) -> bytes | None:
     if ctx.attempt <= 1:
         return None
-    data = ctx.run_async(load_checkpoint(ctx.js, ctx.op_id))
+    data = ctx.call(ctx.checkpoints.get())
     if data is None:
         log.info("operation %s attempt %d: no checkpoint, training from the start", ctx.op_id, ctx.attempt)
         return None
@@ -95,8 +93,7 @@ def plain(value: Any) -> Any:
 def make_training_handler(*, device: str, data_root: Path) -> Handler:
     """A training handler that trains on ``device`` (``cpu``, ``cuda``, ``mps`` or ``auto``)."""
 
-    def run_training(ctx: JobContext) -> dict[str, Any]:
-        params = TrainingParams.model_validate(ctx.params)
+    def run_training(ctx: JobContext, params: TrainingParams) -> TrainingResult:
         plan = plan_training(params)
         store = DataStore(root=data_root)
         ctx.progress(percentage=0.0, step="loading data", message=f"{plan.symbol} {', '.join(plan.timeframes)}")
@@ -108,7 +105,7 @@ def make_training_handler(*, device: str, data_root: Path) -> Handler:
             # Best effort: a lost checkpoint costs a retry some epochs, never the training itself;
             # False makes the trainer try again after the next epoch.
             try:
-                ctx.run_async(save_checkpoint(ctx.js, ctx.op_id, state), timeout=CHECKPOINT_TIMEOUT_S)
+                ctx.call(ctx.checkpoints.put(state), timeout=CHECKPOINT_TIMEOUT_S)
             except Exception as exc:
                 log.warning("operation %s: checkpoint of epoch %d not saved (tried again after the next epoch): %s",
                             ctx.op_id, epoch, exc)
@@ -119,7 +116,7 @@ def make_training_handler(*, device: str, data_root: Path) -> Handler:
         used = resolve_device(device).type
         result = train_strategy(plan.strategy, bars, device=device, cancel=ctx.token,
                                 progress=_with_device(ctx.progress, used), checkpoint=checkpoint,
-                                resume_from=resume_from, request=ctx.params)
+                                resume_from=resume_from, request=ctx.job.params)
         metrics = plain(result.metrics)
         metadata = {
             "op_id": ctx.op_id, "attempt": ctx.attempt, "worker_id": ctx.worker_id,
@@ -127,12 +124,12 @@ def make_training_handler(*, device: str, data_root: Path) -> Handler:
             "start": str(bars[plan.timeframes[0]].index[0]), "end": str(bars[plan.timeframes[0]].index[-1]),
             "metrics": metrics, "feature_names": result.feature_names,
         }
-        version = ctx.run_async(save_model(ctx.js, plan.model_name, result.bundle, metadata))
+        version = ctx.call(ctx.models.save(plan.model_name, result.bundle, metadata))
         try:
-            ctx.run_async(delete_checkpoint(ctx.js, ctx.op_id))
+            ctx.call(ctx.checkpoints.delete())
         except Exception as exc:  # the model is stored; a stale checkpoint only costs space
             log.warning("operation %s: checkpoint not deleted: %s", ctx.op_id, exc)
-        return {"model": f"{plan.model_name}@{version}", "model_name": plan.model_name, "model_version": version,
-                "symbol": plan.symbol, "timeframes": plan.timeframes, "metrics": metrics}
+        return TrainingResult(model=f"{plan.model_name}@{version}", model_name=plan.model_name,
+                              model_version=version, symbol=plan.symbol, timeframes=plan.timeframes, metrics=metrics)
 
     return run_training

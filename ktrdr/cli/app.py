@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as jsonlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,7 +14,7 @@ from ktrdr.cli.common import JsonOpt, exit_for, run_client, settings, submit_and
 from ktrdr.cli.follow import follow
 from ktrdr.cli.render import console, op_details, ops_table, workers_table
 from ktrdr.logs import quiet_ssl_eof, setup_logging
-from subjects import names
+from ktrdr.optypes.dummy import DUMMY
 from subjects.models import OpStatus
 
 if TYPE_CHECKING:
@@ -246,6 +247,57 @@ def ops_cancel(op_id: str, reason: Annotated[str, typer.Option()] = "cancelled b
         raise typer.Exit(1)
 
 
+@ops_app.command("types")
+def ops_types(json: JsonOpt = False) -> None:
+    """The operation types this ktrdr declares: where each runs and how to submit it."""
+    from rich.table import Table
+
+    from ktrdr.optypes import op_types
+
+    declared = sorted(op_types(), key=lambda t: t.name)
+    if json:
+        print(jsonlib.dumps([{"name": t.name, "summary": t.summary,
+                              "runs": "coordinator" if t.on_coordinator else list(t.runs.capabilities),
+                              "api": t.api, "cli": t.cli, "params": t.params.model_json_schema()}
+                             for t in declared], indent=2))
+        return
+    table = Table(title=f"{len(declared)} operation types")
+    for col in ("type", "runs on", "cli", "summary"):
+        table.add_column(col, overflow="fold")
+    for t in declared:
+        table.add_row(t.name, "coordinator" if t.on_coordinator else " then ".join(t.runs.capabilities),
+                      t.cli or "ktrdr ops submit " + t.name, t.summary)
+    console.print(table)
+
+
+@ops_app.command("submit")
+def ops_submit(
+    op_type: Annotated[str, typer.Argument(metavar="TYPE", help="An operation type (ktrdr ops types).")],
+    params: Annotated[str | None, typer.Option("--params", help="The params as a JSON object.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="One param name=value (JSON value or text; "
+                                                                 "repeatable, over --params).")] = None,
+    follow_it: Annotated[bool, typer.Option("--follow", "-f", help="Follow live; Ctrl-C cancels.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Submit any declared operation type with its params as JSON (the platform checks them)."""
+    try:
+        body = jsonlib.loads(params) if params else {}
+        if not isinstance(body, dict):
+            raise ValueError("--params must be a JSON object")
+        for spec in sets or []:
+            name, sep, value = spec.partition("=")
+            if not sep:
+                raise ValueError(f"--set {spec!r} must look like name=value")
+            try:
+                body[name.strip()] = jsonlib.loads(value)
+            except jsonlib.JSONDecodeError:
+                body[name.strip()] = value
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    submit_and_maybe_follow(op_type, body, follow_it=follow_it, json=json)
+
+
 # --- diagnostics --------------------------------------------------------------------------------
 
 @app.command()
@@ -257,7 +309,7 @@ def dummy(
     json: JsonOpt = False,
 ) -> None:
     """Submit a diagnostic dummy operation."""
-    submit_and_maybe_follow(names.OP_DUMMY, {"duration": duration, "steps": steps, "fail": fail},
+    submit_and_maybe_follow(DUMMY.name, {"duration": duration, "steps": steps, "fail": fail},
                             follow_it=follow_it, json=json)
 
 

@@ -8,6 +8,7 @@ other machines do not have the file.
 from __future__ import annotations
 
 import json as jsonlib
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,12 +20,14 @@ from rich.table import Table
 from ktrdr.cli.client import KtrdrClient
 from ktrdr.cli.common import JsonOpt, run_client, strategy_source, submit_and_maybe_follow
 from ktrdr.cli.render import console
+from ktrdr.optypes.backtesting import BACKTEST
+from ktrdr.optypes.sweep import SWEEP
 from ktrdr.results import get_result
-from subjects import names
 from subjects.models import Operation, OpStatus
 from subjects.params import BacktestParams, SweepParams
 
-backtest_app = typer.Typer(help="Backtests and parameter sweeps on the backtest workers.", no_args_is_help=True)
+backtest_app = typer.Typer(help="Backtests, parameter sweeps and walk-forward analyses on the backtest workers.",
+                           no_args_is_help=True)
 
 FollowOpt = Annotated[bool, typer.Option("--follow", "-f", help="Follow live; Ctrl-C cancels.")]
 SymbolOpt = Annotated[str, typer.Option("--symbol", "-s")]
@@ -105,7 +108,7 @@ def run(
         strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
         capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
         parameters=parameters, model=model))
-    _submit(names.OP_BACKTEST, params, follow_it=follow_it, json=json)
+    _submit(BACKTEST.name, params, follow_it=follow_it, json=json)
 
 
 @backtest_app.command("sweep")
@@ -138,9 +141,69 @@ def sweep(
         strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
         capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
         grid=grid, metric=metric, top=top))
-    op = _submit(names.OP_SWEEP, params, follow_it=follow_it, json=json)
+    op = _submit(SWEEP.name, params, follow_it=follow_it, json=json)
     if follow_it and not json and op.result:
         console.print(_top_table(op.result))
+
+
+@backtest_app.command("walkforward")
+def walkforward(
+    strategy: Annotated[str, typer.Argument(help="Packaged name, name in the strategies dir, or a YAML file.")],
+    symbol: SymbolOpt,
+    timeframe: TimeframeOpt = "1h",
+    start: StartOpt = None,
+    end: EndOpt = None,
+    in_sample: Annotated[str | None, typer.Option(help="In-sample length: bars (2000) or a duration "
+                                                       "(180d, 26w).")] = None,
+    out_of_sample: Annotated[str | None, typer.Option(help="Out-of-sample length: bars or a duration.")] = None,
+    folds: Annotated[int | None, typer.Option(min=1, help="Fold count, instead of the lengths.")] = None,
+    ratio: Annotated[float, typer.Option(help="With --folds: in-sample bars per out-of-sample bar.")] = 4.0,
+    anchored: Annotated[bool, typer.Option("--anchored", help="In-sample windows all start at the first bar "
+                                                              "(default: rolling).")] = False,
+    param: Annotated[list[str] | None, typer.Option(
+        "--param", "-p", help="Rule-based: the grid each in-sample fold sweeps, name=start:stop:step or "
+                              "name=a,b,c.")] = None,
+    metric: Annotated[str, typer.Option(help="Rule-based: the metric that picks each fold's "
+                                             "variant.")] = "sharpe_ratio",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Neuro-fuzzy: training epochs per fold.")] = None,
+    capital: CapitalOpt = 100_000.0,
+    commission: CostOpt = 0.001,
+    slippage: CostOpt = 0.0005,
+    sizing: SizingOpt = "fraction",
+    fraction: FractionOpt = 0.25,
+    overrides: SetOpt = None,
+    follow_it: FollowOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Walk-forward analysis: choose on each in-sample fold (a sweep of --param, or a training for a
+    neuro-fuzzy strategy), backtest the choice on the next out-of-sample fold, join those curves."""
+    from ktrdr.backtest.sweep import parse_grid
+    from ktrdr.optypes import Rejected
+    from ktrdr.optypes.walkforward import WALKFORWARD, WalkForwardParams, admit_walkforward
+
+    def length(text: str | None) -> int | str | None:
+        return int(text) if text is not None and text.strip().isdigit() else text
+
+    try:
+        grid = parse_grid(param) if param else None
+        params = WalkForwardParams.model_validate({k: v for k, v in dict(
+            strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
+            in_sample=length(in_sample), out_of_sample=length(out_of_sample), folds=folds, ratio=ratio,
+            mode="anchored" if anchored else "rolling", grid=grid, metric=metric, epochs=epochs,
+            capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
+            parameters=_overrides(overrides)).items() if v is not None})
+        params = admit_walkforward(params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        console.print(f"[red]error:[/] invalid {where}: {err['msg']}")
+        raise typer.Exit(2) from None
+    except (Rejected, ValueError) as exc:
+        console.print(f"[red]error:[/] invalid {exc}")
+        raise typer.Exit(2) from None
+    op = _submit(WALKFORWARD.name, params, follow_it=follow_it, json=json)
+    if follow_it and not json and op.result:
+        console.print(_folds_table(op.result))
 
 
 async def _load(c: KtrdrClient, op_id: str) -> tuple[Operation, dict[str, Any] | None]:
@@ -162,18 +225,22 @@ def _results(op_id: str) -> tuple[Operation, dict[str, Any]]:
 @backtest_app.command("show")
 def show(op_id: str, trades: Annotated[int, typer.Option(min=0, help="Trades to list (the last ones).")] = 20,
          json: JsonOpt = False) -> None:
-    """Metrics and trades of a completed backtest, or the ranking of a sweep."""
+    """Metrics and trades of a completed backtest, the ranking of a sweep, or a walk-forward's folds."""
     op, doc = _results(op_id)
     # The model a neuro-fuzzy backtest traded is in the op's result, not in the stored result.
     model = (op.result or {}).get("model")
     if json:
-        shown = doc if op.type == names.OP_SWEEP else {k: v for k, v in doc.items()
+        shown = doc if op.type == SWEEP.name else {k: v for k, v in doc.items()
                                                        if k not in ("index_ns", "equity", "benchmark")}
         extra = {"model": model} if model else {}
         print(jsonlib.dumps({**shown, **extra, **({"warnings": op.warnings} if op.warnings else {})}, indent=2))
         return
-    if op.type == names.OP_SWEEP:
+    if op.type == SWEEP.name:
         console.print(_ranking_table(doc, limit=max(trades, 1)))
+        return
+    if doc.get("format", "").startswith("ktrdr.walkforward"):
+        console.print(_folds_table(doc))
+        console.print(_metrics_table(doc["metrics"]))
         return
     config = doc.get("config", {})
     console.print(f"[bold]{doc['strategy']}[/] on {config.get('symbol')} {doc.get('timeframe')} "
@@ -186,12 +253,26 @@ def show(op_id: str, trades: Annotated[int, typer.Option(min=0, help="Trades to 
 
 @backtest_app.command("plot")
 def plot(op_id: str, output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")]) -> None:
-    """Equity and drawdown chart of a completed backtest, beside buy and hold."""
+    """Equity and drawdown chart of a completed backtest beside buy and hold, or of a walk-forward's
+    stitched out-of-sample curve with its fold boundaries."""
     from ktrdr.backtest import BacktestResult
     from ktrdr.backtest.plot import plot_result
 
     op, doc = _results(op_id)
-    if op.type == names.OP_SWEEP or not doc.get("equity"):
+    if doc.get("format", "").startswith("ktrdr.walkforward"):
+        from ktrdr.backtest.walkforward import Fold, plot_walkforward
+
+        folds = [Fold(index=f["index"], **{k: datetime.fromisoformat(f[k])
+                                          for k in ("in_start", "in_end", "out_start", "out_end")})
+                 for f in doc["fold_windows"]]
+        eff = doc.get("efficiency")
+        title = (f"walk-forward {doc['symbol']} {doc['timeframe']}, {len(folds)} folds: out of sample "
+                 f"{doc['metrics']['total_return_pct']:.2f} %, efficiency {'-' if eff is None else f'{eff:.2f}'}")
+        written = plot_walkforward(index_ns=doc["index_ns"], equity=doc["equity"], folds=folds, path=output,
+                                   title=title)
+        console.print(f"wrote {written}")
+        return
+    if op.type == SWEEP.name or not doc.get("equity"):
         console.print(f"[red]error:[/] {op_id} stored no equity curve (sweep children leave it out): "
                       "run that variant with `ktrdr backtest run` to plot it")
         raise typer.Exit(2)
@@ -252,4 +333,21 @@ def _top_table(result: dict[str, Any]) -> Table:
     for r in result["top"]:
         table.add_row(str(r["rank"]), ", ".join(f"{k}={v}" for k, v in r["parameters"].items()),
                       _fmt(r.get(metric)), _fmt(r.get("total_return_pct")), r["op_id"])
+    return table
+
+
+def _folds_table(result: dict[str, Any]) -> Table:
+    metric = result["metric"]
+    eff = result.get("efficiency")
+    m = result.get("metrics", {})
+    table = Table(title=f"walk-forward ({result['approach']}): out of sample {_fmt(m.get('total_return_pct'))} %, "
+                        f"sharpe {_fmt(m.get('sharpe_ratio'))}, efficiency {_fmt(eff)}")
+    for col in ("fold", "out of sample", "chosen", f"in {metric}", f"out {metric}", "in ann. %", "out ann. %"):
+        table.add_column(col)
+    for row in result["folds"]:
+        chosen = ", ".join(f"{k}={v}" for k, v in row["chosen"].items())
+        table.add_row(str(row["fold"]), f"{row['out_start'][:10]}..{row['out_end'][:10]}", chosen,
+                      _fmt(row["in_sample"].get(metric)), _fmt(row["out_of_sample"].get(metric)),
+                      _fmt(row["in_sample"].get("annualized_return_pct")),
+                      _fmt(row["out_of_sample"].get("annualized_return_pct")))
     return table

@@ -17,6 +17,7 @@ from rich.table import Table
 from ktrdr.cli.client import KtrdrClient, KtrdrError, service_error, to_json
 from ktrdr.cli.common import JsonOpt, run_client, submit_and_maybe_follow
 from ktrdr.cli.render import ago, console
+from ktrdr.optypes.data_load import DATA_LOAD
 from subjects import names
 from subjects.data import DataLoadParams, IbStatus
 from subjects.models import BadPayload, WorkerLease, decode
@@ -109,5 +110,5 @@ def fetch(
         console.print(f"[red]error:[/] {where}: {first['msg']}")
         raise typer.Exit(2) from None
 
-    submit_and_maybe_follow(names.OP_DATA_LOAD, params.model_dump(mode="json", exclude_none=True),
+    submit_and_maybe_follow(DATA_LOAD.name, params.model_dump(mode="json", exclude_none=True),
                             follow_it=follow_it, json=json)

@@ -19,6 +19,7 @@ from ktrdr.cli.render import console
 from ktrdr.models import ModelVersion, list_models, parse_model_ref, show_model
 from ktrdr.models.registry import ModelNotFoundError
 from ktrdr.models.training_plan import TrainingRequestError, plan_training
+from ktrdr.optypes.training import TRAINING
 from subjects.training import TrainingParams
 
 
@@ -103,7 +104,7 @@ def register(app: typer.Typer) -> None:
         """Train a neuro-fuzzy strategy's model on the GPU host if there is one, else a CPU worker."""
         params = training_params(strategy, symbol=symbol, timeframes=timeframe, start=start, end=end, model=model,
                                  seed=seed, epochs=epochs, checkpoint_every=checkpoint_every)
-        submit_and_maybe_follow("training", params, follow_it=follow_it, json=json)
+        submit_and_maybe_follow(TRAINING.name, params, follow_it=follow_it, json=json)
 
     @models_app.command("list")
     def models_list(json: JsonOpt = False) -> None:

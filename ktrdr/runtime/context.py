@@ -1,19 +1,27 @@
-"""What a job handler gets: the job, a cancellation token and a throttled progress callback."""
+"""What a job handler gets: ``handler(ctx, params) -> result``, where ``ctx`` is a :class:`JobContext`.
+
+The context offers the op's identity, a cancellation token, throttled progress, durable facts and
+warnings for the record, a logger that names the op and attempt, and the shared stores as services
+(``ktrdr.runtime.services``), never a raw connection. Where its reports go is a :class:`Reporter`:
+NATS subjects in a worker (:class:`NatsReporter`), lists in the handler harness
+(``ktrdr.runtime.harness``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from nats.aio.client import Client
-from nats.js import JetStreamContext
+from pydantic import BaseModel
 
 from ktrdr.cancel import CancelToken
 from ktrdr.runtime.publish import AckedPublisher
+from ktrdr.runtime.services import Datasets, Models, OpBlobs, Services
 from subjects import names
 from subjects.models import JobMessage, OpEvent, OpEventKind, ProgressUpdate
 
@@ -22,6 +30,32 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress messages per second per operation
+
+
+class Reporter(Protocol):
+    """Where a context's progress and info events go."""
+
+    async def progress(self, update: ProgressUpdate) -> None: ...
+
+    async def event(self, event: OpEvent) -> None: ...
+
+
+class NatsReporter:
+    """A worker's: ``ops.<id>.progress`` (best effort) and ``ops.<id>.events`` (stored, acknowledged)."""
+
+    def __init__(self, publisher: AckedPublisher) -> None:
+        self.publisher = publisher
+
+    async def progress(self, update: ProgressUpdate) -> None:
+        await self.publisher.publish(names.ops_progress(update.op_id), update.encode())
+
+    async def event(self, event: OpEvent) -> None:
+        await self.publisher.publish(names.ops_events(event.op_id), event.encode())
+
+
+class _OpLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['op_id']}#{self.extra['attempt']}] {msg}", kwargs  # type: ignore[index]
 
 
 class JobContext:
@@ -37,27 +71,27 @@ class JobContext:
         *,
         job: JobMessage,
         worker_id: str,
-        nc: Client,
-        js: JetStreamContext,
-        publisher: AckedPublisher,
+        reporter: Reporter,
+        services: Services,
         loop: asyncio.AbstractEventLoop,
-        on_rejected: Callable[[str], None] | None = None,
     ) -> None:
         self.job = job
         self.op_id = job.op_id
         self.attempt = job.attempt
-        self.params = job.params
         self.worker_id = worker_id
-        self.nc = nc
-        self.js = js
-        self.publisher = publisher
         self.loop = loop
         self.token = CancelToken()
+        self.log: logging.LoggerAdapter = _OpLog(  # type: ignore[type-arg]
+            logging.getLogger("ktrdr.op"), {"op_id": job.op_id, "attempt": job.attempt})
+        self.datasets: Datasets = services.datasets
+        self.models: Models = services.models
+        self.results = OpBlobs(services.results, job.op_id)
+        self.checkpoints = OpBlobs(services.checkpoints, job.op_id)
+        self._reporter = reporter
         self._pending: ProgressUpdate | None = None
         self._last_sent = 0.0
         self._flush_handle: asyncio.TimerHandle | None = None
         self._publishing: asyncio.Task[None] | None = None
-        self._subject = names.ops_progress(job.op_id)
         self._info_tasks: set[asyncio.Future[Any]] = set()
         self._cancelled: asyncio.Event | None = None
 
@@ -102,15 +136,16 @@ class JobContext:
                                    attempt=self.attempt, message=message))
 
     def _publish_info(self, event: OpEvent) -> None:
-        coro = self.publisher.publish(names.ops_events(self.op_id), event.encode())
+        coro = self._reporter.event(event)
         if self._on_loop():
             future: asyncio.Future[Any] = asyncio.ensure_future(coro)
         else:
             future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop), loop=self.loop)
         self._info_tasks.add(future)
 
-    def run_async(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run a coroutine on the worker's event loop from the handler's thread and wait for it."""
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """For blocking handlers (run in a thread): run a coroutine, a service call for instance, on
+        the worker's event loop and wait for it."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def _on_loop(self) -> bool:
@@ -137,7 +172,7 @@ class JobContext:
             return
         self._last_sent = time.monotonic()
         try:
-            await self.publisher.publish(self._subject, update.encode())
+            await self._reporter.progress(update)
         except Exception as exc:  # progress is best effort; the outcome event is not
             log.warning("progress for %s not published: %s", self.op_id, exc)
         if self._pending is not None and self._flush_handle is None:
@@ -157,4 +192,14 @@ class JobContext:
             self._info_tasks.clear()
 
 
-Handler = Callable[[JobContext], "dict[str, Any] | None | Awaitable[dict[str, Any] | None]"]
+Handler = Callable[[JobContext, Any], "BaseModel | dict[str, Any] | None | Awaitable[Any]"]
+"""``handler(ctx, params) -> result``: params as the type's model, the result as its result model
+(a dict is validated into it). A coroutine function runs on the event loop; any other in a thread."""
+
+
+async def call_handler(handler: Handler, ctx: JobContext, params: Any) -> Any:
+    """Run ``handler``: a coroutine function on the event loop, any other in a thread."""
+    # A handler object (BacktestHandler) is async when its __call__ is.
+    if inspect.iscoroutinefunction(handler if inspect.isroutine(handler) else type(handler).__call__):
+        return await handler(ctx, params)  # type: ignore[misc]
+    return await asyncio.to_thread(handler, ctx, params)

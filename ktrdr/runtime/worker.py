@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import signal
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,11 +28,13 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from ktrdr import __version__
 from ktrdr.cancel import OperationCancelled
+from ktrdr.optypes import OpType
 from ktrdr.runtime.connection import NatsAuth, connect
-from ktrdr.runtime.context import Handler, JobContext
+from ktrdr.runtime.context import Handler, JobContext, NatsReporter, call_handler
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.pull import JobPuller
 from ktrdr.runtime.retry import RetryPolicy, transient_js_error
+from ktrdr.runtime.services import Services, jetstream_services
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.topology import Buckets, TopologyMissing, bind_topology
@@ -94,7 +95,8 @@ def default_worker_id(settings: WorkerSettings, worker_type: str) -> str:
 
 
 class Worker:
-    """One worker process. ``handlers`` maps a job kind (``dummy``, ``backtest``...) to its handler."""
+    """One worker process. ``handlers`` maps each operation type it runs (its declaration,
+    ``ktrdr.optypes``) to the handler: ``handler(ctx, params) -> result``."""
 
     def __init__(
         self,
@@ -102,7 +104,7 @@ class Worker:
         settings: WorkerSettings,
         worker_type: str,
         capabilities: list[str],
-        handlers: dict[str, Handler],
+        handlers: Mapping[OpType[Any, Any], Handler],
         slots: int = 1,
         gpu: bool = False,
         device_name: str | None = None,
@@ -118,10 +120,10 @@ class Worker:
         self.capabilities = list(dict.fromkeys([*capabilities, *extra]))
         for cap in self.capabilities:
             names.validate_capability(cap)
-            kind = cap.split(".")[0]
-            if kind not in handlers:
-                raise ValueError(f"capability {cap} has no handler for kind {kind!r}")
-        self.handlers = handlers
+            if not any(cap in t.runs.capabilities for t in handlers):
+                raise ValueError(f"capability {cap} has no handler: none of "
+                                 f"{', '.join(t.name for t in handlers) or 'no types'} runs on it")
+        self.handlers: dict[str, tuple[OpType[Any, Any], Handler]] = {t.name: (t, h) for t, h in handlers.items()}
         self.worker_id = names.validate_token(
             settings.worker_id or default_worker_id(settings, worker_type), what="worker id")
         self.slots = settings.slots or slots
@@ -137,6 +139,8 @@ class Worker:
         self.js: JetStreamContext | None = None
         self.buckets: Buckets | None = None
         self.publisher: AckedPublisher | None = None
+        self._reporter: NatsReporter = None  # type: ignore[assignment]
+        self._services: Services = None  # type: ignore[assignment]
         self._running: dict[str, _Running] = {}
         self._jobs: set[asyncio.Task[None]] = set()  # every job task, until its outcome is published
         self._pullers: list[JobPuller] = []
@@ -168,6 +172,8 @@ class Worker:
         self.buckets = await bind_topology(self.js)
         self.publisher = AckedPublisher(nc=self.nc)
         await self.publisher.start()
+        self._reporter = NatsReporter(self.publisher)
+        self._services = jetstream_services(self.js)
         # One plain subscription (no queue group) for every op this worker will run, held from
         # before the first claim: whoever owns a claim is reachable. A subscription per op cost a
         # SUB and an UNSUB each, and each of those resets the server's per-connection routing
@@ -374,7 +380,7 @@ class Worker:
             job = decode(JobMessage, msg.data)
             if job.capability != capability:
                 raise BadPayload(f"job for {job.capability} arrived on {capability}")
-            if job.type not in names.OP_TYPE_KIND or names.OP_TYPE_KIND[job.type] not in self.handlers:
+            if job.type not in self.handlers:
                 raise BadPayload(f"no handler for operation type {job.type!r}")
         except BadPayload as exc:
             self.rejected[msg.subject] += 1
@@ -393,8 +399,8 @@ class Worker:
             await self.request_jobs()
             return
         assert self.nc is not None and self.js is not None and self.publisher is not None
-        ctx = JobContext(job=job, worker_id=self.worker_id, nc=self.nc, js=self.js,
-                         publisher=self.publisher, loop=asyncio.get_running_loop())
+        ctx = JobContext(job=job, worker_id=self.worker_id, reporter=self._reporter, services=self._services,
+                         loop=asyncio.get_running_loop())
         running = _Running(ctx=ctx)
         self._running[job.op_id] = running
         self._lease_changed()
@@ -507,14 +513,11 @@ class Worker:
     async def _execute(self, r: _Running) -> _SentEvent:
         """Run the handler; returns its outcome event, sent but not yet acknowledged."""
         ctx = r.ctx
-        handler = self.handlers[names.OP_TYPE_KIND[ctx.job.type]]
+        declared, handler = self.handlers[ctx.job.type]
         outcome, result, error = OpEventKind.COMPLETED, None, None
         try:
             ctx.raise_if_cancelled()
-            if inspect.iscoroutinefunction(handler):
-                result = await handler(ctx)
-            else:
-                result = await asyncio.to_thread(handler, ctx)
+            result = declared.result_dict(await call_handler(handler, ctx, declared.parse(ctx.job.params)))
             if ctx.token.cancelled and r.fenced:
                 raise OperationCancelled(ctx.token.reason or "cancelled")
         except OperationCancelled as exc:
@@ -531,8 +534,7 @@ class Worker:
         # No cancel can change the outcome now: the coordinator answers from here on.
         r.cancellable = False
         await ctx.flush()
-        return await self._send_event(ctx, outcome, result=result if isinstance(result, dict) else None,
-                                      error=error)
+        return await self._send_event(ctx, outcome, result=result, error=error)
 
     async def _send_event(self, ctx: JobContext, kind: OpEventKind, *,
                           result: dict[str, Any] | None = None, error: str | None = None) -> _SentEvent:

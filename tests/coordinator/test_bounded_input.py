@@ -79,7 +79,7 @@ async def test_a_failed_event_with_a_900_kb_error_ends_the_op_failed_with_a_trun
 
 async def test_a_handler_error_of_megabytes_is_cut_by_the_worker_and_the_op_ends_failed(
         coordinator: Coordinator, make_worker: MakeWorker) -> None:
-    async def explode(ctx: JobContext) -> dict[str, Any]:
+    async def explode(ctx: JobContext, params: Any) -> dict[str, Any]:
         raise RuntimeError("boom " * 400_000)
 
     await make_worker("w1", handlers={"dummy": explode})
@@ -92,7 +92,7 @@ async def test_a_handler_error_of_megabytes_is_cut_by_the_worker_and_the_op_ends
 
 async def test_a_result_too_large_for_an_event_fails_the_op_and_says_where_results_belong(
         coordinator: Coordinator, make_worker: MakeWorker) -> None:
-    async def hoard(ctx: JobContext) -> dict[str, Any]:
+    async def hoard(ctx: JobContext, params: Any) -> dict[str, Any]:
         return {"trades": ["t" * 100 for _ in range(6_000)]}  # about 600 KB
 
     await make_worker("w1", handlers={"dummy": hoard})

@@ -31,6 +31,8 @@ from coordinator.app import Coordinator
 from coordinator.health import HEALTH_KEY
 from ktrdr.dummy import run_dummy
 from ktrdr.natsd import NatsServer
+from ktrdr.optypes.backtesting import BACKTEST
+from ktrdr.optypes.dummy import DUMMY
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker
 from subjects import names, roles
@@ -173,7 +175,7 @@ async def platform(cluster: Cluster, data_dir: Path) -> AsyncIterator[Coordinato
                                                 nats_ca=cluster.tls.ca, worker_id="w1", js_replicas=3,
                                                 fetch_timeout_s=0.3, grace_s=1, **LEASE),
                         worker_type="backtest", capabilities=[names.CAP_DUMMY_ANY, names.CAP_BACKTEST_CPU],
-                        handlers={names.KIND_DUMMY: run_dummy, names.KIND_BACKTEST: BacktestHandler(data_dir)},
+                        handlers={DUMMY: run_dummy, BACKTEST: BacktestHandler(data_dir)},
                         slots=4)
         await worker.start()
         try:

@@ -29,7 +29,7 @@ async def submit_training(coordinator: Coordinator) -> str:
     return await submit(coordinator, "training", strategy="neuro_mean_reversion")
 
 
-def ran_on(ctx):  # type: ignore[no-untyped-def]
+def ran_on(ctx, params):  # type: ignore[no-untyped-def]
     return {"ran_on": ctx.worker_id}
 
 
@@ -148,7 +148,7 @@ async def test_worker_never_fetches_beyond_its_slots(coordinator: Coordinator, m
 
 
 async def test_a_handler_can_record_facts_in_the_op_record(coordinator: Coordinator, make_worker: MakeWorker) -> None:
-    def noting(ctx):  # type: ignore[no-untyped-def]
+    def noting(ctx, params):  # type: ignore[no-untyped-def]
         ctx.info(resumed_from_epoch=7)
         return {"ok": True}
 
@@ -216,7 +216,7 @@ async def test_a_worker_serving_two_capabilities_takes_from_both_in_turn(
     # deliveries would run out (MaxDeliver 10) while the other capability has a backlog.
     started: list[str] = []
 
-    async def record(ctx: JobContext) -> dict[str, object]:
+    async def record(ctx: JobContext, params: object) -> dict[str, object]:
         started.append(ctx.job.type)
         await asyncio.sleep(0.02)
         return {}
@@ -225,7 +225,7 @@ async def test_a_worker_serving_two_capabilities_takes_from_both_in_turn(
     ids = [await submit(coordinator, "backtesting", **backtest_params()) for _ in range(each)]
     ids += [await submit(coordinator, duration=0) for _ in range(each)]
     await make_worker("w1", capabilities=[names.CAP_DUMMY_ANY, names.CAP_BACKTEST_CPU], slots=1,
-                      handlers={names.KIND_DUMMY: record, names.KIND_BACKTEST: record})
+                      handlers={"dummy": record, "backtesting": record})
     done = [await wait_status(coordinator, op_id, OpStatus.COMPLETED, timeout=30) for op_id in ids]
     assert sorted(started) == ["backtesting"] * each + ["dummy"] * each
     assert [op.op_id for op in done if op.warnings or op.attempts[0].reoffers] == [], started

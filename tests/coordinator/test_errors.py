@@ -51,6 +51,10 @@ BAD_SUBMISSIONS = [
     ("oversized params", json.dumps({"type": "dummy", "params": {"duration": 0, "fail": "x" * 70_000}}),
      422, "params.fail"),
     ("unknown op type", json.dumps({"type": "nope", "params": {}}), 422, "type"),
+    ("walk-forward without folds", json.dumps({"type": "walkforward", "params": backtest_params(grid={"fast": [5]})}),
+     422, "params"),
+    ("walk-forward of a rule-based strategy without a grid",
+     json.dumps({"type": "walkforward", "params": backtest_params(folds=3)}), 422, "grid"),
     ("not JSON", "not json at all", 400, None),
 ]
 

@@ -42,7 +42,7 @@ async def bars(nc: Client, tmp_path: Path) -> None:
 
 def training_worker(tmp_path: Path, worker_id: str) -> dict[str, Any]:
     """make_worker arguments for a worker with the real (CPU) training handler."""
-    return {"handlers": {names.KIND_TRAINING: make_training_handler(device="cpu", data_root=tmp_path / worker_id)}}
+    return {"handlers": {"training": make_training_handler(device="cpu", data_root=tmp_path / worker_id)}}
 
 
 async def submit(api: httpx.AsyncClient, **params: Any) -> str:

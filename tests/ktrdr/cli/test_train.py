@@ -32,7 +32,7 @@ async def test_train_follows_to_a_stored_model_that_models_lists_and_shows(
         tmp_path: Path) -> None:
     await publish_planted_bars(nc.jetstream(), tmp_path / "origin")
     await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU],
-                      handlers={names.KIND_TRAINING: make_training_handler(device="cpu", data_root=tmp_path / "w")})
+                      handlers={"training": make_training_handler(device="cpu", data_root=tmp_path / "w")})
     strategy_file = tmp_path / "planted.yaml"
     strategy_file.write_text(strategy_yaml())
     code, out = await finish(ktrdr(nats_server, "train", str(strategy_file), "--epochs", "2", "--model", "cli-model",

@@ -102,14 +102,14 @@ async def test_a_blocking_handler_runs_in_a_thread_and_the_worker_stays_responsi
         coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
     on_main_thread: list[bool] = []
 
-    def blocking(ctx: JobContext) -> None:
+    def blocking(ctx: JobContext, params: object) -> None:
         on_main_thread.append(threading.current_thread() is threading.main_thread())
         deadline = time.monotonic() + 30
         while not ctx.token.cancelled and time.monotonic() < deadline:
             time.sleep(0.01)  # blocks this thread only
         ctx.raise_if_cancelled()
 
-    await make_worker("w1", handlers={names.KIND_DUMMY: blocking})
+    await make_worker("w1", handlers={"dummy": blocking})
     op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={}))
     await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
     leases = await nc.jetstream().key_value(names.WORKERS_BUCKET)

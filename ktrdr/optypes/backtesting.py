@@ -1,0 +1,25 @@
+"""``backtesting``: one strategy on one symbol's bars, on a backtest worker."""
+
+from __future__ import annotations
+
+from ktrdr.backtest.checks import RequestProblem, check_strategy
+from ktrdr.optypes.defn import OpType, Rejected, declare, on
+from subjects import names
+from subjects.params import BacktestParams
+from subjects.results import BacktestSummary
+
+
+def admit_backtest(params: BacktestParams) -> BacktestParams:
+    """The strategy must load with its overrides: the loader the workers use, so a job that
+    skipped admission fails alike."""
+    try:
+        check_strategy(params.strategy, params.parameters)
+    except RequestProblem as exc:
+        raise Rejected(exc.field, exc.message) from None
+    return params
+
+
+BACKTEST = declare(OpType(
+    name="backtesting", params=BacktestParams, result=BacktestSummary, runs=on(names.CAP_BACKTEST_CPU),
+    summary="one strategy on one symbol's bars; full result in the results store",
+    admit=admit_backtest, api="/api/v1/backtests", cli="ktrdr backtest run"))

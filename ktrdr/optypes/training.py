@@ -1,0 +1,27 @@
+"""``training``: a neuro-fuzzy strategy's model, trained on a GPU host when one is up, else on a CPU."""
+
+from __future__ import annotations
+
+from ktrdr.models.training_plan import TrainingRequestError, plan_training
+from ktrdr.optypes.defn import OpType, Rejected, declare, on
+from subjects import names
+from subjects.results import TrainingResult
+from subjects.training import TrainingParams
+
+
+def admit_training(params: TrainingParams) -> TrainingParams:
+    """The strategy must load and be neuro-fuzzy; the symbol, timeframes and model name it implies
+    are written into the params, so the record says what was trained."""
+    try:
+        plan = plan_training(params)
+    except TrainingRequestError as exc:
+        raise Rejected(exc.field, exc.message) from None
+    return params.model_copy(update={"symbols": [plan.symbol], "timeframes": plan.timeframes,
+                                     "model_name": plan.model_name})
+
+
+TRAINING = declare(OpType(
+    name="training", params=TrainingParams, result=TrainingResult,
+    runs=on(names.CAP_TRAINING_GPU, names.CAP_TRAINING_CPU),
+    summary="train a neuro-fuzzy model (GPU first, CPU after a timeout) into the model registry",
+    admit=admit_training, api="/api/v1/trainings", cli="ktrdr train"))

@@ -1,0 +1,294 @@
+"""``walkforward``: walk-forward analysis, a parent operation built only on the other types.
+
+The date range is cut into folds (``ktrdr.backtest.walkforward.make_folds``: rolling or anchored,
+in-sample and out-of-sample lengths as bar counts or durations, or a fold count), fixed once from
+the dataset's bars when the operation starts. Then, run by the coordinator's parent runner:
+
+- **rule-based strategy**: stage 1 is a ``sweep`` of ``grid`` on every fold's in-sample bars
+  (themselves parents: each one fans out its backtests); stage 2 backtests each fold's best
+  variant, by ``metric``, on that fold's out-of-sample bars;
+- **neuro-fuzzy strategy**: stage 1 is a ``training`` on every fold's in-sample bars (GPU first,
+  like any training); stage 2 backtests each fold's model on its in-sample bars (for the
+  efficiency) and on its out-of-sample bars.
+
+Folds are independent, so each stage runs every fold at once across the fleet. A child sees only
+its own window's bars (``start``/``end``), so no out-of-sample bar reaches its fold's selection or
+training. The result: a per-fold table (chosen parameters or model, in- and out-of-sample metrics),
+the out-of-sample curves joined into one compounded curve and its metrics, and the walk-forward
+efficiency (mean out-of-sample annualised return over mean in-sample); the full document, curve
+included, in the ``results`` store (``ktrdr backtest plot`` draws it with the fold boundaries).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from ktrdr.backtest.checks import RequestProblem, check_strategy
+from ktrdr.backtest.result import BacktestResult
+from ktrdr.backtest.walkforward import (
+    MAX_FOLDS,
+    Fold,
+    make_folds,
+    stitch,
+    stitched_metrics,
+    walk_forward_efficiency,
+)
+from ktrdr.optypes.backtesting import BACKTEST
+from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
+from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
+from ktrdr.optypes.sweep import SWEEP
+from ktrdr.optypes.training import TRAINING
+from subjects.models import OpStatus
+from subjects.params import BacktestParams, ParamValue, SweepParams
+from subjects.results import Result
+from subjects.training import TrainingParams
+
+FORMAT = "ktrdr.walkforward.result/1"
+Approach = Literal["grid", "training"]
+# The metrics each fold's row keeps, beside the ranking metric (the full ones are in the children).
+FOLD_METRICS = ("total_return_pct", "annualized_return_pct", "sharpe_ratio", "max_drawdown_pct", "trades")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]+)$")
+_UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class WalkForwardParams(BacktestParams):
+    """A backtest's fields (strategy, symbol, range, costs, sizing, shared ``parameters``) plus the
+    folds and how each fold's in-sample part chooses. ``approach`` is filled by admission from the
+    strategy: ``grid`` (rule-based, needs ``grid``) or ``training`` (neuro-fuzzy)."""
+
+    mode: Literal["rolling", "anchored"] = "rolling"
+    in_sample: int | str | None = Field(default=None, description="bars, or a duration: 180d, 26w, 12h")
+    out_of_sample: int | str | None = Field(default=None, description="bars, or a duration")
+    folds: int | None = Field(default=None, ge=1, le=MAX_FOLDS, description="instead of the lengths")
+    ratio: float = Field(default=4.0, gt=0, le=100, description="in-sample:out-of-sample bars with folds")
+    grid: dict[str, list[ParamValue]] | None = Field(default=None, description="rule-based: the sweep grid")
+    metric: str = Field(default="sharpe_ratio", min_length=1)
+    descending: bool | None = None
+    epochs: int | None = Field(default=None, ge=1, le=100_000, description="neuro-fuzzy: training epochs")
+    seed: int | None = Field(default=None, ge=0)
+    approach: Approach | None = None
+
+    @field_validator("in_sample", "out_of_sample")
+    @classmethod
+    def _length(cls, v: int | str | None) -> int | str | None:
+        if v is None:
+            return v
+        if isinstance(v, int):
+            if v < 2:
+                raise ValueError(f"{v} bars: a window needs at least 2")
+            return v
+        if parse_length(v) <= timedelta(0):
+            raise ValueError(f"invalid duration {v!r}: it must be longer than nothing")
+        return v.strip().lower()
+
+    @model_validator(mode="after")
+    def _folds_or_lengths(self) -> WalkForwardParams:
+        if self.model is not None:
+            raise ValueError("model: a walk-forward trains its own model on each fold; leave it out")
+        lengths = (self.in_sample is not None, self.out_of_sample is not None)
+        if self.folds is None and lengths != (True, True):
+            raise ValueError("give in_sample and out_of_sample (bars or durations), or folds")
+        if self.folds is not None and any(lengths):
+            raise ValueError("give either folds or in_sample and out_of_sample, not both")
+        if self.grid is not None:
+            SweepParams.model_validate({**self._backtest_fields(), "grid": self.grid})
+        return self
+
+    def _backtest_fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", include=set(BacktestParams.model_fields) - {"model", "include_curves"})
+
+    def backtest(self, *, start: str, end: str, **fields: Any) -> BacktestParams:
+        return BacktestParams.model_validate({**self._backtest_fields(), "start": start, "end": end,
+                                              "include_curves": True, **fields})
+
+
+def parse_length(value: int | str) -> int | timedelta:
+    """Bars (an int), or a duration: a number and m/min, h, d or w. Months and years vary in length,
+    so they are refused."""
+    if isinstance(value, int):
+        return value
+    found = _DURATION.match(value.strip().lower())
+    if found is None or found.group(2) not in _UNITS:
+        raise ValueError(f"invalid duration {value!r}: a number and a unit (m, h, d, w), e.g. 180d, 26w, 12h")
+    return timedelta(**{_UNITS[found.group(2)]: float(found.group(1))})
+
+
+class FoldRow(Result):
+    fold: int
+    in_start: str
+    in_end: str
+    out_start: str
+    out_end: str
+    chosen: dict[str, Any]  # the best grid variant's parameters, or {"model": "name@version"}
+    in_sample: dict[str, Any]
+    out_of_sample: dict[str, Any]
+
+
+class WalkForwardResult(Result):
+    approach: Approach
+    metric: str
+    folds: list[FoldRow]
+    metrics: dict[str, Any]  # of the stitched out-of-sample curve
+    efficiency: float | None
+
+
+def admit_walkforward(params: WalkForwardParams) -> WalkForwardParams:
+    """The strategy must load (with every grid combination); its kind decides the approach."""
+    from ktrdr.strategy import NeuroFuzzyStrategy, StrategyError, load_strategy
+
+    try:
+        check_strategy(params.strategy, params.parameters, params.grid)
+        strategy = load_strategy(params.strategy)
+    except RequestProblem as exc:
+        raise Rejected(exc.field, exc.message) from None
+    except StrategyError as exc:
+        raise Rejected("strategy", str(exc)) from None
+    if isinstance(strategy, NeuroFuzzyStrategy):
+        if params.grid:
+            raise Rejected("grid", f"{strategy.name} is neuro-fuzzy: each fold trains its model, there is "
+                                   "no grid to sweep")
+        return params.model_copy(update={"approach": "training"})
+    if not params.grid:
+        raise Rejected("grid", f"{strategy.name} is rule-based: give the grid each in-sample fold sweeps")
+    return params.model_copy(update={"approach": "grid"})
+
+
+def _fold(d: Mapping[str, Any]) -> Fold:
+    return Fold(index=int(d["index"]), **{k: datetime.fromisoformat(d[k])
+                                          for k in ("in_start", "in_end", "out_start", "out_end")})
+
+
+def _failure(c: ChildState, what: str) -> Fail:
+    why = c.error or ("cancelled" if c.status is OpStatus.CANCELLED else c.status.value)
+    return Fail(f"{what} {c.op_id} {c.status.value}: {why}")
+
+
+class WalkForwardPlan:
+    unit = "fold steps"
+
+    async def prepare(self, params: WalkForwardParams, env: ParentEnv) -> dict[str, Any]:
+        index = await env.bar_index(params.symbol, params.timeframe, params.start, params.end)
+        if len(index) == 0:
+            raise LookupError(f"no {params.symbol} {params.timeframe} bars in the data store between "
+                              f"{params.start or 'the first'} and {params.end or 'the last'}")
+        folds = make_folds(index, mode=params.mode,
+                           in_sample=None if params.in_sample is None else parse_length(params.in_sample),
+                           out_of_sample=None if params.out_of_sample is None else parse_length(params.out_of_sample),
+                           folds=params.folds, ratio=params.ratio)
+        # A model name per walk-forward: its folds' versions do not become the strategy's "latest".
+        return {"folds": [f.to_dict() for f in folds], "bars": len(index), "model_name": f"wf-{env.op_id}"[:64]}
+
+    def plan(self, params: WalkForwardParams, prepared: Mapping[str, Any],
+             children: Mapping[str, ChildState]) -> Decision:
+        folds = [_fold(f) for f in prepared["folds"]]
+        per_fold = 3 if params.approach == "training" else 2
+        total = per_fold * len(folds)
+        selection = [self._select(params, prepared, f) for f in folds]
+        pending = [c for c in selection if c.key not in children or not children[c.key].ended]
+        if pending:
+            return Stage(name=f"in-sample: {len(folds)} fold(s)", children=selection, total=total)
+        for fold, child in zip(folds, selection, strict=True):
+            if not children[child.key].completed:
+                return _failure(children[child.key], f"fold {fold.index}: the in-sample {child.type.name}")
+        tests = [c for f in folds for c in self._tests(params, f, children[f"f{f.index}is"])]
+        for child in tests:
+            state = children.get(child.key)
+            if state is not None and state.ended and not state.completed:
+                return _failure(state, "the backtest")
+        if any(c.key not in children or not children[c.key].ended for c in tests):
+            return Stage(name=f"out-of-sample: {len(folds)} fold(s)", children=tests, total=total)
+        return Ready()
+
+    def _select(self, params: WalkForwardParams, prepared: Mapping[str, Any], fold: Fold) -> Child:
+        start, end = fold.in_start.isoformat(), fold.in_end.isoformat()
+        if params.approach == "training":
+            training = TrainingParams(strategy=params.strategy, symbols=[params.symbol], start=fold.in_start,
+                                      end=fold.in_end, model_name=prepared["model_name"], epochs=params.epochs,
+                                      seed=params.seed)
+            return Child(key=f"f{fold.index}is", type=TRAINING, params=training)
+        sweep = SweepParams.model_validate({**params.backtest(start=start, end=end).model_dump(mode="json"),
+                                            "grid": params.grid, "metric": params.metric,
+                                            "descending": params.descending, "top": 3, "include_curves": False})
+        return Child(key=f"f{fold.index}is", type=SWEEP, params=sweep)
+
+    def _tests(self, params: WalkForwardParams, fold: Fold, chosen: ChildState) -> list[Child]:
+        result = chosen.result or {}
+        out = (fold.out_start.isoformat(), fold.out_end.isoformat())
+        if params.approach == "training":
+            model = str(result.get("model"))
+            inside = (fold.in_start.isoformat(), fold.in_end.isoformat())
+            return [Child(key=f"f{fold.index}isbt", type=BACKTEST,
+                          params=params.backtest(start=inside[0], end=inside[1], model=model)),
+                    Child(key=f"f{fold.index}oos", type=BACKTEST,
+                          params=params.backtest(start=out[0], end=out[1], model=model))]
+        best = (result.get("best") or {}).get("parameters") or {}
+        return [Child(key=f"f{fold.index}oos", type=BACKTEST,
+                      params=params.backtest(start=out[0], end=out[1],
+                                             parameters={**params.parameters, **best}))]
+
+    async def reduce(self, params: WalkForwardParams, prepared: Mapping[str, Any],
+                     children: Mapping[str, ChildState], env: ParentEnv) -> Reduced:
+        folds = [_fold(f) for f in prepared["folds"]]
+        rows: list[FoldRow] = []
+        curves: list[tuple[np.ndarray, np.ndarray]] = []
+        ann_in: list[float | None] = []
+        ann_out: list[float | None] = []
+        for fold in folds:
+            chosen = children[f"f{fold.index}is"]
+            oos = children[f"f{fold.index}oos"]
+            if params.approach == "training":
+                pick: dict[str, Any] = {"model": (chosen.result or {}).get("model")}
+                in_metrics = (children[f"f{fold.index}isbt"].result or {}).get("metrics", {})
+            else:
+                pick = ((chosen.result or {}).get("best") or {}).get("parameters") or {}
+                in_metrics = await _best_metrics(env, chosen.op_id)
+            out_metrics = (oos.result or {}).get("metrics", {})
+            document = await env.result(oos.op_id)
+            if document is None:
+                return Reduced(error=f"fold {fold.index}: the out-of-sample backtest {oos.op_id} stored no result")
+            curve = BacktestResult.from_json_bytes(document)
+            curves.append((curve.index_ns, curve.equity))
+            ann_in.append(in_metrics.get("annualized_return_pct"))
+            ann_out.append(out_metrics.get("annualized_return_pct"))
+            keep = (params.metric, *FOLD_METRICS)
+            rows.append(FoldRow(fold=fold.index, **{k: v for k, v in fold.to_dict().items() if k != "index"},
+                                chosen=pick, in_sample={k: in_metrics.get(k) for k in keep},
+                                out_of_sample={k: out_metrics.get(k) for k in keep}))
+        index_ns, equity = stitch(curves, initial_capital=params.capital)
+        metrics = stitched_metrics(index_ns, equity, initial_capital=params.capital, timeframe=params.timeframe)
+        assert params.approach is not None
+        result = WalkForwardResult(approach=params.approach, metric=params.metric, folds=rows,
+                                   metrics=_finite(metrics), efficiency=walk_forward_efficiency(ann_in, ann_out))
+        doc = {"format": FORMAT, "walkforward": env.op_id, "symbol": params.symbol, "timeframe": params.timeframe,
+               "strategy": params.strategy if len(params.strategy) <= 200 else "(inline YAML)",
+               **result.model_dump(mode="json"), "fold_windows": prepared["folds"],
+               "index_ns": index_ns.tolist(), "equity": equity.tolist()}
+        return Reduced(result=result, document=json.dumps(doc, separators=(",", ":"), allow_nan=False).encode(),
+                       description=f"walk-forward {params.symbol} {params.timeframe}: {len(folds)} folds")
+
+
+async def _best_metrics(env: ParentEnv, sweep_id: str) -> dict[str, Any]:
+    """The best variant's full metrics, from its sweep's ranking (the sweep's record keeps a few)."""
+    data = await env.result(sweep_id)
+    ranking = json.loads(data).get("ranking", []) if data else []
+    return dict(ranking[0].get("metrics", {})) if ranking else {}
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no NaN or infinity: an undefined ratio is null.
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else
+                v.item() if isinstance(v, np.generic) else v) for k, v in metrics.items()}
+
+
+WALKFORWARD = declare(OpType(
+    name="walkforward", params=WalkForwardParams, result=WalkForwardResult, runs=ON_COORDINATOR,
+    parent=WalkForwardPlan(), admit=admit_walkforward, api="/api/v1/backtests/walkforward",
+    summary="walk-forward analysis: choose on each in-sample fold (a sweep or a training), test out of sample",
+    cli="ktrdr backtest walkforward"))

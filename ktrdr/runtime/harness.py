@@ -1,0 +1,164 @@
+"""Run a handler without NATS: :class:`HandlerEnvironment` (Temporal's ``ActivityEnvironment``).
+
+It builds the :class:`~ktrdr.runtime.context.JobContext` a worker would, with in-memory stores in
+place of the JetStream ones, runs ``handler(ctx, params)`` as the worker does (a coroutine function
+on the loop, any other in a thread) and keeps everything the handler reported::
+
+    env = HandlerEnvironment()
+    env.datasets.put_bars("EURUSD", "1h", bars)
+    result = await env.run(BacktestHandler(tmp_path), BacktestParams(...), op_type=BACKTEST)
+    assert env.progress[-1]["percentage"] == 100.0 and env.results.data["harness-op"]
+
+The platform's own tests keep running handlers through a real worker and server; these are for a
+handler's behaviour alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel
+
+from ktrdr.data.shared import FetchResult, PublishResult, object_name
+from ktrdr.data.store import DataStore, bars_from_bytes, bars_to_bytes
+from ktrdr.models.registry import ModelNotFoundError, ModelVersion
+from ktrdr.optypes import OpType
+from ktrdr.runtime.context import Handler, JobContext, call_handler
+from ktrdr.runtime.services import DatasetMissing, Services
+from subjects.models import JobMessage, OpEvent, ProgressUpdate
+
+
+class MemoryDatasets:
+    """The shared ``data`` store as a dict of ``.npz`` bytes by (symbol, timeframe)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytes] = {}
+
+    def put_bars(self, symbol: str, timeframe: str, bars: pd.DataFrame) -> None:
+        self.objects[(symbol, timeframe)] = bars_to_bytes(bars)
+
+    def bars(self, symbol: str, timeframe: str) -> pd.DataFrame:
+        return bars_from_bytes(self.objects[(symbol, timeframe)], source=f"memory {symbol} {timeframe}")
+
+    async def fetch(self, store: DataStore, symbol: str, timeframe: str) -> FetchResult:
+        data = self.objects.get((symbol, timeframe))
+        if data is None:
+            raise DatasetMissing(f"{symbol} {timeframe} is not in the data store")
+        path = store.write_bytes(symbol, timeframe, data)
+        return FetchResult(name=object_name(symbol, timeframe), digest=_digest(data), size=len(data),
+                           cached=False, path=path)
+
+    async def adopt(self, store: DataStore, symbol: str, timeframe: str) -> int:
+        data = self.objects.get((symbol, timeframe))
+        if data is None:
+            return 0
+        theirs = bars_from_bytes(data, source=f"memory {symbol} {timeframe}")
+        return store.merge(symbol, timeframe, theirs, prefer="stored") if len(theirs) else 0
+
+    async def publish(self, store: DataStore, symbol: str, timeframe: str) -> PublishResult:
+        data = store.path(symbol, timeframe).read_bytes()
+        self.objects[(symbol, timeframe)] = data
+        return PublishResult(name=object_name(symbol, timeframe), digest=_digest(data), size=len(data))
+
+
+class MemoryBlobs:
+    """The ``results`` or ``checkpoints`` store: bytes by op id."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def put(self, op_id: str, data: bytes, *, description: str = "") -> int:
+        self.data[op_id] = bytes(data)
+        return len(data)
+
+    async def get(self, op_id: str) -> bytes | None:
+        return self.data.get(op_id)
+
+    async def delete(self, op_id: str) -> None:
+        self.data.pop(op_id, None)
+
+
+class MemoryModels:
+    """The model registry: versions numbered from 1 per name."""
+
+    def __init__(self) -> None:
+        self.versions: dict[str, list[tuple[bytes, dict[str, Any]]]] = {}
+
+    async def save(self, name: str, bundle: bytes, metadata: dict[str, Any]) -> int:
+        self.versions.setdefault(name, []).append((bytes(bundle), dict(metadata)))
+        return len(self.versions[name])
+
+    async def show(self, name: str, version: int | None = None) -> ModelVersion:
+        stored = self.versions.get(name) or []
+        number = version or len(stored)
+        if not 1 <= number <= len(stored):
+            raise ModelNotFoundError(f"no model {name}@{version or 'latest'}")
+        bundle, metadata = stored[number - 1]
+        return ModelVersion(name=name, version=number, size=len(bundle), digest=_digest(bundle),
+                            created_at=datetime.now(UTC).isoformat(), metadata=metadata)
+
+    async def load(self, name: str, version: int | None = None) -> bytes:
+        found = await self.show(name, version)
+        return self.versions[name][found.version - 1][0]
+
+
+class _Recorder:
+    def __init__(self, env: HandlerEnvironment) -> None:
+        self.env = env
+
+    async def progress(self, update: ProgressUpdate) -> None:
+        self.env.progress.append(update.model_dump(mode="json", exclude_none=True))
+
+    async def event(self, event: OpEvent) -> None:
+        if event.message:
+            self.env.warnings.append(event.message)
+        self.env.info.update(event.context or {})
+
+
+@dataclass
+class HandlerEnvironment:
+    op_id: str = "harness-op"
+    attempt: int = 1
+    worker_id: str = "harness"
+    datasets: MemoryDatasets = field(default_factory=MemoryDatasets)
+    results: MemoryBlobs = field(default_factory=MemoryBlobs)
+    checkpoints: MemoryBlobs = field(default_factory=MemoryBlobs)
+    models: MemoryModels = field(default_factory=MemoryModels)
+    # What the handler reported: progress updates (as published, coalesced), the op record's
+    # ``info`` facts and its ``warnings``.
+    progress: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    context: JobContext | None = None
+
+    async def run(self, handler: Handler, params: BaseModel, *, op_type: OpType[Any, Any]) -> Any:
+        """Run ``handler`` on ``params`` as a worker would for ``op_type``; its result as the type's
+        result model (when it declares one)."""
+        params = op_type.parse(params)
+        job = JobMessage(op_id=self.op_id, type=op_type.name, params=op_type.dump(params), attempt=self.attempt,
+                         capability=op_type.runs.capabilities[0])
+        services = Services(datasets=self.datasets, results=self.results, checkpoints=self.checkpoints,
+                            models=self.models)
+        self.context = JobContext(job=job, worker_id=self.worker_id, reporter=_Recorder(self), services=services,
+                                  loop=asyncio.get_running_loop())
+        try:
+            result = await call_handler(handler, self.context, params)
+        finally:
+            await self.context.flush()
+        as_dict = op_type.result_dict(result)
+        parsed = op_type.parse_result(as_dict)
+        return parsed if parsed is not None else as_dict
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Cancel the running handler (call it from a progress hook or another task)."""
+        assert self.context is not None, "no handler is running"
+        self.context.token.cancel(reason)
+
+
+def _digest(data: bytes) -> str:
+    return "SHA-256=" + hashlib.sha256(data).hexdigest()

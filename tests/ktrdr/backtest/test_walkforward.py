@@ -1,0 +1,300 @@
+from __future__ import annotations
+
+import math
+from datetime import UTC, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ktrdr.backtest.metrics import compute_metrics
+from ktrdr.backtest.walkforward import (
+    MAX_FOLDS,
+    Fold,
+    FoldError,
+    make_folds,
+    plot_walkforward,
+    stitch,
+    stitched_metrics,
+    walk_forward_efficiency,
+)
+from ktrdr.data.timeframes import periods_per_year
+
+HOUR = pd.Timedelta(hours=1)
+
+
+def hourly(n: int, start: str = "2024-01-01") -> pd.DatetimeIndex:
+    return pd.date_range(start, periods=n, freq="h", tz="UTC", name="timestamp")
+
+
+def positions(index: pd.DatetimeIndex, fold: Fold) -> tuple[range, range]:
+    """The in-sample and out-of-sample bar positions of ``fold``, from its closed intervals."""
+    ins = np.flatnonzero((index >= fold.in_start) & (index <= fold.in_end))
+    oos = np.flatnonzero((index >= fold.out_start) & (index <= fold.out_end))
+    return range(ins[0], ins[-1] + 1), range(oos[0], oos[-1] + 1)
+
+
+def assert_well_formed(index: pd.DatetimeIndex, folds: list[Fold]) -> None:
+    assert [f.index for f in folds] == list(range(len(folds)))
+    for fold in folds:
+        for t in (fold.in_start, fold.in_end, fold.out_start, fold.out_end):
+            assert t.tzinfo is not None and t.utcoffset() == timedelta(0)
+            assert t in index  # boundaries are actual bars
+        assert fold.in_start <= fold.in_end < fold.out_start <= fold.out_end
+        # in_end and out_start are consecutive bars: none shared, none skipped.
+        assert index.get_loc(fold.out_start) == index.get_loc(fold.in_end) + 1
+        assert index.get_loc(fold.out_end) - index.get_loc(fold.out_start) + 1 >= 2
+    for a, b in zip(folds, folds[1:], strict=False):
+        assert b.out_start > a.out_end
+        assert index.get_loc(b.out_start) == index.get_loc(a.out_end) + 1
+    # Every bar from the first out-of-sample bar to the last is out of sample in exactly one fold.
+    span = index[(index >= folds[0].out_start) & (index <= folds[-1].out_end)]
+    hits = sum(((span >= f.out_start) & (span <= f.out_end)).astype(int) for f in folds)
+    assert (hits == 1).all()
+
+
+def test_rolling_folds_by_bar_count_are_disjoint_ordered_and_adjacent() -> None:
+    index = hourly(1000)
+    folds = make_folds(index, mode="rolling", in_sample=400, out_of_sample=150, folds=None)
+    assert_well_formed(index, folds)
+    assert len(folds) == 4
+    for k, fold in enumerate(folds):
+        ins, oos = positions(index, fold)
+        assert ins == range(150 * k, 150 * k + 400)
+        assert oos == range(400 + 150 * k, 550 + 150 * k)
+
+
+def test_anchored_folds_by_bar_count_keep_in_start_at_the_first_bar_and_grow() -> None:
+    index = hourly(1000)
+    folds = make_folds(index, mode="anchored", in_sample=400, out_of_sample=150, folds=None)
+    assert_well_formed(index, folds)
+    assert all(f.in_start == index[0] for f in folds)
+    assert [len(positions(index, f)[0]) for f in folds] == [400, 550, 700, 850]
+
+
+def test_last_out_of_sample_window_may_be_shorter_but_holds_at_least_two_bars() -> None:
+    index = hourly(1000)
+    folds = make_folds(index, mode="rolling", in_sample=400, out_of_sample=250, folds=None)
+    assert [len(positions(index, f)[1]) for f in folds] == [250, 250, 100]
+    assert folds[-1].out_end == index[-1]
+
+    folds = make_folds(hourly(1001), mode="rolling", in_sample=400, out_of_sample=150, folds=None)
+    assert len(folds) == 4 and folds[-1].out_end == hourly(1001)[-2]  # the 1-bar remainder is dropped
+    folds = make_folds(hourly(1002), mode="rolling", in_sample=400, out_of_sample=150, folds=None)
+    assert len(folds) == 5 and len(positions(hourly(1002), folds[-1])[1]) == 2
+
+
+def test_rolling_folds_by_duration_slide_by_the_out_of_sample_duration() -> None:
+    index = hourly(24 * 60)
+    folds = make_folds(index, mode="rolling", in_sample=timedelta(days=20), out_of_sample=timedelta(days=10),
+                       folds=None)
+    assert_well_formed(index, folds)
+    assert len(folds) == 4
+    for k, fold in enumerate(folds):
+        assert fold.out_start == index[0] + timedelta(days=20 + 10 * k)
+        assert fold.in_start == fold.out_start - timedelta(days=20)
+        assert fold.out_end - fold.out_start == timedelta(days=10) - HOUR
+
+
+def test_anchored_folds_by_duration_keep_in_start_constant() -> None:
+    index = hourly(24 * 60)
+    folds = make_folds(index, mode="anchored", in_sample=timedelta(days=20), out_of_sample=timedelta(days=7),
+                       folds=None)
+    assert_well_formed(index, folds)
+    assert all(f.in_start == index[0] for f in folds)
+    assert [len(positions(index, f)[1]) for f in folds] == [168] * 5 + [24 * 5]
+
+
+def test_duration_folds_stay_bar_exact_across_data_gaps() -> None:
+    full = hourly(24 * 60)
+    # Weekends missing, as in FX data, and one three-day outage.
+    index = full[(full.day_of_week < 5) & ~((full >= "2024-02-06") & (full < "2024-02-09"))]
+    folds = make_folds(index, mode="rolling", in_sample=timedelta(days=14), out_of_sample=timedelta(days=3),
+                       folds=None)
+    assert_well_formed(index, folds)
+    for fold in folds[1:]:
+        assert fold.in_start >= fold.out_start - timedelta(days=14)
+
+
+def test_a_duration_window_always_holds_at_least_two_bars() -> None:
+    index = hourly(20)
+    folds = make_folds(index, mode="rolling", in_sample=timedelta(hours=6), out_of_sample=timedelta(minutes=30),
+                       folds=None)
+    assert_well_formed(index, folds)
+    assert [len(positions(index, f)[1]) for f in folds] == [2] * 7
+
+
+def test_folds_by_count_have_equal_out_of_sample_windows_after_a_ratio_sized_in_sample() -> None:
+    index = hourly(1003)
+    folds = make_folds(index, mode="rolling", in_sample=None, out_of_sample=None, folds=4)
+    assert_well_formed(index, folds)
+    assert len(folds) == 4
+    # 1003 // (4 + 4) = 125 bars out of sample, 500 in sample; the 3 oldest bars are left over.
+    assert folds[0].in_start == index[3] and folds[-1].out_end == index[-1]
+    assert [tuple(map(len, positions(index, f))) for f in folds] == [(500, 125)] * 4
+
+
+def test_anchored_folds_by_count_grow_from_a_ratio_sized_first_window() -> None:
+    index = hourly(1000)
+    folds = make_folds(index, mode="anchored", in_sample=None, out_of_sample=None, folds=3, ratio=2.5)
+    assert_well_formed(index, folds)
+    oos = [len(positions(index, f)[1]) for f in folds]
+    assert len(set(oos)) == 1
+    first_in = len(positions(index, folds[0])[0])
+    assert first_in == math.floor(2.5 * oos[0])
+    assert all(f.in_start == folds[0].in_start for f in folds)
+    assert folds[-1].out_end == index[-1]
+
+
+def test_not_enough_bars_says_how_many_there_are_and_how_many_one_fold_needs() -> None:
+    with pytest.raises(FoldError, match=r"has 100 bars.*needs 550 \(400 in-sample \+ 150 out-of-sample"):
+        make_folds(hourly(100), mode="rolling", in_sample=400, out_of_sample=150, folds=None)
+    with pytest.raises(FoldError, match=r"has 401 bars.*at least 402"):
+        make_folds(hourly(401), mode="anchored", in_sample=400, out_of_sample=150, folds=None)
+    with pytest.raises(FoldError, match=r"has 48 bars.*in-sample window \(30 days 00:00:00"):
+        make_folds(hourly(48), mode="rolling", in_sample=timedelta(days=30), out_of_sample=timedelta(days=7),
+                   folds=None)
+    with pytest.raises(FoldError, match=r"4 walk-forward folds.*has 15 bars and needs at least 16"):
+        make_folds(hourly(15), mode="rolling", in_sample=None, out_of_sample=None, folds=4)
+    assert len(make_folds(hourly(16), mode="rolling", in_sample=None, out_of_sample=None, folds=4)) == 4
+
+
+def test_invalid_requests_raise_fold_error() -> None:
+    index = hourly(500)
+    bad: list[dict[str, object]] = [
+        {"in_sample": 0, "out_of_sample": 10},
+        {"in_sample": 100, "out_of_sample": -5},
+        {"in_sample": 100, "out_of_sample": 1},
+        {"in_sample": timedelta(0), "out_of_sample": 10},
+        {"in_sample": 100, "out_of_sample": None},
+        {"in_sample": None, "out_of_sample": None},
+        {"in_sample": 100, "out_of_sample": 10, "folds": 3},
+        {"folds": 0},
+        {"folds": MAX_FOLDS + 1},
+        {"folds": 3, "ratio": 0.0},
+        {"in_sample": True, "out_of_sample": 10},
+    ]
+    for kwargs in bad:
+        kwargs = {"in_sample": None, "out_of_sample": None, "folds": None, **kwargs}
+        with pytest.raises(FoldError):
+            make_folds(index, mode="rolling", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(FoldError, match="mode"):
+        make_folds(index, mode="expanding", in_sample=10, out_of_sample=10, folds=None)  # type: ignore[arg-type]
+    with pytest.raises(FoldError, match="time zone"):
+        make_folds(index.tz_localize(None), mode="rolling", in_sample=10, out_of_sample=10, folds=None)
+
+
+def test_more_than_the_fold_cap_is_refused() -> None:
+    index = hourly(10 + 2 * MAX_FOLDS)
+    assert len(make_folds(index, mode="rolling", in_sample=10, out_of_sample=2, folds=None)) == MAX_FOLDS
+    with pytest.raises(FoldError, match=f"more than {MAX_FOLDS} folds"):
+        make_folds(hourly(2 * MAX_FOLDS + 12), mode="rolling", in_sample=10, out_of_sample=2, folds=None)
+
+
+def test_fold_to_dict_gives_iso_timestamps() -> None:
+    fold = make_folds(hourly(10), mode="rolling", in_sample=5, out_of_sample=5, folds=None)[0]
+    assert fold.to_dict() == {"index": 0, "in_start": "2024-01-01T00:00:00+00:00",
+                              "in_end": "2024-01-01T04:00:00+00:00", "out_start": "2024-01-01T05:00:00+00:00",
+                              "out_end": "2024-01-01T09:00:00+00:00"}
+    assert fold.in_start.tzinfo is UTC
+
+
+def ns(*hours: int) -> np.ndarray:
+    return np.array([h * 3_600_000_000_000 for h in hours], dtype=np.int64)
+
+
+def test_stitching_two_folds_compounds_the_second_on_the_first_ones_ending_equity() -> None:
+    index, equity = stitch([(ns(0, 1), np.array([100.0, 125.0])), (ns(2, 3, 4), np.array([100.0, 80.0, 150.0]))],
+                           initial_capital=100.0)
+    np.testing.assert_array_equal(index, ns(0, 1, 2, 3, 4))
+    np.testing.assert_array_equal(equity, [100.0, 125.0, 125.0, 100.0, 187.5])
+
+
+def test_stitching_three_folds_equals_reinvesting_each_folds_ending_equity() -> None:
+    curves = [(ns(0, 1), np.array([100.0, 125.0])), (ns(2, 3, 4), np.array([100.0, 80.0, 150.0])),
+              (ns(5, 6), np.array([100.0, 120.0]))]
+    index, equity = stitch(curves, initial_capital=100.0)
+    np.testing.assert_array_equal(index, ns(0, 1, 2, 3, 4, 5, 6))
+    np.testing.assert_array_equal(equity, [100.0, 125.0, 125.0, 100.0, 187.5, 187.5, 225.0])
+    # The stitched / fold ratio is constant within each fold's segment.
+    bounds = np.cumsum([0] + [len(e) for _, e in curves])
+    for (_, fold_equity), a, b in zip(curves, bounds, bounds[1:], strict=False):
+        ratio = equity[a:b] / fold_equity
+        assert np.allclose(ratio, ratio[0])
+
+
+def test_stitching_refuses_overlapping_or_unordered_folds() -> None:
+    with pytest.raises(ValueError, match="strictly increasing"):
+        stitch([(ns(0, 1, 2), np.ones(3)), (ns(2, 3), np.ones(2))], initial_capital=1.0)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        stitch([(ns(5, 6), np.ones(2)), (ns(0, 1), np.ones(2))], initial_capital=1.0)
+    with pytest.raises(ValueError):
+        stitch([], initial_capital=1.0)
+
+
+def random_folds(seed: int, sizes: list[int], capital: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    curves, start = [], 0
+    for size in sizes:
+        equity = capital * np.cumprod(np.r_[1.0, 1.0 + rng.normal(0.0002, 0.004, size - 1)])
+        curves.append((ns(*range(start, start + size)), equity))
+        start += size
+    return curves
+
+
+def test_stitched_total_return_is_the_product_of_the_fold_returns() -> None:
+    capital = 10_000.0
+    curves = random_folds(7, [300, 250, 400], capital)
+    index, equity = stitch(curves, initial_capital=capital)
+    m = stitched_metrics(index, equity, initial_capital=capital, timeframe="1h")
+    product = math.prod(float(e[-1]) / capital for _, e in curves)
+    assert m["total_return_pct"] == pytest.approx(100.0 * (product - 1.0), rel=1e-12)
+    assert m["final_equity"] == pytest.approx(capital * product, rel=1e-12)
+
+
+def test_stitched_metrics_use_compute_metrics_definitions_and_the_engines_annualisation() -> None:
+    capital = 10_000.0
+    index, equity = stitch(random_folds(3, [200, 200], capital), initial_capital=capital)
+    m = stitched_metrics(index, equity, initial_capital=capital, timeframe=None)  # 1h inferred
+    reference = compute_metrics(equity=equity, initial_capital=capital, close=np.ones(len(equity)),
+                                shares=np.zeros(len(equity)), pnl=np.empty(0), bars_held=np.empty(0),
+                                periods_per_year=periods_per_year("1h"))
+    assert m["annualization_factor"] == periods_per_year("1h")
+    for key in ("annualized_return_pct", "sharpe_ratio", "sortino_ratio", "max_drawdown_pct", "volatility_pct",
+                "calmar_ratio", "bars"):
+        assert m[key] == reference[key]
+    assert "trades" not in m and "buy_and_hold_return_pct" not in m and "exposure" not in m
+
+
+def test_efficiency_is_mean_out_of_sample_over_mean_in_sample() -> None:
+    assert walk_forward_efficiency([20.0, 40.0], [10.0, 5.0]) == pytest.approx(7.5 / 30.0)
+
+
+def test_efficiency_ignores_folds_with_a_missing_return() -> None:
+    assert walk_forward_efficiency([20.0, None, 40.0, 10.0], [10.0, 99.0, 5.0, None]) == pytest.approx(7.5 / 30.0)
+    assert walk_forward_efficiency([20.0, float("nan")], [10.0, 1.0]) == pytest.approx(0.5)
+
+
+def test_efficiency_is_none_without_usable_folds_or_a_non_positive_in_sample_mean() -> None:
+    assert walk_forward_efficiency([], []) is None
+    assert walk_forward_efficiency([None, 10.0], [5.0, None]) is None
+    assert walk_forward_efficiency([-10.0, 5.0], [3.0, 3.0]) is None
+    assert walk_forward_efficiency([0.0], [3.0]) is None
+    with pytest.raises(ValueError):
+        walk_forward_efficiency([1.0, 2.0], [1.0])
+
+
+def test_plot_writes_a_non_empty_png(tmp_path: Path) -> None:
+    index = hourly(1000)
+    folds = make_folds(index, mode="rolling", in_sample=400, out_of_sample=150, folds=None)
+    curves = []
+    for fold in folds:
+        oos = index[(index >= fold.out_start) & (index <= fold.out_end)]
+        curves.append((oos.as_unit("ns").asi8, 100.0 * np.linspace(1.0, 1.05, len(oos))))
+    index_ns, equity = stitch(curves, initial_capital=100.0)
+    path = plot_walkforward(index_ns=index_ns, equity=equity, folds=folds, path=tmp_path / "wf.png",
+                            title="walk-forward")
+    assert path == tmp_path / "wf.png"
+    data = path.read_bytes()
+    assert len(data) > 1000 and data.startswith(b"\x89PNG")
