@@ -96,7 +96,7 @@ class DataLoader:
             try:
                 await ctx.checkpoints.delete()
             except Exception as exc:
-                log.warning("operation %s: download checkpoint not deleted: %s", ctx.op_id, exc)
+                ctx.log.warning("download checkpoint not deleted: %s", exc)
         return DataLoadResult(
             symbol=p.symbol, timeframe=p.timeframe, mode=p.mode,
             segments=len(state.segments), no_data_segments=len(state.gaps),
@@ -136,18 +136,17 @@ class DataLoader:
                 return 0
             earlier = DownloadState.from_dict(json.loads(data))
         except Exception as exc:  # a checkpoint only saves requests: without it, start over
-            log.warning("operation %s: download checkpoint unusable (%s); downloading it all", ctx.op_id, exc)
+            ctx.log.warning("download checkpoint unusable (%s); downloading it all", exc)
             return 0
         resumed = state.resume_from(earlier)
-        log.info("operation %s attempt %d: resuming after %d segment(s) already stored", ctx.op_id,
-                 ctx.attempt, resumed)
+        ctx.log.info("resuming after %d segment(s) already stored", resumed)
         return resumed
 
     async def _checkpoint(self, ctx: JobContext, run: _Run) -> None:
         try:
             await ctx.checkpoints.put(json.dumps(run.state.to_dict()).encode())
         except Exception as exc:  # costs a retry some requests, never the download
-            log.warning("operation %s: download checkpoint not saved: %s", ctx.op_id, exc)
+            ctx.log.warning("download checkpoint not saved: %s", exc)
 
     def _stored_range(self, symbol: str, timeframe: str) -> StoredRange | None:
         if not self.store.exists(symbol, timeframe):

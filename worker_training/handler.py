@@ -58,15 +58,15 @@ def _resume_state(ctx: JobContext) -> bytes | None:
         return None
     data = ctx.call(ctx.checkpoints.get())
     if data is None:
-        log.info("operation %s attempt %d: no checkpoint, training from the start", ctx.op_id, ctx.attempt)
+        ctx.log.info("no checkpoint, training from the start")
         return None
     try:
         epoch = int(read_checkpoint(data)["epoch"])
     except (ValueError, KeyError, RuntimeError) as exc:
-        log.warning("operation %s: unreadable checkpoint (%s); training from the start", ctx.op_id, exc)
+        ctx.log.warning("unreadable checkpoint (%s); training from the start", exc)
         return None
     ctx.info(resumed_from_epoch=epoch)
-    log.info("operation %s attempt %d resumes after epoch %d", ctx.op_id, ctx.attempt, epoch)
+    ctx.log.info("resumes after epoch %d", epoch)
     return data
 
 
@@ -107,8 +107,7 @@ def make_training_handler(*, device: str, data_root: Path) -> Handler:
             try:
                 ctx.call(ctx.checkpoints.put(state), timeout=CHECKPOINT_TIMEOUT_S)
             except Exception as exc:
-                log.warning("operation %s: checkpoint of epoch %d not saved (tried again after the next epoch): %s",
-                            ctx.op_id, epoch, exc)
+                ctx.log.warning("checkpoint of epoch %d not saved (tried again after the next epoch): %s", epoch, exc)
                 return False
             ctx.info(last_checkpoint_epoch=epoch)
             return True
@@ -128,7 +127,7 @@ def make_training_handler(*, device: str, data_root: Path) -> Handler:
         try:
             ctx.call(ctx.checkpoints.delete())
         except Exception as exc:  # the model is stored; a stale checkpoint only costs space
-            log.warning("operation %s: checkpoint not deleted: %s", ctx.op_id, exc)
+            ctx.log.warning("checkpoint not deleted: %s", exc)
         return TrainingResult(model=f"{plan.model_name}@{version}", model_name=plan.model_name,
                               model_version=version, symbol=plan.symbol, timeframes=plan.timeframes, metrics=metrics)
 

@@ -294,7 +294,7 @@ def plot_walkforward(*, index_ns: np.ndarray, equity: np.ndarray, folds: Sequenc
             top.text(fold.out_start, 0.98, f" fold {fold.index}", transform=top.get_xaxis_transform(),
                      rotation=90, va="top", ha="left", fontsize=7, color="grey")
         top.set_ylabel("equity")
-        top.legend(loc="upper left")
+        top.legend(loc="lower left")
         top.grid(alpha=0.3)
         top.set_title(title)
         bottom.set_ylabel("drawdown %")

@@ -341,12 +341,16 @@ def _folds_table(result: dict[str, Any]) -> Table:
     eff = result.get("efficiency")
     m = result.get("metrics", {})
     table = Table(title=f"walk-forward ({result['approach']}): out of sample {_fmt(m.get('total_return_pct'))} %, "
-                        f"sharpe {_fmt(m.get('sharpe_ratio'))}, efficiency {_fmt(eff)}")
-    for col in ("fold", "out of sample", "chosen", f"in {metric}", f"out {metric}", "in ann. %", "out ann. %"):
-        table.add_column(col)
+                        f"sharpe {_fmt(m.get('sharpe_ratio'))}, efficiency {_fmt(eff)}",
+                  caption=f"is/oos: in sample / out of sample; {metric}, then annualised return %")
+    table.add_column("fold", justify="right")
+    table.add_column("oos from", no_wrap=True)
+    table.add_column("chosen")
+    for col in ("is", "oos", "is ann%", "oos ann%"):
+        table.add_column(col, justify="right", no_wrap=True)
     for row in result["folds"]:
-        chosen = ", ".join(f"{k}={v}" for k, v in row["chosen"].items())
-        table.add_row(str(row["fold"]), f"{row['out_start'][:10]}..{row['out_end'][:10]}", chosen,
+        chosen = " ".join(f"{k}={v}" for k, v in row["chosen"].items())
+        table.add_row(str(row["fold"]), row["out_start"][:10], chosen,
                       _fmt(row["in_sample"].get(metric)), _fmt(row["out_of_sample"].get(metric)),
                       _fmt(row["in_sample"].get("annualized_return_pct")),
                       _fmt(row["out_of_sample"].get("annualized_return_pct")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -81,7 +82,7 @@ async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool =
     if final.error:
         line += f" — [red]{final.error}[/]"
     if final.result:
-        line += f" — result {final.result}"
+        line += f" — {escape(result_line(final.result))}"
     console.print(line)
     for warning in final.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
@@ -94,3 +95,16 @@ async def _cancel(client: KtrdrClient, op_id: str) -> None:
         notice.print(f"[yellow]{reply.message}[/]")
     except Exception as exc:
         notice.print(f"[red]cancel failed: {exc}[/]")
+
+
+def result_line(result: dict[str, Any], *, width: int = 160) -> str:
+    """A result's plain fields on one line (``model=planted@1, symbol=SYN``); nested ones (metrics, a
+    sweep's top, a walk-forward's folds) are the command's own tables to show, or `ktrdr ops show`'s."""
+    parts = [f"{k}={_short(v)}" for k, v in result.items() if v is not None and isinstance(v, str | int | float | bool)]
+    nested = [k for k, v in result.items() if isinstance(v, dict | list)]
+    text = ", ".join(parts) + (f" (and {', '.join(nested)})" if nested else "")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -5,6 +5,7 @@ coordinator restart. On planted-pattern data: a cycle that a moving-average pair
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from ktrdr.results import get_result
 from subjects import names
 from subjects.models import Operation, OpStatus, SubmitRequest
 from tests.backtesting import TIMEFRAME, backtest_worker
-from tests.conftest import MakeWorker, coordinator_settings
+from tests.conftest import MakeWorker, SpawnWorker, coordinator_settings
 from tests.coordinator.test_sweeps import gate
 from tests.support import assert_eventually, auth_headers, wait_status
 
@@ -233,3 +234,27 @@ async def test_a_neuro_fuzzy_walkforward_trains_on_each_fold_and_tests_that_mode
         assert oos.params["model"] == training.result["model"] == row["chosen"]["model"]  # type: ignore[index]
         assert oos.result["in_sample_bars"] == 0  # type: ignore[index]  # the model never saw these bars
     assert done.result["efficiency"] is None or isinstance(done.result["efficiency"], float)  # type: ignore[index]
+
+
+async def test_a_walkforward_loses_nothing_when_a_worker_holding_its_child_is_killed(
+        coordinator: Coordinator, make_worker: MakeWorker, spawn_worker: SpawnWorker, nc: Client,
+        tmp_path: Path) -> None:
+    await publish(nc, tmp_path / "pub", "WFA", planted())
+    victim = spawn_worker("victim", capabilities=names.CAP_BACKTEST_CPU, KTRDR_STANDIN_SLOW_BACKTEST_S="60",
+                          KTRDR_DATA_DIR=str(tmp_path / "victim"))
+    await assert_eventually(lambda: "victim" in coordinator.registry.workers, timeout=20)
+    wf = await coordinator.layer.submit(SubmitRequest(type="walkforward", params=params()))
+
+    def held() -> Operation | None:
+        return next((c for c in descendants(coordinator, wf.op_id)
+                     if c.worker_id == "victim" and c.status is OpStatus.RUNNING), None)
+
+    child = await assert_eventually(held, timeout=20)
+    victim.send_signal(signal.SIGKILL)
+    await backtest_worker(make_worker, "bt1", tmp_path / "bt1")
+    done = await wait_status(coordinator, wf.op_id, OpStatus.COMPLETED, OpStatus.FAILED, timeout=60)
+    assert done.status is OpStatus.COMPLETED, done.error
+    retried = coordinator.ops.get(child.op_id)
+    assert retried is not None and retried.status is OpStatus.COMPLETED
+    assert retried.attempt == 2 and retried.worker_id == "bt1"
+    assert any("victim lost" in w for w in retried.warnings), retried.warnings
