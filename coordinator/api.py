@@ -173,8 +173,9 @@ async def list_operations(request: Request) -> JSONResponse:
     data: dict[str, Any] = {k: q[k] for k in ("type", "limit", "offset", "parent_id") if k in q}
     if "status" in q:
         data["status"] = [s for s in q.getlist("status") for s in s.split(",") if s]
-    if "active_only" in q:
-        data["active_only"] = q["active_only"]
+    for flag in ("active_only", "include_children"):
+        if flag in q:
+            data[flag] = q[flag]
     query = parse(ListRequest, data)
     # Paged like ktrdr.ops.list: at most MAX_LIST_PAGE_OPS and MAX_LIST_PAGE_BYTES of them.
     page = _state(request).layer.page(query)

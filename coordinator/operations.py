@@ -131,6 +131,8 @@ class Operations:
             ops = [o for o in ops if o.type == query.type]
         if query.parent_id:
             ops = [o for o in ops if o.parent_id == query.parent_id]
+        elif not query.include_children:
+            ops = [o for o in ops if o.parent_id is None]
         ops.sort(key=lambda o: o.created_at, reverse=True)
         return len(ops), ops[query.offset: query.offset + query.limit]
 

@@ -38,6 +38,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundErr
 
 from coordinator.dispatcher import Dispatcher
 from coordinator.operations import OperationExists, Operations
+from coordinator.registry import WorkerRegistry
 from ktrdr.data.shared import data_bucket, object_name
 from ktrdr.data.store import bars_from_bytes
 from ktrdr.optypes import OpType, UnknownOpType, op_type
@@ -82,9 +83,13 @@ def parent_type(op: Operation) -> OpType[Any, Any] | None:
 class JetStreamEnv:
     """What plans read (``ktrdr.optypes.parent.ParentEnv``), from the shared stores."""
 
-    def __init__(self, *, js: JetStreamContext, op_id: str) -> None:
+    def __init__(self, *, js: JetStreamContext, op_id: str, registry: WorkerRegistry) -> None:
         self.js = js
         self.op_id = op_id
+        self.registry = registry
+
+    def worker_slots(self, capability: str) -> int:
+        return sum(w.slots for w in self.registry.with_capability(capability))
 
     async def result(self, op_id: str) -> bytes | None:
         return await get_result(self.js, op_id)
@@ -180,7 +185,12 @@ class ParentRunner:
                 if after.status in (OpStatus.FAILED, OpStatus.CANCELLED) and not before.status.terminal:
                     # A child that did not complete may change the plan before its stage ends.
                     self._replan.add(parent.op_id)
-                self._schedule_refresh(parent.op_id)
+                if after.status.terminal and not before.status.terminal:
+                    # It may be the stage's last: the next stage (or the outcome) should not wait for
+                    # the progress timer, which only folds running children's reports.
+                    self._spawn(self._refresh(parent.op_id))
+                else:
+                    self._schedule_refresh(parent.op_id)
         if parent_type(after) is None:
             return
         if after.status is OpStatus.PENDING:
@@ -243,7 +253,7 @@ class ParentRunner:
         params = declared.parse(op.params)
         if op.status is OpStatus.PENDING:
             try:
-                prepared = await declared.parent.prepare(params, JetStreamEnv(js=self.js, op_id=parent_id))
+                prepared = await declared.parent.prepare(params, self._env(parent_id))
             except Exception as exc:
                 await self._fail(parent_id, f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
                 return
@@ -259,8 +269,8 @@ class ParentRunner:
                 await self._fail(parent_id, decision.error)
                 return
             if isinstance(decision, Ready):
-                self._stage.pop(parent_id, None)
-                await self._complete(parent_id, declared, params, prepared, children)
+                last = self._stage.pop(parent_id, None)
+                await self._complete(parent_id, declared, params, prepared, children, last)
                 return
             assert isinstance(decision, Stage)
             self._stage[parent_id] = decision
@@ -276,6 +286,9 @@ class ParentRunner:
                                             "whose children have all ended")
                 return
             seen = keys
+
+    def _env(self, parent_id: str) -> JetStreamEnv:
+        return JetStreamEnv(js=self.js, op_id=parent_id, registry=self.dispatcher.registry)
 
     def _states(self, parent_id: str) -> dict[str, ChildState]:
         states: dict[str, ChildState] = {}
@@ -360,10 +373,9 @@ class ParentRunner:
         return [op for cid in self._children.get(parent_id, ()) if (op := self.ops.get(cid)) is not None]
 
     async def _complete(self, parent_id: str, declared: OpType[Any, Any], params: Any,
-                        prepared: Mapping[str, Any], children: dict[str, ChildState]) -> None:
+                        prepared: Mapping[str, Any], children: dict[str, ChildState], last: Stage | None) -> None:
         assert declared.parent is not None
-        reduced: Reduced = await declared.parent.reduce(params, prepared, children,
-                                                        JetStreamEnv(js=self.js, op_id=parent_id))
+        reduced: Reduced = await declared.parent.reduce(params, prepared, children, self._env(parent_id))
         if reduced.document is not None:
             await put_result(self.js, parent_id, reduced.document,
                              description=reduced.description or f"{declared.name} {parent_id}")
@@ -375,7 +387,9 @@ class ParentRunner:
             if op.status is not OpStatus.RUNNING:
                 return False
             op.completed_at = datetime.now(UTC)
-            op.progress = _aggregate(child_ops, Stage(name="done", children=(), total=ended),
+            op.progress = _aggregate(child_ops, Stage(name="done", children=(), total=ended,
+                                                      items=last.items if last else None,
+                                                      items_type=last.items_type if last else None),
                                      declared.parent.unit if declared.parent else "children")
             op.progress.percentage = 100.0
             if reduced.error is None:
@@ -456,12 +470,20 @@ def _aggregate(children: list[Operation], stage: Stage, unit: str) -> Progress:
             pct += c.progress.percentage
     ended = counts[OpStatus.COMPLETED] + counts[OpStatus.FAILED] + counts[OpStatus.CANCELLED]
     message = f"{ended} of {total} {unit} finished"
+    items_done = None
+    if stage.items is not None:
+        items_done = 0
+        for c in children:
+            if c.type == stage.items_type and c.progress is not None:
+                items_done += (c.progress.items_total or 0) if c.status.terminal else (c.progress.items_done or 0)
+        message = f"{items_done} of {stage.items} {unit} finished"
     if counts[OpStatus.FAILED] or counts[OpStatus.CANCELLED]:
         message += f" ({counts[OpStatus.FAILED]} failed, {counts[OpStatus.CANCELLED]} cancelled)"
     if stage.name != unit and stage.name != "done":
         message += f"; {stage.name}"
     return Progress(percentage=round(pct / max(total, 1), 2), step=stage.name, steps_done=ended,
-                    steps_total=total, items_done=ended, items_total=total, message=message,
+                    steps_total=total, items_done=ended if items_done is None else items_done,
+                    items_total=total if stage.items is None else stage.items, message=message,
                     context={"running": counts[OpStatus.RUNNING], "pending": counts[OpStatus.PENDING],
                              "completed": counts[OpStatus.COMPLETED], "failed": counts[OpStatus.FAILED],
                              "cancelled": counts[OpStatus.CANCELLED]})

@@ -303,10 +303,14 @@ class GetRequest(Request):
 
 
 class ListRequest(Request):
+    """Operations, newest first. Child operations (a sweep's blocks, a walk-forward's steps) are left
+    out unless ``parent_id`` names their parent or ``include_children`` is set."""
+
     status: list[OpStatus] | None = None
     type: str | None = None
     active_only: bool = False
     parent_id: str | None = None
+    include_children: bool = False
     limit: int = Field(default=100, ge=1, le=10_000)
     offset: int = Field(default=0, ge=0)
 

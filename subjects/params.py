@@ -80,18 +80,24 @@ class BacktestParams(BaseModel):
 # Metrics where smaller is better: a sweep ranks them ascending unless told otherwise.
 ASCENDING_METRICS = frozenset({"max_drawdown", "max_drawdown_pct", "volatility_pct", "avg_bars_held"})
 MAX_SWEEP_COMBINATIONS = 10_000
+# A sweep's block: variants one child evaluates together (sized from the live workers' slots).
+MAX_BLOCK_VARIANTS = 2_000
 
 
 class SweepParams(BacktestParams):
-    """``sweep``: one ``backtesting`` child per combination of ``grid``, ranked by ``metric``.
+    """``sweep``: every combination of ``grid``, evaluated in blocks, ranked by ``metric``.
 
-    ``parameters`` holds overrides every child shares; each combination is applied on top.
+    ``parameters`` holds overrides every variant shares; each combination is applied on top.
+    ``block_size``: variants per child (none: a few blocks per live worker slot). The best
+    ``full_results`` variants are backtested again in full (equity curve and trades).
     """
 
     grid: dict[str, list[ParamValue]] = Field(min_length=1)
     metric: str = Field(default="sharpe_ratio", min_length=1)
     descending: bool | None = Field(default=None, description="none: by the metric (drawdowns ascend)")
-    top: int = Field(default=10, ge=1, le=1000, description="best children kept in the op result")
+    top: int = Field(default=10, ge=1, le=1000, description="best variants kept in the op result")
+    block_size: int | None = Field(default=None, ge=1, le=MAX_BLOCK_VARIANTS, description="variants per child")
+    full_results: int = Field(default=1, ge=0, le=100, description="best variants backtested again in full")
     include_curves: bool = False
 
     @field_validator("grid")

@@ -66,7 +66,8 @@ class DataLoadResult(Result):
 
 class SweepEntry(Result):
     rank: int
-    op_id: str
+    index: int | None = None  # the variant's position in the grid's combinations
+    op_id: str | None = None  # the variant backtested again in full (the best few), else None
     parameters: dict[str, Any]
 
 

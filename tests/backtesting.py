@@ -29,9 +29,9 @@ async def publish_synth(nc: Client, root: Path, *, symbol: str = SYMBOL, bars: i
 
 async def backtest_worker(make_worker: MakeWorker, worker_id: str, data_dir: Path, *,
                           on_progress: ProgressHook | None = None, **settings: Any) -> Worker:
+    handler = BacktestHandler(data_dir, on_progress=on_progress)
     return await make_worker(worker_id, capabilities=[names.CAP_BACKTEST_CPU], worker_type="backtest",
-                             handlers={"backtesting": BacktestHandler(data_dir, on_progress=on_progress)},
-                             **settings)
+                             handlers={"backtesting": handler, "backtest_block": handler.run_block}, **settings)
 
 
 def backtest_params(**overrides: Any) -> dict[str, Any]:

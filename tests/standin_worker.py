@@ -6,8 +6,8 @@ without one. Capabilities come from ``KTRDR_EXTRA_CAPABILITIES``.
 
 ``KTRDR_STANDIN_REAL_TRAINING=1`` serves ``training`` with the real training handler (on CPU,
 bars under ``$KTRDR_HOME/data``), to kill a worker in the middle of a real training.
-``KTRDR_STANDIN_SLOW_BACKTEST_S=<s>`` serves ``backtesting`` with the real backtest handler, after
-holding each job that long: a worker to kill while it holds a sweep's or a walk-forward's child.
+``KTRDR_STANDIN_SLOW_BACKTEST_S=<s>`` serves ``backtesting`` and ``backtest_block`` with the real
+backtest handler, after holding each job that long: a worker to kill while it holds a sweep's or a walk-forward's child.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from ktrdr.dummy import run_dummy
 from ktrdr.optypes import OpType, op_types
+from ktrdr.optypes.backtest_block import BACKTEST_BLOCK
 from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.optypes.dummy import DUMMY
 from ktrdr.optypes.training import TRAINING
@@ -44,7 +45,12 @@ def build_worker(settings: WorkerSettings) -> Worker:
             ctx.token.wait(float(hold))
             return backtest(ctx, params)
 
+        def slow_block(ctx: JobContext, params: Any) -> Any:
+            ctx.token.wait(float(hold))
+            return backtest.run_block(ctx, params)
+
         handlers[BACKTEST] = slow_backtest
+        handlers[BACKTEST_BLOCK] = slow_block
     return Worker(settings=settings, worker_type="standin", capabilities=[], handlers=handlers, slots=1)
 
 

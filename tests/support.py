@@ -55,3 +55,13 @@ async def dummy_standin(ctx: JobContext, params: object) -> DummyResult:
     """The dummy handler standing in for any type's (in tests that only route, kill or freeze
     workers): it reads the job's params as a dummy's, so a real type's params fail it, as before."""
     return await run_dummy(ctx, DummyParams.model_validate(ctx.job.params))
+
+
+def standin_handlers(capabilities: list[str], **handlers: Any) -> dict[Any, Any]:
+    """A handler for every type the capabilities carry: the dummy's for ``dummy``, the stand-in for
+    the others, and ``handlers`` (by type name) over them."""
+    from ktrdr.optypes import op_type, types_on
+    from ktrdr.optypes.dummy import DUMMY
+
+    served: dict[Any, Any] = {t: run_dummy if t is DUMMY else dummy_standin for c in capabilities for t in types_on(c)}
+    return {**served, **{op_type(name): h for name, h in handlers.items()}}

@@ -13,6 +13,9 @@ return says how well the model fits data it has seen, not how it trades.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +23,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from ktrdr.backtest.block import run_block
 
 from ktrdr.backtest import BacktestConfig, run_backtest
+from ktrdr.backtest.sweep import rank
 from ktrdr.data import DataStore
+from ktrdr.data.store import between
+from ktrdr.optypes.backtest_block import BacktestBlockParams, BlockSummary
 from ktrdr.runtime.context import JobContext
 from ktrdr.runtime.services import DatasetMissing
-from ktrdr.strategy import NeuroFuzzyStrategy, Strategy, load_strategy, with_parameters
+from ktrdr.strategy import NeuroFuzzyStrategy, RuleStrategy, Strategy, load_strategy, with_parameters
 from subjects.names import DATA_OBJECTS
 from subjects.params import BacktestParams
 from subjects.results import BacktestSummary
 
 log = logging.getLogger(__name__)
+
+# Datasets kept in memory across jobs, by digest (the least recently used goes first).
+FRAMES_KEPT = 8
+BLOCK_PROGRESS_S = 0.1
 
 # Called with every progress update once it is handed over for publishing (tests slow backtests with it).
 ProgressHook = Callable[[JobContext, dict[str, Any]], None]
@@ -68,6 +79,8 @@ class BacktestHandler:
     def __init__(self, data_dir: Path, *, on_progress: ProgressHook | None = None) -> None:
         self.store = DataStore(root=data_dir)
         self.on_progress = on_progress
+        self._frames: OrderedDict[tuple[str, str, str], pd.DataFrame] = OrderedDict()
+        self._frames_lock = threading.Lock()  # handlers run in threads, a slot each
 
     def __call__(self, ctx: JobContext, p: BacktestParams) -> BacktestSummary:
         strategy = _strategy(p)
@@ -103,10 +116,54 @@ class BacktestHandler:
                                parameters=result.parameters, metrics=result.metrics,
                                result_bytes=size, curves=p.include_curves)
 
+    def run_block(self, ctx: JobContext, p: BacktestBlockParams) -> BlockSummary:
+        """A block of a sweep's variants: one data load, shared indicators, one columnar result."""
+        base = load_strategy(p.strategy)
+        if not isinstance(base, RuleStrategy):
+            raise ValueError(f"{base.name} is neuro-fuzzy: its decisions come from its model, a sweep varies "
+                             "a rule-based strategy's parameters")
+        variants = p.variants()
+        total = len(variants)
+        self._report(ctx, percentage=0.0, step="data", items_done=0, items_total=total,
+                     message=f"loading {p.symbol} {p.timeframe}")
+        bars = self._bars(ctx, p, p.timeframe)
+        ctx.raise_if_cancelled()
+        last = 0.0
+
+        def progress(done: int, of: int) -> None:
+            # Each update is a model and a message: a few a second is all anyone sees.
+            nonlocal last
+            now = time.monotonic()
+            if done == 0 or done == of or now - last >= BLOCK_PROGRESS_S:
+                last = now
+                self._report(ctx, percentage=100.0 * done / of, step="variants", items_done=done, items_total=of,
+                             message=f"{done} of {of} variants")
+
+        progress(0, total)
+
+        config = BacktestConfig(initial_capital=p.capital, commission=p.commission, slippage=p.slippage,
+                                sizing=p.sizing, fraction=p.fraction, close_at_end=p.close_at_end,
+                                timeframe=p.timeframe, symbol=p.symbol)
+        block = run_block(bars, base, variants, config, base=p.parameters, cancel=ctx.token, progress=progress)
+        ctx.raise_if_cancelled()
+        data = block.to_json_bytes()
+        size = ctx.call(ctx.results.put(data, description=f"sweep block {p.first}..{p.stop} {p.symbol} {p.timeframe}"))
+        entries = [{"index": p.first + i, "parameters": variant, "metrics": metrics}
+                   for i, variant in enumerate(variants) if (metrics := block.variant_metrics(i)) is not None]
+        top = [{"index": e["index"], "parameters": e["parameters"], "value": e["metrics"].get(p.metric)}
+               for e in rank(entries, p.metric, descending=p.descending)[: p.top]]
+        return BlockSummary(first=p.first, stop=p.stop, variants=total, completed=total - len(block.errors),
+                            failed=len(block.errors), result_bytes=size, top=top)
+
+    def _report(self, ctx: JobContext, **update: Any) -> None:
+        ctx.progress(**update)
+        if self.on_progress is not None:
+            self.on_progress(ctx, update)
+
     def _bars(self, ctx: JobContext, p: BacktestParams, timeframe: str) -> pd.DataFrame:
         source = self._sync(ctx, p.symbol, timeframe)
         try:
-            bars = self.store.load(p.symbol, timeframe, p.start, p.end)
+            bars = between(self._frame(p.symbol, timeframe, source.get("digest")), p.start, p.end)
         except FileNotFoundError:
             raise MissingData(f"no data for {p.symbol} {timeframe}: not in the {DATA_OBJECTS!r} bucket nor in "
                               f"{self.store.root}; import it (`ktrdr data import`) or make some "
@@ -118,6 +175,25 @@ class BacktestHandler:
                               f"to {_when(info.end, '-')}")
         ctx.info(**{f"dataset_{timeframe}": {**source, "bars": len(bars)}})
         return bars
+
+    def _frame(self, symbol: str, timeframe: str, digest: str | None) -> pd.DataFrame:
+        """The whole dataset, kept in memory by digest across jobs: a sweep's blocks and a
+        walk-forward's backtests read the same bars again and again. Data only local (no digest) is
+        read from disk each time, as it may change under us."""
+        if digest is None:
+            return self.store.load(symbol, timeframe)
+        key = (symbol, timeframe, digest)
+        with self._frames_lock:
+            frame = self._frames.get(key)
+            if frame is not None:
+                self._frames.move_to_end(key)
+                return frame
+        frame = self.store.load(symbol, timeframe)
+        with self._frames_lock:
+            self._frames[key] = frame
+            while len(self._frames) > FRAMES_KEPT:
+                self._frames.popitem(last=False)
+        return frame
 
     def _sync(self, ctx: JobContext, symbol: str, timeframe: str) -> dict[str, Any]:
         """Make the bucket's version local (a no-op when the digest is cached); say where it came from."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import pandas as pd
 from ktrdr.backtest.config import BacktestConfig
 from ktrdr.backtest.metrics import compute_metrics
 from ktrdr.backtest.result import BacktestResult
-from ktrdr.backtest.simulator import simulate
+from ktrdr.backtest.simulator import Simulation, simulate
 from ktrdr.cancel import CancelToken
 from ktrdr.data.timeframes import infer_timeframe, periods_per_year
 from ktrdr.progress import ProgressFn
@@ -23,6 +24,7 @@ from ktrdr.strategy import (
     load_strategy_file,
     target_positions,
 )
+from ktrdr.strategy.signals import IndicatorCache
 
 # Share of the progress bar each phase takes; the simulation is the part whose length varies.
 _SIGNALS_PCT = 10.0
@@ -31,11 +33,13 @@ _SIM_PCT = 85.0
 
 def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: BacktestConfig | None = None, *,
                  cancel: CancelToken | None = None, progress: ProgressFn | None = None,
-                 wanted: np.ndarray | None = None) -> BacktestResult:
+                 wanted: np.ndarray | None = None, cache: IndicatorCache | None = None) -> BacktestResult:
     """Backtest ``strategy`` on ``bars`` (UTC-indexed OHLCV).
 
     ``wanted`` (+1/0/-1 after each bar's close) replaces the strategy's own signals: a neuro-fuzzy
-    strategy's decisions come from its trained model, computed elsewhere.
+    strategy's decisions come from its trained model, computed elsewhere. ``cache``, an
+    :class:`IndicatorCache` made for these very ``bars``, lets backtests of one frame share indicators
+    (see :func:`ktrdr.backtest.block.run_block`); the result is the same with or without it.
     """
     config = config or BacktestConfig()
     if isinstance(strategy, Path):
@@ -46,7 +50,7 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
         raise ValueError("no bars to backtest")
     n = len(bars)
     index = pd.DatetimeIndex(bars.index)
-    timeframe = config.timeframe or infer_timeframe(index) or "1d"
+    timeframe = _timeframe(index, config)
 
     def report(pct: float, step: str, done: int, context: dict[str, object] | None = None) -> None:
         if progress is not None:
@@ -56,7 +60,7 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
     if wanted is None:
         if not isinstance(strategy, RuleStrategy):
             raise ValueError(f"strategy {strategy.name!r} is neuro-fuzzy: pass the model's decisions as wanted=")
-        wanted = target_positions(generate_signals(strategy, bars, cancel=cancel), cancel=cancel)
+        wanted = _rule_positions(strategy, bars, cancel=cancel, cache=cache)
     elif len(wanted) != n:
         raise ValueError(f"wanted has {len(wanted)} values for {n} bars")
     else:
@@ -64,8 +68,7 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
         if not getattr(strategy, "allow_short", True):
             wanted = np.maximum(wanted, 0)
 
-    open_ = bars["open"].to_numpy(dtype=np.float64)
-    close = bars["close"].to_numpy(dtype=np.float64)
+    open_, close = _prices(bars)
     index_ns = index.as_unit("ns").asi8
 
     def chunk_done(done: int, equity: float, trades: int) -> None:
@@ -74,12 +77,7 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
 
     sim = simulate(open_, close, wanted, config, cancel=cancel, report=chunk_done if progress else None)
 
-    ppy = periods_per_year(timeframe)
-    metrics = compute_metrics(
-        equity=sim.equity, initial_capital=config.initial_capital, close=close, shares=sim.shares,
-        pnl=sim.trades["pnl"], bars_held=sim.trades["bars_held"], periods_per_year=ppy,
-        annualization_basis=f"{timeframe} bars: {ppy:g} per year")
-    metrics["skipped_entries"] = sim.skipped_entries
+    metrics = _metrics(sim, config=config, close=close, timeframe=timeframe, ppy=periods_per_year(timeframe))
     benchmark = config.initial_capital * close / close[0]
     report(100.0, "done", n, {"date": index[-1].isoformat(), "equity": float(sim.equity[-1]),
                               "trades": metrics["trades"]})
@@ -87,6 +85,32 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
                           index_ns=index_ns, equity=sim.equity, benchmark=benchmark, trades=sim.trades,
                           open_position=sim.open_position,
                           parameters={k: _param_value(strategy, p.path) for k, p in strategy.parameters.items()})
+
+
+# The steps below are shared with the block evaluator (ktrdr.backtest.block), which runs each once per
+# block where it depends on the bars alone: one definition keeps a block's metrics those of run_backtest.
+
+def _timeframe(index: pd.DatetimeIndex, config: BacktestConfig) -> str:
+    return config.timeframe or infer_timeframe(index) or "1d"
+
+
+def _prices(bars: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return bars["open"].to_numpy(dtype=np.float64), bars["close"].to_numpy(dtype=np.float64)
+
+
+def _rule_positions(strategy: RuleStrategy, bars: pd.DataFrame, *, cancel: CancelToken | None,
+                    cache: IndicatorCache | None) -> np.ndarray:
+    return target_positions(generate_signals(strategy, bars, cancel=cancel, cache=cache), cancel=cancel)
+
+
+def _metrics(sim: Simulation, *, config: BacktestConfig, close: np.ndarray, timeframe: str,
+             ppy: float) -> dict[str, Any]:
+    metrics = compute_metrics(
+        equity=sim.equity, initial_capital=config.initial_capital, close=close, shares=sim.shares,
+        pnl=sim.trades["pnl"], bars_held=sim.trades["bars_held"], periods_per_year=ppy,
+        annualization_basis=f"{timeframe} bars: {ppy:g} per year")
+    metrics["skipped_entries"] = sim.skipped_entries
+    return metrics
 
 
 def _param_value(strategy: Strategy, path: str) -> object:

@@ -201,12 +201,16 @@ def ops_list(
     status: Annotated[list[OpStatus] | None, typer.Option(help="Filter by status (repeatable).")] = None,
     type: Annotated[str | None, typer.Option("--type")] = None,
     active: Annotated[bool, typer.Option("--active", help="Only pending and running.")] = False,
+    parent: Annotated[str | None, typer.Option("--parent", help="The children of this operation (a sweep's "
+                                                                "blocks, a walk-forward's steps).")] = None,
+    children: Annotated[bool, typer.Option("--all", help="Children too (hidden by default).")] = False,
     limit: Annotated[int, typer.Option(min=1)] = 50,
     offset: Annotated[int, typer.Option(min=0)] = 0,
     json: JsonOpt = False,
 ) -> None:
-    """List operations, newest first."""
-    found = run_client(lambda c: c.list(status=status, type=type, active_only=active, limit=limit, offset=offset))
+    """List operations, newest first (child operations only with --parent or --all)."""
+    found = run_client(lambda c: c.list(status=status, type=type, active_only=active, parent_id=parent,
+                                        include_children=children, limit=limit, offset=offset))
     if json:
         print(to_json(found))
     else:

@@ -121,6 +121,10 @@ def sweep(
     end: EndOpt = None,
     metric: Annotated[str, typer.Option(help="Metric to rank by.")] = "sharpe_ratio",
     top: Annotated[int, typer.Option(min=1, help="Best variants kept in the op result.")] = 10,
+    full: Annotated[int, typer.Option(min=0, max=100, help="Best variants backtested again in full "
+                                                           "(equity curve and trades).")] = 1,
+    block_size: Annotated[int | None, typer.Option(min=1, help="Variants per worker job (default: a few "
+                                                               "blocks per live worker slot).")] = None,
     capital: CapitalOpt = 100_000.0,
     commission: CostOpt = 0.001,
     slippage: CostOpt = 0.0005,
@@ -140,7 +144,7 @@ def sweep(
     params = _checked(SweepParams, dict(
         strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
         capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
-        grid=grid, metric=metric, top=top))
+        grid=grid, metric=metric, top=top, full_results=full, block_size=block_size))
     op = _submit(SWEEP.name, params, follow_it=follow_it, json=json)
     if follow_it and not json and op.result:
         console.print(_top_table(op.result))
@@ -273,8 +277,8 @@ def plot(op_id: str, output: Annotated[Path, typer.Option("--output", "-o", help
         console.print(f"wrote {written}")
         return
     if op.type == SWEEP.name or not doc.get("equity"):
-        console.print(f"[red]error:[/] {op_id} stored no equity curve (sweep children leave it out): "
-                      "run that variant with `ktrdr backtest run` to plot it")
+        console.print(f"[red]error:[/] {op_id} stored no equity curve (a sweep keeps every variant's metrics; "
+                      "its best are backtested again in full: the 'full' column of `ktrdr backtest show`)")
         raise typer.Exit(2)
     result = BacktestResult.from_json_bytes(jsonlib.dumps(doc).encode())
     console.print(f"wrote {plot_result(result, output)}")
@@ -314,25 +318,26 @@ def _trades_table(trades: dict[str, list[Any]], last: int) -> Table:
 def _ranking_table(doc: dict[str, Any], *, limit: int) -> Table:
     metric = doc["metric"]
     table = Table(title=f"sweep {doc['sweep']}: {doc['completed']} of {doc['combinations']} ranked by {metric} "
-                        f"({len(doc['failed'])} failed, {doc['cancelled']} cancelled)")
-    for col in ("rank", "parameters", metric, "total_return_pct", "max_drawdown_pct", "trades", "op"):
+                        f"({len(doc['failed'])} failed, {doc['cancelled']} cancelled)",
+                  caption="full: the variant backtested again in full (ktrdr backtest show/plot it)")
+    for col in ("rank", "parameters", metric, "return %", "max dd %", "trades", "full"):
         table.add_column(col)
     for r in doc["ranking"][:limit]:
         m = r["metrics"]
-        table.add_row(str(r["rank"]), ", ".join(f"{k}={v}" for k, v in r["parameters"].items()), _fmt(m.get(metric)),
+        table.add_row(str(r["rank"]), " ".join(f"{k}={v}" for k, v in r["parameters"].items()), _fmt(m.get(metric)),
                       _fmt(m.get("total_return_pct")), _fmt(m.get("max_drawdown_pct")), _fmt(m.get("trades")),
-                      r["op_id"])
+                      r.get("op_id") or "-")
     return table
 
 
 def _top_table(result: dict[str, Any]) -> Table:
     metric = result["metric"]
     table = Table(title=f"best {len(result['top'])} of {result['combinations']} by {metric}")
-    for col in ("rank", "parameters", metric, "total_return_pct", "op"):
+    for col in ("rank", "parameters", metric, "return %", "full"):
         table.add_column(col)
     for r in result["top"]:
-        table.add_row(str(r["rank"]), ", ".join(f"{k}={v}" for k, v in r["parameters"].items()),
-                      _fmt(r.get(metric)), _fmt(r.get("total_return_pct")), r["op_id"])
+        table.add_row(str(r["rank"]), " ".join(f"{k}={v}" for k, v in r["parameters"].items()),
+                      _fmt(r.get(metric)), _fmt(r.get("total_return_pct")), r.get("op_id") or "-")
     return table
 
 

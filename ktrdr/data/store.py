@@ -122,13 +122,7 @@ class DataStore:
         path = self.path(symbol, timeframe)
         if not path.is_file():
             raise FileNotFoundError(f"no data for {symbol} {timeframe} in {self.root}")
-        df = bars_from_bytes(path, source=str(path))
-        if start is None and end is None:
-            return df
-        ts = df.index.as_unit("ns").asi8
-        lo = 0 if start is None else int(np.searchsorted(ts, _utc(start).value, side="left"))
-        hi = len(ts) if end is None else int(np.searchsorted(ts, _utc(end).value, side="right"))
-        return df.iloc[lo:hi]
+        return between(bars_from_bytes(path, source=str(path)), start, end)
 
     def merge(self, symbol: str, timeframe: str, df: pd.DataFrame, *, prefer: str = "new") -> int:
         """Add bars. Where a timestamp is already stored, ``prefer="new"`` takes the new bar (a
@@ -160,6 +154,16 @@ class DataStore:
         return DatasetInfo(symbol=symbol, timeframe=timeframe,
                            start=df.index[0] if len(df) else None, end=df.index[-1] if len(df) else None,
                            bars=len(df), gaps=find_gaps(df.index, timeframe))
+
+
+def between(df: pd.DataFrame, start: object = None, end: object = None) -> pd.DataFrame:
+    """The bars of ``df`` (sorted, UTC) with ``start <= timestamp <= end``; naive bounds are UTC."""
+    if start is None and end is None:
+        return df
+    ts = df.index.as_unit("ns").asi8
+    lo = 0 if start is None else int(np.searchsorted(ts, _utc(start).value, side="left"))
+    hi = len(ts) if end is None else int(np.searchsorted(ts, _utc(end).value, side="right"))
+    return df.iloc[lo:hi]
 
 
 def _utc(value: object) -> pd.Timestamp:

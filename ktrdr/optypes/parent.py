@@ -75,13 +75,16 @@ class Stage:
     """The children to run now, under a name for progress (``fold 2 of 5: in-sample sweep``).
 
     ``total``: how many children the whole parent runs, as far as it is known now (progress is the
-    mean over that many). The runner asks again when any of them ends; the plan answers the same
-    stage until the children it depends on have ended.
+    mean over that many). ``items``: when the work is counted in items that children of type
+    ``items_type`` report (a sweep's variants, each block reporting how many of its own are done),
+    the progress message counts those instead of children.
     """
 
     name: str
     children: Sequence[Child]
     total: int
+    items: int | None = None
+    items_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,9 @@ class ParentEnv(Protocol):
 
     async def bar_index(self, symbol: str, timeframe: str, start: Any, end: Any) -> pd.DatetimeIndex:
         """The timestamps of a dataset's bars in the shared ``data`` store between start and end."""
+
+    def worker_slots(self, capability: str) -> int:
+        """Slots of the live workers serving ``capability`` now (to size children by)."""
 
 
 class ParentPlan(Protocol, Generic[P]):

@@ -1,24 +1,32 @@
-"""``sweep``: one backtest per combination of a parameter grid, ranked by a metric.
+"""``sweep``: every combination of a parameter grid backtested, ranked by a metric.
 
-Run by the coordinator's parent runner: a single stage of ``backtesting`` children (keys are the
-combination's index), reduced to a ranking once every child has ended. The top entries go in the
-parent's result; the whole ranking (every combination, its parameters and metrics, failures) in the
+Run by the coordinator's parent runner. The combinations are split into blocks, a few per live
+backtest worker slot (``block_size`` overrides), each one ``backtest_block`` child that loads the
+data once and shares indicators across its variants; 10,000 variants make tens of op records, not
+10,000. The best few are then backtested again in full (equity curve and trades, under their own
+op ids); any other variant is one ``ktrdr backtest run --set ...`` away. The top entries go in the
+parent's result; the whole ranking (every variant's parameters and metrics, failures) in the
 ``results`` store under the parent's id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
+from ktrdr.backtest.block import BlockResult
 from ktrdr.backtest.checks import RequestProblem, check_strategy
-from ktrdr.backtest.sweep import combinations, rank
+from ktrdr.backtest.sweep import rank
+from ktrdr.optypes.backtest_block import BACKTEST_BLOCK, BacktestBlockParams
 from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
-from ktrdr.optypes.parent import Child, ChildState, Decision, ParentEnv, Ready, Reduced, Stage
+from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
+from subjects import names
 from subjects.models import OpStatus
-from subjects.params import BacktestParams, SweepParams
+from subjects.params import MAX_BLOCK_VARIANTS, BacktestParams, SweepParams
 from subjects.results import SweepResult
 
 RANKING_FORMAT = "ktrdr.sweep.ranking/1"
@@ -27,67 +35,152 @@ SUMMARY_METRICS = ("total_return_pct", "sharpe_ratio", "max_drawdown_pct", "trad
 
 
 def admit_sweep(params: SweepParams) -> SweepParams:
-    """The strategy must load with the shared overrides and every combination of the grid."""
+    """The strategy must load with the shared overrides and every combination of the grid, and be
+    rule-based: a neuro-fuzzy strategy's decisions come from its trained model."""
+    from ktrdr.strategy import RuleStrategy, load_strategy
+
     try:
         check_strategy(params.strategy, params.parameters, params.grid)
     except RequestProblem as exc:
         raise Rejected(exc.field, exc.message) from None
+    strategy = load_strategy(params.strategy)
+    if not isinstance(strategy, RuleStrategy):
+        raise Rejected("strategy", f"{strategy.name} is neuro-fuzzy: its decisions come from its model; a sweep "
+                                   "varies a rule-based strategy's parameters (a walk-forward trains per fold)")
     return params
 
 
+BLOCKS_PER_SLOT = 4  # a slow or lost worker then costs a quarter of its share, not all of it
+# Below this a block is mostly its fixed cost (claim, data check, result upload: 10-20 ms, against
+# ~0.5 ms of engine per variant), so small sweeps get fewer blocks rather than smaller ones.
+MIN_BLOCK_VARIANTS = 100
+
+
+def block_size_for(variants: int, slots: int) -> int:
+    """Variants per block: a few blocks per live worker slot (one slot when none is up yet), none
+    smaller than ``MIN_BLOCK_VARIANTS`` unless the whole sweep is."""
+    blocks = max(1, slots) * BLOCKS_PER_SLOT
+    size = max(MIN_BLOCK_VARIANTS, math.ceil(variants / blocks))
+    return max(1, min(MAX_BLOCK_VARIANTS, size, variants))
+
+
 class SweepPlan:
+    """Stage 1: the grid in blocks (``b<n>``, each a ``backtest_block`` child). Stage 2: the best
+    ``full_results`` variants, picked from the blocks' own best, backtested again in full
+    (``full<n>``: curves and trades). Then the ranking of every variant from the blocks' results."""
+
     unit = "backtests"
 
     async def prepare(self, params: SweepParams, env: ParentEnv) -> dict[str, Any]:
-        return {}
+        variants = count_combinations(params.grid)
+        slots = env.worker_slots(names.CAP_BACKTEST_CPU)
+        size = params.block_size or block_size_for(variants, slots)
+        return {"variants": variants, "block_size": size, "slots": slots}
 
     def plan(self, params: SweepParams, prepared: Mapping[str, Any],
              children: Mapping[str, ChildState]) -> Decision:
-        combos = combinations(params.grid)
-        if len(children) >= len(combos) and all(c.ended for c in children.values()):
-            return Ready()
-        return Stage(name=self.unit, total=len(combos), children=[
-            Child(key=str(i), type=BACKTEST, params=BacktestParams.model_validate(params.child_params(combo)))
-            for i, combo in enumerate(combos)])
+        blocks = self._blocks(params, prepared)
+        variants = int(prepared["variants"])
+        total = len(blocks) + min(params.full_results, variants)
+        if any(c.key not in children or not children[c.key].ended for c in blocks):
+            return Stage(name="blocks", children=blocks, total=total, items=variants,
+                         items_type=BACKTEST_BLOCK.name)
+        states = [children[c.key] for c in blocks]
+        if not any(c.completed for c in states):
+            first = next((c for c in states if c.error), states[0])
+            return Fail(f"none of the {len(states)} blocks completed; first error: "
+                        f"{first.error or first.status.value}")
+        full = [Child(key=f"full{i}", type=BACKTEST, params=BacktestParams.model_validate(
+                    {**params.child_params(entry["parameters"]), "include_curves": True}))
+                for i, entry in enumerate(best_of_blocks(params, states)[: params.full_results])]
+        if any(c.key not in children or not children[c.key].ended for c in full):
+            return Stage(name="full results", children=[*blocks, *full], total=total, items=variants,
+                         items_type=BACKTEST_BLOCK.name)
+        return Ready()
+
+    def _blocks(self, params: SweepParams, prepared: Mapping[str, Any]) -> list[Child]:
+        variants, size = int(prepared["variants"]), int(prepared["block_size"])
+        base = params.model_dump(mode="json", exclude=set(SweepParams.model_fields) - set(BacktestParams.model_fields))
+        return [Child(key=f"b{n}", type=BACKTEST_BLOCK, params=BacktestBlockParams.model_validate({
+                    **base, "grid": params.grid, "first": first, "stop": min(first + size, variants),
+                    "metric": params.metric, "descending": params.ranks_descending,
+                    "top": max(params.top, params.full_results), "include_curves": False}))
+                for n, first in enumerate(range(0, variants, size))]
 
     async def reduce(self, params: SweepParams, prepared: Mapping[str, Any],
                      children: Mapping[str, ChildState], env: ParentEnv) -> Reduced:
-        return reduce_sweep(params, sorted(children.values(), key=lambda c: int(c.key)), parent_id=env.op_id)
+        blocks = sorted((c for c in children.values() if c.type == BACKTEST_BLOCK.name),
+                        key=lambda c: int(c.key[1:]))
+        full = {_key(c.params.get("parameters", {})): c for c in children.values() if c.key.startswith("full")}
+        entries: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        cancelled = 0
+        # Read together: tens of small round trips, one after another, were a tenth of a short sweep.
+        documents = await asyncio.gather(*(env.result(b.op_id) for b in blocks if b.completed))
+        stored = dict(zip((b.op_id for b in blocks if b.completed), documents, strict=True))
+        for block in blocks:
+            first, stop = int(block.params["first"]), int(block.params["stop"])
+            if not block.completed:
+                # A whole block lost: each of its variants is listed, with the block's error.
+                if block.status is OpStatus.CANCELLED:
+                    cancelled += stop - first
+                else:
+                    failed += [{"index": i, "block": block.op_id, "error": block.error} for i in range(first, stop)]
+                continue
+            data = stored[block.op_id]
+            if data is None:
+                return Reduced(error=f"block {block.op_id} completed but stored no result")
+            result = BlockResult.from_json_bytes(data)
+            for i in range(stop - first):
+                parameters = {name: result.values[name][i] for name in result.names}
+                metrics = result.variant_metrics(i)
+                if metrics is None:
+                    failed.append({"index": first + i, "parameters": parameters, "block": block.op_id,
+                                   "error": result.errors.get(i)})
+                else:
+                    entries.append({"index": first + i, "parameters": parameters, "metrics": metrics,
+                                    "block": block.op_id})
+        ranked = [{"rank": i + 1, **r} for i, r in
+                  enumerate(rank(entries, params.metric, descending=params.ranks_descending))]
+        for r in ranked:
+            again = full.get(_key({**params.parameters, **r["parameters"]}))
+            r["op_id"] = again.op_id if again is not None and again.completed else None
+        variants = int(prepared["variants"])
+        doc = {"format": RANKING_FORMAT, "sweep": env.op_id, "metric": params.metric,
+               "descending": params.ranks_descending, "grid": params.grid, "combinations": variants,
+               "blocks": len(blocks), "completed": len(entries), "failed": failed, "cancelled": cancelled,
+               "ranking": ranked}
+        top = [{"rank": r["rank"], "index": r["index"], "op_id": r["op_id"], "parameters": r["parameters"],
+                params.metric: r["metrics"].get(params.metric),
+                **{k: r["metrics"].get(k) for k in SUMMARY_METRICS if k != params.metric}}
+               for r in ranked[: params.top]]
+        summary = SweepResult.model_validate({
+            "metric": params.metric, "descending": params.ranks_descending, "combinations": variants,
+            "completed": len(entries), "failed": len(failed), "cancelled": cancelled,
+            "best": top[0] if top else None, "top": top})
+        error = None
+        if not entries:
+            first_error = failed[0]["error"] if failed else "cancelled"
+            error = f"none of the {variants} backtests completed; first error: {first_error}"
+        return Reduced(result=summary, error=error, description=f"sweep ranking by {params.metric}",
+                       document=json.dumps(doc, separators=(",", ":"), allow_nan=False).encode())
 
 
-def reduce_sweep(params: SweepParams, children: list[ChildState], *, parent_id: str) -> Reduced:
-    """Rank the completed children by ``params.metric`` (failures listed apart)."""
-    grid_names = list(params.grid)
+def count_combinations(grid: Mapping[str, list[Any]]) -> int:
+    return math.prod(len(values) for values in grid.values())
 
-    def entry(c: ChildState) -> dict[str, Any]:
-        overrides = c.params.get("parameters", {})
-        return {"op_id": c.op_id, "parameters": {k: overrides.get(k) for k in grid_names},
-                "metrics": (c.result or {}).get("metrics", {})}
 
-    completed = [entry(c) for c in children if c.completed]
-    ranked = [{"rank": i + 1, **r} for i, r in
-              enumerate(rank(completed, params.metric, descending=params.ranks_descending))]
-    failed = [{"op_id": c.op_id, "parameters": entry(c)["parameters"], "error": c.error}
-              for c in children if c.status is OpStatus.FAILED]
-    cancelled = sum(c.status is OpStatus.CANCELLED for c in children)
-    doc = {"format": RANKING_FORMAT, "sweep": parent_id,
-           "metric": params.metric, "descending": params.ranks_descending, "grid": params.grid,
-           "combinations": len(children), "completed": len(completed), "failed": failed,
-           "cancelled": cancelled, "ranking": ranked}
-    top = [{"rank": r["rank"], "op_id": r["op_id"], "parameters": r["parameters"],
-            params.metric: r["metrics"].get(params.metric),
-            **{k: r["metrics"].get(k) for k in SUMMARY_METRICS if k != params.metric}}
-           for r in ranked[: params.top]]
-    summary = SweepResult.model_validate({
-        "metric": params.metric, "descending": params.ranks_descending, "combinations": len(children),
-        "completed": len(completed), "failed": len(failed), "cancelled": cancelled,
-        "best": top[0] if top else None, "top": top})
-    error = None
-    if not completed:
-        first = failed[0]["error"] if failed else "cancelled"
-        error = f"none of the {len(children)} backtests completed; first error: {first}"
-    return Reduced(result=summary, error=error, description=f"sweep ranking by {params.metric}",
-                   document=json.dumps(doc, separators=(",", ":")).encode())
+def best_of_blocks(params: SweepParams, blocks: list[ChildState]) -> list[dict[str, Any]]:
+    """The sweep's best variants from its blocks' own best (each block names its best ``top``; ties
+    go to the earlier variant, as in the full ranking, so these are the ranking's first ones)."""
+    entries = [{**t, "metrics": {params.metric: t.get("value")}}
+               for b in blocks if b.completed for t in (b.result or {}).get("top", [])]
+    entries.sort(key=lambda e: e["index"])
+    return list(rank(entries, params.metric, descending=params.ranks_descending))
+
+
+def _key(parameters: Mapping[str, Any]) -> str:
+    return json.dumps(parameters, sort_keys=True, default=str)
 
 
 SWEEP = declare(OpType(

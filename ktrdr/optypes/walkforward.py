@@ -215,7 +215,8 @@ class WalkForwardPlan:
             return Child(key=f"f{fold.index}is", type=TRAINING, params=training)
         sweep = SweepParams.model_validate({**params.backtest(start=start, end=end).model_dump(mode="json"),
                                             "grid": params.grid, "metric": params.metric,
-                                            "descending": params.descending, "top": 3, "include_curves": False})
+                                            "descending": params.descending, "top": 3, "full_results": 0,
+                                            "include_curves": False})
         return Child(key=f"f{fold.index}is", type=SWEEP, params=sweep)
 
     def _tests(self, params: WalkForwardParams, fold: Fold, chosen: ChildState) -> list[Child]:

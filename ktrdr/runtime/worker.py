@@ -28,7 +28,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from ktrdr import __version__
 from ktrdr.cancel import OperationCancelled
-from ktrdr.optypes import OpType
+from ktrdr.optypes import OpType, types_on
 from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.context import Handler, JobContext, NatsReporter, call_handler
 from ktrdr.runtime.publish import AckedPublisher
@@ -120,9 +120,11 @@ class Worker:
         self.capabilities = list(dict.fromkeys([*capabilities, *extra]))
         for cap in self.capabilities:
             names.validate_capability(cap)
-            if not any(cap in t.runs.capabilities for t in handlers):
-                raise ValueError(f"capability {cap} has no handler: none of "
-                                 f"{', '.join(t.name for t in handlers) or 'no types'} runs on it")
+            # Every type offered on a capability reaches any worker serving it: one it cannot run
+            # would be refused for good (terminated), however many others could have run it.
+            missing = [t.name for t in types_on(cap) if t not in handlers]
+            if missing:
+                raise ValueError(f"capability {cap} carries {', '.join(missing)}: no handler given for it")
         self.handlers: dict[str, tuple[OpType[Any, Any], Handler]] = {t.name: (t, h) for t, h in handlers.items()}
         self.worker_id = names.validate_token(
             settings.worker_id or default_worker_id(settings, worker_type), what="worker id")

@@ -5,7 +5,9 @@ Signals are read at a bar's close; the engine acts on them at the next bar's ope
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,13 +32,85 @@ class Signals:
     exit_short: np.ndarray
 
 
+def spec_key(spec: Mapping[str, Any]) -> Hashable | None:
+    """A hashable key of what ``compute(spec, bars)`` computes: two specs with equal keys compute the
+    same thing. None when a value cannot be frozen (such a spec is computed, never shared).
+
+    Every value carries its type: 5, 5.0 and True hash alike, but an indicator takes ``period=5``
+    and refuses the other two, so they must not share a cached result.
+    """
+    try:
+        key = tuple(sorted((k, _freeze(v)) for k, v in spec.items()))
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _freeze(value: Any) -> Hashable:
+    kind = type(value).__qualname__
+    if isinstance(value, Mapping):
+        return (kind, tuple(sorted((k, _freeze(v)) for k, v in value.items())))
+    if isinstance(value, list | tuple):
+        return (kind, tuple(_freeze(v) for v in value))
+    return (kind, value)
+
+
+class IndicatorCache:
+    """Indicators of one bars frame, each distinct spec (type, parameters, source column) computed once.
+
+    Bound to the frame it is created for, by identity: any other frame, even an equal copy, is
+    refused, because an equal-looking frame is no proof of equal values and comparing them would
+    cost as much as computing. The frame must not change while the cache is in use. Cached
+    Series/DataFrames are shared by every strategy that asks for them: read them, never write.
+    """
+
+    def __init__(self, bars: pd.DataFrame) -> None:
+        self._bars = bars
+        self._values: dict[Hashable, pd.Series | pd.DataFrame] = {}
+        self.computed = 0  # computations run (misses), for tests and benchmarks
+        self.reused = 0  # lookups answered from the cache
+
+    @property
+    def bars(self) -> pd.DataFrame:
+        return self._bars
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def check(self, bars: pd.DataFrame) -> None:
+        if bars is not self._bars:
+            raise ValueError("this IndicatorCache belongs to another bars frame: make one IndicatorCache(bars) "
+                             "per frame")
+
+    def get(self, spec: Mapping[str, Any]) -> pd.Series | pd.DataFrame:
+        """``compute(spec, bars)``, from the cache when this spec was computed before."""
+        key = spec_key(spec)
+        if key is None:
+            self.computed += 1
+            return compute(spec, self._bars)
+        value = self._values.get(key)
+        if value is None:
+            # A spec that raises is not cached: asking again raises again, as without a cache.
+            value = compute(spec, self._bars)
+            self._values[key] = value
+            self.computed += 1
+        else:
+            self.reused += 1
+        return value
+
+
 def compute_indicators(strategy: RuleStrategy, bars: pd.DataFrame, *,
-                       cancel: CancelToken | None = None) -> Indicators:
+                       cancel: CancelToken | None = None, cache: IndicatorCache | None = None) -> Indicators:
+    """Every indicator of ``strategy`` by id; with ``cache`` (made for these very ``bars``), an indicator
+    whose spec was computed before is reused, not recomputed."""
+    if cache is not None:
+        cache.check(bars)
     out: Indicators = {}
     for ident, spec in strategy.indicator_specs().items():
         if cancel is not None:
             cancel.raise_if_cancelled()
-        out[ident] = compute(spec, bars)
+        out[ident] = compute(spec, bars) if cache is None else cache.get(spec)
     return out
 
 
@@ -66,9 +140,10 @@ def _resolver(bars: pd.DataFrame, indicators: Indicators):  # noqa: ANN202 - a c
 
 
 def generate_signals(strategy: RuleStrategy, bars: pd.DataFrame, *, indicators: Indicators | None = None,
-                     cancel: CancelToken | None = None) -> Signals:
+                     cancel: CancelToken | None = None, cache: IndicatorCache | None = None) -> Signals:
+    """``cache`` serves the indicators when ``indicators`` is not given (see :class:`IndicatorCache`)."""
     if indicators is None:
-        indicators = compute_indicators(strategy, bars, cancel=cancel)
+        indicators = compute_indicators(strategy, bars, cancel=cancel, cache=cache)
     resolve = _resolver(bars, indicators)
     n = len(bars)
     none = np.zeros(n, dtype=bool)

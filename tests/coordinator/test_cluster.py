@@ -11,8 +11,6 @@ from pathlib import Path
 
 import nats
 from coordinator.app import Coordinator
-from ktrdr.dummy import run_dummy
-from ktrdr.optypes.dummy import DUMMY
 from ktrdr.runtime.connection import NatsAuth
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.topology import OBJECT_STORES, ensure_topology
@@ -21,7 +19,7 @@ from subjects import names, roles
 from subjects.models import OpStatus, SubmitRequest
 from tests.conftest import ROOT, coordinator_settings, creds, fleet
 from tests.coordinator.cluster import Cluster
-from tests.support import wait_status
+from tests.support import standin_handlers, wait_status
 
 
 async def test_an_op_survives_the_loss_of_one_node_of_three(cluster: Cluster) -> None:
@@ -34,7 +32,7 @@ async def test_an_op_survives_the_loss_of_one_node_of_three(cluster: Cluster) ->
     try:
         worker = Worker(settings=WorkerSettings(nats_url=urls, nats_creds=creds(roles.WORKER), nats_ca=tls_files.ca,
                                                 worker_id="w1", js_replicas=3, fetch_timeout_s=0.3, grace_s=1, **lease),
-                        worker_type="test", capabilities=["dummy.any"], handlers={DUMMY: run_dummy})
+                        worker_type="test", capabilities=["dummy.any"], handlers=standin_handlers(["dummy.any"]))
         await worker.start()
         try:
             op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 3, "steps": 6}))

@@ -29,10 +29,7 @@ from nats.js.errors import KeyNotFoundError
 from coordinator.api import SUBMIT_PATH
 from coordinator.app import Coordinator
 from coordinator.health import HEALTH_KEY
-from ktrdr.dummy import run_dummy
 from ktrdr.natsd import NatsServer
-from ktrdr.optypes.backtesting import BACKTEST
-from ktrdr.optypes.dummy import DUMMY
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker
 from subjects import names, roles
@@ -40,7 +37,7 @@ from subjects.models import OpStatus
 from tests.backtesting import backtest_params, publish_synth
 from tests.conftest import bounded, coordinator_settings, creds
 from tests.coordinator.cluster import Cluster
-from tests.support import assert_eventually, auth_headers
+from tests.support import assert_eventually, auth_headers, standin_handlers
 from worker_backtest.handler import BacktestHandler
 
 # A lease longer than any outage here (an election: up to 10 s; the quorum drill: up to about 25 s,
@@ -171,11 +168,13 @@ async def platform(cluster: Cluster, data_dir: Path) -> AsyncIterator[Coordinato
                                                             **LEASE))
     await coordinator.start()
     try:
+        backtest = BacktestHandler(data_dir)
         worker = Worker(settings=WorkerSettings(nats_url=cluster.urls, nats_creds=creds(roles.WORKER),
                                                 nats_ca=cluster.tls.ca, worker_id="w1", js_replicas=3,
                                                 fetch_timeout_s=0.3, grace_s=1, **LEASE),
                         worker_type="backtest", capabilities=[names.CAP_DUMMY_ANY, names.CAP_BACKTEST_CPU],
-                        handlers={DUMMY: run_dummy, BACKTEST: BacktestHandler(data_dir)},
+                        handlers=standin_handlers([names.CAP_DUMMY_ANY, names.CAP_BACKTEST_CPU],
+                                                  backtesting=backtest, backtest_block=backtest.run_block),
                         slots=4)
         await worker.start()
         try:

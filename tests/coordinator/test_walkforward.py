@@ -151,16 +151,17 @@ async def test_cancelling_a_walkforward_cancels_its_sweeps_and_their_backtests(
     await backtest_worker(make_worker, "bt1", tmp_path / "bt1", on_progress=gate(threading.Event()))
     wf_id = (await api.post("/api/v1/backtests/walkforward", json=params())).json()["op_id"]
     await assert_eventually(lambda: [c for c in descendants(coordinator, wf_id) if c.status is OpStatus.RUNNING
-                                     and c.type == "backtesting"])
+                                     and c.type == "backtest_block"])
     reply = await api.request("DELETE", f"/api/v1/operations/{wf_id}", json={"reason": "enough"})
     assert reply.status_code == 200 and reply.json()["accepted"] is True
 
     def all_ended() -> list[Operation] | None:
         found = descendants(coordinator, wf_id)
-        return found if len(found) == 3 + 3 * 4 and all(c.status is OpStatus.CANCELLED for c in found) else None
+        # Three sweeps of one block each (four variants: under the smallest block).
+        return found if len(found) == 3 + 3 and all(c.status is OpStatus.CANCELLED for c in found) else None
 
     ended = await assert_eventually(all_ended, timeout=20)
-    assert {c.type for c in ended} == {"sweep", "backtesting"}
+    assert {c.type for c in ended} == {"sweep", "backtest_block"}
     assert coordinator.ops.get(wf_id).status is OpStatus.CANCELLED  # type: ignore[union-attr]
 
 
@@ -169,8 +170,8 @@ async def test_a_walkforward_survives_a_coordinator_restart(
         tmp_path: Path) -> None:
     await publish(nc, tmp_path / "pub", "WFA", planted())
     wf = await coordinator.dispatcher.submit(SubmitRequest(type="walkforward", params={**params(), "approach": "grid"}))
-    # No worker yet: the sweeps and their backtests are recorded, none has run.
-    await assert_eventually(lambda: len(descendants(coordinator, wf.op_id)) == 3 + 3 * 4)
+    # No worker yet: the sweeps and their blocks are recorded, none has run.
+    await assert_eventually(lambda: len(descendants(coordinator, wf.op_id)) == 3 + 3)
     await coordinator.stop()
 
     second = Coordinator(settings=coordinator_settings(nats_server.url))
@@ -179,7 +180,7 @@ async def test_a_walkforward_survives_a_coordinator_restart(
         await backtest_worker(make_worker, "bt1", tmp_path / "bt1")
         done = await wait_status(second, wf.op_id, OpStatus.COMPLETED, OpStatus.FAILED, timeout=60)
         assert done.status is OpStatus.COMPLETED, done.error
-        assert len(descendants(second, wf.op_id)) == 3 + 3 * 4 + 3  # nothing submitted twice
+        assert len(descendants(second, wf.op_id)) == 3 + 3 + 3  # nothing submitted twice
     finally:
         await second.stop()
 

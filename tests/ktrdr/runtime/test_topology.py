@@ -11,16 +11,14 @@ import pytest
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
-from ktrdr.dummy import run_dummy
 from ktrdr.natsd import NatsServer
-from ktrdr.optypes.dummy import DUMMY
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.topology import OBJECT_STORES
 from ktrdr.runtime.worker import Worker
 from subjects import names, roles
 from subjects.models import OpStatus, SubmitRequest
 from tests.conftest import FAST, MakeWorker, bounded, coordinator_settings, creds, fleet
-from tests.support import assert_eventually, wait_status
+from tests.support import assert_eventually, standin_handlers, wait_status
 
 
 async def test_the_coordinator_recreates_a_deleted_bucket_and_new_ops_complete(
@@ -48,7 +46,8 @@ async def test_a_worker_waits_saying_what_is_missing_until_the_coordinator_creat
     server.start()
     worker = Worker(settings=WorkerSettings(nats_url=server.url, nats_creds=creds(roles.WORKER), worker_id="early",
                                             **{**FAST, "fetch_timeout_s": 0.3, "grace_s": 1.0}),
-                    worker_type="test", capabilities=[names.CAP_DUMMY_ANY], handlers={DUMMY: run_dummy})
+                    worker_type="test", capabilities=[names.CAP_DUMMY_ANY],
+                    handlers=standin_handlers([names.CAP_DUMMY_ANY]))
     caplog.set_level(logging.WARNING, logger="ktrdr.runtime.topology")
     starting = asyncio.create_task(worker.start())
     try:

@@ -1,0 +1,231 @@
+"""Block evaluation: many parameter variants of one rule-based strategy on one bars frame.
+
+Each variant's metrics are exactly, bit for bit, those of ``run_backtest(bars, with_parameters(strategy,
+params), config)``: the block runs the same steps on the same inputs (``ktrdr.backtest.engine`` shares
+them), and does once per block what depends on the bars alone: the timeframe and its annualisation,
+the price arrays, and each distinct indicator (an :class:`IndicatorCache`). Parameter values are
+validated once per distinct indicator spec rather than per variant (see :class:`_Variants`), and a
+parameter set that repeats is evaluated once. What the block leaves out is what the metrics do not
+need: curves, the benchmark and the trade list of every variant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from ktrdr.backtest.config import BacktestConfig
+from ktrdr.backtest.engine import _metrics, _prices, _rule_positions, _timeframe
+from ktrdr.backtest.result import _clean
+from ktrdr.backtest.simulator import simulate
+from ktrdr.cancel import CancelToken, OperationCancelled
+from ktrdr.data.timeframes import periods_per_year
+from ktrdr.strategy import RuleStrategy, StrategyError, with_parameters
+from ktrdr.strategy.schema import IndicatorSpec
+from ktrdr.strategy.signals import IndicatorCache, spec_key
+from subjects.params import ParamValue
+
+FORMAT = "ktrdr.backtest.block/1"
+
+MetricValue = float | int | str | None  # a cleaned metric: NaN and infinities are None
+
+
+@dataclass(kw_only=True)
+class BlockResult:
+    """Columnar: ``values[name][i]`` and ``metrics[metric][i]`` belong to variant ``i``.
+
+    ``values[name][i]`` is the value variant ``i`` ran with (base included), None where neither the
+    variant nor the base set that parameter (the strategy's own value applied). ``metrics[m][i]`` is
+    None where variant ``i`` failed (its message is ``errors[i]``) or where the metric is undefined.
+    """
+
+    strategy: str
+    bars: int
+    variants: int
+    names: list[str]
+    values: dict[str, list[ParamValue | None]]
+    metrics: dict[str, list[MetricValue]]
+    errors: dict[int, str]
+
+    def variant_metrics(self, i: int) -> dict[str, MetricValue] | None:
+        """Variant ``i``'s metrics as a single backtest's JSON has them; None when it failed."""
+        if not 0 <= i < self.variants:
+            raise IndexError(f"variant {i} of a block of {self.variants}")
+        if i in self.errors:
+            return None
+        return {name: column[i] for name, column in self.metrics.items()}
+
+    def to_json_bytes(self) -> bytes:
+        doc = {"format": FORMAT, "strategy": self.strategy, "bars": self.bars, "variants": self.variants,
+               "names": self.names, "values": self.values, "metrics": self.metrics,
+               "errors": {str(i): message for i, message in sorted(self.errors.items())}}
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes) -> BlockResult:
+        doc = json.loads(data)
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"not a block result (format {doc.get('format')!r})")
+        return cls(strategy=doc["strategy"], bars=doc["bars"], variants=doc["variants"], names=doc["names"],
+                   values=doc["values"], metrics=doc["metrics"],
+                   errors={int(i): message for i, message in doc["errors"].items()})
+
+
+def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Mapping[str, ParamValue]],
+              config: BacktestConfig, *, base: Mapping[str, ParamValue] | None = None,
+              cancel: CancelToken | None = None,
+              progress: Callable[[int, int], None] | None = None) -> BlockResult:
+    """Backtest ``strategy`` with each of ``variants`` (parameters ``{**base, **variant}``) on ``bars``.
+
+    A variant the strategy refuses, or whose backtest raises, is recorded in ``errors`` and the block
+    goes on. Bars that no variant could be backtested on (none, no open or close column) raise at
+    once. ``cancel`` is checked between variants and inside each; ``progress(done, total)`` is called
+    after every variant, so a caller that reports somewhere costly throttles it.
+    """
+    if not isinstance(strategy, RuleStrategy):
+        raise TypeError(f"a block evaluates a rule-based strategy, not {type(strategy).__name__}")
+    if len(bars) == 0:
+        raise ValueError("no bars to backtest")
+    variants = list(variants)
+    base_params = dict(base or {})
+    timeframe = _timeframe(pd.DatetimeIndex(bars.index), config)
+    ppy = periods_per_year(timeframe)
+    open_, close = _prices(bars)
+    cache = IndicatorCache(bars)
+    make = _Variants(strategy)
+
+    def evaluate(params: dict[str, ParamValue]) -> dict[str, Any] | str:
+        try:
+            variant = make(params)
+        except StrategyError as exc:
+            return str(exc)
+        except Exception as exc:  # one variant's failure is that variant's result
+            return f"{type(exc).__name__}: {exc}"
+        try:
+            wanted = _rule_positions(variant, bars, cancel=cancel, cache=cache)
+            sim = simulate(open_, close, wanted, config, cancel=cancel)
+            return _clean(_metrics(sim, config=config, close=close, timeframe=timeframe, ppy=ppy))
+        except OperationCancelled:
+            raise
+        except Exception as exc:  # one variant's failure is that variant's result
+            return f"{type(exc).__name__}: {exc}"
+
+    names: list[str] = []
+    rows: list[dict[str, ParamValue]] = []
+    outcomes: list[dict[str, Any] | str] = []
+    # Equal parameter sets give equal results: a repeated one is evaluated once.
+    seen: dict[Hashable, dict[str, Any] | str] = {}
+    total = len(variants)
+    for done, variant in enumerate(variants, 1):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        names.extend(name for name in variant if name not in names)
+        params = {**base_params, **variant}
+        key = _params_key(params)
+        outcome = seen.get(key) if key is not None else None
+        if outcome is None:
+            outcome = evaluate(params)
+            if key is not None:
+                seen[key] = outcome
+        rows.append(params)
+        outcomes.append(outcome)
+        if progress is not None:
+            progress(done, total)
+
+    metric_names: list[str] = []
+    for outcome in outcomes:
+        if isinstance(outcome, dict):
+            metric_names.extend(name for name in outcome if name not in metric_names)
+    return BlockResult(
+        strategy=strategy.name, bars=len(bars), variants=total, names=names,
+        values={name: [row.get(name) for row in rows] for name in names},
+        metrics={m: [o.get(m) if isinstance(o, dict) else None for o in outcomes] for m in metric_names},
+        errors={i: o for i, o in enumerate(outcomes) if isinstance(o, str)})
+
+
+def _params_key(params: Mapping[str, ParamValue]) -> Hashable | None:
+    # Order stays in: a name and the dotted path it stands for may both be set, and the last one wins.
+    # Types too: 5, 5.0 and True are equal in Python but not to a strategy's validation.
+    key = tuple((name, type(value).__qualname__, value) for name, value in params.items())
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+class _Variants:
+    """``with_parameters(strategy, params)`` for many ``params``, cheaply where that is provably the same.
+
+    ``with_parameters`` deep-copies the document and re-validates all of it. When every parameter
+    sets a leaf of an indicator (``indicators.<id>.<key>``), only those indicators can change: the
+    rules, the other indicators and the strategy-level checks (indicator ids, parameter paths) are
+    those the strategy already passed. Each changed indicator is then validated alone, once per
+    distinct spec, and the strategy is copied with them. Anything else, and any refusal (for its
+    exact message), goes through ``with_parameters`` itself.
+    """
+
+    def __init__(self, strategy: RuleStrategy) -> None:
+        self._strategy = strategy
+        # Only a strategy that came through parse_strategy has passed its cross-checks and keeps the
+        # document with_parameters edits.
+        indicators = strategy.document.get("indicators") if strategy.document else None
+        self._cheap = isinstance(indicators, Mapping)
+        self._documented: Mapping[str, Any] = indicators if isinstance(indicators, Mapping) else {}
+        self._specs: dict[Hashable, IndicatorSpec | None] = {}
+
+    def __call__(self, params: Mapping[str, ParamValue]) -> RuleStrategy:
+        changes = self._indicator_changes(params)
+        if changes is None:
+            return self._slow(params)
+        indicators = dict(self._strategy.indicators)
+        for ident, fields in changes.items():
+            spec = self._validated({**self._documented[ident], **fields})
+            if spec is None:
+                return self._slow(params)
+            indicators[ident] = spec
+        return self._strategy.model_copy(update={"indicators": indicators})
+
+    def _slow(self, params: Mapping[str, ParamValue]) -> RuleStrategy:
+        variant = with_parameters(self._strategy, params)
+        if not isinstance(variant, RuleStrategy):  # a rule strategy stays one: its document has rules
+            raise StrategyError(variant.source, [("", "parameters made the strategy neuro-fuzzy")])
+        return variant
+
+    def _indicator_changes(self, params: Mapping[str, ParamValue]) -> dict[str, dict[str, Any]] | None:
+        """``{indicator id: {key: value}}`` when every parameter sets an indicator's leaf, else None."""
+        if not self._cheap:
+            return None
+        declared = self._strategy.parameters
+        changes: dict[str, dict[str, Any]] = {}
+        for name, value in params.items():
+            path = declared[name].path if name in declared else name
+            parts = path.split(".")
+            if len(parts) != 3 or parts[0] != "indicators":
+                return None
+            ident, leaf = parts[1], parts[2]
+            node = self._documented.get(ident)
+            # A mapping replaced by a value could drop a path another parameter names: the full
+            # check decides that.
+            if not isinstance(node, dict) or isinstance(node.get(leaf), dict):
+                return None
+            changes.setdefault(ident, {})[leaf] = value
+        return changes
+
+    def _validated(self, spec: dict[str, Any]) -> IndicatorSpec | None:
+        """The indicator as the strategy's validation would build it; None when it is refused."""
+        key = spec_key(spec)
+        if key is not None and key in self._specs:
+            return self._specs[key]
+        try:
+            validated: IndicatorSpec | None = IndicatorSpec.model_validate(spec)
+        except ValidationError:
+            validated = None
+        if key is not None:
+            self._specs[key] = validated
+        return validated

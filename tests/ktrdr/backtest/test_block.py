@@ -1,0 +1,242 @@
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ktrdr.backtest import BacktestConfig, run_backtest
+from ktrdr.backtest.block import BlockResult, _Variants, run_block
+from ktrdr.backtest.sweep import combinations
+from ktrdr.cancel import CancelToken, OperationCancelled
+from ktrdr.data import synth
+from ktrdr.strategy import RuleStrategy, StrategyError, compute_indicators, load_strategy, with_parameters
+from ktrdr.strategy import signals as signals_module
+from ktrdr.strategy.signals import IndicatorCache, spec_key
+
+BARS = synth("SYNTH", "1h", "2020-01-01", 3000, seed=7)
+CONFIG = BacktestConfig()
+SMA_GRID = combinations({"fast": [5, 10, 20], "slow": [30, 60, 100]})
+
+MACD_CROSS = """
+name: macd_cross
+indicators:
+  macd: {type: macd, fast_period: 12, slow_period: 26}
+rules:
+  entry_long: {cross_above: [macd.macd, macd.signal]}
+  exit_long: {cross_below: [macd.macd, macd.signal]}
+parameters:
+  fast: indicators.macd.fast_period
+  slow: indicators.macd.slow_period
+"""
+
+
+def _rules(name: str) -> RuleStrategy:
+    strategy = load_strategy(name)
+    assert isinstance(strategy, RuleStrategy)
+    return strategy
+
+
+def _alone(strategy: RuleStrategy, params: dict[str, Any], config: BacktestConfig = CONFIG) -> dict[str, Any]:
+    """The variant backtested on its own, its metrics as its JSON result has them."""
+    result = run_backtest(BARS, with_parameters(strategy, params), config)
+    metrics = json.loads(result.to_json_bytes(include_curves=False))["metrics"]
+    # The JSON's cleaning is NaN/inf -> None and nothing else: the raw floats are these very values.
+    assert metrics == {k: v if not isinstance(v, float) or math.isfinite(v) else None
+                       for k, v in result.metrics.items()}
+    return metrics
+
+
+def _assert_exactly(got: dict[str, Any] | None, expected: dict[str, Any]) -> None:
+    assert got is not None
+    assert list(got) == list(expected)
+    for name, value in expected.items():
+        # ==, not approx: a block must give the very floats a lone backtest gives.
+        assert got[name] == value and type(got[name]) is type(value), name
+
+
+def test_every_variant_of_an_sma_grid_gets_exactly_the_metrics_of_its_own_backtest() -> None:
+    strategy = _rules("sma_crossover")
+    variants = [*SMA_GRID, {"fast": 0, "slow": 30}]
+    block = run_block(BARS, strategy, variants, CONFIG)
+    assert (block.strategy, block.bars, block.variants) == ("sma_crossover", len(BARS), 10)
+    assert block.names == ["fast", "slow"]
+    assert block.values == {"fast": [5, 5, 5, 10, 10, 10, 20, 20, 20, 0],
+                            "slow": [30, 60, 100, 30, 60, 100, 30, 60, 100, 30]}
+    for i, params in enumerate(SMA_GRID):
+        _assert_exactly(block.variant_metrics(i), _alone(strategy, params))
+    assert len(set(block.metrics["final_equity"][:9])) == 9  # the variants really differ
+    assert min(block.metrics["trades"][:9]) > 0
+
+
+def test_a_refused_variant_is_recorded_with_the_strategys_message_and_the_block_goes_on() -> None:
+    strategy = _rules("sma_crossover")
+    variants = [{"fast": 0, "slow": 30}, {"fast": 5, "slow": 30}, {"speed": 3}]
+    block = run_block(BARS, strategy, variants, CONFIG)
+    with pytest.raises(StrategyError) as refused:
+        with_parameters(strategy, variants[0])
+    assert block.errors[0] == str(refused.value)
+    assert "parameters.speed" in block.errors[2]
+    assert set(block.errors) == {0, 2}
+    assert block.variant_metrics(0) is None and block.variant_metrics(2) is None
+    assert all(column[0] is None and column[2] is None for column in block.metrics.values())
+    _assert_exactly(block.variant_metrics(1), _alone(strategy, variants[1]))
+    assert block.values == {"fast": [0, 5, None], "slow": [30, 30, None], "speed": [None, None, 3]}
+
+
+def test_a_variant_whose_backtest_raises_is_recorded_and_the_others_match_their_own_backtests() -> None:
+    strategy = load_strategy(MACD_CROSS)
+    assert isinstance(strategy, RuleStrategy)
+    variants = [{"fast": 8, "slow": 21}, {"fast": 30, "slow": 26}, {"fast": 12, "slow": 40}]
+    with pytest.raises(ValueError, match="must be < slow_period"):
+        run_backtest(BARS, with_parameters(strategy, variants[1]), CONFIG)
+    block = run_block(BARS, strategy, variants, CONFIG)
+    assert list(block.errors) == [1]
+    assert block.errors[1].startswith("ValueError: ") and "must be < slow_period" in block.errors[1]
+    _assert_exactly(block.variant_metrics(0), _alone(strategy, variants[0]))
+    _assert_exactly(block.variant_metrics(2), _alone(strategy, variants[2]))
+
+
+def test_rsi_mean_reversion_with_shorts_base_parameters_and_dotted_paths_matches_lone_backtests() -> None:
+    strategy = _rules("rsi_mean_reversion")
+    assert strategy.allow_short
+    config = BacktestConfig(commission=0.0005, slippage=0.0, sizing="all_cash", close_at_end=False)
+    base = {"period": 10}
+    variants: list[dict[str, Any]] = [{"period": 7}, {}, {"indicators.rsi.period": 21},
+                                      {"indicators.rsi.source": "open"}, {"period": 14}]
+    block = run_block(BARS, strategy, variants, config, base=base)
+    assert block.errors == {}
+    assert block.names == ["period", "indicators.rsi.period", "indicators.rsi.source"]
+    assert block.values["period"] == [7, 10, 10, 10, 14]
+    assert block.values["indicators.rsi.period"] == [None, None, 21, None, None]
+    for i, variant in enumerate(variants):
+        params = {**base, **variant}
+        _assert_exactly(block.variant_metrics(i), _alone(strategy, params, config))
+        result = run_backtest(BARS, with_parameters(strategy, params), config)
+        assert (result.trades["side"] < 0).any()  # the short side really trades
+    assert len(set(block.metrics["final_equity"])) == len(variants)
+
+
+def test_the_cache_computes_each_distinct_indicator_once_across_variants_and_ids(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    computed: list[dict[str, Any]] = []
+    real = signals_module.compute
+
+    def counting(spec: dict[str, Any], bars: pd.DataFrame) -> pd.Series | pd.DataFrame:
+        computed.append(dict(spec))
+        return real(spec, bars)
+
+    monkeypatch.setattr(signals_module, "compute", counting)
+    variants = combinations({"fast": [5, 10, 20], "slow": [20, 30, 60]})
+    block = run_block(BARS, _rules("sma_crossover"), variants, CONFIG)
+    assert block.errors == {}
+    # Period 20 is a fast one and a slow one: one computation serves both ids.
+    assert sorted(spec["period"] for spec in computed) == [5, 10, 20, 30, 60]
+
+
+def test_cached_indicators_and_backtests_are_identical_to_uncached_ones() -> None:
+    strategy = load_strategy(MACD_CROSS)
+    assert isinstance(strategy, RuleStrategy)
+    cache = IndicatorCache(BARS)
+    cached = compute_indicators(strategy, BARS, cache=cache)
+    again = compute_indicators(strategy, BARS, cache=cache)
+    plain = compute_indicators(strategy, BARS)
+    assert again["macd"] is cached["macd"] and (cache.computed, cache.reused) == (1, 1)
+    pd.testing.assert_frame_equal(cached["macd"], plain["macd"], check_exact=True)
+    with_cache = run_backtest(BARS, strategy, CONFIG, cache=cache)
+    without = run_backtest(BARS, strategy, CONFIG)
+    assert with_cache.metrics == without.metrics
+    assert np.array_equal(with_cache.equity, without.equity)
+
+
+def test_a_cache_refuses_any_other_bars_frame_even_an_equal_copy() -> None:
+    strategy = _rules("sma_crossover")
+    cache = IndicatorCache(BARS)
+    with pytest.raises(ValueError, match="another bars frame"):
+        compute_indicators(strategy, BARS.copy(), cache=cache)
+    with pytest.raises(ValueError, match="another bars frame"):
+        run_backtest(BARS.iloc[:100], strategy, CONFIG, cache=cache)
+
+
+def test_a_spec_that_fails_is_not_cached_and_keys_tell_integers_floats_and_booleans_apart() -> None:
+    cache = IndicatorCache(BARS)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="positive integer"):
+            cache.get({"type": "sma", "period": 0})
+    assert len(cache) == 0
+    assert spec_key({"type": "sma", "period": 5}) == spec_key({"period": 5, "type": "sma"})
+    keys = {spec_key({"type": "sma", "period": v}) for v in (1, 1.0, True)}
+    assert len(keys) == 3
+    assert spec_key({"type": "x", "levels": [1, 2]}) != spec_key({"type": "x", "levels": (1, 2)})
+
+
+def test_a_repeated_parameter_set_is_served_once_but_a_float_period_is_still_refused() -> None:
+    strategy = _rules("sma_crossover")
+    block = run_block(BARS, strategy, [{"fast": 5}, {"fast": 5}, {"fast": 5.0}], CONFIG)
+    assert block.variant_metrics(0) == block.variant_metrics(1) is not None
+    assert list(block.errors) == [2] and "positive integer" in block.errors[2]
+
+
+def test_the_cheap_variant_path_builds_the_strategy_with_parameters_builds() -> None:
+    strategy = load_strategy(MACD_CROSS)
+    assert isinstance(strategy, RuleStrategy)
+    variants = _Variants(strategy)
+    for params in ({"fast": 5}, {"fast": 5, "slow": 30}, {"slow": 30, "indicators.macd.fast_period": 3},
+                   {"indicators.macd.source": "open"}, {"indicators.macd.signal_period": 4, "fast": 6},
+                   {}):
+        built, expected = variants(params), with_parameters(strategy, params)
+        assert built.model_dump() == expected.model_dump(), params
+        assert built.indicator_specs() == expected.indicator_specs()
+    for refused in ({"fast": 0}, {"indicators.macd.bogus": 1}, {"nope": 1}, {"indicators.nope.period": 3}):
+        with pytest.raises(StrategyError) as got:
+            variants(refused)
+        with pytest.raises(StrategyError) as expected_error:
+            with_parameters(strategy, refused)
+        assert str(got.value) == str(expected_error.value)
+
+
+def test_progress_reports_after_every_variant() -> None:
+    seen: list[tuple[int, int]] = []
+    run_block(BARS, _rules("sma_crossover"), SMA_GRID[:4], CONFIG, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_cancelling_mid_block_raises_operation_cancelled_before_the_next_variant() -> None:
+    token = CancelToken()
+    seen: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append(done)
+        if done == 3:
+            token.cancel("stop")
+
+    with pytest.raises(OperationCancelled, match="stop"):
+        run_block(BARS, _rules("sma_crossover"), SMA_GRID, CONFIG, cancel=token, progress=progress)
+    assert seen == [1, 2, 3]
+
+
+def test_a_block_round_trips_through_json_without_nan() -> None:
+    strategy = _rules("sma_crossover")
+    # fast == slow never crosses: no trades, so the trade ratios are undefined (None).
+    variants = [{"fast": 5, "slow": 30}, {"fast": 0}, {"fast": 30, "slow": 30}]
+    block = run_block(BARS, strategy, variants, CONFIG)
+    assert block.metrics["win_rate"][2] is None
+    data = block.to_json_bytes()
+    doc = json.loads(data, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert doc["format"] == "ktrdr.backtest.block/1"
+    assert data == json.dumps(doc, separators=(",", ":")).encode()  # compact
+    back = BlockResult.from_json_bytes(data)
+    assert back == block and list(back.errors) == [1]
+    assert back.variant_metrics(0) == _alone(strategy, variants[0])
+    with pytest.raises(ValueError, match="not a block result"):
+        BlockResult.from_json_bytes(b'{"format": "ktrdr.backtest.result/1"}')
+
+
+def test_an_empty_bars_frame_or_a_neuro_fuzzy_strategy_is_refused_for_the_whole_block() -> None:
+    with pytest.raises(ValueError, match="no bars"):
+        run_block(BARS.iloc[:0], _rules("sma_crossover"), SMA_GRID, CONFIG)
+    with pytest.raises(TypeError, match="rule-based"):
+        run_block(BARS, load_strategy("neuro_mean_reversion"), SMA_GRID, CONFIG)  # type: ignore[arg-type]
