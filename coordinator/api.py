@@ -134,7 +134,7 @@ async def health(request: Request) -> JSONResponse:
     js = await state.jetstream.state()
     return JSONResponse({"status": "ok" if js.ok else "degraded", "nats": state.nc.is_connected,
                          "jetstream": js.text, "workers": len(state.registry.workers),
-                         "operations": sum(1 for _ in state.ops.all())},
+                         "operations": state.ops.total()},
                         status_code=200 if js.ok else 503)
 
 

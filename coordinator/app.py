@@ -21,6 +21,7 @@ from coordinator.cancel import CancelResponder
 from coordinator.dispatcher import Dispatcher
 from coordinator.feed import OpsFeed
 from coordinator.health import JetStreamProbe
+from coordinator.history import OpsIndex
 from coordinator.layer import OpsLayer
 from coordinator.metrics import Metrics
 from coordinator.operations import Operations
@@ -56,6 +57,7 @@ class Coordinator:
         self.js: JetStreamContext = None  # type: ignore[assignment]
         self.publisher: AckedPublisher = None  # type: ignore[assignment]
         self.ops: Operations = None  # type: ignore[assignment]
+        self.index: OpsIndex = None  # type: ignore[assignment]
         self.registry: WorkerRegistry = None  # type: ignore[assignment]
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self.jetstream: JetStreamProbe = None  # type: ignore[assignment]
@@ -81,7 +83,10 @@ class Coordinator:
         buckets = await self._ensure_topology()
         self.publisher = AckedPublisher(nc=self.nc)
         await self.publisher.start()
-        self.ops = Operations(bucket=buckets.ops, publisher=self.publisher, metrics=self.metrics)
+        assert s.ops_index is not None
+        self.index = OpsIndex(path=s.ops_index)
+        self.ops = Operations(bucket=buckets.ops, publisher=self.publisher, metrics=self.metrics, index=self.index,
+                              recent=s.recent_ops)
         loaded = await self.ops.load()
         self.jetstream = JetStreamProbe(nc=self.nc, bucket=buckets.ops)
         self.registry = WorkerRegistry(bucket=buckets.workers, metrics=self.metrics,
@@ -166,6 +171,8 @@ class Coordinator:
             await asyncio.wait(api, timeout=5.0)
         await cancel_and_wait(self._tasks, what="coordinator task")
         await self.publisher.stop()
+        self.ops.flush_index()
+        self.index.close()
         with contextlib.suppress(Exception):
             await self.nc.drain()
         log.info("coordinator stopped")

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_OP, KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from coordinator.health import HEALTH_KEY
+from coordinator.history import OpsIndex, unpack
 from coordinator.metrics import Metrics
 from ktrdr.runtime.publish import EXPECTED_LAST_SUBJECT_SEQ, AckedPublisher
 from ktrdr.runtime.retry import RetryPolicy, any_error, transient_js_error
@@ -58,6 +62,10 @@ FITTED_WARNINGS = 20
 # and waiting 5 s for that spent the whole write budget on one try, so the client got a 503 for a
 # loss that the cluster had got over in well under a second (tests/coordinator/test_cluster_drills.py).
 CREATE_TRY_TIMEOUT_S = 1.5
+# Committed records reach the index at most this late, in one batch (a list flushes first).
+INDEX_FLUSH_S = 0.25
+# Reading the stream to catch the index up: records per batch.
+CATCH_UP_BATCH = 2000
 # Withdrawing the record of a refused submission: until it is stored, however long JetStream is away.
 WITHDRAW_RETRY = RetryPolicy(first_s=0.2, max_s=2.0)
 
@@ -87,11 +95,26 @@ class ConcurrentWriters(RuntimeError):
 
 
 class Operations:
-    def __init__(self, *, bucket: KeyValue, publisher: AckedPublisher, metrics: Metrics) -> None:
+    """The ``ops`` bucket as the coordinator reads and writes it.
+
+    In memory it holds what it needs to act (every op not yet ended) and the ``recent`` ops that
+    ended last; everything is in the index (``coordinator.history``), which serves lists and
+    reads of older ops. Memory and start-up time follow the live work, not the history.
+    """
+
+    def __init__(self, *, bucket: KeyValue, publisher: AckedPublisher, metrics: Metrics, index: OpsIndex,
+                 recent: int = 5000, index_flush_s: float = INDEX_FLUSH_S) -> None:
         self.bucket = bucket
         self.publisher = publisher
         self.metrics = metrics
+        self.index = index
+        self.recent = recent
+        self.index_flush_s = index_flush_s
         self._cache: dict[str, tuple[Operation, int]] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()  # held ops that ended, oldest first
+        self._unindexed: dict[str, tuple[Operation, int]] = {}
+        self._flush: asyncio.TimerHandle | None = None
+        self._counts: Counter[tuple[str, str]] = Counter()
         self._queued: dict[str, list[tuple[Mutation, asyncio.Future[Operation | None]]]] = {}
         self._writers: dict[str, asyncio.Task[None]] = {}
         self._listeners: list[Listener] = []
@@ -99,48 +122,108 @@ class Operations:
     # --- reading --------------------------------------------------------------------------
 
     async def load(self) -> int:
-        """Fill the mirror from the bucket (after a restart: every op is there)."""
-        watcher = await self.bucket.watchall()
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.value and entry.key != HEALTH_KEY:
-                try:
-                    self._cache[entry.key] = (decode(Operation, entry.value), entry.revision)
-                except BadPayload as exc:
-                    self.metrics.rejected.labels(subject=f"$KV.{names.OPS_BUCKET}", reason="schema").inc()
-                    log.error("ignoring malformed op record %r: %s", entry.key, exc)
-        await watcher.stop()
+        """Catch the index up with the bucket (only what changed since it last did, unless it is
+        new or from another bucket), then hold every op not yet ended and the most recent others."""
+        js = self.publisher.nc.jetstream(timeout=10.0)
+        stream = names.kv_stream(names.OPS_BUCKET)
+        info = await js.stream_info(stream)
+        identity = str(info.created)
+        if self.index.meta("stream") != identity:
+            if self.index.meta("stream") is not None:
+                log.warning("the operations index at %s is from another %s stream: rebuilding it", self.index.path,
+                            stream)
+            self.index.reset()
+            self.index.set_meta("stream", identity)
+        caught = await catch_up(js, self.index, stream, last=int(info.state.last_seq or 0),
+                                on_schema_error=self._schema_error)
+        for record, revision in self.index.live():
+            self._hold(unpack(record), revision)
+        for record, revision in reversed(self.index.recent_terminal(self.recent)):
+            self._hold(unpack(record), revision)
+        self._counts = Counter({(t, st): n for t, st, n in self.index.counts()})
+        if caught:
+            log.info("operations index: %d change(s) caught up from %s", caught, stream)
         return len(self._cache)
 
+    def _schema_error(self, key: str, exc: Exception) -> None:
+        self.metrics.rejected.labels(subject=f"$KV.{names.OPS_BUCKET}", reason="schema").inc()
+        log.error("ignoring malformed op record %r: %s", key, exc)
+
+    def _hold(self, op: Operation, revision: int) -> None:
+        """Keep ``op`` in memory: while it runs, and among the ``recent`` ended ones after."""
+        self._cache[op.op_id] = (op, revision)
+        if not op.status.terminal:
+            self._ended.pop(op.op_id, None)
+            return
+        self._ended[op.op_id] = None
+        self._ended.move_to_end(op.op_id)
+        while len(self._ended) > self.recent:
+            oldest, _ = self._ended.popitem(last=False)
+            self._cache.pop(oldest, None)
+
+    def _record(self, before: Operation | None, op: Operation, revision: int) -> None:
+        """A committed write: held, counted, and queued for the index."""
+        self._hold(op, revision)
+        if before is not None:
+            self._counts[(before.type, before.status.value)] -= 1
+        self._counts[(op.type, op.status.value)] += 1
+        self._unindexed[op.op_id] = (op, revision)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self.index_flush_s, self.flush_index)
+
+    def flush_index(self) -> None:
+        """Write what is queued for the index (batched: a running op's progress makes many writes)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if not self._unindexed:
+            return
+        batch, self._unindexed = self._unindexed, {}
+        self.index.upsert(batch.values(), last_seq=max(revision for _, revision in batch.values()))
+
     def get(self, op_id: str) -> Operation | None:
-        found = self._cache.get(op_id)
-        return found[0] if found else None
+        found = self._cache.get(op_id) or self._unindexed.get(op_id)
+        if found is not None:
+            return found[0]
+        stored = self.index.get(op_id)
+        return None if stored is None else unpack(stored[0])
+
+    def _find(self, op_id: str) -> tuple[Operation, int] | None:
+        """An op to write: held, or read back from the index (an archived one is never written)."""
+        found = self._cache.get(op_id) or self._unindexed.get(op_id)
+        if found is not None:
+            return found
+        stored = self.index.get(op_id)
+        if stored is None or stored[2]:
+            return None
+        return unpack(stored[0]), stored[1]
 
     def all(self) -> Iterable[Operation]:
+        """What is held: every op not yet ended and the ``recent`` that ended last (all of them, while
+        the history is short). Every op is in :meth:`list`."""
         return (op for op, _ in self._cache.values())
 
+    def children(self, parent_id: str) -> list[Operation]:
+        self.flush_index()
+        return [unpack(record) for record, _ in self.index.children(parent_id)]
+
+    def total(self) -> int:
+        return sum(n for n in self._counts.values() if n > 0)
+
     def list(self, query: ListRequest) -> tuple[int, list[Operation]]:
-        ops = list(self.all())
-        if query.status:
-            wanted = set(query.status)
-            ops = [o for o in ops if o.status in wanted]
-        if query.active_only:
-            ops = [o for o in ops if not o.status.terminal]
-        if query.type:
-            ops = [o for o in ops if o.type == query.type]
-        if query.parent_id:
-            ops = [o for o in ops if o.parent_id == query.parent_id]
-        elif not query.include_children:
-            ops = [o for o in ops if o.parent_id is None]
-        ops.sort(key=lambda o: o.created_at, reverse=True)
-        return len(ops), ops[query.offset: query.offset + query.limit]
+        total, _, ops = self._query(query, query.limit)
+        return total, ops
+
+    def _query(self, query: ListRequest, limit: int) -> tuple[int, bool, list[Operation]]:
+        self.flush_index()
+        page = self.index.query(query, limit=limit)
+        return page.total, page.capped, [unpack(record) for record in page.records]
 
     def page(self, query: ListRequest, *, max_bytes: int = limits.MAX_LIST_PAGE_BYTES) -> OpList:
         """:meth:`list` as one reply that fits the payload: at most ``MAX_LIST_PAGE_OPS`` operations
         and ``max_bytes`` of them; ``next_offset`` says where the next page starts."""
         limit = min(query.limit, limits.MAX_LIST_PAGE_OPS)
-        total, ops = self.list(query.model_copy(update={"limit": limit}))
+        total, capped, ops = self._query(query, limit)
         page: list[Operation] = []
         size = 0
         for op in ops:
@@ -149,9 +232,9 @@ class Operations:
                 break
             page.append(op)  # one record alone always fits: records are kept under half the payload
         end = query.offset + len(page)
-        more = end < total
+        more = end < total or (capped and len(ops) == limit)
         return OpList(total=total, operations=page, offset=query.offset, next_offset=end if more else None,
-                      truncated=more and len(page) < query.limit)
+                      truncated=more and len(page) < query.limit, total_capped=capped)
 
     def subscribe(self, listener: Listener) -> None:
         """``listener(before, after)`` runs after every committed change."""
@@ -159,8 +242,9 @@ class Operations:
 
     def collect(self) -> None:
         self.metrics.operations.clear()
-        for op in self.all():
-            self.metrics.operations.labels(type=op.type, status=op.status.value).inc()
+        for (op_type, status), n in self._counts.items():
+            if n > 0:
+                self.metrics.operations.labels(type=op_type, status=status).set(n)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -219,7 +303,7 @@ class Operations:
                 if uncertain and transient_js_error(exc, nc=self.publisher.nc):
                     raise RecordMayYetBeStored(op.op_id, payload) from exc
                 raise
-        self._cache[op.op_id] = (op, revision)
+        self._record(None, op, revision)
         self._notify(None, op)
         return op
 
@@ -309,7 +393,7 @@ class Operations:
     async def _commit(self, op_id: str, changes: list[Mutation]) -> Operation | None:
         limit = self._record_limit()
         for _ in range(5):
-            found = self._cache.get(op_id)
+            found = self._find(op_id)
             if found is None:
                 return None
             before, revision = found
@@ -328,7 +412,7 @@ class Operations:
                 if entry.value is None:
                     self._cache.pop(op_id, None)
                     return None
-                self._cache[op_id] = (decode(Operation, entry.value), entry.revision)
+                self._hold(decode(Operation, entry.value), entry.revision)
                 continue
             except (nats.errors.MaxPayloadError, APIError) as exc:
                 if isinstance(exc, APIError) and exc.err_code != MESSAGE_TOO_LARGE:
@@ -339,7 +423,7 @@ class Operations:
                 log.error("operation %s: a record of %d bytes was refused (%s); fitting it to %d",
                           op_id, len(payload), exc, limit)
                 continue
-            self._cache[op_id] = (after, new_revision)
+            self._record(before, after, new_revision)
             self._notify(before, after)
             return after
         raise ConcurrentWriters(f"operation {op_id}: too many concurrent writers")
@@ -530,6 +614,49 @@ class Operations:
         future = self.mutate_soon(update.op_id, fold)
         future.add_done_callback(report)
         return future
+
+
+async def catch_up(js: JetStreamContext, index: OpsIndex, stream: str, *, last: int,
+                   on_schema_error: Callable[[str, Exception], None]) -> int:
+    """Apply to ``index`` every record the ``ops`` stream holds past the index's sequence, up to
+    ``last``: the latest revision of each key changed since (a deleted key is archived or gone)."""
+    start = index.last_seq + 1
+    if start > last:
+        return 0
+    prefix = f"$KV.{names.OPS_BUCKET}."
+    sub = await js.subscribe(f"{prefix}>", ordered_consumer=True,
+                             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start))
+    batch: list[tuple[Operation, int]] = []
+    gone: list[str] = []
+    seen = 0
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=10.0)
+            seq = msg.metadata.sequence.stream
+            key = msg.subject[len(prefix):]
+            seen += 1
+            if key != HEALTH_KEY:
+                if (msg.headers or {}).get(KV_OP) in (KV_DEL, KV_PURGE) or not msg.data:
+                    gone.append(key)
+                else:
+                    try:
+                        batch.append((decode(Operation, msg.data), seq))
+                    except BadPayload as exc:
+                        on_schema_error(key, exc)
+            if len(batch) + len(gone) >= CATCH_UP_BATCH or seq >= last:
+                _apply(index, batch, gone, seq)
+                batch, gone = [], []
+            if seq >= last:
+                break
+    finally:
+        await sub.unsubscribe()
+    return seen
+
+
+def _apply(index: OpsIndex, records: list[tuple[Operation, int]], gone: list[str], seq: int) -> None:
+    index.upsert(records)
+    # A key deleted by retention was archived first (its row says so and stays); any other is gone.
+    index.delete([key for key in gone if (row := index.get(key)) is None or not row[2]], last_seq=seq)
 
 
 def _clone(op: Operation) -> Operation:

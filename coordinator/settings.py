@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -72,6 +72,19 @@ class CoordinatorSettings(CommonSettings):
     # to 0.8 s; at 5 s, losing the node that led the ops bucket answered 503s for about 2 s of
     # submissions (tests/coordinator/test_cluster_drills.py).
     write_retry_budget_s: float = Field(default=12.0, ge=0)
+    # The index of every op record (coordinator.history): an SQLite file, default <home>/ops-index.sqlite3.
+    ops_index: Path | None = None
+    # Ended ops kept in memory besides the live ones (the rest are read from the index).
+    recent_ops: int = Field(default=5000, ge=0, le=1_000_000)
+    # Retention (coordinator.retention): ended ops older than this leave the ops bucket; 0 keeps them.
+    retention_days: float = Field(default=30.0, ge=0)
+    # What leaving means: "archive" (kept in the OPS_ARCHIVE stream, readable by id and by date,
+    # their results kept) or "delete" (record, results and checkpoints deleted).
+    retention_action: Literal["archive", "delete"] = "archive"
+    # How long the archive keeps a record (its results go with it); 0: as long as the disk allows.
+    archive_days: float = Field(default=365.0, ge=0)
+    # How often retention runs.
+    prune_interval_s: float = Field(default=3600.0, gt=0)
 
     _split_lists = field_validator("api_allowed_hosts", "api_allowed_origins", mode="before")(_comma_list)
 
@@ -90,6 +103,8 @@ class CoordinatorSettings(CommonSettings):
 
     @model_validator(mode="after")
     def _derived_defaults(self) -> CoordinatorSettings:
+        if self.ops_index is None:
+            self.ops_index = self.home / "ops-index.sqlite3"
         if self.api_token_file is None:
             self.api_token_file = self.home / "auth" / "api.token"
         if self.api_viewer_token_file is None:

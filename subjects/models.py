@@ -304,13 +304,20 @@ class GetRequest(Request):
 
 class ListRequest(Request):
     """Operations, newest first. Child operations (a sweep's blocks, a walk-forward's steps) are left
-    out unless ``parent_id`` names their parent or ``include_children`` is set."""
+    out unless ``parent_id`` names their parent or ``include_children`` is set; archived ones (past
+    the retention period) unless ``include_archived`` is. ``since``/``until`` bound ``created_at``;
+    ``q`` is text in the id."""
 
     status: list[OpStatus] | None = None
-    type: str | None = None
+    type: str | None = Field(default=None, max_length=64)
     active_only: bool = False
-    parent_id: str | None = None
+    parent_id: str | None = Field(default=None, max_length=64)
     include_children: bool = False
+    worker_id: str | None = Field(default=None, max_length=64)
+    since: datetime | None = None
+    until: datetime | None = None
+    q: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    include_archived: bool = False
     limit: int = Field(default=100, ge=1, le=10_000)
     offset: int = Field(default=0, ge=0)
 
@@ -327,6 +334,8 @@ class OpList(Payload):
     offset: int = 0
     next_offset: int | None = None
     truncated: bool = False
+    # More than ``total`` match: counting stops there (a million matches are not counted each time).
+    total_capped: bool = False
 
 
 class ServiceError(Payload):

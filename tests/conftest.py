@@ -96,6 +96,8 @@ def api_token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test's coordinator keeps its status API token in the test's folder, not in ~/.ktrdr."""
     path = tmp_path / "auth" / "api.token"
     monkeypatch.setenv("KTRDR_API_TOKEN_FILE", str(path))
+    # And its other files (the operations index...), in a home of its own.
+    monkeypatch.setenv("KTRDR_HOME", str(tmp_path / "home"))
     return path
 
 

@@ -54,8 +54,10 @@ def simulate(open_: np.ndarray, close: np.ndarray, wanted: np.ndarray, config: B
     skipped = 0
     equity = np.empty(n)
     position = np.empty(n, dtype=np.int64)
-    held_list = held.tolist()
-    open_list = open_.tolist()
+    # Only the bars where the position changes are visited: convert just those to Python values
+    # (a whole year of hourly bars, twice, was a third of a short backtest).
+    change_open = open_[changes].tolist()
+    change_want = held[changes].tolist()
 
     def close_position(bar: int, exit_bar: int, ref_price: float) -> None:
         nonlocal cash, shares
@@ -82,11 +84,9 @@ def simulate(open_: np.ndarray, close: np.ndarray, wanted: np.ndarray, config: B
             hi = lo + CHUNK_CHANGES
             b = int(changes[hi])
         seg_start, seg_cash, seg_shares = [a], [cash], [shares]
-        for j in changes[lo:hi].tolist():
-            o = open_list[j]
+        for j, o, want in zip(changes[lo:hi].tolist(), change_open[lo:hi], change_want[lo:hi], strict=True):
             if shares:
                 close_position(j, j, o)
-            want = held_list[j]
             if want:
                 price = o * (1 + slip) if want > 0 else o * (1 - slip)
                 # The tiny epsilon keeps an exact fit (budget == qty * cost) from flooring one share short.

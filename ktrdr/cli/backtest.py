@@ -210,6 +210,31 @@ def walkforward(
         console.print(_folds_table(op.result))
 
 
+@backtest_app.command("variant")
+def variant(
+    sweep_id: Annotated[str, typer.Argument(help="A completed sweep.")],
+    rank: Annotated[int, typer.Option(min=1, help="The variant's rank in the sweep's ranking.")] = 1,
+    follow_it: FollowOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Backtest one of a sweep's variants again in full (equity curve and trades), by its rank."""
+    op, doc = _results(sweep_id)
+    if op.type != SWEEP.name:
+        console.print(f"[red]error:[/] {sweep_id} is a {op.type}, not a sweep")
+        raise typer.Exit(2)
+    ranking = doc.get("ranking", [])
+    if rank > len(ranking):
+        console.print(f"[red]error:[/] the sweep ranked {len(ranking)} variant(s); there is no rank {rank}")
+        raise typer.Exit(2)
+    entry = ranking[rank - 1]
+    if entry.get("op_id"):
+        console.print(f"rank {rank} was backtested in full already: ktrdr backtest show {entry['op_id']}")
+        return
+    params = SweepParams.model_validate(op.params)
+    full = BacktestParams.model_validate({**params.child_params(entry["parameters"]), "include_curves": True})
+    _submit(BACKTEST.name, full, follow_it=follow_it, json=json)
+
+
 async def _load(c: KtrdrClient, op_id: str) -> tuple[Operation, dict[str, Any] | None]:
     op = await c.get(op_id)
     data = await get_result(c._nc.jetstream(), op_id) if op.status is OpStatus.COMPLETED else None

@@ -58,10 +58,13 @@ MIN_BLOCK_VARIANTS = 100
 
 def block_size_for(variants: int, slots: int) -> int:
     """Variants per block: a few blocks per live worker slot (one slot when none is up yet), none
-    smaller than ``MIN_BLOCK_VARIANTS`` unless the whole sweep is."""
-    blocks = max(1, slots) * BLOCKS_PER_SLOT
-    size = max(MIN_BLOCK_VARIANTS, math.ceil(variants / blocks))
-    return max(1, min(MAX_BLOCK_VARIANTS, size, variants))
+    smaller than ``MIN_BLOCK_VARIANTS`` unless the whole sweep is, and as many blocks as fill every
+    slot evenly (five blocks on two slots would leave one slot idle for the last one)."""
+    slots = max(1, slots)
+    blocks = min(slots * BLOCKS_PER_SLOT, max(1, variants // MIN_BLOCK_VARIANTS))
+    if blocks > slots:
+        blocks -= blocks % slots
+    return max(1, min(MAX_BLOCK_VARIANTS, math.ceil(variants / blocks)))
 
 
 class SweepPlan:

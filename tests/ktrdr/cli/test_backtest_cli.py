@@ -79,6 +79,44 @@ async def test_backtest_run_follow_show_plot_and_sweep(
                             "-p", "slow=30:40:10", "--symbol", "SYN", "--metric", "total_return_pct", "--follow")
     assert code == 0, out
     assert "best 4 of 4 by total_return_pct" in out
+    sweep_id = out.split("submitted ")[1].split()[0]
+    code, out = await ktrdr(nats_server.url, home, "backtest", "variant", sweep_id, "--rank", "2", "--follow")
+    assert code == 0 and ": completed" in out, out
+    variant_id = out.split("submitted ")[1].split()[0]
+    code, out = await ktrdr(nats_server.url, home, "backtest", "plot", variant_id, "-o", str(tmp_path / "v.png"))
+    assert code == 0, out
+    # The sweep's blocks and its full result are children: listed only with --parent (or --all).
+    code, out = await ktrdr(nats_server.url, home, "ops", "list", "--json")
+    listed = json.loads(out)
+    assert code == 0 and {o["op_id"] for o in listed["operations"]} == {op_id, sweep_id, variant_id}
+    code, out = await ktrdr(nats_server.url, home, "ops", "list", "--parent", sweep_id, "--json")
+    children = json.loads(out)["operations"]
+    assert code == 0 and {o["type"] for o in children} == {"backtest_block", "backtesting"}
+    assert all(o["parent_id"] == sweep_id for o in children)
+    code, out = await ktrdr(nats_server.url, home, "ops", "list", "--all", "--json")
+    assert json.loads(out)["total"] == 3 + len(children)
+
+    code, out = await ktrdr(nats_server.url, home, "backtest", "walkforward", "sma_crossover", "--symbol", "SYN",
+                            "-p", "fast=5,10", "-p", "slow=30,40", "--folds", "2", "--follow")
+    assert code == 0, out
+    assert "walk-forward (grid)" in out and "efficiency" in out
+    wf_id = out.split("submitted ")[1].split()[0]
+    code, out = await ktrdr(nats_server.url, home, "backtest", "plot", wf_id, "-o", str(tmp_path / "wf.png"))
+    assert code == 0 and (tmp_path / "wf.png").read_bytes()[:4] == b"\x89PNG", out
+    code, out = await ktrdr(nats_server.url, home, "backtest", "walkforward", "sma_crossover", "--symbol", "SYN",
+                            "--folds", "2")
+    assert code == 2 and "grid" in out  # a rule-based strategy needs the grid each fold sweeps
+
+    # Any declared type, from its declaration: listed, and submitted with its params.
+    code, out = await ktrdr(nats_server.url, home, "ops", "types", "--json")
+    declared = {t["name"] for t in json.loads(out)}
+    assert code == 0 and {"backtesting", "sweep", "walkforward", "backtest_block"} <= declared
+    code, out = await ktrdr(nats_server.url, home, "ops", "submit", "backtesting", "--set", "strategy=sma_crossover",
+                            "--set", "symbol=SYN", "--set", "timeframe=1h", "--set", "parameters={\"fast\": 6}",
+                            "--follow")
+    assert code == 0 and ": completed" in out, out
+    code, out = await ktrdr(nats_server.url, home, "ops", "submit", "backtesting", "--set", "symbol=SYN")
+    assert code == 2 and "strategy" in out, out
 
     code, out = await ktrdr(nats_server.url, home, "backtest", "run", "no_such_strategy", "--symbol", "SYN")
     assert code == 2 and "no_such_strategy" in out
