@@ -42,6 +42,7 @@ from subjects.models import (
     CancelRequest,
     ListRequest,
     OpStatus,
+    PruneRequest,
     SubmitRequest,
     WorkerState,
 )
@@ -170,18 +171,26 @@ async def get_worker(request: Request) -> JSONResponse:
 
 async def list_operations(request: Request) -> JSONResponse:
     q = request.query_params
-    data: dict[str, Any] = {k: q[k] for k in ("type", "limit", "offset", "parent_id") if k in q}
+    data: dict[str, Any] = {k: q[k] for k in ("type", "limit", "offset", "parent_id", "worker_id", "since",
+                                              "until", "q") if k in q}
     if "status" in q:
         data["status"] = [s for s in q.getlist("status") for s in s.split(",") if s]
-    for flag in ("active_only", "include_children"):
+    for flag in ("active_only", "include_children", "include_archived"):
         if flag in q:
             data[flag] = q[flag]
     query = parse(ListRequest, data)
     # Paged like ktrdr.ops.list: at most MAX_LIST_PAGE_OPS and MAX_LIST_PAGE_BYTES of them.
     page = _state(request).layer.page(query)
-    return JSONResponse({"total": page.total, "limit": min(query.limit, MAX_LIST_PAGE_OPS),
-                         "offset": page.offset, "next_offset": page.next_offset, "truncated": page.truncated,
+    return JSONResponse({"total": page.total, "total_capped": page.total_capped,
+                         "limit": min(query.limit, MAX_LIST_PAGE_OPS), "offset": page.offset,
+                         "next_offset": page.next_offset, "truncated": page.truncated,
                          "operations": [_dump(o) for o in page.operations]})
+
+
+async def prune_operations(request: Request) -> JSONResponse:
+    """Retention on demand (``coordinator.retention``): body :class:`PruneRequest`."""
+    reply = await _state(request).layer.prune(parse(PruneRequest, await read_json(request)))
+    return JSONResponse(_dump(reply))
 
 
 async def get_operation(request: Request) -> Response:
@@ -248,6 +257,7 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
         Route("/api/v1/workers/{worker_id}", get_worker),
         # POST /api/v1/operations never gets here: SubmitEndpoint answers it.
         Route(SUBMIT_PATH, list_operations, methods=["GET"]),
+        Route("/api/v1/operations/prune", prune_operations, methods=["POST"]),
         Route("/api/v1/operations/{op_id}", get_operation, methods=["GET"]),
         Route("/api/v1/operations/{op_id}", cancel_operation, methods=["DELETE"]),
         *(extra_routes or []),

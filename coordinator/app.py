@@ -27,6 +27,7 @@ from coordinator.metrics import Metrics
 from coordinator.operations import Operations
 from coordinator.parents import ParentRunner
 from coordinator.registry import WorkerRegistry
+from coordinator.retention import Retention
 from coordinator.routes import optype_routes
 from coordinator.service import OpsService
 from coordinator.settings import CoordinatorSettings
@@ -107,10 +108,13 @@ class Coordinator:
                                  registry=self.registry, metrics=self.metrics,
                                  fallback_reply_s=s.cancel_fallback_reply_s)
         await cancel.start()
-        self.layer = OpsLayer(ops=self.ops, dispatcher=self.dispatcher, nc=self.nc)
+        retention = Retention(ops=self.ops, js=self.js, retention_days=s.retention_days, action=s.retention_action,
+                              archive_days=s.archive_days, interval_s=s.prune_interval_s)
+        await retention.start()
+        self.layer = OpsLayer(ops=self.ops, dispatcher=self.dispatcher, nc=self.nc, retention=retention)
         service = OpsService(nc=self.nc, layer=self.layer, metrics=self.metrics)
         await service.start()
-        self._parts = [cancel, service, parents]
+        self._parts = [cancel, service, parents, retention]
         self._tasks.append(asyncio.create_task(self._reaper(), name="reaper"))
         self._tasks.append(asyncio.create_task(self._topology_watch(), name="topology-watch"))
         if s.api_enabled:
@@ -249,7 +253,7 @@ class Coordinator:
     async def _ensure_topology(self) -> Buckets:
         s = self.settings
         return await ensure_topology(self.js, lease_ttl_s=s.lease_ttl_s, replicas=s.js_replicas,
-                                     ib_lock_ttl_s=s.ib_lock_ttl_s)
+                                     ib_lock_ttl_s=s.ib_lock_ttl_s, archive_days=s.archive_days)
 
     async def _topology_watch(self) -> None:
         """Recreate any stream, consumer, bucket or object store that has gone missing (deleted by

@@ -162,11 +162,12 @@ class OpsIndex:
         rows = self._db.execute("SELECT record, revision FROM ops WHERE parent_id = ?", (parent_id,)).fetchall()
         return [(bytes(r), int(v)) for r, v in rows]
 
-    def expired(self, before: datetime, *, limit: int) -> list[str]:
+    def expired(self, before: datetime, *, limit: int, offset: int = 0) -> list[str]:
         """Ended, not archived, completed before ``before``: what retention moves out, oldest first."""
         rows = self._db.execute(
             "SELECT op_id FROM ops WHERE archived = 0 AND completed_at IS NOT NULL AND completed_at < ? "
-            "AND status NOT IN (?, ?) ORDER BY completed_at LIMIT ?", (_us(before), *_LIVE, limit)).fetchall()
+            "AND status NOT IN (?, ?) ORDER BY completed_at, op_id LIMIT ? OFFSET ?",
+            (_us(before), *_LIVE, limit, offset)).fetchall()
         return [str(r[0]) for r in rows]
 
     def archived_before(self, before: datetime, *, limit: int) -> list[str]:

@@ -17,8 +17,19 @@ from coordinator.admission import admit
 from coordinator.dispatcher import Dispatcher
 from coordinator.errors import Internal, InvalidRequest, NoAnswer, NotFound, Unavailable, op_error
 from coordinator.operations import Operations
+from coordinator.retention import Retention, parse_age
 from subjects import names
-from subjects.models import CancelReply, CancelRequest, ListRequest, Operation, OpList, SubmitRequest, decode
+from subjects.models import (
+    CancelReply,
+    CancelRequest,
+    ListRequest,
+    Operation,
+    OpList,
+    PruneReply,
+    PruneRequest,
+    SubmitRequest,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +37,11 @@ CANCEL_TIMEOUT_S = 5.0
 
 
 class OpsLayer:
-    def __init__(self, *, ops: Operations, dispatcher: Dispatcher, nc: Client) -> None:
+    def __init__(self, *, ops: Operations, dispatcher: Dispatcher, nc: Client, retention: Retention) -> None:
         self.ops = ops
         self.dispatcher = dispatcher
         self.nc = nc
+        self.retention = retention
 
     async def submit(self, request: SubmitRequest) -> Operation:
         """Admit (``coordinator.admission``) and dispatch; the op as recorded."""
@@ -48,6 +60,22 @@ class OpsLayer:
         if op is None:
             raise NotFound(f"unknown operation {op_id}")
         return op
+
+    async def prune(self, request: PruneRequest) -> PruneReply:
+        """Archive or delete ended ops older than ``request.older_than`` (``coordinator.retention``)."""
+        try:
+            older_than = parse_age(request.older_than)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), field="older_than") from None
+        try:
+            report = await self.retention.prune(older_than=older_than, action=request.action,
+                                                dry_run=request.dry_run, limit=request.limit)
+        except Exception as exc:
+            error = op_error(exc, nc=self.nc)
+            if isinstance(error, Internal):
+                log.error("prune failed", exc_info=exc)
+            raise error from None
+        return PruneReply.model_validate(report.to_dict())
 
     def page(self, query: ListRequest) -> OpList:
         # Paged: at most MAX_LIST_PAGE_OPS and MAX_LIST_PAGE_BYTES of them (a NATS reply over the

@@ -9,6 +9,7 @@ the operation are fenced: ignored and counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from coordinator.health import HEALTH_KEY
@@ -133,6 +134,9 @@ class Operations:
                 log.warning("the operations index at %s is from another %s stream: rebuilding it", self.index.path,
                             stream)
             self.index.reset()
+            archived = await rebuild_archive(js, self.index)
+            if archived:
+                log.info("operations index: %d archived record(s) indexed", archived)
             self.index.set_meta("stream", identity)
         caught = await catch_up(js, self.index, stream, last=int(info.state.last_seq or 0),
                                 on_schema_error=self._schema_error)
@@ -180,6 +184,21 @@ class Operations:
             return
         batch, self._unindexed = self._unindexed, {}
         self.index.upsert(batch.values(), last_seq=max(revision for _, revision in batch.values()))
+
+    def forget(self, op_ids: list[str], *, archived: bool) -> None:
+        """Ops retention has moved out of the bucket: no longer held; the index keeps an archived
+        one (marked so) and drops a deleted one."""
+        self.flush_index()
+        for op_id in op_ids:
+            found = self._cache.pop(op_id, None)
+            self._ended.pop(op_id, None)
+            op = found[0] if found is not None else self.get(op_id)
+            if op is not None:
+                self._counts[(op.type, op.status.value)] -= 1
+        if archived:
+            self.index.mark_archived(op_ids)
+        else:
+            self.index.delete(op_ids)
 
     def get(self, op_id: str) -> Operation | None:
         found = self._cache.get(op_id) or self._unindexed.get(op_id)
@@ -644,7 +663,7 @@ async def catch_up(js: JetStreamContext, index: OpsIndex, stream: str, *, last: 
                     except BadPayload as exc:
                         on_schema_error(key, exc)
             if len(batch) + len(gone) >= CATCH_UP_BATCH or seq >= last:
-                _apply(index, batch, gone, seq)
+                await _apply(js, index, batch, gone, seq)
                 batch, gone = [], []
             if seq >= last:
                 break
@@ -653,10 +672,54 @@ async def catch_up(js: JetStreamContext, index: OpsIndex, stream: str, *, last: 
     return seen
 
 
-def _apply(index: OpsIndex, records: list[tuple[Operation, int]], gone: list[str], seq: int) -> None:
+async def _apply(js: JetStreamContext, index: OpsIndex, records: list[tuple[Operation, int]], gone: list[str],
+                 seq: int) -> None:
     index.upsert(records)
-    # A key deleted by retention was archived first (its row says so and stays); any other is gone.
-    index.delete([key for key in gone if (row := index.get(key)) is None or not row[2]], last_seq=seq)
+    # A key purged by retention was archived first, unless retention deletes: the archive says which.
+    archived: list[tuple[Operation, int]] = []
+    deleted: list[str] = []
+    for key in gone:
+        row = index.get(key)
+        if row is not None and row[2]:
+            continue
+        try:
+            msg = await js.get_last_msg(names.OPS_ARCHIVE_STREAM, names.ops_archive(key), direct=True)
+        except NotFoundError:
+            deleted.append(key)
+            continue
+        archived.append((decode(Operation, msg.data), msg.seq or 0))
+    index.upsert(archived, archived=True)
+    index.delete(deleted, last_seq=seq)
+
+
+async def rebuild_archive(js: JetStreamContext, index: OpsIndex) -> int:
+    """Index every archived record (a new index: the bucket no longer holds them)."""
+    try:
+        info = await js.stream_info(names.OPS_ARCHIVE_STREAM)
+    except NotFoundError:
+        return 0
+    last = int(info.state.last_seq or 0)
+    if not info.state.messages:
+        return 0
+    sub = await js.subscribe(names.OPS_ARCHIVE_ALL, ordered_consumer=True,
+                             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+    batch: list[tuple[Operation, int]] = []
+    count = 0
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=10.0)
+            with contextlib.suppress(BadPayload):
+                batch.append((decode(Operation, msg.data), 0))
+            seq = msg.metadata.sequence.stream
+            if len(batch) >= CATCH_UP_BATCH or seq >= last:
+                index.upsert(batch, archived=True)
+                count += len(batch)
+                batch = []
+            if seq >= last:
+                break
+    finally:
+        await sub.unsubscribe()
+    return count
 
 
 def _clone(op: Operation) -> Operation:

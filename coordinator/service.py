@@ -21,7 +21,7 @@ from coordinator.metrics import Metrics
 from ktrdr import __version__
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
-from subjects.models import GetRequest, ListRequest, SubmitRequest
+from subjects.models import GetRequest, ListRequest, PruneRequest, SubmitRequest
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,12 @@ class OpsService:
     async def start(self) -> None:
         self._service = await add_service(
             self.nc, name=names.SERVICE_NAME, version=__version__,
-            description="ktrdr coordinator: submit, get and list operations")
+            description="ktrdr coordinator: submit, get, list and prune operations")
         group = self._service.add_group(name=names.SERVICE_GROUP)
         await group.add_endpoint(name=names.SERVICE_SUBMIT, handler=self._concurrently(self._submit))
         await group.add_endpoint(name=names.SERVICE_GET, handler=self._get)
         await group.add_endpoint(name=names.SERVICE_LIST, handler=self._list)
+        await group.add_endpoint(name=names.SERVICE_PRUNE, handler=self._concurrently(self._prune))
 
     async def stop(self) -> None:
         if self._service is not None:
@@ -84,6 +85,17 @@ class OpsService:
             await self._error(req, exc)
         else:
             await req.respond(op.encode())
+
+    async def _prune(self, req: Request) -> None:
+        try:
+            reply = await self.layer.prune(parse_body(PruneRequest, req.data))
+        except OpError as exc:
+            await self._error(req, exc)
+        except Exception as exc:
+            log.exception("ktrdr.ops.prune failed")
+            await self._error(req, exc)
+        else:
+            await req.respond(reply.encode())
 
     async def _list(self, req: Request) -> None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -336,6 +336,27 @@ class OpList(Payload):
     truncated: bool = False
     # More than ``total`` match: counting stops there (a million matches are not counted each time).
     total_capped: bool = False
+
+
+class PruneRequest(Request):
+    """Retention on demand: ended ops that completed more than ``older_than`` ago (``7d``, ``12h``,
+    ``30m`` or seconds) are archived or deleted (``action``; none: the coordinator's setting)."""
+
+    older_than: str | float = Field(description="an age: 7d, 12h, 30m, 2w, 90s or seconds")
+    action: Literal["archive", "delete"] | None = None
+    dry_run: bool = False
+    limit: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
+class PruneReply(Payload):
+    action: str
+    older_than_s: float
+    dry_run: bool
+    matched: int
+    moved: int
+    skipped: int = 0
+    expired: int = 0
+    sample: list[str] = Field(default_factory=list)
 
 
 class ServiceError(Payload):

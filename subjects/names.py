@@ -35,6 +35,10 @@ OPS_STREAM: Final = "OPS"  # progress and lifecycle events; never ops.*.cancel
 OPS_PROGRESS_ALL: Final = "ops.*.progress"
 OPS_EVENTS_ALL: Final = "ops.*.events"
 OPS_CANCEL_ALL: Final = "ops.*.cancel"
+# Op records past the retention period (coordinator.retention), one subject per op id; the
+# coordinator alone reads and writes it, and serves it through its API and service.
+OPS_ARCHIVE_STREAM: Final = "OPS_ARCHIVE"
+OPS_ARCHIVE_ALL: Final = "archive.ops.>"
 
 # The coordinator's durable push consumer of OPS and the subject it delivers to.
 COORDINATOR_CONSUMER: Final = "coordinator"
@@ -46,6 +50,7 @@ SERVICE_GROUP: Final = "ktrdr.ops"
 SERVICE_SUBMIT: Final = "submit"
 SERVICE_GET: Final = "get"
 SERVICE_LIST: Final = "list"
+SERVICE_PRUNE: Final = "prune"  # retention on demand: archive or delete ended ops older than an age
 
 # The active IB host's NATS micro service: ``nats req ib.contract '{"symbol":"AAPL"}'``.
 # Only the active host runs it, so exactly one instance answers.
@@ -138,6 +143,10 @@ def ops_progress(op_id: str) -> str:
 
 def ops_events(op_id: str) -> str:
     return f"ops.{validate_token(op_id, what='operation id')}.events"
+
+
+def ops_archive(op_id: str) -> str:
+    return f"archive.ops.{validate_token(op_id, what='operation id')}"
 
 
 def ops_cancel(op_id: str) -> str:

@@ -137,6 +137,7 @@ def permissions(role: str, public_key: str) -> Permissions:
     if role == CLIENT:
         return Permissions(
             publish=(*_READ, f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}", names.OPS_CANCEL_ALL,
+                     f"{names.SERVICE_GROUP}.{names.SERVICE_PRUNE}",
                      *(names.ib_subject(e) for e in names.IB_ENDPOINTS), *_obj_write(names.DATA_OBJECTS)),
             subscribe=(*inbox, f"{DEFAULT_INBOX}.>", names.OPS_PROGRESS_ALL, names.OPS_EVENTS_ALL))
     if role == VIEWER:

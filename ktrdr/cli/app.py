@@ -204,13 +204,20 @@ def ops_list(
     parent: Annotated[str | None, typer.Option("--parent", help="The children of this operation (a sweep's "
                                                                 "blocks, a walk-forward's steps).")] = None,
     children: Annotated[bool, typer.Option("--all", help="Children too (hidden by default).")] = False,
+    worker: Annotated[str | None, typer.Option("--worker", help="Run by this worker.")] = None,
+    since: Annotated[str | None, typer.Option(help="Created at or after (UTC), e.g. 2026-11-01.")] = None,
+    until: Annotated[str | None, typer.Option(help="Created at or before (UTC).")] = None,
+    search: Annotated[str | None, typer.Option("--search", help="Text in the id.")] = None,
+    archived: Annotated[bool, typer.Option("--archived", help="Archived ones too (past the retention "
+                                                                "period).")] = False,
     limit: Annotated[int, typer.Option(min=1)] = 50,
     offset: Annotated[int, typer.Option(min=0)] = 0,
     json: JsonOpt = False,
 ) -> None:
     """List operations, newest first (child operations only with --parent or --all)."""
     found = run_client(lambda c: c.list(status=status, type=type, active_only=active, parent_id=parent,
-                                        include_children=children, limit=limit, offset=offset))
+                                        include_children=children, worker_id=worker, since=since, until=until,
+                                        q=search, include_archived=archived, limit=limit, offset=offset))
     if json:
         print(to_json(found))
     else:
@@ -249,6 +256,31 @@ def ops_cancel(op_id: str, reason: Annotated[str, typer.Option()] = "cancelled b
                       + (f" (status {reply.status.value})" if reply.status else ""))
     if not reply.accepted:
         raise typer.Exit(1)
+
+
+@ops_app.command("prune")
+def ops_prune(
+    older_than: Annotated[str, typer.Option("--older-than", help="Age of the ended ops to move out: 7d, 12h, "
+                                                                 "30m, 2w.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count and show them; change nothing.")] = False,
+    delete: Annotated[bool, typer.Option("--delete", help="Delete (record and results) instead of the "
+                                                          "configured action (archive by default).")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Archive (or delete) ended operations older than an age, as retention does on its own."""
+    reply = run_client(lambda c: c.prune(older_than, action="delete" if delete else None, dry_run=dry_run))
+    if json:
+        print(to_json(reply))
+        return
+    verb = {"archive": "archived", "delete": "deleted"}[reply.action]
+    if reply.dry_run:
+        console.print(f"{reply.matched:,} ended operation(s) older than {older_than} would be {verb}"
+                      + (f" (e.g. {', '.join(reply.sample[:5])})" if reply.sample else ""))
+    else:
+        console.print(f"{reply.moved:,} operation(s) {verb}" + (f"; {reply.expired:,} archived past the archive "
+                                                                  "period lost their results" if reply.expired else ""))
+    if reply.skipped:
+        console.print(f"{reply.skipped:,} left: children of a parent still running")
 
 
 @ops_app.command("types")

@@ -30,6 +30,8 @@ from subjects.models import (
     OpEvent,
     OpList,
     ProgressUpdate,
+    PruneReply,
+    PruneRequest,
     SubmitRequest,
     WorkerLease,
     decode,
@@ -72,6 +74,8 @@ UNAVAILABLE_RETRY = RetryPolicy(first_s=1.0, max_s=2.0, attempts=3)
 # record and of the job (up to 5 s), so a submission that waits out an election gets its answer
 # rather than a timeout.
 SUBMIT_TIMEOUT_S = 20.0
+# A prune moves up to a few thousand records a second: a large first one takes a while.
+PRUNE_TIMEOUT_S = 600.0
 
 
 class KtrdrClient:
@@ -185,7 +189,13 @@ class KtrdrClient:
         ops = list(found.values())[:wanted]
         end = request.offset + len(ops)
         return OpList(total=total, operations=ops, offset=request.offset,
-                      next_offset=end if end < total else None, truncated=False)
+                      next_offset=end if end < total else None, truncated=False, total_capped=page.total_capped)
+
+    async def prune(self, older_than: str, *, action: str | None = None, dry_run: bool = False,
+                    timeout: float = PRUNE_TIMEOUT_S) -> PruneReply:
+        """Retention on demand: archive (or delete) ended ops older than ``older_than`` (``7d``)."""
+        request = PruneRequest(older_than=older_than, action=action, dry_run=dry_run)  # type: ignore[arg-type]
+        return decode(PruneReply, (await self._service(names.SERVICE_PRUNE, request.encode(), timeout=timeout)).data)
 
     async def cancel(self, op_id: str, reason: str = "cancelled by user") -> CancelReply:
         try:

@@ -173,7 +173,7 @@ async def _ensure_object_store(js: JetStreamContext, bucket: str, replicas: int)
 
 
 async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas: int = 1,
-                          ib_lock_ttl_s: float = 5.0) -> Buckets:
+                          ib_lock_ttl_s: float = 5.0, archive_days: float = 365.0) -> Buckets:
     """Create what is missing (the coordinator's job). ``replicas`` > 1 on a cluster
     (nats/cluster/*.conf) keeps every stream, bucket and object store through a node loss."""
     await _ensure_stream(js, StreamConfig(
@@ -202,6 +202,21 @@ async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas:
         max_msgs_per_subject=1000,
         max_msg_size=limits.OPS_MAX_MSG_BYTES,
         max_bytes=limits.OPS_MAX_BYTES,
+        discard=DiscardPolicy.OLD,
+    ))
+    await _ensure_stream(js, StreamConfig(
+        name=names.OPS_ARCHIVE_STREAM,
+        # Records past retention: the last one per op id, read by subject (direct get), kept for
+        # archive_days (0: until the disk says otherwise).
+        subjects=[names.OPS_ARCHIVE_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=archive_days * DAY if archive_days > 0 else 0,
+        max_msgs_per_subject=1,
+        max_msg_size=limits.MAX_RECORD_BYTES * 2,
+        duplicate_window=120.0,
+        allow_direct=True,
         discard=DiscardPolicy.OLD,
     ))
     for capability in names.CAPABILITIES:

@@ -17,7 +17,7 @@ async def test_the_service_is_discoverable_with_a_description(coordinator: Coord
     info = json.loads((await nc.request(f"$SRV.INFO.{names.SERVICE_NAME}", b"", timeout=2)).data)
     assert info["name"] == names.SERVICE_NAME and info["description"]
     subjects = {e["subject"] for e in info["endpoints"]}
-    assert subjects == {f"{names.SERVICE_GROUP}.{e}" for e in ("submit", "get", "list")}
+    assert subjects == {f"{names.SERVICE_GROUP}.{e}" for e in ("submit", "get", "list", "prune")}
 
 
 async def test_submit_get_and_list_over_nats(coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
