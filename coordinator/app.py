@@ -175,7 +175,7 @@ class Coordinator:
             await asyncio.wait(api, timeout=5.0)
         await cancel_and_wait(self._tasks, what="coordinator task")
         await self.publisher.stop()
-        self.ops.flush_index()
+        await self.ops.stop()
         self.index.close()
         with contextlib.suppress(Exception):
             await self.nc.drain()

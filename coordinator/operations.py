@@ -227,7 +227,11 @@ class Operations:
         return [unpack(record) for record, _ in self.index.children(parent_id)]
 
     def total(self) -> int:
+        """Every op the bucket holds (archived ones not counted)."""
         return sum(n for n in self._counts.values() if n > 0)
+
+    async def stop(self) -> None:
+        self.flush_index()
 
     def list(self, query: ListRequest) -> tuple[int, list[Operation]]:
         total, _, ops = self._query(query, query.limit)

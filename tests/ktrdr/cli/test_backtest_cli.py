@@ -118,6 +118,18 @@ async def test_backtest_run_follow_show_plot_and_sweep(
     code, out = await ktrdr(nats_server.url, home, "ops", "submit", "backtesting", "--set", "symbol=SYN")
     assert code == 2 and "strategy" in out, out
 
+    # Retention on demand: a dry run counts, a prune archives; archived ops are still read by id.
+    code, out = await ktrdr(nats_server.url, home, "ops", "prune", "--older-than", "0s", "--dry-run")
+    assert code == 0 and "would be archived" in out, out
+    code, out = await ktrdr(nats_server.url, home, "ops", "prune", "--older-than", "0s", "--json")
+    assert code == 0 and json.loads(out)["moved"] > 0, out
+    code, out = await ktrdr(nats_server.url, home, "ops", "show", op_id)
+    assert code == 0 and "completed" in out, out
+    code, out = await ktrdr(nats_server.url, home, "ops", "list", "--json")
+    assert json.loads(out)["operations"] == []
+    code, out = await ktrdr(nats_server.url, home, "ops", "list", "--archived", "--search", op_id[-8:], "--json")
+    assert [o["op_id"] for o in json.loads(out)["operations"]] == [op_id]
+
     code, out = await ktrdr(nats_server.url, home, "backtest", "run", "no_such_strategy", "--symbol", "SYN")
     assert code == 2 and "no_such_strategy" in out
     code, out = await ktrdr(nats_server.url, home, "backtest", "run", "sma_crossover", "--symbol", "SYN",
