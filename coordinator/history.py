@@ -48,27 +48,31 @@ CREATE INDEX IF NOT EXISTS ops_top ON ops (created_at) WHERE parent_id IS NULL A
 CREATE INDEX IF NOT EXISTS ops_top_status ON ops (status, created_at) WHERE parent_id IS NULL AND archived = 0;
 CREATE INDEX IF NOT EXISTS ops_top_type ON ops (type, status, created_at) WHERE parent_id IS NULL AND archived = 0;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- Records by type, status and archived, kept by triggers: the gauges read it at once, where a
--- GROUP BY over a million rows took over a second.
+-- Records by type, status, archived and whether top-level, kept by triggers: the gauges and the
+-- exact totals of the common lists read it at once, where a GROUP BY over a million rows took over
+-- a second.
 CREATE TABLE IF NOT EXISTS counts (type TEXT NOT NULL, status TEXT NOT NULL, archived INTEGER NOT NULL,
-    n INTEGER NOT NULL, PRIMARY KEY (type, status, archived)) WITHOUT ROWID;
+    top INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (type, status, archived, top)) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS ops_counted_in AFTER INSERT ON ops BEGIN
-    INSERT INTO counts VALUES (new.type, new.status, new.archived, 1)
-        ON CONFLICT (type, status, archived) DO UPDATE SET n = n + 1;
+    INSERT INTO counts VALUES (new.type, new.status, new.archived, new.parent_id IS NULL, 1)
+        ON CONFLICT (type, status, archived, top) DO UPDATE SET n = n + 1;
 END;
 CREATE TRIGGER IF NOT EXISTS ops_counted_out AFTER DELETE ON ops BEGIN
-    UPDATE counts SET n = n - 1 WHERE type = old.type AND status = old.status AND archived = old.archived;
+    UPDATE counts SET n = n - 1 WHERE type = old.type AND status = old.status AND archived = old.archived
+        AND top = (old.parent_id IS NULL);
 END;
-CREATE TRIGGER IF NOT EXISTS ops_counted_change AFTER UPDATE OF type, status, archived ON ops BEGIN
-    UPDATE counts SET n = n - 1 WHERE type = old.type AND status = old.status AND archived = old.archived;
-    INSERT INTO counts VALUES (new.type, new.status, new.archived, 1)
-        ON CONFLICT (type, status, archived) DO UPDATE SET n = n + 1;
+CREATE TRIGGER IF NOT EXISTS ops_counted_change AFTER UPDATE OF type, status, archived, parent_id ON ops BEGIN
+    UPDATE counts SET n = n - 1 WHERE type = old.type AND status = old.status AND archived = old.archived
+        AND top = (old.parent_id IS NULL);
+    INSERT INTO counts VALUES (new.type, new.status, new.archived, new.parent_id IS NULL, 1)
+        ON CONFLICT (type, status, archived, top) DO UPDATE SET n = n + 1;
 END;
 """
 _LIVE = (OpStatus.PENDING.value, OpStatus.RUNNING.value)
 # Counting every match of a broad filter over a million rows costs more than the page itself:
 # past this many the total is reported as this many (``OpList.total_capped``).
 COUNT_CAP = 1_000
+SCHEMA_VERSION = 1
 
 
 def _us(when: datetime | None) -> int | None:
@@ -99,7 +103,14 @@ class OpsIndex:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # Derived data: a lost write is caught up from the stream, so no fsync per batch.
         self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; PRAGMA cache_size=-32768;"
-                               "PRAGMA temp_store=MEMORY;")
+                               "PRAGMA temp_store=MEMORY; PRAGMA busy_timeout=5000;")
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            # Another layout (an older ktrdr): derived data, so start again; the caller rebuilds it.
+            tables = [r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                                      "AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'ids_%'")]
+            for table in tables:
+                self._db.execute(f'DROP TABLE IF EXISTS "{table}"')
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -222,23 +233,54 @@ class OpsIndex:
     def counts(self) -> list[tuple[str, str, int]]:
         """(type, status, count) of the records not archived: the ``ktrdr_operations`` gauge."""
         return [(str(t), str(s), int(n)) for t, s, n in self._db.execute(
-            "SELECT type, status, n FROM counts WHERE archived = 0 AND n > 0")]
+            "SELECT type, status, SUM(n) FROM counts WHERE archived = 0 GROUP BY type, status HAVING SUM(n) > 0")]
 
     def size(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM ops").fetchone()[0])
 
+    def _counted(self, query: ListRequest) -> int | None:
+        found = _count_filters(query)
+        if found is None:
+            return None
+        where, args = found
+        return int(self._db.execute(f"SELECT COALESCE(SUM(n), 0) FROM counts WHERE {where}", args).fetchone()[0])
+
     def query(self, query: ListRequest, *, limit: int) -> Page:
         where, args = _filters(query)
         sql_where = f" WHERE {' AND '.join(where)}" if where else ""
-        # Counted up to a cap (COUNT_CAP): an exact count of a million matches is a full index scan.
-        total = int(self._db.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM ops{sql_where} LIMIT ?)",
-                                     (*args, COUNT_CAP + 1)).fetchone()[0])
+        exact = self._counted(query)
+        if exact is not None:
+            total = exact
+        else:
+            # Counted up to a cap (COUNT_CAP): an exact count of a million matches is a full index scan.
+            total = int(self._db.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM ops{sql_where} LIMIT ?)",
+                                         (*args, COUNT_CAP + 1)).fetchone()[0])
+            if total > COUNT_CAP:
+                total = COUNT_CAP + 1
         ids = [r[0] for r in self._db.execute(f"SELECT op_id FROM ops{sql_where} ORDER BY created_at DESC, op_id DESC "
                                               "LIMIT ? OFFSET ?", (*args, limit, query.offset))]
         found = dict(self._db.execute(f"SELECT op_id, record FROM records WHERE op_id IN "
                                       f"({', '.join('?' for _ in ids)})", ids).fetchall()) if ids else {}
-        return Page(total=min(total, COUNT_CAP), capped=total > COUNT_CAP,
+        return Page(total=min(total, COUNT_CAP) if exact is None else total, capped=exact is None and total > COUNT_CAP,
                     records=[bytes(found[i]) for i in ids if i in found])
+
+
+def _count_filters(q: ListRequest) -> tuple[str, list[object]] | None:
+    """The ``counts`` table's answer to ``q``, when only what it keeps is filtered on."""
+    if q.parent_id or q.worker_id or q.since or q.until or q.q:
+        return None
+    where = ["archived IN (0, ?)", "top IN (1, ?)"]
+    args: list[object] = [int(q.include_archived), int(q.include_children)]
+    statuses = [s.value for s in q.status] if q.status else None
+    if q.active_only:
+        statuses = [s for s in (statuses or list(_LIVE)) if s in _LIVE]
+    if statuses is not None:
+        where.append(f"status IN ({', '.join('?' for _ in statuses) or 'NULL'})")
+        args += statuses
+    if q.type:
+        where.append("type = ?")
+        args.append(q.type)
+    return " AND ".join(where), args
 
 
 def _filters(q: ListRequest) -> tuple[list[str], list[object]]:

@@ -221,7 +221,7 @@ def ops_list(
     if json:
         print(to_json(found))
     else:
-        console.print(ops_table(found.operations, found.total))
+        console.print(ops_table(found.operations, found.total, capped=found.total_capped))
 
 
 @ops_app.command("show")

@@ -46,8 +46,8 @@ def workers_table(workers: list[WorkerLease]) -> Table:
     return table
 
 
-def ops_table(ops: list[Operation], total: int) -> Table:
-    table = Table(title=f"{len(ops)} of {total} operation(s)")
+def ops_table(ops: list[Operation], total: int, *, capped: bool = False) -> Table:
+    table = Table(title=f"{len(ops)} of {total:,}{'+' if capped else ''} operation(s)")
     for col in ("id", "type", "status", "progress", "worker", "attempt", "route", "created"):
         table.add_column(col)
     for op in ops:

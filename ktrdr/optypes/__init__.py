@@ -10,9 +10,10 @@ from ktrdr.optypes.defn import (
     on,
     op_type,
     op_types,
+    retract,
     type_names,
     types_on,
 )
 
 __all__ = ["ON_COORDINATOR", "OpType", "Rejected", "Route", "UnknownOpType", "declare", "on", "op_type",
-           "op_types", "type_names", "types_on"]
+           "op_types", "retract", "type_names", "types_on"]

@@ -160,6 +160,12 @@ def declare(op_type: OpType[P, R]) -> OpType[P, R]:
     return op_type
 
 
+def retract(op_type: OpType[Any, Any]) -> None:
+    """Undo :func:`declare` (a type declared by a test, for the test's duration)."""
+    if _TYPES.get(op_type.name) is op_type:
+        del _TYPES[op_type.name]
+
+
 def _discover() -> None:
     global _discovered
     if _discovered:

@@ -4,14 +4,14 @@ and the runner does the rest (stages that read earlier results, progress, failur
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.app import Coordinator
-from ktrdr.optypes import ON_COORDINATOR, OpType, declare, on
+from ktrdr.optypes import ON_COORDINATOR, OpType, declare, on, retract
 from ktrdr.optypes.dummy import DUMMY
 from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
 from ktrdr.runtime.context import JobContext
@@ -32,8 +32,8 @@ class EchoResult(BaseModel):
     doubled: int
 
 
-ECHO = declare(OpType(name="test_echo", params=EchoParams, result=EchoResult, runs=on(names.CAP_DUMMY_ANY),
-                      summary="doubles a number (declared by a test)"))
+ECHO = OpType(name="test_echo", params=EchoParams, result=EchoResult, runs=on(names.CAP_DUMMY_ANY),
+              summary="doubles a number (declared by a test)")
 
 
 async def echo(ctx: JobContext, params: EchoParams) -> EchoResult:
@@ -79,8 +79,19 @@ class ChainPlan:
                                "planned_by": prepared["planned_by"]})
 
 
-CHAIN = declare(OpType(name="test_chain", params=ChainParams, runs=ON_COORDINATOR, parent=ChainPlan(),
-                       summary="two dependent stages of echoes (declared by a test)"))
+CHAIN = OpType(name="test_chain", params=ChainParams, runs=ON_COORDINATOR, parent=ChainPlan(),
+               summary="two dependent stages of echoes (declared by a test)")
+
+
+@pytest.fixture(autouse=True)
+def declared() -> Iterator[None]:
+    """This module's types exist while its tests run: a worker serving dummy.any elsewhere in the
+    session must not be asked for a handler of test_echo."""
+    declare(ECHO)
+    declare(CHAIN)
+    yield
+    retract(ECHO)
+    retract(CHAIN)
 
 
 async def test_a_new_worker_type_is_a_declaration_and_a_handler(coordinator: Coordinator,

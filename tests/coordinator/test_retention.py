@@ -93,6 +93,12 @@ async def test_a_bad_age_is_refused_naming_it(api: httpx.AsyncClient) -> None:
     assert reply.status_code == 422 and reply.json()["detail"][0]["field"] == "older_than"
 
 
+async def test_the_apis_viewer_token_may_not_prune(api: httpx.AsyncClient, coordinator: Coordinator) -> None:
+    viewer = {"Authorization": f"Bearer {coordinator.api_viewer_token}"}
+    reply = await api.post("/api/v1/operations/prune", json={"older_than": "0s"}, headers=viewer)
+    assert reply.status_code == 403
+
+
 async def test_a_client_may_prune_over_nats_and_a_viewer_is_refused_by_the_server(
         nats_server: NatsServer, coordinator: Coordinator, make_worker: MakeWorker) -> None:
     await make_worker("w1")
