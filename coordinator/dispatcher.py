@@ -124,7 +124,7 @@ class Dispatcher:
             max_attempts=request.max_attempts or self.settings.max_attempts,
         )
         if _coordinated(op):
-            # Run by the coordinator itself (coordinator.sweeps): recorded, never offered to a worker.
+            # Run by the coordinator itself (coordinator.parents): recorded, never offered to a worker.
             op.route, op.route_reason = "coordinator", "run by the coordinator"
             return await self._record(op)
         self._route(op, why=None)

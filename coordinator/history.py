@@ -269,8 +269,9 @@ def _count_filters(q: ListRequest) -> tuple[str, list[object]] | None:
     """The ``counts`` table's answer to ``q``, when only what it keeps is filtered on."""
     if q.parent_id or q.worker_id or q.since or q.until or q.q:
         return None
+    # archived IN (0, 1) with archived ones, (0, 0) without; top IN (1, 0) with children, (1, 1) without.
     where = ["archived IN (0, ?)", "top IN (1, ?)"]
-    args: list[object] = [int(q.include_archived), int(q.include_children)]
+    args: list[object] = [int(q.include_archived), 0 if q.include_children else 1]
     statuses = [s.value for s in q.status] if q.status else None
     if q.active_only:
         statuses = [s for s in (statuses or list(_LIVE)) if s in _LIVE]

@@ -8,6 +8,7 @@ other machines do not have the file.
 from __future__ import annotations
 
 import json as jsonlib
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -56,19 +57,24 @@ def _overrides(specs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _checked(model: type[BaseModel], fields: dict[str, Any]) -> Any:
-    """Validate locally: params by their model, then the strategy; errors exit 2 naming the field."""
+def _checked(model: type[BaseModel], fields: dict[str, Any], admit: Callable[[Any], Any] | None = None) -> Any:
+    """Validate locally: params by their model, then the strategy (or the type's own ``admit``);
+    errors exit 2 naming the field."""
     # Domain imports are deferred so that every other ktrdr command starts without pandas.
     from ktrdr.backtest.checks import RequestProblem, check_strategy
+    from ktrdr.optypes import Rejected
 
     try:
         params = model.model_validate({k: v for k, v in fields.items() if v is not None})
+        if admit is not None:
+            return admit(params)
         check_strategy(params.strategy, params.parameters, getattr(params, "grid", None))
         return params
     except ValidationError as exc:
         err = exc.errors()[0]
-        console.print(f"[red]error:[/] invalid {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
-    except (RequestProblem, ValueError) as exc:
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        console.print(f"[red]error:[/] invalid {where}: {err['msg']}")
+    except (RequestProblem, Rejected, ValueError) as exc:
         console.print(f"[red]error:[/] invalid {exc}")
     raise typer.Exit(2)
 
@@ -182,7 +188,6 @@ def walkforward(
     """Walk-forward analysis: choose on each in-sample fold (a sweep of --param, or a training for a
     neuro-fuzzy strategy), backtest the choice on the next out-of-sample fold, join those curves."""
     from ktrdr.backtest.sweep import parse_grid
-    from ktrdr.optypes import Rejected
     from ktrdr.optypes.walkforward import WALKFORWARD, WalkForwardParams, admit_walkforward
 
     def length(text: str | None) -> int | str | None:
@@ -190,21 +195,16 @@ def walkforward(
 
     try:
         grid = parse_grid(param) if param else None
-        params = WalkForwardParams.model_validate({k: v for k, v in dict(
-            strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
-            in_sample=length(in_sample), out_of_sample=length(out_of_sample), folds=folds, ratio=ratio,
-            mode="anchored" if anchored else "rolling", grid=grid, metric=metric, epochs=epochs,
-            capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
-            parameters=_overrides(overrides)).items() if v is not None})
-        params = admit_walkforward(params)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "request"
-        console.print(f"[red]error:[/] invalid {where}: {err['msg']}")
-        raise typer.Exit(2) from None
-    except (Rejected, ValueError) as exc:
+        parameters = _overrides(overrides)
+    except ValueError as exc:
         console.print(f"[red]error:[/] invalid {exc}")
         raise typer.Exit(2) from None
+    params = _checked(WalkForwardParams, dict(
+        strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
+        in_sample=length(in_sample), out_of_sample=length(out_of_sample), folds=folds, ratio=ratio,
+        mode="anchored" if anchored else "rolling", grid=grid, metric=metric, epochs=epochs, capital=capital,
+        commission=commission, slippage=slippage, sizing=sizing, fraction=fraction, parameters=parameters),
+        admit=admit_walkforward)
     op = _submit(WALKFORWARD.name, params, follow_it=follow_it, json=json)
     if follow_it and not json and op.result:
         console.print(_folds_table(op.result))

@@ -214,6 +214,7 @@ async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas:
         num_replicas=replicas,
         max_age=archive_days * DAY if archive_days > 0 else 0,
         max_msgs_per_subject=1,
+        max_bytes=-1,  # bounded by age; said explicitly, or every topology check would see a difference
         max_msg_size=limits.MAX_RECORD_BYTES * 2,
         duplicate_window=120.0,
         allow_direct=True,
