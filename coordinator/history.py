@@ -73,6 +73,10 @@ _LIVE = (OpStatus.PENDING.value, OpStatus.RUNNING.value)
 # past this many the total is reported as this many (``OpList.total_capped``).
 COUNT_CAP = 1_000
 SCHEMA_VERSION = 1
+# Statistics for the planner from this many rows on, again each time the table doubles.
+ANALYSE_FROM_ROWS = 10_000
+# Ids a text search looks up one by one; past this many it filters by the pattern instead.
+MAX_CANDIDATES = 5_000
 
 
 def _us(when: datetime | None) -> int | None:
@@ -131,9 +135,24 @@ class OpsIndex:
         self._db.executescript("DELETE FROM ops; DELETE FROM records; DELETE FROM ids; DELETE FROM meta; "
                                "DELETE FROM counts;")
 
-    def optimize(self) -> None:
-        """Refresh the query planner's statistics where they are stale (cheap when they are not)."""
-        self._db.execute("PRAGMA optimize")
+    def analysis_due(self) -> bool:
+        """Whether the planner's statistics are missing or from a table half the size it is now:
+        without them it may scan a million rows for a filter an index answers."""
+        rows = self.size()
+        analysed = int(self.meta("analysed_rows") or 0)
+        return rows >= ANALYSE_FROM_ROWS and rows >= 2 * analysed
+
+    def analyse(self) -> None:
+        """``ANALYZE`` on a connection of its own (run it in a thread: a second or two at a million rows)."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            rows = int(db.execute("SELECT COUNT(*) FROM ops").fetchone()[0])
+            db.execute("ANALYZE")
+            db.execute("INSERT INTO meta (key, value) VALUES ('analysed_rows', ?) ON CONFLICT(key) DO UPDATE "
+                       "SET value = excluded.value", (str(rows),))
+        finally:
+            db.close()
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -245,8 +264,18 @@ class OpsIndex:
         where, args = found
         return int(self._db.execute(f"SELECT COALESCE(SUM(n), 0) FROM counts WHERE {where}", args).fetchone()[0])
 
+    def _candidates(self, text: str | None) -> list[str] | None:
+        """Ids holding ``text``, from the trigram index (three characters or more; it takes no
+        ESCAPE, so '_' matches any character there and the exact pattern is checked after). None:
+        too short, or too common to be worth listing; the pattern alone filters then."""
+        if text is None or len(text) < 3:
+            return None
+        rows = self._db.execute("SELECT op_id FROM ids WHERE op_id LIKE ? LIMIT ?",
+                                (f"%{text}%", MAX_CANDIDATES + 1)).fetchall()
+        return None if len(rows) > MAX_CANDIDATES else [str(r[0]) for r in rows]
+
     def query(self, query: ListRequest, *, limit: int) -> Page:
-        where, args = _filters(query)
+        where, args = _filters(query, self._candidates(query.q))
         sql_where = f" WHERE {' AND '.join(where)}" if where else ""
         exact = self._counted(query)
         if exact is not None:
@@ -284,7 +313,7 @@ def _count_filters(q: ListRequest) -> tuple[str, list[object]] | None:
     return " AND ".join(where), args
 
 
-def _filters(q: ListRequest) -> tuple[list[str], list[object]]:
+def _filters(q: ListRequest, candidates: list[str] | None = None) -> tuple[list[str], list[object]]:
     where: list[str] = []
     args: list[object] = []
     if q.status:
@@ -311,16 +340,13 @@ def _filters(q: ListRequest) -> tuple[list[str], list[object]]:
         where.append("created_at <= ?")
         args.append(_us(_aware(q.until)))
     if q.q:
+        if candidates is not None:
+            # Given as values, the planner looks each up by key instead of scanning and testing them.
+            where.append(f"op_id IN ({', '.join('?' for _ in candidates) or 'NULL'})")
+            args += candidates
         # Ids are tokens of [A-Za-z0-9_-]: escape LIKE's own wildcard '_'.
-        pattern = "%" + q.q.replace("_", "\\_") + "%"
-        if len(q.q) >= 3:
-            # The trigram index narrows a pattern of three characters or more to a few candidates
-            # without reading every id (it takes no ESCAPE: '_' matches any character there, so the
-            # exact pattern is checked on the candidates).
-            where.append("op_id IN (SELECT op_id FROM ids WHERE op_id LIKE ?)")
-            args.append(f"%{q.q}%")
         where.append("op_id LIKE ? ESCAPE '\\'")
-        args.append(pattern)
+        args.append("%" + q.q.replace("_", "\\_") + "%")
     if not q.include_archived:
         where.append("archived = 0")
     return where, args

@@ -116,6 +116,8 @@ class Operations:
         self._unindexed: dict[str, tuple[Operation, int]] = {}
         self._flush: asyncio.TimerHandle | None = None
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._analysing: asyncio.Task[None] | None = None
+        self._flushes = 0
         self._queued: dict[str, list[tuple[Mutation, asyncio.Future[Operation | None]]]] = {}
         self._writers: dict[str, asyncio.Task[None]] = {}
         self._listeners: list[Listener] = []
@@ -145,9 +147,15 @@ class Operations:
         for record, revision in reversed(self.index.recent_terminal(self.recent)):
             self._hold(unpack(record), revision)
         self._counts = Counter({(t, st): n for t, st, n in self.index.counts()})
+        self._analyse_soon()
         if caught:
             log.info("operations index: %d change(s) caught up from %s", caught, stream)
         return len(self._cache)
+
+    def _analyse_soon(self) -> None:
+        """Refresh the index's planner statistics beside the serving, when they are due."""
+        if (self._analysing is None or self._analysing.done()) and self.index.analysis_due():
+            self._analysing = asyncio.create_task(asyncio.to_thread(self.index.analyse), name="ops-index-analyse")
 
     def _schema_error(self, key: str, exc: Exception) -> None:
         self.metrics.rejected.labels(subject=f"$KV.{names.OPS_BUCKET}", reason="schema").inc()
@@ -184,6 +192,9 @@ class Operations:
             return
         batch, self._unindexed = self._unindexed, {}
         self.index.upsert(batch.values(), last_seq=max(revision for _, revision in batch.values()))
+        self._flushes += 1
+        if self._flushes % 2000 == 0:  # every few minutes of steady writes
+            self._analyse_soon()
 
     def forget(self, op_ids: list[str], *, archived: bool) -> None:
         """Ops retention has moved out of the bucket: no longer held; the index keeps an archived
@@ -231,6 +242,8 @@ class Operations:
         return sum(n for n in self._counts.values() if n > 0)
 
     async def stop(self) -> None:
+        if self._analysing is not None:
+            await asyncio.gather(self._analysing, return_exceptions=True)
         self.flush_index()
 
     def list(self, query: ListRequest) -> tuple[int, list[Operation]]:
