@@ -178,6 +178,24 @@ class OpsIndex:
                 self._set_last_seq(last_seq)
         return len(rows)
 
+    def write(self, records: list[tuple[Operation, int, bytes]], *, new: Iterable[str], last_seq: int) -> None:
+        """The coordinator's own committed writes (the hot path): each the newest revision of its op,
+        with the JSON already encoded for the bucket; ``new``: the ids written for the first time."""
+        rows = [(op.op_id, op.type, op.status.value, op.parent_id, op.worker_id, _us(op.created_at),
+                 _us(op.completed_at), revision, 0) for op, revision, _ in records]
+        with self._transaction():
+            self._db.executemany("INSERT INTO ids (op_id) VALUES (?)", [(i,) for i in new])
+            self._db.executemany(
+                "INSERT INTO ops (op_id, type, status, parent_id, worker_id, created_at, completed_at, revision,"
+                " archived) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(op_id) DO UPDATE SET"
+                " type = excluded.type, status = excluded.status, parent_id = excluded.parent_id,"
+                " worker_id = excluded.worker_id, created_at = excluded.created_at,"
+                " completed_at = excluded.completed_at, revision = excluded.revision", rows)
+            self._db.executemany("INSERT INTO records (op_id, record) VALUES (?, ?) ON CONFLICT(op_id) DO UPDATE "
+                                 "SET record = excluded.record",
+                                 [(op.op_id, zlib.compress(payload, 1)) for op, _, payload in records])
+            self._set_last_seq(last_seq)
+
     def _newer(self, op_id: str, revision: int, archived: bool) -> bool:
         if archived:
             return True

@@ -113,7 +113,8 @@ class Operations:
         self.index_flush_s = index_flush_s
         self._cache: dict[str, tuple[Operation, int]] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()  # held ops that ended, oldest first
-        self._unindexed: dict[str, tuple[Operation, int]] = {}
+        self._unindexed: dict[str, tuple[Operation, int, bytes]] = {}
+        self._new: set[str] = set()  # ids in _unindexed written for the first time
         self._flush: asyncio.TimerHandle | None = None
         self._counts: Counter[tuple[str, str]] = Counter()
         self._analysing: asyncio.Task[None] | None = None
@@ -173,13 +174,15 @@ class Operations:
             oldest, _ = self._ended.popitem(last=False)
             self._cache.pop(oldest, None)
 
-    def _record(self, before: Operation | None, op: Operation, revision: int) -> None:
-        """A committed write: held, counted, and queued for the index."""
+    def _record(self, before: Operation | None, op: Operation, revision: int, payload: bytes) -> None:
+        """A committed write (``payload``: the JSON the bucket got): held, counted, queued for the index."""
         self._hold(op, revision)
         if before is not None:
             self._counts[(before.type, before.status.value)] -= 1
         self._counts[(op.type, op.status.value)] += 1
-        self._unindexed[op.op_id] = (op, revision)
+        self._unindexed[op.op_id] = (op, revision, payload)
+        if before is None:
+            self._new.add(op.op_id)
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(self.index_flush_s, self.flush_index)
 
@@ -191,7 +194,8 @@ class Operations:
         if not self._unindexed:
             return
         batch, self._unindexed = self._unindexed, {}
-        self.index.upsert(batch.values(), last_seq=max(revision for _, revision in batch.values()))
+        new, self._new = self._new, set()
+        self.index.write(list(batch.values()), new=new, last_seq=max(revision for _, revision, _ in batch.values()))
         self._flushes += 1
         if self._flushes % 2000 == 0:  # every few minutes of steady writes
             self._analyse_soon()
@@ -214,7 +218,7 @@ class Operations:
     def get(self, op_id: str) -> Operation | None:
         found = self._cache.get(op_id) or self._unindexed.get(op_id)
         if found is not None:
-            return found[0]
+            return found[0]  # type: ignore[no-any-return]
         stored = self.index.get(op_id)
         return None if stored is None else unpack(stored[0])
 
@@ -222,7 +226,7 @@ class Operations:
         """An op to write: held, or read back from the index (an archived one is never written)."""
         found = self._cache.get(op_id) or self._unindexed.get(op_id)
         if found is not None:
-            return found
+            return found[0], found[1]
         stored = self.index.get(op_id)
         if stored is None or stored[2]:
             return None
@@ -339,7 +343,7 @@ class Operations:
                 if uncertain and transient_js_error(exc, nc=self.publisher.nc):
                     raise RecordMayYetBeStored(op.op_id, payload) from exc
                 raise
-        self._record(None, op, revision)
+        self._record(None, op, revision, payload)
         self._notify(None, op)
         return op
 
@@ -459,7 +463,7 @@ class Operations:
                 log.error("operation %s: a record of %d bytes was refused (%s); fitting it to %d",
                           op_id, len(payload), exc, limit)
                 continue
-            self._record(before, after, new_revision)
+            self._record(before, after, new_revision, payload)
             self._notify(before, after)
             return after
         raise ConcurrentWriters(f"operation {op_id}: too many concurrent writers")
