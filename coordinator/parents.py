@@ -145,6 +145,8 @@ class ParentRunner:
             if parent_type(op) is None:
                 continue
             if not op.status.terminal:
+                # Its children that ended long ago are no longer held in memory: the index has them.
+                self._children[op.op_id].update(child.op_id for child in self.ops.children(op.op_id))
                 self._advance_soon(op.op_id)
             elif op.status in (OpStatus.CANCELLED, OpStatus.FAILED):
                 self._spawn(self._cancel_children(op.op_id, _why_ended(op)))

@@ -189,3 +189,37 @@ async def test_a_block_held_by_a_killed_worker_is_redone_alone(
     redone = [b for b in blocks if b.attempt == 2]
     assert [b.op_id for b in redone] == [held.op_id]  # only the lost block ran twice
     assert all(b.worker_id == "bt1" for b in blocks)
+
+
+async def test_a_sweep_resumes_with_children_that_ended_long_ago_and_are_no_longer_held(
+        nats_server: NatsServer, make_worker: MakeWorker, nc: Client, tmp_path: Path) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+    release = threading.Event()
+
+    def hold_full_results(ctx: JobContext, update: dict[str, Any]) -> None:
+        if update.get("step") == "simulation":  # a full backtest, not a block ("variants")
+            while not release.is_set() and not ctx.token.wait(0.01):
+                pass
+
+    # Only one ended op held in memory: the blocks are read back from the index.
+    settings = coordinator_settings(nats_server.url, recent_ops=1)
+    first = Coordinator(settings=settings)
+    await first.start()
+    try:
+        await backtest_worker(make_worker, "bt1", tmp_path / "bt1", on_progress=hold_full_results)
+        sweep = await first.layer.submit(SubmitRequest(type="sweep", params=backtest_params(
+            grid=GRID, block_size=1, full_results=1)))
+        await assert_eventually(lambda: (c := first.ops.get(f"{sweep.op_id}-full0")) is not None
+                                and c.status is OpStatus.RUNNING, timeout=30)
+    finally:
+        await first.stop()
+    second = Coordinator(settings=settings)
+    await second.start()
+    try:
+        assert sum(1 for o in second.ops.all() if o.parent_id == sweep.op_id) < 6  # most blocks not held
+        release.set()
+        done = await wait_status(second, sweep.op_id, OpStatus.COMPLETED, OpStatus.FAILED, timeout=30)
+        assert done.status is OpStatus.COMPLETED, done.error
+        assert done.result is not None and done.result["completed"] == 6
+    finally:
+        await second.stop()
