@@ -80,7 +80,8 @@ class OfferNotStored(RuntimeError):
 
 
 def new_op_id(op_type: str) -> str:
-    return f"{op_type[:5]}-{uuid.uuid4().hex[:12]}"
+    # The whole type name: an id says what it is (ids cut to five letters read "data_-", "backt-").
+    return f"{op_type}-{uuid.uuid4().hex[:12]}"
 
 
 class Dispatcher:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ktrdr.cli.client import to_json
-from ktrdr.cli.common import JsonOpt, exit_for, run_client, settings, submit_and_maybe_follow
+from ktrdr.cli.common import JsonOpt, OpIdArg, exit_for, run_client, settings, submit_and_maybe_follow
 from ktrdr.cli.follow import follow
 from ktrdr.cli.render import console, op_details, ops_table, workers_table
 from ktrdr.logs import quiet_ssl_eof, setup_logging
@@ -225,7 +225,7 @@ def ops_list(
 
 
 @ops_app.command("show")
-def ops_show(op_id: str, json: JsonOpt = False) -> None:
+def ops_show(op_id: OpIdArg, json: JsonOpt = False) -> None:
     """Show one operation."""
     op = run_client(lambda c: c.get(op_id))
     if json:
@@ -235,7 +235,7 @@ def ops_show(op_id: str, json: JsonOpt = False) -> None:
 
 
 @ops_app.command("follow")
-def ops_follow(op_id: str, json: JsonOpt = False) -> None:
+def ops_follow(op_id: OpIdArg, json: JsonOpt = False) -> None:
     """Follow an operation live; Ctrl-C cancels it."""
     op = run_client(lambda c: follow(c, op_id, quiet=json))
     if json:
@@ -244,7 +244,7 @@ def ops_follow(op_id: str, json: JsonOpt = False) -> None:
 
 
 @ops_app.command("cancel")
-def ops_cancel(op_id: str, reason: Annotated[str, typer.Option()] = "cancelled by user",
+def ops_cancel(op_id: OpIdArg, reason: Annotated[str, typer.Option()] = "cancelled by user",
                json: JsonOpt = False) -> None:
     """Cancel an operation (queued ones never start; running ones stop at their next check)."""
     reply = run_client(lambda c: c.cancel(op_id, reason))
@@ -255,7 +255,8 @@ def ops_cancel(op_id: str, reason: Annotated[str, typer.Option()] = "cancelled b
         console.print(f"[{style}]{'accepted' if reply.accepted else 'not accepted'}[/]: {reply.message}"
                       + (f" (status {reply.status.value})" if reply.status else ""))
     if not reply.accepted:
-        raise typer.Exit(1)
+        # An unknown id is a bad request (2), as for every other command; a finished op is 1.
+        raise typer.Exit(2 if reply.status is None and reply.message.startswith("unknown operation") else 1)
 
 
 @ops_app.command("prune")

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ktrdr.cli.client import KtrdrClient
-from ktrdr.cli.common import JsonOpt, run_client, strategy_source, submit_and_maybe_follow
+from ktrdr.cli.common import JsonOpt, OpIdArg, run_client, strategy_source, submit_and_maybe_follow
 from ktrdr.cli.render import console
 from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.optypes.sweep import SWEEP
@@ -212,7 +212,7 @@ def walkforward(
 
 @backtest_app.command("variant")
 def variant(
-    sweep_id: Annotated[str, typer.Argument(help="A completed sweep.")],
+    sweep_id: OpIdArg,
     rank: Annotated[int, typer.Option(min=1, help="The variant's rank in the sweep's ranking.")] = 1,
     follow_it: FollowOpt = False,
     json: JsonOpt = False,
@@ -252,7 +252,7 @@ def _results(op_id: str) -> tuple[Operation, dict[str, Any]]:
 
 
 @backtest_app.command("show")
-def show(op_id: str, trades: Annotated[int, typer.Option(min=0, help="Trades to list (the last ones).")] = 20,
+def show(op_id: OpIdArg, trades: Annotated[int, typer.Option(min=0, help="Trades to list (the last ones).")] = 20,
          json: JsonOpt = False) -> None:
     """Metrics and trades of a completed backtest, the ranking of a sweep, or a walk-forward's folds."""
     op, doc = _results(op_id)
@@ -281,7 +281,7 @@ def show(op_id: str, trades: Annotated[int, typer.Option(min=0, help="Trades to 
 
 
 @backtest_app.command("plot")
-def plot(op_id: str, output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")]) -> None:
+def plot(op_id: OpIdArg, output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")]) -> None:
     """Equity and drawdown chart of a completed backtest beside buy and hold, or of a walk-forward's
     stitched out-of-sample curve with its fold boundaries."""
     from ktrdr.backtest import BacktestResult

@@ -16,12 +16,23 @@ from ktrdr.cli.render import console
 from ktrdr.cli.settings import CliSettings
 from ktrdr.runtime.connection import NatsAuth
 from ktrdr.security.credentials import CredentialError
-from subjects import roles
+from subjects import names, roles
 from subjects.models import Operation, OpStatus
 
 T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _valid_op_id(value: str) -> str:
+    # Checked before anything connects: a mistyped id is a usage error (exit 2), not a traceback.
+    try:
+        return names.validate_token(value, what="operation id")
+    except names.InvalidToken as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+OpIdArg = Annotated[str, typer.Argument(metavar="OP_ID", callback=_valid_op_id, help="An operation id.")]
 
 
 def settings() -> CliSettings:

@@ -83,7 +83,10 @@ async def test_unknown_ids_and_a_missing_platform_are_clear_errors(nats_server: 
     code, out = await finish(ktrdr(nats_server, "ops", "show", "nope"))
     assert code == 2 and "unknown operation nope" in out
     code, out = await finish(ktrdr(nats_server, "ops", "cancel", "nope"))
-    assert code == 1 and "unknown operation nope" in out
+    assert code == 2 and "unknown operation nope" in out
+    for command in (("ops", "show"), ("ops", "cancel"), ("ops", "follow"), ("backtest", "show"), ("backtest", "plot")):
+        code, out = await finish(ktrdr(nats_server, *command, "not.an.id"))
+        assert code == 2 and "invalid operation id 'not.an.id'" in out and "Traceback" not in out, out
     await coordinator.stop()
     code, out = await finish(ktrdr(nats_server, "ops", "list"))
     assert code == 3 and "no coordinator is running" in out
