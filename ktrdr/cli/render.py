@@ -34,8 +34,9 @@ def status_text(status: OpStatus) -> str:
 
 def workers_table(workers: list[WorkerLease]) -> Table:
     table = Table(title=f"{len(workers)} worker(s)")
-    for col in ("id", "type", "status", "GPU", "capabilities", "slots", "operations", "host", "heartbeat"):
-        table.add_column(col)
+    table.add_column("id", no_wrap=True, min_width=max((len(w.worker_id) for w in workers), default=2))
+    for col in ("type", "status", "GPU", "capabilities", "slots", "operations", "host", "heartbeat"):
+        table.add_column(col, overflow="fold")
     for w in workers:
         gpu = "-"
         if w.gpu:
@@ -48,8 +49,10 @@ def workers_table(workers: list[WorkerLease]) -> Table:
 
 def ops_table(ops: list[Operation], total: int, *, capped: bool = False) -> Table:
     table = Table(title=f"{len(ops)} of {total:,}{'+' if capped else ''} operation(s)")
-    for col in ("id", "type", "status", "progress", "worker", "attempt", "route", "created"):
-        table.add_column(col)
+    # Ids are what a user pastes into the next command: never cut; the other columns give way.
+    table.add_column("id", no_wrap=True, min_width=max((len(op.op_id) for op in ops), default=2))
+    for col in ("type", "status", "progress", "worker", "attempt", "route", "created"):
+        table.add_column(col, overflow="fold")
     for op in ops:
         pct = op.progress.percentage if op.progress and op.progress.percentage is not None else None
         table.add_row(op.op_id, op.type, status_text(op.status), "-" if pct is None else f"{pct:.0f}%",
