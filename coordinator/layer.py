@@ -17,7 +17,8 @@ from coordinator.admission import admit
 from coordinator.dispatcher import Dispatcher
 from coordinator.errors import Internal, InvalidRequest, NoAnswer, NotFound, Unavailable, op_error
 from coordinator.operations import Operations
-from coordinator.retention import Retention, parse_age
+from coordinator.retention import Retention
+from ktrdr.durations import parse_duration
 from subjects import names
 from subjects.models import (
     CancelReply,
@@ -64,7 +65,7 @@ class OpsLayer:
     async def prune(self, request: PruneRequest) -> PruneReply:
         """Archive or delete ended ops older than ``request.older_than`` (``coordinator.retention``)."""
         try:
-            older_than = parse_age(request.older_than)
+            older_than = parse_duration(request.older_than)
         except ValueError as exc:
             raise InvalidRequest(str(exc), field="older_than") from None
         try:

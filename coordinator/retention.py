@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -28,7 +27,7 @@ from nats.js.api import Header
 from nats.js.errors import NotFoundError
 
 from coordinator.operations import Operations
-from ktrdr.results import results_bucket
+from ktrdr.results import delete_result
 from ktrdr.runtime.checkpoints import delete_checkpoint
 from subjects import names
 from subjects.models import Operation
@@ -41,24 +40,6 @@ Action = Literal["archive", "delete"]
 BATCH = 500
 # Archive and purge writes in flight at once.
 IN_FLIGHT = 64
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_age(text: str | float | int) -> timedelta:
-    """``7d``, ``12h``, ``30m``, ``2w``, ``90s`` or a number of seconds."""
-    if isinstance(text, int | float):
-        seconds = float(text)
-    else:
-        found = _AGE.match(text.strip().lower())
-        if found is None:
-            raise ValueError(f"invalid age {text!r}: a number and a unit (s, m, h, d, w), e.g. 7d or 12h")
-        seconds = float(found.group(1)) * _UNIT_S[found.group(2)]
-    if seconds < 0:
-        raise ValueError("an age is not negative")
-    return timedelta(seconds=seconds)
-
-
 @dataclass
 class PruneReport:
     action: Action
@@ -166,7 +147,7 @@ class Retention:
                     await self.js.publish(names.ops_archive(op.op_id), op.encode(), stream=names.OPS_ARCHIVE_STREAM,
                                           headers={Header.MSG_ID: f"archive:{op.op_id}:{op.completed_at}"})
                 else:
-                    await _delete_result(self.js, op.op_id)
+                    await delete_result(self.js, op.op_id)
                 await delete_checkpoint(self.js, op.op_id)
                 await self.ops.bucket.purge(op.op_id)
 
@@ -177,14 +158,7 @@ class Retention:
         """Archived records the archive stream has let go (past archive_days): their results too."""
         count = 0
         while ids := self.ops.index.archived_before(before, limit=BATCH):
-            await asyncio.gather(*(_delete_result(self.js, i) for i in ids))
+            await asyncio.gather(*(delete_result(self.js, i) for i in ids))
             self.ops.index.delete(ids)
             count += len(ids)
         return count
-
-
-async def _delete_result(js: JetStreamContext, op_id: str) -> None:
-    try:
-        await (await results_bucket(js)).delete(op_id)
-    except NotFoundError:
-        pass

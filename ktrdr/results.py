@@ -51,3 +51,11 @@ async def get_result(js: JetStreamContext, op_id: str) -> bytes | None:
         return (await bucket.get(name)).data or b""
     except (BucketNotFoundError, ObjectNotFoundError, NotFoundError):
         return None
+
+
+async def delete_result(js: JetStreamContext, op_id: str) -> None:
+    """Delete the result of ``op_id`` (retention); none stored is not an error."""
+    try:
+        await (await results_bucket(js)).delete(validate_token(op_id, what="operation id"))
+    except NotFoundError:
+        pass

@@ -255,8 +255,9 @@ def ops_cancel(op_id: OpIdArg, reason: Annotated[str, typer.Option()] = "cancell
         console.print(f"[{style}]{'accepted' if reply.accepted else 'not accepted'}[/]: {reply.message}"
                       + (f" (status {reply.status.value})" if reply.status else ""))
     if not reply.accepted:
-        # An unknown id is a bad request (2), as for every other command; a finished op is 1.
-        raise typer.Exit(2 if reply.status is None and reply.message.startswith("unknown operation") else 1)
+        # No status: the coordinator knows no such op (or refused the request), a bad request (2) as for
+        # every other command; an op that had already ended says its status (1).
+        raise typer.Exit(2 if reply.status is None else 1)
 
 
 @ops_app.command("prune")

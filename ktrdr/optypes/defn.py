@@ -80,7 +80,7 @@ def on(*capabilities: str) -> Route:
 
 ON_COORDINATOR = Route(())
 
-Admit = Callable[[P], "P | Awaitable[P]"]
+Admit = Callable[[P], "P | Awaitable[P]"]  # a coroutine function, or a plain one run in a thread
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)  # one object per type: compared and hashed by identity
@@ -124,8 +124,7 @@ class OpType(Generic[P, R]):
             return params
         if inspect.iscoroutinefunction(self.admit):
             return await self.admit(params)  # type: ignore[no-any-return]
-        out = await asyncio.to_thread(self.admit, params)
-        return await out if inspect.isawaitable(out) else out  # type: ignore[return-value]
+        return await asyncio.to_thread(self.admit, params)  # type: ignore[return-value]
 
     def result_dict(self, result: Any) -> dict[str, Any] | None:
         """A handler's return value as the JSON the op record keeps: its result model dumped, or a

@@ -22,7 +22,6 @@ included, in the ``results`` store (``ktrdr backtest plot`` draws it with the fo
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -40,6 +39,7 @@ from ktrdr.backtest.walkforward import (
     stitched_metrics,
     walk_forward_efficiency,
 )
+from ktrdr.durations import parse_duration
 from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
 from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
@@ -54,8 +54,6 @@ FORMAT = "ktrdr.walkforward.result/1"
 Approach = Literal["grid", "training"]
 # The metrics each fold's row keeps, beside the ranking metric (the full ones are in the children).
 FOLD_METRICS = ("total_return_pct", "annualized_return_pct", "sharpe_ratio", "max_drawdown_pct", "trades")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]+)$")
-_UNITS = {"m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 class WalkForwardParams(BacktestParams):
@@ -110,14 +108,8 @@ class WalkForwardParams(BacktestParams):
 
 
 def parse_length(value: int | str) -> int | timedelta:
-    """Bars (an int), or a duration: a number and m/min, h, d or w. Months and years vary in length,
-    so they are refused."""
-    if isinstance(value, int):
-        return value
-    found = _DURATION.match(value.strip().lower())
-    if found is None or found.group(2) not in _UNITS:
-        raise ValueError(f"invalid duration {value!r}: a number and a unit (m, h, d, w), e.g. 180d, 26w, 12h")
-    return timedelta(**{_UNITS[found.group(2)]: float(found.group(1))})
+    """A window: bars (an int), or a duration (``ktrdr.durations``: 180d, 26w, 12h)."""
+    return value if isinstance(value, int) else parse_duration(value)
 
 
 class FoldRow(Result):

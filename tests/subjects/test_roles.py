@@ -176,6 +176,17 @@ async def test_only_the_coordinator_writes_op_records(as_role, role: str) -> Non
     await denials.expect("publish", subject)
 
 
+@pytest.mark.parametrize("role", [roles.CLIENT, roles.WORKER, roles.IB, roles.VIEWER])
+async def test_only_the_coordinator_reads_and_writes_the_archive(as_role, nc: Client, role: str) -> None:
+    other, denials = await as_role(role)
+    subject = names.ops_archive("someop")
+    await attempt(other.jetstream(timeout=0.5).publish(subject, b"{}"))
+    await denials.expect("publish", subject)
+    await attempt(other.jetstream(timeout=0.5).get_last_msg(names.OPS_ARCHIVE_STREAM, subject, direct=True))
+    await denials.expect("publish", f"$JS.API.DIRECT.GET.{names.OPS_ARCHIVE_STREAM}.{subject}")
+    assert (await nc.jetstream().stream_info(names.OPS_ARCHIVE_STREAM)).state.messages == 0
+
+
 async def test_a_client_cannot_listen_in_on_another_roles_replies(as_role) -> None:
     client, denials = await as_role(roles.CLIENT)
     worker_inbox = auth(roles.WORKER).credential.inbox_prefix  # type: ignore[union-attr]

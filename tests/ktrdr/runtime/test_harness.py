@@ -20,6 +20,7 @@ from subjects.params import BacktestParams, DummyParams
 from subjects.results import BacktestSummary, DummyResult, TrainingResult
 from subjects.training import TrainingParams
 from tests.ktrdr.training.planted import SYMBOL, planted_bars, strategy_yaml
+from tests.support import assert_eventually
 from worker_backtest.handler import BacktestHandler, MissingData
 from worker_training.handler import make_training_handler
 
@@ -34,7 +35,7 @@ async def test_the_dummy_handler_reports_progress_and_returns_its_result() -> No
 async def test_a_cancelled_handler_stops_with_the_reason() -> None:
     env = HandlerEnvironment()
     running = asyncio.ensure_future(env.run(run_dummy, DummyParams(duration=30, steps=3), op_type=DUMMY))
-    await asyncio.sleep(0.05)
+    await assert_eventually(lambda: env.context is not None)  # the handler has started
     env.cancel("seen enough")
     with pytest.raises(OperationCancelled, match="seen enough"):
         await asyncio.wait_for(running, 5)
