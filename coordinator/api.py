@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from coordinator.dashboard.catalog import Datasets
 from coordinator.errors import (
     InvalidRequest,
     MalformedBody,
@@ -269,6 +270,9 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
     state.dispatcher, state.metrics, state.nc, state.js = (coordinator.dispatcher, coordinator.metrics,
                                                            coordinator.nc, coordinator.js)
     state.jetstream = coordinator.jetstream
+    # The dashboard's: its live feed, dataset summaries, and the tokens its sign-in checks.
+    state.live, state.datasets = coordinator.live, Datasets()
+    state.api_token, state.api_viewer_token = coordinator.api_token, coordinator.api_viewer_token
     # Looked up on each scrape (the one late-bound thing the API asks of the coordinator itself).
     state.collect_metrics = lambda: coordinator.collect_metrics()
     s = coordinator.settings

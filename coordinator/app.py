@@ -18,6 +18,8 @@ from nats.js import JetStreamContext
 
 from coordinator.api import build_app
 from coordinator.cancel import CancelResponder
+from coordinator.dashboard.live import LiveFeed
+from coordinator.dashboard.routes import dashboard_routes
 from coordinator.dispatcher import Dispatcher
 from coordinator.feed import OpsFeed
 from coordinator.health import JetStreamProbe
@@ -63,6 +65,7 @@ class Coordinator:
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self.jetstream: JetStreamProbe = None  # type: ignore[assignment]
         self.layer: OpsLayer = None  # type: ignore[assignment]
+        self.live: LiveFeed = None  # type: ignore[assignment]
         self.api_port: int | None = None
         # The bearer token the status API checks, resolved once at start (settings.resolve_api_token).
         self.api_token: str | None = None
@@ -114,7 +117,11 @@ class Coordinator:
         self.layer = OpsLayer(ops=self.ops, dispatcher=self.dispatcher, nc=self.nc, retention=retention)
         service = OpsService(nc=self.nc, layer=self.layer, metrics=self.metrics)
         await service.start()
-        self._parts = [cancel, service, parents, retention]
+        # Pages see the same changes the coordinator folds in (coordinator.dashboard.live).
+        self.live = LiveFeed()
+        self.ops.subscribe(self.live.op_changed)
+        self.registry.subscribe(self.live.worker_changed)
+        self._parts = [cancel, service, parents, retention, self.live]
         self._tasks.append(asyncio.create_task(self._reaper(), name="reaper"))
         self._tasks.append(asyncio.create_task(self._topology_watch(), name="topology-watch"))
         if s.api_enabled:
@@ -127,7 +134,7 @@ class Coordinator:
     async def _start_api(self) -> None:
         self.api_token = self.settings.resolve_api_token()
         self.api_viewer_token = self.settings.resolve_api_viewer_token()
-        app = build_app(self, optype_routes())
+        app = build_app(self, [*optype_routes(), *dashboard_routes()])
         # No proxy-header rewriting (it listens on loopback by default, not behind a proxy) and
         # no Server/Date headers: less work on every request of a busy submit path.
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,

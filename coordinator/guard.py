@@ -7,7 +7,11 @@ It wraps the whole app (the fast submit endpoint included), so no route can skip
 * an ``Origin`` header must be this API's own or one of ``api_allowed_origins`` (403); only for
   those are CORS headers added, preflights included;
 * every route but ``/health``, ``/health/live`` and ``/health/ready`` (and ``/metrics`` when
-  ``metrics_auth`` is off) needs ``Authorization: Bearer <token>`` (401);
+  ``metrics_auth`` is off), the dashboard's page and assets (which hold no data) and its sign-in
+  (``/api/v1/session``, which checks the token it is given) needs ``Authorization: Bearer <token>``
+  or, from the dashboard, the token in its ``ktrdr_token`` cookie (401). The cookie is HttpOnly and
+  SameSite=Strict, and the Origin and Content-Type checks below apply to it as to a header, so a
+  page on another site can neither send it nor make a request that would;
 * every POST and any request with a body must say ``Content-Type: application/json`` (415): a
   cross-site form or ``fetch`` can only send text/plain and the like without a preflight;
 * a body may not exceed ``api_max_body_bytes`` (413), by Content-Length before reading it or,
@@ -38,6 +42,20 @@ _CORS_METHODS = b"GET, POST, DELETE"
 _CORS_HEADERS = b"authorization, content-type"
 # What a load balancer or systemd polls without a token: states, no data.
 HEALTH_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
+# The dashboard's shell and sign-in: no data until the page holds a token.
+PAGE_PATHS = frozenset({"/", "/dashboard", "/favicon.ico", "/api/v1/session"})
+STATIC_PREFIX = "/static/"
+TOKEN_COOKIE = "ktrdr_token"
+_COOKIE_PREFIX = TOKEN_COOKIE.encode() + b"="
+
+
+def cookie_token(cookie: bytes) -> bytes | None:
+    """The value of the ``ktrdr_token`` cookie in a Cookie header, if there is one."""
+    for part in cookie.split(b";"):
+        part = part.strip()
+        if part.startswith(_COOKIE_PREFIX):
+            return part[len(_COOKIE_PREFIX):]
+    return None
 
 
 def header_host(host: bytes) -> bytes:
@@ -64,7 +82,7 @@ class ApiGuard:
         self._hosts = frozenset(h.encode() for h in hosts)
         self._origins = frozenset(o.encode() for o in allowed_origins)
         self._max_body = max_body_bytes
-        self._open_paths = HEALTH_PATHS if metrics_auth else HEALTH_PATHS | {"/metrics"}
+        self._open_paths = (HEALTH_PATHS if metrics_auth else HEALTH_PATHS | {"/metrics"}) | PAGE_PATHS
         self._errors = errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,7 +93,7 @@ class ApiGuard:
                 return
             await self.app(scope, receive, send)
             return
-        host = auth = ctype = length = chunked = origin = preflight = None
+        host = auth = ctype = length = chunked = origin = preflight = cookie = None
         for name, value in scope["headers"]:
             if name == b"host":
                 if host is not None:
@@ -97,6 +115,8 @@ class ApiGuard:
                 origin = value
             elif name == b"access-control-request-method":
                 preflight = value
+            elif name == b"cookie":
+                cookie = value if cookie is None else cookie + b"; " + value
 
         if host is None:
             return await self._refuse(send, 400, "missing Host header")
@@ -113,7 +133,12 @@ class ApiGuard:
             if cors is not None and preflight is not None and scope["method"] == "OPTIONS":
                 return await self._preflight(send, cors)
 
-        if scope["path"] not in self._open_paths and not self._authorized(auth):
+        if auth is None and cookie is not None:
+            token = cookie_token(cookie)
+            if token is not None:
+                auth = b"Bearer " + token
+        path = scope["path"]
+        if path not in self._open_paths and not path.startswith(STATIC_PREFIX) and not self._authorized(auth):
             if self._is_viewer(auth):
                 if scope["method"] not in READ_METHODS:
                     return await self._refuse(send, 403, "the viewer token is read-only (GET): submitting and "

@@ -245,6 +245,14 @@ class Operations:
         """Every op the bucket holds (archived ones not counted)."""
         return sum(n for n in self._counts.values() if n > 0)
 
+    def status_counts(self) -> dict[str, int]:
+        """Records held (not archived) per status, every type together."""
+        out: dict[str, int] = {}
+        for (_, status), n in self._counts.items():
+            if n > 0:
+                out[status] = out.get(status, 0) + n
+        return out
+
     async def stop(self) -> None:
         if self._analysing is not None:
             await asyncio.gather(self._analysing, return_exceptions=True)

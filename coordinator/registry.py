@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 # (worker id, its last lease, why, and for a restart: when the new process started)
 LostCallback = Callable[[str, WorkerLease | None, str, datetime | None], Awaitable[None]]
+WorkerListener = Callable[[str, WorkerLease | None], None]
 
 
 class WorkerRegistry:
@@ -35,6 +36,7 @@ class WorkerRegistry:
         self._task: asyncio.Task[None] | None = None
         self._lost_tasks: set[asyncio.Task[None]] = set()
         self._duplicates: dict[str, tuple[int, int]] = {}
+        self._listeners: list[WorkerListener] = []
 
     def alive(self, worker_id: str | None) -> bool:
         return worker_id is not None and worker_id in self.workers
@@ -113,10 +115,13 @@ class WorkerRegistry:
             return
         self.workers[key] = lease
         self.metrics.worker_rejected.labels(worker=key).set(lease.status.get("rejected_messages", 0))
+        self._changed(key, lease)
 
     def _lost(self, worker_id: str, reason: str, *, previous: WorkerLease | None = None,
               started_before: datetime | None = None) -> None:
         lease = previous if started_before is not None else self.workers.pop(worker_id, None)
+        if started_before is None:
+            self._changed(worker_id, None)
         if reason == "lease expired" and lease is not None:
             self.metrics.lease_expiries.labels(type=lease.worker_type).inc()
         log.warning("worker %s is gone: %s", worker_id, reason)
@@ -135,6 +140,17 @@ class WorkerRegistry:
                             "will retry", worker_id, str(exc) or type(exc).__name__)
             else:
                 log.exception("handling the loss of worker %s failed; the reaper will retry", worker_id)
+
+    def subscribe(self, listener: WorkerListener) -> None:
+        """``listener(worker_id, lease)`` after every lease change; ``lease`` None once the worker is gone."""
+        self._listeners.append(listener)
+
+    def _changed(self, worker_id: str, lease: WorkerLease | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(worker_id, lease)
+            except Exception:
+                log.exception("worker listener failed")
 
     def collect(self) -> None:
         self.metrics.workers.clear()

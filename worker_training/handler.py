@@ -124,6 +124,14 @@ def make_training_handler(*, device: str, data_root: Path) -> Handler:
             "metrics": metrics, "feature_names": result.feature_names,
         }
         version = ctx.call(ctx.models.save(plan.model_name, result.bundle, metadata))
+        # Loss and accuracy per epoch, for the op's page (the record keeps only the final ones).
+        history = {"format": "ktrdr.training.history/1", "model": f"{plan.model_name}@{version}",
+                   "history": result.history}
+        try:
+            ctx.call(ctx.results.put(json.dumps(plain(history)).encode(),
+                                     description=f"training history of {plan.model_name}@{version}"))
+        except Exception as exc:  # the model is stored; the history only feeds a chart
+            ctx.log.warning("training history not stored: %s", exc)
         try:
             ctx.call(ctx.checkpoints.delete())
         except Exception as exc:  # the model is stored; a stale checkpoint only costs space

@@ -35,6 +35,14 @@ ROUTES = [
     ("POST", "/api/v1/trainings"),
     ("GET", "/metrics"),
     ("GET", "/no/such/route"),
+    # The dashboard's data (its page and assets hold none: tests/coordinator/dashboard).
+    ("GET", "/api/v1/stream"),
+    ("GET", "/api/v1/queues"),
+    ("GET", "/api/v1/models"),
+    ("GET", "/api/v1/datasets"),
+    ("GET", "/api/v1/datasets/SYN/1h"),
+    ("GET", "/api/v1/operations/op-1/events"),
+    ("GET", "/api/v1/operations/op-1/chart"),
 ]
 
 

@@ -80,6 +80,13 @@ async def test_a_training_reports_epochs_and_stores_a_versioned_model(
     assert all(c["val_loss"] is not None for c in with_epoch if "train_loss" in c)
     bundle = load_bundle(await load_model(nc.jetstream(), "planted-e2e"))
     assert [h["epoch"] for h in bundle.training_metrics["history"]] == [1, 2, 3, 4]
+    # The op's page draws loss and accuracy per epoch, and the models page lists the version.
+    epochs = (await api.get(f"/api/v1/operations/{op_id}/chart")).json()["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    assert all(e["train_loss"] > 0 and 0 <= e["val_accuracy"] <= 1 for e in epochs)
+    models = (await api.get("/api/v1/models")).json()["models"]
+    assert [(m["ref"], m["op_id"], m["symbol"]) for m in models] == [("planted-e2e@1", op_id, SYMBOL)]
+    assert models[0]["start"] < models[0]["end"] and models[0]["metrics"]["epochs_run"] == 4
     again = await submit(api, training={"epochs": 1}, model_name="planted-e2e")
     assert (await wait_status(coordinator, again, OpStatus.COMPLETED, timeout=30)).result["model"] == "planted-e2e@2"
 

@@ -1,0 +1,191 @@
+"""What the dashboard shows beside ops and workers, read from JetStream on request: job queues,
+an op's lifecycle events, stored models and datasets.
+
+Every answer is bounded: events per op, models listed, and the dataset size the coordinator will
+read to summarise one (its range, bars and gaps, computed once per content digest and kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from ktrdr.data.gaps import find_gaps
+from ktrdr.data.shared import data_bucket
+from ktrdr.data.store import bars_from_bytes
+from ktrdr.models.registry import list_models
+from subjects import names
+from subjects.limits import bounded_text
+
+MAX_EVENTS = 200  # an op with more (a job offered over and over) shows its first ones
+EVENT_TEXT_CHARS = 2_000
+MAX_MODELS = 1_000
+MAX_DATASETS = 1_000
+# Read whole into the coordinator's memory to be summarised: beyond this the page says so instead.
+MAX_SUMMARY_BYTES = 256 * 1024 * 1024
+SUMMARIES_KEPT = 64
+GAPS_LISTED = 20
+
+
+def _stream_time(text: str | None) -> datetime | None:
+    """A JetStream timestamp (RFC 3339 with nanoseconds) as a datetime."""
+    if not text:
+        return None
+    head, _, frac = text.rstrip("Z").partition(".")
+    try:
+        stamp = datetime.fromisoformat(head).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return stamp.replace(microsecond=int((frac + "000000")[:6])) if frac.isdigit() else stamp
+
+
+async def queues(js: JetStreamContext, *, now: datetime) -> list[dict[str, Any]]:
+    """Per job subject: jobs waiting, jobs being worked, idle pulls, and how long the oldest has waited."""
+    info = await js.stream_info(names.JOBS_STREAM, subjects_filter="jobs.>")
+    counts: dict[str, int] = dict(info.state.subjects or {})
+    out: list[dict[str, Any]] = []
+    for subject in names.JOBS_SUBJECTS:
+        capability = subject.removeprefix("jobs.")
+        row: dict[str, Any] = {"subject": subject, "capability": capability, "stored": counts.get(subject, 0),
+                               "pending": None, "in_progress": None, "waiting_pulls": None,
+                               "oldest_offered_at": None, "oldest_wait_s": None}
+        try:
+            consumer = await js.consumer_info(names.JOBS_STREAM, names.jobs_consumer(capability))
+            row.update(pending=consumer.num_pending, in_progress=consumer.num_ack_pending,
+                       waiting_pulls=consumer.num_waiting)
+        except NotFoundError:
+            pass
+        if row["stored"]:
+            try:
+                msg = await js.get_msg(names.JOBS_STREAM, seq=info.state.first_seq or 1, subject=subject, next=True)
+                offered = _offered_at(msg.data) or _stream_time(msg.time)  # type: ignore[arg-type]
+                if offered is not None:
+                    row["oldest_offered_at"] = offered.isoformat()
+                    row["oldest_wait_s"] = max(0.0, (now - offered).total_seconds())
+            except NotFoundError:
+                pass
+        out.append(row)
+    return out
+
+
+def _offered_at(data: bytes | None) -> datetime | None:
+    try:
+        value = json.loads(data or b"").get("offered_at")
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except (ValueError, AttributeError):
+        return None
+
+
+async def events(js: JetStreamContext, op_id: str) -> tuple[list[dict[str, Any]], bool]:
+    """The lifecycle events of ``op_id`` still in the OPS stream, oldest first; True if cut at MAX_EVENTS."""
+    subject = names.ops_events(op_id)
+    found: list[dict[str, Any]] = []
+    seq = 1
+    while len(found) < MAX_EVENTS:
+        try:
+            msg = await js.get_msg(names.OPS_STREAM, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return found, False
+        seq = (msg.seq or seq) + 1
+        try:
+            event = json.loads(msg.data or b"")
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        entry = {k: event.get(k) for k in ("event", "worker_id", "attempt", "timestamp")}
+        for key in ("error", "message"):
+            if isinstance(event.get(key), str):
+                entry[key] = bounded_text(event[key], EVENT_TEXT_CHARS)
+        found.append(entry)
+    return found, True
+
+
+async def models(js: JetStreamContext) -> list[dict[str, Any]]:
+    versions = sorted(await list_models(js), key=lambda v: (v.name, -v.version))[:MAX_MODELS]
+    out = []
+    for v in versions:
+        meta = v.metadata
+        out.append({"ref": v.ref, "name": v.name, "version": v.version, "size": v.size,
+                    "created_at": v.created_at, "op_id": meta.get("op_id"), "strategy": meta.get("strategy"),
+                    "symbol": meta.get("symbol"), "timeframes": meta.get("timeframes"),
+                    "start": meta.get("start"), "end": meta.get("end"),
+                    "metrics": {k: val for k, val in (meta.get("metrics") or {}).items()
+                                if isinstance(val, int | float | str | bool) or val is None}})
+    return out
+
+
+@dataclass(frozen=True)
+class _Summary:
+    start: str | None
+    end: str | None
+    bars: int
+    gaps: int
+    unexpected: int
+    unexpected_gaps: list[dict[str, Any]]
+
+
+class Datasets:
+    """The shared datasets (the ``data`` object store), each summarised once per content digest."""
+
+    def __init__(self) -> None:
+        self._summaries: OrderedDict[str, _Summary] = OrderedDict()
+
+    async def list(self, js: JetStreamContext) -> list[dict[str, Any]]:
+        try:
+            infos = await (await data_bucket(js)).list()
+        except NotFoundError:
+            return []
+        out = []
+        for info in sorted(infos, key=lambda i: i.name or "")[:MAX_DATASETS]:
+            if info.deleted or not info.name or "/" not in info.name:
+                continue
+            symbol, timeframe = info.name.split("/", 1)
+            row = {"symbol": symbol, "timeframe": timeframe, "size": int(info.size or 0),
+                   "digest": str(info.digest or ""), "modified": str(info.mtime or "")}
+            known = self._summaries.get(row["digest"])
+            out.append({**row, **(_as_dict(known) if known else {})})
+        return out
+
+    async def show(self, js: JetStreamContext, symbol: str, timeframe: str) -> dict[str, Any] | None:
+        bucket = await data_bucket(js)
+        name = f"{symbol}/{timeframe}"
+        try:
+            info = await bucket.get_info(name)
+        except NotFoundError:
+            return None
+        row: dict[str, Any] = {"symbol": symbol, "timeframe": timeframe, "size": int(info.size or 0),
+                               "digest": str(info.digest or ""), "modified": str(info.mtime or "")}
+        if row["size"] > MAX_SUMMARY_BYTES:
+            return {**row, "note": f"larger than {MAX_SUMMARY_BYTES // 2**20} MiB: not summarised here "
+                                   "(`ktrdr data show` on a host that holds it)"}
+        known = self._summaries.get(row["digest"])
+        if known is None:
+            data = (await bucket.get(name)).data or b""
+            known = await asyncio.to_thread(_summarise, data, name, timeframe)
+            self._summaries[row["digest"]] = known
+            while len(self._summaries) > SUMMARIES_KEPT:
+                self._summaries.popitem(last=False)
+        return {**row, **_as_dict(known)}
+
+
+def _summarise(data: bytes, name: str, timeframe: str) -> _Summary:
+    frame = bars_from_bytes(data, source=name)
+    gaps = find_gaps(frame.index, timeframe) if len(frame) else []
+    unexpected = [g.to_dict() for g in gaps if not g.weekend]
+    return _Summary(start=frame.index[0].isoformat() if len(frame) else None,
+                    end=frame.index[-1].isoformat() if len(frame) else None,
+                    bars=len(frame), gaps=len(gaps), unexpected=len(unexpected),
+                    unexpected_gaps=unexpected[:GAPS_LISTED])
+
+
+def _as_dict(summary: _Summary) -> dict[str, Any]:
+    return {"start": summary.start, "end": summary.end, "bars": summary.bars, "gaps": summary.gaps,
+            "unexpected": summary.unexpected, "unexpected_gaps": summary.unexpected_gaps}

@@ -1,0 +1,110 @@
+// Line charts in plain SVG: enough for equity, drawdown and training curves, with no library to ship.
+(() => {
+"use strict";
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function svgEl(tag, attrs) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+  return el;
+}
+
+function niceTicks(lo, hi, count) {
+  if (!(hi > lo)) { hi = lo + 1; }
+  const raw = (hi - lo) / count;
+  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
+  const ticks = [];
+  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(t);
+  return ticks;
+}
+
+function fmtNumber(v) {
+  const a = Math.abs(v);
+  if (a >= 1e6) return (v / 1e6).toFixed(2) + "M";
+  if (a >= 1e4) return (v / 1e3).toFixed(1) + "k";
+  if (a >= 100) return v.toFixed(0);
+  return v.toFixed(a >= 10 ? 1 : 2);
+}
+
+function fmtTimeTick(ms, spanMs) {
+  const d = new Date(ms);
+  const iso = d.toISOString();
+  return spanMs > 3 * 86400e3 ? iso.slice(0, 10) : iso.slice(5, 16).replace("T", " ");
+}
+
+/**
+ * lineChart({x, series: [{name, values, color, dash}], xKind: "time"|"number", height, yLabel,
+ *            vlines: [{x, label}], kind}) -> <svg>
+ * x: numbers (ms for time); values: numbers or null (a gap).
+ */
+function lineChart(opts) {
+  const width = 900, height = opts.height || 260;
+  const m = { l: 58, r: 14, t: 12, b: 26 };
+  const xs = opts.x;
+  const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", "data-kind": opts.kind || "" });
+  const all = opts.series.flatMap((s) => s.values.filter((v) => v !== null && Number.isFinite(v)));
+  if (!xs.length || !all.length) {
+    const t = svgEl("text", { x: width / 2, y: height / 2, "text-anchor": "middle" });
+    t.textContent = "no data";
+    svg.appendChild(t);
+    return svg;
+  }
+  let ylo = Math.min(...all), yhi = Math.max(...all);
+  if (opts.zeroTop) yhi = Math.max(yhi, 0);
+  if (ylo === yhi) { ylo -= 1; yhi += 1; }
+  const pad = (yhi - ylo) * 0.05; ylo -= pad; yhi += pad;
+  const xlo = xs[0], xhi = xs[xs.length - 1] === xlo ? xlo + 1 : xs[xs.length - 1];
+  const X = (v) => m.l + ((v - xlo) / (xhi - xlo)) * (width - m.l - m.r);
+  const Y = (v) => m.t + (1 - (v - ylo) / (yhi - ylo)) * (height - m.t - m.b);
+
+  for (const t of niceTicks(ylo, yhi, 5)) {
+    svg.appendChild(svgEl("line", { x1: m.l, x2: width - m.r, y1: Y(t), y2: Y(t), class: "grid" }));
+    const label = svgEl("text", { x: m.l - 6, y: Y(t) + 4, "text-anchor": "end" });
+    label.textContent = fmtNumber(t);
+    svg.appendChild(label);
+  }
+  const xticks = opts.xKind === "time"
+    ? niceTicks(xlo, xhi, 6) : niceTicks(xlo, xhi, Math.min(8, Math.max(1, xhi - xlo)));
+  for (const t of xticks) {
+    if (t < xlo || t > xhi) continue;
+    const label = svgEl("text", { x: X(t), y: height - 8, "text-anchor": "middle" });
+    label.textContent = opts.xKind === "time" ? fmtTimeTick(t, xhi - xlo) : fmtNumber(t);
+    svg.appendChild(label);
+  }
+  svg.appendChild(svgEl("line", { x1: m.l, x2: m.l, y1: m.t, y2: height - m.b, class: "axis" }));
+  svg.appendChild(svgEl("line", { x1: m.l, x2: width - m.r, y1: height - m.b, y2: height - m.b, class: "axis" }));
+  for (const v of opts.vlines || []) {
+    svg.appendChild(svgEl("line", { x1: X(v.x), x2: X(v.x), y1: m.t, y2: height - m.b, stroke: "#9ca3af",
+                                    "stroke-dasharray": "3 3" }));
+  }
+  for (const s of opts.series) {
+    let d = "", pen = false;
+    s.values.forEach((v, i) => {
+      if (v === null || !Number.isFinite(v)) { pen = false; return; }
+      d += `${pen ? "L" : "M"}${X(xs[i]).toFixed(1)},${Y(v).toFixed(1)}`;
+      pen = true;
+    });
+    const path = svgEl("path", { d, fill: "none", stroke: s.color, "stroke-width": 1.6, "data-series": s.name });
+    if (s.dash) path.setAttribute("stroke-dasharray", s.dash);
+    svg.appendChild(path);
+  }
+  return svg;
+}
+
+function legend(series) {
+  const div = document.createElement("div");
+  div.className = "legend";
+  for (const s of series) {
+    const span = document.createElement("span");
+    const i = document.createElement("i");
+    i.style.background = s.color;
+    span.append(i, s.name);
+    div.appendChild(span);
+  }
+  return div;
+}
+
+window.ktrdrCharts = { lineChart, legend };
+})();

@@ -1,0 +1,41 @@
+"""What an op's page draws from a stored result, cut to a size a page can take."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from coordinator.dashboard.charts import MAX_POINTS, MAX_TRADES, chart, drawdown_pct, reduce_curves
+
+
+def test_a_long_curve_is_reduced_keeping_its_lowest_and_highest_points() -> None:
+    n = 1_000_000
+    index_ns = [i * 3_600_000_000_000 for i in range(n)]
+    equity = [100.0 + math.sin(i / 5000.0) * 10 for i in range(n)]
+    equity[123_457] = 50.0  # a one-bar crash must survive the reduction
+    equity[765_433] = 500.0
+    out = reduce_curves(index_ns, {"equity": equity})
+    assert len(out["time_ms"]) <= MAX_POINTS + 2
+    assert min(out["equity"]) == 50.0 and max(out["equity"]) == 500.0
+    assert out["time_ms"] == sorted(out["time_ms"])
+    assert out["time_ms"][0] == 0 and out["time_ms"][-1] <= index_ns[-1] // 1_000_000
+
+
+def test_drawdown_is_measured_from_the_running_peak() -> None:
+    assert drawdown_pct([100.0, 120.0, 90.0, 130.0]) == [0.0, 0.0, -25.0, 0.0]
+
+
+def test_a_backtest_shows_its_last_trades_with_times_and_a_training_its_epochs() -> None:
+    trades = 2_000
+    doc = {"format": "ktrdr.backtest.result/1", "strategy": "s", "metrics": {"trades": trades},
+           "index_ns": [i * 10**9 for i in range(5000)], "equity": [1.0] * 5000, "benchmark": [1.0] * 5000,
+           "trades": {"entry_bar": list(range(trades)), "exit_bar": [i + 1 for i in range(trades)],
+                      "pnl": [1.0] * trades}}
+    view = chart(json.dumps(doc).encode())
+    assert view["trades"]["count"] == trades and len(view["trades"]["shown"]) == MAX_TRADES
+    assert view["trades"]["shown"][-1]["entry_time_ms"] == (trades - 1) * 1000
+    history = {"format": "ktrdr.training.history/1",
+               "history": [{"epoch": 1, "train_loss": 0.9, "val_loss": float("nan")}]}
+    epochs = chart(json.dumps(history).encode())["epochs"]
+    assert epochs == [{"epoch": 1, "train_loss": 0.9, "val_loss": None}]
+    assert chart(b"[1, 2]") == {"kind": "unknown"}

@@ -1,0 +1,56 @@
+"""The live feed on its own: coalescing, a page that falls behind, keeping nothing once stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from coordinator.dashboard.live import ERROR_CHARS, LiveFeed, op_summary
+from subjects.models import Operation, OpStatus, Progress
+
+
+def op(op_id: str, percentage: float = 0.0, status: OpStatus = OpStatus.RUNNING) -> Operation:
+    return Operation(op_id=op_id, type="dummy", status=status, progress=Progress(percentage=percentage))
+
+
+def parse(chunk: bytes) -> tuple[str, object]:
+    head, data = chunk.decode().strip().split("\n")
+    return head.removeprefix("event: "), json.loads(data.removeprefix("data: "))
+
+
+async def test_changes_to_one_op_are_sent_once_per_batch_as_it_is_now() -> None:
+    feed = LiveFeed(flush_s=0.01)
+    stream = feed.stream()
+    assert parse(await anext(stream))[0] == "hello"
+    waiting = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0)
+    for pct in (10.0, 20.0, 30.0):
+        feed.op_changed(op("a"), op("a", pct))
+    feed.op_changed(op("b"), op("b", 5.0))
+    name, batch = parse(await waiting)
+    assert name == "ops"
+    assert [(o["op_id"], o["progress"]["percentage"]) for o in batch] == [("a", 30.0), ("b", 5.0)]
+    await feed.stop()
+    assert [c async for c in stream] == []
+    assert feed.subscribers == 0
+
+
+async def test_a_page_that_falls_behind_is_told_to_reload_instead_of_sent_everything() -> None:
+    feed = LiveFeed(flush_s=0.01, max_pending=10)
+    stream = feed.stream()
+    await anext(stream)
+    waiting = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0)
+    for i in range(50):
+        feed.op_changed(op(f"op-{i}"), op(f"op-{i}", 1.0))
+    assert parse(await waiting)[0] == "resync"
+    await feed.stop()
+
+
+async def test_without_pages_a_change_costs_nothing_and_summaries_are_bounded() -> None:
+    feed = LiveFeed()
+    feed.op_changed(op("a"), op("a"))  # no subscriber: nothing kept
+    failed = op("x", status=OpStatus.FAILED)
+    failed.error = "e" * 100_000
+    assert len(op_summary(failed)["error"]) <= ERROR_CHARS
+    assert not feed.full()

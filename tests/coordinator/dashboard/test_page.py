@@ -1,0 +1,127 @@
+"""The dashboard in a real headless Chromium against a running platform: sign-in, workers and ops
+listed, a dummy op's progress moving live, cancel, and a backtest's charts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from nats.aio.client import Client
+
+from coordinator.app import Coordinator
+from subjects.models import OpStatus
+from tests.backtesting import backtest_params, backtest_worker, publish_synth
+from tests.conftest import MakeWorker
+from tests.coordinator.dashboard.conftest import Browser
+from tests.support import auth_headers, wait_status
+
+
+def url(coordinator: Coordinator, path: str = "/") -> str:
+    return f"http://127.0.0.1:{coordinator.api_port}{path}"
+
+
+async def submit(coordinator: Coordinator, op_type: str, params: dict[str, object]) -> str:
+    async with httpx.AsyncClient(headers=auth_headers(coordinator)) as client:
+        reply = await client.post(url(coordinator, "/api/v1/operations"), json={"type": op_type, "params": params})
+    assert reply.status_code == 201, reply.text
+    return str(reply.json()["op_id"])
+
+
+async def sign_in(browser: Browser, coordinator: Coordinator, path: str = "/") -> None:
+    """Signs in through the link `ktrdr up` prints, then opens ``path``."""
+    await browser.open(url(coordinator) + f"#token={coordinator.api_token}")
+    await browser.until("return document.getElementById('login').hidden && "
+                        "document.getElementById('role').innerText.length > 0", what="the signed-in page")
+    if path != "/":
+        await browser.open(url(coordinator, path))
+        await browser.until("return document.getElementById('role').innerText.length > 0", what="the page")
+
+
+async def test_the_page_asks_for_the_token_once_and_keeps_it_in_a_cookie(
+        coordinator: Coordinator, browser: Browser) -> None:
+    await browser.open(url(coordinator))
+    await browser.until("return !document.getElementById('login').hidden", what="the sign-in form")
+
+    await browser.script("document.getElementById('token').value = 'not-the-token';"
+                         "document.getElementById('login-form').requestSubmit();")
+    assert "wrong token" in await browser.until(
+        "return document.getElementById('login-error').innerText", what="the refusal")
+
+    await browser.script("document.getElementById('token').value = arguments[0];"
+                         "document.getElementById('login-form').requestSubmit();", coordinator.api_token)
+    await browser.until("return document.getElementById('login').hidden", what="the form gone")
+    assert await browser.text("#role") == "operator"
+    # The token is in an HttpOnly cookie: a reload needs no sign-in, and scripts cannot read it.
+    await browser.open(url(coordinator))
+    await browser.until("return document.querySelector('#live.on')", what="the live stream connected")
+    assert await browser.script("return document.getElementById('login').hidden")
+    assert "ktrdr_token" not in await browser.script("return document.cookie")
+    await browser.click("#signout")
+    await browser.until("return !document.getElementById('login').hidden", what="the form after signing out")
+
+
+async def test_workers_and_ops_are_listed_and_a_dummy_ops_progress_moves_live(
+        coordinator: Coordinator, make_worker: MakeWorker, browser: Browser) -> None:
+    await make_worker("w-dash-1")
+    await sign_in(browser, coordinator)
+    await browser.until("return document.querySelector('#workers tr[data-worker-id=\"w-dash-1\"]')",
+                        what="the worker's row")
+    op_id = await submit(coordinator, "dummy", {"duration": 4, "steps": 40})
+
+    row = f'tr[data-op-id="{op_id}"]'
+    # The row appears without a reload: pushed by the server.
+    await browser.until("return document.querySelector(arguments[0])", row, what="the new op's row")
+    seen: set[float] = set()
+    for _ in range(3):
+        value = await browser.until(
+            "const bar = document.querySelector(arguments[0] + ' .bar');"
+            "const v = bar && parseFloat(bar.dataset.progress);"
+            "return v > 0 && v < 100 && !arguments[1].includes(v) ? v : null;", row, sorted(seen),
+            what="the progress bar moving")
+        seen.add(float(value))
+    assert len(seen) == 3
+    await browser.screenshot("overview")
+    await browser.until("return document.querySelector(arguments[0] + ' [data-status=\"completed\"]')", row,
+                        what="the op completed")
+    # The worker's lease says it is free again at its next heartbeat, and the page shows it.
+    await browser.until("const row = document.querySelector('#workers tr[data-worker-id=\"w-dash-1\"]');"
+                        "return row && row.innerText.includes('idle') && row.innerText.includes('0/1');",
+                        what="the worker idle again")
+
+
+async def test_an_op_is_cancelled_from_its_page(
+        coordinator: Coordinator, make_worker: MakeWorker, browser: Browser) -> None:
+    await make_worker("w-dash-2")
+    op_id = await submit(coordinator, "dummy", {"duration": 60, "steps": 60})
+    await wait_status(coordinator, op_id, OpStatus.RUNNING)
+    await sign_in(browser, coordinator, f"/#/op/{op_id}")
+    await browser.until("return document.getElementById('cancel')", what="the cancel button")
+    await browser.click("#cancel")
+    await browser.until("return document.querySelector('#op-head[data-status=\"cancelled\"]')",
+                        what="the op cancelled")
+    assert (await wait_status(coordinator, op_id, OpStatus.CANCELLED)).cancel_reason == "cancelled from the dashboard"
+    assert await browser.script("return document.getElementById('cancel') === null")
+    timeline = await browser.text(".timeline")
+    assert "started" in timeline and "w-dash-2" in timeline
+
+
+async def test_a_backtests_page_draws_its_equity_and_drawdown_beside_buy_and_hold(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path, browser: Browser) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+    await backtest_worker(make_worker, "bt-dash", tmp_path / "worker-data")
+    op_id = await submit(coordinator, "backtesting", backtest_params())
+    await wait_status(coordinator, op_id, OpStatus.COMPLETED, timeout=60)
+
+    await sign_in(browser, coordinator, f"/#/op/{op_id}")
+    for kind in ("equity", "drawdown"):
+        for series in ("strategy", "buy and hold"):
+            length = await browser.until(
+                "const p = document.querySelector(`svg.chart[data-kind=\"${arguments[0]}\"] "
+                "path[data-series=\"${arguments[1]}\"]`); return p && p.getAttribute('d').length;",
+                kind, series, what=f"the {series} {kind} line")
+            assert length > 1000  # hundreds of points, not an empty or flat stub
+    trades = await browser.script("return document.querySelectorAll('#trades tbody tr').length")
+    assert trades > 0
+    # Trades are shown by time, not by bar number.
+    assert "2020-" in await browser.text("#trades tbody tr")
+    await browser.screenshot("backtest")

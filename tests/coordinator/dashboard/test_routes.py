@@ -1,0 +1,187 @@
+"""The dashboard's routes over HTTP: the page holds no data, sign-in sets a cookie that the guard
+accepts like the bearer token, the live stream pushes changes, and the queue, event, model,
+dataset and chart views answer with bounded, correct data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nats.aio.client import Client
+
+from coordinator.app import Coordinator
+from coordinator.dashboard.charts import MAX_POINTS
+from subjects.models import OpStatus
+from tests.backtesting import BARS, SYMBOL, TIMEFRAME, backtest_params, backtest_worker, publish_synth
+from tests.conftest import MakeWorker
+from tests.support import assert_eventually, auth_headers, wait_status
+
+
+def base(coordinator: Coordinator) -> str:
+    return f"http://127.0.0.1:{coordinator.api_port}"
+
+
+@pytest.fixture
+async def anon(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base(coordinator)) as client:
+        yield client
+
+
+@pytest.fixture
+async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base(coordinator), headers=auth_headers(coordinator)) as client:
+        yield client
+
+
+async def submit(api: httpx.AsyncClient, op_type: str, params: dict[str, Any]) -> str:
+    reply = await api.post("/api/v1/operations", json={"type": op_type, "params": params})
+    assert reply.status_code == 201, reply.text
+    return str(reply.json()["op_id"])
+
+
+async def test_the_page_and_its_assets_are_served_without_a_token_and_hold_no_data(
+        anon: httpx.AsyncClient, coordinator: Coordinator) -> None:
+    page = await anon.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert coordinator.api_token not in page.text
+    for asset in ("/static/app.js", "/static/charts.js", "/static/app.css", "/favicon.ico"):
+        assert (await anon.get(asset)).status_code == 200, asset
+    assert (await anon.get("/dashboard")).headers["location"] == "/"
+    # Only the assets: nothing beside them in the package.
+    assert (await anon.get("/static/%2e%2e/routes.py")).status_code == 404
+    assert (await anon.get("/api/v1/session")).status_code == 401
+
+
+async def test_signing_in_sets_an_http_only_same_site_cookie_that_authorizes_like_the_token(
+        anon: httpx.AsyncClient, coordinator: Coordinator) -> None:
+    wrong = await anon.post("/api/v1/session", json={"token": "guess"})
+    assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+    assert (await anon.post("/api/v1/session", json={"token": "x" * 100_000})).status_code == 401
+    assert (await anon.post("/api/v1/session", json={"nothing": 1})).status_code == 422
+
+    right = await anon.post("/api/v1/session", json={"token": coordinator.api_token})
+    assert right.status_code == 200 and right.json() == {"role": "operator"}
+    cookie = right.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    assert (await anon.get("/api/v1/session")).json() == {"role": "operator"}
+    assert (await anon.get("/api/v1/workers")).status_code == 200
+
+    # The guard's other checks hold for the cookie as for the header: another site's page is refused...
+    foreign = await anon.get("/api/v1/workers", headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403
+    # ...and a form post (no JSON content type) cannot act with it.
+    form = await anon.post("/api/v1/operations", content=b'{"type":"dummy"}', headers={"Content-Type": "text/plain"})
+    assert form.status_code == 415
+    assert list(coordinator.ops.all()) == []
+
+    assert (await anon.delete("/api/v1/session")).status_code == 204
+    assert (await anon.get("/api/v1/workers")).status_code == 401
+
+
+async def test_a_viewer_cookie_reads_but_cannot_cancel_or_submit(
+        anon: httpx.AsyncClient, coordinator: Coordinator) -> None:
+    signed = await anon.post("/api/v1/session", json={"token": coordinator.api_viewer_token})
+    assert signed.json() == {"role": "viewer"}
+    assert (await anon.get("/api/v1/operations")).status_code == 200
+    assert (await anon.post("/api/v1/operations", json={"type": "dummy"})).status_code == 403
+    assert (await anon.delete("/api/v1/operations/dummy-1")).status_code == 403
+
+
+async def read_events(response: httpx.Response, into: list[tuple[str, Any]]) -> None:
+    name = None
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: ") and name is not None:
+            into.append((name, json.loads(line[6:])))
+            name = None
+
+
+async def test_the_stream_pushes_op_and_worker_changes_as_they_happen(
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    events: list[tuple[str, Any]] = []
+    async with api.stream("GET", "/api/v1/stream") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        reader = asyncio.create_task(read_events(response, events))
+        try:
+            await assert_eventually(lambda: any(n == "hello" for n, _ in events), message="the hello event")
+            await make_worker("w-live")
+            op_id = await submit(api, "dummy", {"duration": 0.5, "steps": 5})
+
+            def statuses() -> list[str]:
+                return [o["status"] for n, batch in events if n == "ops" for o in batch if o["op_id"] == op_id]
+
+            await assert_eventually(lambda: "completed" in statuses(), message="the op completed on the stream")
+            assert statuses()[0] in ("pending", "running")
+            workers = [w["worker_id"] for n, d in events if n == "workers" for w in d["changed"]]
+            assert "w-live" in workers
+            # Progress arrives coalesced: fewer batches than the op's changes, each op once per batch.
+            for name, batch in events:
+                if name == "ops":
+                    assert len({o["op_id"] for o in batch}) == len(batch)
+        finally:
+            reader.cancel()
+    await assert_eventually(lambda: coordinator.live.subscribers == 0, message="the stream's subscriber gone")
+
+
+async def test_queues_show_waiting_jobs_and_how_long_the_oldest_has_waited(
+        api: httpx.AsyncClient, coordinator: Coordinator) -> None:
+    op_id = await submit(api, "dummy", {"duration": 0})  # no worker: it waits
+
+    async def waiting() -> dict[str, Any] | None:
+        rows = (await api.get("/api/v1/queues")).json()["queues"]
+        row = next(r for r in rows if r["subject"] == "jobs.dummy.any")
+        return row if row["pending"] == 1 and row["oldest_wait_s"] is not None else None
+
+    row = await assert_eventually(waiting, message="the job waiting in its queue")
+    assert 0 <= row["oldest_wait_s"] < 60
+    body = (await api.get("/api/v1/queues")).json()
+    assert body["ops"]["pending"] == 1
+    assert coordinator.ops.get(op_id) is not None
+
+
+async def test_an_ops_events_are_its_lifecycle_in_order_and_unknown_ids_are_refused(
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    await make_worker("w-events")
+    op_id = await submit(api, "dummy", {"duration": 0.1, "steps": 2})
+    await wait_status(coordinator, op_id, OpStatus.COMPLETED)
+    body = (await api.get(f"/api/v1/operations/{op_id}/events")).json()
+    kinds = [e["event"] for e in body["events"]]
+    assert kinds[0] == "started" and kinds[-1] == "completed"
+    assert all(e["worker_id"] == "w-events" for e in body["events"])
+    assert (await api.get("/api/v1/operations/dummy-000000000000/events")).status_code == 404
+    # A malformed id is answered as GET /operations/{id} answers it, before any subject is built from it.
+    assert ((await api.get("/api/v1/operations/bad$id/events")).status_code
+            == (await api.get("/api/v1/operations/bad$id")).status_code == 404)
+
+
+async def test_datasets_are_listed_and_summarised_and_a_backtests_chart_is_bounded(
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker, nc: Client,
+        tmp_path: Path) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+    listed = (await api.get("/api/v1/datasets")).json()["datasets"]
+    assert [(d["symbol"], d["timeframe"]) for d in listed] == [(SYMBOL, TIMEFRAME)]
+    shown = (await api.get(f"/api/v1/datasets/{SYMBOL}/{TIMEFRAME}")).json()
+    assert shown["bars"] == BARS and shown["start"].startswith("2020-01-01")
+    # Summarised once: the list now carries it.
+    assert (await api.get("/api/v1/datasets")).json()["datasets"][0]["bars"] == BARS
+    assert (await api.get("/api/v1/datasets/NOPE/1h")).status_code == 404
+    assert (await api.get("/api/v1/datasets/SYN/7q")).status_code == 422
+
+    await backtest_worker(make_worker, "bt-chart", tmp_path / "worker-data")
+    op_id = await submit(api, "backtesting", backtest_params())
+    await wait_status(coordinator, op_id, OpStatus.COMPLETED, timeout=60)
+    chart = (await api.get(f"/api/v1/operations/{op_id}/chart")).json()
+    assert chart["kind"] == "backtest"
+    curves = chart["curves"]
+    assert len(curves["time_ms"]) <= MAX_POINTS
+    assert set(curves) >= {"equity", "benchmark", "drawdown_pct", "benchmark_drawdown_pct"}
+    assert max(curves["drawdown_pct"]) <= 0
+    assert chart["trades"]["count"] == chart["metrics"]["trades"]
+    assert all("entry_time_ms" in t for t in chart["trades"]["shown"])
+    assert (await api.get("/api/v1/models")).json() == {"total": 0, "models": []}
