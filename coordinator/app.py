@@ -293,6 +293,7 @@ class Coordinator:
     async def collect_metrics(self) -> None:
         self.ops.collect()
         self.registry.collect()
+        self.metrics.live_pages.set(self.live.subscribers)
         for capability in names.CAPABILITIES:
             try:
                 info = await self.js.consumer_info(names.JOBS_STREAM, names.jobs_consumer(capability))

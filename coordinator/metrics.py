@@ -23,6 +23,8 @@ class Metrics:
         self.queue_depth = Gauge("ktrdr_queue_depth", "Jobs waiting per capability", ["capability"],
                                  registry=r)
         self.workers = Gauge("ktrdr_workers", "Workers by type and state", ["type", "state"], registry=r)
+        self.live_pages = Gauge("ktrdr_dashboard_streams", "Dashboard pages connected to the live stream",
+                                registry=r)
         self.lease_expiries = Counter("ktrdr_lease_expiries", "Worker leases that expired",
                                       ["type"], registry=r)
         self.rejected = Counter("ktrdr_rejected_messages", "Malformed or invalid messages received",

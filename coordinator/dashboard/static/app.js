@@ -567,7 +567,7 @@ function flatResult(result) {
   for (const [k, v] of Object.entries(result)) {
     if (v && typeof v === "object" && !Array.isArray(v) && k === "metrics") {
       for (const [mk, mv] of Object.entries(v)) if (typeof mv !== "object") out[mk] = mv;
-    } else if (!(Array.isArray(v) && v.length > 8)) out[k] = v;
+    } else if (v === null || typeof v !== "object") out[k] = v;
   }
   return out;
 }

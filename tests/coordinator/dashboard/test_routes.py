@@ -110,6 +110,7 @@ async def test_the_stream_pushes_op_and_worker_changes_as_they_happen(
         reader = asyncio.create_task(read_events(response, events))
         try:
             await assert_eventually(lambda: any(n == "hello" for n, _ in events), message="the hello event")
+            assert "ktrdr_dashboard_streams 1.0" in (await api.get("/metrics")).text
             await make_worker("w-live")
             op_id = await submit(api, "dummy", {"duration": 0.5, "steps": 5})
 
