@@ -103,6 +103,9 @@ function progressBar(op) {
   const pct = done ? 100 : Math.max(0, Math.min(100, p.percentage || 0));
   const bar = h("span", { class: "bar" + (done ? " done" : ""), "data-progress": pct.toFixed(1) },
                 h("span", { style: `width:${pct}%` }));
+  if (TERMINAL.has(op.status) && !done) {
+    return h("span", {}, h("span", { class: "bar ended", "data-progress": pct.toFixed(1) }, h("span", { style: `width:${pct}%` })));
+  }
   let text = done ? "" : `${pct.toFixed(0)} %`;
   if (!done && p.items_total) text += ` · ${fmt(p.items_done || 0)}/${fmt(p.items_total)}`;
   if (!done && p.message) text += ` · ${p.message}`;

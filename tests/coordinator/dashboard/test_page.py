@@ -125,3 +125,21 @@ async def test_a_backtests_page_draws_its_equity_and_drawdown_beside_buy_and_hol
     # Trades are shown by time, not by bar number.
     assert "2020-" in await browser.text("#trades tbody tr")
     await browser.screenshot("backtest")
+
+
+async def test_operations_are_filtered_and_searched_on_the_server(
+        coordinator: Coordinator, make_worker: MakeWorker, browser: Browser) -> None:
+    await make_worker("w-dash-3", slots=2)
+    failed = await submit(coordinator, "dummy", {"duration": 0, "fail": "planted"})
+    done = await submit(coordinator, "dummy", {"duration": 0})
+    await wait_status(coordinator, failed, OpStatus.FAILED)
+    await wait_status(coordinator, done, OpStatus.COMPLETED)
+
+    await sign_in(browser, coordinator, "/#/ops?status=failed")
+    rows = "return [...document.querySelectorAll('table.ops tbody tr[data-op-id]')].map(r => r.dataset.opId)"
+    assert await browser.until(rows + ".join(',') === arguments[0] || null", failed, what="only the failed op")
+    await browser.script("const s = document.getElementById('f-status'); s.value = '';"
+                         "s.dispatchEvent(new Event('change'));"
+                         "const q = document.getElementById('f-search'); q.value = arguments[0];"
+                         "q.dispatchEvent(new Event('input'));", done[-8:])
+    assert await browser.until(rows + ".join(',') === arguments[0] || null", done, what="the op found by its id")
