@@ -85,7 +85,7 @@ def backtest(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def walkforward(doc: dict[str, Any]) -> dict[str, Any]:
-    out = {"kind": "walkforward", "metrics": doc.get("metrics", {}), "efficiency": doc.get("efficiency"),
+    out = {"kind": "folds", "metrics": doc.get("metrics", {}), "efficiency": doc.get("efficiency"),
            "folds": doc.get("folds", []), "fold_windows": doc.get("fold_windows", [])}
     index_ns, equity = doc.get("index_ns") or [], doc.get("equity") or []
     if index_ns and len(equity) == len(index_ns):
@@ -95,14 +95,14 @@ def walkforward(doc: dict[str, Any]) -> dict[str, Any]:
 
 def sweep(doc: dict[str, Any]) -> dict[str, Any]:
     ranking = doc.get("ranking", [])
-    return {"kind": "sweep", "metric": doc.get("metric"), "descending": doc.get("descending"),
+    return {"kind": "ranking", "metric": doc.get("metric"), "descending": doc.get("descending"),
             "combinations": doc.get("combinations"), "completed": doc.get("completed"),
             "failed": len(doc.get("failed", [])), "ranking": ranking[:MAX_RANKED], "ranked": len(ranking)}
 
 
 def training(doc: dict[str, Any]) -> dict[str, Any]:
     history = doc.get("history", [])
-    return {"kind": "training", "epochs": [{k: _finite(v) for k, v in h.items()} for h in history[-MAX_EPOCHS:]]}
+    return {"kind": "epochs", "epochs": [{k: _finite(v) for k, v in h.items()} for h in history[-MAX_EPOCHS:]]}
 
 
 def chart(data: bytes) -> dict[str, Any]:

@@ -483,13 +483,13 @@ async function resultPanel(op) {
   if (view.kind === "backtest") {
     if (view.curves) box.append(curvesChart(view.curves));
     box.append(tradesTable(view.trades));
-  } else if (view.kind === "walkforward") {
+  } else if (view.kind === "folds") {
     if (view.curves) box.append(curvesChart(view.curves, { folds: view.fold_windows }));
     const folds = foldsTable(view);
     if (folds) box.append(folds);
-  } else if (view.kind === "sweep") {
+  } else if (view.kind === "ranking") {
     box.append(rankingTable(view));
-  } else if (view.kind === "training") {
+  } else if (view.kind === "epochs") {
     box.append(trainingCharts(view));
   } else {
     return null;

@@ -45,9 +45,9 @@ def test_a_sweep_shows_the_top_of_its_ranking_and_a_walkforward_its_folds() -> N
     ranking = [{"rank": i + 1, "parameters": {"fast": i}, "metrics": {"sharpe_ratio": -i}} for i in range(1000)]
     view = chart(json.dumps({"format": "ktrdr.sweep.ranking/1", "metric": "sharpe_ratio", "ranking": ranking,
                              "failed": [{"index": 3}], "combinations": 1001, "completed": 1000}).encode())
-    assert view["kind"] == "sweep" and view["ranked"] == 1000 and view["failed"] == 1
+    assert view["kind"] == "ranking" and view["ranked"] == 1000 and view["failed"] == 1
     assert [r["rank"] for r in view["ranking"]][:3] == [1, 2, 3] and len(view["ranking"]) == 200
     walk = chart(json.dumps({"format": "ktrdr.walkforward/1", "folds": [{"index": 0}],
                              "fold_windows": [{"out_start": "2020-01-02T00:00:00+00:00"}],
                              "index_ns": [0, 10**9], "equity": [1.0, 2.0], "efficiency": 0.5}).encode())
-    assert walk["kind"] == "walkforward" and walk["curves"]["equity"] == [1.0, 2.0]
+    assert walk["kind"] == "folds" and walk["curves"]["equity"] == [1.0, 2.0]
