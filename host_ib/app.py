@@ -53,7 +53,8 @@ class IbHost(Worker):
                  slots: int = DEFAULT_SLOTS) -> None:
         self._activated = asyncio.Event()
         self.gateway = Gateway(settings=settings, client=client)
-        self.pacer = Pacer(rules=pacing_rules(settings))  # one per process, across concurrent ops
+        # One per process, across concurrent ops and ib.bars: IB's limits and penalties are the connection's.
+        self.pacer = Pacer(rules=pacing_rules(settings), backoff=settings.pacing_backoff())
         self.store = DataStore(root=settings.ib_data_dir or settings.data_dir)
         self.loader = DataLoader(gateway=self.gateway, pacer=self.pacer, store=self.store, settings=settings)
         super().__init__(
@@ -71,7 +72,6 @@ class IbHost(Worker):
     def ib_status(self) -> IbStatus:
         s = self.settings
         conn = self.gateway.connection if self.gateway.connected else None
-        budget = self.pacer.budget()
         election = self.election
         role: Literal["active", "standby"] = "active" if self.active else "standby"
         return IbStatus(
@@ -79,8 +79,8 @@ class IbHost(Worker):
             gateway=self.gateway.address, client_id=s.ib_client_id,
             server_version=conn.server_version if conn else None,
             accounts=list(conn.accounts) if conn else [], last_error=self.gateway.last_error,
-            pacing={"remaining": budget.remaining, "limit": budget.limit, "window_s": budget.window_s,
-                    "resets_in_s": round(budget.resets_in_s, 1)},
+            pacing=self.pacer.describe(),
+            counters={**self.gateway.client.counts, **(self.service.counts if self.service else {})},
             active_since=election.active_since if election else None,
             active_instance=election.holder.worker_id if election and election.holder else None)
 
@@ -93,7 +93,7 @@ class IbHost(Worker):
         s = self.settings
         kv = await lock_bucket(self.js)
         self.service = IbService(nc=self.nc, gateway=self.gateway, pacer=self.pacer, status=self.ib_status,
-                                 max_wait_s=s.ib_request_max_wait_s)
+                                 max_wait_s=s.ib_request_max_wait_s, reply_timeout_s=s.ib_reply_timeout_s)
         self.election = ActiveElection(
             kv=kv, worker_id=self.worker_id, host=s.hostname, pid=os.getpid(), ttl_s=s.ib_lock_ttl_s,
             refresh_s=s.ib_lock_refresh_s, poll_s=s.ib_standby_poll_s, on_change=self._on_active_change)

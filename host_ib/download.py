@@ -57,7 +57,9 @@ class DataLoader:
         self.settings = settings
         # Reconnecting is the Gateway's: a download waits for it (the reconnect policy's budget).
         self.downloader = Downloader(source=gateway.client, pacer=pacer, reconnect=gateway.ensure_connected,
-                                     pacing_backoff=settings.pacing_backoff())
+                                     pacing_backoff=settings.pacing_backoff(),
+                                     drop_retry=settings.segment_reconnects(),
+                                     segment_stall_s=settings.ib_segment_stall_s)
         # Two ops on the same dataset must not interleave their read-merge-write of one file.
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -81,11 +83,17 @@ class DataLoader:
             try:
                 await self.downloader.run(state, on_segment=lambda frame: self._store(ctx, p, frame, run),
                                           progress=ctx.progress, cancel=ctx.token, collect=False)
-            except BaseException:
+            except BaseException as exc:
                 # A cancelled or failed op keeps its segments: they still reach the bucket (best
                 # effort, so the original error is what the op reports).
                 if run.dirty:
                     await self._publish(ctx, p, run, final=False)
+                if isinstance(exc, Exception):
+                    # The last progress message must not still say "waiting for pacing".
+                    done, total = len(state.completed), len(state.segments)
+                    ctx.progress(percentage=100.0 * done / total if total else 0.0, step="failed",
+                                 steps_done=done, steps_total=total,
+                                 message=f"failed after {done} of {total} segments (kept): {exc}"[:500])
                 raise
             finally:
                 ctx.info(**_facts(state, reconnects=self.gateway.drops - drops_before))
@@ -112,6 +120,8 @@ class DataLoader:
         An unknown symbol ends the op here with IB's reason; any other failure only costs the
         optimisation, so the download goes on without it.
         """
+        # A gateway that drops the connection on every request must not hold the op here either.
+        drops = self.settings.segment_reconnects().delays()
         while True:
             try:
                 info = await self.gateway.client.contract_details(symbol)
@@ -123,9 +133,12 @@ class DataLoader:
             except NoSecurityDefinition as exc:
                 raise NoSecurityDefinition(f"unknown symbol {symbol}: {exc.message}", code=exc.code) from None
             except ConnectionLost:
+                if next(drops, None) is None:
+                    raise
                 await self.gateway.ensure_connected(ctx.token)
             except (NoData, RequestTimedOut, IbError) as exc:
                 log.info("no head timestamp for %s (%s); downloading the whole range", symbol, exc)
+                ctx.info(earliest_available=None, head_timestamp_problem=str(exc)[:300])
                 return None
 
     async def _resume(self, ctx: JobContext, state: DownloadState) -> int:

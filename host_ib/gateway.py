@@ -28,7 +28,8 @@ class Gateway:
         self.settings = settings
         # Pauses between connection attempts, and how long an operation waits for the connection.
         self.reconnect_policy = settings.reconnect_policy()
-        self.client = client or IbClient(request_timeout_s=settings.ib_request_timeout_s)
+        self.client = client or IbClient(request_timeout_s=settings.ib_request_timeout_s,
+                                         head_timeout_s=settings.ib_head_timeout_s)
         self.client.on_disconnect(self._on_drop)
         self.address = f"{settings.ib_host}:{settings.ib_port}"
         self.last_error: str | None = None

@@ -147,7 +147,8 @@ class IbStatus(Payload):
     server_version: int | None = None
     accounts: list[str] = Field(default_factory=list)
     last_error: str | None = None
-    pacing: dict[str, Any] = Field(default_factory=dict)
+    pacing: dict[str, Any] = Field(default_factory=dict)  # budget, and the penalties in force (at most 20)
+    counters: dict[str, int] = Field(default_factory=dict)  # e.g. historical_sent, bad_bar_times
     active_since: datetime | None = None
     active_instance: str | None = None  # the worker id holding the lock, as last seen
 

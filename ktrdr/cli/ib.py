@@ -1,5 +1,9 @@
 """``ktrdr ib status`` and ``ktrdr data fetch``: the Interactive Brokers host from the command line.
 
+``ktrdr ib status`` exits 0 only when an IB host is active and connected to its gateway; otherwise it
+prints what it knows and exits 3 (the gateway or the platform is unreachable) with one error line on
+stderr.
+
 Self-contained (its own client plumbing) because ``ktrdr.cli.app`` imports this module while it
 is being built, also when it runs as ``python -m ktrdr.cli.app``.
 """
@@ -7,19 +11,19 @@ is being built, also when it runs as ``python -m ktrdr.cli.app``.
 from __future__ import annotations
 
 import json as jsonlib
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Any
 
 import nats.errors
 import typer
-from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from ktrdr.cli.client import KtrdrClient, KtrdrError, service_error, to_json
-from ktrdr.cli.common import JsonOpt, run_client, submit_and_maybe_follow
-from ktrdr.cli.render import ago, console
-from ktrdr.optypes.data_load import DATA_LOAD
+from ktrdr.cli.common import JsonOpt, run_client
+from ktrdr.cli.render import EXIT_UNREACHABLE, ago, console, fail
 from subjects import names
-from subjects.data import DataLoadParams, IbStatus
+from subjects.data import IbStatus
 from subjects.models import BadPayload, WorkerLease, decode
 
 ib_app = typer.Typer(help="The Interactive Brokers host: connection, pacing, active instance.",
@@ -52,63 +56,80 @@ async def _gather_status(client: KtrdrClient) -> dict[str, Any]:
     return {"active": active, "hosts": leases, "problem": problem}
 
 
-def _hosts_table(hosts: list[WorkerLease]) -> Table:
-    table = Table(title=f"{len(hosts)} IB host(s)")
-    for col in ("id", "role", "IB", "gateway", "client id", "accounts", "pacing left", "last error", "heartbeat"):
-        table.add_column(col)
+def _status_grid(active: IbStatus) -> Table:
+    """The active host as key/value rows: readable at 80 columns, long values fold in their column."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    ib_state = active.ib if active.ib == "connected" else f"[red]{active.ib}[/]"
+    p = active.pacing
+    rows: list[tuple[str, str]] = [
+        ("active instance", f"{active.worker_id} (since {ago(active.active_since)})"),
+        ("IB", f"{ib_state} at {active.gateway}, client id {active.client_id}, "
+               f"server {active.server_version or '-'}"),
+        ("accounts", ", ".join(active.accounts) or "-"),
+        ("pacing budget", f"{p.get('remaining', '-')}/{p.get('limit', '-')} requests per {p.get('window_s', '-')} s"
+                          f" (resets in {p.get('resets_in_s', 0)} s)"),
+        ("pacing penalties", _penalties(p)),
+        ("last error", escape(active.last_error or "-")),
+    ]
+    if active.counters:
+        rows.append(("counters", ", ".join(f"{k} {v}" for k, v in sorted(active.counters.items()))))
+    for key, value in rows:
+        grid.add_row(key, value)
+    return grid
+
+
+def _penalties(pacing: dict[str, Any]) -> str:
+    penalties = pacing.get("penalties") or []
+    if not penalties:
+        return f"none ({pacing.get('violations', 0)} violations since start)"
+    lines = []
+    for pen in penalties:
+        scope = "all contracts" if pen.get("scope") == "*" else pen.get("scope")
+        code = f"IB error {pen['code']}" if pen.get("code") is not None else "pacing"
+        try:
+            ends = datetime.fromisoformat(str(pen.get("ends_at"))).strftime("%H:%M:%S UTC")
+        except ValueError:
+            ends = "-"
+        lines.append(escape(f"{scope}: {code} ({pen.get('violations', 1)} in a row), met by {pen.get('source')}; "
+                            f"ends {ends} (in {pen.get('ends_in_s')} s)"))
+    if pacing.get("penalties_not_listed"):
+        lines.append(f"and {pacing['penalties_not_listed']} more")
+    return "\n".join(lines)
+
+
+def _hosts_grid(hosts: list[WorkerLease]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)  # worker ids stay whole
+    for _ in range(3):
+        grid.add_column(overflow="fold")
     for w in hosts:
-        st = w.status
-        pacing = st.get("pacing") or {}
-        left = f"{pacing.get('remaining', '-')}/{pacing.get('limit', '-')}" if pacing else "-"
-        role = str(st.get("role", w.state.value))
-        table.add_row(w.worker_id, f"[bold green]{role}[/]" if role == "active" else role, str(st.get("ib", "-")),
-                      str(st.get("gateway", "-")), str(st.get("client_id", "-")),
-                      ",".join(st.get("accounts") or []) or "-", left, str(st.get("last_error") or "-"),
-                      ago(w.heartbeat_at))
-    return table
+        role = str(w.status.get("role", w.state.value))
+        grid.add_row(w.worker_id, f"[bold green]{role}[/]" if role == "active" else role,
+                     f"IB {w.status.get('ib', '-')}", f"heartbeat {ago(w.heartbeat_at)}")
+    return grid
 
 
 @ib_app.command("status")
 def status(json: JsonOpt = False) -> None:
-    """Connection state, pacing budget left and which host is the active instance."""
+    """Connection state, pacing budget and penalties, and which host is the active instance.
+
+    Exits 3 when no IB host is active or the active one has no gateway connection.
+    """
     found = run_client(_gather_status)
     active: IbStatus | None = found["active"]
     if json:
         print(jsonlib.dumps({"active": active.model_dump(mode="json") if active else None,
                              "hosts": jsonlib.loads(to_json(found["hosts"])), "problem": found["problem"]},
                             indent=2))
-    else:
-        console.print(_hosts_table(found["hosts"]))
-        if active is not None:
-            p = active.pacing
-            console.print(f"active instance: [bold]{active.worker_id}[/] — IB {active.ib} at {active.gateway}"
-                          f" (server {active.server_version or '-'}); pacing budget "
-                          f"{p.get('remaining')}/{p.get('limit')} per {p.get('window_s')} s")
-        else:
-            console.print(f"[yellow]no active IB host[/]: {found['problem']}")
+    elif active is not None:
+        console.print(_status_grid(active))
+    if not json and found["hosts"]:
+        console.print(f"\n{len(found['hosts'])} IB host(s)")
+        console.print(_hosts_grid(found["hosts"]))
     if active is None:
-        raise typer.Exit(1)
-
-
-def fetch(
-    symbol: Annotated[str, typer.Argument(help="Symbol, e.g. AAPL or EURUSD.")],
-    timeframe: Annotated[str, typer.Option("--timeframe", "-t", help="1m 5m 15m 30m 1h 4h 1d 1w.")] = "1h",
-    start: Annotated[str | None, typer.Option(help="First bar (ISO date/time, UTC).")] = None,
-    end: Annotated[str | None, typer.Option(help="End, exclusive (ISO date/time, UTC; default now).")] = None,
-    mode: Annotated[str, typer.Option(help="tail: after the last stored bar; backfill: before the first; "
-                                           "full: the whole range.")] = "tail",
-    follow_it: Annotated[bool, typer.Option("--follow", "-f", help="Follow live; Ctrl-C cancels.")] = False,
-    json: JsonOpt = False,
-) -> None:
-    """Download bars from Interactive Brokers into the store and the shared data bucket."""
-    try:
-        params = DataLoadParams.model_validate(
-            {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end, "mode": mode})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "params"
-        console.print(f"[red]error:[/] {where}: {first['msg']}")
-        raise typer.Exit(2) from None
-
-    submit_and_maybe_follow(DATA_LOAD.name, params.model_dump(mode="json", exclude_none=True),
-                            follow_it=follow_it, json=json)
+        fail(found["problem"] or "no active IB host", EXIT_UNREACHABLE)
+    if active.ib != "connected":
+        fail(f"IB host {active.worker_id} has no gateway connection ({active.ib}"
+             f"{': ' + active.last_error if active.last_error else ''})", EXIT_UNREACHABLE)

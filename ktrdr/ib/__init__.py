@@ -1,15 +1,24 @@
 """Interactive Brokers market-data access: limits, pacing, the ib_insync client and the downloader."""
 
 from ktrdr.ib.client import ConnectionState, ContractInfo, IbClient
-from ktrdr.ib.downloader import PACING_BACKOFF, Downloader, DownloadResult, DownloadState, Mode, Reconnect, StoredRange
-from ktrdr.ib.errors import ConnectionLost, IbError, NoData, NoSecurityDefinition, PacingViolation, RequestTimedOut
-from ktrdr.ib.pacing import Pacer, PacingBudget, PacingRules, PacingWait
+from ktrdr.ib.downloader import Downloader, DownloadGaveUp, DownloadResult, DownloadState, Mode, Reconnect, StoredRange
+from ktrdr.ib.errors import (
+    ConnectionLost,
+    IbError,
+    NoData,
+    NoSecurityDefinition,
+    NotConnected,
+    PacingViolation,
+    RequestTimedOut,
+)
+from ktrdr.ib.pacing import PACING_BACKOFF, Pacer, PacingBudget, PacingRules, PacingWait, Penalty
 
 __all__ = [
     "PACING_BACKOFF",
     "ConnectionLost",
     "ConnectionState",
     "ContractInfo",
+    "DownloadGaveUp",
     "DownloadResult",
     "DownloadState",
     "Downloader",
@@ -18,11 +27,13 @@ __all__ = [
     "Mode",
     "NoData",
     "NoSecurityDefinition",
+    "NotConnected",
     "Pacer",
     "PacingBudget",
     "PacingRules",
     "PacingViolation",
     "PacingWait",
+    "Penalty",
     "Reconnect",
     "RequestTimedOut",
     "StoredRange",

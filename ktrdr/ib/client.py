@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -18,11 +20,14 @@ import pandas as pd
 from ib_insync import IB, BarDataList, Contract, Forex, Stock
 from ib_insync.wrapper import RequestError
 
+from ktrdr.ib.bar_time import BadBarTime, bar_time, zone_of
 from ktrdr.ib.errors import (
     PACING_CODES,
     ConnectionLost,
     IbError,
+    NoData,
     NoSecurityDefinition,
+    NotConnected,
     RequestTimedOut,
     error_from_code,
     is_pacing_message,
@@ -79,11 +84,15 @@ def default_what_to_show(contract: Contract) -> str:
     return "MIDPOINT" if contract.secType == "CASH" else "TRADES"
 
 
-def bars_to_frame(bars: list[Any]) -> pd.DataFrame:
-    """ib_insync bars → OHLCV frame indexed by bar start (UTC), sorted, without duplicates."""
+def bars_to_frame(bars: list[Any], *, exchange_tz: str | None = None) -> pd.DataFrame:
+    """IB bars → OHLCV frame indexed by bar start (UTC), sorted, without duplicates.
+
+    A bar's ``date`` is IB's raw string (see :mod:`ktrdr.ib.bar_time`; ``exchange_tz`` places times
+    sent without a zone) or a date/datetime already parsed by ib_insync. Raises BadBarTime.
+    """
     if not bars:
         return empty_bars()
-    index = pd.DatetimeIndex([_bar_time(b.date) for b in bars], name="timestamp")
+    index = pd.DatetimeIndex([_bar_time(b.date, exchange_tz) for b in bars], name="timestamp")
     frame = pd.DataFrame(
         {
             "open": [float(b.open) for b in bars],
@@ -105,10 +114,16 @@ def empty_bars() -> pd.DataFrame:
     )
 
 
-def _bar_time(value: datetime | date) -> pd.Timestamp:
-    # Daily and weekly bars come back as plain dates; ktrdr treats them as midnight UTC.
+def _bar_time(value: str | datetime | date, exchange_tz: str | None) -> pd.Timestamp:
+    if isinstance(value, str):
+        return bar_time(value, exchange_tz=exchange_tz)
     if isinstance(value, datetime):
+        if value.tzinfo is None:  # ib_insync's reading of a zone-less time: the exchange's clock
+            if not exchange_tz:
+                raise BadBarTime(f"bar time {value} has no time zone and the contract names none")
+            value = value.replace(tzinfo=zone_of(exchange_tz))
         return pd.Timestamp(as_utc(value))
+    # Daily and weekly bars are plain dates; ktrdr stores them as midnight UTC.
     return pd.Timestamp(datetime(value.year, value.month, value.day, tzinfo=UTC))
 
 
@@ -119,6 +134,7 @@ class IbClient:
         self,
         *,
         request_timeout_s: float = 60.0,
+        head_timeout_s: float = 5.0,
         use_rth: bool = False,
         ib: IB | None = None,
     ) -> None:
@@ -127,15 +143,25 @@ class IbClient:
         self._ib.RaiseRequestErrors = True
         self._ib.errorEvent += self._on_error
         self._ib.disconnectedEvent += self._on_disconnected
+        # Bars keep IB's raw date strings (ktrdr.ib.bar_time converts them with the contract's zone):
+        # the decoder looks this attribute up per message, so the instance's own method wins.
+        self._ib.wrapper.historicalData = self._on_bar  # type: ignore[method-assign]
         self._request_timeout = request_timeout_s
+        # Only an optimisation hangs on the head timestamp: a gateway that never answers it must
+        # not hold every download for the full request timeout.
+        self._head_timeout = head_timeout_s
         self._use_rth = use_rth
         self._host = ""
         self._port = 0
         self._client_id = 0
         self._connect_timeout = 4.0
         self._contracts: dict[tuple[str, str | None, str | None, str], ContractInfo] = {}
+        self._heads: dict[tuple[int, str], datetime | _HeadMiss] = {}
         self._historical: dict[int, asyncio.Future[Any]] = {}
         self._disconnect_hooks: list[Callable[[], None]] = []
+        # historical_sent: requests that went out; bad_bar_times: replies refused for their dates;
+        # head_unanswered: head-timestamp lookups that met the head timeout.
+        self.counts: Counter[str] = Counter()
 
     @property
     def ib(self) -> IB:
@@ -206,22 +232,37 @@ class IbClient:
 
     def _require_connection(self) -> None:
         if not self._ib.isConnected():
-            raise ConnectionLost("not connected to IB")
+            raise NotConnected("not connected to IB")
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        return self._request_timeout if timeout_s is None else min(self._request_timeout, timeout_s)
+
+    def _on_bar(self, req_id: int, bar: Any) -> None:
+        results = self._ib.wrapper._results.get(req_id)
+        if results is not None:
+            results.append(bar)
 
     # -- requests --------------------------------------------------------------------------------
 
     async def contract_details(
-        self, symbol: str, *, sec_type: str | None = None, exchange: str | None = None, currency: str = "USD"
+        self,
+        symbol: str,
+        *,
+        sec_type: str | None = None,
+        exchange: str | None = None,
+        currency: str = "USD",
+        timeout_s: float | None = None,
     ) -> ContractInfo:
         key = (symbol.upper(), sec_type, exchange, currency)
         if key in self._contracts:
             return self._contracts[key]
         self._require_connection()
+        timeout = self._timeout(timeout_s)
         contract = make_contract(symbol, sec_type=sec_type, exchange=exchange, currency=currency)
         try:
-            details = await asyncio.wait_for(self._ib.reqContractDetailsAsync(contract), self._request_timeout)
+            details = await asyncio.wait_for(self._ib.reqContractDetailsAsync(contract), timeout)
         except TimeoutError as exc:
-            raise RequestTimedOut(f"no contract details for {symbol}") from exc
+            raise RequestTimedOut(f"no contract details for {symbol} within {timeout:.1f} s") from exc
         except RequestError as exc:
             raise error_from_code(exc.code, exc.message, req_id=exc.reqId) from exc
         except ConnectionError as exc:
@@ -249,24 +290,44 @@ class IbClient:
         self._contracts[key] = info
         return info
 
-    async def earliest_timestamp(self, symbol: str, *, what_to_show: str | None = None) -> datetime:
-        """The first moment IB has data for (``reqHeadTimeStamp``), in UTC."""
-        info = await self.contract_details(symbol)
-        self._require_connection()
+    async def earliest_timestamp(
+        self, symbol: str, *, what_to_show: str | None = None, timeout_s: float | None = None
+    ) -> datetime:
+        """The first moment IB has data for (``reqHeadTimeStamp``), in UTC.
+
+        Cached per contract and bar type (IB's answer does not move); a lookup that failed is not
+        asked again for ``HEAD_MISS_TTL_S``, so a gateway that never answers costs one head timeout
+        per contract, not one per download.
+        """
+        info = await self.contract_details(symbol, timeout_s=timeout_s)
         show = what_to_show or default_what_to_show(info.contract)
+        key = (info.con_id, show)
+        cached = self._heads.get(key)
+        if isinstance(cached, datetime):
+            return cached
+        if cached is not None and cached.until > time.monotonic():
+            raise cached.error
+        self._require_connection()
+        timeout = self._head_timeout if timeout_s is None else min(self._head_timeout, timeout_s)
         try:
             head = await asyncio.wait_for(
-                self._ib.reqHeadTimeStampAsync(info.contract, show, self._use_rth, 2), self._request_timeout
+                self._ib.reqHeadTimeStampAsync(info.contract, show, self._use_rth, 2), timeout
             )
         except TimeoutError as exc:
-            raise RequestTimedOut(f"no head timestamp for {symbol}") from exc
+            self.counts["head_unanswered"] += 1
+            error = RequestTimedOut(f"no head timestamp for {symbol} within {timeout:.1f} s")
+            self._heads[key] = _HeadMiss(error=error, until=time.monotonic() + HEAD_MISS_TTL_S)
+            raise error from exc
         except RequestError as exc:
-            raise error_from_code(exc.code, exc.message, req_id=exc.reqId) from exc
+            error = error_from_code(exc.code, exc.message, req_id=exc.reqId)
+            if isinstance(error, NoData):
+                self._heads[key] = _HeadMiss(error=error, until=time.monotonic() + HEAD_MISS_TTL_S)
+            raise error from exc
         except ConnectionError as exc:
             raise ConnectionLost(str(exc)) from exc
-        if isinstance(head, datetime):
-            return as_utc(head)
-        return datetime(head.year, head.month, head.day, tzinfo=UTC)
+        earliest = as_utc(head) if isinstance(head, datetime) else datetime(head.year, head.month, head.day, tzinfo=UTC)
+        self._heads[key] = earliest
+        return earliest
 
     async def historical_bars(
         self,
@@ -276,15 +337,19 @@ class IbClient:
         duration: timedelta | str,
         *,
         what_to_show: str | None = None,
+        timeout_s: float | None = None,
     ) -> pd.DataFrame:
         """Bars of ``timeframe`` ending at ``end`` (exclusive) covering ``duration``.
 
         ``duration`` is an IB ``durationStr`` or a span that is rounded up to one; IB may
-        return bars slightly outside the span, which callers trim.
+        return bars slightly outside the span, which callers trim. ``timeout_s`` shortens the
+        request timeout (contract details included). NotConnected: nothing was sent.
         """
         limit = limit_for(timeframe)
-        info = await self.contract_details(symbol)
+        deadline = time.monotonic() + self._timeout(timeout_s)
+        info = await self.contract_details(symbol, timeout_s=timeout_s)
         self._require_connection()
+        timeout = max(0.0, deadline - time.monotonic())
         dur = duration if isinstance(duration, str) else duration_str(duration, timeframe)
         show = what_to_show or default_what_to_show(info.contract)
         ib = self._ib
@@ -310,11 +375,13 @@ class IbClient:
                 False,
                 [],
             )
-            result = await asyncio.wait_for(future, self._request_timeout)
+            self.counts["historical_sent"] += 1
+            result = await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
             if ib.isConnected():
                 ib.client.cancelHistoricalData(req_id)
-            raise RequestTimedOut(f"historical request {req_id} for {symbol} timed out", req_id=req_id) from exc
+            raise RequestTimedOut(f"IB sent no bars for {symbol} within {timeout:.1f} s "
+                                  f"(historical request {req_id})", req_id=req_id) from exc
         except RequestError as exc:
             raise error_from_code(exc.code, exc.message, req_id=exc.reqId) from exc
         except ConnectionError as exc:
@@ -322,7 +389,22 @@ class IbClient:
         finally:
             self._historical.pop(req_id, None)
             ib.wrapper._futures.pop(req_id, None)  # a timed-out request would linger there
-        return bars_to_frame(list(result))
+        try:
+            return bars_to_frame(list(result), exchange_tz=info.time_zone)
+        except BadBarTime as exc:
+            self.counts["bad_bar_times"] += 1
+            log.warning("IB's bars for %s refused: %s (contract time zone %r)", symbol, exc.message, info.time_zone)
+            raise BadBarTime(f"bars for {symbol} not stored: {exc.message}", req_id=req_id) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _HeadMiss:
+    error: IbError
+    until: float  # time.monotonic()
+
+
+# How long a head timestamp IB did not give is not asked for again.
+HEAD_MISS_TTL_S = 600.0
 
 
 def _format_end(end: datetime) -> str:

@@ -7,27 +7,35 @@ completed segment's bars, so a cancel or a crash loses at most the segment in fl
 with the same state resumes after the last completed segment. Reconnecting is not its job either:
 whoever owns the connection (the IB host's ``Gateway``) owns the reconnect policy, and the
 downloader waits for it through the ``reconnect`` hook, then retries the interrupted segment.
+
+Every segment ends in bounded time whatever the gateway does: at most ``drop_retry.attempts - 1``
+reconnects, ``timeout_retry.attempts`` unanswered requests, pacing violations until
+``pacing_backoff``'s attempts or budget, and ``segment_stall_s`` in all; past any of them the
+download fails with :class:`DownloadGaveUp`, naming the segment and the cause, and keeps what
+the segments before it stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pandas as pd
 
 from ktrdr.cancel import CancelToken
 from ktrdr.ib.client import empty_bars
-from ktrdr.ib.errors import ConnectionLost, NoData, PacingViolation, RequestTimedOut
+from ktrdr.ib.errors import ConnectionLost, IbError, NoData, NotConnected, PacingViolation, RequestTimedOut
 from ktrdr.ib.limits import Segment, as_utc, limit_for, plan_segments
-from ktrdr.ib.pacing import Pacer, PacingWait
+from ktrdr.ib.pacing import PACING_BACKOFF, Pacer, PacingWait
 from ktrdr.progress import ProgressFn, no_progress
 from ktrdr.runtime.retry import RetryPolicy
+
+T = TypeVar("T")
 
 
 class Mode(StrEnum):
@@ -46,16 +54,24 @@ class StoredRange:
 
 class BarSource(Protocol):
     async def historical_bars(
-        self, symbol: str, timeframe: str, end: datetime, duration: timedelta | str
+        self, symbol: str, timeframe: str, end: datetime, duration: timedelta | str, *,
+        timeout_s: float | None = None,
     ) -> pd.DataFrame: ...
 
 
-# IB's rule after a pacing error (100, 162, 420): wait a minute, doubled per repeat up to ten minutes.
-# The pause is a penalty on the shared pacer, so every concurrent download waits it out too; the
-# sixth error in a row on one segment fails the download.
-PACING_BACKOFF = RetryPolicy(first_s=60.0, max_s=600.0, attempts=6)
+class DownloadGaveUp(IbError):
+    """A segment could not be fetched within the download's bounds; the message says which and why."""
+
+
 # A request IB did not answer is asked again at once (the pacer spaces requests), twice at most.
 TIMEOUT_RETRY = RetryPolicy(first_s=0.0, max_s=0.0, attempts=3)
+# A gateway that drops the connection on every request would otherwise be asked forever (each
+# reconnect succeeds): a segment survives three lost connections, the fourth fails the download.
+# No pause of its own: waiting for the connection is the reconnect hook's.
+DROP_RETRY = RetryPolicy(first_s=0.0, max_s=0.0, attempts=4)
+# A segment not done after this long fails the download, whatever held it. Above the longest
+# legitimate wait: IB's 10-minute request window plus a request timeout.
+SEGMENT_STALL_S = 900.0
 
 # Returns once the connection to IB is back; raises ConnectionLost when it gives up, or
 # OperationCancelled when the cancel token (its argument) is set while it waits.
@@ -200,13 +216,19 @@ class Downloader:
         reconnect: Reconnect | None = None,
         pacing_backoff: RetryPolicy = PACING_BACKOFF,
         timeout_retry: RetryPolicy = TIMEOUT_RETRY,
+        drop_retry: RetryPolicy = DROP_RETRY,
+        segment_stall_s: float | None = SEGMENT_STALL_S,
     ) -> None:
         self._source = source
         self._pacer = pacer
         # Without it, a lost connection fails the download (ConnectionLost).
         self._reconnect = reconnect
+        # The pauses after a violation are the pacer's penalties; this policy's attempts and budget
+        # say how long one segment keeps trying through them.
         self._pacing_backoff = pacing_backoff
         self._timeout_retry = timeout_retry
+        self._drop_retry = drop_retry
+        self._segment_stall_s = segment_stall_s
 
     async def download(
         self,
@@ -270,47 +292,138 @@ class Downloader:
     async def _fetch(
         self, state: DownloadState, segment: Segment, reporter: _Reporter, cancel: CancelToken | None
     ) -> pd.DataFrame | None:
-        """One segment's bars, or None when IB has none; retries what is worth retrying."""
-        pacing_pauses = self._pacing_backoff.delays()
+        """One segment's bars, or None when IB has none; retries what is worth retrying, within bounds."""
+        bounds = _SegmentBounds(segment=segment, stall_s=self._segment_stall_s,
+                                started=asyncio.get_running_loop().time())
         timeout_pauses = self._timeout_retry.delays()
+        drop_pauses = self._drop_retry.delays()
         key = (state.symbol, state.timeframe, segment.start, segment.end)
         while True:
-            await self._pacer.acquire(
+            waited = await bounds.within(self._pacer.acquire(
                 contract=state.symbol,
                 key=key,
                 on_wait=lambda wait: reporter.pacing(wait, segment),
                 cancel=cancel,
-            )
-            state.requests += 1
+            ))
+            if waited > 0:
+                # The last message said "waiting": say that the wait is over.
+                reporter.report(f"{state.symbol} {state.timeframe}: requesting {segment}", segment=segment)
             try:
-                return await self._source.historical_bars(state.symbol, state.timeframe, segment.end, segment.span)
+                frame = await self._source.historical_bars(
+                    state.symbol, state.timeframe, segment.end, segment.span, timeout_s=bounds.left())
+            except NotConnected as exc:
+                # Nothing went out: neither the record nor IB's limits count it.
+                self._pacer.unrecord(contract=state.symbol, key=key)
+                await self._lost(exc, bounds, drop_pauses, reporter, cancel)
+                continue
+            except ConnectionLost as exc:
+                state.requests += 1
+                await self._lost(exc, bounds, drop_pauses, reporter, cancel)
+                continue
             except NoData:
+                state.requests += 1
+                self._pacer.answered(contract=state.symbol)
                 return None
             except PacingViolation as exc:
-                backoff = next(pacing_pauses, None)
-                if backoff is None:
-                    raise
-                # Penalising the shared pacer makes every concurrent download back off too.
-                self._pacer.penalize(backoff, reason=f"IB reported a pacing violation (code {exc.code})")
-                reporter.report(
-                    f"IB pacing violation (code {exc.code}) on {segment}; backing off {backoff:.1f} s",
-                    segment=segment,
-                )
-            except RequestTimedOut:
+                state.requests += 1
+                self._violation(exc, state, bounds, reporter)
+                continue
+            except RequestTimedOut as exc:
+                state.requests += 1
+                bounds.last_problem = str(exc)
                 pause = next(timeout_pauses, None)
                 if pause is None:
-                    raise
-                await asyncio.sleep(pause)
+                    raise bounds.give_up(f"IB did not answer {self._timeout_retry.attempts} requests for it "
+                                         f"(last: {exc})") from None
+                await bounds.within(asyncio.sleep(pause))
                 reporter.report(f"IB did not answer for {segment}; retrying", segment=segment)
-            except ConnectionLost:
-                await self._recover(reporter, cancel)
+                continue
+            except IbError:
+                state.requests += 1
+                raise
+            state.requests += 1
+            self._pacer.answered(contract=state.symbol)
+            return frame
 
-    async def _recover(self, reporter: _Reporter, cancel: CancelToken | None) -> None:
+    def _violation(self, exc: PacingViolation, state: DownloadState, bounds: _SegmentBounds,
+                   reporter: _Reporter) -> None:
+        """Report the violation to the shared pacer (it holds back everyone asking for this contract)
+        and decide whether the segment may wait for the penalty to end."""
+        penalty = self._pacer.violation(contract=state.symbol, code=exc.code, message=exc.message,
+                                        source=f"a {state.timeframe} download", connection_wide=exc.connection_wide)
+        held = self._pacer.held_for(contract=state.symbol)
+        bounds.violations += 1
+        now = asyncio.get_running_loop().time()
+        if bounds.first_violation is None:
+            bounds.first_violation = now
+        bounds.last_problem = f"IB pacing violation (code {exc.code})"
+        policy = self._pacing_backoff
+        described = penalty.describe(now=self._pacer.now())
+        if policy.attempts is not None and bounds.violations >= policy.attempts:
+            raise bounds.give_up(f"IB reported {bounds.violations} pacing violations in a row "
+                                 f"(last: code {exc.code}); {described}") from None
+        if policy.budget_s is not None and now + held - bounds.first_violation > policy.budget_s:
+            raise bounds.give_up(
+                f"IB kept reporting pacing violations ({bounds.violations}, last: code {exc.code}) and the next "
+                f"try would come {now + held - bounds.first_violation:.0f} s after the first, past the pacing "
+                f"give-up of {policy.budget_s:g} s; {described}") from None
+        reporter.report(f"IB pacing violation (code {exc.code}) on {bounds.segment}; backing off {held:.1f} s "
+                        f"({described})", segment=bounds.segment)
+
+    async def _lost(self, exc: ConnectionLost, bounds: _SegmentBounds, pauses: Iterator[float],
+                    reporter: _Reporter, cancel: CancelToken | None) -> None:
+        bounds.drops += 1
+        bounds.last_problem = str(exc)
+        pause = next(pauses, None)
+        if pause is None:
+            raise bounds.give_up(f"the connection to IB was lost {bounds.drops} times during it "
+                                 f"(at most {bounds.drops - 1} reconnects per segment)") from None
         if self._reconnect is None:
             raise ConnectionLost("connection to IB lost and no reconnect hook")
-        reporter.report("connection to IB lost; reconnecting")
-        await self._reconnect(cancel)
-        reporter.report("reconnected to IB; resuming from the last completed segment")
+        reporter.report("connection to IB lost; reconnecting", segment=bounds.segment)
+        await bounds.within(self._reconnect(cancel))
+        if pause:
+            await bounds.within(asyncio.sleep(pause))
+        reporter.report("reconnected to IB; resuming from the last completed segment", segment=bounds.segment)
+
+
+@dataclass(kw_only=True)
+class _SegmentBounds:
+    """What one segment has met so far, and its deadline (``stall_s`` after it started)."""
+
+    segment: Segment
+    stall_s: float | None
+    started: float  # event-loop time
+    drops: int = 0
+    violations: int = 0
+    first_violation: float | None = None
+    last_problem: str = "none"
+
+    def left(self) -> float | None:
+        if self.stall_s is None:
+            return None
+        left = self.started + self.stall_s - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise self.give_up(f"no progress for {self.stall_s:g} s (last problem: {self.last_problem})")
+        return left
+
+    async def within(self, aw: Awaitable[T]) -> T:
+        """``await aw``, failing the segment when its deadline passes first."""
+        try:
+            left = self.left()
+        except DownloadGaveUp:
+            if inspect.iscoroutine(aw):
+                aw.close()  # never to be awaited
+            raise
+        if left is None:
+            return await aw
+        try:
+            return await asyncio.wait_for(aw, left)
+        except TimeoutError:
+            raise self.give_up(f"no progress for {self.stall_s:g} s (last problem: {self.last_problem})") from None
+
+    def give_up(self, cause: str) -> DownloadGaveUp:
+        return DownloadGaveUp(f"gave up on segment {self.segment}: {cause}")
 
 
 @dataclass(kw_only=True)
@@ -332,6 +445,7 @@ class _Reporter:
             "gaps": len(state.gaps),
             "requests": state.requests,
             "pacing_budget": self.pacer.budget().remaining,
+            "pacing_penalties": len(self.pacer.penalties()),
             **extra,
         }
         if segment is not None:

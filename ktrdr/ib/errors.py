@@ -9,7 +9,8 @@ from __future__ import annotations
 # Codes that always mean "you asked too fast": 100 = max messages per second exceeded,
 # 420 = invalid real-time query / pacing violation. Code 162 is overloaded (pacing *or* a
 # historical-data failure), so it is classified by its message.
-PACING_CODES = frozenset({100, 420})
+MAX_MESSAGES_PER_SECOND = 100
+PACING_CODES = frozenset({MAX_MESSAGES_PER_SECOND, 420})
 HISTORICAL_DATA_ERROR = 162
 NO_SECURITY_DEFINITION = 200
 
@@ -27,6 +28,12 @@ class IbError(Exception):
 class PacingViolation(IbError):
     """IB refused a request for breaking its pacing rules; retrying later is the only remedy."""
 
+    @property
+    def connection_wide(self) -> bool:
+        # 100 counts every message of the connection, and an error without a request id (-1) is
+        # about the session: both hold back every contract, not only the one asked for.
+        return self.code == MAX_MESSAGES_PER_SECOND or (self.req_id is not None and self.req_id < 0)
+
 
 class NoSecurityDefinition(IbError):
     """IB does not know the contract (code 200); retrying will not help."""
@@ -38,6 +45,10 @@ class NoData(IbError):
 
 class ConnectionLost(IbError):
     """The socket to TWS / IB Gateway is closed (dropped or never opened)."""
+
+
+class NotConnected(ConnectionLost):
+    """There was no connection when a request was about to go out: nothing was sent."""
 
 
 class RequestTimedOut(IbError):

@@ -111,7 +111,7 @@ async def test_pacing_violations_back_off_and_the_op_completes(
     assert done.result["segments"] == 2 and done.result["requests"] == 2 + 3
     assert done.result["stored_bars"] == 2 * 1440
     # The back-off held the next request, and progress said why.
-    assert any("waiting for pacing" in m or "pacing violation" in m for m in log.messages), log.messages
+    assert any("held by an IB pacing penalty" in m and "IB error 162 on AAPL" in m for m in log.messages), log.messages
     requests = gateway.historical_requests
     assert requests[1].received_at - requests[0].received_at >= 0.25
 

@@ -43,7 +43,7 @@ async def test_contract_head_and_bars_answer(nc: Client, make_host: MakeHost) ->
 
 
 async def test_errors_are_clear(nc: Client, make_host: MakeHost) -> None:
-    await make_host("ib1")
+    host = await make_host("ib1")
     code, message = error_of(await ask(nc, names.IB_CONTRACT, {"symbol": "ZZZZ"}))
     assert code == 404 and "unknown symbol" in message and "200" in message
     code, message = error_of(await ask(nc, names.IB_CONTRACT, {"symbl": "AAPL"}))
@@ -54,6 +54,7 @@ async def test_errors_are_clear(nc: Client, make_host: MakeHost) -> None:
     assert code == 400 and "at most 52" in message
     code, message = error_of(await ask(nc, names.IB_BARS, {"symbol": "AAPL", "timeframe": "2h"}))
     assert code == 400 and "timeframe" in message
+    assert host.ib_status().counters["bad_requests"] == 4  # bad input is counted (and logged)
 
 
 async def test_only_the_active_host_answers(nc: Client, make_host: MakeHost) -> None:

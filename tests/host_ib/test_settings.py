@@ -12,8 +12,8 @@ import ktrdr.runtime.entry
 from host_ib.gateway import Gateway
 from host_ib.settings import IbSettings
 from ktrdr.cancel import CancelToken, OperationCancelled
-from ktrdr.ib.downloader import PACING_BACKOFF
 from ktrdr.ib.errors import ConnectionLost
+from ktrdr.ib.pacing import PACING_BACKOFF
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker
 from ktrdr.settings import CommonSettings
@@ -78,6 +78,20 @@ def test_the_pacing_backoff_is_ibs_rule() -> None:
     assert IbSettings().pacing_backoff() == PACING_BACKOFF
     assert list(IbSettings(ib_pacing_backoff_s=0.5).pacing_backoff().delays()) == [0.5, 1.0, 2.0, 4.0, 8.0]
     assert list(IbSettings(ib_pacing_backoff_s=900).pacing_backoff().delays()) == [900.0] * 5
+
+
+def test_the_bounds_of_a_download_and_a_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = IbSettings()
+    assert (defaults.ib_segment_max_reconnects, defaults.ib_segment_stall_s) == (3, 900.0)
+    assert (defaults.ib_head_timeout_s, defaults.ib_reply_timeout_s, defaults.ib_pacing_give_up_s) == (5.0, 4.0, 300.0)
+    assert defaults.segment_reconnects().attempts == 4 and list(defaults.segment_reconnects().delays()) == [0.0] * 3
+    for name, value in [("SEGMENT_MAX_RECONNECTS", "1"), ("SEGMENT_STALL_S", "30"), ("HEAD_TIMEOUT_S", "0.5"),
+                        ("REPLY_TIMEOUT_S", "2"), ("PACING_GIVE_UP_S", "45")]:
+        monkeypatch.setenv(f"KTRDR_IB_{name}", value)
+    s = IbSettings()
+    assert (s.ib_segment_max_reconnects, s.ib_segment_stall_s, s.ib_head_timeout_s, s.ib_reply_timeout_s) == (
+        1, 30.0, 0.5, 2.0)
+    assert s.pacing_backoff().budget_s == 45.0 and s.segment_reconnects().attempts == 2
 
 
 class Unreachable:

@@ -4,6 +4,11 @@ It answers the connect handshake, contract details (9 → 10, 52), head timestam
 and historical bars (20 → 17), can answer any request with a scripted error (4), records every
 historical request with the time it arrived, and can drop all connections and come back on
 the same port, like a gateway restart.
+
+Misbehaviours seen from other gateways, switched on per test: drop the socket on every historical
+request (``drop_historical``), leave historical or head-timestamp requests unanswered
+(``silent_historical``, ``answer_head``), and send bar times in a given format whatever was asked
+(``bar_dates``: epoch, zoned or naive exchange time, IB's UTC dash form).
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 
@@ -48,6 +53,7 @@ class FakeContract:
     primary_exchange: str = "NASDAQ"
     long_name: str = ""
     head: datetime = datetime(2000, 1, 3, tzinfo=UTC)  # first bar IB has
+    time_zone: str = "US/Eastern"  # contract details' timeZoneId: the exchange's clock
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,6 +171,17 @@ class FakeGateway:
         self.response_delay_s = response_delay_s
         self.historical_requests: list[HistoricalRequest] = []
         self.contract_requests: list[str] = []
+        self.head_requests: list[str] = []
+        # Drop every connection as each historical request arrives (the request is never answered).
+        self.drop_historical = False
+        # Leave historical requests unanswered (a gateway that went quiet, connection kept).
+        self.silent_historical = False
+        # Leave reqHeadTimeStamp unanswered (some gateways never answer it).
+        self.answer_head = True
+        # Intraday bar times in this format whatever formatDate asked: "epoch", "zoned"
+        # ("yyyymmdd hh:mm:ss <contract zone>"), "naive" (the same without the zone, as older
+        # gateways send) or "utc_dash" ("yyyymmdd-hh:mm:ss"). None: what formatDate asked.
+        self.bar_dates: str | None = None
         self.frames: dict[tuple[str, str], pd.DataFrame] = {}
         self.errors: list[ScriptedError] = []
         # Called with each historical request before it is answered; return False to leave it
@@ -347,7 +364,7 @@ class FakeGateway:
             "Technology",
             "Computers",
             "Computers",
-            "US/Eastern",
+            c.time_zone,
             "",
             "",
             "",
@@ -368,6 +385,9 @@ class FakeGateway:
     def _head_timestamp(self, conn: _Conn, f: list[str]) -> None:
         # 87|reqId|<12 contract fields>|includeExpired|useRTH|whatToShow|formatDate
         req_id, symbol, sec_type, format_date = int(f[1]), f[3], f[4], f[17]
+        self.head_requests.append(symbol)
+        if not self.answer_head:
+            return
         err = self._take_error("head", symbol)
         contract = self._lookup(symbol, sec_type)
         if err is not None or contract is None:
@@ -397,6 +417,11 @@ class FakeGateway:
         self.historical_requests.append(request)
         if self.on_historical is not None and self.on_historical(request) is False:
             return
+        if self.drop_historical:
+            self.drop_connections()
+            return
+        if self.silent_historical:
+            return
         if self.response_delay_s:
             await asyncio.sleep(self.response_delay_s)
         err = self._take_error("historical", request.symbol)
@@ -421,7 +446,7 @@ class FakeGateway:
         for ts, row in bars.iterrows():
             t = pd.Timestamp(ts).to_pydatetime()
             fields += [
-                _fmt(t, bar, request.format_date),
+                _fmt(t, bar, request.format_date, style=self.bar_dates, zone=contract.time_zone),
                 row["open"],
                 row["high"],
                 row["low"],
@@ -433,10 +458,26 @@ class FakeGateway:
         self._send(conn, *fields)
 
 
-def _fmt(t: datetime, bar: timedelta, format_date: int) -> str:
+def _fmt(t: datetime, bar: timedelta, format_date: int, *, style: str | None = None,
+         zone: str = "US/Eastern") -> str:
     # Real IB sends daily and weekly bar dates as yyyymmdd whatever formatDate says.
     if bar >= timedelta(days=1):
         return t.strftime("%Y%m%d")
-    if format_date == 2:
+    if style is None:
+        style = "epoch" if format_date == 2 else "utc"
+    if style == "epoch":
         return str(int(t.timestamp()))
-    return t.astimezone(UTC).strftime("%Y%m%d %H:%M:%S") + " UTC"
+    if style == "utc":
+        return t.astimezone(UTC).strftime("%Y%m%d %H:%M:%S") + " UTC"
+    if style == "utc_dash":
+        return t.astimezone(UTC).strftime("%Y%m%d-%H:%M:%S")
+    try:
+        clock: tzinfo = ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):  # a zone the client cannot place either: any clock will do
+        clock = UTC
+    local = t.astimezone(clock).strftime("%Y%m%d %H:%M:%S")
+    if style == "zoned":
+        return f"{local} {zone}"
+    if style == "naive":
+        return local
+    raise ValueError(f"unknown bar date style {style!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -13,13 +14,14 @@ from ktrdr.cancel import CancelToken, OperationCancelled
 from ktrdr.ib.client import IbClient
 from ktrdr.ib.downloader import (
     Downloader,
+    DownloadGaveUp,
     DownloadState,
     Mode,
     StoredRange,
     merge_bars,
     plan_download,
 )
-from ktrdr.ib.errors import ConnectionLost, NoSecurityDefinition, PacingViolation
+from ktrdr.ib.errors import ConnectionLost, NoSecurityDefinition
 from ktrdr.ib.limits import Segment
 from ktrdr.ib.pacing import Pacer, PacingRules
 from ktrdr.runtime.retry import RetryPolicy
@@ -45,9 +47,10 @@ def reconnect_hook(client: IbClient) -> Callable[[CancelToken | None], Awaitable
     return reconnect
 
 
-def make_downloader(client: IbClient, rules: PacingRules = FAST_RULES) -> Downloader:
-    return Downloader(source=client, pacer=Pacer(rules=rules), reconnect=reconnect_hook(client),
-                      pacing_backoff=FAST_PACING_BACKOFF)
+def make_downloader(client: IbClient, rules: PacingRules = FAST_RULES, **bounds: Any) -> Downloader:
+    # The pacer owns the penalties' lengths, the downloader how long a segment keeps trying.
+    return Downloader(source=client, pacer=Pacer(rules=rules, backoff=FAST_PACING_BACKOFF),
+                      reconnect=reconnect_hook(client), pacing_backoff=FAST_PACING_BACKOFF, **bounds)
 
 
 def segment_of(request: HistoricalRequest) -> tuple[datetime, datetime]:
@@ -177,12 +180,12 @@ async def test_pacing_errors_past_the_backoff_policy_fail_the_download(
     client: IbClient, gateway: FakeGateway, progress_log: ProgressLog
 ) -> None:
     gateway.script_pacing_violation(times=3, code=162)
-    downloader = Downloader(source=client, pacer=Pacer(rules=FAST_RULES),
-                            pacing_backoff=RetryPolicy(first_s=0.1, max_s=0.3, attempts=3))
-    with pytest.raises(PacingViolation):
+    policy = RetryPolicy(first_s=0.1, max_s=0.3, attempts=3)
+    downloader = Downloader(source=client, pacer=Pacer(rules=FAST_RULES, backoff=policy), pacing_backoff=policy)
+    with pytest.raises(DownloadGaveUp, match="3 pacing violations in a row"):
         await downloader.run(plan_1h(), progress=progress_log)
     assert len(gateway.historical_requests) == 3  # three tries: two pauses, then the error stands
-    backoffs = [m.rsplit("backing off ", 1)[1] for m in progress_log.messages if "backing off" in m]
+    backoffs = [m.split("backing off ", 1)[1].split(" (")[0] for m in progress_log.messages if "backing off" in m]
     assert backoffs == ["0.1 s", "0.2 s"]  # doubled, as the policy says
 
 
@@ -300,3 +303,21 @@ def test_a_retried_download_takes_over_what_a_lost_attempt_completed() -> None:
 
     other = plan_download(symbol="AAPL", timeframe="1m", mode="backfill", start=start, end=start + timedelta(days=5))
     assert other.resume_from(saved) == 0 and len(other.pending()) == 5
+
+
+async def test_a_request_that_never_went_out_is_not_counted(client: IbClient, gateway: FakeGateway) -> None:
+    await client.disconnect()  # the first try finds no connection: nothing is sent, the hook reconnects
+    state = plan_1h()
+    downloader = make_downloader(client)
+    await downloader.run(state)
+    assert state.done and state.requests == len(gateway.historical_requests) == 4
+    assert downloader._pacer.budget().remaining == 60 - 4
+
+
+async def test_a_segment_without_progress_fails_at_its_stall_bound(client: IbClient, gateway: FakeGateway) -> None:
+    # The client's request timeout (5 s) would retry three times; the segment's bound ends it first.
+    gateway.silent_historical = True
+    state = plan_1h()
+    with pytest.raises(DownloadGaveUp, match=r"gave up on segment 2024-01-01 00:00 .*: no progress for 0.3 s"):
+        await make_downloader(client, segment_stall_s=0.3).run(state)
+    assert len(gateway.historical_requests) == 1 and state.completed == []
