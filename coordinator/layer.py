@@ -15,8 +15,8 @@ from nats.aio.client import Client
 
 from coordinator.admission import admit
 from coordinator.dispatcher import Dispatcher
-from coordinator.errors import Internal, InvalidRequest, NoAnswer, NotFound, Unavailable, op_error
-from coordinator.operations import Operations
+from coordinator.errors import Conflict, Internal, InvalidRequest, NoAnswer, NotFound, Unavailable, op_error
+from coordinator.operations import OperationExists, Operations
 from coordinator.retention import Retention
 from ktrdr.durations import parse_duration
 from subjects import names
@@ -45,9 +45,23 @@ class OpsLayer:
         self.retention = retention
 
     async def submit(self, request: SubmitRequest) -> Operation:
-        """Admit (``coordinator.admission``) and dispatch; the op as recorded."""
+        """Admit (``coordinator.admission``) and dispatch; the op as recorded.
+
+        A client that chose the op id may send the same submission again when it never got an answer (a
+        dropped connection): if that id already holds the same type, params and parent, the existing op
+        is the answer and nothing is queued twice. The same id with anything else stays a conflict (409).
+        """
         try:
-            return await self.dispatcher.submit(await admit(request))
+            admitted = await admit(request)
+            if admitted.op_id is not None and (existing := self._same(admitted)) is not None:
+                return existing
+            try:
+                return await self.dispatcher.submit(admitted)
+            except OperationExists:
+                # Created by a concurrent copy of this very request between the look-up and the write.
+                if (existing := self._same(admitted)) is not None:
+                    return existing
+                raise
         except Exception as exc:
             error = op_error(exc, nc=self.nc)
             if isinstance(error, Unavailable):
@@ -55,6 +69,25 @@ class OpsLayer:
             elif isinstance(error, Internal):
                 log.error("submission failed", exc_info=exc)
             raise error from None
+
+    def _same(self, request: SubmitRequest) -> Operation | None:
+        """The op already recorded under the request's id, if it is this submission again; raises
+        :class:`Conflict` when the id holds another one."""
+        assert request.op_id is not None
+        if request.op_id in self.ops.withdrawing:
+            # An earlier try was refused (503) and its record, if stored after all, is being removed:
+            # answering with it would name an op about to vanish. The client tries again shortly.
+            raise Unavailable(f"operation {request.op_id}: an earlier try is still being withdrawn")
+        existing = self.ops.get(request.op_id)
+        if existing is None:
+            return None
+        same = (existing.type == request.type and existing.params == request.params
+                and existing.parent_id == request.parent_id
+                and request.max_attempts in (None, existing.max_attempts))
+        if not same:
+            raise Conflict(f"operation {request.op_id} already exists with another type, params or parent")
+        log.info("%s: submitted again with the same content; answering with the existing op", request.op_id)
+        return existing
 
     def get(self, op_id: str) -> Operation:
         op = self.ops.get(op_id)

@@ -122,6 +122,9 @@ class Operations:
         self._queued: dict[str, list[tuple[Mutation, asyncio.Future[Operation | None]]]] = {}
         self._writers: dict[str, asyncio.Task[None]] = {}
         self._listeners: list[Listener] = []
+        # Refused submissions whose record may yet be stored and is being withdrawn (coordinator.layer
+        # must not answer a repeat of one with a record about to vanish).
+        self.withdrawing: set[str] = set()
 
     # --- reading --------------------------------------------------------------------------
 
@@ -388,7 +391,12 @@ class Operations:
         def retrying(exc: BaseException, pause: float) -> None:
             log.debug("operation %s: not withdrawn yet (%s)", op_id, str(exc) or type(exc).__name__)
 
-        if await WITHDRAW_RETRY.run(settle, retry_on=any_error, on_retry=retrying):
+        self.withdrawing.add(op_id)
+        try:
+            stored = await WITHDRAW_RETRY.run(settle, retry_on=any_error, on_retry=retrying)
+        finally:
+            self.withdrawing.discard(op_id)
+        if stored:
             log.info("operation %s: its refused submission was stored after all; withdrawn", op_id)
         else:
             log.info("operation %s: its refused submission was not stored", op_id)

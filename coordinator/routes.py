@@ -37,16 +37,21 @@ def _submit_route(declared: OpType[Any, Any]) -> Route:
     return Route(declared.api, submit, methods=["POST"])
 
 
-async def results(request: Request) -> Response:
-    """An operation's full result from the ``results`` store (a backtest's trades and curves, a
-    sweep's whole ranking), once it has completed."""
-    state, op_id = request.app.state, request.path_params["op_id"]
+async def stored_result(state: Any, op_id: str) -> bytes:
+    """The bytes a completed op stored in ``results``: 404 for an unknown op or none stored, 409 before it completes."""
     op = state.layer.get(op_id)
     if op.status is not OpStatus.COMPLETED:
         raise Conflict(f"operation {op_id} is {op.status.value}: results exist once it completes")
     data = await get_result(state.js, op_id)
     if data is None:
         raise NotFound(f"operation {op_id} stored no results")
+    return data
+
+
+async def results(request: Request) -> Response:
+    """An operation's full result from the ``results`` store (a backtest's trades and curves, a
+    sweep's whole ranking), once it has completed."""
+    data = await stored_result(request.app.state, request.path_params["op_id"])
     return Response(data, media_type="application/json")
 
 

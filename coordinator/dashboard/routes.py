@@ -21,12 +21,11 @@ from starlette.staticfiles import StaticFiles
 
 from coordinator.api import read_json
 from coordinator.dashboard import catalog, charts
-from coordinator.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from coordinator.errors import InvalidRequest, NotFound, Unavailable
 from coordinator.guard import TOKEN_COOKIE
+from coordinator.routes import stored_result
 from ktrdr.data.store import validate_symbol
 from ktrdr.data.timeframes import validate_timeframe
-from ktrdr.results import get_result
-from subjects.models import OpStatus
 
 STATIC = Path(__file__).parent / "static"
 MAX_TOKEN_CHARS = 512
@@ -118,13 +117,7 @@ async def op_events(request: Request) -> JSONResponse:
 
 async def op_chart(request: Request) -> JSONResponse:
     """What the op's page draws from its stored result (``coordinator.dashboard.charts``)."""
-    state, op_id = request.app.state, request.path_params["op_id"]
-    op = state.layer.get(op_id)
-    if op.status is not OpStatus.COMPLETED:
-        raise Conflict(f"operation {op_id} is {op.status.value}: results exist once it completes")
-    data = await get_result(state.js, op_id)
-    if data is None:
-        raise NotFound(f"operation {op_id} stored no results")
+    data = await stored_result(request.app.state, request.path_params["op_id"])
     return JSONResponse(await asyncio.to_thread(charts.chart, data))
 
 

@@ -11,8 +11,10 @@ import typer
 
 from ktrdr.cli.client import to_json
 from ktrdr.cli.common import JsonOpt, OpIdArg, exit_for, run_client, settings, submit_and_maybe_follow
+from ktrdr.cli.context import DEFAULT_CONTEXT
 from ktrdr.cli.follow import follow
-from ktrdr.cli.render import console, op_details, ops_table, workers_table
+from ktrdr.cli.render import EXIT_BAD_INPUT, console, fail, op_details, ops_table, print_error, workers_table
+from ktrdr.cli.settings import CliSettings
 from ktrdr.logs import quiet_ssl_eof, setup_logging
 from ktrdr.optypes.dummy import DUMMY
 from subjects.models import OpStatus
@@ -30,6 +32,36 @@ app.add_typer(fleet_app, name="fleet")
 app.add_typer(ops_app, name="ops")
 app.add_typer(worker_app, name="worker")
 app.add_typer(host_app, name="host")
+
+@app.callback()
+def _everywhere(
+    context: Annotated[str | None, typer.Option(
+        "--context", help="The platform to talk to: a context name (KTRDR_HOME/contexts/NAME.json, written by "
+                          "`ktrdr up`) or a context file; default KTRDR_CONTEXT, else 'default'.")] = None,
+) -> None:
+    if context is not None:
+        # Every command builds its settings from the environment: one place, whichever command runs.
+        os.environ["KTRDR_CONTEXT"] = context
+
+
+@app.command("context")
+def context_(json: JsonOpt = False) -> None:
+    """Where the CLI connects, and why (the context `ktrdr up` wrote, KTRDR_NATS_URL or the default)."""
+    from ktrdr.cli.context import list_contexts
+
+    s = settings()
+    known = [str(p) for p in list_contexts(s.home)]
+    shown = {"nats_url": s.nats_url, "from": s.nats_url_source, "api_url": s.api_url,
+             "nats_creds": str(s.nats_creds) if s.nats_creds else None,
+             "nats_ca": str(s.nats_ca) if s.nats_ca else None, "contexts": known}
+    if json:
+        print(jsonlib.dumps(shown, indent=2))
+        return
+    for key, value in shown.items():
+        if key != "contexts":
+            console.print(f"[bold]{key}[/]: {value or '-'}", soft_wrap=True)
+    console.print(f"[bold]contexts[/]: {', '.join(known) or 'none (`ktrdr up` writes one)'}", soft_wrap=True)
+
 
 # --- platform processes -------------------------------------------------------------------------
 
@@ -52,6 +84,9 @@ def up(
                                                        "fleet CA's.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
     tls_ca: Annotated[Path | None, typer.Option(help="The CA that signed it (handed to joining hosts).")] = None,
+    context: Annotated[str, typer.Option("--context", help="The CLI context to write (KTRDR_HOME/contexts/NAME.json"
+                                                           "): how every other command finds this platform.")
+                       ] = DEFAULT_CONTEXT,
 ) -> None:
     """Start everything: embedded nats-server (unless KTRDR_NATS_URL is set), coordinator and workers."""
     from ktrdr.cli.up import Listen, run_up
@@ -59,10 +94,11 @@ def up(
 
     own = [tls_cert, tls_key, tls_ca]
     if any(own) and not all(own):
-        console.print("[red]error:[/] --tls-cert, --tls-key and --tls-ca go together")
-        raise typer.Exit(2)
+        fail("--tls-cert, --tls-key and --tls-ca go together")
     setup_logging("WARNING")
-    code = run_up(settings=settings(), explicit_nats="KTRDR_NATS_URL" in os.environ, nats_port=nats_port,
+    # Not settings(): the context up is about to write must not decide anything about up itself.
+    code = run_up(settings=CliSettings(context=None), context=context,
+                  explicit_nats="KTRDR_NATS_URL" in os.environ, nats_port=nats_port,
                   monitor_port=monitor_port, api_port=api_port, backtest_workers=backtest_workers,
                   training_workers=training_workers, gpu=gpu,
                   listen=Listen(host=listen, tls=True if all(own) else tls, names=tuple(name or ()),
@@ -120,8 +156,7 @@ def host_gpu(nats: NatsOpt = None, creds: CredsOpt = None, ca: CaOpt = None) -> 
     try:
         _run_worker("host_gpu", nats, creds, ca)
     except NoGpuError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        fail(f"{exc}")
 
 
 @host_app.command("ib")
@@ -169,14 +204,12 @@ def fleet_invite(
     urls = known.get("urls") or []
     chosen = url or (urls[0] if isinstance(urls, list) and urls else None)
     if chosen is None:
-        console.print("[red]error:[/] no URL: start `ktrdr up --listen 0.0.0.0 --name <this host>` or pass --url")
-        raise typer.Exit(2)
+        fail("no URL: start `ktrdr up --listen 0.0.0.0 --name <this host>` or pass --url")
     ca = s.tls_dir / "ca.pem"
     try:
         print(invite(home=s.home, role=role, url=chosen, ca=ca if known.get("tls") and ca.exists() else None), end="")
     except (ValueError, OSError, RuntimeError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        fail(f"{exc}")
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -248,6 +281,9 @@ def ops_cancel(op_id: OpIdArg, reason: Annotated[str, typer.Option()] = "cancell
                json: JsonOpt = False) -> None:
     """Cancel an operation (queued ones never start; running ones stop at their next check)."""
     reply = run_client(lambda c: c.cancel(op_id, reason))
+    if not reply.accepted and reply.status is None and not json:
+        # No status: the coordinator knows no such op (or refused the request): an error like any other.
+        fail(reply.message)
     if json:
         print(to_json(reply))
     else:
@@ -331,8 +367,7 @@ def ops_submit(
             except jsonlib.JSONDecodeError:
                 body[name.strip()] = value
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        fail(f"{exc}")
     submit_and_maybe_follow(op_type, body, follow_it=follow_it, json=json)
 
 
@@ -358,12 +393,14 @@ from ktrdr.cli.data import data_app  # noqa: E402
 
 app.add_typer(data_app, name="data")
 
-from ktrdr.cli.ib import fetch as ib_fetch  # noqa: E402
 from ktrdr.cli.ib import ib_app  # noqa: E402
 
 app.add_typer(ib_app, name="ib")
-data_app.command("fetch")(ib_fetch)
 app.add_typer(backtest_app, name="backtest")
+
+from ktrdr.cli.strategies import strategies_app  # noqa: E402
+
+app.add_typer(strategies_app, name="strategies")
 
 from ktrdr.cli import train as _train  # noqa: E402
 
@@ -371,8 +408,25 @@ _train.register(app)
 
 
 def main() -> None:
+    # typer carries its own copy of click: its exceptions, not click's, are what a command raises.
+    from typer._click import exceptions as click
+
     quiet_ssl_eof()
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError:
+        raise SystemExit(EXIT_BAD_INPUT) from None  # the help is printed already
+    except click.UsageError as exc:
+        # One line on stderr like every other error, naming the command's --help for the details.
+        command = exc.ctx.command_path if exc.ctx is not None else "ktrdr"
+        print_error(f"{exc.format_message()} (see `{command} --help`)")
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:
+        print_error(exc.format_message())
+        raise SystemExit(exc.exit_code) from None
+    except click.Abort:
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json as jsonlib
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +20,7 @@ from rich.table import Table
 
 from ktrdr.cli.client import KtrdrClient
 from ktrdr.cli.common import JsonOpt, OpIdArg, run_client, strategy_source, submit_and_maybe_follow
-from ktrdr.cli.render import console
+from ktrdr.cli.render import console, fail, kv_line
 from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.optypes.sweep import SWEEP
 from ktrdr.results import get_result
@@ -73,10 +73,9 @@ def _checked(model: type[BaseModel], fields: dict[str, Any], admit: Callable[[An
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "request"
-        console.print(f"[red]error:[/] invalid {where}: {err['msg']}")
+        fail(f"invalid {where}: {err['msg']}")
     except (RequestProblem, Rejected, ValueError) as exc:
-        console.print(f"[red]error:[/] invalid {exc}")
-    raise typer.Exit(2)
+        fail(f"invalid {exc}")
 
 
 def _submit(op_type: str, params: BaseModel, *, follow_it: bool, json: bool) -> Operation:
@@ -101,6 +100,9 @@ def run(
     overrides: SetOpt = None,
     model: Annotated[str | None, typer.Option(help="Neuro-fuzzy: the model as name@version (default: the latest "
                                                    "version of the strategy's name; the result names it).")] = None,
+    close_at_end: Annotated[bool, typer.Option("--close-at-end/--no-close-at-end", help="Close a position still "
+                                               "open after the last bar at its close (a trade), or leave it open, "
+                                               "marked to market.")] = True,
     follow_it: FollowOpt = False,
     json: JsonOpt = False,
 ) -> None:
@@ -108,12 +110,11 @@ def run(
     try:
         parameters = _overrides(overrides)
     except ValueError as exc:
-        console.print(f"[red]error:[/] invalid {exc}")
-        raise typer.Exit(2) from None
+        fail(f"invalid {exc}")
     params = _checked(BacktestParams, dict(
         strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
         capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
-        parameters=parameters, model=model))
+        parameters=parameters, model=model, close_at_end=close_at_end))
     _submit(BACKTEST.name, params, follow_it=follow_it, json=json)
 
 
@@ -145,8 +146,7 @@ def sweep(
     try:
         grid = parse_grid(param)
     except ValueError as exc:
-        console.print(f"[red]error:[/] invalid --param: {exc}")
-        raise typer.Exit(2) from None
+        fail(f"invalid --param: {exc}")
     params = _checked(SweepParams, dict(
         strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
         capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
@@ -197,8 +197,7 @@ def walkforward(
         grid = parse_grid(param) if param else None
         parameters = _overrides(overrides)
     except ValueError as exc:
-        console.print(f"[red]error:[/] invalid {exc}")
-        raise typer.Exit(2) from None
+        fail(f"invalid {exc}")
     params = _checked(WalkForwardParams, dict(
         strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
         in_sample=length(in_sample), out_of_sample=length(out_of_sample), folds=folds, ratio=ratio,
@@ -220,12 +219,10 @@ def variant(
     """Backtest one of a sweep's variants again in full (equity curve and trades), by its rank."""
     op, doc = _results(sweep_id)
     if op.type != SWEEP.name:
-        console.print(f"[red]error:[/] {sweep_id} is a {op.type}, not a sweep")
-        raise typer.Exit(2)
+        fail(f"{sweep_id} is a {op.type}, not a sweep")
     ranking = doc.get("ranking", [])
     if rank > len(ranking):
-        console.print(f"[red]error:[/] the sweep ranked {len(ranking)} variant(s); there is no rank {rank}")
-        raise typer.Exit(2)
+        fail(f"the sweep ranked {len(ranking)} variant(s); there is no rank {rank}")
     entry = ranking[rank - 1]
     if entry.get("op_id"):
         console.print(f"rank {rank} was backtested in full already: ktrdr backtest show {entry['op_id']}")
@@ -246,8 +243,7 @@ def _results(op_id: str) -> tuple[Operation, dict[str, Any]]:
     if doc is None:
         why = (f"it is {op.status.value}" + (f": {op.error}" if op.error else "")
                if op.status is not OpStatus.COMPLETED else "it stored none")
-        console.print(f"[red]error:[/] no results for {op_id}: {why}")
-        raise typer.Exit(2)
+        fail(f"no results for {op_id}: {why}")
     return op, doc
 
 
@@ -259,7 +255,7 @@ def show(op_id: OpIdArg, trades: Annotated[int, typer.Option(min=0, help="Trades
     # The model a neuro-fuzzy backtest traded is in the op's result, not in the stored result.
     model = (op.result or {}).get("model")
     if json:
-        shown = doc if op.type == SWEEP.name else {k: v for k, v in doc.items()
+        shown = doc if op.type == SWEEP.name else {k: v for k, v in _with_times(doc).items()
                                                        if k not in ("index_ns", "equity", "benchmark")}
         extra = {"model": model} if model else {}
         print(jsonlib.dumps({**shown, **extra, **({"warnings": op.warnings} if op.warnings else {})}, indent=2))
@@ -272,12 +268,16 @@ def show(op_id: OpIdArg, trades: Annotated[int, typer.Option(min=0, help="Trades
         console.print(_metrics_table(doc["metrics"]))
         return
     config = doc.get("config", {})
-    console.print(f"[bold]{doc['strategy']}[/] on {config.get('symbol')} {doc.get('timeframe')} "
-                  f"parameters {doc.get('parameters')}" + (f" model {model}" if model else ""))
+    params = kv_line(doc.get("parameters") or {}) or "defaults"
+    console.print(f"[bold]{escape(doc['strategy'])}[/] on {config.get('symbol')} {doc.get('timeframe')}, "
+                  f"parameters {escape(params)}" + (f", model {model}" if model else "")
+                  + ("" if config.get("close_at_end", True) else ", last position left open"))
     for warning in op.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     console.print(_metrics_table(doc["metrics"]))
-    console.print(_trades_table(doc["trades"], trades))
+    console.print(_trades_table(doc["trades"], trades, doc.get("index_ns")))
+    if doc.get("open_position"):
+        console.print(_open_position(doc["open_position"], doc.get("index_ns")))
 
 
 @backtest_app.command("plot")
@@ -302,9 +302,8 @@ def plot(op_id: OpIdArg, output: Annotated[Path, typer.Option("--output", "-o", 
         console.print(f"wrote {written}")
         return
     if op.type == SWEEP.name or not doc.get("equity"):
-        console.print(f"[red]error:[/] {op_id} stored no equity curve (a sweep keeps every variant's metrics; "
-                      "its best are backtested again in full: the 'full' column of `ktrdr backtest show`)")
-        raise typer.Exit(2)
+        fail(f"{op_id} stored no equity curve (a sweep keeps every variant's metrics; its best are backtested "
+             "again in full: the 'full' column of `ktrdr backtest show`)")
     result = BacktestResult.from_json_bytes(jsonlib.dumps(doc).encode())
     console.print(f"wrote {plot_result(result, output)}")
 
@@ -326,18 +325,58 @@ def _metrics_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-def _trades_table(trades: dict[str, list[Any]], last: int) -> Table:
+def _bar_times(index_ns: list[int] | None, bars: list[int]) -> list[str] | None:
+    """The fill bars' times (a close at the end fills on the last bar), or None without the bars' index."""
+    if not index_ns:
+        return None
+    last = len(index_ns) - 1
+    return [datetime.fromtimestamp(index_ns[min(b, last)] / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M") for b in bars]
+
+
+def _trades_table(trades: dict[str, list[Any]], last: int, index_ns: list[int] | None = None) -> Table:
     count = len(trades.get("pnl", []))
     shown = range(max(0, count - last), count)
-    table = Table(title=f"{count} trade(s)" + (f", the last {len(shown)}" if len(shown) < count else ""))
-    columns = ("entry_bar", "exit_bar", "side", "size", "entry_price", "exit_price", "pnl", "bars_held")
-    for col in columns:
-        table.add_column(col, justify="right")
+    # No borders: two timestamps and six numbers fit 80 columns whole (a number is never cut).
+    table = Table(title=f"{count} trade(s)" + (f", the last {len(shown)}" if len(shown) < count else "")
+                  + " (times UTC)" * bool(index_ns), box=None, pad_edge=False, header_style="bold",
+                  caption="in, out: fill prices; bars: bars held")
+    entries = _bar_times(index_ns, trades.get("entry_bar", []))
+    exits = _bar_times(index_ns, trades.get("exit_bar", []))
+    if entries is not None and exits is not None:
+        table.add_column("entry", no_wrap=True)
+        table.add_column("exit", no_wrap=True)
+    else:  # a result stored without its bars' times (a sweep's child): bar numbers are what there is
+        table.add_column("entry_bar", justify="right")
+        table.add_column("exit_bar", justify="right")
+    columns = ("side", "size", "entry_price", "exit_price", "pnl", "bars_held")
+    for col in ("side", "qty", "in", "out", "pnl", "bars"):
+        table.add_column(col, justify="right", no_wrap=True)
     for i in shown:
+        when = [entries[i], exits[i]] if entries is not None and exits is not None else [
+            _fmt(trades["entry_bar"][i]), _fmt(trades["exit_bar"][i])]
         row = [trades[c][i] for c in columns]
-        row[2] = "long" if row[2] > 0 else "short"
-        table.add_row(*(_fmt(v) for v in row))
+        row[0] = "long" if row[0] > 0 else "short"
+        table.add_row(*when, *(_fmt(v) for v in row))
     return table
+
+
+def _open_position(pos: dict[str, Any], index_ns: list[int] | None) -> str:
+    """``open at the end: long 319 @ 73.21 since 2020-03-01 15:00, unrealised pnl 898.9 (marked to market)``."""
+    side = "long" if pos.get("side", 1) > 0 else "short"
+    since = _bar_times(index_ns, [int(pos["entry_bar"])]) if "entry_bar" in pos else None
+    when = f" since {since[0]}" if since else (f" since bar {pos['entry_bar']}" if "entry_bar" in pos else "")
+    return (f"open at the end: {side} {_fmt(pos.get('size'))} @ {_fmt(pos.get('entry_price'))}{when}, "
+            f"unrealised pnl {_fmt(pos.get('unrealised_pnl'))} (marked to market, not a trade)")
+
+
+def _with_times(doc: dict[str, Any]) -> dict[str, Any]:
+    """The stored result's trades with their entry and exit times, for --json (its bar index is left out)."""
+    trades = dict(doc.get("trades") or {})
+    entries = _bar_times(doc.get("index_ns"), trades.get("entry_bar", []))
+    exits = _bar_times(doc.get("index_ns"), trades.get("exit_bar", []))
+    if entries is not None and exits is not None:
+        trades = {"entry_time": entries, "exit_time": exits, **trades}
+    return {**doc, "trades": trades}
 
 
 def _ranking_table(doc: dict[str, Any], *, limit: int) -> Table:

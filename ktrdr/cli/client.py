@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -60,6 +61,28 @@ def service_error(msg: Msg) -> KtrdrError | None:
 _DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 
 
+class Unanswered(KtrdrError):
+    """A request that got no answer at all: it timed out or the connection dropped under it. For a
+    submission the op may or may not exist, so it is sent again under the same op id."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 504)
+
+
+class NoCoordinator(KtrdrError):
+    """Nobody answers the coordinator's service: not running, or (just after a reconnect) not yet
+    subscribed again. The request reached no one, so sending it again is always safe."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 503)
+
+
+def new_op_id(op_type: str) -> str:
+    """An id chosen by the client, in the coordinator's own form (``dummy-1a2b3c4d5e6f``), so that a
+    submission sent again after a lost answer is recognised as the same op."""
+    return f"{op_type}-{uuid.uuid4().hex[:12]}"
+
+
 class JetStreamUnavailable(KtrdrError):
     """The coordinator answered 503: JetStream could not take the write within its budget."""
 
@@ -74,6 +97,12 @@ UNAVAILABLE_RETRY = RetryPolicy(first_s=1.0, max_s=2.0, attempts=3)
 # record and of the job (up to 5 s), so a submission that waits out an election gets its answer
 # rather than a timeout.
 SUBMIT_TIMEOUT_S = 20.0
+# A submission that got no answer (a timeout, a dropped connection) is sent again under its op id:
+# the coordinator answers a repeat with the op it already holds, so retrying never makes a second op.
+SUBMIT_RETRY = RetryPolicy(first_s=0.5, max_s=2.0, attempts=3)
+# What cut a request off without an answer; the connection is made again before the next try.
+_LOST = (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
+         nats.errors.ConnectionDrainingError, nats.errors.OutboundBufferLimitError, ConnectionError)
 # A prune moves up to a few thousand records a second: a large first one takes a while.
 PRUNE_TIMEOUT_S = 600.0
 
@@ -81,8 +110,9 @@ PRUNE_TIMEOUT_S = 600.0
 class KtrdrClient:
     def __init__(self, *, nats_url: str, timeout: float = 5.0, lease_ttl_s: float = 5.0,
                  auth: NatsAuth | None = None, submit_timeout: float = SUBMIT_TIMEOUT_S,
-                 unavailable_retry: RetryPolicy = UNAVAILABLE_RETRY) -> None:
+                 unavailable_retry: RetryPolicy = UNAVAILABLE_RETRY, source: str | None = None) -> None:
         self.nats_url = nats_url
+        self.source = source  # where the URL came from (a context, KTRDR_NATS_URL), for the error message
         self.auth = auth
         self.timeout = timeout
         self.submit_timeout = max(timeout, submit_timeout)
@@ -95,9 +125,12 @@ class KtrdrClient:
     async def connect(self) -> KtrdrClient:
         try:
             self.nc = await connect(self.nats_url, name="ktrdr-cli", auth=self.auth, connect_timeout=self.timeout,
-                                    reconnect=False, quiet=True, on_error=self._on_error)
+                                    reconnect=False, quiet=True, on_error=self._on_error, attempts=1)
         except (NatsConnectError, CredentialError) as exc:
-            hint = "; is `ktrdr up` running, or is KTRDR_NATS_URL set?" if str(exc).startswith("cannot reach") else ""
+            hint = ""
+            if str(exc).startswith("cannot reach"):
+                hint = (f" (the URL from {self.source})" if self.source else "") + (
+                    "; is `ktrdr up` running? (`ktrdr context` shows where the CLI connects)")
             raise KtrdrError(f"{exc}{hint}", 503) from None
         return self
 
@@ -152,17 +185,47 @@ class KtrdrClient:
         try:
             msg = await self.request(subject, payload, timeout=timeout)
         except nats.errors.NoRespondersError:
-            raise KtrdrError("no coordinator is running (nobody answers " + subject + ")", 503) from None
+            raise NoCoordinator("no coordinator is running (nobody answers " + subject + ")") from None
         except nats.errors.TimeoutError:
-            raise KtrdrError(f"the coordinator did not answer {subject} in {timeout:g} s", 504) from None
+            raise Unanswered(f"the coordinator did not answer {subject} in {timeout:g} s") from None
+        except _LOST as exc:
+            raise Unanswered(f"the connection to NATS was lost during {subject} ({exc or type(exc).__name__})"
+                             ) from None
         error = service_error(msg)
         if error is not None:
             raise JetStreamUnavailable() if error.code == 503 else error
         return msg
 
-    async def submit(self, op_type: str, params: dict[str, Any] | None = None, **extra: Any) -> Operation:
-        request = SubmitRequest(type=op_type, params=params or {}, **extra)
-        reply = await self._service(names.SERVICE_SUBMIT, request.encode(), timeout=self.submit_timeout)
+    async def submit(self, op_type: str, params: dict[str, Any] | None = None, *, op_id: str | None = None,
+                     retry: RetryPolicy = SUBMIT_RETRY, **extra: Any) -> Operation:
+        """Submit under an id chosen here (``op_id``, else a new one); a try that got no answer is sent
+        again, connecting anew if the connection was lost, so the user always learns whether it exists."""
+        request = SubmitRequest(type=op_type, params=params or {}, op_id=op_id or new_op_id(op_type), **extra)
+        payload = request.encode()
+        sent = 0
+
+        async def once() -> Msg:
+            nonlocal sent
+            if self.nc is None or self.nc.is_closed:
+                self.nc = None
+                await self.connect()
+            sent += 1
+            return await self._service(names.SERVICE_SUBMIT, payload, timeout=self.submit_timeout)
+
+        def again(exc: BaseException) -> bool:
+            # Nobody answering a retry is the coordinator still resubscribing after the same outage;
+            # nobody answering the first try is no coordinator at all, said at once.
+            return isinstance(exc, Unanswered) or (isinstance(exc, NoCoordinator) and sent > 1)
+
+        try:
+            reply = await retry.run(once, retry_on=again)
+        except KtrdrError as exc:
+            # A 503 is an answer: refused, and any record of it withdrawn (README, What holds 11).
+            if isinstance(exc, Unanswered) or (sent and exc.code >= 500 and not isinstance(exc, JetStreamUnavailable)):
+                # A try went out and its fate is unknown: the user is told how to find out.
+                raise KtrdrError(f"{exc}; {request.op_id} may or may not have been submitted: "
+                                 f"`ktrdr ops show {request.op_id}` says", exc.code) from None
+            raise
         return decode(Operation, reply.data)
 
     async def get(self, op_id: str) -> Operation:

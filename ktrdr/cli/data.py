@@ -2,7 +2,7 @@
 
 ``import`` and ``synth`` store locally and publish to the ``data`` Object Store bucket when NATS is
 reachable, so that backtest workers on any machine get the bars; they say which happened.
-Other modules add commands to ``data_app`` (the IB host registers ``data fetch``).
+``fetch`` submits a download to the IB host (``ktrdr host ib``) and says when none is running.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from ktrdr.cli.common import client_auth
-from ktrdr.cli.render import console
-from ktrdr.cli.settings import CliSettings
+from ktrdr.cli.client import KtrdrClient, KtrdrError
+from ktrdr.cli.common import Guard, client_auth, settings, submit_and_maybe_follow
+from ktrdr.cli.render import console, fail
 from ktrdr.runtime.connection import connect
+from subjects import names
+from subjects.models import Operation, OpStatus
 from subjects.names import DATA_OBJECTS
 
 if TYPE_CHECKING:
@@ -30,25 +33,27 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 PublishOpt = Annotated[bool, typer.Option("--publish/--no-publish",
                                           help=f"Also upload to the {DATA_OBJECTS!r} bucket (when NATS is up).")]
 TimeframeOpt = Annotated[str, typer.Option("--timeframe", "-t", help="Bar timeframe: 1m 5m 15m 30m 1h 4h 1d 1w.")]
+# Notices go to stderr so that `--json` output on stdout stays parseable.
+notices = Console(stderr=True)
 
 
 def store() -> DataStore:
     # Deferred: pandas and numpy cost every other ktrdr command half a second to import.
     from ktrdr.data import DataStore
 
-    return DataStore(root=CliSettings().data_dir)
+    return DataStore(root=settings().data_dir)
 
 
 def publish(symbol: str, timeframe: str) -> dict[str, object]:
     """Upload one stored dataset; never fails the command: an unreachable NATS is reported."""
     from ktrdr.data.shared import publish_dataset
 
-    s = CliSettings()
+    s = settings()
 
     async def work() -> dict[str, object]:
         try:
             nc = await asyncio.wait_for(connect(s.nats_url, name="ktrdr-cli", auth=client_auth(s), connect_timeout=2,
-                                                reconnect=False, quiet=True), timeout=6)
+                                                reconnect=False, quiet=True, attempts=1), timeout=6)
         except Exception as exc:
             why = str(exc) or type(exc).__name__
             return {"published": False, "reason": f"NATS at {s.nats_url} is not reachable ({why})"}
@@ -90,13 +95,35 @@ def import_(
     publish_it: PublishOpt = True,
     json: JsonOpt = False,
 ) -> None:
-    """Import a CSV file into the local store (merged with what is there) and publish it."""
+    """Import a CSV file into the local store (merged with what is there) and publish it.
+
+    The layout: a header line, then one bar a line, ``timestamp,open,high,low,close,volume``
+    (timestamps ISO 8601, UTC unless they say otherwise). `ktrdr data sample` writes an example."""
+    from ktrdr.data.store import UnnamedDataset
+
     try:
         info = store().import_csv(file, symbol=symbol, timeframe=timeframe, replace=replace)
-    except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+    except UnnamedDataset as exc:
+        fail(UnnamedDataset(exc.path, how="pass --symbol and --timeframe"))
+    except (ValueError, OSError) as exc:
+        fail(exc)
     _report(info, publish(info.symbol, info.timeframe) if publish_it else None, json)
+
+
+@data_app.command("sample")
+def sample(
+    output: Annotated[Path, typer.Argument(help="Where to write it.")] = Path("EURUSD_1h.csv"),
+) -> None:
+    """Write the sample CSV that ships with ktrdr (EURUSD 1h, January 2024): the layout `data import` reads."""
+    from ktrdr.data.csv_io import sample_csv
+
+    if output.exists():
+        fail(f"{output} exists already: name another file")
+    try:
+        output.write_bytes(sample_csv())
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc}")
+    console.print(f"wrote {output}; import it with: ktrdr data import {output}", soft_wrap=True)
 
 
 @data_app.command("synth")
@@ -119,8 +146,7 @@ def synth_(
         s.save(symbol, timeframe, df)
         info = s.info(symbol, timeframe)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        fail(f"{exc}")
     _report(info, publish(symbol, timeframe) if publish_it else None, json)
 
 
@@ -153,8 +179,7 @@ def show(symbol: str, timeframe: TimeframeOpt = "1h",
     try:
         info = s.info(symbol, timeframe)
     except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        fail(f"{exc}")
     if json:
         print(jsonlib.dumps(info.to_dict(), indent=2))
         return
@@ -164,3 +189,80 @@ def show(symbol: str, timeframe: TimeframeOpt = "1h",
                   f"{len(unexpected)} unexpected)")
     for gap in unexpected[:gaps]:
         console.print(f"  {gap.to_dict()}")
+
+
+# Applies to `data fetch --follow` only: a download without one waits in the queue for ever.
+IB_POLL_S = 1.0
+
+
+async def ib_hosts(client: KtrdrClient) -> list[str]:
+    """The workers holding a lease that can take IB downloads (``ktrdr host ib``)."""
+    return [w.worker_id for w in await client.workers() if names.CAP_DATA_IB in w.capabilities]
+
+
+def no_ib_host_guard(wait_s: float) -> Guard:
+    """Say at once when no IB host holds a lease; following, cancel the download once none has for
+    ``wait_s`` seconds (0: never), with a reason that says so."""
+
+    async def guard(client: KtrdrClient, op: Operation, following: bool) -> str | None:
+        if await ib_hosts(client):
+            return None
+        notices.print(f"[yellow]no IB host holds a lease[/]: {op.op_id} waits until one runs (`ktrdr host ib` "
+                      "with TWS or IB Gateway; `ktrdr ib status` shows them)"
+                      + (f"; giving up after {wait_s:g} s (--ib-wait)" if following and wait_s else ""),
+                      soft_wrap=True)
+        if not following or not wait_s:
+            return None
+        loop = asyncio.get_running_loop()
+        alone_since = loop.time()
+        while True:
+            await asyncio.sleep(IB_POLL_S)
+            try:
+                current = await client.get(op.op_id)
+                hosts = await ib_hosts(client)
+            except KtrdrError:
+                continue  # a look that failed is tried again; following reports a platform that went away
+            if current.status is not OpStatus.PENDING:
+                return None  # a host took it, or it ended (a Ctrl-C): nothing left to watch
+            if hosts:
+                alone_since = loop.time()
+            elif loop.time() - alone_since >= wait_s:
+                reason = f"no IB host was available within {wait_s:g} s (start one with `ktrdr host ib`)"
+                reply = await client.cancel(op.op_id, reason)
+                if not reply.accepted:
+                    return None  # taken meanwhile: the download goes on
+                return f"{reason}; {op.op_id} is cancelled"
+
+    return guard
+
+
+@data_app.command("fetch")
+def fetch(
+    symbol: Annotated[str, typer.Argument(help="Symbol, e.g. AAPL or EURUSD.")],
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t", help="1m 5m 15m 30m 1h 4h 1d 1w.")] = "1h",
+    start: Annotated[str | None, typer.Option(help="First bar (ISO date/time, UTC).")] = None,
+    end: Annotated[str | None, typer.Option(help="End, exclusive (ISO date/time, UTC; default now).")] = None,
+    mode: Annotated[str, typer.Option(help="tail: after the last stored bar; backfill: before the first; "
+                                           "full: the whole range.")] = "tail",
+    ib_wait: Annotated[float | None, typer.Option(
+        "--ib-wait", min=0, help="With --follow: cancel the download when no IB host has held a lease for this "
+                                 "many seconds (default KTRDR_IB_WAIT_S, 60; 0: wait for ever).")] = None,
+    follow_it: Annotated[bool, typer.Option("--follow", "-f", help="Follow live; Ctrl-C cancels.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Download bars from Interactive Brokers (through `ktrdr host ib`) into its store and the data bucket."""
+    from pydantic import ValidationError
+
+    from ktrdr.optypes.data_load import DATA_LOAD
+    from subjects.data import DataLoadParams
+
+    try:
+        params = DataLoadParams.model_validate(
+            {"symbol": symbol, "timeframe": timeframe, "start": start, "end": end, "mode": mode})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "params"
+        fail(f"{where}: {first['msg']}")
+    wait_s = settings().ib_wait_s if ib_wait is None else ib_wait
+    submit_and_maybe_follow(DATA_LOAD.name, params.model_dump(mode="json", exclude_none=True),
+                            follow_it=follow_it, json=json, guard=no_ib_host_guard(wait_s))

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from ktrdr.cli.client import KtrdrClient
-from ktrdr.cli.render import console, status_text
+from ktrdr.cli.render import console, kv_line, status_text
 from subjects.models import Operation, OpEvent, OpStatus, ProgressUpdate
 
 # Notices go to stderr so that `--json` output on stdout stays parseable.
@@ -52,17 +52,15 @@ async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool =
         with Progress(TextColumn("[bold]{task.fields[op]}"), BarColumn(), TaskProgressColumn(),
                       TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
                       transient=False, disable=quiet) as bar:
-            task = bar.add_task("waiting for a worker", total=100, op=op_id)
+            task = bar.add_task("reading its record", total=100, op=op_id)
             async for item in client.watch(op_id):
                 if isinstance(item, Operation):
                     final = item
                     if item.progress and item.progress.percentage is not None:
                         bar.update(task, completed=item.progress.percentage)
-                    if item.status is OpStatus.PENDING:
-                        bar.update(task, description=f"pending ({item.route_reason or 'queued'})")
-                    elif item.progress and item.progress.message:
-                        # Ops the coordinator runs (sweeps) publish no progress: their record has it.
-                        bar.update(task, description=item.progress.message)
+                    described = record_description(item)
+                    if described is not None:
+                        bar.update(task, description=described)
                 elif isinstance(item, ProgressUpdate):
                     if item.percentage is not None:
                         bar.update(task, completed=item.percentage)
@@ -80,13 +78,29 @@ async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool =
     if final.duration_s is not None:
         line += f" in {final.duration_s:.2f} s"
     if final.error:
-        line += f" — [red]{final.error}[/]"
+        line += f" — [red]{escape(final.error)}[/]"
+    if final.status is OpStatus.CANCELLED and final.cancel_reason:
+        line += f" — {escape(final.cancel_reason)}"
     if final.result:
         line += f" — {escape(result_line(final.result))}"
     console.print(line)
     for warning in final.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     return final
+
+
+def record_description(op: Operation) -> str | None:
+    """What the bar says from the op's record (None: leave what progress said). A running op says where
+    it runs from the record's first read, not only once its first progress message arrives."""
+    if op.status is OpStatus.PENDING:
+        return f"pending ({op.route_reason or 'queued'})"
+    if op.progress and op.progress.message:
+        # Ops the coordinator runs (sweeps) publish no progress: their record has it.
+        return op.progress.message
+    if op.status is OpStatus.RUNNING and op.progress is None:
+        where = f"running on {op.worker_id}" if op.worker_id else "running"
+        return f"{where} (attempt {op.attempt})" if op.worker_id else where
+    return None
 
 
 async def _cancel(client: KtrdrClient, op_id: str) -> None:
@@ -100,11 +114,4 @@ async def _cancel(client: KtrdrClient, op_id: str) -> None:
 def result_line(result: dict[str, Any], *, width: int = 160) -> str:
     """A result's plain fields on one line (``model=planted@1, symbol=SYN``); nested ones (metrics, a
     sweep's top, a walk-forward's folds) are the command's own tables to show, or `ktrdr ops show`'s."""
-    parts = [f"{k}={_short(v)}" for k, v in result.items() if v is not None and isinstance(v, str | int | float | bool)]
-    nested = [k for k, v in result.items() if isinstance(v, dict | list)]
-    text = ", ".join(parts) + (f" (and {', '.join(nested)})" if nested else "")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _short(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return kv_line(result, width=width, nested=False)

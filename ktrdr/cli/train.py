@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from ktrdr.cli.client import KtrdrClient, to_json
+from ktrdr.cli.client import KtrdrClient, KtrdrError, to_json
 from ktrdr.cli.common import JsonOpt, run_client, strategy_source, submit_and_maybe_follow
 from ktrdr.cli.render import console
 from ktrdr.models import ModelVersion, list_models, parse_model_ref, show_model
@@ -123,16 +123,13 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
 
-        async def work(c: KtrdrClient) -> ModelVersion | None:
+        async def work(c: KtrdrClient) -> ModelVersion:
             try:
                 return await show_model(_js(c), name, version)
             except ModelNotFoundError as exc:
-                console.print(f"[red]error:[/] {exc}")
-                return None
+                raise KtrdrError(str(exc), 404) from None
 
         found = run_client(work)
-        if found is None:
-            raise typer.Exit(2)
         if json:
             print(to_json(found.to_dict()))
         else:

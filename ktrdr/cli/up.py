@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from rich.table import Table
 
-from ktrdr.cli.render import console
+from ktrdr.cli.context import DEFAULT_CONTEXT, Context, write_context
+from ktrdr.cli.render import EXIT_BAD_INPUT, console, print_error
 from ktrdr.cli.settings import CliSettings
 from ktrdr.natsd import NatsServer, port_open
 from ktrdr.runtime.retry import RetryPolicy
@@ -71,27 +72,29 @@ class Listen:
 
 
 def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monitor_port: int, api_port: int,
-           backtest_workers: int, training_workers: int, gpu: bool | None, listen: Listen | None = None) -> int:
+           backtest_workers: int, training_workers: int, gpu: bool | None, listen: Listen | None = None,
+           context: str = DEFAULT_CONTEXT) -> int:
     home = settings.home
     listen = listen or Listen()
     server: NatsServer | None = None
     fleet: Fleet | None = None
     nats_url = settings.nats_url
     if not listen.loopback and not listen.use_tls:
-        console.print(f"[red]refusing to listen on {listen.host} without TLS:[/] anyone on the network could read "
-                      "every credential-bearing connection. Drop --no-tls.")
-        return 1
+        print_error(f"refusing to listen on {listen.host} without TLS: anyone on the network could read every "
+                    "credential-bearing connection. Drop --no-tls.")
+        return EXIT_BAD_INPUT
     wanted = {"the status API (--api-port)": api_port}
     if not explicit_nats:
         wanted |= {"NATS (--nats-port)": nats_port, "NATS monitoring (--monitor-port)": monitor_port}
     if len(set(wanted.values())) < len(wanted):
-        console.print(f"[red]two components would share a port:[/] {wanted}")
-        return 1
+        print_error("two components would share a port: " + ", ".join(f"{port} for {what}" for what, port in
+                                                                   wanted.items()))
+        return EXIT_BAD_INPUT
     busy = [f"{port} for {what}" for what, port in wanted.items() if port_open("127.0.0.1", port)]
     if busy:
-        console.print(f"[red]port already in use:[/] {', '.join(busy)}. Another `ktrdr up`? Stop it, pick other "
-                      "ports, or set KTRDR_NATS_URL to use a running nats-server.")
-        return 1
+        print_error(f"port already in use: {', '.join(busy)}. Another `ktrdr up`? Stop it, pick other ports, or set "
+                    "KTRDR_NATS_URL to use a running nats-server.")
+        return EXIT_BAD_INPUT
     if not explicit_nats:
         # The monitoring endpoint has no auth of its own: loopback only, whatever --listen says.
         fleet = provision(home, tls=listen.use_tls, tls_names=[*listen.names, *([listen.host] if listen.host not in
@@ -106,7 +109,9 @@ def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monito
         console.print(f"[yellow]warning:[/] {nats_url} is used without a credential (KTRDR_NATS_CREDS): a server "
                       "without auth lets anyone who reaches it read, forge or delete everything")
     api_token_file = home / "auth" / "api.token"
-    load_or_create_token(api_token_file)
+    api_host = settings_api_host()
+    api_url = f"http://{'127.0.0.1' if api_host in WILDCARD else api_host}:{api_port}"
+    api_token = os.environ.get("KTRDR_API_TOKEN") or load_or_create_token(api_token_file)
     load_or_create_token(api_token_file.with_name("api-viewer.token"))
     base_env = {**os.environ, "KTRDR_NATS_URL": nats_url, "KTRDR_HOME": str(home)}
 
@@ -153,12 +158,20 @@ def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monito
             if not listen.loopback:
                 table.add_row("other hosts", ", ".join(listen.advertised(nats_port))
                               + "  (`ktrdr fleet invite worker` prints what they need)")
-        table.add_row("status API", f"http://{settings_api_host()}:{api_port}  (/health, /api/v1/..., /metrics; "
+        table.add_row("status API", f"{api_url}  (/health, /api/v1/..., /metrics; "
                       f"bearer token in {api_token_file})")
+        context_file = write_context(home, Context(
+            name=context, nats_url=nats_url, api_url=api_url,
+            nats_creds=str(fleet.credential_file(roles.CLIENT)) if fleet else None,
+            nats_ca=str(fleet.tls.ca) if fleet and fleet.tls else None, api_token_file=str(api_token_file)))
+        table.add_row("CLI context", f"{context_file}  (every ktrdr command here uses it: `ktrdr context`)")
         table.add_row("workers", ", ".join(c.name for c in children[1:]))
         table.add_row("GPU", gpu_note)
         table.add_row("try", "ktrdr dummy --duration 5 --follow    ktrdr workers    ktrdr ops list")
         console.print(table)
+        # Outside the table, whole on one line to click or paste. The token rides in the fragment,
+        # which the browser never sends anywhere: the page signs in with it once, into a cookie.
+        print(f"dashboard: {api_url}/#token={api_token}", flush=True)
         while not stopping:
             time.sleep(0.2)
             for child in children:

@@ -23,6 +23,16 @@ from ktrdr.data.timeframes import validate_timeframe
 from ktrdr.data.validation import OHLCV, validate_bars
 
 _SYMBOL = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+class UnnamedDataset(ValueError):
+    """A CSV whose name does not say its symbol and timeframe; the caller names what to pass
+    (the CLI its ``--symbol``/``--timeframe``)."""
+
+    def __init__(self, path: Path, *, how: str = "pass the symbol and the timeframe") -> None:
+        super().__init__(f"{path}: cannot tell the symbol and timeframe from the name (it is not "
+                         f"SYMBOL_timeframe.csv, e.g. EURUSD_1h.csv); {how}")
+        self.path = path
+
+
 _CSV_NAME = re.compile(r"^(?P<symbol>[A-Za-z0-9.-]+)_(?P<timeframe>\d+[mhdw])$")
 
 
@@ -91,7 +101,7 @@ class DataStore:
         if symbol is None or timeframe is None:
             m = _CSV_NAME.match(path.stem)
             if not m:
-                raise ValueError(f"{path}: pass symbol= and timeframe= (name is not SYMBOL_timeframe.csv)")
+                raise UnnamedDataset(path)
             symbol = symbol or m["symbol"]
             timeframe = timeframe or m["timeframe"]
         df = read_csv(path)

@@ -97,10 +97,12 @@ async def connect(
     reconnect: bool = True,
     quiet: bool = False,
     on_error: Callable[[Exception], None] | None = None,
+    attempts: int = 3,
 ) -> Client:
     """Connect, and keep reconnecting forever: a restarted nats-server must not end a worker.
 
-    ``reconnect=False`` (commands): a few tries, then :class:`NatsConnectError`. ``quiet``: failed
+    ``reconnect=False`` (commands): ``attempts`` tries of each server (0.25 s apart), then
+    :class:`NatsConnectError`; a CLI passes 1, so a platform that is down is reported at once. ``quiet``: failed
     tries are not logged (a command reports the outcome once). ``on_error``: told of every error the
     server reports once connected (a permissions violation among them). A refused credential or an
     untrusted certificate fails at once with a clear :class:`NatsConnectError`: retrying cannot fix
@@ -118,8 +120,11 @@ async def connect(
             on_error(exc)
         log.log(logging.DEBUG if quiet else logging.WARNING, "nats: %s", exc)
 
+    client: Client | None = None
+
     async def disconnected_cb() -> None:
-        if connected and not quiet:
+        # nats-py calls this on the process's own close too (a clean stop): only a lost connection warns.
+        if connected and not quiet and not (client is not None and client.is_closed):
             log.warning("nats: disconnected from %s", url)
 
     async def reconnected_cb() -> None:
@@ -132,7 +137,8 @@ async def connect(
             split_urls(url),
             name=name,
             connect_timeout=connect_timeout,
-            max_reconnect_attempts=-1 if reconnect else 3,
+            # nats-py loops forever on 0: at least one try.
+            max_reconnect_attempts=-1 if reconnect else max(1, attempts),
             reconnect_time_wait=0.25,
             allow_reconnect=True,
             error_cb=error_cb,
@@ -148,4 +154,5 @@ async def connect(
     except Exception as exc:
         raise NatsConnectError(explain(exc, url, auth)) from None
     connected = True
+    client = nc
     return nc

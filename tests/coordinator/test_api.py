@@ -66,10 +66,12 @@ async def test_unknown_ids_and_bad_filters_are_4xx(api: httpx.AsyncClient) -> No
     assert (await api.get("/api/v1/workers", params={"status": "asleep"})).status_code == 422
 
 
-async def test_duplicate_op_ids_are_refused(api: httpx.AsyncClient) -> None:
+async def test_an_op_id_used_by_another_submission_is_refused(api: httpx.AsyncClient) -> None:
+    # The same submission again is answered with the op (tests/coordinator/test_idempotent_submit.py).
     first = await api.post("/api/v1/operations", json={"type": "dummy", "op_id": "mine-1"})
-    again = await api.post("/api/v1/operations", json={"type": "dummy", "op_id": "mine-1"})
-    assert first.status_code == 201 and again.status_code == 409
+    other = await api.post("/api/v1/operations", json={"type": "dummy", "op_id": "mine-1",
+                                                       "params": {"duration": 1}})
+    assert first.status_code == 201 and other.status_code == 409
 
 
 async def test_health_and_metrics(api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker) -> None:

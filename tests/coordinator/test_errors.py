@@ -55,6 +55,8 @@ BAD_SUBMISSIONS = [
      422, "params"),
     ("walk-forward of a rule-based strategy without a grid",
      json.dumps({"type": "walkforward", "params": backtest_params(folds=3)}), 422, "grid"),
+    ("a param of the wrong type", json.dumps({"type": "dummy", "params": {"duration": "abc"}}), 422,
+     "params.duration"),
     ("not JSON", "not json at all", 400, None),
 ]
 
@@ -69,6 +71,8 @@ async def test_the_same_bad_submission_gets_the_same_answer_over_http_and_nats(
     assert http.json() == nats_body
     if field is not None:
         assert nats_body["detail"][0]["field"] == field
+        # The field as a user writes it (params.duration), never a Python tuple (('duration',)).
+        assert nats_body["error"].startswith(f"invalid {field}: ")
     assert list(coordinator.ops.all()) == []
 
 
@@ -93,8 +97,10 @@ async def test_an_unknown_op_id_is_a_404_everywhere(api: httpx.AsyncClient, nc: 
 async def test_a_duplicate_op_id_is_a_409_everywhere(api: httpx.AsyncClient, nc: Client) -> None:
     submit = {"type": "dummy", "params": {"duration": 30}, "op_id": "dup-1"}
     assert (await api.post("/api/v1/operations", json=submit)).status_code == 201
-    http = await api.post("/api/v1/operations", json=submit)
-    code, body = over_nats(await nc.request(SUBMIT, json.dumps(submit).encode(), timeout=5))
+    # Another submission under the id (the same one again is answered with the op: test_idempotent_submit.py).
+    other = {**submit, "params": {"duration": 31}}
+    http = await api.post("/api/v1/operations", json=other)
+    code, body = over_nats(await nc.request(SUBMIT, json.dumps(other).encode(), timeout=5))
     assert http.status_code == code == 409
     assert http.json() == body
 

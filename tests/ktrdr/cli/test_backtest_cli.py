@@ -70,7 +70,7 @@ async def test_backtest_run_follow_show_plot_and_sweep(
 
     code, out = await ktrdr(nats_server.url, home, "backtest", "show", op_id)
     assert code == 0, out
-    assert "sharpe_ratio" in out and "trade(s)" in out and "'fast': 8" in out
+    assert "sharpe_ratio" in out and "trade(s)" in out and "parameters fast=8" in out
     code, out = await ktrdr(nats_server.url, home, "backtest", "plot", op_id, "-o", str(tmp_path / "eq.png"))
     assert code == 0, out
     assert (tmp_path / "eq.png").read_bytes()[:4] == b"\x89PNG"

@@ -40,7 +40,7 @@ def test_import_any_csv_with_explicit_names(tmp_path: Path) -> None:
     f = tmp_path / "whatever.csv"
     f.write_text("Date,Open,High,Low,Close,Volume\n2024-01-01,10,11,9,10.5,5\n2024-01-02,10.5,11,10,10.8,6\n")
     store = DataStore(root=tmp_path / "s")
-    with pytest.raises(ValueError, match="symbol="):
+    with pytest.raises(ValueError, match="not SYMBOL_timeframe.csv"):
         store.import_csv(f)
     assert store.import_csv(f, symbol="AAPL", timeframe="1d").bars == 2
 
@@ -49,7 +49,9 @@ def test_import_any_csv_with_explicit_names(tmp_path: Path) -> None:
     ("2024-01-01T02:00:00Z,1.12,1.10,1.11,1.13,120", "high < max(open, close)"),
     ("2024-01-01T02:00:00Z,1.12,1.14,1.13,1.11,120", "low > min(open, close)"),
     ("2024-01-01T02:00:00Z,1.12,1.14,1.11,1.13,-1", "volume < 0"),
-    ("2024-01-01T02:00:00Z,1.12,1.14,1.11,,120", "close is NaN"),
+    ("2024-01-01T02:00:00Z,1.12,1.14,1.11,,120", "close is missing"),
+    ("2024-01-01T02:00:00Z,1.12,1.14,1.11,abc,120", "close 'abc' is not a number"),
+    ("2024-01-01T02:00:00Z,1.12,1.14,1.11,inf,120", "close is NaN or infinite"),
     ("2024-01-01T01:00:00Z,1.12,1.14,1.11,1.13,120", "duplicate timestamp"),
     ("2024-01-01T00:30:00Z,1.12,1.14,1.11,1.13,120", "earlier than the previous row"),
     ("not a time,1.12,1.14,1.11,1.13,120", "timestamp missing or unparseable"),
