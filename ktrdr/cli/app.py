@@ -408,8 +408,12 @@ _train.register(app)
 
 
 def main() -> None:
-    # typer carries its own copy of click: its exceptions, not click's, are what a command raises.
-    from typer._click import exceptions as click
+    # Newer typer carries its own copy of click: its exceptions, not click's, are what a command
+    # raises. Older typer (the project allows >=0.12) uses click itself.
+    try:
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click  # type: ignore[no-redef]
 
     quiet_ssl_eof()
     try:
