@@ -48,11 +48,12 @@ def _stream_time(text: str | None) -> datetime | None:
 
 async def queues(js: JetStreamContext, *, now: datetime) -> list[dict[str, Any]]:
     """Per job subject: jobs waiting, jobs being worked, idle pulls, and how long the oldest has waited."""
-    info = await js.stream_info(names.JOBS_STREAM, subjects_filter="jobs.>")
+    # Per-subject counts of every subject the stream holds: one per capability (names.JOBS_SUBJECTS).
+    info = await js.stream_info(names.JOBS_STREAM, subjects_filter=">")
     counts: dict[str, int] = dict(info.state.subjects or {})
     out: list[dict[str, Any]] = []
-    for subject in names.JOBS_SUBJECTS:
-        capability = subject.removeprefix("jobs.")
+    for capability in names.CAPABILITIES:
+        subject = names.jobs_subject(capability)
         row: dict[str, Any] = {"subject": subject, "capability": capability, "stored": counts.get(subject, 0),
                                "pending": None, "in_progress": None, "waiting_pulls": None,
                                "oldest_offered_at": None, "oldest_wait_s": None}
