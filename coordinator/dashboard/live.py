@@ -6,10 +6,12 @@ bucket; this listens to both (``Operations.subscribe``, ``WorkerRegistry.subscri
 changes out to every connected page, so a hundred open pages cost the coordinator one watch, not a
 hundred pollers of the records.
 
-Each page gets its changes coalesced: an op that changed twenty times since the last batch is sent
-once, as it is now, and batches leave at most every ``flush_s``. A page that falls behind by more
-than ``max_pending`` ops (a burst of thousands of submissions) is told to reload its lists
-(``resync``) instead of being sent each of them. With no page connected, a change costs one
+Changes are coalesced once for all pages: an op that changed twenty times since the last batch is
+sent once, as it is now; every ``flush_s`` the batch is encoded once and the same bytes go to every
+page (``bench/live.py``: a change costs the same with 100 pages as with one). More than
+``max_pending`` ops changed within one batch (a burst of thousands of submissions) is sent as
+``resync``: pages reload their lists instead. A page that has not taken ``max_queued`` batches (a
+stalled browser) loses them and gets ``resync`` too. With no page connected, a change costs one
 truth test.
 """
 
@@ -21,6 +23,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ktrdr.runtime.tasks import cancel_and_wait
 from subjects.limits import bounded_text
 from subjects.models import Operation, WorkerLease
 
@@ -52,27 +55,18 @@ def _event(name: str, data: Any) -> bytes:
 
 
 class Subscriber:
-    """One connected page: the changes not yet sent to it."""
+    """One connected page: the encoded batches not yet sent to it."""
 
-    def __init__(self, *, max_pending: int) -> None:
-        self.ops: dict[str, Operation] = {}
-        self.workers: dict[str, WorkerLease | None] = {}
-        self.overflow = False
+    def __init__(self, *, max_queued: int) -> None:
+        self.chunks: list[bytes] = []
         self.closed = False
         self.wake = asyncio.Event()
-        self._max_pending = max_pending
+        self._max_queued = max_queued
 
-    def op(self, op: Operation) -> None:
-        if self.overflow:
-            return
-        self.ops[op.op_id] = op
-        if len(self.ops) > self._max_pending:
-            self.ops.clear()
-            self.overflow = True
-        self.wake.set()
-
-    def worker(self, worker_id: str, lease: WorkerLease | None) -> None:
-        self.workers[worker_id] = lease
+    def push(self, chunks: list[bytes]) -> None:
+        if len(self.chunks) >= self._max_queued:
+            self.chunks = [RESYNC]
+        self.chunks.extend(chunks)
         self.wake.set()
 
     def close(self) -> None:
@@ -80,28 +74,27 @@ class Subscriber:
         self.wake.set()
 
     def take(self) -> list[bytes]:
-        out: list[bytes] = []
-        if self.overflow:
-            out.append(_event("resync", {"reason": "more changes than a page is sent one by one"}))
-            self.overflow = False
-        if self.ops:
-            out.append(_event("ops", [op_summary(op) for op in self.ops.values()]))
-            self.ops = {}
-        if self.workers:
-            out.append(_event("workers", {
-                "changed": [lease.model_dump(mode="json") for lease in self.workers.values() if lease is not None],
-                "gone": [wid for wid, lease in self.workers.items() if lease is None]}))
-            self.workers = {}
+        out, self.chunks = self.chunks, []
         self.wake.clear()
         return out
 
 
+RESYNC = _event("resync", {"reason": "more changes than a page is sent one by one"})
+
+
 class LiveFeed:
-    def __init__(self, *, flush_s: float = 0.25, max_pending: int = 500, max_subscribers: int = 100) -> None:
+    def __init__(self, *, flush_s: float = 0.25, max_pending: int = 500, max_queued: int = 40,
+                 max_subscribers: int = 100) -> None:
         self.flush_s = flush_s
         self.max_pending = max_pending
+        self.max_queued = max_queued
         self.max_subscribers = max_subscribers
         self._subscribers: set[Subscriber] = set()
+        self._ops: dict[str, Operation] = {}
+        self._workers: dict[str, WorkerLease | None] = {}
+        self._overflow = False
+        self._changed = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
@@ -109,22 +102,55 @@ class LiveFeed:
         return len(self._subscribers)
 
     def op_changed(self, before: Operation, after: Operation) -> None:
-        if not self._subscribers:
+        if not self._subscribers or self._overflow:
             return
-        for sub in self._subscribers:
-            sub.op(after)
+        self._ops[after.op_id] = after
+        if len(self._ops) > self.max_pending:
+            self._ops.clear()
+            self._overflow = True
+        self._changed.set()
 
     def worker_changed(self, worker_id: str, lease: WorkerLease | None) -> None:
-        for sub in self._subscribers:
-            sub.worker(worker_id, lease)
+        if not self._subscribers:
+            return
+        self._workers[worker_id] = lease
+        self._changed.set()
 
     def full(self) -> bool:
         return self._stopped or len(self._subscribers) >= self.max_subscribers
 
+    def _batch(self) -> list[bytes]:
+        """What changed since the last batch, encoded once for every page."""
+        out: list[bytes] = []
+        if self._overflow:
+            out.append(RESYNC)
+            self._overflow = False
+        if self._ops:
+            out.append(_event("ops", [op_summary(op) for op in self._ops.values()]))
+            self._ops = {}
+        if self._workers:
+            out.append(_event("workers", {
+                "changed": [lease.model_dump(mode="json") for lease in self._workers.values() if lease is not None],
+                "gone": [wid for wid, lease in self._workers.items() if lease is None]}))
+            self._workers = {}
+        self._changed.clear()
+        return out
+
+    async def _flush(self) -> None:
+        while True:
+            await self._changed.wait()
+            # Whatever else changes meanwhile leaves in the same batch.
+            await asyncio.sleep(self.flush_s)
+            chunks = self._batch()
+            for sub in self._subscribers:
+                sub.push(chunks)
+
     async def stream(self) -> AsyncIterator[bytes]:
         """The event stream of one page, until it goes away or the coordinator stops."""
-        sub = Subscriber(max_pending=self.max_pending)
+        sub = Subscriber(max_queued=self.max_queued)
         self._subscribers.add(sub)
+        if self._flusher is None and not self._stopped:
+            self._flusher = asyncio.create_task(self._flush(), name="dashboard-live-flush")
         try:
             # The page loads its lists after this arrives, so nothing changes unseen in between.
             yield _event("hello", {"flush_s": self.flush_s})
@@ -134,10 +160,6 @@ class LiveFeed:
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                if sub.closed:
-                    break
-                # Whatever else changes meanwhile leaves in the same batch.
-                await asyncio.sleep(self.flush_s)
                 for chunk in sub.take():
                     yield chunk
         finally:
@@ -147,3 +169,6 @@ class LiveFeed:
         self._stopped = True
         for sub in list(self._subscribers):
             sub.close()
+        if self._flusher is not None:
+            await cancel_and_wait([self._flusher], what="dashboard live flush")
+            self._flusher = None

@@ -54,3 +54,18 @@ async def test_without_pages_a_change_costs_nothing_and_summaries_are_bounded() 
     failed.error = "e" * 100_000
     assert len(op_summary(failed)["error"]) <= ERROR_CHARS
     assert not feed.full()
+
+
+async def test_every_page_gets_the_same_batch_and_a_stalled_page_is_told_to_reload() -> None:
+    feed = LiveFeed(flush_s=0.01, max_queued=3)
+    reader, stalled = feed.stream(), feed.stream()
+    await anext(reader)
+    await anext(stalled)
+    for round_ in range(5):
+        feed.op_changed(op("a"), op("a", float(round_)))
+        name, batch = parse(await anext(reader))
+        assert (name, batch[0]["progress"]["percentage"]) == ("ops", float(round_))
+    # The stalled page kept at most three batches, then lost them for one resync.
+    names = [parse(await anext(stalled))[0] for _ in range(3)]
+    assert names[0] == "resync" and names[1:] == ["ops", "ops"]
+    await feed.stop()
