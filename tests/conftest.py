@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from nats.aio.client import Client
 
@@ -28,7 +29,7 @@ from ktrdr.runtime.worker import Worker
 from ktrdr.security.fleet import Fleet, provision
 from subjects import names, roles
 from tests.ktrdr.ib.fake_gateway import FakeGateway
-from tests.support import dummy_standin
+from tests.support import auth_headers, dummy_standin
 
 ROOT = Path(__file__).resolve().parent.parent
 # Short leases keep fault tests quick; the semantics are the same as with the defaults.
@@ -168,6 +169,21 @@ async def coordinator(nats_server: NatsServer) -> AsyncIterator[Coordinator]:
         yield c
     finally:
         await bounded(c.stop(), "the coordinator")
+
+
+@pytest.fixture
+async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the coordinator's status API, with its token."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
+                                 headers=auth_headers(coordinator)) as client:
+        yield client
+
+
+@pytest.fixture
+async def anon(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the status API that sends no token."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}") as client:
+        yield client
 
 
 MakeWorker = Callable[..., Awaitable[Worker]]

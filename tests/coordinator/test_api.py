@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
 from coordinator.app import Coordinator
 from subjects.models import OpStatus
 from tests.conftest import MakeWorker
-from tests.support import assert_eventually, auth_headers, wait_status
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
-                                 headers=auth_headers(coordinator)) as client:
-        yield client
+from tests.support import assert_eventually, wait_status
 
 
 async def test_submit_then_get_list_and_cancel(api: httpx.AsyncClient, coordinator: Coordinator,

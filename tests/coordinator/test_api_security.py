@@ -66,19 +66,6 @@ def url(coordinator: Coordinator) -> str:
     return f"http://127.0.0.1:{coordinator.api_port}"
 
 
-@pytest.fixture
-async def anon(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    """A client that sends no token."""
-    async with httpx.AsyncClient(base_url=url(coordinator)) as client:
-        yield client
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=url(coordinator), headers=auth_headers(coordinator)) as client:
-        yield client
-
-
 def refused(response: httpx.Response, status: int, says: str = "") -> bool:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"

@@ -4,7 +4,6 @@ from the ``results`` bucket once an op has completed."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ from subjects import names
 from subjects.models import OpStatus, SubmitRequest
 from tests.backtesting import backtest_params
 from tests.conftest import MakeWorker
-from tests.support import auth_headers, wait_status
+from tests.support import wait_status
 
 BAD_INLINE = """
 name: broken
@@ -25,13 +24,6 @@ indicators:
 rules:
   entry_long: {cross_above: [fast, nowhere]}
 """
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
-                                 headers=auth_headers(coordinator)) as client:
-        yield client
 
 
 @pytest.mark.parametrize(("params", "names_field"), [

@@ -4,7 +4,6 @@ same JSON body, over the status API and over the NATS service ``ktrdr.ops.*``.""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -20,17 +19,9 @@ from coordinator.operations import OperationExists
 from subjects import names
 from subjects.params import BacktestParams
 from tests.backtesting import backtest_params
-from tests.support import auth_headers
 
 SUBMIT = f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}"
 GET = f"{names.SERVICE_GROUP}.{names.SERVICE_GET}"
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
-                                 headers=auth_headers(coordinator)) as client:
-        yield client
 
 
 def over_nats(reply: Any) -> tuple[int, dict[str, Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,14 +23,7 @@ from subjects.models import OpStatus, SubmitRequest
 from tests.backtesting import backtest_params, backtest_worker, publish_synth
 from tests.conftest import MakeWorker, auth, connect_as, coordinator_settings
 from tests.coordinator.test_recovery import spawn_coordinator
-from tests.support import assert_eventually, auth_headers, wait_status
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
-                                 headers=auth_headers(coordinator)) as client:
-        yield client
+from tests.support import assert_eventually, wait_status
 
 
 async def finished_dummies(coordinator: Coordinator, count: int) -> list[str]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ from subjects import names
 from subjects.models import OpEvent, OpEventKind, OpStatus, SubmitRequest, decode
 from tests.backtesting import backtest_params, backtest_worker
 from tests.conftest import MakeWorker
-from tests.support import auth_headers, wait_status
+from tests.support import wait_status
 
 SMA = (Path(__file__).parents[2] / "ktrdr" / "strategies" / "sma_crossover.yaml").read_text()
 
@@ -31,13 +30,6 @@ def outside(tmp_path: Path) -> Path:
     f = tmp_path / "outside.yaml"
     f.write_text(SMA + "# SECRET-LINE\n")
     return f
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
-                                 headers=auth_headers(coordinator)) as client:
-        yield client
 
 
 def generic(source: str) -> str:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
@@ -24,16 +22,9 @@ from subjects import names
 from subjects.models import Operation, OpStatus, SubmitRequest
 from tests.backtesting import SYMBOL, TIMEFRAME, backtest_params, backtest_worker, publish_synth
 from tests.conftest import MakeWorker, SpawnWorker, coordinator_settings
-from tests.support import assert_eventually, auth_headers, wait_status
+from tests.support import assert_eventually, wait_status
 
 GRID = {"fast": [5, 10, 15], "slow": [30, 60]}
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
-                                 headers=auth_headers(coordinator)) as client:
-        yield client
 
 
 def children(coordinator: Coordinator, sweep_id: str) -> list[Operation]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,14 +13,6 @@ from coordinator.app import Coordinator
 from subjects import names
 from subjects.models import Operation, decode
 from tests.ktrdr.training.planted import strategy_yaml
-from tests.support import auth_headers
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
-                                 headers=auth_headers(coordinator)) as client:
-        yield client
 
 
 async def test_a_packaged_strategy_is_queued_with_its_defaults_filled_in(

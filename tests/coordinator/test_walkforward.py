@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from subjects.models import Operation, OpStatus, SubmitRequest
 from tests.backtesting import TIMEFRAME, backtest_worker
 from tests.conftest import MakeWorker, SpawnWorker, coordinator_settings
 from tests.coordinator.test_sweeps import gate
-from tests.support import assert_eventually, auth_headers, wait_status
+from tests.support import assert_eventually, wait_status
 
 BARS = 1200
 GRID = {"fast": [4, 8], "slow": [24, 48]}
@@ -63,13 +62,6 @@ def descendants(coordinator: Coordinator, op_id: str) -> list[Operation]:
         if op.parent_id == op_id:
             found += [op, *descendants(coordinator, op.op_id)]
     return found
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
-                                 headers=auth_headers(coordinator)) as client:
-        yield client
 
 
 async def run_walkforward(api: httpx.AsyncClient, coordinator: Coordinator, body: dict[str, Any]) -> Operation:

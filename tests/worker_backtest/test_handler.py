@@ -4,7 +4,6 @@ results in the Object Store."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,7 @@ from subjects.models import OpStatus, SubmitRequest
 from tests.backtesting import SYMBOL, TIMEFRAME, backtest_params, backtest_worker, publish_synth
 from tests.conftest import MakeWorker
 from tests.ktrdr.training import planted
-from tests.support import assert_eventually, auth_headers, wait_status
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
-                                 headers=auth_headers(coordinator)) as client:
-        yield client
+from tests.support import assert_eventually, wait_status
 
 
 async def submit(coordinator: Coordinator, **params: Any) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,8 @@ from subjects import names
 from subjects.models import OpStatus
 from tests.conftest import MakeWorker, SpawnWorker
 from tests.ktrdr.training.planted import SYMBOL, publish_planted_bars, strategy_yaml
-from tests.support import assert_eventually, auth_headers, wait_status
+from tests.support import assert_eventually, wait_status
 from worker_training.handler import make_training_handler
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{coordinator.api_port}",
-                                 headers=auth_headers(coordinator)) as client:
-        yield client
 
 
 @pytest.fixture

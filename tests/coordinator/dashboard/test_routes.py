@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
@@ -19,23 +17,7 @@ from coordinator.dashboard.charts import MAX_POINTS
 from subjects.models import OpStatus
 from tests.backtesting import BARS, SYMBOL, TIMEFRAME, backtest_params, backtest_worker, publish_synth
 from tests.conftest import MakeWorker
-from tests.support import assert_eventually, auth_headers, wait_status
-
-
-def base(coordinator: Coordinator) -> str:
-    return f"http://127.0.0.1:{coordinator.api_port}"
-
-
-@pytest.fixture
-async def anon(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=base(coordinator)) as client:
-        yield client
-
-
-@pytest.fixture
-async def api(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=base(coordinator), headers=auth_headers(coordinator)) as client:
-        yield client
+from tests.support import assert_eventually, wait_status
 
 
 async def submit(api: httpx.AsyncClient, op_type: str, params: dict[str, Any]) -> str:
