@@ -165,7 +165,7 @@ class Filler:
     stamps: list[tuple[int, datetime]] = field(default_factory=list)  # (ops stored, when)
 
     def _new_id(self) -> str:
-        # The shape of the coordinator's own ids (coordinator.dispatcher.new_op_id); chosen here so
+        # The shape of the coordinator's own ids (subjects.models.new_op_id); chosen here so
         # that a submission retried after a timeout is answered 409 instead of stored twice.
         return f"dummy-{uuid.UUID(int=self.rng.getrandbits(128)).hex[:12]}"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
@@ -37,6 +36,7 @@ from subjects.models import (
     SubmitRequest,
     WorkerLease,
     decode,
+    new_op_id,
 )
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,6 @@ def _before(when: datetime | None, started_at: datetime) -> bool:
 
 class OfferNotStored(RuntimeError):
     """A job that could not be published within its retry policy (the cause says why)."""
-
-
-def new_op_id(op_type: str) -> str:
-    # The whole type name: an id says what it is (ids cut to five letters read "data_-", "backt-").
-    return f"{op_type}-{uuid.uuid4().hex[:12]}"
 
 
 class Dispatcher:

@@ -7,6 +7,7 @@ receivers log and count instead of crashing.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
@@ -50,6 +51,13 @@ def decode(model: type[P], data: bytes) -> P:
 
 def _op_id(value: str) -> str:
     return validate_token(value, what="operation id")
+
+
+def new_op_id(op_type: str) -> str:
+    """A fresh op id, ``<type>-<12 hex>``: made by the coordinator, or by a client that chooses its
+    own so that a submission sent again after a lost answer is recognised as the same op. The whole
+    type name: an id says what it is (ids cut to five letters read "data_-", "backt-")."""
+    return f"{op_type}-{uuid.uuid4().hex[:12]}"
 
 
 # --- workers ---------------------------------------------------------------------------------

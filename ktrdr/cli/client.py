@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,6 +35,7 @@ from subjects.models import (
     SubmitRequest,
     WorkerLease,
     decode,
+    new_op_id,
 )
 
 
@@ -75,12 +75,6 @@ class NoCoordinator(KtrdrError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, 503)
-
-
-def new_op_id(op_type: str) -> str:
-    """An id chosen by the client, in the coordinator's own form (``dummy-1a2b3c4d5e6f``), so that a
-    submission sent again after a lost answer is recognised as the same op."""
-    return f"{op_type}-{uuid.uuid4().hex[:12]}"
 
 
 class JetStreamUnavailable(KtrdrError):
