@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects.limits import bounded_text
 from subjects.models import Operation, WorkerLease
-
-log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 15.0  # a comment line: proxies close idle streams, and it tells a page it is connected
 ERROR_CHARS = 300  # an op's error in a pushed summary; the op's page reads the whole record

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from coordinator.guard import TOKEN_COOKIE
 from coordinator.routes import stored_result
 from ktrdr.data.store import validate_symbol
 from ktrdr.data.timeframes import validate_timeframe
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 MAX_TOKEN_CHARS = 512
@@ -84,6 +87,7 @@ async def session(request: Request) -> Response:
     role = _role(state, token.strip())
     if role is None:
         state.metrics.api_errors.labels(status="401").inc()
+        log.warning("dashboard sign-in refused: wrong token (from %s)", request.client.host if request.client else "?")
         return JSONResponse({"error": "wrong token"}, status_code=401)
     response = JSONResponse({"role": role})
     response.set_cookie(TOKEN_COOKIE, token.strip(), max_age=COOKIE_MAX_AGE_S, path="/", httponly=True,
