@@ -270,16 +270,18 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
     state.dispatcher, state.metrics, state.nc, state.js = (coordinator.dispatcher, coordinator.metrics,
                                                            coordinator.nc, coordinator.js)
     state.jetstream = coordinator.jetstream
-    # The dashboard's: its live feed, dataset summaries, and the tokens its sign-in checks.
+    # The dashboard's: its live feed and dataset summaries.
     state.live, state.datasets = coordinator.live, Datasets()
-    state.api_token, state.api_viewer_token = coordinator.api_token, coordinator.api_viewer_token
     # Looked up on each scrape (the one late-bound thing the API asks of the coordinator itself).
     state.collect_metrics = lambda: coordinator.collect_metrics()
     s = coordinator.settings
     assert coordinator.api_token is not None, "the coordinator resolves its API token before building the API"
-    return ApiGuard(app=SubmitEndpoint(layer=coordinator.layer, metrics=coordinator.metrics, app=app),
-                    token=coordinator.api_token, viewer_token=coordinator.api_viewer_token,
-                    allowed_hosts=s.api_allowed_hosts, allowed_origins=s.api_allowed_origins,
-                    max_body_bytes=s.api_max_body_bytes, metrics_auth=s.metrics_auth,
-                    errors=coordinator.metrics.api_errors)
+    guard = ApiGuard(app=SubmitEndpoint(layer=coordinator.layer, metrics=coordinator.metrics, app=app),
+                     token=coordinator.api_token, viewer_token=coordinator.api_viewer_token,
+                     allowed_hosts=s.api_allowed_hosts, allowed_origins=s.api_allowed_origins,
+                     max_body_bytes=s.api_max_body_bytes, metrics_auth=s.metrics_auth,
+                     errors=coordinator.metrics.api_errors)
+    # The dashboard's sign-in asks the guard whose a token is, rather than comparing tokens again.
+    state.guard = guard
+    return guard
 

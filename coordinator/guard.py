@@ -194,7 +194,16 @@ class ApiGuard:
         if auth is None or self._viewer is None:
             return False
         scheme, _, credentials = auth.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(b" "), self._viewer)
+        return scheme.lower() == b"bearer" and self.token_role(credentials.strip(b" ")) == "viewer"
+
+    def token_role(self, token: bytes) -> str | None:
+        """Whose a bare token is: ``operator`` (the API token), ``viewer`` or None (constant-time
+        compares). The dashboard's sign-in asks it of the token it is given."""
+        if hmac.compare_digest(token, self._token):
+            return "operator"
+        if self._viewer is not None and hmac.compare_digest(token, self._viewer):
+            return "viewer"
+        return None
 
     async def _read_body(self, receive: Receive) -> bytes | bool | None:
         """The whole body; False once it passes the limit; None if the client went away."""

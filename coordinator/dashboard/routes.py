@@ -9,7 +9,6 @@ to ``/api/v1/session``, then kept in an HttpOnly cookie (``coordinator.guard``).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,12 +37,7 @@ COOKIE_MAX_AGE_S = 30 * 24 * 3600
 def _role(state: Any, token: str | None) -> str | None:
     if not token or len(token) > MAX_TOKEN_CHARS:
         return None
-    if hmac.compare_digest(token.encode(), state.api_token.encode()):
-        return "operator"
-    viewer = state.api_viewer_token
-    if viewer and hmac.compare_digest(token.encode(), viewer.encode()):
-        return "viewer"
-    return None
+    return state.guard.token_role(token.encode())  # type: ignore[no-any-return]
 
 
 def _request_token(request: Request) -> str | None:
