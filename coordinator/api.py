@@ -31,6 +31,7 @@ from coordinator.errors import (
     NotFound,
     OpError,
     Unavailable,
+    check_depth,
     op_error,
     parse,
     parse_body,
@@ -64,6 +65,7 @@ async def read_json(request: Request) -> Any:
     body = await request.body()
     if not body.strip():
         return {}
+    check_depth(body)
     try:
         return json.loads(body)
     except json.JSONDecodeError as exc:
@@ -280,8 +282,8 @@ def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None)
                      token=coordinator.api_token, viewer_token=coordinator.api_viewer_token,
                      allowed_hosts=s.api_allowed_hosts, allowed_origins=s.api_allowed_origins,
                      max_body_bytes=s.api_max_body_bytes, metrics_auth=s.metrics_auth,
-                     errors=coordinator.metrics.api_errors)
-    # The dashboard's sign-in asks the guard whose a token is, rather than comparing tokens again.
+                     errors=coordinator.metrics.api_errors, trusted_proxies=s.api_trusted_proxies)
+    # The dashboard's sign-in asks the guard whose a token is and opens its sessions there.
     state.guard = guard
     return guard
 

@@ -28,6 +28,7 @@ from coordinator.layer import OpsLayer
 from coordinator.metrics import Metrics
 from coordinator.operations import Operations
 from coordinator.parents import ParentRunner
+from coordinator.pins import ModelPins
 from coordinator.registry import WorkerRegistry
 from coordinator.retention import Retention
 from coordinator.routes import optype_routes
@@ -121,7 +122,10 @@ class Coordinator:
         self.live = LiveFeed()
         self.ops.subscribe(self.live.op_changed)
         self.registry.subscribe(self.live.worker_changed)
-        self._parts = [cancel, service, parents, retention, self.live]
+        pins = ModelPins(js=self.js)
+        self.ops.subscribe(pins.op_changed)
+        await pins.start()
+        self._parts = [cancel, service, parents, retention, self.live, pins]
         self._tasks.append(asyncio.create_task(self._reaper(), name="reaper"))
         self._tasks.append(asyncio.create_task(self._topology_watch(), name="topology-watch"))
         if s.api_enabled:
@@ -260,7 +264,8 @@ class Coordinator:
     async def _ensure_topology(self) -> Buckets:
         s = self.settings
         return await ensure_topology(self.js, lease_ttl_s=s.lease_ttl_s, replicas=s.js_replicas,
-                                     ib_lock_ttl_s=s.ib_lock_ttl_s, archive_days=s.archive_days)
+                                     ib_lock_ttl_s=s.ib_lock_ttl_s, archive_days=s.archive_days,
+                                     store_limits=s.store_limits())
 
     async def _topology_watch(self) -> None:
         """Recreate any stream, consumer, bucket or object store that has gone missing (deleted by

@@ -8,6 +8,7 @@ mistake gets the same status code over HTTP and over NATS:
 what went wrong                             error               status
 ==========================================  ==================  ======
 body or payload is not JSON                 MalformedBody       400
+JSON nested deeper than ``MAX_JSON_DEPTH``  MalformedBody       400
 a field fails its model (pydantic)          InvalidRequest      422
 admission refused it (``Rejected``)         InvalidRequest      422
 params over ``subjects.limits``             TooLarge            422
@@ -41,6 +42,7 @@ from coordinator.admission import TooLarge as ParamsTooLarge
 from coordinator.health import RETRY_AFTER_S, unavailable_message
 from coordinator.operations import OperationExists
 from ktrdr.runtime.retry import transient_js_error
+from subjects.models import json_too_deep
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -155,11 +157,20 @@ def op_error(exc: BaseException, *, nc: Client | None = None) -> OpError:
     return Internal(f"internal error: {exc}")
 
 
+def check_depth(body: bytes) -> None:
+    """A 400 naming the limit for a body nested deeper than ``subjects.limits.MAX_JSON_DEPTH``, before
+    any parser descends into it (``subjects.models.json_too_deep``)."""
+    problem = json_too_deep(body)
+    if problem is not None:
+        raise MalformedBody(f"request body refused: {problem}")
+
+
 def parse_body(model: type[M], body: bytes) -> M:
     """A request body (HTTP) or payload (NATS) parsed and validated in one step: 400 if it is not JSON,
     422 naming the field if it does not fit ``model``. An empty body is ``{}``."""
     if not body.strip():
         body = b"{}"
+    check_depth(body)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:

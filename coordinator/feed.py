@@ -16,13 +16,37 @@ went to a coordinator that died before applying it, or that was in flight when t
 dropped. The server delivers those again only after the AckWait, and in the meantime delivers
 newer ones. So the feed follows the stream sequence from the consumer's ack floor on, and reads
 any sequence it skipped straight from the stream, applying it before acknowledging past it.
+
+Only this consumer's deliveries are believed. Whoever may create a consumer can point one at the
+deliver subject, and whoever may publish there can make up a reply subject; a sequence taken from
+such a message once made the feed read 200,000 sequences OPS never held, retrying without end. So
+a message is a delivery only when its subject is one OPS stores (a plain publish arrives on the
+deliver subject itself) and its reply is the acknowledgement subject of this stream and this
+durable. Anything else is ``foreign``: counted, logged at most once every ``LOG_EVERY_S``, never
+applied, never acknowledged, its sequence never believed. Dropping a real delivery by mistake would
+lose nothing: unacknowledged, it is read back with the next delivery's gap, or delivered again.
+
+A gap is checked with the server before it is read. A sequence past the stream's last one, or past
+what the server delivered to this consumer, is not ours: foreign. The gap starts no earlier than
+the consumer's ack floor (whoever acknowledged a message had applied it) and the stream's first
+sequence. One reader walks the gaps in order, asking the stream for the next message stored at or
+after a sequence, so deleted and expired sequences cost nothing and reads never pile up. Every
+message still stored in a gap so clamped is one the server counts as pending acknowledgement, and
+it never lets more than the consumer's ``max_ack_pending`` be pending: a real gap holds no more. The
+reader stops there (``gap``: logged and counted) and lets acknowledgements advance over the rest,
+since what lies beyond cannot be events someone received and lost, and holding every
+acknowledgement behind it would stall the feed. A message that cannot be read within
+``READ_BACK``'s budget is given up the same way (``unreadable``): a retry without end holds every
+acknowledgement behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -32,6 +56,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo, RawStreamMsg, StreamInfo
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from pydantic import ValidationError
 
@@ -46,8 +71,20 @@ log = logging.getLogger(__name__)
 
 ACK_DELAY_S = 0.005  # acknowledgements of the messages applied meanwhile leave together
 RETRY_MAX_S = 2.0
-# Reading a message back, or applying one again: JetStream away for a moment.
+# Applying a message again: JetStream away for a moment.
 RETRY = RetryPolicy(first_s=0.1, max_s=RETRY_MAX_S)
+# Reading a skipped message back: longer than an election lasts, short of holding every
+# acknowledgement behind one message for ever.
+READ_BACK = RetryPolicy(first_s=0.1, max_s=RETRY_MAX_S, budget_s=60.0)
+# Checking a gap with the server: each try holds up the deliveries behind it.
+LOOKUP = RetryPolicy(first_s=0.1, max_s=1.0, budget_s=5.0)
+# Messages read back for one gap when the consumer states no max_ack_pending (the topology's value).
+MAX_GAP = 20_000
+# Foreign messages cost a counter each and a log line at most this often (per reason).
+LOG_EVERY_S = 10.0
+LOG_CLIP = 200  # characters of a foreign subject or error in a log line
+# An acknowledgement subject with a domain and account hash is well under this.
+MAX_ACK_SUBJECT = 256
 # Tries of a message that fails for a reason not known to pass (about 10 s): after them it is a
 # poison message, logged, counted and acknowledged, since every acknowledgement waits behind it.
 POISON_AFTER = 8
@@ -70,22 +107,56 @@ def _transient(exc: BaseException) -> bool:
 
 
 class _Delivery:
-    __slots__ = ("msg", "applied", "retries")
+    """A delivered message, a message read back for a gap, or a gap's place in the ack order."""
 
-    def __init__(self, msg: Msg) -> None:
+    __slots__ = ("msg", "applied", "retries", "gap", "waiting")
+
+    def __init__(self, msg: Msg, gap: _Delivery | None = None) -> None:
         self.msg = msg  # a message read back from the stream has no reply subject to ack
         self.applied = False
         self.retries = 0
+        self.gap = gap  # of a message read back: the gap it fills
+        self.waiting = 0  # of a gap: its messages not applied yet, plus one while it is being read
 
 
-def _stream_seq(reply: str) -> int | None:
-    """The stream sequence in a JetStream ack subject (with or without a domain)."""
+def _ack_seq(reply: str) -> int | None:
+    """The stream sequence of a delivery by our own consumer of OPS, from its acknowledgement subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>``, or with a domain and
+    account hash after ``ACK``); None for any other reply subject."""
+    if len(reply) > MAX_ACK_SUBJECT:
+        return None
     tokens = reply.split(".")
     if len(tokens) == 9:
-        return int(tokens[5])
-    if len(tokens) >= 11:
-        return int(tokens[7])
-    return None
+        owner, numbers = tokens[2:4], tokens[4:9]
+    elif len(tokens) >= 11:
+        owner, numbers = tokens[4:6], tokens[6:11]
+    else:
+        return None
+    if tokens[:2] != ["$JS", "ACK"] or owner != [names.OPS_STREAM, names.COORDINATOR_CONSUMER]:
+        return None
+    if not all(n.isascii() and n.isdigit() for n in numbers):
+        return None
+    delivered, seq = int(numbers[0]), int(numbers[1])
+    return seq if delivered > 0 and seq > 0 else None
+
+
+_OPS_SUBJECTS = tuple(pattern.split(".") for pattern in (names.OPS_PROGRESS_ALL, names.OPS_EVENTS_ALL))
+
+
+def _stored_in_ops(subject: str) -> bool:
+    """Whether OPS stores ``subject``: a delivery keeps the subject it was published on."""
+    tokens = subject.split(".")
+    return any(len(tokens) == len(pattern) and all(t and w in ("*", t) for w, t in zip(pattern, tokens, strict=True))
+               for pattern in _OPS_SUBJECTS)
+
+
+def _clip(text: str | None, limit: int = LOG_CLIP) -> str:
+    text = text or ""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def _describe(msg: Msg) -> str:
+    return f"subject {_clip(msg.subject)!r}, reply {_clip(msg.reply)!r}, {len(msg.data or b'')} bytes"
 
 
 class OpsFeed:
@@ -104,6 +175,11 @@ class OpsFeed:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
+        # Gaps to read, in order (placeholder, first, end, most messages to read), and their reader.
+        self._gaps: deque[tuple[_Delivery, int, int, int]] = deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._rejected: dict[str, int] = {}  # by reason, since the last log line about them
+        self._logged_at: dict[str, float] = {}
 
     async def start(self) -> None:
         info = await self.js.consumer_info(names.OPS_STREAM, names.COORDINATOR_CONSUMER)
@@ -123,44 +199,100 @@ class OpsFeed:
         await self._send_ack()
 
     async def _on_msg(self, msg: Msg) -> None:
-        if not msg.reply:
-            return  # a status message (we ask for no heartbeats or flow control)
-        seq = _stream_seq(msg.reply)
-        if seq is not None:
-            if self._expected is not None and seq > self._expected:
-                await self._fill_gap(self._expected, seq)
-            if self._expected is None or seq >= self._expected:
-                self._expected = seq + 1
+        # No reply: a plain publish, or a status message (we ask for no heartbeats or flow control).
+        seq = _ack_seq(msg.reply) if msg.reply and _stored_in_ops(msg.subject) else None
+        if seq is None:
+            self._reject("foreign", _describe(msg))
+            return
+        if self._expected is not None and seq > self._expected and not await self._gap(self._expected, seq):
+            self._reject("foreign", f"{_describe(msg)}: OPS never delivered sequence {seq} to this consumer")
+            return
+        if self._expected is None or seq >= self._expected:
+            self._expected = seq + 1
         delivery = _Delivery(msg)
         self._unacked.append(delivery)
         self._start(delivery)
 
-    async def _fill_gap(self, first: int, end: int) -> None:
-        """Sequences ``first`` to ``end - 1`` were delivered elsewhere or lost on the way."""
-        if end - first > 100:
-            # Messages the stream no longer holds (past their max age) are not a gap.
-            first = max(first, (await self.js.stream_info(names.OPS_STREAM)).state.first_seq)
-        if first < end:
-            log.warning("OPS sequences %d-%d were not delivered here; reading them from the stream", first, end - 1)
-        for seq in range(first, end):
-            missing = _Delivery(Msg(_client=self.nc))
-            self._unacked.append(missing)
-            self._spawn(self._read_back(missing, seq))
+    async def _gap(self, first: int, end: int) -> bool:
+        """Sequences ``first`` to ``end - 1`` were delivered elsewhere or lost on the way: queue what
+        of them is left to read. False when the server never delivered ``end`` to this consumer."""
+        limit = MAX_GAP
+        try:
+            stream, consumer = await LOOKUP.run(self._positions, retry_on=_transient)
+        except Exception as exc:
+            # Subject and reply already say the delivery is our consumer's: read what the bound allows.
+            log.warning("could not check OPS sequences %d-%d with the server (%s); reading them anyway",
+                        first, end - 1, _clip(str(exc)))
+        else:
+            delivered = consumer.delivered.stream_seq if consumer.delivered else 0
+            if end > (stream.state.last_seq or 0) or end > (delivered or 0):
+                return False
+            floor = consumer.ack_floor.stream_seq if consumer.ack_floor else 0
+            first = max(first, stream.state.first_seq or 0, (floor or 0) + 1)
+            if (consumer.config.max_ack_pending or 0) > 0:
+                limit = consumer.config.max_ack_pending
+        if first >= end:
+            return True  # acknowledged meanwhile (by another coordinator), or gone from the stream
+        log.warning("OPS sequences %d-%d were not delivered here; reading them from the stream", first, end - 1)
+        gap = _Delivery(Msg(_client=self.nc))
+        gap.waiting = 1
+        self._unacked.append(gap)
+        self._gaps.append((gap, first, end, limit))
+        if self._reader is None:
+            self._reader = self._spawn(self._read_gaps())
+        return True
 
-    async def _read_back(self, missing: _Delivery, seq: int) -> None:
-        pauses = RETRY.delays()
-        while True:
-            try:
-                stored = await self.js.get_msg(names.OPS_STREAM, seq)
-                break
-            except NotFoundError:
-                self._applied(missing)  # deleted from the stream: nothing to apply
+    async def _positions(self) -> tuple[StreamInfo, ConsumerInfo]:
+        return await asyncio.gather(self.js.stream_info(names.OPS_STREAM),
+                                    self.js.consumer_info(names.OPS_STREAM, names.COORDINATOR_CONSUMER))
+
+    async def _read_gaps(self) -> None:
+        try:
+            while self._gaps:
+                gap, first, end, limit = self._gaps[0]
+                await self._read_gap(gap, first, end, limit)
+                self._gaps.popleft()
+                self._settle(gap)
+        finally:
+            self._reader = None
+
+    async def _read_gap(self, gap: _Delivery, first: int, end: int, limit: int) -> None:
+        seq = first
+        # One read per message still stored in the gap, and one that finds the gap's end: a real gap
+        # holds fewer than ``limit`` (the delivery after it is pending too).
+        for _ in range(limit):
+            if seq >= end:
                 return
+            read = functools.partial(self.js.get_msg, names.OPS_STREAM, seq, subject=">", next=True)
+            try:
+                stored: RawStreamMsg = await READ_BACK.run(read, retry_on=_transient)
+            except NotFoundError:
+                return  # nothing stored from seq on
             except Exception as exc:
-                log.warning("could not read OPS sequence %d yet (%s)", seq, exc)
-                await asyncio.sleep(next(pauses))
-        missing.msg = Msg(_client=self.nc, subject=stored.subject, data=stored.data or b"")
-        self._start(missing)
+                self._reject("unreadable", f"the OPS message at or after sequence {seq} could not be read within "
+                                           f"{READ_BACK.budget_s:g} s: {type(exc).__name__}: {_clip(str(exc))}")
+                seq += 1
+                continue
+            if stored.seq is None or stored.seq >= end:
+                return
+            missing = _Delivery(Msg(_client=self.nc, subject=stored.subject or "", data=stored.data or b""), gap=gap)
+            gap.waiting += 1
+            self._start(missing)
+            seq = stored.seq + 1
+        if seq < end:
+            self._reject("gap", f"OPS sequences {seq}-{end - 1} not read: more messages in one gap than the "
+                                f"{limit} the consumer may have pending")
+
+    def _reject(self, reason: str, what: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(subject=names.COORDINATOR_DELIVER, reason=reason).inc()
+        self._rejected[reason] = self._rejected.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._logged_at.get(reason, now - LOG_EVERY_S) < LOG_EVERY_S:
+            return
+        count, self._rejected[reason] = self._rejected[reason], 0
+        self._logged_at[reason] = now
+        log.warning("OPS feed: %s (%d since the last such line): %s", reason, count, what)
 
     def _start(self, delivery: _Delivery) -> None:
         # No task per message: the change is queued at once and the commit reports back.
@@ -206,17 +338,27 @@ class OpsFeed:
         kind = names.OPS_PROGRESS_ALL if subject.endswith(".progress") else names.OPS_EVENTS_ALL
         if self.metrics is not None:
             self.metrics.rejected.labels(subject=kind, reason="poison").inc()
-        log.error("giving up on %s after %d tries (%d bytes): %s: %s", subject, delivery.retries + 1,
-                  len(delivery.msg.data or b""), type(exc).__name__, exc)
+        log.error("giving up on %s after %d tries (%d bytes): %s: %s", _clip(subject), delivery.retries + 1,
+                  len(delivery.msg.data or b""), type(exc).__name__, _clip(str(exc), 2000))
         self._applied(delivery)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _settle(self, gap: _Delivery) -> None:
+        """One of ``gap``'s messages is applied, or its reading is over."""
+        gap.waiting -= 1
+        if gap.waiting == 0:
+            self._applied(gap)
 
     def _applied(self, delivery: _Delivery) -> None:
         delivery.applied = True
+        if delivery.gap is not None:
+            self._settle(delivery.gap)  # the gap holds the place of its messages in the ack order
+            return
         advanced = False
         while self._unacked and self._unacked[0].applied:
             msg = self._unacked.popleft().msg

@@ -8,6 +8,10 @@ until deleted by name. Runs every ``prune_interval_s`` with ``retention_days`` (
 demand (``ktrdr ops prune --older-than 7d [--dry-run]``, ``POST /api/v1/operations/prune``,
 ``ktrdr.ops.prune``).
 
+Each run also purges the chunks of replaced or deleted objects (``ktrdr.runtime.objects``): only
+the coordinator may purge, so a worker or client that replaces an object leaves its old chunks for
+this sweep, which takes a chunk subject only when two runs in a row found it unreferenced.
+
 Every step can be repeated, so a coordinator that dies halfway loses nothing and the next prune
 finishes the job: the archive copy is written first (deduplicated by its ``Nats-Msg-Id``), then the
 key is purged, then the index is told. A purge the index missed is settled when it catches up
@@ -28,7 +32,9 @@ from nats.js.errors import NotFoundError
 
 from coordinator.operations import Operations
 from ktrdr.results import delete_result
-from ktrdr.runtime.checkpoints import delete_checkpoint
+from ktrdr.runtime.checkpoints import purge_checkpoint
+from ktrdr.runtime.objects import collect_orphans
+from ktrdr.runtime.topology import OBJECT_STORES
 from subjects import names
 from subjects.models import Operation
 
@@ -76,6 +82,7 @@ class Retention:
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one prune at a time, scheduled or asked for
+        self._orphans: dict[str, set[str]] = {}  # per object store: chunk subjects unreferenced last run
 
     async def start(self) -> None:
         if self.retention_days > 0 and self._task is None:
@@ -93,7 +100,19 @@ class Retention:
                 raise
             except Exception:
                 log.exception("retention failed; trying again in %g s", self.interval_s)
+            await self.sweep_chunks()
             await asyncio.sleep(self.interval_s)
+
+    async def sweep_chunks(self) -> None:
+        """Purge the chunks no object names any more (found so on this run and the one before)."""
+        for bucket in OBJECT_STORES:
+            try:
+                self._orphans[bucket] = await collect_orphans(self.js, bucket,
+                                                              suspects=self._orphans.get(bucket, set()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not sweep the unreferenced chunks of %s: %s", bucket, exc)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -148,7 +167,7 @@ class Retention:
                                           headers={Header.MSG_ID: f"archive:{op.op_id}:{op.completed_at}"})
                 else:
                     await delete_result(self.js, op.op_id)
-                await delete_checkpoint(self.js, op.op_id)
+                await purge_checkpoint(self.js, op.op_id)
                 await self.ops.bucket.purge(op.op_id)
 
         await asyncio.gather(*(one(op) for op in ops))

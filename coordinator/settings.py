@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from ktrdr.runtime.topology import StoreLimits
 from ktrdr.security.api_token import check_token, load_or_create_token
 from ktrdr.settings import CommonSettings
+from subjects import limits
 from subjects.limits import NATS_MAX_PAYLOAD
 
 # The listen addresses that mean "every interface": not a name a client puts in its Host header.
@@ -57,6 +60,9 @@ class CoordinatorSettings(CommonSettings):
     # Browser origins allowed to call the API (CORS). Empty: any cross-origin request is refused.
     api_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     api_max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    # Addresses of TLS proxies in front of the API whose X-Forwarded-Proto is believed: a request they
+    # say came over https gets the https origin and a Secure dashboard cookie. Empty: no proxy's.
+    api_trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     gpu_fallback_timeout_s: float = Field(default=30.0, ge=0)
     max_attempts: int = Field(default=2, ge=1, le=10)
     # After a restart, running ops whose worker shows no lease within this long are reaped.
@@ -85,8 +91,24 @@ class CoordinatorSettings(CommonSettings):
     archive_days: float = Field(default=365.0, ge=0)
     # How often retention runs.
     prune_interval_s: float = Field(default=3600.0, gt=0)
+    # Byte limits of the buckets and object stores (subjects.limits says why each is its size); a
+    # full one refuses new writes. KTRDR_DATA_MAX_BYTES and so on.
+    workers_max_bytes: int = Field(default=limits.WORKERS_MAX_BYTES, ge=limits.MIB)
+    claims_max_bytes: int = Field(default=limits.CLAIMS_MAX_BYTES, ge=limits.MIB)
+    ops_max_bytes: int = Field(default=limits.OPS_BUCKET_MAX_BYTES, ge=64 * limits.MIB)
+    data_max_bytes: int = Field(default=limits.DATA_MAX_BYTES, ge=limits.MIB)
+    results_max_bytes: int = Field(default=limits.RESULTS_MAX_BYTES, ge=limits.MIB)
+    models_max_bytes: int = Field(default=limits.MODELS_MAX_BYTES, ge=limits.MIB)
+    checkpoints_max_bytes: int = Field(default=limits.CHECKPOINTS_MAX_BYTES, ge=limits.MIB)
 
     _split_lists = field_validator("api_allowed_hosts", "api_allowed_origins", mode="before")(_comma_list)
+    _split_proxies = field_validator("api_trusted_proxies", mode="before")(_comma_list)
+
+    @field_validator("api_trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        # An address, not a name: the check compares the connection's peer, which is one.
+        return [str(ipaddress.ip_address(v.strip("[]"))) for v in value]
 
     @field_validator("api_token", "api_viewer_token")
     @classmethod
@@ -116,6 +138,11 @@ class CoordinatorSettings(CommonSettings):
             self.api_allowed_hosts = [*LOOPBACK_HOSTS, *([own] if own not in _WILDCARD_HOSTS
                                                          and own not in LOOPBACK_HOSTS else [])]
         return self
+
+    def store_limits(self) -> StoreLimits:
+        return StoreLimits(workers=self.workers_max_bytes, claims=self.claims_max_bytes, ops=self.ops_max_bytes,
+                           data=self.data_max_bytes, results=self.results_max_bytes, models=self.models_max_bytes,
+                           checkpoints=self.checkpoints_max_bytes)
 
     def resolve_api_token(self) -> str:
         """The token the status API checks: KTRDR_API_TOKEN, else the token file's (created if absent)."""

@@ -1,17 +1,19 @@
 """The ``results`` Object Store: full operation results (trades, curves, rankings) under the op id.
 
 Workers write there, the coordinator's API and the CLI read; the op record keeps only a summary.
+Every role but the coordinator reads and writes it with direct gets and plain publishes
+(``ktrdr.runtime.objects``); deleting is the coordinator's (retention).
 """
 
 from __future__ import annotations
 
 import logging
 
-from nats.js.api import ObjectMeta
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+from ktrdr.runtime.objects import ObjectBucket
 from ktrdr.runtime.retry import RetryPolicy, transient_js_error
 from subjects.names import RESULTS_OBJECTS, validate_token
 
@@ -23,8 +25,12 @@ STORE_RETRY = RetryPolicy(first_s=0.2, max_s=2.0, budget_s=30.0)
 
 
 async def results_bucket(js: JetStreamContext) -> ObjectStore:
-    """The bucket the coordinator made (``ensure_topology``); nobody else may create it."""
+    """The bucket as the coordinator handles it (nats-py's ObjectStore: consumers and purges)."""
     return await js.object_store(RESULTS_OBJECTS)
+
+
+def results_objects(js: JetStreamContext) -> ObjectBucket:
+    return ObjectBucket(js=js, bucket=RESULTS_OBJECTS)
 
 
 async def put_result(js: JetStreamContext, op_id: str, data: bytes, *, description: str = "") -> int:
@@ -32,8 +38,7 @@ async def put_result(js: JetStreamContext, op_id: str, data: bytes, *, descripti
     name = validate_token(op_id, what="operation id")
 
     async def put() -> int:
-        bucket = await results_bucket(js)
-        info = await bucket.put(name, data, meta=ObjectMeta(name=name, description=description or None))
+        info = await results_objects(js).put(name, data, description=description or None)
         return int(info.size or len(data))
 
     def retrying(exc: BaseException, pause: float) -> None:
@@ -47,8 +52,7 @@ async def get_result(js: JetStreamContext, op_id: str) -> bytes | None:
     """The stored result of ``op_id``, or None when there is none (or no bucket yet)."""
     name = validate_token(op_id, what="operation id")
     try:
-        bucket = await results_bucket(js)
-        return (await bucket.get(name)).data or b""
+        return await results_objects(js).get(name)
     except (BucketNotFoundError, ObjectNotFoundError, NotFoundError):
         return None
 

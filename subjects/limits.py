@@ -32,6 +32,12 @@ MAX_PARAM_STRING_CHARS: Final = 64 * KIB
 # a job stays at half its stream's message limit and a record at a quarter of its own.
 MAX_PARAMS_BYTES: Final = 128 * KIB
 
+# How deeply arrays and objects may nest in any JSON that comes from outside (an HTTP body, a NATS
+# payload): parsers descend once per level, so 5,000 levels in a few kilobytes would exhaust Python's
+# recursion (a 500) long before any size limit. Real payloads nest under 15 (a sweep's grid, a
+# walk-forward's config, a strategy given as a mapping with nested all/any/not rules).
+MAX_JSON_DEPTH: Final = 64
+
 # --- free texts, cut with bounded_text -----------------------------------------------------------
 
 # The error of a failed op: a message and its context. A traceback belongs in the worker's log; past
@@ -80,6 +86,23 @@ OPS_MAX_MSG_BYTES: Final = NATS_MAX_PAYLOAD
 # Progress (up to 1000 per op) and events of the last 7 days; the oldest go first.
 OPS_MAX_BYTES: Final = 2 * GIB
 
+# --- buckets and object stores ------------------------------------------------------------------
+# Every bucket and object store has a byte limit, and a full one refuses new writes (discard new)
+# instead of dropping what is stored: a worker credential that writes as fast as it can (134-240
+# MiB/s was measured) fills its own bucket and nothing else. The coordinator's settings override
+# each (KTRDR_<BUCKET>_MAX_BYTES); these are the defaults, about 25 GiB with OPS and JOBS.
+WORKERS_MAX_BYTES: Final = 64 * MIB  # leases: a few hundred bytes each
+CLAIMS_MAX_BYTES: Final = 256 * MIB  # one small claim per attempt, kept 30 days
+IB_ACTIVE_MAX_BYTES: Final = 1 * MIB  # one key
+MODEL_PINS_MAX_BYTES: Final = 64 * MIB  # one small digest record per model version
+OPS_BUCKET_MAX_BYTES: Final = 4 * GIB  # op records (the coordinator is their only writer), 5 revisions each
+DATA_MAX_BYTES: Final = 8 * GIB
+RESULTS_MAX_BYTES: Final = 4 * GIB
+MODELS_MAX_BYTES: Final = 2 * GIB
+CHECKPOINTS_MAX_BYTES: Final = 4 * GIB
+# One key-value value: a lease, a claim or the IB lock is far below; an op record is MAX_RECORD_BYTES.
+KV_MAX_VALUE_BYTES: Final = 64 * KIB
+
 
 def bounded_text(text: str, limit: int) -> str:
     """``text``, or its beginning with a marker saying how long it was, in at most ``limit`` chars."""
@@ -127,3 +150,15 @@ def params_problem(params: dict[str, Any]) -> tuple[str, str] | None:
     if size > MAX_PARAMS_BYTES:
         return "params", f"{size} bytes serialized; at most {MAX_PARAMS_BYTES}"
     return None
+
+# --- market data ----------------------------------------------------------------------------------
+
+# A dataset's arrays, uncompressed: the memory every reader of it (the coordinator's catalog, every
+# backtest worker) gives it, checked while its ``.npz`` is inflated, since a small compressed file
+# can stand for any size. 256 MiB is 5,592,405 bars at 48 bytes each: 15 years of 24/5 minute bars.
+# The catalog also refuses to download an object larger than this: a valid dataset never is.
+MAX_DATASET_BYTES: Final = 256 * MIB
+# A CSV file ``ktrdr data import`` reads, counted as it is read (a pipe has no size). A bar is 40 to
+# 70 characters of text, so a file this size holds about as many bars as a dataset may; a larger
+# history is imported in parts (each import merges with what is stored).
+MAX_IMPORT_CSV_BYTES: Final = 256 * MIB

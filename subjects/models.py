@@ -7,6 +7,7 @@ receivers log and count instead of crashing.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -14,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from subjects.limits import MAX_REASON_CHARS, bounded_text
+from subjects.limits import MAX_JSON_DEPTH, MAX_REASON_CHARS, bounded_text
 from subjects.names import CAPABILITIES, validate_token
 
 SCHEMA_VERSION = 1
@@ -40,7 +41,45 @@ class BadPayload(ValueError):
 P = TypeVar("P", bound=Payload)
 
 
+# A JSON string, escapes included: what the depth check skips, since brackets inside one nest nothing.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
+
+
+def json_too_deep(data: bytes | str, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """The error to answer when ``data`` nests arrays and objects more than ``limit`` deep, else None.
+
+    Checked before any parser sees the text: json.loads recurses once per level and would raise
+    RecursionError (or crash, far enough down) on a few kilobytes of brackets. Most payloads have
+    fewer brackets than the limit and cost two counts; the others have their strings removed and
+    their innermost pairs stripped once per level, in C, at most ``limit`` times (no slower than
+    parsing them). Brackets left unmatched are invalid JSON, which the parser reports, unless there
+    are more than the limit of them, which it would descend into first.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return None
+    rest = _JSON_STRING.sub(b"", raw).translate(_AS_SQUARE, _NOT_BRACKETS)
+    # A run of more opening brackets than the limit is too deep whatever follows: the usual attack
+    # is caught here, before any pass.
+    run = b"[" * (limit + 1)
+    for _ in range(limit):
+        if run in rest:
+            break
+        shorter = rest.replace(b"[]", b"")
+        if len(shorter) == len(rest):
+            break
+        rest = shorter
+    if run in rest or b"[]" in rest or rest.count(b"[") > limit:
+        return f"JSON nested deeper than {limit} levels"
+    return None
+
+
 def decode(model: type[P], data: bytes) -> P:
+    problem = json_too_deep(data)
+    if problem is not None:
+        raise BadPayload(f"invalid {model.__name__}: {problem}")
     try:
         return model.model_validate_json(data or b"null")
     except ValidationError as exc:

@@ -22,6 +22,9 @@ CLAIMS_BUCKET: Final = "claims"  # key "<op_id>_<attempt>": kv.create is the arb
 # expiry marker) elects the one host that talks to IB; the active host refreshes it.
 IB_ACTIVE_BUCKET: Final = "ib_active"
 IB_ACTIVE_KEY: Final = "active"
+# The digest of every registered model version, written once by the coordinator when the training
+# that made it completes (ktrdr.models.registry.register_model); a load checks the bundle against it.
+MODEL_PINS_BUCKET: Final = "model_pins"
 
 # Object stores.
 DATA_OBJECTS: Final = "data"  # market-data datasets, cached by digest on every worker
@@ -170,6 +173,11 @@ def job_msg_id(op_id: str, attempt: int, capability: str, reoffer: int = 0) -> s
     and per renewal of an offer that reached MaxDeliver unclaimed."""
     base = f"{validate_token(op_id, what='operation id')}:{int(attempt)}:{validate_capability(capability)}"
     return f"{base}:r{int(reoffer)}" if reoffer else base
+
+
+def model_pin_key(name: str, version: int) -> str:
+    """The ``model_pins`` key of ``name@version`` (a model name may hold '.', which a key token may not)."""
+    return base64.urlsafe_b64encode(f"{name}@{int(version)}".encode()).decode()
 
 
 def object_meta_subject(bucket: str, object_name: str) -> str:

@@ -9,6 +9,15 @@ A role's private reply inboxes live under its own prefix (:func:`inbox_prefix`):
 ``_INBOX.>`` one connection could read the replies (PubAcks, fetched jobs, key-value reads) meant
 for another. Only ``client`` and ``viewer`` may also use ``_INBOX.>``, so the stock ``nats`` CLI
 works with their credentials; no other role's replies travel there.
+
+JetStream acts on a role's behalf where subject permissions never look: a consumer's
+``deliver_subject`` is not checked against its creator's permissions (nats-server issue 8274), a
+consumer-create uses up the stream's consumer limit, a consumer-delete removes anyone's, and a
+purge empties a whole store. So no role but the coordinator (and the ``operator``, the people
+who inspect the platform with the ``nats`` CLI) may create, delete or purge anything: the others
+read streams with direct gets (``ktrdr.runtime.direct``), pull jobs from durable consumers the
+coordinator provisions (``CONSUMER.MSG.NEXT`` only), follow live data with core subscriptions,
+and write objects with plain publishes (``ktrdr.runtime.objects``).
 """
 
 from __future__ import annotations
@@ -19,11 +28,16 @@ from typing import Final
 from subjects import names
 
 COORDINATOR: Final = "coordinator"
+# People inspecting the platform with the `nats` CLI (`nats stream info`, `nats kv ls`, `nats sub`):
+# trusted as the coordinator is, and like it never handed to another host.
+OPERATOR: Final = "operator"
 WORKER: Final = "worker"
 IB: Final = "ib"
 CLIENT: Final = "client"
 VIEWER: Final = "viewer"
-ROLES: Final = (COORDINATOR, WORKER, IB, CLIENT, VIEWER)
+ROLES: Final = (COORDINATOR, OPERATOR, WORKER, IB, CLIENT, VIEWER)
+# Roles whose credential never leaves the coordinator's host (`ktrdr fleet invite` refuses them).
+TRUSTED: Final = (COORDINATOR, OPERATOR)
 
 API: Final = names.JS_API_PREFIX
 DEFAULT_INBOX: Final = "_INBOX"
@@ -44,20 +58,16 @@ class Permissions:
     deny_subscribe: tuple[str, ...] = field(default=())
 
 
-def _kv_read(bucket: str, *, watch: bool = False) -> list[str]:
+def _direct_read(stream: str) -> list[str]:
+    """Binding to a stream and reading it with direct gets: by subject and in batches. Nothing
+    here makes a consumer, so nothing here can make the server deliver anywhere."""
+    return [f"{API}.STREAM.INFO.{stream}", f"{API}.DIRECT.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>"]
+
+
+def _kv_read(bucket: str) -> list[str]:
+    # MSG.GET: a key-value handle bound before its bucket allowed direct gets still reads that way.
     stream = names.kv_stream(bucket)
-    allowed = [f"{API}.STREAM.INFO.{stream}", f"{API}.STREAM.MSG.GET.{stream}", f"{API}.DIRECT.GET.{stream}",
-               f"{API}.DIRECT.GET.{stream}.>"]
-    if watch:  # keys(), watch() and history() make an ordered (non-durable) consumer
-        allowed += _ordered_consumer(stream)
-    return allowed
-
-
-def _ordered_consumer(stream: str) -> list[str]:
-    """What an ordered push consumer (a KV watch, an object-store get) needs. It must answer the
-    server's flow-control requests on ``$JS.FC``: refused, a busy watch or a large download stalls."""
-    return [f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
-            f"{API}.CONSUMER.INFO.{stream}.*", f"{API}.CONSUMER.DELETE.{stream}.*", f"$JS.FC.{stream}.>"]
+    return [*_direct_read(stream), f"{API}.STREAM.MSG.GET.{stream}"]
 
 
 def _kv_write(bucket: str, keys: str = ">") -> list[str]:
@@ -65,13 +75,12 @@ def _kv_write(bucket: str, keys: str = ">") -> list[str]:
 
 
 def _obj_read(bucket: str) -> list[str]:
-    stream = f"OBJ_{bucket}"
-    return [f"{API}.STREAM.INFO.{stream}", f"{API}.STREAM.MSG.GET.{stream}", f"{API}.STREAM.NAMES",
-            *_ordered_consumer(stream)]
+    return _direct_read(f"OBJ_{bucket}")
 
 
 def _obj_write(bucket: str) -> list[str]:
-    return [*_obj_read(bucket), f"$O.{bucket}.>", f"{API}.STREAM.PURGE.OBJ_{bucket}"]
+    # Chunks and infos only: a replaced object's old chunks are the coordinator's to purge.
+    return [*_obj_read(bucket), f"$O.{bucket}.>"]
 
 
 def _pull(capabilities: tuple[str, ...]) -> list[str]:
@@ -92,7 +101,7 @@ _WORKER_COMMON: Final = (
     names.WORKER_REGISTER,
     *_kv_read(names.WORKERS_BUCKET), *_kv_write(names.WORKERS_BUCKET),
     *_kv_read(names.CLAIMS_BUCKET), *_kv_write(names.CLAIMS_BUCKET),
-    *_kv_read(names.OPS_BUCKET),
+    *_kv_read(names.OPS_BUCKET), *_kv_read(names.MODEL_PINS_BUCKET),
     names.OPS_PROGRESS_ALL, names.OPS_EVENTS_ALL,
     *_obj_read(names.DATA_OBJECTS),
     *_obj_write(names.RESULTS_OBJECTS),
@@ -109,15 +118,16 @@ _READ: Final = (
     names.ib_subject(names.IB_STATUS),
     "$SRV.PING", "$SRV.PING.>", "$SRV.INFO", "$SRV.INFO.>", "$SRV.STATS", "$SRV.STATS.>",
     f"{API}.INFO",
-    *_kv_read(names.WORKERS_BUCKET, watch=True), *_kv_read(names.OPS_BUCKET, watch=True),
+    *_kv_read(names.WORKERS_BUCKET), *_kv_read(names.OPS_BUCKET), *_kv_read(names.MODEL_PINS_BUCKET),
     *_obj_read(names.RESULTS_OBJECTS), *_obj_read(names.MODELS_OBJECTS), *_obj_read(names.DATA_OBJECTS),
 )
 
 
-def permissions(role: str, public_key: str) -> Permissions:
-    """The permission block of ``role`` for the credential whose nkey is ``public_key``."""
+def permissions(role: str, public_key: str, *, gpu: bool = True) -> Permissions:
+    """The permission block of ``role`` for the credential whose nkey is ``public_key``. ``gpu``: a
+    worker host may pull GPU training jobs (``ktrdr fleet invite worker --gpu``)."""
     inbox = _own_inbox(public_key)
-    if role == COORDINATOR:
+    if role in TRUSTED:
         # The trust root: it creates and repairs every stream, consumer and bucket, writes every
         # record, offers every job and answers the services. Only the server's system account
         # is out of its reach.
@@ -125,7 +135,9 @@ def permissions(role: str, public_key: str) -> Permissions:
                            deny_publish=("$SYS.>",), deny_subscribe=("$SYS.>",))
     if role == WORKER:
         return Permissions(
-            publish=(*_WORKER_COMMON, *_pull(WORKER_CAPABILITIES), *_obj_write(names.MODELS_OBJECTS)),
+            publish=(*_WORKER_COMMON, *_pull(tuple(c for c in WORKER_CAPABILITIES
+                                                   if gpu or c != names.CAP_TRAINING_GPU)),
+                     *_obj_write(names.MODELS_OBJECTS)),
             subscribe=(*inbox, names.OPS_CANCEL_ALL), allow_responses=True)
     if role == IB:
         return Permissions(

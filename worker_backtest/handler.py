@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from ktrdr.backtest.block import run_block
 
 from ktrdr.backtest import BacktestConfig, run_backtest
+from ktrdr.backtest.block import run_block
 from ktrdr.backtest.sweep import rank
 from ktrdr.data import DataStore
 from ktrdr.data.store import between

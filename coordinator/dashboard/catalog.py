@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,20 +17,23 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from nats.js.object_store import ObjectStore
 
+from coordinator.errors import InvalidRequest
 from ktrdr.data.gaps import find_gaps
 from ktrdr.data.shared import data_bucket
 from ktrdr.data.store import bars_from_bytes
+from ktrdr.data.validation import DatasetTooLarge, size_text
 from ktrdr.models.registry import list_models
-from subjects import names
+from subjects import limits, names
 from subjects.limits import bounded_text
+
+log = logging.getLogger(__name__)
 
 MAX_EVENTS = 200  # an op with more (a job offered over and over) shows its first ones
 EVENT_TEXT_CHARS = 2_000
 MAX_MODELS = 1_000
 MAX_DATASETS = 1_000
-# Read whole into the coordinator's memory to be summarised: beyond this the page says so instead.
-MAX_SUMMARY_BYTES = 256 * 1024 * 1024
 SUMMARIES_KEPT = 64
 GAPS_LISTED = 20
 
@@ -138,6 +142,8 @@ class Datasets:
 
     def __init__(self) -> None:
         self._summaries: OrderedDict[str, _Summary] = OrderedDict()
+        # Why a version was refused: asked again, it is answered without being downloaded again.
+        self._refused: OrderedDict[str, str] = OrderedDict()
 
     async def list(self, js: JetStreamContext) -> list[dict[str, Any]]:
         try:
@@ -164,21 +170,63 @@ class Datasets:
             return None
         row: dict[str, Any] = {"symbol": symbol, "timeframe": timeframe, "size": int(info.size or 0),
                                "digest": str(info.digest or ""), "modified": str(info.mtime or "")}
-        if row["size"] > MAX_SUMMARY_BYTES:
-            return {**row, "note": f"larger than {MAX_SUMMARY_BYTES // 2**20} MiB: not summarised here "
+        # Read whole into the coordinator's memory to be summarised: a valid dataset is never larger
+        # than its arrays (limits.MAX_DATASET_BYTES), so past that the page says so instead.
+        if row["size"] > limits.MAX_DATASET_BYTES:
+            return {**row, "note": f"larger than {size_text(limits.MAX_DATASET_BYTES)}: not summarised here "
                                    "(`ktrdr data show` on a host that holds it)"}
         known = self._summaries.get(row["digest"])
         if known is None:
-            data = (await bucket.get(name)).data or b""
-            known = await asyncio.to_thread(_summarise, data, name, timeframe)
-            self._summaries[row["digest"]] = known
-            while len(self._summaries) > SUMMARIES_KEPT:
-                self._summaries.popitem(last=False)
+            refused = self._refused.get(row["digest"])
+            if refused is None:
+                try:
+                    known = await asyncio.to_thread(_summarise, await _download(bucket, name), name, timeframe)
+                except ValueError as exc:
+                    refused = str(exc)
+                    log.warning("dataset %s (%s) refused: %s", name, row["digest"], refused)
+                    _keep(self._refused, row["digest"], refused)
+            if refused is not None:
+                # The request was fine; the dataset is not: a 422 naming it, counted with the API's errors.
+                raise InvalidRequest(refused, field="dataset")
+            _keep(self._summaries, row["digest"], known)
         return {**row, **_as_dict(known)}
 
 
+def _keep(kept: OrderedDict[str, Any], digest: str, value: Any) -> None:
+    kept[digest] = value
+    while len(kept) > SUMMARIES_KEPT:
+        kept.popitem(last=False)
+
+
+class _Capped:
+    """Where an object's chunks are written as they arrive: kept up to ``limit`` bytes, the rest only
+    counted, so that an object larger than its info says never grows past the limit in memory."""
+
+    def __init__(self, *, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.parts: list[bytes] = []
+
+    def write(self, chunk: bytes) -> int:
+        self.size += len(chunk)
+        if self.size <= self.limit:
+            self.parts.append(chunk)
+        else:
+            self.parts.clear()
+        return len(chunk)
+
+
+async def _download(bucket: ObjectStore, name: str) -> bytes:
+    sink = _Capped(limit=limits.MAX_DATASET_BYTES)
+    await bucket.get(name, writeinto=sink)  # type: ignore[arg-type]
+    if sink.size > sink.limit:
+        raise DatasetTooLarge(f"dataset {name}: an object of more than {size_text(sink.limit)} "
+                              "(MAX_DATASET_BYTES, the limit of a dataset)")
+    return b"".join(sink.parts)
+
+
 def _summarise(data: bytes, name: str, timeframe: str) -> _Summary:
-    frame = bars_from_bytes(data, source=name)
+    frame = bars_from_bytes(data, source=f"dataset {name}")
     gaps = find_gaps(frame.index, timeframe) if len(frame) else []
     unexpected = [g.to_dict() for g in gaps if not g.weekend]
     return _Summary(start=frame.index[0].isoformat() if len(frame) else None,

@@ -13,6 +13,10 @@ page (``bench/live.py``: a change costs the same with 100 pages as with one). Mo
 ``resync``: pages reload their lists instead. A page that has not taken ``max_queued`` batches (a
 stalled browser) loses them and gets ``resync`` too. With no page connected, a change costs one
 truth test.
+
+Pages are bounded (``max_subscribers``), and each role has its share: pages signed in with the
+viewer token (or any role but the operator's) hold at most ``max_viewers`` (half) of the slots, so
+whoever holds the viewer token can never take the operator's page away.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ktrdr.runtime.tasks import cancel_and_wait
 from subjects.limits import bounded_text
 from subjects.models import Operation, WorkerLease
 
+OPERATOR = "operator"
 KEEPALIVE_S = 15.0  # a comment line: proxies close idle streams, and it tells a page it is connected
 ERROR_CHARS = 300  # an op's error in a pushed summary; the op's page reads the whole record
 
@@ -54,7 +59,8 @@ def _event(name: str, data: Any) -> bytes:
 class Subscriber:
     """One connected page: the encoded batches not yet sent to it."""
 
-    def __init__(self, *, max_queued: int) -> None:
+    def __init__(self, *, max_queued: int, role: str = OPERATOR) -> None:
+        self.role = role
         self.chunks: list[bytes] = []
         self.closed = False
         self.wake = asyncio.Event()
@@ -81,12 +87,15 @@ RESYNC = _event("resync", {"reason": "more changes than a page is sent one by on
 
 class LiveFeed:
     def __init__(self, *, flush_s: float = 0.25, max_pending: int = 500, max_queued: int = 40,
-                 max_subscribers: int = 100) -> None:
+                 max_subscribers: int = 100, max_viewers: int | None = None) -> None:
+        """``max_viewers``: the slots pages of any role but the operator's may hold (default half)."""
         self.flush_s = flush_s
         self.max_pending = max_pending
         self.max_queued = max_queued
         self.max_subscribers = max_subscribers
+        self.max_viewers = max_subscribers // 2 if max_viewers is None else min(max_viewers, max_subscribers)
         self._subscribers: set[Subscriber] = set()
+        self._viewers = 0
         self._ops: dict[str, Operation] = {}
         self._workers: dict[str, WorkerLease | None] = {}
         self._overflow = False
@@ -113,8 +122,27 @@ class LiveFeed:
         self._workers[worker_id] = lease
         self._changed.set()
 
-    def full(self) -> bool:
-        return self._stopped or len(self._subscribers) >= self.max_subscribers
+    def full(self, role: str = OPERATOR) -> bool:
+        if self._stopped or len(self._subscribers) >= self.max_subscribers:
+            return True
+        return role != OPERATOR and self._viewers >= self.max_viewers
+
+    def open(self, role: str) -> Subscriber | None:
+        """A slot for one page of ``role``, taken now; None when its share is full. Given back by
+        :meth:`release` (which the stream's end calls too)."""
+        if self.full(role):
+            return None
+        sub = Subscriber(max_queued=self.max_queued, role=role)
+        self._subscribers.add(sub)
+        if role != OPERATOR:
+            self._viewers += 1
+        return sub
+
+    def release(self, sub: Subscriber) -> None:
+        if sub in self._subscribers:
+            self._subscribers.discard(sub)
+            if sub.role != OPERATOR:
+                self._viewers -= 1
 
     def _batch(self) -> list[bytes]:
         """What changed since the last batch, encoded once for every page."""
@@ -142,10 +170,13 @@ class LiveFeed:
             for sub in self._subscribers:
                 sub.push(chunks)
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        """The event stream of one page, until it goes away or the coordinator stops."""
-        sub = Subscriber(max_queued=self.max_queued)
-        self._subscribers.add(sub)
+    async def stream(self, sub: Subscriber | None = None) -> AsyncIterator[bytes]:
+        """The event stream of one page (``sub`` from :meth:`open`; without one, an operator's slot is
+        taken now), until it goes away or the coordinator stops."""
+        if sub is None:
+            sub = self.open(OPERATOR)
+            if sub is None:
+                raise RuntimeError(f"no live slot left of {self.max_subscribers}")
         if self._flusher is None and not self._stopped:
             self._flusher = asyncio.create_task(self._flush(), name="dashboard-live-flush")
         try:
@@ -160,7 +191,7 @@ class LiveFeed:
                 for chunk in sub.take():
                     yield chunk
         finally:
-            self._subscribers.discard(sub)
+            self.release(sub)
 
     async def stop(self) -> None:
         self._stopped = True

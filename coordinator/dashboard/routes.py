@@ -3,7 +3,8 @@ queues, op events, models and datasets that the JSON API did not have.
 
 The page is static (plain JavaScript shipped in ``static/``, no build step, nothing fetched from
 elsewhere); everything it shows comes from the API, with the same token as any client: sent once
-to ``/api/v1/session``, then kept in an HttpOnly cookie (``coordinator.guard``).
+to ``/api/v1/session``, which answers with a session id in an HttpOnly cookie (``coordinator.guard``,
+``coordinator.dashboard.sessions``); the token itself is never stored in the browser.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from coordinator.api import read_json
 from coordinator.dashboard import catalog, charts
-from coordinator.errors import InvalidRequest, NotFound, Unavailable
-from coordinator.guard import TOKEN_COOKIE
+from coordinator.dashboard.live import LiveFeed, Subscriber
+from coordinator.errors import InvalidRequest, NotFound, OpError, Unavailable
+from coordinator.guard import ROLE_KEY, SESSION_COOKIE, TLS_KEY, VIEWER
 from coordinator.routes import stored_result
 from ktrdr.data.store import validate_symbol
 from ktrdr.data.timeframes import validate_timeframe
@@ -31,21 +33,14 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 MAX_TOKEN_CHARS = 512
-COOKIE_MAX_AGE_S = 30 * 24 * 3600
+# The sign-in's body is one token: anyone may send it, so it is refused before it is parsed.
+MAX_SIGN_IN_BYTES = 4096
+# Where earlier versions kept the token itself: removed from any browser that still sends it.
+LEGACY_TOKEN_COOKIE = "ktrdr_token"
 
 
-def _role(state: Any, token: str | None) -> str | None:
-    if not token or len(token) > MAX_TOKEN_CHARS:
-        return None
-    return state.guard.token_role(token.encode())  # type: ignore[no-any-return]
-
-
-def _request_token(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    scheme, _, credentials = auth.partition(" ")
-    if scheme.lower() == "bearer":
-        return credentials.strip()
-    return request.cookies.get(TOKEN_COOKIE)
+class TooLargeSignIn(OpError):
+    status = 413
 
 
 async def page(request: Request) -> Response:
@@ -62,41 +57,79 @@ async def dashboard_redirect(request: Request) -> Response:
 
 
 async def session(request: Request) -> Response:
-    """GET: who the page is signed in as (401 if not). POST ``{"token": ...}``: sign in, setting the
-    cookie. DELETE: sign out."""
+    """GET: who the page is signed in as (401 if not). POST ``{"token": ...}``: sign in, setting a
+    cookie with a new session's id. DELETE: sign out, ending that session."""
     state = request.app.state
     if request.method == "DELETE":
+        session_id = request.cookies.get(SESSION_COOKIE)
+        if session_id:
+            state.guard.sessions.revoke(session_id.encode())
         response = Response(status_code=204)
-        response.delete_cookie(TOKEN_COOKIE, path="/", samesite="strict", httponly=True)
+        _forget(request, response, SESSION_COOKIE)
         return response
     if request.method == "GET":
-        role = _role(state, _request_token(request))
+        # The guard found the role, from the bearer token or the session cookie.
+        role = request.scope.get(ROLE_KEY)
         if role is None:
             return JSONResponse({"error": "not signed in"}, status_code=401)
         return JSONResponse({"role": role})
+    if len(await request.body()) > MAX_SIGN_IN_BYTES:
+        raise TooLargeSignIn(f"a sign-in body is at most {MAX_SIGN_IN_BYTES} bytes")
     body = await read_json(request)
     token = body.get("token") if isinstance(body, dict) else None
     if not isinstance(token, str) or not token.strip():
         raise InvalidRequest("sign in with {\"token\": \"<the API token>\"}", field="token")
-    role = _role(state, token.strip())
-    if role is None:
+    token = token.strip()
+    opened = state.guard.open_session(token.encode()) if len(token) <= MAX_TOKEN_CHARS else None
+    if opened is None:
         state.metrics.api_errors.labels(status="401").inc()
         log.warning("dashboard sign-in refused: wrong token (from %s)", request.client.host if request.client else "?")
         return JSONResponse({"error": "wrong token"}, status_code=401)
+    session_id, role = opened
     response = JSONResponse({"role": role})
-    response.set_cookie(TOKEN_COOKIE, token.strip(), max_age=COOKIE_MAX_AGE_S, path="/", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(SESSION_COOKIE, session_id, max_age=int(state.guard.sessions.ttl_s), path="/",
+                        httponly=True, samesite="strict", secure=_over_tls(request))
+    if LEGACY_TOKEN_COOKIE in request.cookies:
+        _forget(request, response, LEGACY_TOKEN_COOKIE)
     return response
+
+
+def _over_tls(request: Request) -> bool:
+    # The guard decided, from the scheme or a trusted proxy's X-Forwarded-Proto.
+    return bool(request.scope.get(TLS_KEY))
+
+
+def _forget(request: Request, response: Response, cookie: str) -> None:
+    response.delete_cookie(cookie, path="/", samesite="strict", httponly=True, secure=_over_tls(request))
 
 
 async def stream(request: Request) -> Response:
     """Server-sent events: ``hello``, then ``ops`` (summaries of changed ops), ``workers``
     (changed leases and gone workers) and ``resync`` (reload the lists) as they happen."""
-    live = request.app.state.live
-    if live.full():
-        raise Unavailable(f"too many live pages ({live.max_subscribers}); try again later")
-    return StreamingResponse(live.stream(), media_type="text/event-stream",
-                             headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+    live: LiveFeed = request.app.state.live
+    role = request.scope.get(ROLE_KEY, VIEWER)
+    # The slot is taken now, not when the stream starts: pages asking at once cannot all pass the check.
+    sub = live.open(role)
+    if sub is None:
+        share = live.max_viewers if role == VIEWER else live.max_subscribers
+        raise Unavailable(f"too many live pages ({share} for the {role} role); try again later")
+    return LiveResponse(live, sub)
+
+
+class LiveResponse(StreamingResponse):
+    """One page's event stream, its slot given back however the response ends, even before the
+    stream started (a client gone at once)."""
+
+    def __init__(self, live: LiveFeed, sub: Subscriber) -> None:
+        super().__init__(live.stream(sub), media_type="text/event-stream",
+                         headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+        self._live, self._sub = live, sub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._live.release(self._sub)
 
 
 async def queues(request: Request) -> JSONResponse:

@@ -68,7 +68,10 @@ def context_(json: JsonOpt = False) -> None:
 @app.command()
 def up(
     nats_port: Annotated[int, typer.Option(help="Port of the embedded nats-server.")] = 4222,
-    monitor_port: Annotated[int, typer.Option(help="Monitoring port of the embedded nats-server.")] = 8222,
+    monitor_port: Annotated[int | None, typer.Option(
+        help="Also serve the embedded nats-server's monitoring endpoint on 127.0.0.1:PORT. Off by default: it has "
+             "no auth and answers any web page (Access-Control-Allow-Origin: *) with op ids and consumer "
+             "names.")] = None,
     api_port: Annotated[int, typer.Option(help="Port of the status API.")] = 8000,
     backtest_workers: Annotated[int, typer.Option(min=0)] = 1,
     training_workers: Annotated[int, typer.Option(min=0)] = 1,
@@ -179,25 +182,30 @@ def fleet_server_config(
     you run yourself, e.g. the three-node cluster in nats/cluster/secure. Credentials and the CA are
     this host's (under KTRDR_HOME), the same that `ktrdr fleet invite` hands out."""
     from ktrdr.security.credentials import ensure_credentials, write_private
+    from ktrdr.security.hosts import load_hosts
     from ktrdr.security.serverconf import render
     from ktrdr.security.tls import ensure_server_cert, server_names
 
     s = settings()
     credentials = ensure_credentials(s.auth_dir)
     files = ensure_server_cert(s.tls_dir, server_names(name)) if tls else None
-    write_private(out, render(credentials=credentials, tls=files))
+    write_private(out, render(credentials=credentials, hosts=load_hosts(s.auth_dir).values(), tls=files))
     console.print(f"wrote {out}: users for {', '.join(credentials)}" + (f"; TLS with CA {files.ca}" if files else ""))
 
 
 @fleet_app.command("invite")
 def fleet_invite(
     role: Annotated[str, typer.Argument(help="worker (backtest, training, GPU hosts), ib, client or viewer.")],
+    host: Annotated[str | None, typer.Option(
+        "--host", help="The worker or IB host's name: a key of its own, revoked with `ktrdr fleet revoke`.")] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="The worker host may take GPU training jobs.")] = False,
     url: Annotated[str | None, typer.Option(help="The URL the other host reaches NATS by (default: what "
                                                  "`ktrdr up --listen/--name` advertised).")] = None,
 ) -> None:
     """Print a shell script that gives another host what it needs to join: the URL, the CA
-    certificate and the role's credential. It holds a secret: hand it over privately."""
-    from ktrdr.security.fleet import invite, read_fleet_file
+    certificate and a credential (a new key of its own for a worker or IB host). It holds a secret:
+    hand it over privately."""
+    from ktrdr.security.fleet import apply_hosts, invite, read_fleet_file
 
     s = settings()
     known = read_fleet_file(s.home) or {}
@@ -207,9 +215,63 @@ def fleet_invite(
         fail("no URL: start `ktrdr up --listen 0.0.0.0 --name <this host>` or pass --url")
     ca = s.tls_dir / "ca.pem"
     try:
-        print(invite(home=s.home, role=role, url=chosen, ca=ca if known.get("tls") and ca.exists() else None), end="")
+        script = invite(home=s.home, role=role, url=chosen, ca=ca if known.get("tls") and ca.exists() else None,
+                        host=host, gpu=gpu)
     except (ValueError, OSError, RuntimeError) as exc:
         fail(f"{exc}")
+    print(script, end="")
+    if host:
+        pid = apply_hosts(s.home)
+        # On stderr: stdout is the script, usually redirected to a file.
+        typer.echo(f"host {host} added: nats-server (pid {pid}) reloaded" if pid else
+                   f"host {host} added to {s.auth_dir / 'nats-server.conf'}: no `ktrdr up` server runs here, so "
+                   "reload yours (nats-server --signal reload)", err=True)
+
+
+@fleet_app.command("hosts")
+def fleet_hosts(json: JsonOpt = False) -> None:
+    """The hosts that hold a credential of their own: this machine's (local) and every invited one."""
+    from ktrdr.security.credentials import ensure_credentials
+    from ktrdr.security.hosts import load_hosts, local_hosts
+
+    s = settings()
+    try:
+        hosts = [*local_hosts(ensure_credentials(s.auth_dir)), *load_hosts(s.auth_dir).values()]
+    except ValueError as exc:
+        fail(f"{exc}")
+    if json:
+        print(jsonlib.dumps([{"name": h.name, "role": h.role, "gpu": h.gpu, "public_key": h.public_key,
+                              "created_at": h.created_at or None, "local": h.local} for h in hosts], indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("host", "role", "gpu", "key", "invited"):
+        table.add_column(column, no_wrap=True)
+    for h in hosts:
+        table.add_row(h.name, h.role, "yes" if h.gpu else "no", h.public_key[:12] + "…",
+                      "this machine (ktrdr up)" if h.local else h.created_at)
+    console.print(table)
+
+
+@fleet_app.command("revoke")
+def fleet_revoke(name: Annotated[str, typer.Argument(help="The host to cut off (see `ktrdr fleet hosts`).")]) -> None:
+    """Cut one host off: its key leaves the server's config and the running nats-server reloads it.
+
+    The host's connections close; its workers' leases expire and their operations are retried on
+    other workers, as for any lost worker. Nothing else restarts."""
+    from ktrdr.security.fleet import revoke
+    from ktrdr.security.hosts import reload_server
+
+    s = settings()
+    try:
+        host = revoke(s.home, name)
+    except ValueError as exc:
+        fail(f"{exc}")
+    reloaded = reload_server(s.home) is not None
+    console.print(f"revoked host {host.name} ({host.role}): " + (
+        "nats-server reloaded; its connections are closed and refused from now on" if reloaded else
+        f"{s.auth_dir / 'nats-server.conf'} rewritten; reload your nats-server (nats-server --signal reload)"))
 
 
 # --- reading ------------------------------------------------------------------------------------

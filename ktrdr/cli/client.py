@@ -11,10 +11,10 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import BucketNotFoundError
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 import nats
+from ktrdr.runtime import direct
 from ktrdr.runtime.connection import NatsAuth, NatsConnectError, connect
 from ktrdr.runtime.retry import RetryPolicy
 from ktrdr.security.credentials import CredentialError
@@ -265,22 +265,24 @@ class KtrdrClient:
         return decode(CancelReply, msg.data)
 
     async def workers(self) -> list[WorkerLease]:
-        try:
-            workers = await self._nc.jetstream().key_value(names.WORKERS_BUCKET)
-        except BucketNotFoundError:
-            raise KtrdrError(f"the key-value bucket {names.WORKERS_BUCKET!r} does not exist: is the coordinator "
-                             "running?", 503) from None
+        # Direct gets of the bucket's stream: a client may not make the consumer a KV watch needs.
         leases = []
-        watcher = await workers.watchall()
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.value:
+        try:
+            async for stored in direct.scan(self._nc, names.kv_stream(names.WORKERS_BUCKET),
+                                            f"$KV.{names.WORKERS_BUCKET}.>", timeout=self.timeout):
+                # Deleted, purged or expired leases are markers without a value.
+                if not stored.data or stored.headers.get("KV-Operation") or stored.headers.get("Nats-Marker-Reason"):
+                    continue
                 try:
-                    leases.append(decode(WorkerLease, entry.value))
+                    leases.append(decode(WorkerLease, stored.data))
                 except BadPayload:
                     continue
-        await watcher.stop()
+        except direct.NoStream:
+            raise KtrdrError(f"the key-value bucket {names.WORKERS_BUCKET!r} does not exist: is the coordinator "
+                             "running?", 503) from None
+        except nats.errors.TimeoutError:
+            raise KtrdrError(f"no answer reading the {names.WORKERS_BUCKET!r} bucket in {self.timeout:g} s",
+                             504) from None
         return sorted(leases, key=lambda w: w.worker_id)
 
     async def watch(self, op_id: str) -> AsyncIterator[Operation | ProgressUpdate | OpEvent]:

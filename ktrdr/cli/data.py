@@ -98,7 +98,8 @@ def import_(
     """Import a CSV file into the local store (merged with what is there) and publish it.
 
     The layout: a header line, then one bar a line, ``timestamp,open,high,low,close,volume``
-    (timestamps ISO 8601, UTC unless they say otherwise). `ktrdr data sample` writes an example."""
+    (timestamps ISO 8601, UTC unless they say otherwise). `ktrdr data sample` writes an example.
+    A file over 256 MiB, or with more bars than a dataset holds (5,592,405), is refused: import it in parts."""
     from ktrdr.data.store import UnnamedDataset
 
     try:
@@ -106,6 +107,7 @@ def import_(
     except UnnamedDataset as exc:
         fail(UnnamedDataset(exc.path, how="pass --symbol and --timeframe"))
     except (ValueError, OSError) as exc:
+        # Bad content and the size limits alike (DatasetTooLarge is a ValueError): one line, exit 2.
         fail(exc)
     _report(info, publish(info.symbol, info.timeframe) if publish_it else None, json)
 

@@ -25,6 +25,7 @@ from ktrdr.natsd import NatsServer, port_open
 from ktrdr.runtime.retry import RetryPolicy
 from ktrdr.security.api_token import load_or_create_token
 from ktrdr.security.fleet import Fleet, provision, write_fleet_file
+from ktrdr.security.hosts import clear_pid, write_pid
 from ktrdr.security.tls import TlsFiles
 from subjects import roles
 
@@ -71,9 +72,12 @@ class Listen:
         return [f"{scheme}://{h}:{port}" for h in hosts]
 
 
-def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monitor_port: int, api_port: int,
+def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monitor_port: int | None, api_port: int,
            backtest_workers: int, training_workers: int, gpu: bool | None, listen: Listen | None = None,
            context: str = DEFAULT_CONTEXT) -> int:
+    """``monitor_port``: serve nats-server's monitoring endpoint there, or not at all (None). It is off
+    unless asked for: it has no auth, and nats-server answers it with ``Access-Control-Allow-Origin: *``
+    (no option turns that off), so any web page the user opens could read op ids and consumer names."""
     home = settings.home
     listen = listen or Listen()
     server: NatsServer | None = None
@@ -85,7 +89,9 @@ def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monito
         return EXIT_BAD_INPUT
     wanted = {"the status API (--api-port)": api_port}
     if not explicit_nats:
-        wanted |= {"NATS (--nats-port)": nats_port, "NATS monitoring (--monitor-port)": monitor_port}
+        wanted |= {"NATS (--nats-port)": nats_port}
+        if monitor_port is not None:
+            wanted |= {"NATS monitoring (--monitor-port)": monitor_port}
     if len(set(wanted.values())) < len(wanted):
         print_error("two components would share a port: " + ", ".join(f"{port} for {what}" for what, port in
                                                                    wanted.items()))
@@ -98,11 +104,13 @@ def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monito
     if not explicit_nats:
         # The monitoring endpoint has no auth of its own: loopback only, whatever --listen says.
         fleet = provision(home, tls=listen.use_tls, tls_names=[*listen.names, *([listen.host] if listen.host not in
-                          WILDCARD else [])], own_tls=listen.own_tls, monitor=f"127.0.0.1:{monitor_port}")
+                          WILDCARD else [])], own_tls=listen.own_tls,
+                          monitor=None if monitor_port is None else f"127.0.0.1:{monitor_port}")
         server = NatsServer(store_dir=home / "nats", host=listen.host, port=nats_port,
                             log_file=home / "nats-server.log", config_file=fleet.config)
         (home / "nats").mkdir(parents=True, exist_ok=True)
         server.start()
+        write_pid(home, server.pid or 0)  # `ktrdr fleet invite/revoke` reload it
         nats_url = f"{'tls' if listen.use_tls else 'nats'}://127.0.0.1:{nats_port}"
         write_fleet_file(home, urls=listen.advertised(nats_port), tls=listen.use_tls)
     elif not settings.nats_creds:
@@ -152,7 +160,9 @@ def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monito
         table.add_column()
         table.add_row("NATS", f"{nats_url}" + (" (embedded, data in " + str(home / "nats") + ")" if server else ""))
         if server and fleet:
-            table.add_row("NATS monitoring", f"http://127.0.0.1:{monitor_port}")
+            if monitor_port is not None:
+                table.add_row("NATS monitoring", f"http://127.0.0.1:{monitor_port}  (no auth: any web page can "
+                              "read it)")
             table.add_row("security", f"credentials per role in {fleet.auth_dir}" + (
                 f"; TLS, CA {fleet.tls.ca}" if fleet.tls else "; loopback only (--listen for other hosts)"))
             if not listen.loopback:
@@ -205,6 +215,7 @@ def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monito
             if child.proc is not None and child.proc.poll() is None:
                 child.proc.kill()
         if server is not None:
+            clear_pid(home, server.pid or 0)
             server.stop()
         console.print("ktrdr stopped")
 

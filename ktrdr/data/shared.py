@@ -16,13 +16,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from nats.js.api import ObjectInfo, ObjectMeta
+from nats.js.api import ObjectInfo
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from ktrdr.data.store import DataStore, bars_from_bytes, validate_symbol
 from ktrdr.data.timeframes import validate_timeframe
+from ktrdr.runtime.objects import ObjectBucket
 from ktrdr.runtime.retry import RetryPolicy, transient_js_error
 from subjects.names import DATA_OBJECTS
 
@@ -54,8 +55,20 @@ def object_name(symbol: str, timeframe: str) -> str:
 
 
 async def data_bucket(js: JetStreamContext) -> ObjectStore:
-    """The bucket the coordinator made (``ensure_topology``); nobody else may create it."""
+    """The bucket as the coordinator reads it (nats-py's ObjectStore, which makes consumers)."""
     return await js.object_store(DATA_OBJECTS)
+
+
+def data_objects(js: JetStreamContext) -> ObjectBucket:
+    """The bucket as every other role uses it: direct gets and plain publishes (``ktrdr.runtime.objects``)."""
+    return ObjectBucket(js=js, bucket=DATA_OBJECTS)
+
+
+async def _info(bucket: ObjectBucket, name: str) -> ObjectInfo:
+    info = await bucket.info(name)
+    if info is None:
+        raise ObjectNotFoundError
+    return info
 
 
 async def publish_dataset(js: JetStreamContext, store: DataStore, symbol: str, timeframe: str) -> PublishResult:
@@ -66,8 +79,7 @@ async def publish_dataset(js: JetStreamContext, store: DataStore, symbol: str, t
     data = path.read_bytes()
     bars_from_bytes(data, source=str(path))
     name = object_name(symbol, timeframe)
-    bucket = await data_bucket(js)
-    info = await bucket.put(name, data, meta=ObjectMeta(name=name, description=f"{symbol} {timeframe} OHLCV npz"))
+    info = await data_objects(js).put(name, data, description=f"{symbol} {timeframe} OHLCV npz")
     _write_marker(store, symbol, timeframe, str(info.digest))
     return PublishResult(name=name, digest=str(info.digest), size=int(info.size or len(data)))
 
@@ -81,16 +93,16 @@ async def adopt_dataset(js: JetStreamContext, store: DataStore, symbol: str, tim
     is downloaded when the local store already took in the bucket's current version.
     """
     name = object_name(symbol, timeframe)
+    bucket = data_objects(js)
     try:
-        bucket = await data_bucket(js)
-        info = await bucket.get_info(name)
+        info = await _info(bucket, name)
     except (BucketNotFoundError, NotFoundError):
         return 0
     digest = str(info.digest)
     marker = _marker(store, symbol, timeframe)
     if store.exists(symbol, timeframe) and marker.is_file() and marker.read_text() == digest:
         return 0
-    data = (await bucket.get(name)).data or b""
+    data = await bucket.get(name, info=info)
 
     def merge() -> int:  # years of minute bars: off the event loop
         theirs = bars_from_bytes(data, source=f"object {DATA_OBJECTS}/{name}")
@@ -109,11 +121,12 @@ async def fetch_dataset(js: JetStreamContext, store: DataStore, symbol: str, tim
         log.warning("dataset %s not readable yet (%s); retrying in %.1f s", name, str(exc) or type(exc).__name__,
                     pause)
 
-    async def read_info() -> tuple[ObjectStore, ObjectInfo]:
-        bucket = await data_bucket(js)
-        return bucket, await bucket.get_info(name)
+    bucket = data_objects(js)
 
-    bucket, info = await FETCH_RETRY.run(read_info, retry_on=transient_js_error, on_retry=retrying)
+    async def read_info() -> ObjectInfo:
+        return await _info(bucket, name)
+
+    info = await FETCH_RETRY.run(read_info, retry_on=transient_js_error, on_retry=retrying)
     digest = str(info.digest)
     cache_file = _cache_path(store, digest)
     cached = cache_file.is_file()
@@ -121,8 +134,8 @@ async def fetch_dataset(js: JetStreamContext, store: DataStore, symbol: str, tim
         data = cache_file.read_bytes()
     else:
         async def read() -> bytes:
-            # ObjectStore.get checks the SHA-256 digest of what arrived against the object info.
-            return (await bucket.get(name)).data or b""
+            # ObjectBucket.get checks the SHA-256 digest of what arrived against the object info.
+            return await bucket.get(name, info=info)
 
         data = await FETCH_RETRY.run(read, retry_on=transient_js_error, on_retry=retrying)
         bars_from_bytes(data, source=f"object {DATA_OBJECTS}/{name}")

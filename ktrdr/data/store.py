@@ -8,11 +8,16 @@ the same bytes are what :mod:`ktrdr.data.shared` puts in the Object Store.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
+import struct
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -20,7 +25,10 @@ import pandas as pd
 from ktrdr.data.csv_io import read_csv
 from ktrdr.data.gaps import Gap, find_gaps
 from ktrdr.data.timeframes import validate_timeframe
-from ktrdr.data.validation import OHLCV, validate_bars
+from ktrdr.data.validation import OHLCV, DatasetTooLarge, max_bars, size_text, validate_bars
+from subjects import limits
+
+log = logging.getLogger(__name__)
 
 _SYMBOL = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 class UnnamedDataset(ValueError):
@@ -53,11 +61,122 @@ def bars_to_bytes(df: pd.DataFrame) -> bytes:
 
 
 def bars_from_bytes(data: bytes | Path, *, source: str) -> pd.DataFrame:
-    with np.load(data if isinstance(data, Path) else io.BytesIO(data)) as z:
-        index = pd.DatetimeIndex(pd.to_datetime(z["timestamp"], utc=True), name="timestamp")
-        df = pd.DataFrame({c: z[c] for c in OHLCV}, index=index)
+    """The bars of a dataset's ``.npz``, from anyone (a bucket's object, a local file).
+
+    Refused with a ValueError naming ``source`` (:class:`DatasetTooLarge` past
+    :data:`subjects.limits.MAX_DATASET_BYTES`) unless it holds exactly the six 1-D arrays
+    :func:`bars_to_bytes` writes. Each array's size is checked against the limit from its header
+    before it is allocated and again as it is inflated, so that a small compressed file never
+    becomes a large allocation; no member is ever unpickled.
+    """
+    try:
+        with data.open("rb") if isinstance(data, Path) else io.BytesIO(data) as f:
+            arrays = _read_npz(f, source=source)
+    except DatasetTooLarge:
+        log.warning("refused dataset %s: past MAX_DATASET_BYTES", source)
+        raise
+    index = pd.DatetimeIndex(pd.to_datetime(arrays["timestamp"], utc=True), name="timestamp")
+    df = pd.DataFrame({c: arrays[c] for c in OHLCV}, index=index)
     validate_bars(df, source=source)
     return df
+
+
+# What bars_to_bytes writes: one member per array, each of one dtype.
+_MEMBERS = {"timestamp.npy": np.dtype("<i8"), **{f"{c}.npy": np.dtype("<f8") for c in OHLCV}}
+# numpy's own bound on an .npy header it parses; ours are under 128 bytes.
+_MAX_NPY_HEADER = 10_000
+# zipfile builds an object for every entry of the central directory before anything can be checked:
+# ours is a few hundred bytes, and this keeps a forged one from filling memory with entries.
+_MAX_ZIP_DIRECTORY = 64 * 1024
+_END_RECORD = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = 20
+_READ_CHUNK = 1024 * 1024
+
+
+def _read_npz(f: BinaryIO, *, source: str) -> dict[str, np.ndarray]:
+    cap = limits.MAX_DATASET_BYTES
+    past_cap = f"{source}: inflates past {size_text(cap)} (MAX_DATASET_BYTES, the limit of a dataset's arrays)"
+    try:
+        _check_directory(f, source=source)
+        with zipfile.ZipFile(f) as z:
+            infos = z.infolist()
+            names = [i.filename for i in infos]
+            if sorted(names) != sorted(_MEMBERS):
+                raise ValueError(f"{source}: not a dataset: holds {sorted(names)[:8]}, expected {sorted(_MEMBERS)}")
+            # The central directory's sizes can lie, so this only refuses early; reading checks again.
+            if sum(i.file_size for i in infos) > cap + len(infos) * (_MAX_NPY_HEADER + 16):
+                raise DatasetTooLarge(past_cap)
+            arrays: dict[str, np.ndarray] = {}
+            budget = cap
+            for info in infos:
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+                    # bzip2 and lzma inflate a whole compressed block at once, past any bound we set.
+                    raise ValueError(f"{source}: member {info.filename} is encrypted or compressed other than "
+                                     "with deflate")
+                with z.open(info) as member:
+                    array = _read_member(member, name=info.filename, source=source, budget=budget,
+                                         past_cap=past_cap)
+                budget -= array.nbytes
+                arrays[info.filename.removesuffix(".npy")] = array
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, struct.error) as exc:
+        raise ValueError(f"{source}: not a readable dataset ({str(exc) or type(exc).__name__})") from None
+    if len({len(a) for a in arrays.values()}) > 1:
+        raise ValueError(f"{source}: not a dataset: its arrays differ in length")
+    return arrays
+
+
+def _check_directory(f: BinaryIO, *, source: str) -> None:
+    """Refuse a central directory larger than ours could be, before zipfile reads it.
+
+    Ours ends with the end record (no comment) and has no zip64 records, so zipfile reads the same
+    record this does; a file that needs searching for it is no dataset.
+    """
+    end = f.seek(0, os.SEEK_END)
+    f.seek(max(0, end - _ZIP64_LOCATOR - _END_RECORD.size))
+    tail = f.read()
+    f.seek(0)
+    if len(tail) < _END_RECORD.size:
+        raise ValueError(f"{source}: not a dataset ({len(tail)} bytes)")
+    signature, _, _, _, entries, directory_size, _, comment = _END_RECORD.unpack(tail[-_END_RECORD.size:])
+    if signature != b"PK\x05\x06" or comment:
+        raise ValueError(f"{source}: not a dataset (no zip end record where a dataset has it)")
+    zip64 = tail[:4] == b"PK\x06\x07" and len(tail) == _ZIP64_LOCATOR + _END_RECORD.size
+    if zip64 or entries > len(_MEMBERS) or directory_size > _MAX_ZIP_DIRECTORY:
+        raise ValueError(f"{source}: not a dataset: a zip directory of {entries} entries in {directory_size} bytes "
+                         f"(a dataset has {len(_MEMBERS)})")
+
+
+def _read_member(member: BinaryIO, *, name: str, source: str, budget: int, past_cap: str) -> np.ndarray:
+    """One array, allocated only once its header says it fits ``budget``, and read in chunks so that
+    inflating never runs ahead of the array (or past its end)."""
+    try:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member, max_header_size=_MAX_NPY_HEADER)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member, max_header_size=_MAX_NPY_HEADER)
+        else:
+            raise ValueError(f"npy format {version[0]}.{version[1]}")
+    except ValueError as exc:
+        raise ValueError(f"{source}: member {name} is not an array ({exc})") from None
+    expected = _MEMBERS[name]
+    if dtype != expected or len(shape) != 1 or shape[0] < 0:
+        raise ValueError(f"{source}: member {name} holds {dtype} of shape {shape}; expected a 1-D {expected} array")
+    if shape[0] * dtype.itemsize > budget:
+        raise DatasetTooLarge(past_cap)
+    array = np.empty(shape[0], dtype=dtype)
+    view = memoryview(array).cast("B")
+    done = 0
+    while done < len(view):
+        chunk = member.read(min(_READ_CHUNK, len(view) - done))
+        if not chunk:
+            raise ValueError(f"{source}: member {name} is cut short")
+        view[done:done + len(chunk)] = chunk
+        done += len(chunk)
+    # More than its header said: refused unread (reading to the end is also what checks the CRC).
+    if member.read(1):
+        raise ValueError(f"{source}: member {name} holds more than its header says")
+    return array
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +231,10 @@ class DataStore:
         return self.info(symbol, timeframe)
 
     def save(self, symbol: str, timeframe: str, df: pd.DataFrame) -> Path:
+        # A dataset past the limit could be written but never read back, here or by any worker.
+        if len(df) > max_bars():
+            raise DatasetTooLarge(f"{symbol}/{timeframe}: {len(df):,} bars, more than the {max_bars():,} a dataset "
+                                  f"may hold ({size_text(limits.MAX_DATASET_BYTES)}, MAX_DATASET_BYTES)")
         validate_bars(df, source=f"{symbol}/{timeframe}")
         return self.write_bytes(symbol, timeframe, bars_to_bytes(df))
 

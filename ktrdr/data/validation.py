@@ -9,7 +9,29 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from subjects import limits
+
 OHLCV = ("open", "high", "low", "close", "volume")
+# A stored bar: int64 nanoseconds and a float64 per column.
+BAR_BYTES = 8 * (1 + len(OHLCV))
+
+
+class DatasetTooLarge(ValueError):
+    """A dataset, or the file it is read from, past a limit of :mod:`subjects.limits`; the message names it."""
+
+
+def max_bars() -> int:
+    """The most bars a dataset may hold: what :data:`subjects.limits.MAX_DATASET_BYTES` has room for.
+    Read at each call, so that the limit is the module's current one."""
+    return limits.MAX_DATASET_BYTES // BAR_BYTES
+
+
+def size_text(n: int) -> str:
+    """A limit as a person reads it: ``256 MiB``, ``64 KiB``, else bytes."""
+    for unit, size in (("GiB", limits.GIB), ("MiB", limits.MIB), ("KiB", limits.KIB)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n:,} bytes"
 
 
 class BarValidationError(ValueError):

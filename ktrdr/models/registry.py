@@ -5,6 +5,12 @@ Each version is one object named ``<name>/<version>`` (versions count from 1); i
 registry reads no bundle. A new version number is reserved atomically before the upload: the
 first meta message on the version's subject is published with an expected last subject sequence
 of 0, so two trainings finishing at once never get the same version.
+
+Whoever may save a model may also write over one (a worker, with a stolen credential), so a version
+is only loaded as the coordinator registered it: when the training that saved it completes, the
+coordinator writes the bundle's digest, once, to the ``model_pins`` bucket that only it may write
+(:func:`register_model`), and :func:`load_model` refuses a bundle whose digest differs, or a version
+nobody registered, naming the model.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import Header, ObjectMeta
-from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
-from nats.js.object_store import ObjectStore
+from nats.js.api import Header
+from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
-from subjects.names import MODELS_OBJECTS, object_meta_subject
+from ktrdr.runtime import direct
+from ktrdr.runtime.objects import DigestMismatch, ObjectBucket, digest_of
+from ktrdr.runtime.retry import RetryPolicy
+from subjects.names import MODEL_PINS_BUCKET, MODELS_OBJECTS, kv_stream, model_pin_key, object_meta_subject
 from subjects.training import validate_model_name
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,15 @@ _RESERVE_TRIES = 20
 
 class ModelNotFoundError(LookupError):
     pass
+
+
+class ModelTampered(ValueError):
+    """The bundle is not the one the coordinator registered, or it was never registered."""
+
+
+# A load waits this long for the registration of a version whose training just completed (the
+# coordinator registers it right after it records the completion).
+PIN_WAIT = RetryPolicy(first_s=0.05, max_s=0.5, budget_s=5.0)
 
 
 @dataclass(frozen=True)
@@ -81,17 +98,19 @@ def _split_object_name(object_name: str) -> tuple[str, int] | None:
     return name, int(version)
 
 
-async def models_bucket(js: JetStreamContext) -> ObjectStore:
-    """The bucket the coordinator made (``ensure_topology``); nobody else may create it."""
+def models_bucket(js: JetStreamContext) -> ObjectBucket:
+    """The bucket the coordinator made (``ensure_topology``), read and written without consumers."""
+    return ObjectBucket(js=js, bucket=MODELS_OBJECTS)
+
+
+_NO_BUCKET = "the model registry has no bucket yet (is the coordinator running?)"
+
+
+async def _all_infos(bucket: ObjectBucket) -> list[Any]:
     try:
-        return await js.object_store(MODELS_OBJECTS)
+        return await bucket.list(include_deleted=True)
     except BucketNotFoundError:
-        raise ModelNotFoundError("the model registry has no bucket yet (is the coordinator running?)") from None
-
-
-async def _all_infos(bucket: ObjectStore) -> list[Any]:
-    try:
-        return list(await bucket.list(ignore_deletes=False))
+        raise ModelNotFoundError(_NO_BUCKET) from None
     except NotFoundError:
         return []
 
@@ -109,7 +128,7 @@ def _to_version(info: Any) -> ModelVersion | None:
                         metadata=metadata if isinstance(metadata, dict) else {})
 
 
-async def _reserve(js: JetStreamContext, bucket: ObjectStore, name: str, first: int) -> int:
+async def _reserve(js: JetStreamContext, name: str, first: int) -> int:
     """Claim the first free version >= ``first`` by creating its meta subject (a deleted stub)."""
     version = first
     for _ in range(_RESERVE_TRIES):
@@ -130,15 +149,14 @@ async def _reserve(js: JetStreamContext, bucket: ObjectStore, name: str, first: 
 async def save_model(js: JetStreamContext, name: str, bundle_bytes: bytes, metadata: dict[str, Any]) -> int:
     """Store ``bundle_bytes`` as the next version of ``name``; returns the version."""
     validate_model_name(name)
-    bucket = await models_bucket(js)
+    bucket = models_bucket(js)
     taken = [v for info in await _all_infos(bucket)
              if (parsed := _split_object_name(info.name or "")) and parsed[0] == name for v in [parsed[1]]]
-    version = await _reserve(js, bucket, name, max(taken, default=0) + 1)
+    version = await _reserve(js, name, max(taken, default=0) + 1)
     meta = {**metadata, "name": name, "version": version,
             "created_at": metadata.get("created_at") or datetime.now(UTC).isoformat()}
     object_name = _object_name(name, version)
-    await bucket.put(object_name, bundle_bytes,
-                     meta=ObjectMeta(name=object_name, description=json.dumps(meta, default=str)))
+    await bucket.put(object_name, bundle_bytes, description=json.dumps(meta, default=str))
     log.info("stored model %s@%d (%d bytes)", name, version, len(bundle_bytes))
     return version
 
@@ -146,10 +164,10 @@ async def save_model(js: JetStreamContext, name: str, bundle_bytes: bytes, metad
 async def list_models(js: JetStreamContext) -> list[ModelVersion]:
     """Every stored version, by name then version."""
     try:
-        bucket = await models_bucket(js)
+        infos = await _all_infos(models_bucket(js))
     except ModelNotFoundError:
         return []
-    found = [v for info in await _all_infos(bucket) if (v := _to_version(info)) is not None]
+    found = [v for info in infos if (v := _to_version(info)) is not None]
     return sorted(found, key=lambda v: (v.name, v.version))
 
 
@@ -169,12 +187,62 @@ async def show_model(js: JetStreamContext, name: str, version: int | str | None 
                              + ", ".join(str(v.version) for v in versions) + ")")
 
 
-async def load_model(js: JetStreamContext, name: str, version: int | str | None = None) -> bytes:
-    """The bundle bytes of ``name@version`` (the latest when ``version`` is None)."""
-    found = await show_model(js, name, version)
-    bucket = await models_bucket(js)
+async def register_model(js: JetStreamContext, name: str, version: int, *, op_id: str | None = None) -> str:
+    """Record the digest of ``name@version`` as it is now (the coordinator's act, once per version);
+    returns it. A version registered already keeps its first digest."""
+    info = await models_bucket(js).info(_object_name(name, version))
+    if info is None or not info.digest:
+        raise ModelNotFoundError(f"model {name}@{version} is not stored")
+    pin = {"digest": info.digest, "size": int(info.size or 0), "op_id": op_id,
+           "registered_at": datetime.now(UTC).isoformat()}
+    pins = await js.key_value(MODEL_PINS_BUCKET)
     try:
-        result = await bucket.get(_object_name(found.name, found.version))
+        await pins.create(model_pin_key(name, version), json.dumps(pin).encode())
+    except KeyWrongLastSequenceError:
+        current = await registered_digest(js, name, version)
+        if current != info.digest:
+            log.error("model %s@%d differs from the digest registered for it: it was written over", name, version)
+        return current or info.digest
+    log.info("registered model %s@%d (%s)", name, version, info.digest)
+    return str(info.digest)
+
+
+async def registered_digest(js: JetStreamContext, name: str, version: int) -> str | None:
+    """The digest the coordinator registered for ``name@version``, or None."""
+    stored = await direct.last(js._nc, kv_stream(MODEL_PINS_BUCKET),
+                               f"$KV.{MODEL_PINS_BUCKET}.{model_pin_key(name, version)}")
+    if stored is None or not stored.data:
+        return None
+    return str(json.loads(stored.data).get("digest") or "") or None
+
+
+async def load_model(js: JetStreamContext, name: str, version: int | str | None = None) -> bytes:
+    """The bundle bytes of ``name@version`` (the latest when ``version`` is None), exactly as the
+    coordinator registered them."""
+    found = await show_model(js, name, version)
+
+    async def pinned() -> str:
+        digest = await registered_digest(js, found.name, found.version)
+        if digest is None:
+            raise _NotRegisteredYet
+        return digest
+
+    try:
+        expected = await PIN_WAIT.run(pinned, retry_on=lambda exc: isinstance(exc, _NotRegisteredYet))
+    except _NotRegisteredYet:
+        raise ModelTampered(f"model {found.ref} was never registered by the coordinator (did the training that "
+                            "saved it complete?); it is not loaded") from None
+    try:
+        bundle = await models_bucket(js).get(_object_name(found.name, found.version))
     except NotFoundError:
         raise ModelNotFoundError(f"model {found.ref} vanished while loading") from None
-    return bytes(result.data or b"")
+    except DigestMismatch:
+        bundle = None
+    if bundle is None or digest_of(bundle) != expected:
+        raise ModelTampered(f"model {found.ref} does not match the digest registered when it was trained: it was "
+                            "written over after its training; it is not loaded")
+    return bundle
+
+
+class _NotRegisteredYet(LookupError):
+    pass

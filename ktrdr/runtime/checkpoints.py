@@ -10,34 +10,37 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from nats.js.object_store import ObjectStore
 
+from ktrdr.runtime.objects import ObjectBucket
 from subjects.names import CHECKPOINTS_OBJECTS, validate_token
 
 
-async def checkpoints_bucket(js: JetStreamContext) -> ObjectStore:
-    """The bucket the coordinator made (``ensure_topology``); nobody else may create it."""
-    return await js.object_store(CHECKPOINTS_OBJECTS)
+def checkpoints_objects(js: JetStreamContext) -> ObjectBucket:
+    """The bucket the coordinator made (``ensure_topology``), read and written without consumers."""
+    return ObjectBucket(js=js, bucket=CHECKPOINTS_OBJECTS)
 
 
 async def save_checkpoint(js: JetStreamContext, op_id: str, data: bytes) -> None:
-    bucket = await checkpoints_bucket(js)
-    await bucket.put(validate_token(op_id, what="operation id"), data)
+    await checkpoints_objects(js).put(validate_token(op_id, what="operation id"), data)
 
 
 async def load_checkpoint(js: JetStreamContext, op_id: str) -> bytes | None:
     """The operation's last checkpoint, or None when it has none."""
-    bucket = await checkpoints_bucket(js)
     try:
-        result = await bucket.get(validate_token(op_id, what="operation id"))
+        return await checkpoints_objects(js).get(validate_token(op_id, what="operation id"))
     except NotFoundError:
         return None
-    return bytes(result.data or b"")
 
 
 async def delete_checkpoint(js: JetStreamContext, op_id: str) -> None:
-    bucket = await checkpoints_bucket(js)
+    """Marks the checkpoint deleted; its chunks go with the coordinator's next orphan sweep, or at
+    once when the coordinator deletes it (:func:`purge_checkpoint`)."""
+    await checkpoints_objects(js).delete(validate_token(op_id, what="operation id"))
+
+
+async def purge_checkpoint(js: JetStreamContext, op_id: str) -> None:
+    """Delete the checkpoint with its chunks (the coordinator's: it needs the right to purge)."""
     try:
-        await bucket.delete(validate_token(op_id, what="operation id"))
+        await (await js.object_store(CHECKPOINTS_OBJECTS)).delete(validate_token(op_id, what="operation id"))
     except NotFoundError:
         pass

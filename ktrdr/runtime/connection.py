@@ -8,6 +8,7 @@ under ``<home>/auth`` by itself, so ``ktrdr up`` and every command on its host n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -98,6 +99,7 @@ async def connect(
     quiet: bool = False,
     on_error: Callable[[Exception], None] | None = None,
     attempts: int = 3,
+    on_refused: Callable[[str], None] | None = None,
 ) -> Client:
     """Connect, and keep reconnecting forever: a restarted nats-server must not end a worker.
 
@@ -106,16 +108,29 @@ async def connect(
     tries are not logged (a command reports the outcome once). ``on_error``: told of every error the
     server reports once connected (a permissions violation among them). A refused credential or an
     untrusted certificate fails at once with a clear :class:`NatsConnectError`: retrying cannot fix
-    it, and nats-py would retry for minutes.
+    it, and nats-py would retry for minutes. Once connected, the same refusal (the credential was
+    revoked: ``ktrdr fleet revoke``) closes the connection, logs one line and calls ``on_refused``
+    with it, rather than retrying four times a second for ever.
     """
     auth = auth or NatsAuth()
     if auth.credential is None and not quiet:
         log.warning("connecting to %s without a credential: only a server without auth accepts this", url)
     connected = False
 
+    refused: list[str] = []
+
     async def error_cb(exc: Exception) -> None:
         if not connected and _fatal(exc):
             raise NatsConnectError(explain(exc, url, auth))
+        if connected and _fatal(exc):
+            if not refused:
+                refused.append(f"{explain(exc, url, auth)} (revoked?); not reconnecting")
+                log.error("%s", refused[0])
+                if client is not None:
+                    asyncio.get_running_loop().create_task(client.close())
+                if on_refused is not None:
+                    on_refused(refused[0])
+            return
         if on_error is not None:
             on_error(exc)
         log.log(logging.DEBUG if quiet else logging.WARNING, "nats: %s", exc)

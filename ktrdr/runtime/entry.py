@@ -32,4 +32,4 @@ def run_worker(build: Callable[[S], Worker], settings_type: type[S] = WorkerSett
     except (NatsConnectError, CredentialError) as exc:
         log.error("%s", exc)
         return 3
-    return 0
+    return 3 if worker.refused else 0

@@ -47,6 +47,20 @@ class Buckets:
     claims: KeyValue
 
 
+@dataclass(frozen=True, kw_only=True)
+class StoreLimits:
+    """Byte limits of the buckets and object stores (``subjects.limits``; the coordinator's settings)."""
+
+    workers: int = limits.WORKERS_MAX_BYTES
+    claims: int = limits.CLAIMS_MAX_BYTES
+    ib_active: int = limits.IB_ACTIVE_MAX_BYTES
+    ops: int = limits.OPS_BUCKET_MAX_BYTES
+    data: int = limits.DATA_MAX_BYTES
+    results: int = limits.RESULTS_MAX_BYTES
+    models: int = limits.MODELS_MAX_BYTES
+    checkpoints: int = limits.CHECKPOINTS_MAX_BYTES
+
+
 # Settings an existing stream is brought up to date with, so that upgrading applies them to
 # streams an older version created. Replicas are only ever raised (:func:`_raise_replicas`).
 _UPDATABLE = ("subjects", "max_msg_size", "max_bytes", "discard", "max_age", "max_msgs_per_subject")
@@ -117,14 +131,53 @@ async def _raise_replicas(js: JetStreamContext, stream: str, replicas: int) -> i
     return replicas
 
 
-async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+async def _reconcile(js: JetStreamContext, stream: str, *, max_bytes: int, max_msg_size: int,
+                     write_once: bool = False) -> None:
+    """Bring a bucket's or object store's stream to the limits and direct gets every role reads by.
+
+    Direct gets (``allow_direct``) are how every role but the coordinator reads (``ktrdr.runtime.direct``);
+    a full store refuses new writes (discard new) rather than drop what it holds. ``write_once``: the
+    server refuses a second write to a key (a put, a delete marker, a purge's rollup), whoever sends it.
+    """
     try:
-        return await js.key_value(config.bucket)
+        config = (await js.stream_info(stream)).config
+    except NotFoundError:
+        return
+    wanted: dict[str, object] = {"allow_direct": True, "max_bytes": max_bytes, "max_msg_size": max_msg_size,
+                                 "discard": DiscardPolicy.NEW}
+    if write_once:
+        wanted |= {"max_msgs_per_subject": 1, "discard_new_per_subject": True, "allow_rollup_hdrs": False}
+    differs = {k: v for k, v in wanted.items() if getattr(config, k) != v}
+    # A server too small to reserve max_bytes left it unlimited (_within_storage): not a difference to retry.
+    if differs.get("max_bytes") is not None and (config.max_bytes or -1) < 0 and _STORAGE_REFUSED.get(stream):
+        differs.pop("max_bytes")
+    if not differs:
+        return
+    log.info("updating the stream %s: %s", stream, ", ".join(differs))
+    try:
+        await _within_storage(js.update_stream, config.evolve(**differs))
+    except APIError as exc:
+        log.error("could not update the stream %s (%s): %s", stream, ", ".join(differs), exc)
+        return
+    if "max_bytes" in differs and ((await js.stream_info(stream)).config.max_bytes or -1) < 0:
+        _STORAGE_REFUSED[stream] = True
+
+
+_STORAGE_REFUSED: dict[str, bool] = {}
+
+
+async def _ensure_bucket(js: JetStreamContext, config: KeyValueConfig, *,
+                         max_value: int = limits.KV_MAX_VALUE_BYTES, write_once: bool = False) -> KeyValue:
+    stream = names.kv_stream(config.bucket)
+    try:
+        await js.key_value(config.bucket)
     except BucketNotFoundError:
         log.info("creating the key-value bucket %s", config.bucket)
-        return await js.create_key_value(config)
-    finally:
-        await _raise_replicas(js, names.kv_stream(config.bucket), config.replicas)
+        await js.create_key_value(config.evolve(direct=True, max_bytes=None))
+    await _raise_replicas(js, stream, config.replicas)
+    await _reconcile(js, stream, max_bytes=config.max_bytes or -1, max_msg_size=max_value, write_once=write_once)
+    # Bound after the update: a handle reads allow_direct when it binds.
+    return await js.key_value(config.bucket)
 
 
 async def _ensure_coordinator_consumer(js: JetStreamContext) -> None:
@@ -160,22 +213,26 @@ async def _ensure_coordinator_consumer(js: JetStreamContext) -> None:
 OBJECT_STORES = (names.DATA_OBJECTS, names.RESULTS_OBJECTS, names.MODELS_OBJECTS, names.CHECKPOINTS_OBJECTS)
 
 
-async def _ensure_object_store(js: JetStreamContext, bucket: str, replicas: int) -> ObjectStore:
-    await _raise_replicas(js, f"OBJ_{bucket}", replicas)
+async def _ensure_object_store(js: JetStreamContext, bucket: str, replicas: int, max_bytes: int) -> ObjectStore:
+    stream = f"OBJ_{bucket}"
+    await _raise_replicas(js, stream, replicas)
     try:
-        return await js.object_store(bucket)
+        await js.object_store(bucket)
     except BucketNotFoundError:
         log.info("creating the object store %s", bucket)
         with contextlib.suppress(BadRequestError):  # made by another coordinator meanwhile
-            return await js.create_object_store(bucket, config=ObjectStoreConfig(
-                storage=StorageType.FILE, replicas=replicas))
-        return await js.object_store(bucket)
+            await js.create_object_store(bucket, config=ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas))
+    # A chunk or an info is one message: the server's max payload bounds it already.
+    await _reconcile(js, stream, max_bytes=max_bytes, max_msg_size=limits.NATS_MAX_PAYLOAD)
+    return await js.object_store(bucket)
 
 
 async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas: int = 1,
-                          ib_lock_ttl_s: float = 5.0, archive_days: float = 365.0) -> Buckets:
+                          ib_lock_ttl_s: float = 5.0, archive_days: float = 365.0,
+                          store_limits: StoreLimits | None = None) -> Buckets:
     """Create what is missing (the coordinator's job). ``replicas`` > 1 on a cluster
     (nats/cluster/*.conf) keeps every stream, bucket and object store through a node loss."""
+    sizes = store_limits or StoreLimits()
     await _ensure_stream(js, StreamConfig(
         name=names.JOBS_STREAM,
         # Only the declared capabilities: a job on any other subject is refused, not kept unseen.
@@ -243,18 +300,27 @@ async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas:
         limit_marker_ttl=max(1.0, lease_ttl_s),
         storage=StorageType.FILE,
         replicas=replicas,
+        max_bytes=sizes.workers,
     ))
     ops = await _ensure_bucket(js, KeyValueConfig(
-        bucket=names.OPS_BUCKET, history=5, storage=StorageType.FILE, replicas=replicas))
+        bucket=names.OPS_BUCKET, history=5, storage=StorageType.FILE, replicas=replicas, max_bytes=sizes.ops),
+        # A record is bounded (limits.MAX_RECORD_BYTES) before it is written; the payload bounds it again.
+        max_value=limits.NATS_MAX_PAYLOAD)
+    # A claim is the arbiter of who runs an attempt: once made, no credential can delete, purge or
+    # overwrite it (a worker that could would take over another's op); it ages out after 30 days.
     claims = await _ensure_bucket(js, KeyValueConfig(
         bucket=names.CLAIMS_BUCKET, history=1, ttl=30 * DAY, storage=StorageType.FILE,
-        replicas=replicas))
+        replicas=replicas, max_bytes=sizes.claims), write_once=True)
     await _ensure_bucket(js, KeyValueConfig(
         bucket=names.IB_ACTIVE_BUCKET, history=1, ttl=ib_lock_ttl_s,
         # Markers let watchers (and `nats kv watch ib_active`) see an expired lock.
-        limit_marker_ttl=max(1.0, ib_lock_ttl_s), storage=StorageType.FILE, replicas=replicas))
+        limit_marker_ttl=max(1.0, ib_lock_ttl_s), storage=StorageType.FILE, replicas=replicas,
+        max_bytes=sizes.ib_active))
+    await _ensure_bucket(js, KeyValueConfig(
+        bucket=names.MODEL_PINS_BUCKET, history=1, storage=StorageType.FILE, replicas=replicas,
+        max_bytes=limits.MODEL_PINS_MAX_BYTES), write_once=True)
     for bucket in OBJECT_STORES:
-        await _ensure_object_store(js, bucket, replicas)
+        await _ensure_object_store(js, bucket, replicas, getattr(sizes, bucket))
     return Buckets(workers=workers, ops=ops, claims=claims)
 
 

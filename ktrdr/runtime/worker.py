@@ -150,6 +150,7 @@ class Worker:
         self._cancel_replies: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
+        self.refused: str | None = None  # why the server cut this worker off, once it has
         self._fetching = True
         self._tasks: list[asyncio.Task[None]] = []
         self._lease_change: asyncio.TimerHandle | None = None
@@ -168,7 +169,8 @@ class Worker:
     async def start(self) -> None:
         role = roles.IB if self.worker_type == "ib" else roles.WORKER
         self.nc = await connect(self.settings.nats_url, name=f"ktrdr-{self.worker_id}",
-                                on_reconnect=self._on_reconnect, auth=NatsAuth.resolve(self.settings, role=role))
+                                on_reconnect=self._on_reconnect, auth=NatsAuth.resolve(self.settings, role=role),
+                                on_refused=self._refused_by_server)
         self.js = self.nc.jetstream(timeout=5.0)
         # Only the coordinator creates streams and buckets: until it has, say what is missing and wait.
         self.buckets = await bind_topology(self.js)
@@ -202,6 +204,11 @@ class Worker:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def _refused_by_server(self, why: str) -> None:
+        # The host was revoked: nothing can be reported any more; stop (the process exits with 3).
+        self.refused = why
+        self.request_stop()
 
     async def stop(self) -> None:
         self._stop.set()
@@ -255,12 +262,14 @@ class Worker:
             await self._before_disconnect()
         except Exception:
             log.exception("shutdown hook failed")
-        with contextlib.suppress(Exception):
-            await self.buckets.workers.delete(self.worker_id)
+        reachable = self.nc.is_connected  # cut off (revoked): every write would only time out
+        if reachable:
+            with contextlib.suppress(Exception):
+                await self.buckets.workers.delete(self.worker_id)
         if self.publisher is not None:
             await self.publisher.stop()
         with contextlib.suppress(Exception):
-            await self.nc.drain()
+            await (self.nc.drain() if reachable else self.nc.close())
         log.info("worker %s stopped", self.worker_id)
 
     async def _before_disconnect(self) -> None:

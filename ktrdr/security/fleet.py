@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktrdr.security.credentials import NatsCredential, credential_path, ensure_credentials, write_private
-from ktrdr.security.serverconf import render
+from ktrdr.security.hosts import HOST_ROLES, Host, add_host, load_hosts, reload_server, remove_host
+from ktrdr.security.serverconf import render, rewrite_authorization
 from ktrdr.security.tls import TlsFiles, ensure_server_cert, server_names
 from subjects import roles
 
@@ -41,7 +42,7 @@ class Fleet:
 
 
 def provision(home: Path, *, tls: bool = False, tls_names: list[str] | None = None,
-              own_tls: TlsFiles | None = None, monitor: str | None = None) -> Fleet:
+              own_tls: TlsFiles | None = None, monitor: str | None = None, server_name: str = "ktrdr") -> Fleet:
     """Credentials kept from earlier runs (joined hosts keep working), the config written anew.
 
     ``tls``: serve TLS with a certificate from the fleet's own CA covering ``tls_names`` (plus
@@ -52,7 +53,8 @@ def provision(home: Path, *, tls: bool = False, tls_names: list[str] | None = No
     tls_files = own_tls if own_tls is not None else (
         ensure_server_cert(home / "tls", server_names(tls_names)) if tls else None)
     config = auth_dir / SERVER_CONFIG
-    write_private(config, render(credentials=credentials, tls=tls_files, monitor=monitor))
+    write_private(config, render(credentials=credentials, hosts=load_hosts(auth_dir).values(), tls=tls_files,
+                                 monitor=monitor, server_name=server_name))
     return Fleet(home=home, credentials=credentials, config=config, tls=tls_files)
 
 
@@ -67,26 +69,42 @@ def read_fleet_file(home: Path) -> dict[str, object] | None:
         return None
 
 
-def invite(*, home: Path, role: str, url: str, ca: Path | None) -> str:
-    """A shell script that puts a ``role`` credential (and the CA) on another host and says how to
-    run a component there. It holds a secret: whoever has it acts as ``role``."""
-    if role not in roles.ROLES or role == roles.COORDINATOR:
-        raise ValueError(f"invite a worker, ib, client or viewer, not {role!r}")
-    seed = NatsCredential.load(credential_path(home / "auth", role)).seed
+def invite(*, home: Path, role: str, url: str, ca: Path | None, host: str | None = None, gpu: bool = False) -> str:
+    """A shell script that puts a credential (and the CA) on another host and says how to run a
+    component there. It holds a secret: whoever has it acts as that host (or, for a client or a
+    viewer, as that role).
+
+    A worker or IB host gets a key of its own (``host``), minted here and added to the server's
+    config (:func:`apply_hosts` reloads a running server); a client or viewer gets the role's key.
+    """
+    if role not in roles.ROLES or role in roles.TRUSTED:
+        raise ValueError(f"invite a worker, ib, client or viewer, not {role!r} (it never leaves this host)")
+    auth_dir = home / "auth"
+    if role in HOST_ROLES:
+        if not host:
+            raise ValueError(f"name the {role} host: --host NAME (each host gets a credential of its own, "
+                             "revoked on its own with `ktrdr fleet revoke NAME`)")
+        _, credential = add_host(auth_dir, name=host, role=role, gpu=gpu)
+        seed, file, who = credential.seed, f"{host}.nk", f"host '{host}' ({role}{', GPU' if gpu else ''})"
+    else:
+        if host or gpu:
+            raise ValueError(f"--host and --gpu are for worker and ib hosts; a {role} shares the role's credential")
+        seed, file, who = NatsCredential.load(credential_path(auth_dir, role)).seed, f"{role}.nk", f"'{role}'"
     lines = [
         "#!/bin/sh",
-        f"# ktrdr: join the fleet at {url} as '{role}'. This file holds a secret credential: keep it",
+        f"# ktrdr: join the fleet at {url} as {who}. This file holds a secret credential: keep it",
         "# private, run it on the joining host, then delete it.",
         "set -e",
         'dir="${KTRDR_HOME:-$HOME/.ktrdr}/join"',
         'mkdir -p "$dir" && chmod 700 "$dir"',
         "umask 077",
-        f"cat > \"$dir/{role}.nk\" <<'EOF'",
+        f"cat > \"$dir/{file}\" <<'EOF'",
+        *([f"# ktrdr host: {host}"] if role in HOST_ROLES else []),
         seed,
         "EOF",
     ]
-    flags = f"--nats {url} --creds $dir/{role}.nk"
-    env = f"KTRDR_NATS_URL={url} KTRDR_NATS_CREDS=$dir/{role}.nk"
+    flags = f"--nats {url} --creds $dir/{file}"
+    env = f"KTRDR_NATS_URL={url} KTRDR_NATS_CREDS=$dir/{file}"
     if ca is not None:
         lines += ["cat > \"$dir/ca.pem\" <<'EOF'", ca.read_text().strip(), "EOF"]
         flags += " --ca $dir/ca.pem"
@@ -100,3 +118,21 @@ def invite(*, home: Path, role: str, url: str, ca: Path | None) -> str:
     else:
         lines += [f'echo "  export {env}"', 'echo "  ktrdr workers; ktrdr ops list"']
     return "\n".join(lines) + "\n"
+
+
+def apply_hosts(home: Path) -> int | None:
+    """Write the server config's users as the hosts now are and reload the server ``ktrdr up`` runs
+    here; its pid, or None when none runs here."""
+    auth_dir = home / "auth"
+    config = auth_dir / SERVER_CONFIG
+    hosts = list(load_hosts(auth_dir).values())
+    if config.exists():
+        rewrite_authorization(config, ensure_credentials(auth_dir), hosts)
+    return reload_server(home)
+
+
+def revoke(home: Path, name: str) -> Host:
+    """Take ``name`` out of the fleet: its key leaves the config and the running server reloads it."""
+    host = remove_host(home / "auth", name)
+    apply_hosts(home)
+    return host

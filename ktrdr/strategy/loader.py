@@ -31,8 +31,13 @@ from ktrdr.data.validation import OHLCV
 from ktrdr.strategy.conditions import check_condition
 from ktrdr.strategy.errors import StrategyError, UnknownStrategyError
 from ktrdr.strategy.schema import NeuroFuzzyStrategy, RuleStrategy, Strategy
+from subjects.limits import MAX_JSON_DEPTH
 
 MAX_STRATEGY_BYTES = 64 * 1024
+# How deeply a strategy's mappings and lists may nest: composing recurses once per level, so 20,000
+# levels of ``[`` in 40 KB exhaust Python's recursion. Real strategies nest under 15 (rules of all,
+# any and not); the same bound as JSON payloads (subjects.limits.MAX_JSON_DEPTH).
+MAX_STRATEGY_DEPTH = MAX_JSON_DEPTH
 _NAME = re.compile(r"([A-Za-z0-9_-]{1,64})(\.ya?ml)?")
 
 
@@ -132,14 +137,23 @@ def _load_bounded(path: Path) -> Strategy:
 
 class _NoAliasLoader(yaml.SafeLoader):
     """YAML aliases let a few hundred bytes expand into billions of nodes ("billion laughs") once
-    validation walks them; a strategy never needs one."""
+    validation walks them; a strategy never needs one. Nor more than MAX_STRATEGY_DEPTH levels."""
+
+    _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a strategy",
                                               event.start_mark)
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_STRATEGY_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_STRATEGY_DEPTH} levels",
+                                              self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:

@@ -251,6 +251,31 @@ async def test_invalid_json_is_400(api: httpx.AsyncClient) -> None:
                    400, "not valid JSON")
 
 
+DEEP_OBJECTS = b'{"a":' * 5_000 + b"1" + b"}" * 5_000
+DEEP_LISTS = b"[" * 5_000 + b"]" * 5_000
+TOO_DEEP = "JSON nested deeper than 64 levels"
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/api/v1/operations"), ("POST", "/api/v1/operations/prune"), ("POST", "/api/v1/backtests"),
+    ("POST", "/api/v1/backtests/sweeps"), ("POST", "/api/v1/trainings"), ("DELETE", "/api/v1/operations/op-1")])
+async def test_json_nested_5000_deep_is_400_naming_the_limit_not_a_500(
+        api: httpx.AsyncClient, method: str, path: str) -> None:
+    headers = {"content-type": "application/json"}
+    for body in (DEEP_OBJECTS, DEEP_LISTS):
+        assert refused(await api.request(method, path, content=body, headers=headers), 400, TOO_DEEP)
+    # At the limit it is parsed, and judged by its model like any other body.
+    within = b'{"reason":' + b"[" * 63 + b"]" * 63 + b"}"
+    assert (await api.request("DELETE", "/api/v1/operations/op-1", content=within, headers=headers)).status_code == 422
+
+
+async def test_the_unauthenticated_sign_in_refuses_deep_json_with_a_400(anon: httpx.AsyncClient) -> None:
+    # Deep enough to exhaust json.loads' recursion, small enough to pass the sign-in's size cap.
+    body = b"[" * 2_000 + b"]" * 2_000
+    response = await anon.post("/api/v1/session", content=body, headers={"content-type": "application/json"})
+    assert refused(response, 400, TOO_DEEP)
+
+
 async def test_an_exception_in_a_route_is_a_json_500_counted_in_the_metrics(
         api: httpx.AsyncClient, coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
     async def broken() -> None:

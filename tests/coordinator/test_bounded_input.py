@@ -16,6 +16,7 @@ from coordinator.app import Coordinator
 from coordinator.feed import OpsFeed
 from coordinator.metrics import Metrics
 from ktrdr.runtime.context import JobContext
+from ktrdr.strategy.loader import MAX_STRATEGY_DEPTH
 from subjects import limits, names
 from subjects.models import CancelReply, OpEvent, OpEventKind, OpStatus, SubmitRequest, decode
 from tests.conftest import MakeWorker
@@ -185,3 +186,18 @@ async def test_a_poison_message_is_counted_and_acknowledged_and_the_feed_moves_o
         assert rejected(metrics, "poison") == 1
     finally:
         await feed.stop()
+
+
+async def test_a_strategy_nested_20000_deep_is_refused_naming_the_limit_over_http_and_nats(
+        api: httpx.AsyncClient, coordinator: Coordinator, nc: Client) -> None:
+    too_deep = f"nested deeper than {MAX_STRATEGY_DEPTH} levels"
+    params = {"strategy": "rules: " + "[" * 20_000 + "]" * 20_000, "symbol": "SYN", "timeframe": "1h"}
+    for response in (await api.post("/api/v1/backtests", json=params),
+                     await api.post("/api/v1/operations", json={"type": "backtesting", "params": params})):
+        assert response.status_code == 422, response.text
+        assert too_deep in response.json()["error"]
+    request = SubmitRequest(type="backtesting", params=params).encode()
+    reply = await nc.request(f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}", request, timeout=10)
+    assert reply.headers and reply.headers["Nats-Service-Error-Code"] == "422"
+    assert too_deep in reply.headers["Nats-Service-Error"]
+    assert list(coordinator.ops.all()) == []

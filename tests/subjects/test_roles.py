@@ -6,60 +6,22 @@ component in it connects with its role's credential."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import nats.errors
 import pytest
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
 from coordinator.app import Coordinator
 from ktrdr.natsd import NatsServer
+from ktrdr.runtime import direct
 from ktrdr.runtime.connection import NatsAuth, NatsConnectError, connect
+from ktrdr.runtime.objects import ObjectBucket
 from subjects import names, roles
 from subjects.models import ListRequest, OpEvent, OpEventKind, OpStatus, SubmitRequest, WorkerInfo, utcnow
-from tests.conftest import MakeWorker, auth, connect_as
-from tests.support import assert_eventually, wait_status
-
-
-class Denials:
-    """The permission violations the server reported on one connection."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    async def record(self, exc: Exception) -> None:
-        self.seen.append(str(exc))
-
-    async def expect(self, verb: str, subject: str) -> None:
-        # nats-py lower-cases the server's notice, subject included.
-        wanted = f'permissions violation for {verb} to "{subject}"'.lower()
-        await assert_eventually(lambda: any(wanted in s.lower() for s in self.seen),
-                                message=f"the server did not refuse {verb} {subject}")
-
-
-@pytest.fixture
-async def as_role(nats_server: NatsServer) -> AsyncIterator[Callable[[str], Awaitable[tuple[Client, Denials]]]]:
-    opened: list[Client] = []
-
-    async def open_as(role: str) -> tuple[Client, Denials]:
-        denials = Denials()
-        nc = await connect_as(nats_server.url, role, error_cb=denials.record)
-        opened.append(nc)
-        return nc, denials
-
-    yield open_as
-    for nc in opened:
-        with contextlib.suppress(Exception):
-            await nc.close()
-
-
-async def attempt(awaitable: Awaitable[Any]) -> None:
-    """A denied JetStream call or request only times out on the client: the refusal is the
-    server's violation notice, which the test reads instead."""
-    with contextlib.suppress(nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError):
-        await asyncio.wait_for(awaitable, 1.0)
+from tests.conftest import MakeWorker, auth
+from tests.subjects.conftest import attempt
+from tests.support import wait_status
 
 
 async def submit_dummy(coordinator: Coordinator, **params: Any) -> str:
@@ -226,29 +188,35 @@ async def test_a_viewer_reads_but_cannot_change(nats_server: NatsServer, coordin
         assert refused.value.code == 403
 
 
-async def test_a_worker_downloads_a_large_object_and_a_client_watches_a_busy_bucket(
-        as_role, nc: Client) -> None:
-    """Both ride an ordered consumer whose flow-control requests the role must be allowed to answer."""
+async def test_a_worker_downloads_a_large_object_and_a_client_lists_a_busy_bucket(as_role, nc: Client) -> None:
+    """Both read with direct gets in batches, the only way a role other than the coordinator reads."""
     js = nc.jetstream(timeout=30)
     data = await js.object_store(names.DATA_OBJECTS)
-    blob = bytes(range(256)) * (48 * 1024)  # 12 MiB: far past the consumer's flow-control window
+    blob = bytes(range(256)) * (48 * 1024)  # 12 MiB: many batches of chunks
     await data.put("BIG/1h", blob)
-    ops = await js.key_value(names.OPS_BUCKET)
+    workers = await js.key_value(names.WORKERS_BUCKET)
     for i in range(2000):
-        await ops.put(f"op-{i}", b"x" * 2048)
+        await workers.put(f"w-{i}", b"x" * 256)
 
     worker, _ = await as_role(roles.WORKER)
-    got = await asyncio.wait_for((await worker.jetstream(timeout=30).object_store(names.DATA_OBJECTS)).get("BIG/1h"),
-                                 60)
-    assert got.data == blob
+    got = await asyncio.wait_for(ObjectBucket(js=worker.jetstream(timeout=30), bucket=names.DATA_OBJECTS)
+                                 .get("BIG/1h"), 60)
+    assert got == blob
 
     client, _ = await as_role(roles.CLIENT)
-    watcher = await (await client.jetstream(timeout=30).key_value(names.OPS_BUCKET)).watchall()
-    seen = 0
-    async with asyncio.timeout(60):
-        async for entry in watcher:
-            if entry is None:
-                break
-            seen += 1
-    await watcher.stop()
-    assert seen == 2000
+    seen = [s async for s in direct.scan(client, names.kv_stream(names.WORKERS_BUCKET), "$KV.workers.>")]
+    assert len(seen) == 2000
+
+
+async def test_no_credential_can_delete_purge_or_overwrite_a_claim(as_role, nc: Client) -> None:
+    """A claim decides who runs an attempt: the server keeps the first write of each key for good."""
+    key = names.claim_key("op1", 1)
+    await (await nc.jetstream().key_value(names.CLAIMS_BUCKET)).create(key, b'{"worker_id": "w1"}')
+    for role in (roles.WORKER, roles.COORDINATOR):
+        other, _ = await as_role(role)
+        claims = await other.jetstream(timeout=1.0).key_value(names.CLAIMS_BUCKET)
+        for act in (claims.put(key, b'{"worker_id": "thief"}'), claims.delete(key), claims.purge(key),
+                    claims.create(key, b'{"worker_id": "thief"}')):
+            with pytest.raises(NatsError):
+                await act
+        assert (await claims.get(key)).value == b'{"worker_id": "w1"}'

@@ -13,11 +13,14 @@ from nats.aio.client import Client
 
 from coordinator.app import Coordinator
 from ktrdr.backtest import BacktestResult
+from ktrdr.natsd import NatsServer
 from ktrdr.results import get_result
 from ktrdr.runtime.context import JobContext
+from ktrdr.runtime.objects import ObjectBucket
+from subjects import names, roles
 from subjects.models import OpStatus, SubmitRequest
 from tests.backtesting import SYMBOL, TIMEFRAME, backtest_params, backtest_worker, publish_synth
-from tests.conftest import MakeWorker
+from tests.conftest import MakeWorker, connect_as
 from tests.ktrdr.training import planted
 from tests.support import assert_eventually, wait_status
 
@@ -134,3 +137,21 @@ async def test_a_backtest_after_the_models_training_range_names_its_model_and_wa
     assert op.result is not None and op.result["model"] == op.info["model"] == "planted@1"
     assert op.result["in_sample_bars"] == 0
     assert op.warnings == []
+
+
+async def test_a_backtest_refuses_a_model_written_over_with_a_worker_credential_naming_it(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, nats_server: NatsServer,
+        tmp_path: Path) -> None:
+    bars = await planted.publish_planted_bars(nc.jetstream(), tmp_path / "origin")
+    model = await planted.store_planted_model(nc.jetstream(), bars.loc[:"2020-02-29 23:00"])
+    worker = await connect_as(nats_server.url, roles.WORKER)
+    try:  # the red team's act: the same version, other weights
+        await ObjectBucket(js=worker.jetstream(), bucket=names.MODELS_OBJECTS).put("planted/1", b"negated")
+    finally:
+        await worker.close()
+    await backtest_worker(make_worker, "bt1", tmp_path / "bt1")
+    op_id = await submit(coordinator, strategy=planted.STRATEGY_YAML, symbol=planted.SYMBOL, model=model)
+    op = await wait_status(coordinator, op_id, OpStatus.COMPLETED, OpStatus.FAILED, timeout=30)
+
+    assert op.status is OpStatus.FAILED
+    assert "model planted@1 does not match the digest registered when it was trained" in (op.error or "")

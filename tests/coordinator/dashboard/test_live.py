@@ -69,3 +69,26 @@ async def test_every_page_gets_the_same_batch_and_a_stalled_page_is_told_to_relo
     names = [parse(await anext(stalled))[0] for _ in range(3)]
     assert names[0] == "resync" and names[1:] == ["ops", "ops"]
     await feed.stop()
+
+
+async def test_viewer_pages_hold_at_most_half_the_slots_and_operator_pages_the_rest() -> None:
+    feed = LiveFeed(flush_s=0.01, max_subscribers=4)
+    assert feed.max_viewers == 2
+    viewers = [feed.open("viewer") for _ in range(3)]
+    assert viewers[2] is None and feed.full("viewer") and not feed.full("operator")
+    operators = [feed.open("operator") for _ in range(3)]
+    assert operators[2] is None and feed.subscribers == 4
+    first = viewers[0]
+    assert first is not None
+    feed.release(first)
+    feed.release(first)  # given back twice (the response and its stream both do): counted once
+    assert feed.subscribers == 3 and not feed.full("viewer")
+    # A slot's stream gives it back when it ends.
+    second = viewers[1]
+    assert second is not None
+    stream = feed.stream(second)
+    assert parse(await anext(stream))[0] == "hello"
+    await stream.aclose()
+    assert feed.subscribers == 2 and feed.open("viewer") is not None
+    await feed.stop()
+    assert feed.open("operator") is None

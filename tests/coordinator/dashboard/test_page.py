@@ -37,7 +37,7 @@ async def sign_in(browser: Browser, coordinator: Coordinator, path: str = "/") -
         await browser.until("return document.getElementById('role').innerText.length > 0", what="the page")
 
 
-async def test_the_page_asks_for_the_token_once_and_keeps_it_in_a_cookie(
+async def test_the_page_asks_for_the_token_once_and_keeps_a_session_in_a_cookie(
         coordinator: Coordinator, browser: Browser) -> None:
     await browser.open(url(coordinator))
     await browser.until("return !document.getElementById('login').hidden", what="the sign-in form")
@@ -50,14 +50,23 @@ async def test_the_page_asks_for_the_token_once_and_keeps_it_in_a_cookie(
     await browser.script("document.getElementById('token').value = arguments[0];"
                          "document.getElementById('login-form').requestSubmit();", coordinator.api_token)
     await browser.until("return document.getElementById('login').hidden", what="the form gone")
-    assert await browser.text("#role") == "operator"
-    # The token is in an HttpOnly cookie: a reload needs no sign-in, and scripts cannot read it.
+    # The role shows once the page has asked the API who it is signed in as, just after the form goes.
+    assert await browser.until("return document.getElementById('role').innerText", what="the role") == "operator"
+    # A session id is in an HttpOnly cookie: a reload needs no sign-in, and scripts cannot read it.
     await browser.open(url(coordinator))
     await browser.until("return document.querySelector('#live.on')", what="the live stream connected")
     assert await browser.script("return document.getElementById('login').hidden")
-    assert "ktrdr_token" not in await browser.script("return document.cookie")
+    assert "ktrdr_session" not in await browser.script("return document.cookie")
+    # The browser keeps no copy of the token, only the session's id.
+    cookies = await browser.call(browser.driver.get_cookies)
+    cookie = next(c for c in cookies if c["name"] == "ktrdr_session")
+    assert cookie["httpOnly"] and not cookie["secure"]  # plain http here: Secure needs TLS
+    assert coordinator.api_token not in cookie["value"]
     await browser.click("#signout")
     await browser.until("return !document.getElementById('login').hidden", what="the form after signing out")
+    # Signing out ended the session itself, not only the browser's copy of its id.
+    async with httpx.AsyncClient(cookies={"ktrdr_session": cookie["value"]}) as replay:
+        assert (await replay.get(url(coordinator, "/api/v1/workers"))).status_code == 401
 
 
 async def test_workers_and_ops_are_listed_and_a_dummy_ops_progress_moves_live(

@@ -1,10 +1,12 @@
-"""The dashboard's routes over HTTP: the page holds no data, sign-in sets a cookie that the guard
-accepts like the bearer token, the live stream pushes changes, and the queue, event, model,
-dataset and chart views answer with bounded, correct data."""
+"""The dashboard's routes over HTTP: the page holds no data, sign-in sets a cookie holding a
+revocable session (never the token) that the guard accepts like the bearer token, the live stream
+pushes changes and keeps slots for the operator, and the queue, event, model, dataset and chart
+views answer with bounded, correct data."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,12 @@ from nats.aio.client import Client
 
 from coordinator.app import Coordinator
 from coordinator.dashboard.charts import MAX_POINTS
+from coordinator.dashboard.sessions import SESSION_TTL_S
+from coordinator.guard import SESSION_COOKIE
+from ktrdr.natsd import NatsServer
 from subjects.models import OpStatus
 from tests.backtesting import BARS, SYMBOL, TIMEFRAME, backtest_params, backtest_worker, publish_synth
-from tests.conftest import MakeWorker
+from tests.conftest import MakeWorker, bounded, coordinator_settings
 from tests.support import assert_eventually, wait_status
 
 
@@ -39,17 +44,23 @@ async def test_the_page_and_its_assets_are_served_without_a_token_and_hold_no_da
     assert (await anon.get("/api/v1/session")).status_code == 401
 
 
-async def test_signing_in_sets_an_http_only_same_site_cookie_that_authorizes_like_the_token(
+async def test_signing_in_sets_an_http_only_same_site_session_cookie_that_authorizes_like_the_token(
         anon: httpx.AsyncClient, coordinator: Coordinator) -> None:
     wrong = await anon.post("/api/v1/session", json={"token": "guess"})
     assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
-    assert (await anon.post("/api/v1/session", json={"token": "x" * 100_000})).status_code == 401
+    assert (await anon.post("/api/v1/session", json={"token": "x" * 1_000})).status_code == 401
+    # Anyone may post here: a body bigger than a token is refused before it is parsed.
+    assert (await anon.post("/api/v1/session", json={"token": "x" * 100_000})).status_code == 413
     assert (await anon.post("/api/v1/session", json={"nothing": 1})).status_code == 422
 
     right = await anon.post("/api/v1/session", json={"token": coordinator.api_token})
     assert right.status_code == 200 and right.json() == {"role": "operator"}
-    cookie = right.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    cookie = right.headers["set-cookie"]
+    assert coordinator.api_token not in cookie
+    assert cookie.startswith(f"{SESSION_COOKIE}=")
+    flags = cookie.lower()
+    assert "httponly" in flags and "samesite=strict" in flags and "path=/" in flags
+    assert f"max-age={int(SESSION_TTL_S)}" in flags and "secure" not in flags  # plain http: no Secure
     assert (await anon.get("/api/v1/session")).json() == {"role": "operator"}
     assert (await anon.get("/api/v1/workers")).status_code == 200
 
@@ -61,8 +72,64 @@ async def test_signing_in_sets_an_http_only_same_site_cookie_that_authorizes_lik
     assert form.status_code == 415
     assert list(coordinator.ops.all()) == []
 
+    session_id = anon.cookies[SESSION_COOKIE]
     assert (await anon.delete("/api/v1/session")).status_code == 204
     assert (await anon.get("/api/v1/workers")).status_code == 401
+    # Signing out ended the session on the server: a copy of the cookie kept elsewhere is refused.
+    replayed = await anon.get("/api/v1/workers", headers={"Cookie": f"{SESSION_COOKIE}={session_id}"})
+    assert replayed.status_code == 401 and "sign in again" in replayed.json()["error"]
+
+
+async def test_the_cookie_never_carries_a_token_and_one_left_by_earlier_versions_is_refused_and_cleared(
+        anon: httpx.AsyncClient, coordinator: Coordinator) -> None:
+    # A token where earlier versions kept it, or put in the session cookie, is not a session.
+    assert coordinator.api_token is not None
+    for name in ("ktrdr_token", SESSION_COOKIE):
+        sent = {"Cookie": f"{name}={coordinator.api_token}"}
+        assert (await anon.get("/api/v1/workers", headers=sent)).status_code == 401
+    anon.cookies.set("ktrdr_token", coordinator.api_token)
+    signed = await anon.post("/api/v1/session", json={"token": coordinator.api_token})
+    cleared = [c for c in signed.headers.get_list("set-cookie") if c.startswith("ktrdr_token=")]
+    assert cleared and "max-age=0" in cleared[0].lower()
+
+
+async def test_each_sign_in_is_its_own_session_and_signing_out_ends_only_that_one(
+        coordinator: Coordinator) -> None:
+    base = f"http://127.0.0.1:{coordinator.api_port}"
+    async with httpx.AsyncClient(base_url=base) as first, httpx.AsyncClient(base_url=base) as second:
+        for page in (first, second):
+            assert (await page.post("/api/v1/session", json={"token": coordinator.api_viewer_token})).status_code == 200
+        assert first.cookies[SESSION_COOKIE] != second.cookies[SESSION_COOKIE]
+        assert (await first.delete("/api/v1/session")).status_code == 204
+        assert (await first.get("/api/v1/session")).status_code == 401
+        assert (await second.get("/api/v1/session")).json() == {"role": "viewer"}
+
+
+async def test_the_cookie_is_secure_when_a_trusted_proxy_says_the_request_came_over_tls(
+        nats_server: NatsServer) -> None:
+    proxied = Coordinator(settings=coordinator_settings(nats_server.url, api_trusted_proxies=["127.0.0.1"]))
+    await proxied.start()
+    try:
+        base = f"http://127.0.0.1:{proxied.api_port}"
+        https = {"X-Forwarded-Proto": "https"}
+        async with httpx.AsyncClient(base_url=base) as page:
+            signed = await page.post("/api/v1/session", json={"token": proxied.api_token}, headers=https)
+            assert "secure" in signed.headers["set-cookie"].lower()
+            plain = await page.post("/api/v1/session", json={"token": proxied.api_token})
+            assert "secure" not in plain.headers["set-cookie"].lower()
+            # Behind the proxy the page's origin is https://<host>: its own, not a foreign one.
+            own = {**https, "Origin": base.replace("http://", "https://")}
+            assert (await page.get("/api/v1/session", headers=own)).status_code == 200
+            assert (await page.get("/api/v1/session", headers={"Origin": own["Origin"]})).status_code == 403
+    finally:
+        await bounded(proxied.stop(), "the proxied coordinator")
+
+
+async def test_x_forwarded_proto_from_an_untrusted_address_is_ignored(
+        anon: httpx.AsyncClient, coordinator: Coordinator) -> None:
+    signed = await anon.post("/api/v1/session", json={"token": coordinator.api_token},
+                             headers={"X-Forwarded-Proto": "https"})
+    assert signed.status_code == 200 and "secure" not in signed.headers["set-cookie"].lower()
 
 
 async def test_a_viewer_cookie_reads_but_cannot_cancel_or_submit(
@@ -110,6 +177,29 @@ async def test_the_stream_pushes_op_and_worker_changes_as_they_happen(
         finally:
             reader.cancel()
     await assert_eventually(lambda: coordinator.live.subscribers == 0, message="the stream's subscriber gone")
+
+
+async def test_viewer_pages_hold_at_most_their_share_of_live_slots_and_never_starve_the_operator(
+        anon: httpx.AsyncClient, api: httpx.AsyncClient, coordinator: Coordinator) -> None:
+    live = coordinator.live
+    live.max_subscribers, live.max_viewers = 4, 2
+    viewer = {"Authorization": f"Bearer {coordinator.api_viewer_token}"}
+    async with contextlib.AsyncExitStack() as streams:
+        for _ in range(2):
+            opened = await streams.enter_async_context(anon.stream("GET", "/api/v1/stream", headers=viewer))
+            assert opened.status_code == 200
+        refused = await anon.get("/api/v1/stream", headers=viewer)
+        assert refused.status_code == 503 and "2 for the viewer role" in refused.json()["error"]
+        # The operator's page still connects: the viewers' share is full, not the feed.
+        for _ in range(2):
+            opened = await streams.enter_async_context(api.stream("GET", "/api/v1/stream"))
+            assert opened.status_code == 200
+        assert (await api.get("/api/v1/stream")).status_code == 503
+        assert live.subscribers == 4
+    # Pages gone, slots given back.
+    await assert_eventually(lambda: live.subscribers == 0, message="the live slots given back")
+    async with anon.stream("GET", "/api/v1/stream", headers=viewer) as again:
+        assert again.status_code == 200
 
 
 async def test_queues_show_waiting_jobs_and_how_long_the_oldest_has_waited(

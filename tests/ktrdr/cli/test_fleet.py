@@ -25,6 +25,7 @@ from ktrdr.runtime.connection import NatsAuth
 from ktrdr.runtime.topology import ensure_topology
 from ktrdr.security.credentials import NatsCredential
 from ktrdr.security.fleet import Fleet, provision, write_fleet_file
+from ktrdr.security.hosts import write_pid
 from ktrdr.security.tls import ensure_ca
 from subjects import names, roles
 from subjects.models import OpStatus, SubmitRequest
@@ -88,6 +89,7 @@ def tls_fleet(remote_host: Namespace, tmp_path: Path) -> Iterator[TlsFleet]:
     fleet = provision(tmp_path / "home", tls=True, tls_names=[HOST_IP])
     server = NatsServer(store_dir=tmp_path / "nats", host=HOST_IP, port=free_port(HOST_IP), config_file=fleet.config)
     server.start()
+    write_pid(fleet.home, server.pid or 0)  # as `ktrdr up` does: `fleet invite` reloads it
     write_fleet_file(fleet.home, urls=[f"tls://{HOST_IP}:{server.port}"], tls=True)
     try:
         yield TlsFleet(fleet=fleet, server=server)
@@ -126,15 +128,16 @@ def _env() -> dict[str, str]:
 
 async def test_a_worker_on_another_host_joins_with_tls_and_a_credential_and_runs_a_backtest(
         tls_fleet: TlsFleet, tls_coordinator: Coordinator, remote_host: Namespace, tmp_path: Path) -> None:
-    invite = subprocess.run(_ktrdr("fleet", "invite", "worker", home=tls_fleet.fleet.home), env=_env(),
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    invite = subprocess.run(_ktrdr("fleet", "invite", "worker", "--host", "remote-box", home=tls_fleet.fleet.home),
+                            env=_env(), capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert invite.returncode == 0, invite.stderr
+    assert "host remote-box added: nats-server" in invite.stderr  # reloaded: its key is a user now
     assert tls_fleet.url in invite.stdout and "BEGIN CERTIFICATE" in invite.stdout
     remote_home = tmp_path / "remote-home"
     joined = subprocess.run([*remote_host.command("env", f"KTRDR_HOME={remote_home}", "sh")], input=invite.stdout,
                             capture_output=True, text=True, timeout=30)
     assert joined.returncode == 0, joined.stderr
-    creds, ca = remote_home / "join" / "worker.nk", remote_home / "join" / "ca.pem"
+    creds, ca = remote_home / "join" / "remote-box.nk", remote_home / "join" / "ca.pem"
     assert oct(creds.stat().st_mode & 0o777) == "0o600"
 
     nc = tls_coordinator.nc

@@ -46,7 +46,8 @@ async def test_up_makes_everything_security_needs_and_the_cli_finds_it(tmp_path:
                                 message="ktrdr up did not come up")
         for path in [*(home / "auth").glob("*.nk"), token_file, home / "auth" / "nats-server.conf"]:
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-        assert {p.stem for p in (home / "auth").glob("*.nk")} == {"coordinator", "worker", "ib", "client", "viewer"}
+        assert {p.stem for p in (home / "auth").glob("*.nk")} == {"coordinator", "operator", "worker", "ib", "client",
+                                                                   "viewer"}
 
         # No KTRDR_NATS_URL: the context `ktrdr up` wrote leads the CLI to the ports it chose.
         done = await asyncio.to_thread(_cli, home, "dummy", "--duration", "0.5", "--follow")

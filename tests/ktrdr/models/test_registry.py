@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
-from ktrdr.models import ModelNotFoundError, list_models, load_model, parse_model_ref, save_model, show_model
+from ktrdr.models import ModelNotFoundError, list_models, load_model, parse_model_ref, show_model
+from ktrdr.models import save_model as store
+from ktrdr.models.registry import ModelTampered, register_model
+from ktrdr.runtime.objects import ObjectBucket
 from ktrdr.training import load_bundle, train_strategy
+from subjects import names
 from tests.ktrdr.training.planted import planted_bars, strategy_yaml
+
+
+async def save_model(js: JetStreamContext, name: str, bundle: bytes, metadata: dict[str, Any]) -> int:
+    """Saved as a training does, and registered as the coordinator does when that training completes."""
+    version = await store(js, name, bundle, metadata)
+    await register_model(js, name, version)
+    return version
 
 
 async def test_a_bundle_round_trips_through_the_registry(nc: Client) -> None:
@@ -55,6 +68,30 @@ async def test_unknown_models_and_versions_are_named_in_the_error(nc: Client) ->
     await save_model(js, "ghost", b"boo", {})
     with pytest.raises(ModelNotFoundError, match="no version 9"):
         await show_model(js, "ghost", 9)
+
+
+async def test_a_bundle_written_over_after_its_registration_is_refused_at_load(nc: Client) -> None:
+    js = nc.jetstream()
+    version = await save_model(js, "neuro", b"trained weights", {})
+    # What a stolen worker credential can do: store other bytes under the same version.
+    await ObjectBucket(js=js, bucket=names.MODELS_OBJECTS).put(f"neuro/{version}", b"negated weights")
+    assert (await show_model(js, "neuro", version)).size == len(b"negated weights")
+    with pytest.raises(ModelTampered, match=r"neuro@1 does not match the digest registered"):
+        await load_model(js, "neuro", version)
+    # Registering again keeps the first digest: the overwrite is not adopted.
+    await register_model(js, "neuro", version)
+    with pytest.raises(ModelTampered):
+        await load_model(js, "neuro", version)
+
+
+async def test_a_version_nobody_registered_is_not_loaded(nc: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ktrdr.models import registry
+
+    monkeypatch.setattr(registry, "PIN_WAIT", registry.RetryPolicy(first_s=0.01, max_s=0.01, budget_s=0.05))
+    js = nc.jetstream()
+    version = await store(js, "stray", b"bytes", {})
+    with pytest.raises(ModelTampered, match=r"stray@1 was never registered by the coordinator"):
+        await load_model(js, "stray", version)
 
 
 @pytest.mark.parametrize(("ref", "expected"), [("m", ("m", None)), ("m@3", ("m", 3)), ("m@latest", ("m", None))])

@@ -78,13 +78,17 @@ def test_a_certificate_is_reissued_only_when_a_name_is_missing(tmp_path: Path) -
     assert (tmp_path / "ca.pem").read_bytes() == ca  # joined hosts keep trusting the same CA
 
 
-def test_an_invite_carries_the_url_the_ca_and_the_roles_credential_but_never_the_coordinators(
+def test_an_invite_carries_the_url_the_ca_and_a_key_of_the_hosts_own_but_never_a_trusted_one(
         tmp_path: Path) -> None:
     fleet = provision(tmp_path, tls=True)
     assert fleet.tls is not None
-    script = invite(home=tmp_path, role=roles.WORKER, url="tls://fleet.example:4222", ca=fleet.tls.ca)
-    assert fleet.credentials[roles.WORKER].seed in script and "BEGIN CERTIFICATE" in script
+    script = invite(home=tmp_path, role=roles.WORKER, url="tls://fleet.example:4222", ca=fleet.tls.ca, host="box1")
+    seed = next(line for line in script.splitlines() if line.startswith("SU"))
+    assert seed not in {c.seed for c in fleet.credentials.values()}  # not the local workers' key: its own
+    assert "# ktrdr host: box1" in script and "BEGIN CERTIFICATE" in script
     assert "tls://fleet.example:4222" in script
-    assert fleet.credentials[roles.COORDINATOR].seed not in script
-    with pytest.raises(ValueError):
-        invite(home=tmp_path, role=roles.COORDINATOR, url="tls://x:1", ca=None)
+    client = invite(home=tmp_path, role=roles.CLIENT, url="tls://fleet.example:4222", ca=None)
+    assert fleet.credentials[roles.CLIENT].seed in client
+    for trusted in roles.TRUSTED:
+        with pytest.raises(ValueError, match="never leaves this host"):
+            invite(home=tmp_path, role=trusted, url="tls://x:1", ca=None)

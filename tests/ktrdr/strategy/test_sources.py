@@ -17,6 +17,7 @@ from ktrdr.strategy import (
     load_strategy_file,
     strategies_dir,
 )
+from ktrdr.strategy.loader import MAX_STRATEGY_DEPTH
 from subjects.training import TrainingParams
 
 SMA = (Path(__file__).parents[3] / "ktrdr" / "strategies" / "sma_crossover.yaml").read_text()
@@ -86,6 +87,21 @@ def test_oversized_yaml_text_is_refused(sdir: Path) -> None:
     (sdir / "big.yaml").write_text(big)
     with pytest.raises(StrategyError, match=f"larger than {MAX_STRATEGY_BYTES} bytes"):
         load_strategy("big")
+
+
+def test_yaml_nested_deeper_than_the_limit_is_refused_naming_it(sdir: Path) -> None:
+    too_deep = f"nested deeper than {MAX_STRATEGY_DEPTH} levels"
+    flow = "rules: " + "[" * 20_000 + "]" * 20_000
+    block = "rules:\n" + "".join("  " * i + "a:\n" for i in range(1, 80))
+    for text in (flow, block):
+        with pytest.raises(StrategyError, match=too_deep):
+            load_strategy(text)
+    # Rules nest far less than that: thirty nots around a comparison load.
+    rule = "{above: [close, f]}"
+    for _ in range(30):
+        rule = "{not: " + rule + "}"
+    nested = "{name: x, indicators: {f: {type: sma, period: 3}}, rules: {entry_long: " + rule + "}}"
+    assert load_strategy(nested).name == "x"
 
 
 def test_an_absolute_path_is_refused_even_to_a_valid_strategy(sdir: Path, outside: Path) -> None:

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from ktrdr.data import DataStore, synth
 from ktrdr.data.shared import publish_dataset
 from ktrdr.models import save_model
+from ktrdr.models.registry import register_model
 
 SYMBOL = "PLANT"
 TIMEFRAME = "1h"
@@ -76,10 +77,13 @@ async def publish_planted_bars(js: JetStreamContext, root: Path, bars: int = 300
 
 async def store_planted_model(js: JetStreamContext, bars: pd.DataFrame) -> str:
     """Train the strategy's model for one epoch on ``bars`` and store it as the training handler
-    does (its metadata records the first and last bar); returns ``name@version``."""
+    does (its metadata records the first and last bar), registered as the coordinator does when
+    that training completes (``js`` holds the coordinator's credential); returns ``name@version``."""
     from ktrdr.training import train_strategy  # torch: only for the tests that train
 
     result = await asyncio.to_thread(train_strategy, strategy_yaml(epochs=1), {TIMEFRAME: bars}, device="cpu")
     metadata = {"strategy": "planted", "symbol": SYMBOL, "timeframes": [TIMEFRAME],
                 "start": str(bars.index[0]), "end": str(bars.index[-1])}
-    return f"planted@{await save_model(js, 'planted', result.bundle, metadata)}"
+    version = await save_model(js, "planted", result.bundle, metadata)
+    await register_model(js, "planted", version)
+    return f"planted@{version}"

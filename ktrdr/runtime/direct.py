@@ -1,0 +1,126 @@
+"""Reading streams without consumers: JetStream's direct get, one message or a batch.
+
+A consumer is the one thing a role must not make: whoever may create one can give it a
+``deliver_subject`` that the server then publishes to on the creator's behalf, past every
+permission the creator has (nats-server issue 8274). So only the coordinator makes consumers,
+and every other role reads the streams it may read with direct gets
+(``$JS.API.DIRECT.GET.<stream>``), answered by the server with stored messages and nothing else.
+
+A batch (``{"batch": N, "next_by_subj": ..., "seq": ...}``) comes back as up to N messages on
+the request's reply inbox, then an end-of-batch status (204 ``EOB``) whose ``Nats-Num-Pending``
+says how many more match; :func:`scan` pages through a filter that way. ``multi_last`` would be
+one request for the last message of every subject, but nats-server answers 413 past 1,024
+subjects, so a listing pages instead: every stream read here keeps one message per subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from subjects import names
+
+DEFAULT_TIMEOUT_S = 5.0
+# Messages per batch request: big enough to amortise the round trip, small enough that one
+# request's answers (at most BATCH x the server's max payload) never pile up unread.
+BATCH = 256
+
+
+class DirectGetError(RuntimeError):
+    """The server refused a direct get (not allowed, direct get off)."""
+
+
+class NoStream(DirectGetError):
+    """Nobody answers direct gets of the stream: it does not exist (yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One stored message as a direct get returns it."""
+
+    subject: str
+    seq: int
+    data: bytes
+    headers: dict[str, str]
+
+
+def _status(msg: Msg) -> str | None:
+    return (msg.headers or {}).get("Status") if not msg.data else None
+
+
+def _stored(msg: Msg) -> Stored:
+    headers = dict(msg.headers or {})
+    return Stored(subject=headers.get("Nats-Subject", ""), seq=int(headers.get("Nats-Sequence", "0")),
+                  data=bytes(msg.data or b""), headers=headers)
+
+
+async def batch(nc: Client, stream: str, request: dict[str, Any], *,
+                timeout: float = DEFAULT_TIMEOUT_S) -> tuple[list[Stored], int]:
+    """One batched direct get: the messages and how many more match (``Nats-Num-Pending``)."""
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def put(msg: Msg) -> None:
+        queue.put_nowait(msg)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=put)
+    got: list[Stored] = []
+    try:
+        await nc.publish(f"{names.JS_API_PREFIX}.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+        while True:
+            try:
+                msg = await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError:
+                raise nats.errors.TimeoutError from None
+            status = _status(msg)
+            if status is None:
+                got.append(_stored(msg))
+                continue
+            if status == "204":  # end of batch
+                return got, int((msg.headers or {}).get("Nats-Num-Pending", "0"))
+            if status == "404":  # nothing (more) matches
+                return got, 0
+            if status == "503":
+                raise NoStream(f"no stream {stream} answers direct gets")
+            description = (msg.headers or {}).get("Description", "")
+            raise DirectGetError(f"direct get on {stream} refused: {status} {description}".strip())
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def scan(nc: Client, stream: str, subject: str, *, page: int = BATCH,
+               timeout: float = DEFAULT_TIMEOUT_S) -> AsyncIterator[Stored]:
+    """Every stored message on ``subject`` (wildcards allowed), oldest first, a page at a time."""
+    seq = 1
+    while True:
+        got, pending = await batch(nc, stream, {"seq": seq, "next_by_subj": subject, "batch": page},
+                                   timeout=timeout)
+        for stored in got:
+            yield stored
+        if not got or pending <= 0:
+            return
+        seq = got[-1].seq + 1
+
+
+async def last(nc: Client, stream: str, subject: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> Stored | None:
+    """The last message on the literal ``subject``, or None when there is none."""
+    try:
+        msg = await nc.request(f"{names.JS_API_PREFIX}.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise NoStream(f"no stream {stream} answers direct gets") from None
+    status = _status(msg)
+    if status == "404":
+        return None
+    if status is not None:
+        description = (msg.headers or {}).get("Description", "")
+        raise DirectGetError(f"direct get of {subject} on {stream} refused: {status} {description}".strip())
+    return _stored(msg)

@@ -1,0 +1,172 @@
+"""One identity per host, revoked on its own: `ktrdr fleet invite worker --host NAME [--gpu]` mints a
+key, `ktrdr fleet revoke NAME` takes it out of the running nats-server's config (a reload, nothing
+restarts), the host's connections close, its operations move to other workers, and its seed is
+refused from then on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from typer.testing import CliRunner
+
+import nats
+from coordinator.app import Coordinator
+from ktrdr.cli.app import app
+from ktrdr.dummy import run_dummy
+from ktrdr.natsd import NatsServer
+from ktrdr.optypes.dummy import DUMMY
+from ktrdr.runtime.connection import NatsAuth, NatsConnectError, connect
+from ktrdr.runtime.settings import WorkerSettings
+from ktrdr.runtime.worker import Worker
+from ktrdr.security.credentials import NatsCredential
+from ktrdr.security.fleet import apply_hosts, invite, provision, revoke
+from ktrdr.security.hosts import HostError, load_hosts, write_pid
+from subjects import names
+from subjects.models import OpStatus, SubmitRequest
+from tests.conftest import FAST, bounded, coordinator_settings, fleet
+from tests.subjects.conftest import Denials
+from tests.support import assert_eventually, wait_status
+
+
+def seed_in(script: str) -> NatsCredential:
+    return NatsCredential.from_seed(next(line for line in script.splitlines() if line.startswith("SU")))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A KTRDR_HOME with the suite's role keys (the coordinator's among them) and the config they make."""
+    home = tmp_path / "home"
+    shutil.copytree(fleet().home / "auth", home / "auth", ignore=shutil.ignore_patterns("*.conf", "hosts.json"))
+    provision(home)
+    return home
+
+
+@pytest.fixture
+def server(home: Path, tmp_path: Path) -> Iterator[NatsServer]:
+    s = NatsServer(store_dir=tmp_path / "nats", config_file=home / "auth" / "nats-server.conf")
+    s.start()
+    write_pid(home, s.pid or 0)  # as `ktrdr up` does: what `fleet invite/revoke` reload
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def invite_host(home: Path, name: str, *, gpu: bool = False) -> NatsCredential:
+    credential = seed_in(invite(home=home, role="worker", url="nats://127.0.0.1:4222", ca=None, host=name, gpu=gpu))
+    apply_hosts(home)
+    return credential
+
+
+@pytest.fixture
+async def started(server: NatsServer) -> AsyncIterator[list[Worker | Coordinator]]:
+    parts: list[Worker | Coordinator] = []
+    yield parts
+    for part in reversed(parts):
+        await bounded(part.stop(), "a part of the test's platform")
+
+
+async def host_worker(server: NatsServer, tmp_path: Path, credential: NatsCredential, worker_id: str) -> Worker:
+    path = tmp_path / f"{worker_id}.nk"
+    path.write_text(credential.seed + "\n")
+    worker = Worker(settings=WorkerSettings(nats_url=server.url, worker_id=worker_id, nats_creds=path,
+                                            **{**FAST, "fetch_timeout_s": 0.3, "grace_s": 1.0}),
+                    worker_type="test", capabilities=[names.CAP_DUMMY_ANY],
+                    handlers={DUMMY: run_dummy}, slots=2)
+    await worker.start()
+    return worker
+
+
+async def test_a_revoked_host_is_cut_off_its_op_moves_to_the_other_host_and_its_seed_is_refused(
+        home: Path, server: NatsServer, started: list[Worker | Coordinator], tmp_path: Path) -> None:
+    a, b = invite_host(home, "host-a"), invite_host(home, "host-b")
+    coordinator = Coordinator(settings=coordinator_settings(server.url))
+    await coordinator.start()
+    started.append(coordinator)
+    worker_a = await host_worker(server, tmp_path, a, "a1")
+    started.append(worker_a)
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 30, "steps": 30}))
+    running = await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
+    assert running.worker_id == "a1"
+    started.append(await host_worker(server, tmp_path, b, "b1"))
+
+    revoke(home, "host-a")
+    assert "host-a" not in load_hosts(home / "auth")
+    await assert_eventually(lambda: worker_a.nc is not None and not worker_a.nc.is_connected, timeout=10,
+                            message="the revoked host's connection was not closed within 10 s")
+    moved = await assert_eventually(
+        lambda: (o := coordinator.ops.get(op.op_id)) is not None and o.worker_id == "b1" and o.attempt == 2 and o,
+        timeout=20, message="the revoked host's op was not retried on the other host")
+    assert moved.status is OpStatus.RUNNING
+    other = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0, "steps": 1}))
+    assert (await wait_status(coordinator, other.op_id, OpStatus.COMPLETED, OpStatus.FAILED,
+                              timeout=40)).status is OpStatus.COMPLETED
+    with pytest.raises(NatsConnectError, match="refused the credential"):
+        await connect(server.url, name="revoked", auth=NatsAuth(credential=a), reconnect=False, quiet=True)
+    # The cut-off worker said why once and stopped, instead of retrying four times a second for ever.
+    assert worker_a.refused is not None and "refused the credential" in worker_a.refused
+
+
+async def test_inviting_a_host_again_gives_it_a_new_key_and_the_old_one_stops_working(
+        home: Path, server: NatsServer) -> None:
+    first = invite_host(home, "host-a")
+    held = await nats.connect(server.url, nkeys_seed_str=first.seed)
+    try:
+        second = invite_host(home, "host-a")
+        await assert_eventually(lambda: not held.is_connected, timeout=10)
+        with pytest.raises(NatsConnectError, match="refused the credential"):
+            await connect(server.url, name="old", auth=NatsAuth(credential=first), reconnect=False, quiet=True)
+        fresh = await nats.connect(server.url, nkeys_seed_str=second.seed)
+        await fresh.close()
+    finally:
+        with contextlib.suppress(Exception):
+            await held.close()
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+async def test_only_a_host_invited_with_gpu_may_pull_gpu_training_jobs(home: Path, server: NatsServer,
+                                                                        gpu: bool) -> None:
+    credential = invite_host(home, "host-c", gpu=gpu)
+    denials = Denials()
+    nc: Client = await nats.connect(server.url, nkeys_seed_str=credential.seed, error_cb=denials.record,
+                                    inbox_prefix=credential.inbox_prefix)
+    try:
+        for capability in (names.CAP_TRAINING_GPU, names.CAP_TRAINING_CPU):
+            await nc.publish(names.jobs_pull_subject(capability), b'{"batch": 1, "expires": 1000000}',
+                             reply=nc.new_inbox())
+        await nc.flush()
+        pull_gpu = names.jobs_pull_subject(names.CAP_TRAINING_GPU)
+        if gpu:
+            # The server answers in order: a refusal of the pulls would have come before the flush's PONG.
+            assert not any("permissions violation" in s for s in denials.seen)
+        else:
+            await denials.expect("publish", pull_gpu)
+            assert not any(names.CAP_TRAINING_CPU.replace(".", "-") in s for s in denials.seen)
+    finally:
+        await nc.close()
+
+
+def test_the_cli_lists_hosts_and_refuses_what_would_leave_a_host_unnamed_or_cut_off_this_machine(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KTRDR_HOME", str(home))
+    runner = CliRunner()
+    made = runner.invoke(app, ["fleet", "invite", "worker", "--host", "gpu-box", "--gpu", "--url", "nats://x:4222"])
+    assert made.exit_code == 0, made.output
+    assert "# ktrdr host: gpu-box" in made.stdout and "no `ktrdr up` server runs here" in made.stderr
+    listed = runner.invoke(app, ["fleet", "hosts", "--json"])
+    hosts = {h["name"]: h for h in json.loads(listed.stdout)}
+    assert set(hosts) == {"local", "local-ib", "gpu-box"} and hosts["gpu-box"]["gpu"] is True
+    unnamed = runner.invoke(app, ["fleet", "invite", "worker", "--url", "nats://x:4222"])
+    assert unnamed.exit_code == 2 and "--host NAME" in unnamed.stderr
+    local = runner.invoke(app, ["fleet", "revoke", "local"])
+    assert local.exit_code == 2 and "this machine's own workers" in local.stderr
+    gone = runner.invoke(app, ["fleet", "revoke", "gpu-box"])
+    assert gone.exit_code == 0 and "revoked host gpu-box" in gone.stdout
+    with pytest.raises(HostError, match="no host named 'gpu-box'"):
+        revoke(home, "gpu-box")
