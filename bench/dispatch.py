@@ -182,8 +182,9 @@ class Setup:
     connect: dict[str, Any]  # nats.connect options of the bench's own client (BENCH_CLIENT_ROLE)
 
 
-# The bench submits, watches `ops` and follows progress as a user of the platform would.
-BENCH_CLIENT_ROLE = roles.CLIENT
+# The bench submits and follows progress as a user would, and watches the `ops` bucket (a consumer,
+# which only the coordinator and the operator may make): it holds the operator's key.
+BENCH_CLIENT_ROLE = roles.OPERATOR
 
 
 def make_setup(mode: str, home: Path) -> Setup:
