@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -39,10 +40,13 @@ from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.retry import transient_js_error
 from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.topology import Buckets, ensure_topology
+from ktrdr.security.hosts import GpuGrants
 from subjects import names, roles
+from subjects.limits import bounded_text
 from subjects.models import (
     BadPayload,
     OpEvent,
+    OpEventKind,
     ProgressUpdate,
     RegistrationAck,
     WorkerInfo,
@@ -72,6 +76,7 @@ class Coordinator:
         self.api_token: str | None = None
         self.api_viewer_token: str | None = None
         self._subs: list[Subscription] = []
+        self._claim_checks: dict[str, asyncio.Future[Any]] = {}  # per op: the change queued last behind a check
         self._parts: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._feed: OpsFeed | None = None
@@ -95,7 +100,7 @@ class Coordinator:
         loaded = await self.ops.load()
         self.jetstream = JetStreamProbe(nc=self.nc, bucket=buckets.ops)
         self.registry = WorkerRegistry(bucket=buckets.workers, metrics=self.metrics,
-                                       on_lost=self._worker_lost)
+                                       on_lost=self._worker_lost, gpu_allowed=GpuGrants(auth_dir=s.auth_dir))
         self.dispatcher = Dispatcher(js=self.js, publisher=self.publisher, ops=self.ops, registry=self.registry,
                                      claims=buckets.claims, settings=s, metrics=self.metrics)
         self.registry.start()
@@ -106,7 +111,7 @@ class Coordinator:
         await parents.start()
         self._feed = OpsFeed(nc=self.nc, js=self.js, apply=self._apply, metrics=self.metrics)
         await self._feed.start()
-        self._subs.append(await self.nc.subscribe(names.WORKER_REGISTER, cb=self._on_register))
+        self._subs.append(await self.nc.subscribe(names.WORKER_REGISTER_ALL, cb=self._on_register))
         self._subs.append(await self.nc.subscribe(names.MAX_DELIVERIES_ADVISORY, cb=self._on_advisory))
         cancel = CancelResponder(nc=self.nc, ops=self.ops, dispatcher=self.dispatcher,
                                  registry=self.registry, metrics=self.metrics,
@@ -205,31 +210,80 @@ class Coordinator:
         """Queue one progress update or event for its op record (fed by :class:`OpsFeed`).
 
         Returns the commit to wait for, or None when there is nothing to apply (a malformed
-        message: logged, counted and acknowledged, never retried).
+        message, or one about another host's worker: logged, counted and acknowledged, never
+        retried). The subject's last token is the host whose key published it (nats-server allows a
+        host no other); a report naming a worker whose lease another host wrote is refused, and a
+        ``started`` counts only for the worker the attempt's claim names.
         """
         subject = msg.subject
+        kind = names.OPS_PROGRESS_ALL if ".progress." in subject else names.OPS_EVENTS_ALL
         try:
             op_id = names.op_id_from_subject(subject)
-            if subject.endswith(".progress"):
+            host = names.host_from_subject(subject)
+            if kind == names.OPS_PROGRESS_ALL:
                 update = decode(ProgressUpdate, msg.data)
                 if update.op_id != op_id:
                     raise BadPayload(f"payload op_id {update.op_id} does not match subject")
-                return self.ops.apply_progress_soon(update)
+                if not self._from_host(update.worker_id, host, subject, kind):
+                    return None
+                return self._in_order(op_id, lambda: self.ops.apply_progress_soon(update))
             event = decode(OpEvent, msg.data)
             if event.op_id != op_id:
                 raise BadPayload(f"payload op_id {event.op_id} does not match subject")
-            return self.ops.apply_event_soon(event)
+            if not self._from_host(event.worker_id, host, subject, kind):
+                return None
+            current = self.ops.get(op_id)
+            if event.event is OpEventKind.STARTED or (current is not None and current.worker_id is None):
+                # The event that makes an attempt someone's: only its claimant's counts.
+                return self._in_order(op_id, lambda: self._apply_claimed(event, subject), check=True)
+            return self._in_order(op_id, lambda: self.ops.apply_event_soon(event))
         except (BadPayload, names.InvalidToken) as exc:
-            kind = names.OPS_PROGRESS_ALL if subject.endswith(".progress") else names.OPS_EVENTS_ALL
             self.metrics.rejected.labels(subject=kind, reason="invalid").inc()
-            log.error("rejected message on %s: %s", subject, exc)
+            log.error("rejected message on %s: %s", bounded_text(subject, 200), bounded_text(str(exc), 500))
             return None
+
+    def _from_host(self, worker_id: str, host: str, subject: str, kind: str) -> bool:
+        owner = self.registry.host_of(worker_id)
+        if owner is None or owner == host:
+            return True
+        self.metrics.rejected.labels(subject=kind, reason="other host").inc()
+        log.error("host %s reported on %s for worker %s, which is host %s's: refused", host, subject, worker_id, owner)
+        return False
+
+    def _in_order(self, op_id: str, apply: Callable[[], Awaitable[Any]], *,
+                  check: bool = False) -> asyncio.Future[Any] | None:
+        """``apply()`` now, or once the op's claim check under way is done: an op's changes are queued
+        in the order they arrived, and a check reads the claim first (one KV read, at an attempt's start)."""
+        before = self._claim_checks.get(op_id)
+        if before is None and not check:
+            return apply()  # type: ignore[return-value]
+
+        async def after() -> Any:
+            if before is not None:
+                await asyncio.wait([before])
+            return await apply()
+
+        future = asyncio.ensure_future(after())
+        if check or before is not None:
+            self._claim_checks[op_id] = future
+            future.add_done_callback(lambda f: self._claim_checks.pop(op_id, None) if
+                                     self._claim_checks.get(op_id) is f else None)
+        return future
+
+    async def _apply_claimed(self, event: OpEvent, subject: str) -> Any:
+        holder = await self.dispatcher.claim_holder(event.op_id, event.attempt)
+        if holder != event.worker_id:
+            self.metrics.rejected.labels(subject=names.OPS_EVENTS_ALL, reason="not the claimant").inc()
+            log.error("%s event on %s from %s, but the claim of %s attempt %d is %s's: refused", event.event, subject,
+                      event.worker_id, event.op_id, event.attempt, holder or "nobody")
+            return None
+        return await self.ops.apply_event_soon(event)
 
     async def _on_register(self, msg: Msg) -> None:
         try:
             info = decode(WorkerInfo, msg.data)
         except BadPayload as exc:
-            self.metrics.rejected.labels(subject=names.WORKER_REGISTER, reason="invalid").inc()
+            self.metrics.rejected.labels(subject=names.WORKER_REGISTER_ALL, reason="invalid").inc()
             log.error("rejected registration: %s", exc)
             if msg.reply:
                 await msg.respond(RegistrationAck(accepted=False, worker_id="?", message=str(exc)).encode())

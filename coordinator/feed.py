@@ -335,7 +335,7 @@ class OpsFeed:
         """A message no retry can apply: acknowledging it keeps the ack floor moving, and every
         message behind it (other ops' outcomes) is acknowledged as it is applied."""
         subject = delivery.msg.subject or "?"
-        kind = names.OPS_PROGRESS_ALL if subject.endswith(".progress") else names.OPS_EVENTS_ALL
+        kind = names.OPS_PROGRESS_ALL if ".progress." in subject else names.OPS_EVENTS_ALL
         if self.metrics is not None:
             self.metrics.rejected.labels(subject=kind, reason="poison").inc()
         log.error("giving up on %s after %d tries (%d bytes): %s: %s", _clip(subject), delivery.retries + 1,

@@ -2,6 +2,11 @@
 
 Leases are the only truth about liveness. The watch delivers every heartbeat; an expired lease
 arrives as a PURGE marker (the bucket has ``limit_marker_ttl``) and a graceful stop as a DEL.
+
+A lease lives under ``<host>.<worker_id>``, and only that host's key may write there (nats-server
+enforces it: ``subjects.roles``), so the key says which host a worker belongs to. :meth:`host_of`
+remembers it after the lease is gone, for the worker's late reports; a worker id already held by a
+live lease of another host is refused, so no host can take another's worker id.
 """
 
 from __future__ import annotations
@@ -27,8 +32,12 @@ WorkerListener = Callable[[str, WorkerLease | None], None]
 
 
 class WorkerRegistry:
-    def __init__(self, *, bucket: KeyValue, metrics: Metrics, on_lost: LostCallback) -> None:
+    def __init__(self, *, bucket: KeyValue, metrics: Metrics, on_lost: LostCallback,
+                 gpu_allowed: Callable[[str], bool] = lambda host: True) -> None:
+        """``gpu_allowed(host)``: whether that host's workers may serve GPU training (``ktrdr fleet
+        invite --gpu``); a lease claiming it from another host is taken without it."""
         self.bucket = bucket
+        self.gpu_allowed = gpu_allowed
         self.metrics = metrics
         self.on_lost = on_lost
         self.workers: dict[str, WorkerLease] = {}
@@ -37,6 +46,12 @@ class WorkerRegistry:
         self._lost_tasks: set[asyncio.Task[None]] = set()
         self._duplicates: dict[str, tuple[int, int]] = {}
         self._listeners: list[WorkerListener] = []
+        self._hosts: dict[str, str] = {}  # worker id -> the host its lease key names (kept after it goes)
+        self._gpu_refused: set[str] = set()
+
+    def host_of(self, worker_id: str) -> str | None:
+        """The host whose key wrote the worker's lease, or None for a worker never seen."""
+        return self._hosts.get(worker_id)
 
     def alive(self, worker_id: str | None) -> bool:
         return worker_id is not None and worker_id in self.workers
@@ -72,29 +87,54 @@ class WorkerRegistry:
                             initial = False
                             self.ready.set()
                         continue
-                    seen.add(entry.key)
-                    self._apply(entry.key, entry.value, entry.operation)
+                    worker_id = self._apply(entry.key, entry.value, entry.operation)
+                    if worker_id is not None:
+                        seen.add(worker_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("workers watch failed (%s); reopening", exc)
                 await asyncio.sleep(0.5)
 
-    def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
+    def _apply(self, lease_key: str, value: bytes | None, operation: str | None) -> str | None:
+        """Take in one lease change; returns the worker id it is about (None: not a lease)."""
+        try:
+            host, key = names.split_lease_key(lease_key)
+        except names.InvalidToken:
+            self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="key").inc()
+            log.error("ignoring a lease under %r: not <host>.<worker id>", lease_key[:200])
+            return None
+        owner = self._hosts.get(key)
+        if owner is not None and owner != host and key in self.workers:
+            # Another host writing a lease for a live worker of this one: refused, whatever it says.
+            self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="other host").inc()
+            log.error("host %s wrote a lease for worker %s, which is host %s's: ignored", host, key, owner)
+            return None
         if operation in ("DEL", "PURGE") or not value:
             reason = "lease deleted (graceful stop)" if operation == "DEL" else "lease expired"
             if key in self.workers:
                 self._lost(key, reason)
-            return
+            return key
         try:
             lease = decode(WorkerLease, value)
         except BadPayload as exc:
             self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="schema").inc()
-            log.error("ignoring malformed lease under %r: %s", key, exc)
-            return
+            log.error("ignoring malformed lease under %r: %s", lease_key, exc)
+            return None
         if lease.worker_id != key:
             self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="key mismatch").inc()
-            return
+            return None
+        self._hosts[key] = host
+        if names.CAP_TRAINING_GPU in lease.capabilities and not self.gpu_allowed(host):
+            # It could not pull those jobs anyway (subjects.roles), but listed as a GPU worker it would
+            # hold every training back for the GPU fallback timeout.
+            if key not in self._gpu_refused:
+                self._gpu_refused.add(key)
+                self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="gpu not granted").inc()
+                log.error("worker %s of host %s claims GPU training, which the host was not invited for "
+                          "(ktrdr fleet invite worker --host %s --gpu): taken as a CPU worker", key, host, host)
+            lease = lease.model_copy(update={"capabilities": [c for c in lease.capabilities
+                                                              if c != names.CAP_TRAINING_GPU], "gpu": False})
         previous = self.workers.get(key)
         if previous is None:
             log.info("worker %s (%s) is up: %s", key, lease.worker_type, ", ".join(lease.capabilities))
@@ -112,10 +152,11 @@ class WorkerRegistry:
                 log.error("two live processes share worker id %s (pid %d on %s and pid %d on %s): give each "
                           "its own KTRDR_WORKER_ID or KTRDR_WORKER_INDEX", key, previous.pid, previous.host,
                           lease.pid, lease.host)
-            return
+            return key
         self.workers[key] = lease
         self.metrics.worker_rejected.labels(worker=key).set(lease.status.get("rejected_messages", 0))
         self._changed(key, lease)
+        return key
 
     def _lost(self, worker_id: str, reason: str, *, previous: WorkerLease | None = None,
               started_before: datetime | None = None) -> None:

@@ -11,8 +11,13 @@ import base64
 import re
 from typing import Final
 
-# Worker registration (request-reply; the coordinator answers with a RegistrationAck).
+# Worker registration (request-reply; the coordinator answers with a RegistrationAck), on
+# ``worker.register.<host>``: the host whose key may publish there (subjects.roles) is the one the
+# coordinator attributes the worker to.
 WORKER_REGISTER: Final = "worker.register"
+WORKER_REGISTER_ALL: Final = "worker.register.*"
+# The host token of a subject any host may have published on: what followers subscribe with.
+ANY_HOST: Final = "*"
 
 # Key-value buckets.
 WORKERS_BUCKET: Final = "workers"  # one lease key per worker id
@@ -35,8 +40,11 @@ CHECKPOINTS_OBJECTS: Final = "checkpoints"  # resumable work (training, IB downl
 # Streams.
 JOBS_STREAM: Final = "JOBS"  # work-queue retention: an acked job is gone; subjects: JOBS_SUBJECTS below
 OPS_STREAM: Final = "OPS"  # progress and lifecycle events; never ops.*.cancel
-OPS_PROGRESS_ALL: Final = "ops.*.progress"
-OPS_EVENTS_ALL: Final = "ops.*.events"
+# ``ops.<id>.progress.<host>`` and ``ops.<id>.events.<host>``: a host's key may publish only under its
+# own name, so the coordinator knows which host an outcome came from and refuses one about another
+# host's worker.
+OPS_PROGRESS_ALL: Final = "ops.*.progress.*"
+OPS_EVENTS_ALL: Final = "ops.*.events.*"
 OPS_CANCEL_ALL: Final = "ops.*.cancel"
 # Op records past the retention period (coordinator.retention), one subject per op id; the
 # coordinator alone reads and writes it, and serves it through its API and service.
@@ -140,12 +148,47 @@ def jobs_pull_subject(capability: str) -> str:
     return f"{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{jobs_consumer(capability)}"
 
 
-def ops_progress(op_id: str) -> str:
-    return f"ops.{validate_token(op_id, what='operation id')}.progress"
+def _host_token(host: str) -> str:
+    return host if host == ANY_HOST else validate_token(host, what="host name")
 
 
-def ops_events(op_id: str) -> str:
-    return f"ops.{validate_token(op_id, what='operation id')}.events"
+def worker_register(host: str) -> str:
+    return f"{WORKER_REGISTER}.{validate_token(host, what='host name')}"
+
+
+def ops_progress(op_id: str, host: str) -> str:
+    """Where ``host`` publishes the op's progress (``ANY_HOST``: what a follower subscribes to)."""
+    return f"ops.{validate_token(op_id, what='operation id')}.progress.{_host_token(host)}"
+
+
+def ops_events(op_id: str, host: str) -> str:
+    """Where ``host`` publishes the op's lifecycle events (``ANY_HOST``: what a follower subscribes to)."""
+    return f"ops.{validate_token(op_id, what='operation id')}.events.{_host_token(host)}"
+
+
+def ops_progress_from(host: str) -> str:
+    """Every op's progress as ``host`` publishes it: what its key may publish."""
+    return f"ops.*.progress.{validate_token(host, what='host name')}"
+
+
+def ops_events_from(host: str) -> str:
+    return f"ops.*.events.{validate_token(host, what='host name')}"
+
+
+def host_from_subject(subject: str) -> str:
+    """The host token that ends ``ops.<id>.<verb>.<host>`` or ``worker.register.<host>``."""
+    return validate_token(subject.rpartition(".")[2], what="host name")
+
+
+def lease_key(host: str, worker_id: str) -> str:
+    """The ``workers`` key of a lease: under its host, which alone may write there (subjects.roles)."""
+    return f"{validate_token(host, what='host name')}.{validate_token(worker_id, what='worker id')}"
+
+
+def split_lease_key(key: str) -> tuple[str, str]:
+    """``(host, worker_id)`` of a lease key; InvalidToken for anything else."""
+    host, _, worker_id = key.partition(".")
+    return validate_token(host, what="host name"), validate_token(worker_id, what="worker id")
 
 
 def ops_archive(op_id: str) -> str:
@@ -157,9 +200,9 @@ def ops_cancel(op_id: str) -> str:
 
 
 def op_id_from_subject(subject: str) -> str:
-    """The operation id in ``ops.<id>.<verb>``; raises InvalidToken for anything else."""
+    """The operation id in ``ops.<id>.<verb>`` or ``ops.<id>.<verb>.<host>``; InvalidToken for anything else."""
     parts = subject.split(".")
-    if len(parts) != 3 or parts[0] != "ops":
+    if len(parts) not in (3, 4) or parts[0] != "ops":
         raise InvalidToken(f"not an operation subject: {subject!r}")
     return validate_token(parts[1], what="operation id")
 

@@ -38,6 +38,9 @@ VIEWER: Final = "viewer"
 ROLES: Final = (COORDINATOR, OPERATOR, WORKER, IB, CLIENT, VIEWER)
 # Roles whose credential never leaves the coordinator's host (`ktrdr fleet invite` refuses them).
 TRUSTED: Final = (COORDINATOR, OPERATOR)
+# The hosts `ktrdr up` runs on its own machine, whose keys are the worker.nk and ib.nk role files.
+LOCAL_HOST: Final = "local"
+LOCAL_IB_HOST: Final = "local-ib"
 
 API: Final = names.JS_API_PREFIX
 DEFAULT_INBOX: Final = "_INBOX"
@@ -95,18 +98,21 @@ def _own_inbox(public_key: str) -> list[str]:
     return [f"{inbox_prefix(public_key)}.>"]
 
 
-# What every worker-like process does: register, keep a lease, claim, report, read the op
-# record it runs (fencing), read market data and write results and checkpoints.
-_WORKER_COMMON: Final = (
-    names.WORKER_REGISTER,
-    *_kv_read(names.WORKERS_BUCKET), *_kv_write(names.WORKERS_BUCKET),
-    *_kv_read(names.CLAIMS_BUCKET), *_kv_write(names.CLAIMS_BUCKET),
-    *_kv_read(names.OPS_BUCKET), *_kv_read(names.MODEL_PINS_BUCKET),
-    names.OPS_PROGRESS_ALL, names.OPS_EVENTS_ALL,
-    *_obj_read(names.DATA_OBJECTS),
-    *_obj_write(names.RESULTS_OBJECTS),
-    *_obj_write(names.CHECKPOINTS_OBJECTS),
-)
+def _worker_common(host: str) -> tuple[str, ...]:
+    """What every worker-like process does: register, keep a lease, claim, report, read the op record
+    it runs (fencing), read market data and write results and checkpoints. Registration, leases and
+    reports only under its own host's name, so that no host can pose as another's worker."""
+    return (
+        names.worker_register(host),
+        *_kv_read(names.WORKERS_BUCKET), *_kv_write(names.WORKERS_BUCKET, f"{host}.>"),
+        *_kv_read(names.CLAIMS_BUCKET), *_kv_write(names.CLAIMS_BUCKET),
+        *_kv_read(names.OPS_BUCKET), *_kv_read(names.MODEL_PINS_BUCKET),
+        names.ops_progress_from(host), names.ops_events_from(host),
+        *_obj_read(names.DATA_OBJECTS),
+        *_obj_write(names.RESULTS_OBJECTS),
+        *_obj_write(names.CHECKPOINTS_OBJECTS),
+    )
+
 
 WORKER_CAPABILITIES: Final = (names.CAP_BACKTEST_CPU, names.CAP_TRAINING_CPU, names.CAP_TRAINING_GPU,
                               names.CAP_DUMMY_ANY)
@@ -123,9 +129,10 @@ _READ: Final = (
 )
 
 
-def permissions(role: str, public_key: str, *, gpu: bool = True) -> Permissions:
-    """The permission block of ``role`` for the credential whose nkey is ``public_key``. ``gpu``: a
-    worker host may pull GPU training jobs (``ktrdr fleet invite worker --gpu``)."""
+def permissions(role: str, public_key: str, *, gpu: bool = True, host: str | None = None) -> Permissions:
+    """The permission block of ``role`` for the credential whose nkey is ``public_key``. For a worker
+    or IB host: ``host``, its name (default: this machine's, ``local``/``local-ib``), and ``gpu``,
+    whether it may pull GPU training jobs (``ktrdr fleet invite worker --gpu``)."""
     inbox = _own_inbox(public_key)
     if role in TRUSTED:
         # The trust root: it creates and repairs every stream, consumer and bucket, writes every
@@ -135,13 +142,13 @@ def permissions(role: str, public_key: str, *, gpu: bool = True) -> Permissions:
                            deny_publish=("$SYS.>",), deny_subscribe=("$SYS.>",))
     if role == WORKER:
         return Permissions(
-            publish=(*_WORKER_COMMON, *_pull(tuple(c for c in WORKER_CAPABILITIES
+            publish=(*_worker_common(host or LOCAL_HOST), *_pull(tuple(c for c in WORKER_CAPABILITIES
                                                    if gpu or c != names.CAP_TRAINING_GPU)),
                      *_obj_write(names.MODELS_OBJECTS)),
             subscribe=(*inbox, names.OPS_CANCEL_ALL), allow_responses=True)
     if role == IB:
         return Permissions(
-            publish=(*_WORKER_COMMON, *_pull(IB_CAPABILITIES), *_obj_write(names.DATA_OBJECTS),
+            publish=(*_worker_common(host or LOCAL_IB_HOST), *_pull(IB_CAPABILITIES), *_obj_write(names.DATA_OBJECTS),
                      *_kv_read(names.IB_ACTIVE_BUCKET), *_kv_write(names.IB_ACTIVE_BUCKET)),
             # Its micro service: the endpoints and the $SRV discovery subjects.
             subscribe=(*inbox, names.OPS_CANCEL_ALL, f"{names.IB_SERVICE_GROUP}.>", "$SRV.>"),

@@ -65,3 +65,19 @@ def standin_handlers(capabilities: list[str], **handlers: Any) -> dict[Any, Any]
 
     served: dict[Any, Any] = {t: run_dummy if t is DUMMY else dummy_standin for c in capabilities for t in types_on(c)}
     return {**served, **{op_type(name): h for name, h in handlers.items()}}
+
+
+async def claim_as(nc: Any, op_id: str, attempt: int, worker_id: str) -> None:
+    """Take the attempt's claim for ``worker_id``, as a worker does before it reports (the coordinator
+    takes an attempt's first report only from its claimant). An existing claim is left as it is."""
+    from nats.js.errors import KeyWrongLastSequenceError
+
+    from subjects import names
+    from subjects.models import Claim
+
+    claims = await nc.jetstream().key_value(names.CLAIMS_BUCKET)
+    try:
+        await claims.create(names.claim_key(op_id, attempt),
+                            Claim(op_id=op_id, attempt=attempt, worker_id=worker_id).encode())
+    except KeyWrongLastSequenceError:
+        pass

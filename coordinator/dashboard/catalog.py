@@ -90,7 +90,7 @@ def _offered_at(data: bytes | None) -> datetime | None:
 
 async def events(js: JetStreamContext, op_id: str) -> tuple[list[dict[str, Any]], bool]:
     """The lifecycle events of ``op_id`` still in the OPS stream, oldest first; True if cut at MAX_EVENTS."""
-    subject = names.ops_events(op_id)
+    subject = names.ops_events(op_id, names.ANY_HOST)
     found: list[dict[str, Any]] = []
     seq = 1
     while len(found) < MAX_EVENTS:

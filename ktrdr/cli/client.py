@@ -296,8 +296,8 @@ class KtrdrClient:
             await queue.put(msg)
 
         # Subscribe before reading the record so that nothing between the two is missed.
-        subs = [await self._nc.subscribe(names.ops_progress(op_id), cb=put),
-                await self._nc.subscribe(names.ops_events(op_id), cb=put)]
+        subs = [await self._nc.subscribe(names.ops_progress(op_id, names.ANY_HOST), cb=put),
+                await self._nc.subscribe(names.ops_events(op_id, names.ANY_HOST), cb=put)]
         try:
             op = await self.get(op_id)
             yield op
@@ -314,7 +314,7 @@ class KtrdrClient:
                         return
                     continue
                 try:
-                    if msg.subject.endswith(".progress"):
+                    if ".progress." in msg.subject:
                         yield decode(ProgressUpdate, msg.data)
                     else:
                         event = decode(OpEvent, msg.data)

@@ -41,16 +41,18 @@ class Reporter(Protocol):
 
 
 class NatsReporter:
-    """A worker's: ``ops.<id>.progress`` (best effort) and ``ops.<id>.events`` (stored, acknowledged)."""
+    """A worker's: ``ops.<id>.progress.<host>`` (best effort) and ``ops.<id>.events.<host>`` (stored,
+    acknowledged), under the name of the host whose key it holds."""
 
-    def __init__(self, publisher: AckedPublisher) -> None:
+    def __init__(self, publisher: AckedPublisher, *, host: str) -> None:
         self.publisher = publisher
+        self.host = host
 
     async def progress(self, update: ProgressUpdate) -> None:
-        await self.publisher.publish(names.ops_progress(update.op_id), update.encode())
+        await self.publisher.publish(names.ops_progress(update.op_id, self.host), update.encode())
 
     async def event(self, event: OpEvent) -> None:
-        await self.publisher.publish(names.ops_events(event.op_id), event.encode())
+        await self.publisher.publish(names.ops_events(event.op_id, self.host), event.encode())
 
 
 class _OpLog(logging.LoggerAdapter):  # type: ignore[type-arg]

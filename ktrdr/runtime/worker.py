@@ -151,6 +151,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
         self.refused: str | None = None  # why the server cut this worker off, once it has
+        self.host = roles.LOCAL_IB_HOST if worker_type == "ib" else roles.LOCAL_HOST
         self._fetching = True
         self._tasks: list[asyncio.Task[None]] = []
         self._lease_change: asyncio.TimerHandle | None = None
@@ -168,15 +169,18 @@ class Worker:
 
     async def start(self) -> None:
         role = roles.IB if self.worker_type == "ib" else roles.WORKER
+        auth = NatsAuth.resolve(self.settings, role=role)
+        # The fleet host whose key this is: its registration, lease and reports go under that name,
+        # the only one the key may publish under.
+        self.host = (auth.credential.host if auth.credential else None) or self.host
         self.nc = await connect(self.settings.nats_url, name=f"ktrdr-{self.worker_id}",
-                                on_reconnect=self._on_reconnect, auth=NatsAuth.resolve(self.settings, role=role),
-                                on_refused=self._refused_by_server)
+                                on_reconnect=self._on_reconnect, auth=auth, on_refused=self._refused_by_server)
         self.js = self.nc.jetstream(timeout=5.0)
         # Only the coordinator creates streams and buckets: until it has, say what is missing and wait.
         self.buckets = await bind_topology(self.js)
         self.publisher = AckedPublisher(nc=self.nc)
         await self.publisher.start()
-        self._reporter = NatsReporter(self.publisher)
+        self._reporter = NatsReporter(self.publisher, host=self.host)
         self._services = jetstream_services(self.js)
         # One plain subscription (no queue group) for every op this worker will run, held from
         # before the first claim: whoever owns a claim is reachable. A subscription per op cost a
@@ -265,7 +269,7 @@ class Worker:
         reachable = self.nc.is_connected  # cut off (revoked): every write would only time out
         if reachable:
             with contextlib.suppress(Exception):
-                await self.buckets.workers.delete(self.worker_id)
+                await self.buckets.workers.delete(names.lease_key(self.host, self.worker_id))
         if self.publisher is not None:
             await self.publisher.stop()
         with contextlib.suppress(Exception):
@@ -294,7 +298,7 @@ class Worker:
 
     async def _put_lease(self) -> None:
         assert self.buckets is not None
-        await self.buckets.workers.put(self.worker_id, self.lease().encode())
+        await self.buckets.workers.put(names.lease_key(self.host, self.worker_id), self.lease().encode())
 
     def _lease_changed(self) -> None:
         if self._lease_change is None and not self._stopped.is_set():
@@ -328,7 +332,7 @@ class Worker:
         pauses = REGISTER_RETRY.delays()
         while not self.registered.is_set():
             try:
-                reply = await self.nc.request(names.WORKER_REGISTER, self.info.encode(), timeout=2.0)
+                reply = await self.nc.request(names.worker_register(self.host), self.info.encode(), timeout=2.0)
                 ack = decode(RegistrationAck, reply.data)
                 if ack.accepted:
                     self.registered.set()
@@ -573,7 +577,7 @@ class Worker:
             event = OpEvent(op_id=ctx.op_id, event=kind, worker_id=self.worker_id, attempt=ctx.attempt,
                             error=bounded_text(why, limits.MAX_ERROR_CHARS))
             payload = event.encode()
-        sent = _SentEvent(subject=names.ops_events(ctx.op_id), payload=payload, kind=kind)
+        sent = _SentEvent(subject=names.ops_events(ctx.op_id, self.host), payload=payload, kind=kind)
         try:
             sent.ack = await self.publisher.send(sent.subject, sent.payload)
         except Exception as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nkeys
@@ -21,10 +21,14 @@ class CredentialError(RuntimeError):
     pass
 
 
+HOST_LINE = "# ktrdr host:"  # in a host's credential file (`ktrdr fleet invite --host`): its name
+
+
 @dataclass(frozen=True, kw_only=True)
 class NatsCredential:
     seed: str
     public_key: str
+    host: str | None = None  # the fleet host it identifies, when its file names one
 
     @property
     def inbox_prefix(self) -> str:
@@ -57,7 +61,9 @@ class NatsCredential:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("SU")]
         if not lines:
             raise CredentialError(f"{path} holds no NATS user nkey seed (a line starting with SU)")
-        return cls.from_seed(lines[0])
+        hosts = [ln.strip()[len(HOST_LINE):].strip() for ln in text.splitlines() if ln.strip().startswith(HOST_LINE)]
+        credential = cls.from_seed(lines[0])
+        return replace(credential, host=hosts[0]) if hosts and hosts[0] else credential
 
 
 def write_private(path: Path, data: str | bytes) -> None:

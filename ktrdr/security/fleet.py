@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktrdr.security.credentials import NatsCredential, credential_path, ensure_credentials, write_private
+from ktrdr.security.credentials import HOST_LINE, NatsCredential, credential_path, ensure_credentials, write_private
 from ktrdr.security.hosts import HOST_ROLES, Host, add_host, load_hosts, reload_server, remove_host
 from ktrdr.security.serverconf import render, rewrite_authorization
 from ktrdr.security.tls import TlsFiles, ensure_server_cert, server_names
@@ -99,7 +99,7 @@ def invite(*, home: Path, role: str, url: str, ca: Path | None, host: str | None
         'mkdir -p "$dir" && chmod 700 "$dir"',
         "umask 077",
         f"cat > \"$dir/{file}\" <<'EOF'",
-        *([f"# ktrdr host: {host}"] if role in HOST_ROLES else []),
+        *([f"{HOST_LINE} {host}"] if role in HOST_ROLES else []),
         seed,
         "EOF",
     ]

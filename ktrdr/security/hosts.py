@@ -30,7 +30,7 @@ from subjects.names import validate_token
 
 HOSTS_FILE = "hosts.json"
 PID_FILE = "nats-server.pid"  # the embedded server `ktrdr up` runs: what `fleet invite/revoke` reload
-LOCAL_HOSTS = {"local": roles.WORKER, "local-ib": roles.IB}
+LOCAL_HOSTS = {roles.LOCAL_HOST: roles.WORKER, roles.LOCAL_IB_HOST: roles.IB}
 HOST_ROLES = (roles.WORKER, roles.IB)
 
 
@@ -111,6 +111,31 @@ def remove_host(auth_dir: Path, name: str) -> Host:
     host = hosts.pop(name)
     _save(auth_dir, hosts)
     return host
+
+
+class GpuGrants:
+    """Which hosts may serve GPU training, as the coordinator reads it: ``local`` (this machine's
+    workers) and every host invited with ``--gpu``; the file is read again when it changes."""
+
+    def __init__(self, *, auth_dir: Path) -> None:
+        self.auth_dir = auth_dir
+        self._seen: float | None = None
+        self._gpu: frozenset[str] = frozenset()
+
+    def __call__(self, host: str) -> bool:
+        if host == roles.LOCAL_HOST:
+            return True
+        try:
+            mtime = _path(self.auth_dir).stat().st_mtime
+        except OSError:
+            mtime = None
+        if mtime != self._seen:
+            try:
+                self._gpu = frozenset(h.name for h in load_hosts(self.auth_dir).values() if h.gpu)
+            except HostError:
+                self._gpu = frozenset()
+            self._seen = mtime
+        return host in self._gpu
 
 
 def write_pid(home: Path, pid: int) -> None:

@@ -34,9 +34,11 @@ def _block(p: roles.Permissions) -> dict[str, Any]:
 
 def authorization(credentials: dict[str, NatsCredential], hosts: Iterable[Host] = ()) -> dict[str, Any]:
     """One user per role and one per invited host, identified by its nkey; no anonymous user."""
+    # The worker and ib role keys are this machine's own hosts (local, local-ib): the defaults.
     users = [{"nkey": cred.public_key, "permissions": _block(roles.permissions(role, cred.public_key))}
              for role, cred in credentials.items()]
-    users += [{"nkey": h.public_key, "permissions": _block(roles.permissions(h.role, h.public_key, gpu=h.gpu))}
+    users += [{"nkey": h.public_key, "permissions": _block(roles.permissions(h.role, h.public_key, gpu=h.gpu,
+                                                                           host=h.name))}
               for h in hosts if not h.local]
     return {"users": users}
 

@@ -20,7 +20,7 @@ from ktrdr.strategy.loader import MAX_STRATEGY_DEPTH
 from subjects import limits, names
 from subjects.models import CancelReply, OpEvent, OpEventKind, OpStatus, SubmitRequest, decode
 from tests.conftest import MakeWorker
-from tests.support import assert_eventually, auth_headers, wait_status
+from tests.support import assert_eventually, auth_headers, claim_as, wait_status
 
 
 def rejected(metrics: Metrics, reason: str) -> float:
@@ -35,7 +35,8 @@ async def acked_through(nc: Client, seq: int) -> bool:
 
 async def publish_event(nc: Client, op_id: str, kind: OpEventKind, worker_id: str = "w-gone", **fields: Any) -> int:
     event = OpEvent(op_id=op_id, event=kind, worker_id=worker_id, attempt=1, **fields)
-    return (await nc.jetstream().publish(names.ops_events(op_id), event.encode())).seq
+    await claim_as(nc, op_id, 1, worker_id)
+    return (await nc.jetstream().publish(names.ops_events(op_id, "local"), event.encode())).seq
 
 
 async def test_params_over_the_limit_are_refused_at_the_door_and_reach_no_worker(
@@ -180,7 +181,7 @@ async def test_a_poison_message_is_counted_and_acknowledged_and_the_feed_moves_o
     await feed.start()
     try:
         js = nc.jetstream()
-        seqs = [(await js.publish(names.ops_events("op-1"), b'{"n": %d}' % i)).seq for i in range(4)]
+        seqs = [(await js.publish(names.ops_events("op-1", "local"), b'{"n": %d}' % i)).seq for i in range(4)]
         await assert_eventually(lambda: len(applied) == 3)
         await assert_eventually(lambda: acked_through(nc, seqs[-1]), message="the poison message held the acks")
         assert rejected(metrics, "poison") == 1

@@ -38,7 +38,7 @@ TRAINING_STANDIN = {"training": ran_on}
 
 async def started_events(nc: Client, op_id: str) -> list[OpEvent]:
     js = nc.jetstream()
-    sub = await js.subscribe(names.ops_events(op_id), ordered_consumer=True)
+    sub = await js.subscribe(names.ops_events(op_id, names.ANY_HOST), ordered_consumer=True)
     events: list[OpEvent] = []
     try:
         while True:

@@ -23,7 +23,7 @@ from tests.support import assert_eventually, wait_status
 async def _publish_events(nc: Client, count: int, op_id: str = "op-1") -> None:
     js = nc.jetstream()
     for i in range(count):
-        await js.publish(names.ops_events(op_id), b'{"n": %d}' % i)
+        await js.publish(names.ops_events(op_id, "local"), b'{"n": %d}' % i)
 
 
 async def _consumer(nc: Client) -> ConsumerInfo:
@@ -210,7 +210,7 @@ async def test_a_delivery_naming_a_sequence_the_stream_never_reached_is_not_beli
     await assert_eventually(lambda: len(applied) == 2)
     # Subject and reply as our consumer's own would be (no publisher can make both; this test hands
     # the message over itself): only the stream's state gives the sequence away.
-    await feed._on_msg(Msg(_client=nc, subject=names.ops_events("op-1"), data=b'{"n": 99}',
+    await feed._on_msg(Msg(_client=nc, subject=names.ops_events("op-1", "local"), data=b'{"n": 99}',
                            reply="$JS.ACK.OPS.coordinator.1.200000.3.1796640054851160562.0"))
     assert _rejected(metrics, "foreign") == 1
     assert feed._expected == 3 and not feed._gaps

@@ -73,7 +73,7 @@ async def test_a_job_that_skipped_admission_naming_a_path_fails_with_the_generic
     assert failed.status is OpStatus.FAILED
     assert generic(str(outside)) in (failed.error or "") and "SECRET" not in (failed.error or "")
     # What went out on ops.<id>.events says the same and quotes nothing of the file.
-    sub = await nc.jetstream().subscribe(names.ops_events(op.op_id), ordered_consumer=True)
+    sub = await nc.jetstream().subscribe(names.ops_events(op.op_id, names.ANY_HOST), ordered_consumer=True)
     try:
         while True:
             event = decode(OpEvent, (await sub.next_msg(timeout=5)).data)

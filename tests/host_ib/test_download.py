@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from coordinator.app import Coordinator
 from ktrdr.data.shared import fetch_dataset
 from ktrdr.data.store import DataStore
-from subjects import names
+from subjects import names, roles
 from subjects.models import CancelRequest, Operation, OpStatus, ProgressUpdate, SubmitRequest, WorkerLease, decode
 from tests.host_ib.conftest import MakeHost
 from tests.ktrdr.ib.fake_gateway import FakeGateway, HistoricalRequest, synthetic_bars
@@ -170,7 +170,8 @@ async def test_gateway_drop_mid_download_reconnects_and_resumes(
     ib_states: list[str] = []
 
     async def watch_lease() -> None:
-        watcher = await (await nc.jetstream().key_value(names.WORKERS_BUCKET)).watch("ib1")
+        watcher = await (await nc.jetstream().key_value(names.WORKERS_BUCKET)).watch(
+            names.lease_key(roles.LOCAL_IB_HOST, "ib1"))
         async for entry in watcher:
             if entry is not None and entry.value:
                 ib_states.append(decode(WorkerLease, entry.value).status.get("ib", ""))

@@ -30,7 +30,7 @@ LOAD = {"symbol": "AAPL", "timeframe": "1h", "mode": "full", "start": "2024-01-0
 async def lease_of(nc: Client, worker_id: str) -> WorkerLease | None:
     kv = await nc.jetstream().key_value(names.WORKERS_BUCKET)
     try:
-        entry = await kv.get(worker_id)
+        entry = await kv.get(names.lease_key(roles.LOCAL_IB_HOST, worker_id))
     except Exception:
         return None
     return decode(WorkerLease, entry.value) if entry.value else None

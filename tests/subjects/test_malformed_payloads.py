@@ -41,11 +41,11 @@ async def test_malformed_messages_on_every_subject_are_counted_and_change_nothin
     before = rejected(coordinator)
 
     for body in GARBAGE:
-        ack = decode(RegistrationAck, (await nc.request(names.WORKER_REGISTER, body, timeout=2)).data)
+        ack = decode(RegistrationAck, (await nc.request(names.worker_register("local"), body, timeout=2)).data)
         assert not ack.accepted
         # Progress and events for the running op, with wrong shapes, and one claiming another op's id.
-        await js.publish(names.ops_progress(op.op_id), body)
-        await js.publish(names.ops_events(op.op_id), body)
+        await js.publish(names.ops_progress(op.op_id, "local"), body)
+        await js.publish(names.ops_events(op.op_id, "local"), body)
         for endpoint in (names.SERVICE_SUBMIT, names.SERVICE_GET, names.SERVICE_LIST):
             reply = await nc.request(f"{names.SERVICE_GROUP}.{endpoint}", body, timeout=2)
             if endpoint != names.SERVICE_LIST or body not in (b"{}",):
@@ -53,7 +53,7 @@ async def test_malformed_messages_on_every_subject_are_counted_and_change_nothin
         # A bad job straight onto the queue: the worker terminates it instead of retrying forever.
         await js.publish(names.jobs_subject(names.CAP_DUMMY_ANY), body)
         await js.publish(f"$KV.{names.WORKERS_BUCKET}.w-bad", body)
-    await js.publish(names.ops_events(op.op_id),
+    await js.publish(names.ops_events(op.op_id, "local"),
                      b'{"op_id": "other-op", "event": "completed", "worker_id": "w1", "attempt": 1}')
     reply = decode(CancelReply, (await nc.request(names.ops_cancel(op.op_id), b"{broken", timeout=2)).data)
     assert not reply.accepted and "invalid cancel request" in reply.message
@@ -108,7 +108,7 @@ async def test_deeply_nested_payloads_are_refused_naming_the_limit_on_every_subj
     js = nc.jetstream()
     before = rejected(coordinator)
     for body in DEEP:
-        ack = decode(RegistrationAck, (await nc.request(names.WORKER_REGISTER, body, timeout=2)).data)
+        ack = decode(RegistrationAck, (await nc.request(names.worker_register("local"), body, timeout=2)).data)
         assert not ack.accepted and TOO_DEEP in ack.message
         for endpoint in (names.SERVICE_SUBMIT, names.SERVICE_GET, names.SERVICE_LIST, names.SERVICE_PRUNE):
             reply = await nc.request(f"{names.SERVICE_GROUP}.{endpoint}", body, timeout=2)
@@ -116,8 +116,8 @@ async def test_deeply_nested_payloads_are_refused_naming_the_limit_on_every_subj
             assert TOO_DEEP in reply.headers["Nats-Service-Error"]
         cancel = decode(CancelReply, (await nc.request(names.ops_cancel(op.op_id), body, timeout=2)).data)
         assert not cancel.accepted and TOO_DEEP in cancel.message
-        await js.publish(names.ops_progress(op.op_id), body)
-        await js.publish(names.ops_events(op.op_id), body)
+        await js.publish(names.ops_progress(op.op_id, "local"), body)
+        await js.publish(names.ops_events(op.op_id, "local"), body)
         await js.publish(names.jobs_subject(names.CAP_DUMMY_ANY), body)
     await assert_eventually(lambda: rejected(coordinator) >= before + 3 * len(DEEP), timeout=10)
     await assert_eventually(lambda: sum(worker.rejected.values()) >= len(DEEP), timeout=10)

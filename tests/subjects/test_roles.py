@@ -47,13 +47,13 @@ async def test_a_client_cannot_register_a_fake_gpu_worker_nor_write_its_lease(as
     client, denials = await as_role(roles.CLIENT)
     fake = WorkerInfo(worker_id="fake-gpu", worker_type="gpu", capabilities=[names.CAP_TRAINING_GPU], gpu=True,
                       host="evil", pid=1, version="0", slots=1, started_at=utcnow())
-    await attempt(client.request(names.WORKER_REGISTER, fake.encode(), timeout=0.5))
-    await denials.expect("publish", names.WORKER_REGISTER)
-    await attempt(client.jetstream(timeout=0.5).publish(names.kv_key_subject(names.WORKERS_BUCKET, "fake-gpu"),
+    await attempt(client.request(names.worker_register("local"), fake.encode(), timeout=0.5))
+    await denials.expect("publish", names.worker_register("local"))
+    await attempt(client.jetstream(timeout=0.5).publish(f"$KV.{names.WORKERS_BUCKET}.local.fake-gpu",
                                                         b"{}"))
-    await denials.expect("publish", "$KV.workers.fake-gpu")
+    await denials.expect("publish", "$KV.workers.local.fake-gpu")
     workers = await nc.jetstream().key_value(names.WORKERS_BUCKET)
-    assert "fake-gpu" not in (await workers.keys() if await _has_keys(workers) else [])
+    assert "local.fake-gpu" not in (await workers.keys() if await _has_keys(workers) else [])
 
 
 async def _has_keys(kv: Any) -> bool:
@@ -72,15 +72,15 @@ async def test_a_client_cannot_forge_a_completed_event(as_role, coordinator: Coo
     client, denials = await as_role(roles.CLIENT)
     forged = OpEvent(op_id=op_id, event=OpEventKind.COMPLETED, worker_id=worker.worker_id, attempt=op.attempt,
                      result={"made": "up"})
-    await attempt(client.jetstream(timeout=0.5).publish(names.ops_events(op_id), forged.encode()))
-    await denials.expect("publish", names.ops_events(op_id))
+    await attempt(client.jetstream(timeout=0.5).publish(names.ops_events(op_id, "local"), forged.encode()))
+    await denials.expect("publish", names.ops_events(op_id, "local"))
     assert coordinator.ops.get(op_id).status is OpStatus.RUNNING
 
 
 async def test_a_client_cannot_overwrite_a_live_workers_lease(as_role, make_worker: MakeWorker) -> None:
     worker = await make_worker("w1")
     client, denials = await as_role(roles.CLIENT)
-    subject = names.kv_key_subject(names.WORKERS_BUCKET, worker.worker_id)
+    subject = f"$KV.{names.WORKERS_BUCKET}.{names.lease_key(worker.host, worker.worker_id)}"
     await attempt(client.jetstream(timeout=0.5).publish(subject, b'{"started_at": "2099-01-01T00:00:00Z"}'))
     await denials.expect("publish", subject)
 

@@ -55,7 +55,7 @@ async def test_ctrl_c_on_a_followed_op_cancels_it(nats_server: NatsServer, coord
     op = await assert_eventually(lambda: next(iter(coordinator.ops.all()), None), timeout=15)
     await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
     # follow installs its Ctrl-C handler before it subscribes: once subscribed, it is ready.
-    await assert_eventually(lambda: subscribed(nats_server, names.ops_progress(op.op_id)), timeout=15)
+    await assert_eventually(lambda: subscribed(nats_server, names.ops_progress(op.op_id, names.ANY_HOST)), timeout=15)
     proc.send_signal(signal.SIGINT)
     code, out = await finish(proc)
     assert code == 130, out

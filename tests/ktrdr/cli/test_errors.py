@@ -59,7 +59,7 @@ async def test_a_platform_that_goes_away_mid_command_is_one_error_line_and_exit_
     env = {**os.environ, **role_env(roles.CLIENT), "KTRDR_NATS_URL": nats_server.url, "COLUMNS": "80"}
     proc = subprocess.Popen([sys.executable, "-m", "ktrdr.cli.app", "ops", "follow", op.op_id], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    await assert_eventually(lambda: subscribed(nats_server, names.ops_progress(op.op_id)), timeout=15)
+    await assert_eventually(lambda: subscribed(nats_server, names.ops_progress(op.op_id, names.ANY_HOST)), timeout=15)
     await coordinator.stop()
     nats_server.stop()
     _, err = await asyncio.to_thread(proc.communicate, timeout=60)

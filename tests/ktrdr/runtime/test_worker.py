@@ -16,7 +16,7 @@ from ktrdr.natsd import NatsServer
 from ktrdr.runtime.context import JobContext
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import default_worker_id
-from subjects import names
+from subjects import names, roles
 from subjects.models import CancelReply, OpStatus, SubmitRequest, decode
 from tests.conftest import MakeWorker, SpawnWorker, coordinator_settings
 from tests.support import assert_eventually, wait_status
@@ -113,7 +113,7 @@ async def test_a_blocking_handler_runs_in_a_thread_and_the_worker_stays_responsi
     op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={}))
     await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
     leases = await nc.jetstream().key_value(names.WORKERS_BUCKET)
-    before = (await leases.get("w1")).revision
+    before = (await leases.get(names.lease_key(roles.LOCAL_HOST, "w1"))).revision
     # The event loop is free: heartbeats go on and the worker itself answers the cancel.
     await assert_eventually(lambda: _newer_lease(leases, before), message="the lease was not refreshed")
     reply = decode(CancelReply, (await nc.request(names.ops_cancel(op.op_id), b"{}", timeout=5)).data)
@@ -149,7 +149,7 @@ async def test_only_the_worker_running_an_op_answers_its_cancel(
 
 
 async def _newer_lease(leases: KeyValue, revision: int) -> bool:
-    return (await leases.get("w1")).revision > revision
+    return (await leases.get(names.lease_key(roles.LOCAL_HOST, "w1"))).revision > revision
 
 
 async def test_a_claim_whose_acknowledgement_is_lost_is_read_back_not_dropped(

@@ -9,8 +9,10 @@ import contextlib
 import json
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import nats.errors
 import pytest
 from nats.aio.client import Client
 from typer.testing import CliRunner
@@ -21,17 +23,18 @@ from ktrdr.cli.app import app
 from ktrdr.dummy import run_dummy
 from ktrdr.natsd import NatsServer
 from ktrdr.optypes.dummy import DUMMY
+from ktrdr.optypes.training import TRAINING
 from ktrdr.runtime.connection import NatsAuth, NatsConnectError, connect
 from ktrdr.runtime.settings import WorkerSettings
 from ktrdr.runtime.worker import Worker
-from ktrdr.security.credentials import NatsCredential
+from ktrdr.security.credentials import HOST_LINE, NatsCredential
 from ktrdr.security.fleet import apply_hosts, invite, provision, revoke
 from ktrdr.security.hosts import HostError, load_hosts, write_pid
 from subjects import names
-from subjects.models import OpStatus, SubmitRequest
+from subjects.models import OpEvent, OpEventKind, OpStatus, SubmitRequest
 from tests.conftest import FAST, bounded, coordinator_settings, fleet
 from tests.subjects.conftest import Denials
-from tests.support import assert_eventually, wait_status
+from tests.support import assert_eventually, dummy_standin, wait_status
 
 
 def seed_in(script: str) -> NatsCredential:
@@ -61,7 +64,7 @@ def server(home: Path, tmp_path: Path) -> Iterator[NatsServer]:
 def invite_host(home: Path, name: str, *, gpu: bool = False) -> NatsCredential:
     credential = seed_in(invite(home=home, role="worker", url="nats://127.0.0.1:4222", ca=None, host=name, gpu=gpu))
     apply_hosts(home)
-    return credential
+    return replace(credential, host=name)
 
 
 @pytest.fixture
@@ -74,7 +77,7 @@ async def started(server: NatsServer) -> AsyncIterator[list[Worker | Coordinator
 
 async def host_worker(server: NatsServer, tmp_path: Path, credential: NatsCredential, worker_id: str) -> Worker:
     path = tmp_path / f"{worker_id}.nk"
-    path.write_text(credential.seed + "\n")
+    path.write_text(f"{HOST_LINE} {credential.host}\n{credential.seed}\n")  # what the invite writes
     worker = Worker(settings=WorkerSettings(nats_url=server.url, worker_id=worker_id, nats_creds=path,
                                             **{**FAST, "fetch_timeout_s": 0.3, "grace_s": 1.0}),
                     worker_type="test", capabilities=[names.CAP_DUMMY_ANY],
@@ -170,3 +173,83 @@ def test_the_cli_lists_hosts_and_refuses_what_would_leave_a_host_unnamed_or_cut_
     assert gone.exit_code == 0 and "revoked host gpu-box" in gone.stdout
     with pytest.raises(HostError, match="no host named 'gpu-box'"):
         revoke(home, "gpu-box")
+
+
+async def test_a_host_key_cannot_touch_another_hosts_lease_registration_or_reports(
+        home: Path, server: NatsServer, started: list[Worker | Coordinator], tmp_path: Path) -> None:
+    a, b = invite_host(home, "host-a"), invite_host(home, "host-b")
+    coordinator = Coordinator(settings=coordinator_settings(server.url))
+    await coordinator.start()
+    started.append(coordinator)
+    started.append(await host_worker(server, tmp_path, b, "b1"))
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 30, "steps": 30}))
+    await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
+    denials = Denials()
+    thief: Client = await nats.connect(server.url, nkeys_seed_str=a.seed, error_cb=denials.record,
+                                       inbox_prefix=a.inbox_prefix)
+    try:
+        js = thief.jetstream(timeout=0.5)
+        forged = OpEvent(op_id=op.op_id, event=OpEventKind.COMPLETED, worker_id="b1", attempt=1,
+                         result={"made": "up"})
+        lease = f"$KV.{names.WORKERS_BUCKET}.{names.lease_key('host-b', 'b1')}"
+        for subject in (lease, names.worker_register("host-b"), names.ops_events(op.op_id, "host-b"),
+                        names.ops_progress(op.op_id, "host-b")):
+            with contextlib.suppress(nats.errors.TimeoutError):
+                await js.publish(subject, forged.encode())
+            await denials.expect("publish", subject)
+        # Under its own name the server lets it publish, and the coordinator refuses it: b1 is host-b's.
+        for kind in (OpEventKind.COMPLETED, OpEventKind.FAILED):
+            await js.publish(names.ops_events(op.op_id, "host-a"), OpEvent(
+                op_id=op.op_id, event=kind, worker_id="b1", attempt=1, result={"made": "up"}, error="forged").encode())
+        await assert_eventually(lambda: rejected(coordinator, "other host") >= 2)
+        now = coordinator.ops.get(op.op_id)
+        assert now is not None and now.status is OpStatus.RUNNING and now.worker_id == "b1" and now.result is None
+        assert "b1" in coordinator.registry.workers
+    finally:
+        await thief.close()
+
+
+async def test_a_host_cannot_start_or_end_an_attempt_it_did_not_claim(
+        home: Path, server: NatsServer, started: list[Worker | Coordinator]) -> None:
+    a = invite_host(home, "host-a")
+    coordinator = Coordinator(settings=coordinator_settings(server.url))
+    await coordinator.start()
+    started.append(coordinator)
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0, "steps": 1}))
+    thief = await nats.connect(server.url, nkeys_seed_str=a.seed, inbox_prefix=a.inbox_prefix)
+    try:
+        js = thief.jetstream()
+        for kind in (OpEventKind.STARTED, OpEventKind.COMPLETED):  # no worker has pulled it: nobody's claim
+            await js.publish(names.ops_events(op.op_id, "host-a"), OpEvent(
+                op_id=op.op_id, event=kind, worker_id="a1", attempt=1, result={"made": "up"}).encode())
+        await assert_eventually(lambda: rejected(coordinator, "not the claimant") >= 2)
+        now = coordinator.ops.get(op.op_id)
+        assert now is not None and now.status is OpStatus.PENDING and now.worker_id is None
+    finally:
+        await thief.close()
+
+
+def rejected(coordinator: Coordinator, reason: str) -> float:
+    return sum(s.value for m in coordinator.metrics.rejected.collect() for s in m.samples
+               if s.name.endswith("_total") and s.labels.get("reason") == reason)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+async def test_a_gpu_worker_counts_as_one_only_on_a_host_invited_with_gpu(
+        home: Path, server: NatsServer, started: list[Worker | Coordinator], tmp_path: Path, gpu: bool) -> None:
+    credential = invite_host(home, "box", gpu=gpu)
+    coordinator = Coordinator(settings=coordinator_settings(server.url, home=home))
+    await coordinator.start()
+    started.append(coordinator)
+    path = tmp_path / "box.nk"
+    path.write_text(f"{HOST_LINE} box\n{credential.seed}\n")
+    worker = Worker(settings=WorkerSettings(nats_url=server.url, worker_id="fake-gpu", nats_creds=path,
+                                            **{**FAST, "fetch_timeout_s": 0.3, "grace_s": 1.0}),
+                    worker_type="gpu", capabilities=[names.CAP_TRAINING_GPU], handlers={TRAINING: dummy_standin},
+                    gpu=True)
+    await worker.start()
+    started.append(worker)
+    lease = await assert_eventually(lambda: coordinator.registry.workers.get("fake-gpu"))
+    assert (names.CAP_TRAINING_GPU in lease.capabilities) is gpu and lease.gpu is gpu
+    assert [w.worker_id for w in coordinator.registry.with_capability(names.CAP_TRAINING_GPU)] == (
+        ["fake-gpu"] if gpu else [])
