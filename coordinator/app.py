@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 
 from coordinator.api import build_app
 from coordinator.cancel import CancelResponder
+from coordinator.claims import ClaimWatch
 from coordinator.dashboard.live import LiveFeed
 from coordinator.dashboard.routes import dashboard_routes
 from coordinator.dispatcher import Dispatcher
@@ -57,6 +58,10 @@ from subjects.models import (
 log = logging.getLogger(__name__)
 
 
+# How long a report waits for its claim to be delivered (ClaimWatch) before the claim is read instead.
+CLAIM_WAIT_S = 0.05
+
+
 class Coordinator:
     def __init__(self, *, settings: CoordinatorSettings) -> None:
         self.settings = settings
@@ -76,7 +81,8 @@ class Coordinator:
         self.api_token: str | None = None
         self.api_viewer_token: str | None = None
         self._subs: list[Subscription] = []
-        self._claim_checks: dict[str, asyncio.Future[Any]] = {}  # per op: the change queued last behind a check
+        # Per op with a claim check under way: resolved once its last change so far is queued.
+        self._queued_gates: dict[str, asyncio.Future[None]] = {}
         self._parts: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._feed: OpsFeed | None = None
@@ -109,6 +115,9 @@ class Coordinator:
         await self.dispatcher.resume()
         parents = ParentRunner(nc=self.nc, js=self.js, ops=self.ops, dispatcher=self.dispatcher)
         await parents.start()
+        # Before the feed: a claim is seen before the report it makes count, or read if not.
+        self.claims = ClaimWatch(js=self.js)
+        await self.claims.start()
         self._feed = OpsFeed(nc=self.nc, js=self.js, apply=self._apply, metrics=self.metrics)
         await self._feed.start()
         self._subs.append(await self.nc.subscribe(names.WORKER_REGISTER_ALL, cb=self._on_register))
@@ -130,7 +139,7 @@ class Coordinator:
         pins = ModelPins(js=self.js)
         self.ops.subscribe(pins.op_changed)
         await pins.start()
-        self._parts = [cancel, service, parents, retention, self.live, pins]
+        self._parts = [cancel, service, parents, retention, self.live, pins, self.claims]
         self._tasks.append(asyncio.create_task(self._reaper(), name="reaper"))
         self._tasks.append(asyncio.create_task(self._topology_watch(), name="topology-watch"))
         if s.api_enabled:
@@ -233,9 +242,12 @@ class Coordinator:
             if not self._from_host(event.worker_id, host, subject, kind):
                 return None
             current = self.ops.get(op_id)
-            if event.event is OpEventKind.STARTED or (current is not None and current.worker_id is None):
-                # The event that makes an attempt someone's: only its claimant's counts.
-                return self._in_order(op_id, lambda: self._apply_claimed(event, subject), check=True)
+            if (event.event is OpEventKind.STARTED or (current is not None and current.worker_id is None)) and (
+                    self.claims.holder(op_id, event.attempt) != event.worker_id):
+                # The event that makes an attempt someone's counts only from its claimant: not seen
+                # claiming it (yet), so the claim is read first.
+                return self._in_order(op_id, lambda: self.ops.apply_event_soon(event),
+                                      check=lambda: self._claimant(event, subject))
             return self._in_order(op_id, lambda: self.ops.apply_event_soon(event))
         except (BadPayload, names.InvalidToken) as exc:
             self.metrics.rejected.labels(subject=kind, reason="invalid").inc()
@@ -250,34 +262,43 @@ class Coordinator:
         log.error("host %s reported on %s for worker %s, which is host %s's: refused", host, subject, worker_id, owner)
         return False
 
-    def _in_order(self, op_id: str, apply: Callable[[], Awaitable[Any]], *,
-                  check: bool = False) -> asyncio.Future[Any] | None:
-        """``apply()`` now, or once the op's claim check under way is done: an op's changes are queued
-        in the order they arrived, and a check reads the claim first (one KV read, at an attempt's start)."""
-        before = self._claim_checks.get(op_id)
-        if before is None and not check:
-            return apply()  # type: ignore[return-value]
+    def _in_order(self, op_id: str, queue: Callable[[], asyncio.Future[Any] | None], *,
+                  check: Callable[[], Awaitable[bool]] | None = None) -> asyncio.Future[Any] | None:
+        """Queue an op's change (``queue()`` queues it and returns its commit) in the order its
+        messages arrived, behind the op's claim check under way, if any; ``check``: a claim check of
+        its own, which the change must pass. A change waits for the one before it to be queued, not
+        committed: changes queued together are written together.
+        """
+        ahead = self._queued_gates.get(op_id)
+        if ahead is None and check is None:
+            return queue()
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued_gates[op_id] = gate
 
-        async def after() -> Any:
-            if before is not None:
-                await asyncio.wait([before])
-            return await apply()
+        async def run() -> Any:
+            try:
+                if ahead is not None:
+                    await asyncio.shield(ahead)
+                commit = queue() if check is None or await check() else None
+            finally:
+                gate.set_result(None)
+                if self._queued_gates.get(op_id) is gate:
+                    del self._queued_gates[op_id]
+            return None if commit is None else await commit
 
-        future = asyncio.ensure_future(after())
-        if check or before is not None:
-            self._claim_checks[op_id] = future
-            future.add_done_callback(lambda f: self._claim_checks.pop(op_id, None) if
-                                     self._claim_checks.get(op_id) is f else None)
-        return future
+        return asyncio.ensure_future(run())
 
-    async def _apply_claimed(self, event: OpEvent, subject: str) -> Any:
-        holder = await self.dispatcher.claim_holder(event.op_id, event.attempt)
-        if holder != event.worker_id:
-            self.metrics.rejected.labels(subject=names.OPS_EVENTS_ALL, reason="not the claimant").inc()
-            log.error("%s event on %s from %s, but the claim of %s attempt %d is %s's: refused", event.event, subject,
-                      event.worker_id, event.op_id, event.attempt, holder or "nobody")
-            return None
-        return await self.ops.apply_event_soon(event)
+    async def _claimant(self, event: OpEvent, subject: str) -> bool:
+        """Whether the event's worker holds the attempt's claim (it counts only from its claimant)."""
+        holder = await self.claims.wait(event.op_id, event.attempt, CLAIM_WAIT_S)
+        if holder is None:  # claimed before this coordinator started, or not delivered yet: read it
+            holder = await self.dispatcher.claim_holder(event.op_id, event.attempt)
+        if holder == event.worker_id:
+            return True
+        self.metrics.rejected.labels(subject=names.OPS_EVENTS_ALL, reason="not the claimant").inc()
+        log.error("%s event on %s from %s, but the claim of %s attempt %d is %s's: refused", event.event, subject,
+                  event.worker_id, event.op_id, event.attempt, holder or "nobody")
+        return False
 
     async def _on_register(self, msg: Msg) -> None:
         try:
