@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import OrderedDict
 
@@ -22,7 +23,6 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from subjects import names
-from subjects.models import BadPayload, Claim, decode
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,14 @@ class ClaimWatch:
         key = msg.subject.rpartition(".")[2]
         if key in self._holders or not msg.data:
             return  # the bucket keeps a claim's first write only
+        # Only the claimant's id is needed, once per operation: plain JSON, not the model's validation.
         try:
-            claim = decode(Claim, msg.data)
-        except BadPayload:
+            worker_id = json.loads(msg.data).get("worker_id")
+        except (ValueError, AttributeError):
             return
-        if names.claim_key(claim.op_id, claim.attempt) != key:
+        if not isinstance(worker_id, str):
             return
-        self._holders[key] = claim.worker_id
+        self._holders[key] = worker_id
         while len(self._holders) > self.capacity:
             self._holders.popitem(last=False)
         waiting = self._waiting.pop(key, None)
