@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
 
 from ktrdr.runtime import direct
 from ktrdr.runtime.objects import CHUNK_BYTES, DigestMismatch, ObjectBucket, ObjectTooLarge, collect_orphans
+from ktrdr.runtime.topology import StoreLimits, ensure_topology
 from subjects import names
+from subjects.limits import MIB
 
 
 @pytest.fixture
@@ -82,3 +85,15 @@ async def test_replaced_chunks_are_purged_on_the_second_sweep_and_the_object_sti
     left = (await js.stream_info("OBJ_results", subjects_filter=f"{chunks}>")).state.subjects or {}
     assert {s.removeprefix(chunks) for s in left} == {(await results.info("op1")).nuid}  # type: ignore[union-attr]
     assert await results.get("op1") == b"second" * 1000
+
+
+async def test_a_full_store_refuses_new_writes_and_keeps_what_it_holds(nc: Client) -> None:
+    js = nc.jetstream()
+    await ensure_topology(js, lease_ttl_s=5.0, store_limits=StoreLimits(results=1 * MIB))
+    results = ObjectBucket(js=js, bucket=names.RESULTS_OBJECTS)
+    kept = await results.put("op1", bytes(600 * 1024))
+    with pytest.raises(nats.js.errors.Error):  # what a worker flooding the store gets: an error, not an eviction
+        await results.put("op2", bytes(600 * 1024))
+    assert await results.get("op1") == bytes(600 * 1024)
+    assert (await results.info("op1")).nuid == kept.nuid  # type: ignore[union-attr]
+    assert await results.info("op2") is None
