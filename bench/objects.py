@@ -85,7 +85,7 @@ async def main(repeat: int) -> None:
 
         async def keys_direct() -> object:
             return [s async for s in direct.scan(nc, names.kv_stream(names.WORKERS_BUCKET),
-                                                 f"$KV.{names.WORKERS_BUCKET}.>")]
+                                                 names.kv_all(names.WORKERS_BUCKET))]
 
         a, b = await median_s(keys_consumer, repeat), await median_s(keys_direct, repeat)
         print(f"  {'2,000 keys (ktrdr workers)':<34} {a * 1e3:>16.2f} ms {b * 1e3:>8.2f} ms {b / a:>14.2f}x")

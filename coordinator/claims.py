@@ -39,7 +39,7 @@ class ClaimWatch:
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        self._sub = await self.js.subscribe(f"$KV.{names.CLAIMS_BUCKET}.>", cb=self._on_msg, ordered_consumer=True,
+        self._sub = await self.js.subscribe(names.kv_all(names.CLAIMS_BUCKET), cb=self._on_msg, ordered_consumer=True,
                                             config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW))
 
     async def stop(self) -> None:

@@ -138,6 +138,21 @@ def kv_key_subject(bucket: str, key: str) -> str:
     return f"$KV.{validate_token(bucket, what='bucket')}.{key}"
 
 
+def kv_all(bucket: str) -> str:
+    """Every key of ``bucket`` (what a listing by direct gets, or the coordinator's watch, filters on)."""
+    return f"$KV.{validate_token(bucket, what='bucket')}.>"
+
+
+def object_chunks(bucket: str, nuid: str = ">") -> str:
+    """An object's chunks in ``bucket`` (``$O.<bucket>.C.<nuid>``); every chunk subject by default."""
+    return f"$O.{validate_token(bucket, what='bucket')}.C.{nuid if nuid == '>' else validate_token(nuid, what='nuid')}"
+
+
+def object_metas(bucket: str) -> str:
+    """Every object info of ``bucket``."""
+    return f"$O.{validate_token(bucket, what='bucket')}.M.>"
+
+
 def kv_stream(bucket: str) -> str:
     """The stream behind a key-value bucket (its sequence counts the bucket's writes)."""
     return f"KV_{validate_token(bucket, what='bucket')}"

@@ -269,7 +269,7 @@ class KtrdrClient:
         leases = []
         try:
             async for stored in direct.scan(self._nc, names.kv_stream(names.WORKERS_BUCKET),
-                                            f"$KV.{names.WORKERS_BUCKET}.>", timeout=self.timeout):
+                                            names.kv_all(names.WORKERS_BUCKET), timeout=self.timeout):
                 # Deleted, purged or expired leases are markers without a value.
                 if not stored.data or stored.headers.get("KV-Operation") or stored.headers.get("Nats-Marker-Reason"):
                     continue

@@ -28,7 +28,14 @@ from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceEr
 from ktrdr.runtime import direct
 from ktrdr.runtime.objects import DigestMismatch, ObjectBucket, digest_of
 from ktrdr.runtime.retry import RetryPolicy
-from subjects.names import MODEL_PINS_BUCKET, MODELS_OBJECTS, kv_stream, model_pin_key, object_meta_subject
+from subjects.names import (
+    MODEL_PINS_BUCKET,
+    MODELS_OBJECTS,
+    kv_key_subject,
+    kv_stream,
+    model_pin_key,
+    object_meta_subject,
+)
 from subjects.training import validate_model_name
 
 log = logging.getLogger(__name__)
@@ -210,7 +217,7 @@ async def register_model(js: JetStreamContext, name: str, version: int, *, op_id
 async def registered_digest(js: JetStreamContext, name: str, version: int) -> str | None:
     """The digest the coordinator registered for ``name@version``, or None."""
     stored = await direct.last(js._nc, kv_stream(MODEL_PINS_BUCKET),
-                               f"$KV.{MODEL_PINS_BUCKET}.{model_pin_key(name, version)}")
+                               kv_key_subject(MODEL_PINS_BUCKET, model_pin_key(name, version)))
     if stored is None or not stored.data:
         return None
     return str(json.loads(stored.data).get("digest") or "") or None

@@ -29,6 +29,7 @@ from nats.js.api import Header, ObjectInfo, ObjectMetaOptions
 from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
 
 from ktrdr.runtime import direct
+from subjects import names
 from subjects.names import validate_token
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ class ObjectTooLarge(ValueError):
 
 class DigestMismatch(ValueError):
     """What arrived is not what the object's info says it is (replaced underneath, or corrupt)."""
-
-
-def _encode(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode()
 
 
 def digest_of(data: bytes) -> str:
@@ -67,10 +64,10 @@ class ObjectBucket:
         self.timeout = timeout
 
     def meta_subject(self, name: str) -> str:
-        return f"$O.{self.bucket}.M.{_encode(name)}"
+        return names.object_meta_subject(self.bucket, name)
 
     def chunk_subject(self, nuid: str) -> str:
-        return f"$O.{self.bucket}.C.{nuid}"
+        return names.object_chunks(self.bucket, nuid)
 
     async def info(self, name: str) -> ObjectInfo | None:
         """The object's info, or None when there is no such object (or it was deleted)."""
@@ -125,7 +122,8 @@ class ObjectBucket:
         """Every object (not deleted, unless asked), oldest write first."""
         out: list[ObjectInfo] = []
         try:
-            async for stored in direct.scan(self.nc, self.stream, f"$O.{self.bucket}.M.>", timeout=self.timeout):
+            async for stored in direct.scan(self.nc, self.stream, names.object_metas(self.bucket),
+                                            timeout=self.timeout):
                 try:
                     info = ObjectInfo.from_response(json.loads(stored.data))
                 except (ValueError, TypeError, KeyError):
@@ -177,15 +175,15 @@ async def collect_orphans(js: JetStreamContext, bucket: str, *, suspects: set[st
     """
     objects = ObjectBucket(js=js, bucket=bucket)
     live: set[str] = set()
-    async for stored in direct.scan(objects.nc, objects.stream, f"$O.{bucket}.M.>"):
+    async for stored in direct.scan(objects.nc, objects.stream, names.object_metas(bucket)):
         try:
             meta = json.loads(stored.data)
         except ValueError:
             continue
         if isinstance(meta, dict) and meta.get("nuid") and not meta.get("deleted"):
             live.add(str(meta["nuid"]))
-    info = await js.stream_info(objects.stream, subjects_filter=f"$O.{bucket}.C.>")
-    prefix = f"$O.{bucket}.C."
+    info = await js.stream_info(objects.stream, subjects_filter=names.object_chunks(bucket))
+    prefix = names.object_chunks(bucket).removesuffix(">")
     orphans = {s[len(prefix):] for s in (info.state.subjects or {}) if s[len(prefix):] not in live}
     for nuid in orphans & suspects:
         await js.purge_stream(objects.stream, subject=objects.chunk_subject(nuid))

@@ -145,3 +145,14 @@ async def test_every_role_still_reads_what_it_may_without_a_consumer(as_role, nc
         assert await load_model(reader.jetstream(), "m", version) == b"bundle"
         assert denials.seen == []
     assert worker_denials.seen == []
+
+
+@pytest.mark.parametrize("role", UNTRUSTED)
+async def test_only_the_coordinator_registers_a_model_version(as_role, nc: Client, role: str) -> None:
+    version = await save_model(nc.jetstream(), "m", b"trained", {})
+    await register_model(nc.jetstream(), "m", version)
+    other, denials = await as_role(role)
+    subject = names.kv_key_subject(names.MODEL_PINS_BUCKET, names.model_pin_key("m", version))
+    await attempt(other.jetstream(timeout=0.5).publish(subject, json.dumps({"digest": "SHA-256=forged"}).encode()))
+    await denials.expect("publish", subject)
+    assert await load_model(nc.jetstream(), "m", version) == b"trained"
