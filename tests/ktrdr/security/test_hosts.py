@@ -11,6 +11,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import pytest
@@ -75,13 +76,16 @@ async def started(server: NatsServer) -> AsyncIterator[list[Worker | Coordinator
         await bounded(part.stop(), "a part of the test's platform")
 
 
-async def host_worker(server: NatsServer, tmp_path: Path, credential: NatsCredential, worker_id: str) -> Worker:
+async def host_worker(server: NatsServer, tmp_path: Path, credential: NatsCredential, worker_id: str, *,
+                      capabilities: list[str] | None = None, handlers: dict[Any, Any] | None = None,
+                      gpu: bool = False) -> Worker:
+    """A worker of the host ``credential`` names, started with the credential file its invite writes."""
     path = tmp_path / f"{worker_id}.nk"
     path.write_text(f"{HOST_LINE} {credential.host}\n{credential.seed}\n")  # what the invite writes
     worker = Worker(settings=WorkerSettings(nats_url=server.url, worker_id=worker_id, nats_creds=path,
                                             **{**FAST, "fetch_timeout_s": 0.3, "grace_s": 1.0}),
-                    worker_type="test", capabilities=[names.CAP_DUMMY_ANY],
-                    handlers={DUMMY: run_dummy}, slots=2)
+                    worker_type="test", capabilities=capabilities or [names.CAP_DUMMY_ANY],
+                    handlers=handlers or {DUMMY: run_dummy}, slots=2, gpu=gpu)
     await worker.start()
     return worker
 
@@ -241,14 +245,8 @@ async def test_a_gpu_worker_counts_as_one_only_on_a_host_invited_with_gpu(
     coordinator = Coordinator(settings=coordinator_settings(server.url, home=home))
     await coordinator.start()
     started.append(coordinator)
-    path = tmp_path / "box.nk"
-    path.write_text(f"{HOST_LINE} box\n{credential.seed}\n")
-    worker = Worker(settings=WorkerSettings(nats_url=server.url, worker_id="fake-gpu", nats_creds=path,
-                                            **{**FAST, "fetch_timeout_s": 0.3, "grace_s": 1.0}),
-                    worker_type="gpu", capabilities=[names.CAP_TRAINING_GPU], handlers={TRAINING: dummy_standin},
-                    gpu=True)
-    await worker.start()
-    started.append(worker)
+    started.append(await host_worker(server, tmp_path, credential, "fake-gpu", capabilities=[names.CAP_TRAINING_GPU],
+                                     handlers={TRAINING: dummy_standin}, gpu=True))
     lease = await assert_eventually(lambda: coordinator.registry.workers.get("fake-gpu"))
     assert (names.CAP_TRAINING_GPU in lease.capabilities) is gpu and lease.gpu is gpu
     assert [w.worker_id for w in coordinator.registry.with_capability(names.CAP_TRAINING_GPU)] == (
