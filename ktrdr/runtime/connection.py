@@ -82,6 +82,9 @@ def explain(exc: BaseException, url: str, auth: NatsAuth) -> str:
     return f"cannot reach NATS at {url}: {text or type(exc).__name__}"
 
 
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
 def _fatal(exc: BaseException) -> bool:
     text = str(exc)
     return ("Authorization Violation" in text or isinstance(exc, nats.errors.AuthorizationError | ssl.SSLError)
@@ -127,7 +130,9 @@ async def connect(
                 refused.append(f"{explain(exc, url, auth)} (revoked?); not reconnecting")
                 log.error("%s", refused[0])
                 if client is not None:
-                    asyncio.get_running_loop().create_task(client.close())
+                    closing = asyncio.get_running_loop().create_task(client.close())
+                    _CLOSING.add(closing)  # kept until done: a task nobody holds may be collected mid-close
+                    closing.add_done_callback(_CLOSING.discard)
                 if on_refused is not None:
                     on_refused(refused[0])
             return
