@@ -23,16 +23,13 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import Header
-from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
-from ktrdr.runtime import direct
 from ktrdr.runtime.objects import DigestMismatch, ObjectBucket, digest_of
 from ktrdr.runtime.retry import RetryPolicy
 from subjects.names import (
     MODEL_PINS_BUCKET,
     MODELS_OBJECTS,
-    kv_key_subject,
-    kv_stream,
     model_pin_key,
     object_meta_subject,
 )
@@ -216,11 +213,11 @@ async def register_model(js: JetStreamContext, name: str, version: int, *, op_id
 
 async def registered_digest(js: JetStreamContext, name: str, version: int) -> str | None:
     """The digest the coordinator registered for ``name@version``, or None."""
-    stored = await direct.last(js._nc, kv_stream(MODEL_PINS_BUCKET),
-                               kv_key_subject(MODEL_PINS_BUCKET, model_pin_key(name, version)))
-    if stored is None or not stored.data:
+    try:
+        entry = await (await js.key_value(MODEL_PINS_BUCKET)).get(model_pin_key(name, version))
+    except KeyNotFoundError:
         return None
-    return str(json.loads(stored.data).get("digest") or "") or None
+    return str(json.loads(entry.value or b"{}").get("digest") or "") or None
 
 
 async def load_model(js: JetStreamContext, name: str, version: int | str | None = None) -> bytes:

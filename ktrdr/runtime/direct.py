@@ -1,4 +1,5 @@
-"""Reading streams without consumers: JetStream's direct get, one message or a batch.
+"""Reading streams without consumers: JetStream's batched direct get (one message by subject is nats-py's
+``get_last_msg(direct=True)``).
 
 A consumer is the one thing a role must not make: whoever may create one can give it a
 ``deliver_subject`` that the server then publishes to on the creator's behalf, past every
@@ -115,18 +116,3 @@ async def scan(nc: Client, stream: str, subject: str, *, page: int = BATCH,
         if not got or pending <= 0:
             return
         seq = got[-1].seq + 1
-
-
-async def last(nc: Client, stream: str, subject: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> Stored | None:
-    """The last message on the literal ``subject``, or None when there is none."""
-    try:
-        msg = await nc.request(f"{names.JS_API_PREFIX}.DIRECT.GET.{stream}.{subject}", b"", timeout=timeout)
-    except nats.errors.NoRespondersError:
-        raise NoStream(f"no stream {stream} answers direct gets") from None
-    status = _status(msg)
-    if status == "404":
-        return None
-    if status is not None:
-        description = (msg.headers or {}).get("Description", "")
-        raise DirectGetError(f"direct get of {subject} on {stream} refused: {status} {description}".strip())
-    return _stored(msg)

@@ -24,9 +24,10 @@ import json
 import logging
 from datetime import UTC, datetime
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import Header, ObjectInfo, ObjectMetaOptions
-from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
 from ktrdr.runtime import direct
 from subjects import names
@@ -72,12 +73,12 @@ class ObjectBucket:
     async def info(self, name: str) -> ObjectInfo | None:
         """The object's info, or None when there is no such object (or it was deleted)."""
         try:
-            stored = await direct.last(self.nc, self.stream, self.meta_subject(name), timeout=self.timeout)
-        except direct.NoStream:
+            stored = await self.js.get_last_msg(self.stream, self.meta_subject(name), direct=True)
+        except nats.errors.NoRespondersError:
             raise BucketNotFoundError from None
-        if stored is None:
+        except NotFoundError:
             return None
-        info = ObjectInfo.from_response(json.loads(stored.data))
+        info = ObjectInfo.from_response(json.loads(stored.data or b"{}"))
         return None if info.deleted else info
 
     async def get(self, name: str, *, max_bytes: int | None = None, info: ObjectInfo | None = None) -> bytes:
