@@ -167,7 +167,8 @@ def test_only_our_own_consumers_acknowledgement_subjects_name_a_sequence() -> No
         assert _ack_seq(reply) is None, reply
 
 
-async def test_a_plain_publish_on_the_deliver_subject_is_dropped_whatever_its_reply_claims(nc: Client) -> None:
+async def _counting_feed(nc: Client) -> tuple[OpsFeed, list[bytes], Metrics]:
+    """A started feed over the topology, recording what it applies and counting what it rejects."""
     await ensure_topology(nc.jetstream(), lease_ttl_s=5.0)
     applied: list[bytes] = []
 
@@ -177,6 +178,11 @@ async def test_a_plain_publish_on_the_deliver_subject_is_dropped_whatever_its_re
     metrics = Metrics()
     feed = OpsFeed(nc=nc, js=nc.jetstream(), apply=apply, metrics=metrics)
     await feed.start()
+    return feed, applied, metrics
+
+
+async def test_a_plain_publish_on_the_deliver_subject_is_dropped_whatever_its_reply_claims(nc: Client) -> None:
+    feed, applied, metrics = await _counting_feed(nc)
     expected = feed._expected
     await nc.publish(names.COORDINATOR_DELIVER, b'{"n": 99}')
     await nc.publish(names.COORDINATOR_DELIVER, b'{"n": 98}', reply="_INBOX.OPS.coordinator.1.200000.1.0.0")
@@ -197,15 +203,7 @@ async def test_a_plain_publish_on_the_deliver_subject_is_dropped_whatever_its_re
 
 
 async def test_a_delivery_naming_a_sequence_the_stream_never_reached_is_not_believed(nc: Client) -> None:
-    await ensure_topology(nc.jetstream(), lease_ttl_s=5.0)
-    applied: list[bytes] = []
-
-    def apply(msg: Msg) -> None:
-        applied.append(msg.data)
-
-    metrics = Metrics()
-    feed = OpsFeed(nc=nc, js=nc.jetstream(), apply=apply, metrics=metrics)
-    await feed.start()
+    feed, applied, metrics = await _counting_feed(nc)
     await _publish_events(nc, 2)
     await assert_eventually(lambda: len(applied) == 2)
     # Subject and reply as our consumer's own would be (no publisher can make both; this test hands

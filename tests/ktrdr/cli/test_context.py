@@ -17,15 +17,6 @@ from tests.conftest import creds
 from tests.ktrdr.cli.running import cli, error_lines
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in ("KTRDR_NATS_URL", "KTRDR_NATS_CREDS", "KTRDR_NATS_CA", "KTRDR_CONTEXT"):
-        monkeypatch.delenv(var, raising=False)
-    home = tmp_path / "home"
-    monkeypatch.setenv("KTRDR_HOME", str(home))
-    return home
-
-
 def test_without_a_context_the_cli_uses_the_default_url(home: Path) -> None:
     s = CliSettings()
     assert s.nats_url == "nats://127.0.0.1:4222" and s.nats_url_source == "the default"

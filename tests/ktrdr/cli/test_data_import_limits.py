@@ -16,15 +16,6 @@ from ktrdr.data.validation import BAR_BYTES
 from subjects import limits
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in ("KTRDR_NATS_URL", "KTRDR_NATS_CREDS", "KTRDR_NATS_CA", "KTRDR_CONTEXT"):
-        monkeypatch.delenv(var, raising=False)
-    home = tmp_path / "home"
-    monkeypatch.setenv("KTRDR_HOME", str(home))
-    return home
-
-
 def run_import(path: Path) -> tuple[int, list[str], str]:
     done = CliRunner().invoke(app, ["data", "import", str(path), "--no-publish"])
     assert done.exception is None or isinstance(done.exception, SystemExit), done.exception

@@ -76,6 +76,14 @@ async def started(server: NatsServer) -> AsyncIterator[list[Worker | Coordinator
         await bounded(part.stop(), "a part of the test's platform")
 
 
+async def start_coordinator(server: NatsServer, home: Path, started: list[Worker | Coordinator]) -> Coordinator:
+    """The coordinator of ``home`` (its hosts.json says which hosts may serve GPU training)."""
+    coordinator = Coordinator(settings=coordinator_settings(server.url, home=home))
+    await coordinator.start()
+    started.append(coordinator)
+    return coordinator
+
+
 async def host_worker(server: NatsServer, tmp_path: Path, credential: NatsCredential, worker_id: str, *,
                       capabilities: list[str] | None = None, handlers: dict[Any, Any] | None = None,
                       gpu: bool = False) -> Worker:
@@ -93,9 +101,7 @@ async def host_worker(server: NatsServer, tmp_path: Path, credential: NatsCreden
 async def test_a_revoked_host_is_cut_off_its_op_moves_to_the_other_host_and_its_seed_is_refused(
         home: Path, server: NatsServer, started: list[Worker | Coordinator], tmp_path: Path) -> None:
     a, b = invite_host(home, "host-a"), invite_host(home, "host-b")
-    coordinator = Coordinator(settings=coordinator_settings(server.url))
-    await coordinator.start()
-    started.append(coordinator)
+    coordinator = await start_coordinator(server, home, started)
     worker_a = await host_worker(server, tmp_path, a, "a1")
     started.append(worker_a)
     op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 30, "steps": 30}))
@@ -182,9 +188,7 @@ def test_the_cli_lists_hosts_and_refuses_what_would_leave_a_host_unnamed_or_cut_
 async def test_a_host_key_cannot_touch_another_hosts_lease_registration_or_reports(
         home: Path, server: NatsServer, started: list[Worker | Coordinator], tmp_path: Path) -> None:
     a, b = invite_host(home, "host-a"), invite_host(home, "host-b")
-    coordinator = Coordinator(settings=coordinator_settings(server.url))
-    await coordinator.start()
-    started.append(coordinator)
+    coordinator = await start_coordinator(server, home, started)
     started.append(await host_worker(server, tmp_path, b, "b1"))
     op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 30, "steps": 30}))
     await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
@@ -216,9 +220,7 @@ async def test_a_host_key_cannot_touch_another_hosts_lease_registration_or_repor
 async def test_a_host_cannot_start_or_end_an_attempt_it_did_not_claim(
         home: Path, server: NatsServer, started: list[Worker | Coordinator]) -> None:
     a = invite_host(home, "host-a")
-    coordinator = Coordinator(settings=coordinator_settings(server.url))
-    await coordinator.start()
-    started.append(coordinator)
+    coordinator = await start_coordinator(server, home, started)
     op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0, "steps": 1}))
     thief = await nats.connect(server.url, nkeys_seed_str=a.seed, inbox_prefix=a.inbox_prefix)
     try:
@@ -242,9 +244,7 @@ def rejected(coordinator: Coordinator, reason: str) -> float:
 async def test_a_gpu_worker_counts_as_one_only_on_a_host_invited_with_gpu(
         home: Path, server: NatsServer, started: list[Worker | Coordinator], tmp_path: Path, gpu: bool) -> None:
     credential = invite_host(home, "box", gpu=gpu)
-    coordinator = Coordinator(settings=coordinator_settings(server.url, home=home))
-    await coordinator.start()
-    started.append(coordinator)
+    coordinator = await start_coordinator(server, home, started)
     started.append(await host_worker(server, tmp_path, credential, "fake-gpu", capabilities=[names.CAP_TRAINING_GPU],
                                      handlers={TRAINING: dummy_standin}, gpu=True))
     lease = await assert_eventually(lambda: coordinator.registry.workers.get("fake-gpu"))
