@@ -5,7 +5,8 @@ Every role but the coordinator reads object stores and buckets with direct gets
 no such role may create any more. This measures both paths on one nats-server, in one run,
 alternating them: reading an object (a dataset a worker fetches: 1 MiB and 16 MiB), reading a small
 object (a result: 4 KiB), listing 2,000 objects' infos (the model registry), and listing 2,000
-keys of a bucket (``ktrdr workers``). Each figure is the median of ``--repeat`` runs.
+keys of a bucket (``ktrdr workers``); then what write-once artifacts (results, checkpoints) cost
+to write and read against that object layout. Each figure is the median of ``--repeat`` runs.
 
     python bench/objects.py [--repeat 15]
 """
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ktrdr.natsd import NatsServer  # noqa: E402
 from ktrdr.runtime import direct  # noqa: E402
+from ktrdr.runtime.artifacts import ArtifactStore  # noqa: E402
 from ktrdr.runtime.objects import ObjectBucket  # noqa: E402
 from ktrdr.runtime.topology import ensure_topology  # noqa: E402
 from subjects import names  # noqa: E402
@@ -89,6 +91,34 @@ async def main(repeat: int) -> None:
 
         a, b = await median_s(keys_consumer, repeat), await median_s(keys_direct, repeat)
         print(f"  {'2,000 keys (ktrdr workers)':<34} {a * 1e3:>16.2f} ms {b * 1e3:>8.2f} ms {b / a:>14.2f}x")
+
+        # Results and checkpoints are write-once artifacts now: one subject per chunk, a new name
+        # per write. Against the object layout written and read without consumers (what they were).
+        results = ArtifactStore(js=js, store=names.RESULTS_ARTIFACTS, timeout=30)
+        print(f"write-once artifacts against objects (both direct gets and plain publishes), median of {repeat}")
+        print(f"  {'what':<34} {'object':>19} {'artifact':>11} {'artifact/object':>15}")
+        for label, size in (("write 4 KiB (a result)", 4 * 1024), ("write 1 MiB (a checkpoint)", 1 << 20)):
+            data = bytes(size)
+
+            async def put_object(data: bytes = data) -> object:
+                return await ours.put("bench-put", data)
+
+            async def put_artifact(data: bytes = data) -> object:
+                return await results.put(data, host="bench", op_id="bench", attempt=1)
+
+            a, b = await median_s(put_object, repeat), await median_s(put_artifact, repeat)
+            print(f"  {label:<34} {a * 1e3:>16.2f} ms {b * 1e3:>8.2f} ms {b / a:>14.2f}x")
+            written = await results.put(data, host="bench", op_id="read", attempt=1)
+            await ours.put("bench-read", data)
+
+            async def get_object() -> object:
+                return await ours.get("bench-read")
+
+            async def get_artifact(name: str = written.name) -> object:
+                return await results.get(name)
+
+            a, b = await median_s(get_object, repeat), await median_s(get_artifact, repeat)
+            print(f"  {label.replace('write', 'read'):<34} {a * 1e3:>16.2f} ms {b * 1e3:>8.2f} ms {b / a:>14.2f}x")
         await nc.close()
 
 

@@ -19,11 +19,13 @@ from nats.js import JetStreamContext
 
 from coordinator.api import build_app
 from coordinator.cancel import CancelResponder
+from coordinator.checkpoints import CheckpointJanitor
 from coordinator.claims import ClaimWatch
 from coordinator.dashboard.live import LiveFeed
 from coordinator.dashboard.routes import dashboard_routes
 from coordinator.dispatcher import Dispatcher
 from coordinator.feed import OpsFeed
+from coordinator.garbage import StoreSweep
 from coordinator.health import JetStreamProbe
 from coordinator.history import OpsIndex
 from coordinator.layer import OpsLayer
@@ -36,6 +38,7 @@ from coordinator.retention import Retention
 from coordinator.routes import optype_routes
 from coordinator.service import OpsService
 from coordinator.settings import CoordinatorSettings
+from coordinator.trim import OpsTrim
 from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.retry import transient_js_error
@@ -139,7 +142,14 @@ class Coordinator:
         pins = ModelPins(js=self.js)
         self.ops.subscribe(pins.op_changed)
         await pins.start()
-        self._parts = [cancel, service, parents, retention, self.live, pins, self.claims]
+        janitor = CheckpointJanitor(js=self.js)
+        self.ops.subscribe(janitor.op_changed)
+        trim = OpsTrim(js=self.js, metrics=self.metrics)
+        await trim.start()
+        sweep = StoreSweep(js=self.js, ops=self.ops, metrics=self.metrics, claimant=self.claims.holder,
+                           host_of=self.registry.host_of, every_s=s.prune_interval_s)
+        await sweep.start()
+        self._parts = [cancel, service, parents, retention, self.live, pins, janitor, trim, sweep, self.claims]
         self._tasks.append(asyncio.create_task(self._reaper(), name="reaper"))
         self._tasks.append(asyncio.create_task(self._topology_watch(), name="topology-watch"))
         if s.api_enabled:
@@ -241,6 +251,8 @@ class Coordinator:
                 raise BadPayload(f"payload op_id {event.op_id} does not match subject")
             if not self._from_host(event.worker_id, host, subject, kind):
                 return None
+            if not self._own_artifacts(event, host, subject):
+                return None
             current = self.ops.get(op_id)
             if (event.event is OpEventKind.STARTED or (current is not None and current.worker_id is None)) and (
                     self.claims.holder(op_id, event.attempt) != event.worker_id):
@@ -261,6 +273,23 @@ class Coordinator:
         self.metrics.rejected.labels(subject=kind, reason="other host").inc()
         log.error("host %s reported on %s for worker %s, which is host %s's: refused", host, subject, worker_id, owner)
         return False
+
+    def _own_artifacts(self, event: OpEvent, host: str, subject: str) -> bool:
+        """Whether the artifacts an event names were written for its own host, op and attempt: only
+        then is the writer the reporting host (no other key may write under its name)."""
+        for name in (event.result_object, event.checkpoint):
+            if not name:
+                continue
+            try:
+                owner = names.artifact_owner(name)
+            except names.InvalidToken:
+                owner = None
+            if owner != (host, event.op_id, event.attempt):
+                self.metrics.rejected.labels(subject=names.OPS_EVENTS_ALL, reason="foreign artifact").inc()
+                log.error("%s event on %s names the artifact %s, not one of host %s for %s attempt %d: refused",
+                          event.event, subject, bounded_text(name, 200), host, event.op_id, event.attempt)
+                return False
+        return True
 
     def _in_order(self, op_id: str, queue: Callable[[], asyncio.Future[Any] | None], *,
                   check: Callable[[], Awaitable[bool]] | None = None) -> asyncio.Future[Any] | None:

@@ -175,7 +175,7 @@ class Dispatcher:
 
     async def _offer_on(self, op: Operation, capability: str, *, reoffer: int, retry: RetryPolicy) -> None:
         job = JobMessage(op_id=op.op_id, type=op.type, params=op.params, attempt=op.attempt,
-                         capability=capability, parent_id=op.parent_id).encode()
+                         capability=capability, parent_id=op.parent_id, checkpoint=op.checkpoint).encode()
         headers = {Header.MSG_ID: names.job_msg_id(op.op_id, op.attempt, capability, reoffer)}
         subject = names.jobs_subject(capability)
 

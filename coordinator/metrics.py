@@ -36,5 +36,11 @@ class Metrics:
                               "owns its operation, ignored", ["kind"], registry=r)
         self.retries = Counter("ktrdr_operation_retries", "Attempts re-dispatched after a lost worker",
                                ["type"], registry=r)
+        self.ops_stream_bytes = Gauge("ktrdr_ops_stream_bytes", "Bytes held by the OPS stream (full: new "
+                                      "reports are refused until the coordinator makes room)", registry=r)
+        self.ops_trimmed = Counter("ktrdr_ops_trimmed_messages", "Applied OPS messages deleted to make room",
+                                   registry=r)
+        self.swept = Counter("ktrdr_swept_items", "Unreferenced chunks and artifacts deleted from a store",
+                             ["store"], registry=r)
         self.api_errors = Counter("ktrdr_api_errors", "Status API requests answered with an error (4xx, 5xx)",
                                   ["status"], registry=r)

@@ -602,6 +602,8 @@ class Operations:
                 return None
             if event.event is OpEventKind.INFO:
                 op.info.update(context)
+                if event.checkpoint is not None:
+                    op.checkpoint = event.checkpoint or None
                 if warning and warning not in op.warnings:  # a redelivered event adds it once
                     op.warnings.append(warning)
                 return None
@@ -613,6 +615,7 @@ class Operations:
             record.ended_at, record.outcome = now, op.status.value
             if op.status is OpStatus.COMPLETED:
                 op.result = result
+                op.result_object = event.result_object
                 if op.progress is not None:
                     op.progress.percentage = 100.0
             elif op.status is OpStatus.FAILED:

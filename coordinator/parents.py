@@ -48,6 +48,7 @@ from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
 from subjects.limits import MAX_ERROR_CHARS, bounded_text
 from subjects.models import CancelRequest, Operation, OpStatus, Progress, SubmitRequest
+from subjects.names import COORDINATOR_HOST
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +84,19 @@ def parent_type(op: Operation) -> OpType[Any, Any] | None:
 class JetStreamEnv:
     """What plans read (``ktrdr.optypes.parent.ParentEnv``), from the shared stores."""
 
-    def __init__(self, *, js: JetStreamContext, op_id: str, registry: WorkerRegistry) -> None:
+    def __init__(self, *, js: JetStreamContext, op_id: str, registry: WorkerRegistry, ops: Operations) -> None:
         self.js = js
         self.op_id = op_id
         self.registry = registry
+        self.ops = ops
 
     def worker_slots(self, capability: str) -> int:
         return sum(w.slots for w in self.registry.with_capability(capability))
 
     async def result(self, op_id: str) -> bytes | None:
-        return await get_result(self.js, op_id)
+        """The result the op's record names (the artifact its claimant reported)."""
+        op = self.ops.get(op_id)
+        return None if op is None else await get_result(self.js, op)
 
     async def bar_index(self, symbol: str, timeframe: str, start: Any, end: Any) -> pd.DatetimeIndex:
         name = object_name(symbol, timeframe)
@@ -290,7 +294,7 @@ class ParentRunner:
             seen = keys
 
     def _env(self, parent_id: str) -> JetStreamEnv:
-        return JetStreamEnv(js=self.js, op_id=parent_id, registry=self.dispatcher.registry)
+        return JetStreamEnv(js=self.js, op_id=parent_id, registry=self.dispatcher.registry, ops=self.ops)
 
     def _states(self, parent_id: str) -> dict[str, ChildState]:
         states: dict[str, ChildState] = {}
@@ -378,9 +382,12 @@ class ParentRunner:
                         prepared: Mapping[str, Any], children: dict[str, ChildState], last: Stage | None) -> None:
         assert declared.parent is not None
         reduced: Reduced = await declared.parent.reduce(params, prepared, children, self._env(parent_id))
+        written = None
         if reduced.document is not None:
-            await put_result(self.js, parent_id, reduced.document,
-                             description=reduced.description or f"{declared.name} {parent_id}")
+            record = self.ops.get(parent_id)
+            written = await put_result(self.js, reduced.document, host=COORDINATOR_HOST, op_id=parent_id,
+                                       attempt=record.attempt if record is not None else 1,
+                                       description=reduced.description or f"{declared.name} {parent_id}")
         result = declared.result_dict(reduced.result)
         child_ops = self._child_ops(parent_id)
         ended = sum(c.status.terminal for c in child_ops)
@@ -396,6 +403,7 @@ class ParentRunner:
             op.progress.percentage = 100.0
             if reduced.error is None:
                 op.status, op.result = OpStatus.COMPLETED, result
+                op.result_object = written.name if written is not None else None
             else:
                 op.status, op.error = OpStatus.FAILED, bounded_text(reduced.error, MAX_ERROR_CHARS)
             return None

@@ -31,10 +31,8 @@ from nats.js.api import Header
 from nats.js.errors import NotFoundError
 
 from coordinator.operations import Operations
-from ktrdr.results import delete_result
-from ktrdr.runtime.checkpoints import purge_checkpoint
-from ktrdr.runtime.objects import collect_orphans
-from ktrdr.runtime.topology import OBJECT_STORES
+from ktrdr.results import delete_results, legacy_results
+from ktrdr.runtime.artifacts import purge_op_artifacts
 from subjects import names
 from subjects.models import Operation
 
@@ -82,7 +80,6 @@ class Retention:
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one prune at a time, scheduled or asked for
-        self._orphans: dict[str, set[str]] = {}  # per object store: chunk subjects unreferenced last run
 
     async def start(self) -> None:
         if self.retention_days > 0 and self._task is None:
@@ -100,19 +97,7 @@ class Retention:
                 raise
             except Exception:
                 log.exception("retention failed; trying again in %g s", self.interval_s)
-            await self.sweep_chunks()
             await asyncio.sleep(self.interval_s)
-
-    async def sweep_chunks(self) -> None:
-        """Purge the chunks no object names any more (found so on this run and the one before)."""
-        for bucket in OBJECT_STORES:
-            try:
-                self._orphans[bucket] = await collect_orphans(self.js, bucket,
-                                                              suspects=self._orphans.get(bucket, set()))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("could not sweep the unreferenced chunks of %s: %s", bucket, exc)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -159,6 +144,7 @@ class Retention:
 
     async def _move(self, ops: list[Operation], action: Action) -> None:
         limit = asyncio.Semaphore(IN_FLIGHT)
+        legacy = await legacy_results(self.js) if action != "archive" else None
 
         async def one(op: Operation) -> None:
             async with limit:
@@ -166,8 +152,8 @@ class Retention:
                     await self.js.publish(names.ops_archive(op.op_id), op.encode(), stream=names.OPS_ARCHIVE_STREAM,
                                           headers={Header.MSG_ID: f"archive:{op.op_id}:{op.completed_at}"})
                 else:
-                    await delete_result(self.js, op.op_id)
-                await purge_checkpoint(self.js, op.op_id)
+                    await delete_results(self.js, op.op_id, legacy=legacy)
+                await purge_op_artifacts(self.js, names.CHECKPOINTS_ARTIFACTS, op.op_id)
                 await self.ops.bucket.purge(op.op_id)
 
         await asyncio.gather(*(one(op) for op in ops))
@@ -177,7 +163,8 @@ class Retention:
         """Archived records the archive stream has let go (past archive_days): their results too."""
         count = 0
         while ids := self.ops.index.archived_before(before, limit=BATCH):
-            await asyncio.gather(*(delete_result(self.js, i) for i in ids))
+            legacy = await legacy_results(self.js)
+            await asyncio.gather(*(delete_results(self.js, i, legacy=legacy) for i in ids))
             self.ops.index.delete(ids)
             count += len(ids)
         return count

@@ -42,7 +42,7 @@ async def stored_result(state: Any, op_id: str) -> bytes:
     op = state.layer.get(op_id)
     if op.status is not OpStatus.COMPLETED:
         raise Conflict(f"operation {op_id} is {op.status.value}: results exist once it completes")
-    data = await get_result(state.js, op_id)
+    data = await get_result(state.js, op)
     if data is None:
         raise NotFound(f"operation {op_id} stored no results")
     return data

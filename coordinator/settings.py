@@ -96,6 +96,8 @@ class CoordinatorSettings(CommonSettings):
     workers_max_bytes: int = Field(default=limits.WORKERS_MAX_BYTES, ge=limits.MIB)
     claims_max_bytes: int = Field(default=limits.CLAIMS_MAX_BYTES, ge=limits.MIB)
     ops_max_bytes: int = Field(default=limits.OPS_BUCKET_MAX_BYTES, ge=64 * limits.MIB)
+    # The OPS stream of progress and events (KTRDR_OPS_STREAM_MAX_BYTES).
+    ops_stream_max_bytes: int = Field(default=limits.OPS_MAX_BYTES, ge=4 * limits.MIB)
     data_max_bytes: int = Field(default=limits.DATA_MAX_BYTES, ge=limits.MIB)
     results_max_bytes: int = Field(default=limits.RESULTS_MAX_BYTES, ge=limits.MIB)
     models_max_bytes: int = Field(default=limits.MODELS_MAX_BYTES, ge=limits.MIB)
@@ -141,6 +143,7 @@ class CoordinatorSettings(CommonSettings):
 
     def store_limits(self) -> StoreLimits:
         return StoreLimits(workers=self.workers_max_bytes, claims=self.claims_max_bytes, ops=self.ops_max_bytes,
+                           ops_stream=self.ops_stream_max_bytes,
                            data=self.data_max_bytes, results=self.results_max_bytes, models=self.models_max_bytes,
                            checkpoints=self.checkpoints_max_bytes)
 

@@ -83,7 +83,9 @@ JOBS_MAX_BYTES: Final = 1 * GIB
 # OPS takes anything a worker can publish: a refused outcome would never be recorded (its worker
 # sends it again forever), so the stream does not judge sizes; the coordinator bounds what it keeps.
 OPS_MAX_MSG_BYTES: Final = NATS_MAX_PAYLOAD
-# Progress (up to 1000 per op) and events of the last 7 days; the oldest go first.
+# Progress (up to 1000 per op) and events of the last 7 days. Full, it refuses new ones (a flood
+# cannot push out what the coordinator has not read); the coordinator deletes what it has applied
+# once it is half full (coordinator.trim).
 OPS_MAX_BYTES: Final = 2 * GIB
 
 # --- buckets and object stores ------------------------------------------------------------------

@@ -19,6 +19,8 @@ from subjects.limits import MAX_JSON_DEPTH, MAX_REASON_CHARS, bounded_text
 from subjects.names import CAPABILITIES, validate_token
 
 SCHEMA_VERSION = 1
+# An artifact name: host, op id (64 chars each), attempt and nonce.
+ARTIFACT_NAME_CHARS = 200
 
 
 def utcnow() -> datetime:
@@ -219,6 +221,10 @@ class Operation(Payload):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     result: dict[str, Any] | None = None
+    # The write-once artifacts the claimant reported (ktrdr.runtime.artifacts): the full result of
+    # the attempt that completed, and the checkpoint the next attempt resumes from.
+    result_object: str | None = None
+    checkpoint: str | None = None
     error: str | None = None
     cancel_reason: str | None = None
     attempts: list[AttemptRecord] = Field(default_factory=list)
@@ -242,6 +248,8 @@ class JobMessage(Payload):
     capability: str
     parent_id: str | None = None
     offered_at: datetime = Field(default_factory=utcnow)
+    # The checkpoint artifact an earlier attempt reported: where this one resumes from.
+    checkpoint: str | None = Field(default=None, max_length=ARTIFACT_NAME_CHARS)
 
     _v = field_validator("op_id")(_op_id)
 
@@ -275,6 +283,11 @@ class OpEvent(Payload):
     attempt: int
     timestamp: datetime = Field(default_factory=utcnow)
     result: dict[str, Any] | None = None
+    # ``completed``: the result artifact the attempt wrote. ``info``: the checkpoint it wrote last
+    # ("" when it stopped counting on one). Names the coordinator accepts only from the host and
+    # attempt they name.
+    result_object: str | None = Field(default=None, max_length=ARTIFACT_NAME_CHARS)
+    checkpoint: str | None = Field(default=None, max_length=ARTIFACT_NAME_CHARS)
     error: str | None = None
     message: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)

@@ -33,9 +33,25 @@ MODEL_PINS_BUCKET: Final = "model_pins"
 
 # Object stores.
 DATA_OBJECTS: Final = "data"  # market-data datasets, cached by digest on every worker
-RESULTS_OBJECTS: Final = "results"  # full operation results (trades, equity curves) under the op id
 MODELS_OBJECTS: Final = "models"  # versioned trained-model bundles
-CHECKPOINTS_OBJECTS: Final = "checkpoints"  # resumable work (training, IB downloads) under the op id
+# Before results were write-once artifacts (below) they were objects under the op id here: still
+# read for the records that name no artifact, and deleted with them; nothing writes there now.
+RESULTS_OBJECTS: Final = "results"
+
+# Write-once artifacts (ktrdr.runtime.artifacts): full operation results and checkpoints. An
+# artifact is named ``<host>.<op_id>.<attempt>.<nonce>``; its info is stored on
+# ``<store>.m.<name>`` and its chunks on ``<store>.c.<name>.<n>``, one subject each, in a stream
+# that keeps one message per subject and refuses a second: once written, no credential replaces
+# it, and a host's key may write only under its own name (subjects.roles). The op record names
+# the artifact its claimant reported (``Operation.result_object``, ``Operation.checkpoint``).
+RESULTS_STREAM: Final = "RESULTS"
+CHECKPOINTS_STREAM: Final = "CHECKPOINTS"
+RESULTS_ARTIFACTS: Final = "results"
+CHECKPOINTS_ARTIFACTS: Final = "checkpoints"
+ARTIFACT_STREAMS: Final = {RESULTS_ARTIFACTS: RESULTS_STREAM, CHECKPOINTS_ARTIFACTS: CHECKPOINTS_STREAM}
+# The host token of the artifacts the coordinator writes (a parent's reduced result); no fleet
+# host may take this name (ktrdr.security.hosts).
+COORDINATOR_HOST: Final = "coordinator"
 
 # Streams.
 JOBS_STREAM: Final = "JOBS"  # work-queue retention: an acked job is gone; subjects: JOBS_SUBJECTS below
@@ -151,6 +167,69 @@ def object_chunks(bucket: str, nuid: str = ">") -> str:
 def object_metas(bucket: str) -> str:
     """Every object info of ``bucket``."""
     return f"$O.{validate_token(bucket, what='bucket')}.M.>"
+
+
+def _artifact_store(store: str) -> str:
+    if store not in ARTIFACT_STREAMS:
+        raise InvalidToken(f"unknown artifact store {store!r}; known: {', '.join(ARTIFACT_STREAMS)}")
+    return store
+
+
+_NONCE = re.compile(r"^[0-9a-f]{8,32}$")
+
+
+def artifact_name(host: str, op_id: str, attempt: int, nonce: str) -> str:
+    """``<host>.<op_id>.<attempt>.<nonce>``: whose key wrote it, for which attempt, and which write."""
+    if not _NONCE.match(nonce):
+        raise InvalidToken(f"invalid artifact nonce {nonce!r}")
+    return (f"{validate_token(host, what='host name')}.{validate_token(op_id, what='operation id')}."
+            f"{int(attempt)}.{nonce}")
+
+
+def artifact_owner(name: str) -> tuple[str, str, int]:
+    """The host, op id and attempt an artifact name was written for; InvalidToken if it is not one."""
+    parts = name.split(".") if isinstance(name, str) else []
+    if len(parts) != 4 or not parts[2].isdigit() or not _NONCE.match(parts[3]):
+        raise InvalidToken(f"not an artifact name: {str(name)[:200]!r}")
+    return (validate_token(parts[0], what="host name"), validate_token(parts[1], what="operation id"),
+            int(parts[2]))
+
+
+def artifact_info(store: str, name: str) -> str:
+    artifact_owner(name)
+    return f"{_artifact_store(store)}.m.{name}"
+
+
+def artifact_chunk(store: str, name: str, index: int) -> str:
+    artifact_owner(name)
+    return f"{_artifact_store(store)}.c.{name}.{int(index)}"
+
+
+def artifact_chunks(store: str, name: str) -> str:
+    """Every chunk of one artifact."""
+    artifact_owner(name)
+    return f"{_artifact_store(store)}.c.{name}.*"
+
+
+def artifacts_of_host(store: str, host: str) -> tuple[str, str]:
+    """The infos and chunks a host's key may write (and nothing else in ``store``)."""
+    host = validate_token(host, what="host name")
+    return f"{_artifact_store(store)}.m.{host}.>", f"{store}.c.{host}.>"
+
+
+def artifacts_of_op(store: str, op_id: str) -> tuple[str, str]:
+    """The infos and chunks of every artifact written for ``op_id``, by any host and attempt."""
+    op_id = validate_token(op_id, what="operation id")
+    return f"{_artifact_store(store)}.m.*.{op_id}.>", f"{store}.c.*.{op_id}.>"
+
+
+def artifact_infos(store: str) -> str:
+    return f"{_artifact_store(store)}.m.>"
+
+
+def artifact_subjects(store: str) -> list[str]:
+    """What the store's stream captures."""
+    return [f"{_artifact_store(store)}.m.>", f"{store}.c.>"]
 
 
 def kv_stream(bucket: str) -> str:

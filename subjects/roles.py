@@ -86,6 +86,11 @@ def _obj_write(bucket: str) -> list[str]:
     return [*_obj_read(bucket), f"$O.{bucket}.>"]
 
 
+def _artifacts_write(store: str, host: str) -> list[str]:
+    # Only under its own host name: no host writes, or takes first, a name another's worker will.
+    return [*_direct_read(names.ARTIFACT_STREAMS[store]), *names.artifacts_of_host(store, host)]
+
+
 def _pull(capabilities: tuple[str, ...]) -> list[str]:
     allowed: list[str] = []
     for cap in capabilities:
@@ -100,8 +105,8 @@ def _own_inbox(public_key: str) -> list[str]:
 
 def _worker_common(host: str) -> tuple[str, ...]:
     """What every worker-like process does: register, keep a lease, claim, report, read the op record
-    it runs (fencing), read market data and write results and checkpoints. Registration, leases and
-    reports only under its own host's name, so that no host can pose as another's worker."""
+    it runs (fencing), read market data and write results and checkpoints. Registration, leases,
+    reports and artifacts only under its own host's name, so that no host can pose as another's worker."""
     return (
         names.worker_register(host),
         *_kv_read(names.WORKERS_BUCKET), *_kv_write(names.WORKERS_BUCKET, f"{host}.>"),
@@ -109,8 +114,8 @@ def _worker_common(host: str) -> tuple[str, ...]:
         *_kv_read(names.OPS_BUCKET), *_kv_read(names.MODEL_PINS_BUCKET),
         names.ops_progress_from(host), names.ops_events_from(host),
         *_obj_read(names.DATA_OBJECTS),
-        *_obj_write(names.RESULTS_OBJECTS),
-        *_obj_write(names.CHECKPOINTS_OBJECTS),
+        *_artifacts_write(names.RESULTS_ARTIFACTS, host),
+        *_artifacts_write(names.CHECKPOINTS_ARTIFACTS, host),
     )
 
 
@@ -125,7 +130,9 @@ _READ: Final = (
     "$SRV.PING", "$SRV.PING.>", "$SRV.INFO", "$SRV.INFO.>", "$SRV.STATS", "$SRV.STATS.>",
     f"{API}.INFO",
     *_kv_read(names.WORKERS_BUCKET), *_kv_read(names.OPS_BUCKET), *_kv_read(names.MODEL_PINS_BUCKET),
-    *_obj_read(names.RESULTS_OBJECTS), *_obj_read(names.MODELS_OBJECTS), *_obj_read(names.DATA_OBJECTS),
+    *_direct_read(names.RESULTS_STREAM), *_obj_read(names.MODELS_OBJECTS), *_obj_read(names.DATA_OBJECTS),
+    # Results from before they were artifacts, for the records that still name none.
+    *_obj_read(names.RESULTS_OBJECTS),
 )
 
 

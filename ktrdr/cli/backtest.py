@@ -234,7 +234,7 @@ def variant(
 
 async def _load(c: KtrdrClient, op_id: str) -> tuple[Operation, dict[str, Any] | None]:
     op = await c.get(op_id)
-    data = await get_result(c._nc.jetstream(), op_id) if op.status is OpStatus.COMPLETED else None
+    data = await get_result(c._nc.jetstream(), op) if op.status is OpStatus.COMPLETED else None
     return op, (jsonlib.loads(data) if data else None)
 
 

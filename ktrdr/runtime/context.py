@@ -87,8 +87,10 @@ class JobContext:
             logging.getLogger("ktrdr.op"), {"op_id": job.op_id, "attempt": job.attempt})
         self.datasets: Datasets = services.datasets
         self.models: Models = services.models
-        self.results = OpBlobs(services.results, job.op_id)
-        self.checkpoints = OpBlobs(services.checkpoints, job.op_id)
+        self.results = OpBlobs(services.results, job.op_id, job.attempt)
+        # Each checkpoint is reported as it is written, so a retry elsewhere resumes from it.
+        self.checkpoints = OpBlobs(services.checkpoints, job.op_id, job.attempt, latest=job.checkpoint,
+                                   on_change=self._checkpointed)
         self._reporter = reporter
         self._pending: ProgressUpdate | None = None
         self._last_sent = 0.0
@@ -136,6 +138,10 @@ class JobContext:
         Published as an ``info`` event carrying the message, before the outcome."""
         self._publish_info(OpEvent(op_id=self.op_id, event=OpEventKind.INFO, worker_id=self.worker_id,
                                    attempt=self.attempt, message=message))
+
+    def _checkpointed(self, name: str | None) -> None:
+        self._publish_info(OpEvent(op_id=self.op_id, event=OpEventKind.INFO, worker_id=self.worker_id,
+                                   attempt=self.attempt, checkpoint=name or ""))
 
     def _publish_info(self, event: OpEvent) -> None:
         coro = self._reporter.event(event)

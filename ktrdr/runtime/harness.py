@@ -29,7 +29,7 @@ from ktrdr.data.store import DataStore, bars_from_bytes, bars_to_bytes
 from ktrdr.models.registry import ModelNotFoundError, ModelVersion
 from ktrdr.optypes import OpType
 from ktrdr.runtime.context import Handler, JobContext, call_handler
-from ktrdr.runtime.services import DatasetMissing, Services
+from ktrdr.runtime.services import DatasetMissing, Services, Stored
 from subjects.models import JobMessage, OpEvent, ProgressUpdate
 
 
@@ -67,20 +67,17 @@ class MemoryDatasets:
 
 
 class MemoryBlobs:
-    """The ``results`` or ``checkpoints`` store: bytes by op id."""
+    """The ``results`` or ``checkpoints`` store: the latest bytes by op id (the name a put returns)."""
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
 
-    async def put(self, op_id: str, data: bytes, *, description: str = "") -> int:
+    async def put(self, op_id: str, attempt: int, data: bytes, *, description: str = "") -> Stored:
         self.data[op_id] = bytes(data)
-        return len(data)
+        return Stored(name=op_id, size=len(data))
 
-    async def get(self, op_id: str) -> bytes | None:
-        return self.data.get(op_id)
-
-    async def delete(self, op_id: str) -> None:
-        self.data.pop(op_id, None)
+    async def get(self, name: str) -> bytes | None:
+        return self.data.get(name)
 
 
 class MemoryModels:
@@ -115,6 +112,8 @@ class _Recorder:
         self.env.progress.append(update.model_dump(mode="json", exclude_none=True))
 
     async def event(self, event: OpEvent) -> None:
+        if event.checkpoint == "":  # the handler is done with its checkpoint: the coordinator deletes it
+            self.env.checkpoints.data.pop(event.op_id, None)
         if event.message:
             self.env.warnings.append(event.message)
         self.env.info.update(event.context or {})
@@ -140,8 +139,10 @@ class HandlerEnvironment:
         """Run ``handler`` on ``params`` as a worker would for ``op_type``; its result as the type's
         result model (when it declares one)."""
         params = op_type.parse(params)
+        # A checkpoint put in ``checkpoints`` beforehand is the one the coordinator hands the attempt.
         job = JobMessage(op_id=self.op_id, type=op_type.name, params=op_type.dump(params), attempt=self.attempt,
-                         capability=op_type.runs.capabilities[0])
+                         capability=op_type.runs.capabilities[0],
+                         checkpoint=self.op_id if self.op_id in self.checkpoints.data else None)
         services = Services(datasets=self.datasets, results=self.results, checkpoints=self.checkpoints,
                             models=self.models)
         self.context = JobContext(job=job, worker_id=self.worker_id, reporter=_Recorder(self), services=services,

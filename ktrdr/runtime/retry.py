@@ -24,6 +24,9 @@ JS_TEMPORARILY_UNAVAILABLE = 10008
 # "duplicate message id is in process" (a 409): an earlier publish with the same Nats-Msg-Id is still
 # in flight at a leader that cannot commit it yet. Asked again later, it is stored or deduplicated.
 JS_DUPLICATE_IN_PROCESS = 10158
+# The stream refused to store a message: over its byte or message limits, or a subject of a
+# write-once store written already ("maximum ... exceeded").
+JS_STORE_REFUSED = 10077
 
 # What an election looks like from a client: nobody stores the subject (no stream leader), no
 # answer in time (a leader that lost its quorum), or the connection moving to another node.
@@ -42,6 +45,9 @@ def transient_js_error(exc: BaseException, *, nc: Client | None = None) -> bool:
     ``ConnectionClosedError`` counts only when ``nc`` is given and still open (the publisher fails
     what was in flight across a reconnect with it); a closed client never comes back.
     """
+    if isinstance(exc, APIError) and getattr(exc, "err_code", None) == JS_STORE_REFUSED:
+        # A full store, or a subject written already (write-once): no election ends that.
+        return False
     if isinstance(exc, ServiceUnavailableError):
         return True
     if isinstance(exc, APIError):

@@ -11,6 +11,7 @@ Every method is a coroutine: an async handler awaits it, a blocking one (run in 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,8 +21,9 @@ from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundErr
 from ktrdr.data.shared import FetchResult, PublishResult, adopt_dataset, fetch_dataset, publish_dataset
 from ktrdr.data.store import DataStore
 from ktrdr.models.registry import ModelVersion, load_model, save_model, show_model
-from ktrdr.results import get_result, put_result
-from ktrdr.runtime.checkpoints import delete_checkpoint, load_checkpoint, save_checkpoint
+from ktrdr.results import put_result, results_store
+from ktrdr.runtime.artifacts import ArtifactMissing
+from ktrdr.runtime.checkpoints import load_checkpoint, save_checkpoint
 
 
 class DatasetMissing(LookupError):
@@ -39,14 +41,20 @@ class Datasets(Protocol):
         """Replace the shared version with ``store``'s."""
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What a put wrote: the name to read it back by (and to report), and its size."""
+
+    name: str
+    size: int
+
+
 class Blobs(Protocol):
-    """Bytes kept per op id (the ``results`` and ``checkpoints`` stores)."""
+    """The ``results`` and ``checkpoints`` stores: every put a new, write-once blob of an attempt."""
 
-    async def put(self, op_id: str, data: bytes, *, description: str = "") -> int: ...
+    async def put(self, op_id: str, attempt: int, data: bytes, *, description: str = "") -> Stored: ...
 
-    async def get(self, op_id: str) -> bytes | None: ...
-
-    async def delete(self, op_id: str) -> None: ...
+    async def get(self, name: str) -> bytes | None: ...
 
 
 class Models(Protocol):
@@ -65,21 +73,38 @@ class Services:
     models: Models
 
 
-@dataclass(frozen=True)
 class OpBlobs:
-    """``Blobs`` bound to one op: what ``ctx.results`` and ``ctx.checkpoints`` are."""
+    """``Blobs`` bound to one attempt: what ``ctx.results`` and ``ctx.checkpoints`` are.
 
-    blobs: Blobs
-    op_id: str
+    ``latest`` is the blob this attempt counts as its own: the last it wrote, or (checkpoints) the
+    one the coordinator handed it with the job. ``on_change(name)`` reports a new latest (None:
+    none any more) to the coordinator, which keeps it in the op record.
+    """
+
+    def __init__(self, blobs: Blobs, op_id: str, attempt: int, *, latest: str | None = None,
+                 on_change: Callable[[str | None], None] | None = None) -> None:
+        self.blobs = blobs
+        self.op_id = op_id
+        self.attempt = attempt
+        self.latest = latest
+        self._on_change = on_change
 
     async def put(self, data: bytes, *, description: str = "") -> int:
-        return await self.blobs.put(self.op_id, data, description=description)
+        """Write ``data`` (a new blob; nothing written is ever replaced); returns its size."""
+        stored = await self.blobs.put(self.op_id, self.attempt, data, description=description)
+        self.latest = stored.name
+        if self._on_change is not None:
+            self._on_change(stored.name)
+        return stored.size
 
     async def get(self) -> bytes | None:
-        return await self.blobs.get(self.op_id)
+        return None if self.latest is None else await self.blobs.get(self.latest)
 
     async def delete(self) -> None:
-        await self.blobs.delete(self.op_id)
+        """Stop counting the latest blob as this op's (the coordinator deletes it)."""
+        self.latest = None
+        if self._on_change is not None:
+            self._on_change(None)
 
 
 # --- JetStream ----------------------------------------------------------------------------------
@@ -102,32 +127,35 @@ class JetStreamDatasets:
 
 
 class JetStreamResults:
-    def __init__(self, js: JetStreamContext) -> None:
+    """Results written under this worker's host name, the only one its key may write under."""
+
+    def __init__(self, js: JetStreamContext, host: str) -> None:
         self.js = js
+        self.host = host
 
-    async def put(self, op_id: str, data: bytes, *, description: str = "") -> int:
-        return await put_result(self.js, op_id, data, description=description)
+    async def put(self, op_id: str, attempt: int, data: bytes, *, description: str = "") -> Stored:
+        written = await put_result(self.js, data, host=self.host, op_id=op_id, attempt=attempt,
+                                   description=description)
+        return Stored(name=written.name, size=written.size)
 
-    async def get(self, op_id: str) -> bytes | None:
-        return await get_result(self.js, op_id)
-
-    async def delete(self, op_id: str) -> None:
-        raise PermissionError("a worker does not delete results")
+    async def get(self, name: str) -> bytes | None:
+        try:
+            return await results_store(self.js).get(name)
+        except ArtifactMissing:
+            return None
 
 
 class JetStreamCheckpoints:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, host: str) -> None:
         self.js = js
+        self.host = host
 
-    async def put(self, op_id: str, data: bytes, *, description: str = "") -> int:
-        await save_checkpoint(self.js, op_id, data)
-        return len(data)
+    async def put(self, op_id: str, attempt: int, data: bytes, *, description: str = "") -> Stored:
+        written = await save_checkpoint(self.js, data, host=self.host, op_id=op_id, attempt=attempt)
+        return Stored(name=written.name, size=written.size)
 
-    async def get(self, op_id: str) -> bytes | None:
-        return await load_checkpoint(self.js, op_id)
-
-    async def delete(self, op_id: str) -> None:
-        await delete_checkpoint(self.js, op_id)
+    async def get(self, name: str) -> bytes | None:
+        return await load_checkpoint(self.js, name)
 
 
 class JetStreamModels:
@@ -144,6 +172,7 @@ class JetStreamModels:
         return await load_model(self.js, name, version)
 
 
-def jetstream_services(js: JetStreamContext) -> Services:
-    return Services(datasets=JetStreamDatasets(js), results=JetStreamResults(js),
-                    checkpoints=JetStreamCheckpoints(js), models=JetStreamModels(js))
+def jetstream_services(js: JetStreamContext, *, host: str) -> Services:
+    """The stores as a worker of ``host`` uses them (it writes results and checkpoints under that name)."""
+    return Services(datasets=JetStreamDatasets(js), results=JetStreamResults(js, host),
+                    checkpoints=JetStreamCheckpoints(js, host), models=JetStreamModels(js))

@@ -49,12 +49,14 @@ class Buckets:
 
 @dataclass(frozen=True, kw_only=True)
 class StoreLimits:
-    """Byte limits of the buckets and object stores (``subjects.limits``; the coordinator's settings)."""
+    """Byte limits of the buckets, object stores and the OPS stream (``subjects.limits``; the
+    coordinator's settings)."""
 
     workers: int = limits.WORKERS_MAX_BYTES
     claims: int = limits.CLAIMS_MAX_BYTES
     ib_active: int = limits.IB_ACTIVE_MAX_BYTES
     ops: int = limits.OPS_BUCKET_MAX_BYTES
+    ops_stream: int = limits.OPS_MAX_BYTES
     data: int = limits.DATA_MAX_BYTES
     results: int = limits.RESULTS_MAX_BYTES
     models: int = limits.MODELS_MAX_BYTES
@@ -210,7 +212,29 @@ async def _ensure_coordinator_consumer(js: JetStreamContext) -> None:
         ))
 
 
-OBJECT_STORES = (names.DATA_OBJECTS, names.RESULTS_OBJECTS, names.MODELS_OBJECTS, names.CHECKPOINTS_OBJECTS)
+OBJECT_STORES = (names.DATA_OBJECTS, names.MODELS_OBJECTS)
+
+
+async def _ensure_artifacts(js: JetStreamContext, store: str, replicas: int, max_bytes: int) -> None:
+    """A write-once artifact store (``ktrdr.runtime.artifacts``): one message per subject, and a
+    second write to a subject refused, whoever sends it; no rollups, no message deletes. Only a
+    purge (the coordinator's) removes anything."""
+    await _ensure_stream(js, StreamConfig(
+        name=names.ARTIFACT_STREAMS[store],
+        subjects=names.artifact_subjects(store),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_msgs_per_subject=1,
+        discard_new_per_subject=True,
+        discard=DiscardPolicy.NEW,
+        max_bytes=max_bytes,
+        # A chunk or an info is one message: the server's max payload bounds it already.
+        max_msg_size=limits.NATS_MAX_PAYLOAD,
+        allow_direct=True,
+        allow_rollup_hdrs=False,
+        deny_delete=True,
+    ))
 
 
 async def _ensure_object_store(js: JetStreamContext, bucket: str, replicas: int, max_bytes: int) -> ObjectStore:
@@ -258,8 +282,10 @@ async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas:
         # The op record keeps the latest progress; the stream needs only recent history.
         max_msgs_per_subject=1000,
         max_msg_size=limits.OPS_MAX_MSG_BYTES,
-        max_bytes=limits.OPS_MAX_BYTES,
-        discard=DiscardPolicy.OLD,
+        # Full, it refuses new reports (their workers send them again) rather than push out what the
+        # coordinator has not read; the coordinator deletes what it has applied (coordinator.trim).
+        max_bytes=sizes.ops_stream,
+        discard=DiscardPolicy.NEW,
     ))
     await _ensure_stream(js, StreamConfig(
         name=names.OPS_ARCHIVE_STREAM,
@@ -321,6 +347,8 @@ async def ensure_topology(js: JetStreamContext, *, lease_ttl_s: float, replicas:
         max_bytes=limits.MODEL_PINS_MAX_BYTES), write_once=True)
     for bucket in OBJECT_STORES:
         await _ensure_object_store(js, bucket, replicas, getattr(sizes, bucket))
+    await _ensure_artifacts(js, names.RESULTS_ARTIFACTS, replicas, sizes.results)
+    await _ensure_artifacts(js, names.CHECKPOINTS_ARTIFACTS, replicas, sizes.checkpoints)
     return Buckets(workers=workers, ops=ops, claims=claims)
 
 

@@ -181,7 +181,7 @@ class Worker:
         self.publisher = AckedPublisher(nc=self.nc)
         await self.publisher.start()
         self._reporter = NatsReporter(self.publisher, host=self.host)
-        self._services = jetstream_services(self.js)
+        self._services = jetstream_services(self.js, host=self.host)
         # One plain subscription (no queue group) for every op this worker will run, held from
         # before the first claim: whoever owns a claim is reachable. A subscription per op cost a
         # SUB and an UNSUB each, and each of those resets the server's per-connection routing
@@ -549,15 +549,16 @@ class Worker:
         # No cancel can change the outcome now: the coordinator answers from here on.
         r.cancellable = False
         await ctx.flush()
-        return await self._send_event(ctx, outcome, result=result, error=error)
+        return await self._send_event(ctx, outcome, result=result, error=error,
+                                      result_object=ctx.results.latest if outcome is OpEventKind.COMPLETED else None)
 
-    async def _send_event(self, ctx: JobContext, kind: OpEventKind, *,
-                          result: dict[str, Any] | None = None, error: str | None = None) -> _SentEvent:
+    async def _send_event(self, ctx: JobContext, kind: OpEventKind, *, result: dict[str, Any] | None = None,
+                          error: str | None = None, result_object: str | None = None) -> _SentEvent:
         assert self.publisher is not None
         if error is not None:
             error = bounded_text(error, limits.MAX_ERROR_CHARS)
         event = OpEvent(op_id=ctx.op_id, event=kind, worker_id=self.worker_id, attempt=ctx.attempt,
-                        result=result, error=error)
+                        result=result, error=error, result_object=result_object)
         payload = event.encode()
         # Cheap test first: only an event this large can hold a result over the inline limit.
         too_large = len(payload) > limits.MAX_EVENT_BYTES or (
@@ -600,7 +601,10 @@ class Worker:
                     # Only at shutdown: the lease expiry then retries or fails the op elsewhere.
                     log.error("event %s on %s lost: the connection is closed", sent.kind, sent.subject)
                     return
-                log.warning("event %s on %s not yet stored (%s); retrying", sent.kind, sent.subject, exc)
+                why = str(exc) or type(exc).__name__
+                if "maximum bytes exceeded" in why:
+                    why = "OPS is full: the coordinator is down, or making room; kept and sent again"
+                log.warning("event %s on %s not yet stored (%s); retrying", sent.kind, sent.subject, why)
                 await asyncio.sleep(next(pauses))
 
     async def _on_cancel(self, msg: Msg) -> None:

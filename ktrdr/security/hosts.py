@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ktrdr.security.credentials import NatsCredential, write_private
-from subjects import roles
+from subjects import names, roles
 from subjects.names import validate_token
 
 HOSTS_FILE = "hosts.json"
@@ -53,9 +53,13 @@ class Host:
 
 def validate_host_name(name: str) -> str:
     try:
-        return validate_token(name, what="host name")
+        validate_token(name, what="host name")
     except ValueError as exc:
         raise HostError(str(exc)) from None
+    if name == names.COORDINATOR_HOST:
+        # The coordinator writes its own artifacts (a parent's result) under this name.
+        raise HostError(f"the host name {name!r} is the coordinator's; choose another")
+    return name
 
 
 def _path(auth_dir: Path) -> Path:

@@ -356,7 +356,7 @@ async def test_a_backtest_completes_with_the_node_leading_the_object_stores_down
         # the node that is lost.
         await publish_synth(coordinator.nc, tmp_path / "publisher")
         leader = cluster.node(await stream_leader(coordinator, f"OBJ_{names.DATA_OBJECTS}"))
-        await lead_from(coordinator, leader, [f"OBJ_{names.RESULTS_OBJECTS}", *SUBMISSION_STREAMS])
+        await lead_from(coordinator, leader, [names.RESULTS_STREAM, *SUBMISSION_STREAMS])
         async with api(coordinator) as http, steady_load(http, BEFORE + AFTER_A_LOSS) as load:
             await load.until_sent(BEFORE)
             leader.kill()

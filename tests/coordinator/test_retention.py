@@ -71,12 +71,12 @@ async def test_delete_removes_the_record_and_its_results(
     await publish_synth(nc, tmp_path / "pub")
     await backtest_worker(make_worker, "bt1", tmp_path / "bt1")
     op = await coordinator.layer.submit(SubmitRequest(type="backtesting", params=backtest_params()))
-    await wait_status(coordinator, op.op_id, OpStatus.COMPLETED)
-    assert await get_result(nc.jetstream(), op.op_id) is not None
+    done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED)
+    assert done.result_object is not None and await get_result(nc.jetstream(), done) is not None
 
     reply = await api.post("/api/v1/operations/prune", json={"older_than": "0s", "action": "delete"})
     assert reply.json()["moved"] == 1
-    assert await get_result(nc.jetstream(), op.op_id) is None
+    assert await get_result(nc.jetstream(), done) is None
     assert (await api.get(f"/api/v1/operations/{op.op_id}")).status_code == 404
 
 

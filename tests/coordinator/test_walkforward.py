@@ -100,10 +100,10 @@ async def test_a_walkforward_chooses_in_sample_tests_out_of_sample_and_joins_the
 
     # The stitched curve is the out-of-sample backtests joined, each compounding on the last.
     js = nc.jetstream()
-    doc = json.loads(await get_result(js, done.op_id) or b"{}")
+    doc = json.loads(await get_result(js, done) or b"{}")
     curves = []
     for fold in folds:
-        result = BacktestResult.from_json_bytes(await get_result(js, children[f"f{fold['index']}oos"].op_id) or b"")
+        result = BacktestResult.from_json_bytes(await get_result(js, children[f"f{fold['index']}oos"]) or b"")
         curves.append((result.index_ns, result.equity))
     index_ns, equity = stitch(curves, initial_capital=100_000.0)
     assert doc["index_ns"] == index_ns.tolist() and doc["equity"] == equity.tolist()

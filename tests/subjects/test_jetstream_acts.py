@@ -16,10 +16,9 @@ from nats.js.errors import NotFoundError
 from coordinator.app import Coordinator
 from ktrdr.models.registry import list_models, load_model, register_model, save_model
 from ktrdr.results import get_result, put_result
-from ktrdr.runtime.objects import ObjectBucket
 from ktrdr.security.fleet import invite
 from subjects import names, roles
-from subjects.models import ListRequest, OpStatus, SubmitRequest
+from subjects.models import ListRequest, Operation, OpStatus, SubmitRequest
 from tests.conftest import MakeWorker, fleet
 from tests.subjects.conftest import attempt
 from tests.support import assert_eventually, wait_status
@@ -46,18 +45,19 @@ async def test_no_role_can_redirect_stored_messages_onto_the_prune_service(
     await make_worker("w1")
     op_id = await ended_dummy(coordinator)
     # The red team's payload, stored where a worker may write: a prune of everything ended.
-    stored = await ObjectBucket(js=nc.jetstream(), bucket=names.RESULTS_OBJECTS).put(
-        "evil", json.dumps({"older_than": 0, "action": "delete"}).encode())
-    chunks = f"$O.{names.RESULTS_OBJECTS}.C.{stored.nuid}"
+    stored = await put_result(nc.jetstream(), json.dumps({"older_than": 0, "action": "delete"}).encode(),
+                              host=roles.LOCAL_HOST, op_id="evil", attempt=1)
+    chunks = names.artifact_chunks(names.RESULTS_ARTIFACTS, stored.name)
     other, denials = await as_role(role)
-    for subject in (f"{API}.CONSUMER.CREATE.OBJ_results.evil", f"{API}.CONSUMER.CREATE.OBJ_results.evil.{chunks}",
-                    f"{API}.CONSUMER.DURABLE.CREATE.OBJ_results.evil"):
-        body = push_consumer("OBJ_results", "evil", deliver_subject=f"{names.SERVICE_GROUP}.{names.SERVICE_PRUNE}",
+    stream = names.RESULTS_STREAM
+    for subject in (f"{API}.CONSUMER.CREATE.{stream}.evil", f"{API}.CONSUMER.CREATE.{stream}.evil.{chunks}",
+                    f"{API}.CONSUMER.DURABLE.CREATE.{stream}.evil"):
+        body = push_consumer(stream, "evil", deliver_subject=f"{names.SERVICE_GROUP}.{names.SERVICE_PRUNE}",
                              filter_subject=chunks)
         await attempt(other.request(subject, body, timeout=0.5))
         await denials.expect("publish", subject)
     with pytest.raises(NotFoundError):
-        await nc.jetstream().consumer_info("OBJ_results", "evil")
+        await nc.jetstream().consumer_info(stream, "evil")
     assert coordinator.ops.get(op_id).status is OpStatus.COMPLETED
 
 
@@ -74,7 +74,7 @@ async def test_no_role_can_point_a_consumer_at_the_coordinators_feed_or_submit_s
 
 
 @pytest.mark.parametrize("role", UNTRUSTED)
-@pytest.mark.parametrize("stream", ["OBJ_results", "OBJ_models", "OBJ_data", "OBJ_checkpoints", "KV_claims", "OPS"])
+@pytest.mark.parametrize("stream", ["RESULTS", "OBJ_models", "OBJ_data", "CHECKPOINTS", "KV_claims", "OPS"])
 async def test_no_role_can_purge_a_store(as_role, nc: Client, role: str, stream: str) -> None:
     js = nc.jetstream()
     subject = next(iter((await js.stream_info(stream)).config.subjects or [])).replace(">", "x").replace("*", "x")
@@ -135,12 +135,14 @@ async def test_the_operator_inspects_like_the_coordinator_and_is_never_invited(a
 
 async def test_every_role_still_reads_what_it_may_without_a_consumer(as_role, nc: Client) -> None:
     worker, worker_denials = await as_role(roles.WORKER)
-    await put_result(worker.jetstream(), "op1", b'{"total_return_pct": 1.5}')
+    written = await put_result(worker.jetstream(), b'{"total_return_pct": 1.5}', host=roles.LOCAL_HOST,
+                               op_id="op1", attempt=1)
+    record = Operation(op_id="op1", type="backtesting", status=OpStatus.COMPLETED, result_object=written.name)
     version = await save_model(worker.jetstream(), "m", b"bundle", {"source": "test"})
     await register_model(nc.jetstream(), "m", version)  # the coordinator, when that training completes
     for role in (roles.CLIENT, roles.VIEWER):
         reader, denials = await as_role(role)
-        assert await get_result(reader.jetstream(), "op1") == b'{"total_return_pct": 1.5}'
+        assert await get_result(reader.jetstream(), record) == b'{"total_return_pct": 1.5}'
         assert [v.ref for v in await list_models(reader.jetstream())] == [f"m@{version}"]
         assert await load_model(reader.jetstream(), "m", version) == b"bundle"
         assert denials.seen == []

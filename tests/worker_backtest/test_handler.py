@@ -85,7 +85,7 @@ async def test_missing_data_unknown_strategy_or_an_empty_range_fail_naming_what_
     op = await wait_status(coordinator, await submit(coordinator, **params), OpStatus.FAILED, OpStatus.COMPLETED)
     assert op.status is OpStatus.FAILED
     assert says in (op.error or "")
-    assert await get_result(nc.jetstream(), op.op_id) is None
+    assert op.result_object is None and await get_result(nc.jetstream(), op) is None
 
 
 async def test_cancelling_a_running_backtest_stops_it_without_storing_results(
@@ -102,7 +102,7 @@ async def test_cancelling_a_running_backtest_stops_it_without_storing_results(
     assert b'"accepted":true' in reply.data
     done = await wait_status(coordinator, op_id, OpStatus.CANCELLED)
     assert done.cancel_reason == "enough"
-    assert await get_result(nc.jetstream(), op_id) is None
+    assert done.result_object is None and await get_result(nc.jetstream(), done) is None
     await assert_eventually(lambda: not coordinator.registry.workers["bt1"].running)
 
 

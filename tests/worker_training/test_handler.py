@@ -15,11 +15,11 @@ from nats.aio.msg import Msg
 
 from coordinator.app import Coordinator
 from ktrdr.models import list_models, load_model
-from ktrdr.runtime.checkpoints import load_checkpoint
+from ktrdr.runtime.checkpoints import checkpoints_store, load_checkpoint
 from ktrdr.strategy.schema import Training
 from ktrdr.training import load_bundle
 from ktrdr.training.checkpoint import read_checkpoint
-from subjects import names
+from subjects import names, roles
 from subjects.models import OpStatus
 from tests.conftest import MakeWorker, SpawnWorker
 from tests.ktrdr.training.planted import SYMBOL, publish_planted_bars, strategy_yaml
@@ -110,8 +110,9 @@ async def test_cancelling_a_training_stops_it_and_keeps_its_last_epoch(
     assert response.status_code == 202
     op = await wait_status(coordinator, op_id, OpStatus.CANCELLED, timeout=15)
     assert op.cancel_reason == "enough"
-    checkpoint = await load_checkpoint(nc.jetstream(), op_id)
-    assert checkpoint is not None and read_checkpoint(checkpoint)["epoch"] >= 1
+    name = op.checkpoint
+    checkpoint = await load_checkpoint(nc.jetstream(), name) if name else None
+    assert checkpoint is not None and read_checkpoint(checkpoint)["epoch"] >= 1  # kept, to look into
     assert await list_models(nc.jetstream()) == []
 
 
@@ -130,7 +131,9 @@ async def test_a_retried_training_resumes_from_the_killed_workers_checkpoint(
     await assert_eventually(checkpointed, timeout=30, message="no checkpoint from the first worker")
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
-    state = await load_checkpoint(nc.jetstream(), op_id)
+    reported = coordinator.ops.get(op_id).checkpoint  # type: ignore[union-attr]
+    assert reported is not None and reported.startswith(f"{roles.LOCAL_HOST}.{op_id}.1.")
+    state = await load_checkpoint(nc.jetstream(), reported)
     assert state is not None
     saved = read_checkpoint(state)
     await make_worker("heir", capabilities=[names.CAP_TRAINING_CPU], **training_worker(tmp_path, "heir"))
@@ -143,7 +146,13 @@ async def test_a_retried_training_resumes_from_the_killed_workers_checkpoint(
     history = load_bundle(await load_model(nc.jetstream(), "planted")).training_metrics["history"]
     assert [h["epoch"] for h in history] == list(range(1, 41))
     assert history[: saved["epoch"]] == saved["history"]  # the first worker's epochs, carried over
-    assert await load_checkpoint(nc.jetstream(), op_id) is None  # removed once the model is stored
+    # Every checkpoint of the op is deleted once the model is stored.
+    assert op.checkpoint is None
+    await assert_eventually(lambda: _no_checkpoints(nc, op_id), message="checkpoints left after completion")
+
+
+async def _no_checkpoints(nc: Client, op_id: str) -> bool:
+    return await checkpoints_store(nc.jetstream()).list(op_id=op_id) == []
 
 
 async def test_training_goes_to_the_gpu_host_first(

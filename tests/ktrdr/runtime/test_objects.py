@@ -19,7 +19,8 @@ from subjects.limits import MIB
 
 @pytest.fixture
 def results(nc: Client) -> ObjectBucket:
-    return ObjectBucket(js=nc.jetstream(), bucket=names.RESULTS_OBJECTS)
+    """Any object store will do; ``data`` is one every role reads."""
+    return ObjectBucket(js=nc.jetstream(), bucket=names.DATA_OBJECTS)
 
 
 async def test_an_object_of_many_chunks_round_trips_and_nats_py_reads_it_too(results: ObjectBucket,
@@ -28,7 +29,7 @@ async def test_an_object_of_many_chunks_round_trips_and_nats_py_reads_it_too(res
     info = await results.put("op1", blob, description="a result")
     assert info.chunks == 4 and info.size == len(blob)
     assert await results.get("op1") == blob
-    theirs = await (await nc.jetstream().object_store(names.RESULTS_OBJECTS)).get("op1")
+    theirs = await (await nc.jetstream().object_store(names.DATA_OBJECTS)).get("op1")
     assert theirs.data == blob and theirs.info.description == "a result"
 
 
@@ -78,19 +79,19 @@ async def test_replaced_chunks_are_purged_on_the_second_sweep_and_the_object_sti
     await results.put("op1", b"second" * 1000)
     gone = await results.put("op2", b"deleted")
     await results.delete("op2")
-    chunks = f"$O.{names.RESULTS_OBJECTS}.C."
-    suspects = await collect_orphans(js, names.RESULTS_OBJECTS, suspects=set())
+    chunks = f"$O.{names.DATA_OBJECTS}.C."
+    suspects = await collect_orphans(js, names.DATA_OBJECTS, suspects=set())
     assert suspects == {old.nuid, gone.nuid}  # an upload under way looks the same: not purged yet
-    assert await collect_orphans(js, names.RESULTS_OBJECTS, suspects=suspects) == set()
-    left = (await js.stream_info("OBJ_results", subjects_filter=f"{chunks}>")).state.subjects or {}
+    assert await collect_orphans(js, names.DATA_OBJECTS, suspects=suspects) == set()
+    left = (await js.stream_info("OBJ_data", subjects_filter=f"{chunks}>")).state.subjects or {}
     assert {s.removeprefix(chunks) for s in left} == {(await results.info("op1")).nuid}  # type: ignore[union-attr]
     assert await results.get("op1") == b"second" * 1000
 
 
 async def test_a_full_store_refuses_new_writes_and_keeps_what_it_holds(nc: Client) -> None:
     js = nc.jetstream()
-    await ensure_topology(js, lease_ttl_s=5.0, store_limits=StoreLimits(results=1 * MIB))
-    results = ObjectBucket(js=js, bucket=names.RESULTS_OBJECTS)
+    await ensure_topology(js, lease_ttl_s=5.0, store_limits=StoreLimits(data=1 * MIB))
+    results = ObjectBucket(js=js, bucket=names.DATA_OBJECTS)
     kept = await results.put("op1", bytes(600 * 1024))
     with pytest.raises(nats.js.errors.Error):  # what a worker flooding the store gets: an error, not an eviction
         await results.put("op2", bytes(600 * 1024))

@@ -29,11 +29,11 @@ async def test_the_coordinator_recreates_a_deleted_bucket_and_new_ops_complete(
         await make_worker("w1")
         js = nc.jetstream()
         await js.delete_key_value(names.CLAIMS_BUCKET)
-        await js.delete_object_store(names.RESULTS_OBJECTS)
+        await js.delete_stream(names.RESULTS_STREAM)
         op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0, "steps": 1}))
         done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED, OpStatus.FAILED, timeout=20)
         assert done.status is OpStatus.COMPLETED
-        assert await js.key_value(names.CLAIMS_BUCKET) and await js.object_store(names.RESULTS_OBJECTS)
+        assert await js.key_value(names.CLAIMS_BUCKET) and await js.stream_info(names.RESULTS_STREAM)
     finally:
         await bounded(coordinator.stop(), "the coordinator")
     tracebacks = [r for r in caplog.records if r.name == "ktrdr.runtime.worker" and r.exc_info]
