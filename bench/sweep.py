@@ -174,7 +174,7 @@ async def main() -> None:
 
                         await wait_for(leased, 60, f"{n} workers")
                         body = {"strategy": "sma_crossover", "symbol": "BENCH", "timeframe": "1h",
-                                "grid": grid, "metric": "sharpe_ratio", "top": 5,
+                                "grid": grid, "objective": {"metric": "sharpe_ratio"}, "top": 5,
                                 **({"block_size": args.block_size} if args.block_size else {})}
                         # A fleet that has run something: imports done, the dataset fetched and cached.
                         await run_sweep(api, {**body, "grid": {"fast": [5], "slow": [20, 30]}})

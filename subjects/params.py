@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from subjects.fields import TIMEFRAMES
+from subjects.objective import Ranks
 
 
 class DummyParams(BaseModel):
@@ -25,6 +26,9 @@ class DummyParams(BaseModel):
 # The bar timeframes of ktrdr.data.timeframes, spelled here so the wire contract needs no domain code.
 _SYMBOL = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,31}$")
 ParamValue = int | float | str | bool
+# Bars before a backtest's window that only warm its indicators up: a 200-day average on minute bars
+# is under 300,000; more is a mistake, and a memory bill.
+MAX_WARMUP_BARS = 500_000
 
 
 class BacktestParams(BaseModel):
@@ -48,6 +52,9 @@ class BacktestParams(BaseModel):
     model: str | None = Field(default=None, description="neuro-fuzzy: the model as name@version")
     # Equity curves are most of a stored result; a sweep's children leave them out by default.
     include_curves: bool = True
+    warmup_bars: int = Field(default=0, ge=0, le=MAX_WARMUP_BARS,
+                             description="bars before start that only warm the indicators up (no fills, no equity); "
+                                         "fewer when the data begins sooner")
 
     @field_validator("symbol")
     @classmethod
@@ -77,15 +84,13 @@ class BacktestParams(BaseModel):
         return v
 
 
-# Metrics where smaller is better: a sweep ranks them ascending unless told otherwise.
-ASCENDING_METRICS = frozenset({"max_drawdown", "max_drawdown_pct", "volatility_pct", "avg_bars_held"})
 MAX_SWEEP_COMBINATIONS = 10_000
 # A sweep's block: variants one child evaluates together (sized from the live workers' slots).
 MAX_BLOCK_VARIANTS = 2_000
 
 
-class SweepParams(BacktestParams):
-    """``sweep``: every combination of ``grid``, evaluated in blocks, ranked by ``metric``.
+class SweepParams(BacktestParams, Ranks):
+    """``sweep``: every combination of ``grid``, evaluated in blocks, ranked by ``objective``.
 
     ``parameters`` holds overrides every variant shares; each combination is applied on top.
     ``block_size``: variants per child (none: a few blocks per live worker slot). The best
@@ -93,8 +98,6 @@ class SweepParams(BacktestParams):
     """
 
     grid: dict[str, list[ParamValue]] = Field(min_length=1)
-    metric: str = Field(default="sharpe_ratio", min_length=1)
-    descending: bool | None = Field(default=None, description="none: by the metric (drawdowns ascend)")
     top: int = Field(default=10, ge=1, le=1000, description="best variants kept in the op result")
     block_size: int | None = Field(default=None, ge=1, le=MAX_BLOCK_VARIANTS, description="variants per child")
     full_results: int = Field(default=1, ge=0, le=100, description="best variants backtested again in full")
@@ -111,10 +114,6 @@ class SweepParams(BacktestParams):
         if count > MAX_SWEEP_COMBINATIONS:
             raise ValueError(f"{count} combinations; at most {MAX_SWEEP_COMBINATIONS}")
         return v
-
-    @property
-    def ranks_descending(self) -> bool:
-        return self.descending if self.descending is not None else self.metric not in ASCENDING_METRICS
 
     def child_params(self, combination: dict[str, ParamValue]) -> dict[str, object]:
         """The ``backtesting`` params of one combination (JSON-ready)."""

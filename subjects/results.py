@@ -37,6 +37,8 @@ class BacktestSummary(Result):
     model: str | None = None
     model_trained_on: dict[str, str] | None = None
     in_sample_bars: int | None = None
+    # Bars before ``start`` the indicators warmed up on (what the data had of those asked for).
+    warmup_bars: int = 0
 
 
 class TrainingResult(Result):
@@ -74,9 +76,13 @@ class SweepEntry(Result):
 class SweepResult(Result):
     metric: str
     descending: bool
+    objective: dict[str, Any] = Field(default_factory=dict)  # subjects.objective.Objective, in full
     combinations: int
     completed: int
+    eligible: int | None = None  # completed variants that meet the objective (None: before objectives)
     failed: int
     cancelled: int
     best: SweepEntry | None = None
+    # Why there is no best although variants completed: none met the objective (counted by reason).
+    no_best: str | None = None
     top: list[SweepEntry] = Field(default_factory=list)

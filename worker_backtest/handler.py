@@ -26,7 +26,6 @@ import pandas as pd
 
 from ktrdr.backtest import BacktestConfig, run_backtest
 from ktrdr.backtest.block import run_block
-from ktrdr.backtest.sweep import rank
 from ktrdr.data import DataStore
 from ktrdr.data.store import between
 from ktrdr.optypes.backtest_block import BacktestBlockParams, BlockSummary
@@ -85,13 +84,13 @@ class BacktestHandler:
     def __call__(self, ctx: JobContext, p: BacktestParams) -> BacktestSummary:
         strategy = _strategy(p)
         ctx.progress(percentage=0.0, step="data", message=f"loading {p.symbol} {p.timeframe}")
-        bars = self._bars(ctx, p, p.timeframe)
+        bars, warm = self._bars(ctx, p, p.timeframe, warmup=p.warmup_bars)
         ctx.raise_if_cancelled()
         wanted, model = None, None
         if isinstance(strategy, NeuroFuzzyStrategy):
-            wanted, model = self._model_positions(ctx, p, strategy, bars)
+            wanted, model = self._model_positions(ctx, p, strategy, bars, warm)
             ctx.info(**model.to_dict())
-            warning = model.warning(len(bars))
+            warning = model.warning(len(bars) - warm)
             if warning is not None:
                 ctx.warn(warning)
 
@@ -105,16 +104,17 @@ class BacktestHandler:
         config = BacktestConfig(initial_capital=p.capital, commission=p.commission, slippage=p.slippage,
                                 sizing=p.sizing, fraction=p.fraction, close_at_end=p.close_at_end,
                                 timeframe=p.timeframe, symbol=p.symbol)
-        result = run_backtest(bars, strategy, config, cancel=ctx.token, progress=progress, wanted=wanted)
+        result = run_backtest(bars, strategy, config, cancel=ctx.token, progress=progress, wanted=wanted,
+                              trade_from=warm)
         # The engine's last cancellation check can precede its last chunk: do not store a cancelled run.
         ctx.raise_if_cancelled()
         data = result.to_json_bytes(include_curves=p.include_curves)
         size = ctx.call(ctx.results.put(data, description=f"backtest {result.strategy} {p.symbol} {p.timeframe}"))
         return BacktestSummary(strategy=result.strategy, symbol=p.symbol, timeframe=p.timeframe,
-                               start=bars.index[0].isoformat(), end=bars.index[-1].isoformat(),
+                               start=bars.index[warm].isoformat(), end=bars.index[-1].isoformat(),
                                **({} if model is None else model.to_dict()),
                                parameters=result.parameters, metrics=result.metrics,
-                               result_bytes=size, curves=p.include_curves)
+                               result_bytes=size, curves=p.include_curves, warmup_bars=warm)
 
     def run_block(self, ctx: JobContext, p: BacktestBlockParams) -> BlockSummary:
         """A block of a sweep's variants: one data load, shared indicators, one columnar result."""
@@ -126,7 +126,7 @@ class BacktestHandler:
         total = len(variants)
         self._report(ctx, percentage=0.0, step="data", items_done=0, items_total=total,
                      message=f"loading {p.symbol} {p.timeframe}")
-        bars = self._bars(ctx, p, p.timeframe)
+        bars, warm = self._bars(ctx, p, p.timeframe, warmup=p.warmup_bars)
         ctx.raise_if_cancelled()
         last = 0.0
 
@@ -144,26 +144,32 @@ class BacktestHandler:
         config = BacktestConfig(initial_capital=p.capital, commission=p.commission, slippage=p.slippage,
                                 sizing=p.sizing, fraction=p.fraction, close_at_end=p.close_at_end,
                                 timeframe=p.timeframe, symbol=p.symbol)
-        block = run_block(bars, base, variants, config, base=p.parameters, cancel=ctx.token, progress=progress)
+        block = run_block(bars, base, variants, config, base=p.parameters, cancel=ctx.token, progress=progress,
+                          trade_from=warm)
         ctx.raise_if_cancelled()
         data = block.to_json_bytes()
         size = ctx.call(ctx.results.put(data, description=f"sweep block {p.first}..{p.stop} {p.symbol} {p.timeframe}"))
         entries = [{"index": p.first + i, "parameters": variant, "metrics": metrics}
                    for i, variant in enumerate(variants) if (metrics := block.variant_metrics(i)) is not None]
+        met = [e for e in p.objective.rank(entries, base=p.parameters) if e["eligible"]]
         top = [{"index": e["index"], "parameters": e["parameters"], "value": e["metrics"].get(p.metric)}
-               for e in rank(entries, p.metric, descending=p.descending)[: p.top]]
+               for e in met[: p.top]]
         return BlockSummary(first=p.first, stop=p.stop, variants=total, completed=total - len(block.errors),
-                            failed=len(block.errors), result_bytes=size, top=top)
+                            failed=len(block.errors), result_bytes=size, top=top, warmup_bars=warm)
 
     def _report(self, ctx: JobContext, **update: Any) -> None:
         ctx.progress(**update)
         if self.on_progress is not None:
             self.on_progress(ctx, update)
 
-    def _bars(self, ctx: JobContext, p: BacktestParams, timeframe: str) -> pd.DataFrame:
+    def _bars(self, ctx: JobContext, p: BacktestParams, timeframe: str, *, warmup: int = 0,
+              start: pd.Timestamp | None = None) -> tuple[pd.DataFrame, int]:
+        """The window's bars, after up to ``warmup`` bars before it (as many as the data has), and how
+        many of those there are. ``start``: from there instead of ``p.start``."""
         source = self._sync(ctx, p.symbol, timeframe)
         try:
-            bars = between(self._frame(p.symbol, timeframe, source.get("digest")), p.start, p.end)
+            frame = self._frame(p.symbol, timeframe, source.get("digest"))
+            bars = between(frame, start if start is not None else p.start, p.end)
         except FileNotFoundError:
             raise MissingData(f"no data for {p.symbol} {timeframe}: not in the {DATA_OBJECTS!r} bucket nor in "
                               f"{self.store.root}; import it (`ktrdr data import`) or make some "
@@ -174,7 +180,10 @@ class BacktestHandler:
                               f"{_when(p.end, 'the last bar')}: the data covers {_when(info.start, '-')} "
                               f"to {_when(info.end, '-')}")
         ctx.info(**{f"dataset_{timeframe}": {**source, "bars": len(bars)}})
-        return bars
+        if warmup <= 0:
+            return bars, 0
+        before = frame[frame.index < bars.index[0]].iloc[-warmup:]
+        return pd.concat([before, bars]), len(before)
 
     def _frame(self, symbol: str, timeframe: str, digest: str | None) -> pd.DataFrame:
         """The whole dataset, kept in memory by digest across jobs: a sweep's blocks and a
@@ -205,7 +214,7 @@ class BacktestHandler:
         return {"source": "bucket", "object": got.name, "digest": got.digest, "cached": got.cached}
 
     def _model_positions(self, ctx: JobContext, p: BacktestParams, strategy: NeuroFuzzyStrategy,
-                         bars: pd.DataFrame) -> tuple[np.ndarray, ModelUse]:
+                         bars: pd.DataFrame, warm: int) -> tuple[np.ndarray, ModelUse]:
         """A neuro-fuzzy strategy trades its trained model's decisions (+1/0/-1 per base bar)."""
         # Deferred: the training stack (torch) is loaded only by workers that run such strategies.
         from ktrdr.models.registry import parse_model_ref
@@ -219,11 +228,12 @@ class BacktestHandler:
         by_timeframe = {p.timeframe: bars}
         for tf in strategy.training_data.timeframes:
             if tf not in by_timeframe:
-                by_timeframe[tf] = self._bars(ctx, p, tf)
+                # From the first warm-up bar: the other timeframes' features warm up alongside.
+                by_timeframe[tf] = self._bars(ctx, p, tf, start=bars.index[0])[0]
         trained_on = _training_range(found.metadata)
         inside = None
         if trained_on is not None:
-            index = pd.DatetimeIndex(bars.index)
+            index = pd.DatetimeIndex(bars.index[warm:])
             inside = int(((index >= trained_on[0]) & (index <= trained_on[1])).sum())
         return model_positions(bundle, by_timeframe), ModelUse(ref=found.ref, trained_on=trained_on,
                                                                 in_sample_bars=inside)

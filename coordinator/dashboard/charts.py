@@ -12,6 +12,8 @@ import json
 import math
 from typing import Any
 
+from subjects.objective import Objective
+
 MAX_POINTS = 2_000
 MAX_TRADES = 500  # the last ones; the count says how many there were
 MAX_RANKED = 200
@@ -93,9 +95,19 @@ def walkforward(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _described(objective: Any) -> str | None:
+    try:
+        return Objective.model_validate(objective).describe() if objective else None
+    except ValueError:
+        return None
+
+
 def sweep(doc: dict[str, Any]) -> dict[str, Any]:
     ranking = doc.get("ranking", [])
+    objective = doc.get("objective")
     return {"kind": "ranking", "metric": doc.get("metric"), "descending": doc.get("descending"),
+            "objective": _described(objective),
+            "eligible": doc.get("eligible"), "no_best": doc.get("no_best"),
             "combinations": doc.get("combinations"), "completed": doc.get("completed"),
             "failed": len(doc.get("failed", [])), "ranking": ranking[:MAX_RANKED], "ranked": len(ranking)}
 

@@ -79,23 +79,26 @@ class BlockResult:
 def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Mapping[str, ParamValue]],
               config: BacktestConfig, *, base: Mapping[str, ParamValue] | None = None,
               cancel: CancelToken | None = None,
-              progress: Callable[[int, int], None] | None = None) -> BlockResult:
+              progress: Callable[[int, int], None] | None = None, trade_from: int = 0) -> BlockResult:
     """Backtest ``strategy`` with each of ``variants`` (parameters ``{**base, **variant}``) on ``bars``.
 
     A variant the strategy refuses, or whose backtest raises, is recorded in ``errors`` and the block
     goes on. Bars that no variant could be backtested on (none, no open or close column) raise at
     once. ``cancel`` is checked between variants and inside each; ``progress(done, total)`` is called
-    after every variant, so a caller that reports somewhere costly throttles it.
+    after every variant, so a caller that reports somewhere costly throttles it. ``trade_from``: the
+    bars before it only warm the indicators up, as in :func:`ktrdr.backtest.engine.run_backtest`.
     """
     if not isinstance(strategy, RuleStrategy):
         raise TypeError(f"a block evaluates a rule-based strategy, not {type(strategy).__name__}")
     if len(bars) == 0:
         raise ValueError("no bars to backtest")
+    if not 0 <= trade_from < len(bars):
+        raise ValueError(f"trade_from {trade_from} is not one of the {len(bars)} bars")
     variants = list(variants)
     base_params = dict(base or {})
-    timeframe = _timeframe(pd.DatetimeIndex(bars.index), config)
+    timeframe = _timeframe(pd.DatetimeIndex(bars.index[trade_from:]), config)
     ppy = periods_per_year(timeframe)
-    open_, close = _prices(bars)
+    open_, close = _prices(bars.iloc[trade_from:])
     cache = IndicatorCache(bars)
     make = _Variants(strategy)
 
@@ -107,7 +110,7 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
         except Exception as exc:  # one variant's failure is that variant's result
             return f"{type(exc).__name__}: {exc}"
         try:
-            wanted = _rule_positions(variant, bars, cancel=cancel, cache=cache)
+            wanted = _rule_positions(variant, bars, cancel=cancel, cache=cache)[trade_from:]
             sim = simulate(open_, close, wanted, config, cancel=cancel)
             return _clean(_metrics(sim, config=config, close=close, timeframe=timeframe, ppy=ppy))
         except OperationCancelled:
@@ -142,7 +145,7 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
         if isinstance(outcome, dict):
             metric_names.extend(name for name in outcome if name not in metric_names)
     return BlockResult(
-        strategy=strategy.name, bars=len(bars), variants=total, names=names,
+        strategy=strategy.name, bars=len(bars) - trade_from, variants=total, names=names,
         values={name: [row.get(name) for row in rows] for name in names},
         metrics={m: [o.get(m) if isinstance(o, dict) else None for o in outcomes] for m in metric_names},
         errors={i: o for i, o in enumerate(outcomes) if isinstance(o, str)})

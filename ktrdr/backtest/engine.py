@@ -33,8 +33,14 @@ _SIM_PCT = 85.0
 
 def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: BacktestConfig | None = None, *,
                  cancel: CancelToken | None = None, progress: ProgressFn | None = None,
-                 wanted: np.ndarray | None = None, cache: IndicatorCache | None = None) -> BacktestResult:
+                 wanted: np.ndarray | None = None, cache: IndicatorCache | None = None,
+                 trade_from: int = 0) -> BacktestResult:
     """Backtest ``strategy`` on ``bars`` (UTC-indexed OHLCV).
+
+    ``trade_from``: the bars before it only warm the indicators up (``ktrdr.strategy.warmup``): the
+    strategy's positions are computed on every bar, and the backtest (fills, equity, metrics, the
+    result's bars) starts at that bar, holding what the strategy wants there. ``wanted``, when
+    given, covers every bar too.
 
     ``wanted`` (+1/0/-1 after each bar's close) replaces the strategy's own signals: a neuro-fuzzy
     strategy's decisions come from its trained model, computed elsewhere. ``cache``, an
@@ -48,6 +54,10 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
         strategy = load_strategy(strategy)
     if len(bars) == 0:
         raise ValueError("no bars to backtest")
+    if not 0 <= trade_from < len(bars):
+        raise ValueError(f"trade_from {trade_from} is not one of the {len(bars)} bars")
+    warm = bars
+    bars = bars.iloc[trade_from:]
     n = len(bars)
     index = pd.DatetimeIndex(bars.index)
     timeframe = _timeframe(index, config)
@@ -60,11 +70,11 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
     if wanted is None:
         if not isinstance(strategy, RuleStrategy):
             raise ValueError(f"strategy {strategy.name!r} is neuro-fuzzy: pass the model's decisions as wanted=")
-        wanted = _rule_positions(strategy, bars, cancel=cancel, cache=cache)
-    elif len(wanted) != n:
-        raise ValueError(f"wanted has {len(wanted)} values for {n} bars")
+        wanted = _rule_positions(strategy, warm, cancel=cancel, cache=cache)[trade_from:]
+    elif len(wanted) != len(warm):
+        raise ValueError(f"wanted has {len(wanted)} values for {len(warm)} bars")
     else:
-        wanted = np.sign(np.asarray(wanted)).astype(np.int8)
+        wanted = np.sign(np.asarray(wanted)[trade_from:]).astype(np.int8)
         if not getattr(strategy, "allow_short", True):
             wanted = np.maximum(wanted, 0)
 

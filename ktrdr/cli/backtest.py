@@ -25,6 +25,7 @@ from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.optypes.sweep import SWEEP
 from ktrdr.results import get_result
 from subjects.models import Operation, OpStatus
+from subjects.objective import DEFAULT_METRIC, METRICS
 from subjects.params import BacktestParams, SweepParams
 
 backtest_app = typer.Typer(help="Backtests, parameter sweeps and walk-forward analyses on the backtest workers.",
@@ -40,6 +41,26 @@ CostOpt = Annotated[float, typer.Option()]
 SizingOpt = Annotated[str, typer.Option(help="fraction or all_cash.")]
 FractionOpt = Annotated[float, typer.Option(help="Share of equity per entry (sizing fraction).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Strategy parameter override name=value (repeatable).")]
+# The objective: one option set for every command that chooses among variants (subjects.objective).
+MetricOpt = Annotated[str, typer.Option(help="What ranks variants: " + ", ".join(sorted(METRICS)) + ".")]
+DirectionOpt = Annotated[str | None, typer.Option(help="max or min (default: the metric's own; drawdowns min).")]
+MinTradesOpt = Annotated[int, typer.Option("--min-trades", min=0, help="A variant with fewer trades is never "
+                                           "best (0: one that never trades may be).")]
+MaxDrawdownOpt = Annotated[float | None, typer.Option("--max-drawdown", help="A variant whose drawdown is "
+                                                      "deeper (in %) is never best.")]
+CloseAtEndOpt = Annotated[bool, typer.Option("--close-at-end/--no-close-at-end", help="Close a position still "
+                                             "open after a window's last bar at its close (a trade, paying the "
+                                             "exit), or leave it open, marked to market.")]
+WarmupBarsOpt = Annotated[int, typer.Option("--warmup-bars", min=0, help="Bars before --start that only warm "
+                                           "the indicators up (no trades, no equity).")]
+RequireOpt = Annotated[list[str] | None, typer.Option("--require", help="A relation every chosen variant meets: "
+                                                      "'fast < slow', 'fast >= 5' (repeatable).")]
+
+
+def _objective(metric: str, direction: str | None, min_trades: int, max_drawdown: float | None,
+               require: list[str] | None) -> dict[str, Any]:
+    return {"metric": metric, "direction": direction, "min_trades": min_trades,
+            "max_drawdown_pct": max_drawdown, "require": require or []}
 
 
 
@@ -100,9 +121,8 @@ def run(
     overrides: SetOpt = None,
     model: Annotated[str | None, typer.Option(help="Neuro-fuzzy: the model as name@version (default: the latest "
                                                    "version of the strategy's name; the result names it).")] = None,
-    close_at_end: Annotated[bool, typer.Option("--close-at-end/--no-close-at-end", help="Close a position still "
-                                               "open after the last bar at its close (a trade), or leave it open, "
-                                               "marked to market.")] = True,
+    close_at_end: CloseAtEndOpt = True,
+    warmup_bars: WarmupBarsOpt = 0,
     follow_it: FollowOpt = False,
     json: JsonOpt = False,
 ) -> None:
@@ -114,7 +134,7 @@ def run(
     params = _checked(BacktestParams, dict(
         strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
         capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
-        parameters=parameters, model=model, close_at_end=close_at_end))
+        parameters=parameters, model=model, close_at_end=close_at_end, warmup_bars=warmup_bars))
     _submit(BACKTEST.name, params, follow_it=follow_it, json=json)
 
 
@@ -126,7 +146,14 @@ def sweep(
     timeframe: TimeframeOpt = "1h",
     start: StartOpt = None,
     end: EndOpt = None,
-    metric: Annotated[str, typer.Option(help="Metric to rank by.")] = "sharpe_ratio",
+    metric: MetricOpt = DEFAULT_METRIC,
+    direction: DirectionOpt = None,
+    min_trades: MinTradesOpt = 1,
+    max_drawdown: MaxDrawdownOpt = None,
+    require: RequireOpt = None,
+    warmup_bars: WarmupBarsOpt = 0,
+    close_at_end: CloseAtEndOpt = True,
+    overrides: SetOpt = None,
     top: Annotated[int, typer.Option(min=1, help="Best variants kept in the op result.")] = 10,
     full: Annotated[int, typer.Option(min=0, max=100, help="Best variants backtested again in full "
                                                            "(equity curve and trades).")] = 1,
@@ -147,10 +174,18 @@ def sweep(
         grid = parse_grid(param)
     except ValueError as exc:
         fail(f"invalid --param: {exc}")
+    try:
+        parameters = _overrides(overrides)
+    except ValueError as exc:
+        fail(f"invalid {exc}")
+    from ktrdr.optypes.sweep import admit_sweep
+
     params = _checked(SweepParams, dict(
         strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
         capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
-        grid=grid, metric=metric, top=top, full_results=full, block_size=block_size))
+        grid=grid, objective=_objective(metric, direction, min_trades, max_drawdown, require), top=top,
+        full_results=full, block_size=block_size, warmup_bars=warmup_bars, close_at_end=close_at_end,
+        parameters=parameters), admit=admit_sweep)
     op = _submit(SWEEP.name, params, follow_it=follow_it, json=json)
     if follow_it and not json and op.result:
         console.print(_top_table(op.result))
@@ -173,9 +208,16 @@ def walkforward(
     param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="Rule-based: the grid each in-sample fold sweeps, name=start:stop:step or "
                               "name=a,b,c.")] = None,
-    metric: Annotated[str, typer.Option(help="Rule-based: the metric that picks each fold's "
-                                             "variant.")] = "sharpe_ratio",
+    metric: MetricOpt = DEFAULT_METRIC,
+    direction: DirectionOpt = None,
+    min_trades: MinTradesOpt = 1,
+    max_drawdown: MaxDrawdownOpt = None,
+    require: RequireOpt = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Neuro-fuzzy: training epochs per fold.")] = None,
+    close_at_end: CloseAtEndOpt = True,
+    warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="Give each window's backtests the bars "
+                                         "before it that their indicators need (the default), or start each "
+                                         "window cold.")] = True,
     capital: CapitalOpt = 100_000.0,
     commission: CostOpt = 0.001,
     slippage: CostOpt = 0.0005,
@@ -201,12 +243,15 @@ def walkforward(
     params = _checked(WalkForwardParams, dict(
         strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
         in_sample=length(in_sample), out_of_sample=length(out_of_sample), folds=folds, ratio=ratio,
-        mode="anchored" if anchored else "rolling", grid=grid, metric=metric, epochs=epochs, capital=capital,
+        mode="anchored" if anchored else "rolling", grid=grid,
+        objective=_objective(metric, direction, min_trades, max_drawdown, require), epochs=epochs, warmup=warmup,
+        close_at_end=close_at_end, capital=capital,
         commission=commission, slippage=slippage, sizing=sizing, fraction=fraction, parameters=parameters),
         admit=admit_walkforward)
     op = _submit(WALKFORWARD.name, params, follow_it=follow_it, json=json)
     if follow_it and not json and op.result:
         console.print(_folds_table(op.result))
+        console.print(_walkforward_summary(op.result))
 
 
 @backtest_app.command("variant")
@@ -262,9 +307,12 @@ def show(op_id: OpIdArg, trades: Annotated[int, typer.Option(min=0, help="Trades
         return
     if op.type == SWEEP.name:
         console.print(_ranking_table(doc, limit=max(trades, 1)))
+        if doc.get("no_best"):
+            console.print(f"[yellow]no best[/]: {escape(doc['no_best'])}")
         return
     if doc.get("format", "").startswith("ktrdr.walkforward"):
         console.print(_folds_table(doc))
+        console.print(_walkforward_summary(doc))
         console.print(_metrics_table(doc["metrics"]))
         return
     config = doc.get("config", {})
@@ -379,30 +427,59 @@ def _with_times(doc: dict[str, Any]) -> dict[str, Any]:
     return {**doc, "trades": trades}
 
 
+def _objective_text(found: dict[str, Any]) -> str:
+    """The objective a sweep or walk-forward ranked by (its metric alone, for one made before objectives)."""
+    from subjects.objective import Objective
+
+    raw = found.get("objective")
+    return Objective.model_validate(raw).describe() if raw else str(found["metric"])
+
+
 def _ranking_table(doc: dict[str, Any], *, limit: int) -> Table:
     metric = doc["metric"]
-    table = Table(title=f"sweep {doc['sweep']}: {doc['completed']} of {doc['combinations']} ranked by {metric} "
-                        f"({len(doc['failed'])} failed, {doc['cancelled']} cancelled)",
-                  caption="full: the variant backtested again in full (ktrdr backtest show/plot it)")
-    for col in ("rank", "parameters", metric, "return %", "max dd %", "trades", "full"):
+    eligible = doc.get("eligible")
+    met = "" if eligible is None else f", {eligible} meet the objective"
+    table = Table(title=f"sweep {doc['sweep']}: {doc['completed']} of {doc['combinations']} ranked by "
+                        f"{_objective_text(doc)} ({len(doc['failed'])} failed, {doc['cancelled']} cancelled{met})",
+                  caption="full: the variant backtested again in full (ktrdr backtest show/plot it); "
+                          "excluded: why a variant can never be best")
+    for col in ("rank", "parameters", metric, "return %", "max dd %", "trades", "full", "excluded"):
         table.add_column(col)
     for r in doc["ranking"][:limit]:
         m = r["metrics"]
         table.add_row(str(r["rank"]), " ".join(f"{k}={v}" for k, v in r["parameters"].items()), _fmt(m.get(metric)),
                       _fmt(m.get("total_return_pct")), _fmt(m.get("max_drawdown_pct")), _fmt(m.get("trades")),
-                      r.get("op_id") or "-")
+                      r.get("op_id") or "-", r.get("excluded") or "")
     return table
 
 
-def _top_table(result: dict[str, Any]) -> Table:
+def _top_table(result: dict[str, Any]) -> Table | str:
     metric = result["metric"]
-    table = Table(title=f"best {len(result['top'])} of {result['combinations']} by {metric}")
+    if not result["top"] and result.get("no_best"):
+        return f"[yellow]no best of {result['combinations']}[/]: {escape(result['no_best'])}"
+    table = Table(title=f"best {len(result['top'])} of {result['combinations']} by {_objective_text(result)}")
     for col in ("rank", "parameters", metric, "return %", "full"):
         table.add_column(col)
     for r in result["top"]:
         table.add_row(str(r["rank"]), " ".join(f"{k}={v}" for k, v in r["parameters"].items()),
                       _fmt(r.get(metric)), _fmt(r.get("total_return_pct")), r.get("op_id") or "-")
     return table
+
+
+def _walkforward_summary(result: dict[str, Any]) -> str:
+    """Out-of-sample trades pooled, buy-and-hold over the same bars, what the folds agreed on."""
+    stats = result.get("trade_stats") or {}
+    lines = []
+    if stats:
+        lines.append(f"out-of-sample trades: {stats.get('trades')}, win rate {_fmt(stats.get('win_rate'))}, "
+                     f"profit factor {_fmt(stats.get('profit_factor'))}, pnl {_fmt(stats.get('total_pnl'))}; "
+                     f"buy-and-hold over the same bars {_fmt(result.get('buy_and_hold_return_pct'))} %")
+    for name, s in (result.get("stability") or {}).items():
+        lines.append(f"{name}: {' '.join(str(v) for v in s['values'])} (most common {s['most_common']}, "
+                     f"{s['agreement']:.0%} of folds)")
+    if result.get("fold_ends"):
+        lines.append(f"positions at fold ends: {result['fold_ends']}")
+    return escape("\n".join(lines))
 
 
 def _folds_table(result: dict[str, Any]) -> Table:
@@ -415,12 +492,12 @@ def _folds_table(result: dict[str, Any]) -> Table:
     table.add_column("fold", justify="right")
     table.add_column("oos from", no_wrap=True)
     table.add_column("chosen")
-    for col in ("is", "oos", "is ann%", "oos ann%"):
+    for col in ("is", "oos", "is ann%", "oos ann%", "warm-up"):
         table.add_column(col, justify="right", no_wrap=True)
     for row in result["folds"]:
         chosen = " ".join(f"{k}={v}" for k, v in row["chosen"].items())
         table.add_row(str(row["fold"]), row["out_start"][:10], chosen,
                       _fmt(row["in_sample"].get(metric)), _fmt(row["out_of_sample"].get(metric)),
                       _fmt(row["in_sample"].get("annualized_return_pct")),
-                      _fmt(row["out_of_sample"].get("annualized_return_pct")))
+                      _fmt(row["out_of_sample"].get("annualized_return_pct")), str(row.get("warmup_bars", "-")))
     return table

@@ -18,16 +18,15 @@ from pydantic import Field, model_validator
 from ktrdr.backtest.sweep import combinations
 from ktrdr.optypes.defn import OpType, declare, on
 from subjects import names
+from subjects.objective import Ranks
 from subjects.params import MAX_BLOCK_VARIANTS, MAX_SWEEP_COMBINATIONS, BacktestParams, ParamValue
 from subjects.results import Result
 
 
-class BacktestBlockParams(BacktestParams):
+class BacktestBlockParams(BacktestParams, Ranks):
     grid: dict[str, list[ParamValue]] = Field(min_length=1)
     first: int = Field(ge=0, description="the block's first variant: its position in the grid's combinations")
     stop: int = Field(gt=0, description="one past the block's last variant")
-    metric: str = Field(default="sharpe_ratio", min_length=1, description="what ranks the block's best")
-    descending: bool = True
     top: int = Field(default=0, ge=0, le=1000, description="the block's best variants named in its result")
     include_curves: bool = False
 
@@ -55,10 +54,11 @@ class BlockSummary(Result):
     completed: int
     failed: int
     result_bytes: int
-    # The block's best ``top`` by ``metric``, best first, ties in grid order: the sweep's best
-    # ``top`` are among its blocks' (how the sweep picks what to backtest in full before reading
-    # every block's result).
+    # The block's best ``top`` by its objective (only variants that meet it), best first, ties in
+    # grid order: the sweep's best ``top`` are among its blocks' (how the sweep picks what to
+    # backtest in full before reading every block's result).
     top: list[dict[str, Any]] = Field(default_factory=list)  # {"index", "parameters", "value"}
+    warmup_bars: int = 0  # bars before the block's window its indicators warmed up on
 
 
 BACKTEST_BLOCK = declare(OpType(

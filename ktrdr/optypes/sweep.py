@@ -1,4 +1,4 @@
-"""``sweep``: every combination of a parameter grid backtested, ranked by a metric.
+"""``sweep``: every combination of a parameter grid backtested, ranked by an objective.
 
 Run by the coordinator's parent runner. The combinations are split into blocks, a few per live
 backtest worker slot (``block_size`` overrides), each one ``backtest_block`` child that loads the
@@ -6,7 +6,8 @@ data once and shares indicators across its variants; 10,000 variants make tens o
 10,000. The best few are then backtested again in full (equity curve and trades, under their own
 op ids); any other variant is one ``ktrdr backtest run --set ...`` away. The top entries go in the
 parent's result; the whole ranking (every variant's parameters and metrics, failures) in the
-``results`` store under the parent's id.
+``results`` store under the parent's id. Only a variant that meets the objective's constraints
+(``subjects.objective``) can be best; when none does, there is no best and the result says why.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
 from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
 from subjects import names
 from subjects.models import OpStatus
+from subjects.objective import Objective, summarise_exclusions
 from subjects.params import MAX_BLOCK_VARIANTS, BacktestParams, SweepParams
 from subjects.results import SweepResult
 
@@ -47,7 +49,17 @@ def admit_sweep(params: SweepParams) -> SweepParams:
     if not isinstance(strategy, RuleStrategy):
         raise Rejected("strategy", f"{strategy.name} is neuro-fuzzy: its decisions come from its model; a sweep "
                                    "varies a rule-based strategy's parameters (a walk-forward trains per fold)")
+    check_relations(params.objective, params.grid, params.parameters)
     return params
+
+
+def check_relations(objective: Objective, grid: Mapping[str, Any], parameters: Mapping[str, Any]) -> None:
+    """Every parameter a relation names must vary in the grid or be set for every variant: a
+    relation on anything else could never be checked, and would exclude every variant."""
+    unknown = sorted(objective.parameter_names() - set(grid) - set(parameters))
+    if unknown:
+        raise Rejected("objective.require", f"{', '.join(unknown)}: not a parameter of the grid or of the "
+                                            f"shared parameters ({', '.join(sorted({*grid, *parameters}))})")
 
 
 BLOCKS_PER_SLOT = 4  # a slow or lost worker then costs a quarter of its share, not all of it
@@ -106,7 +118,7 @@ class SweepPlan:
         base = params.model_dump(mode="json", exclude=set(SweepParams.model_fields) - set(BacktestParams.model_fields))
         return [Child(key=f"b{n}", type=BACKTEST_BLOCK, params=BacktestBlockParams.model_validate({
                     **base, "grid": params.grid, "first": first, "stop": min(first + size, variants),
-                    "metric": params.metric, "descending": params.ranks_descending,
+                    "objective": params.objective.model_dump(mode="json"),
                     "top": max(params.top, params.full_results), "include_curves": False}))
                 for n, first in enumerate(range(0, variants, size))]
 
@@ -144,28 +156,33 @@ class SweepPlan:
                     entries.append({"index": first + i, "parameters": parameters, "metrics": metrics,
                                     "block": block.op_id})
         ranked = [{"rank": i + 1, **r} for i, r in
-                  enumerate(rank(entries, params.metric, descending=params.ranks_descending))]
+                  enumerate(params.objective.rank(entries, base=params.parameters))]
         for r in ranked:
             again = full.get(_key({**params.parameters, **r["parameters"]}))
             r["op_id"] = again.op_id if again is not None and again.completed else None
         variants = int(prepared["variants"])
+        met = [r for r in ranked if r["eligible"]]
+        no_best = None if met or not ranked else (
+            f"no variant met the objective ({params.objective.describe()}): {summarise_exclusions(ranked)}")
         doc = {"format": RANKING_FORMAT, "sweep": env.op_id, "metric": params.metric,
-               "descending": params.ranks_descending, "grid": params.grid, "combinations": variants,
+               "descending": params.ranks_descending, "objective": params.objective.model_dump(mode="json"),
+               "eligible": len(met), "no_best": no_best, "grid": params.grid, "combinations": variants,
                "blocks": len(blocks), "completed": len(entries), "failed": failed, "cancelled": cancelled,
                "ranking": ranked}
         top = [{"rank": r["rank"], "index": r["index"], "op_id": r["op_id"], "parameters": r["parameters"],
                 params.metric: r["metrics"].get(params.metric),
                 **{k: r["metrics"].get(k) for k in SUMMARY_METRICS if k != params.metric}}
-               for r in ranked[: params.top]]
+               for r in met[: params.top]]
         summary = SweepResult.model_validate({
-            "metric": params.metric, "descending": params.ranks_descending, "combinations": variants,
-            "completed": len(entries), "failed": len(failed), "cancelled": cancelled,
-            "best": top[0] if top else None, "top": top})
+            "metric": params.metric, "descending": params.ranks_descending,
+            "objective": params.objective.model_dump(mode="json"), "combinations": variants,
+            "completed": len(entries), "eligible": len(met), "failed": len(failed), "cancelled": cancelled,
+            "best": top[0] if top else None, "top": top, "no_best": no_best})
         error = None
         if not entries:
             first_error = failed[0]["error"] if failed else "cancelled"
             error = f"none of the {variants} backtests completed; first error: {first_error}"
-        return Reduced(result=summary, error=error, description=f"sweep ranking by {params.metric}",
+        return Reduced(result=summary, error=error, description=f"sweep ranking by {params.objective.describe()}",
                        document=json.dumps(doc, separators=(",", ":"), allow_nan=False).encode())
 
 

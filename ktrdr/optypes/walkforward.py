@@ -21,12 +21,14 @@ included, in the ``results`` store (``ktrdr backtest plot`` draws it with the fo
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from ktrdr.backtest.checks import RequestProblem, check_strategy
@@ -35,17 +37,20 @@ from ktrdr.backtest.walkforward import (
     MAX_FOLDS,
     Fold,
     make_folds,
+    parameter_stability,
     stitch,
     stitched_metrics,
+    trade_statistics,
     walk_forward_efficiency,
 )
 from ktrdr.durations import parse_duration
 from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
 from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
-from ktrdr.optypes.sweep import SWEEP
+from ktrdr.optypes.sweep import SWEEP, check_relations
 from ktrdr.optypes.training import TRAINING
 from subjects.models import OpStatus
+from subjects.objective import Ranks
 from subjects.params import BacktestParams, ParamValue, SweepParams
 from subjects.results import Result
 from subjects.training import TrainingParams
@@ -53,10 +58,10 @@ from subjects.training import TrainingParams
 FORMAT = "ktrdr.walkforward.result/1"
 Approach = Literal["grid", "training"]
 # The metrics each fold's row keeps, beside the ranking metric (the full ones are in the children).
-FOLD_METRICS = ("total_return_pct", "annualized_return_pct", "sharpe_ratio", "max_drawdown_pct", "trades")
+FOLD_METRICS = ("total_return_pct", "annualized_return_pct", "sharpe_ratio", "max_drawdown_pct", "trades", "bars")
 
 
-class WalkForwardParams(BacktestParams):
+class WalkForwardParams(BacktestParams, Ranks):
     """A backtest's fields (strategy, symbol, range, costs, sizing, shared ``parameters``) plus the
     folds and how each fold's in-sample part chooses. ``approach`` is filled by admission from the
     strategy: ``grid`` (rule-based, needs ``grid``) or ``training`` (neuro-fuzzy)."""
@@ -67,8 +72,8 @@ class WalkForwardParams(BacktestParams):
     folds: int | None = Field(default=None, ge=1, le=MAX_FOLDS, description="instead of the lengths")
     ratio: float = Field(default=4.0, gt=0, le=100, description="in-sample:out-of-sample bars with folds")
     grid: dict[str, list[ParamValue]] | None = Field(default=None, description="rule-based: the sweep grid")
-    metric: str = Field(default="sharpe_ratio", min_length=1)
-    descending: bool | None = None
+    warmup: bool = Field(default=True, description="give every window's backtests the bars before it that "
+                                                   "their indicators need (false: each window starts cold)")
     epochs: int | None = Field(default=None, ge=1, le=100_000, description="neuro-fuzzy: training epochs")
     seed: int | None = Field(default=None, ge=0)
     approach: Approach | None = None
@@ -100,7 +105,9 @@ class WalkForwardParams(BacktestParams):
         return self
 
     def _backtest_fields(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", include=set(BacktestParams.model_fields) - {"model", "include_curves"})
+        # Warm-up bars are the walk-forward's to set per window (``warmup``), not one number for all.
+        return self.model_dump(mode="json",
+                               include=set(BacktestParams.model_fields) - {"model", "include_curves", "warmup_bars"})
 
     def backtest(self, *, start: str, end: str, **fields: Any) -> BacktestParams:
         return BacktestParams.model_validate({**self._backtest_fields(), "start": start, "end": end,
@@ -121,14 +128,25 @@ class FoldRow(Result):
     chosen: dict[str, Any]  # the best grid variant's parameters, or {"model": "name@version"}
     in_sample: dict[str, Any]
     out_of_sample: dict[str, Any]
+    # Bars before the out-of-sample window its backtest's indicators warmed up on (0: it started cold).
+    warmup_bars: int = 0
 
 
 class WalkForwardResult(Result):
     approach: Approach
     metric: str
+    objective: dict[str, Any] = Field(default_factory=dict)  # what chose each fold's variant
     folds: list[FoldRow]
     metrics: dict[str, Any]  # of the stitched out-of-sample curve
     efficiency: float | None
+    # What happened at each fold's end to a position still open: closed at the last close, paying
+    # its exit, or left open (marked to market: the stitched curve never pays that exit).
+    fold_ends: str = ""
+    # Every out-of-sample trade of every fold together, and buy-and-hold over the same bars.
+    trade_stats: dict[str, Any] = Field(default_factory=dict)
+    buy_and_hold_return_pct: float | None = None
+    # Per parameter: what the folds chose and how much they agreed (grid approach).
+    stability: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 def admit_walkforward(params: WalkForwardParams) -> WalkForwardParams:
@@ -149,6 +167,7 @@ def admit_walkforward(params: WalkForwardParams) -> WalkForwardParams:
         return params.model_copy(update={"approach": "training"})
     if not params.grid:
         raise Rejected("grid", f"{strategy.name} is rule-based: give the grid each in-sample fold sweeps")
+    check_relations(params.objective, params.grid, params.parameters)
     return params.model_copy(update={"approach": "grid"})
 
 
@@ -175,7 +194,8 @@ class WalkForwardPlan:
                            out_of_sample=None if params.out_of_sample is None else parse_length(params.out_of_sample),
                            folds=params.folds, ratio=params.ratio)
         # A model name per walk-forward: its folds' versions do not become the strategy's "latest".
-        return {"folds": [f.to_dict() for f in folds], "bars": len(index), "model_name": f"wf-{env.op_id}"[:64]}
+        return {"folds": [f.to_dict() for f in folds], "bars": len(index), "model_name": f"wf-{env.op_id}"[:64],
+                "warmup_bars": grid_warmup(params) if params.warmup else 0}
 
     def plan(self, params: WalkForwardParams, prepared: Mapping[str, Any],
              children: Mapping[str, ChildState]) -> Decision:
@@ -189,6 +209,11 @@ class WalkForwardPlan:
         for fold, child in zip(folds, selection, strict=True):
             if not children[child.key].completed:
                 return _failure(children[child.key], f"fold {fold.index}: the in-sample {child.type.name}")
+            chosen = children[child.key].result or {}
+            if params.approach == "grid" and not chosen.get("best"):
+                # Never the first variant, or the strategy's defaults, in its place.
+                return Fail(f"fold {fold.index}: the in-sample sweep {children[child.key].op_id} chose nothing: "
+                            f"{chosen.get('no_best') or 'no variant completed with a value to rank by'}")
         tests = [c for f in folds for c in self._tests(params, f, children[f"f{f.index}is"])]
         for child in tests:
             state = children.get(child.key)
@@ -205,9 +230,11 @@ class WalkForwardPlan:
                                       end=fold.in_end, model_name=prepared["model_name"], epochs=params.epochs,
                                       seed=params.seed)
             return Child(key=f"f{fold.index}is", type=TRAINING, params=training)
-        sweep = SweepParams.model_validate({**params.backtest(start=start, end=end).model_dump(mode="json"),
-                                            "grid": params.grid, "metric": params.metric,
-                                            "descending": params.descending, "top": 3, "full_results": 0,
+        sweep = SweepParams.model_validate({**params.backtest(start=start, end=end,
+                                                              warmup_bars=prepared.get("warmup_bars", 0)
+                                                              ).model_dump(mode="json"),
+                                            "grid": params.grid, "objective": params.objective.model_dump(mode="json"),
+                                            "top": 3, "full_results": 0,
                                             "include_curves": False})
         return Child(key=f"f{fold.index}is", type=SWEEP, params=sweep)
 
@@ -217,22 +244,25 @@ class WalkForwardPlan:
         if params.approach == "training":
             model = str(result.get("model"))
             inside = (fold.in_start.isoformat(), fold.in_end.isoformat())
+            warm = warmup_of(params.strategy, params.parameters) if params.warmup else 0
             return [Child(key=f"f{fold.index}isbt", type=BACKTEST,
-                          params=params.backtest(start=inside[0], end=inside[1], model=model)),
+                          params=params.backtest(start=inside[0], end=inside[1], model=model, warmup_bars=warm)),
                     Child(key=f"f{fold.index}oos", type=BACKTEST,
-                          params=params.backtest(start=out[0], end=out[1], model=model))]
+                          params=params.backtest(start=out[0], end=out[1], model=model, warmup_bars=warm))]
         best = (result.get("best") or {}).get("parameters") or {}
+        chosen = {**params.parameters, **best}
+        warm = warmup_of(params.strategy, chosen) if params.warmup else 0
         return [Child(key=f"f{fold.index}oos", type=BACKTEST,
-                      params=params.backtest(start=out[0], end=out[1],
-                                             parameters={**params.parameters, **best}))]
+                      params=params.backtest(start=out[0], end=out[1], parameters=chosen, warmup_bars=warm))]
 
     async def reduce(self, params: WalkForwardParams, prepared: Mapping[str, Any],
                      children: Mapping[str, ChildState], env: ParentEnv) -> Reduced:
         folds = [_fold(f) for f in prepared["folds"]]
         rows: list[FoldRow] = []
         curves: list[tuple[np.ndarray, np.ndarray]] = []
-        ann_in: list[float | None] = []
-        ann_out: list[float | None] = []
+        in_windows: list[tuple[float | None, int | None]] = []
+        trades: list[dict[str, Any]] = []
+        hold = 1.0
         for fold in folds:
             chosen = children[f"f{fold.index}is"]
             oos = children[f"f{fold.index}oos"]
@@ -248,23 +278,84 @@ class WalkForwardPlan:
                 return Reduced(error=f"fold {fold.index}: the out-of-sample backtest {oos.op_id} stored no result")
             curve = BacktestResult.from_json_bytes(document)
             curves.append((curve.index_ns, curve.equity))
-            ann_in.append(in_metrics.get("annualized_return_pct"))
-            ann_out.append(out_metrics.get("annualized_return_pct"))
+            trades += [{"fold": fold.index, **trade} for trade in _trades(curve)]
+            if len(curve.benchmark) and curve.benchmark[0] > 0:
+                hold *= float(curve.benchmark[-1] / curve.benchmark[0])
+            in_windows.append((in_metrics.get("total_return_pct"), in_metrics.get("bars")))
             keep = (params.metric, *FOLD_METRICS)
             rows.append(FoldRow(fold=fold.index, **{k: v for k, v in fold.to_dict().items() if k != "index"},
                                 chosen=pick, in_sample={k: in_metrics.get(k) for k in keep},
-                                out_of_sample={k: out_metrics.get(k) for k in keep}))
+                                out_of_sample={k: out_metrics.get(k) for k in keep},
+                                warmup_bars=int((oos.result or {}).get("warmup_bars") or 0)))
         index_ns, equity = stitch(curves, initial_capital=params.capital)
         metrics = stitched_metrics(index_ns, equity, initial_capital=params.capital, timeframe=params.timeframe)
         assert params.approach is not None
-        result = WalkForwardResult(approach=params.approach, metric=params.metric, folds=rows,
-                                   metrics=_finite(metrics), efficiency=walk_forward_efficiency(ann_in, ann_out))
+        result = WalkForwardResult(approach=params.approach, metric=params.metric,
+                                   objective=params.objective.model_dump(mode="json"), folds=rows,
+                                   fold_ends=("closed at each fold's last close, paying the exit" if params.close_at_end
+                                              else "left open at each fold's end, marked to market: the stitched "
+                                                   "curve never pays those exits"),
+                                   trade_stats=trade_statistics([t["pnl"] for t in trades]),
+                                   buy_and_hold_return_pct=100.0 * (hold - 1.0) if curves else None,
+                                   stability=parameter_stability([r.chosen for r in rows])
+                                   if params.approach == "grid" else {},
+                                   metrics=_finite(metrics), efficiency=walk_forward_efficiency(
+                                       in_windows, (metrics.get("total_return_pct"), metrics.get("bars"))))
         doc = {"format": FORMAT, "walkforward": env.op_id, "symbol": params.symbol, "timeframe": params.timeframe,
                "strategy": params.strategy if len(params.strategy) <= 200 else "(inline YAML)",
-               **result.model_dump(mode="json"), "fold_windows": prepared["folds"],
+               **result.model_dump(mode="json"), "fold_windows": prepared["folds"], "trades": trades,
                "index_ns": index_ns.tolist(), "equity": equity.tolist()}
         return Reduced(result=result, document=json.dumps(doc, separators=(",", ":"), allow_nan=False).encode(),
                        description=f"walk-forward {params.symbol} {params.timeframe}: {len(folds)} folds")
+
+
+def _trades(result: BacktestResult) -> list[dict[str, Any]]:
+    """A backtest's trades as rows, with their entry and exit times."""
+    index, last = result.index_ns, len(result.index_ns) - 1
+    rows = []
+    for i in range(len(result.trades.get("pnl", []))):
+        row = {k: v[i].item() for k, v in result.trades.items()}
+        # A close at the end fills on the last bar (its exit bar is one past it).
+        for key in ("entry", "exit"):
+            row[f"{key}_time"] = pd.Timestamp(int(index[min(row[f"{key}_bar"], last)]), tz="UTC").isoformat()
+        rows.append(row)
+    return rows
+
+
+@functools.lru_cache(maxsize=256)
+def _warmup(strategy: str, parameters: str) -> int:
+    from ktrdr.strategy import load_strategy, with_parameters
+    from ktrdr.strategy.warmup import warmup_bars
+
+    overrides = json.loads(parameters)
+    loaded = load_strategy(strategy)
+    return warmup_bars(with_parameters(loaded, overrides) if overrides else loaded)
+
+
+def warmup_of(strategy: str, parameters: Mapping[str, Any]) -> int:
+    """The bars ``strategy`` with ``parameters`` needs before a window (``ktrdr.strategy.warmup``)."""
+    return _warmup(strategy, json.dumps(dict(parameters), sort_keys=True))
+
+
+def grid_warmup(params: WalkForwardParams) -> int:
+    """The most any variant of the grid needs: every numeric parameter at its largest value (periods),
+    and each variant's own need when that combination is not one the strategy accepts."""
+    if not params.grid:
+        return warmup_of(params.strategy, params.parameters)
+    largest = {name: max(values) if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+               else values[0] for name, values in params.grid.items()}
+    try:
+        return warmup_of(params.strategy, {**params.parameters, **largest})
+    except ValueError:
+        from ktrdr.backtest.sweep import combinations
+
+        needs = []
+        for combination in combinations(params.grid):
+            try:
+                needs.append(warmup_of(params.strategy, {**params.parameters, **combination}))
+            except ValueError:
+                continue
+        return max(needs, default=0)
 
 
 async def _best_metrics(env: ParentEnv, sweep_id: str) -> dict[str, Any]:

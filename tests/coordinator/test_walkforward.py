@@ -251,3 +251,48 @@ async def test_a_walkforward_loses_nothing_when_a_worker_holding_its_child_is_ki
     assert retried is not None and retried.status is OpStatus.COMPLETED
     assert retried.attempt == 2 and retried.worker_id == "bt1"
     assert any("victim lost" in w for w in retried.warnings), retried.warnings
+
+
+async def test_every_window_warms_up_on_the_bars_its_variant_needs_unless_told_not_to(
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker, nc: Client,
+        tmp_path: Path) -> None:
+    await publish(nc, tmp_path / "pub", "WFA", planted())
+    await backtest_worker(make_worker, "bt1", tmp_path / "bt1")
+    warm = await run_walkforward(api, coordinator, params())
+    children = {c.op_id.rsplit("-", 1)[-1]: c for c in descendants(coordinator, warm.op_id)}
+    assert warm.result is not None
+    for fold in warm.result["folds"]:
+        oos = children[f"f{fold['fold']}oos"]
+        # A crossover needs its slow average: as many bars as its period, before the window.
+        assert fold["warmup_bars"] == oos.params["warmup_bars"] == fold["chosen"]["slow"]
+        assert oos.result is not None and oos.result["start"] == fold["out_start"]
+        insample = children[f"f{fold['fold']}is"]
+        assert insample.params["warmup_bars"] == max(GRID["slow"])  # the grid's slowest, for every variant
+    cold = await run_walkforward(api, coordinator, params(warmup=False))
+    assert cold.result is not None and [f["warmup_bars"] for f in cold.result["folds"]] == [0, 0, 0]
+    assert all(c.params.get("warmup_bars", 0) == 0 for c in descendants(coordinator, cold.op_id)
+               if c.type in ("backtesting", "sweep"))
+
+
+async def test_the_result_pools_out_of_sample_trades_buy_and_hold_and_what_the_folds_chose(
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker, nc: Client,
+        tmp_path: Path) -> None:
+    await publish(nc, tmp_path / "pub", "WFA", planted())
+    await backtest_worker(make_worker, "bt1", tmp_path / "bt1")
+    done = await run_walkforward(api, coordinator, params(close_at_end=False))
+    js = nc.jetstream()
+    doc = json.loads(await get_result(js, done) or b"{}")
+    oos = sorted((c for c in descendants(coordinator, done.op_id) if c.op_id.endswith("oos")),
+                 key=lambda c: c.op_id)
+    pnl, hold = [], 1.0
+    for child in oos:
+        result = BacktestResult.from_json_bytes(await get_result(js, child) or b"")
+        pnl += result.trades["pnl"].tolist()
+        hold *= result.benchmark[-1] / result.benchmark[0]
+    assert [t["pnl"] for t in doc["trades"]] == pnl and doc["trade_stats"]["trades"] == len(pnl)
+    assert doc["trade_stats"]["total_pnl"] == pytest.approx(sum(pnl))
+    assert all(t["entry_time"] <= t["exit_time"] for t in doc["trades"])
+    assert doc["buy_and_hold_return_pct"] == pytest.approx(100 * (hold - 1))
+    chosen = [f["chosen"] for f in doc["folds"]]
+    assert doc["stability"]["fast"]["values"] == [c["fast"] for c in chosen]
+    assert doc["fold_ends"].startswith("left open at each fold's end")

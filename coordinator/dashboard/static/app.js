@@ -453,10 +453,13 @@ function rankingTable(view) {
     h("td", { class: "num" }, fmt(r.metrics && r.metrics[metric])),
     h("td", { class: "num" }, fmt(r.metrics && r.metrics.total_return_pct)),
     h("td", { class: "num" }, fmt(r.metrics && r.metrics.max_drawdown_pct)),
-    h("td", { class: "num" }, fmt(r.metrics && r.metrics.trades)), h("td", {}, r.op_id ? opLink(r.op_id) : "–")));
-  return h("div", {}, h("h2", {}, `Ranking by ${metric} (${fmt(view.completed)} of ${fmt(view.combinations)} variants, ${fmt(view.failed)} failed)`),
+    h("td", { class: "num" }, fmt(r.metrics && r.metrics.trades)), h("td", {}, r.op_id ? opLink(r.op_id) : "–"),
+    h("td", {}, r.excluded || "")));
+  const met = view.eligible === null || view.eligible === undefined ? "" : `, ${fmt(view.eligible)} meet the objective`;
+  return h("div", {}, h("h2", {}, `Ranking by ${view.objective || metric} (${fmt(view.completed)} of ${fmt(view.combinations)} variants, ${fmt(view.failed)} failed${met})`),
+           view.no_best ? h("p", { class: "warning", id: "no-best" }, `No best: ${view.no_best}`) : null,
            table([{ label: "rank", num: true }, "parameters", { label: metric, num: true }, { label: "return %", num: true },
-                  { label: "max dd %", num: true }, { label: "trades", num: true }, "full run"], rows, { id: "ranking" }));
+                  { label: "max dd %", num: true }, { label: "trades", num: true }, "full run", "excluded"], rows, { id: "ranking" }));
 }
 
 function trainingCharts(view) {

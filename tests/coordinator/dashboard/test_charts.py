@@ -51,3 +51,17 @@ def test_a_sweep_shows_the_top_of_its_ranking_and_a_walkforward_its_folds() -> N
                              "fold_windows": [{"out_start": "2020-01-02T00:00:00+00:00"}],
                              "index_ns": [0, 10**9], "equity": [1.0, 2.0], "efficiency": 0.5}).encode())
     assert walk["kind"] == "folds" and walk["curves"]["equity"] == [1.0, 2.0]
+
+
+def test_a_sweep_shows_its_objective_and_why_there_is_no_best() -> None:
+    ranking = [{"rank": 1, "parameters": {"fast": 20}, "metrics": {"trades": 0}, "eligible": False,
+                "excluded": "fewer than 1 trade (0)"}]
+    view = chart(json.dumps({"format": "ktrdr.sweep.ranking/1", "metric": "sharpe_ratio", "ranking": ranking,
+                             "objective": {"metric": "sharpe_ratio", "min_trades": 1}, "eligible": 0,
+                             "no_best": "no variant met the objective", "failed": [], "combinations": 1,
+                             "completed": 1}).encode())
+    assert view["objective"] == "sharpe_ratio (max), at least 1 trade"
+    assert (view["eligible"], view["no_best"]) == (0, "no variant met the objective")
+    assert view["ranking"][0]["excluded"] == "fewer than 1 trade (0)"
+    before = chart(json.dumps({"format": "ktrdr.sweep.ranking/1", "metric": "sharpe_ratio", "ranking": []}).encode())
+    assert before["objective"] is None and before["no_best"] is None

@@ -14,9 +14,11 @@ from ktrdr.backtest.walkforward import (
     Fold,
     FoldError,
     make_folds,
+    parameter_stability,
     plot_walkforward,
     stitch,
     stitched_metrics,
+    trade_statistics,
     walk_forward_efficiency,
 )
 from ktrdr.data.timeframes import periods_per_year
@@ -267,22 +269,28 @@ def test_stitched_metrics_use_compute_metrics_definitions_and_the_engines_annual
     assert "trades" not in m and "buy_and_hold_return_pct" not in m and "exposure" not in m
 
 
-def test_efficiency_is_mean_out_of_sample_over_mean_in_sample() -> None:
-    assert walk_forward_efficiency([20.0, 40.0], [10.0, 5.0]) == pytest.approx(7.5 / 30.0)
+def test_efficiency_is_the_out_of_sample_return_per_bar_over_the_in_sample_one() -> None:
+    # In sample: +10 % over 101 bars and +21 % over 201 bars, pooled: ln(1.1 * 1.21) / 300 per bar.
+    # Out of sample, stitched: +5 % over 151 bars.
+    per_bar_in = math.log(1.1 * 1.21) / 300
+    per_bar_out = math.log(1.05) / 150
+    assert walk_forward_efficiency([(10.0, 101), (21.0, 201)], (5.0, 151)) == pytest.approx(per_bar_out / per_bar_in)
 
 
-def test_efficiency_ignores_folds_with_a_missing_return() -> None:
-    assert walk_forward_efficiency([20.0, None, 40.0, 10.0], [10.0, 99.0, 5.0, None]) == pytest.approx(7.5 / 30.0)
-    assert walk_forward_efficiency([20.0, float("nan")], [10.0, 1.0]) == pytest.approx(0.5)
+def test_efficiency_has_the_sign_of_the_stitched_result_and_annualises_nothing() -> None:
+    # Short folds: a small out-of-sample loss stays a small negative efficiency.
+    assert walk_forward_efficiency([(3.0, 556)], (-2.49, 556)) == pytest.approx(
+        math.log(0.9751) / math.log(1.03))
+    assert walk_forward_efficiency([(3.0, 556), (4.0, 556)], (-0.5, 1111)) < 0
 
 
-def test_efficiency_is_none_without_usable_folds_or_a_non_positive_in_sample_mean() -> None:
-    assert walk_forward_efficiency([], []) is None
-    assert walk_forward_efficiency([None, 10.0], [5.0, None]) is None
-    assert walk_forward_efficiency([-10.0, 5.0], [3.0, 3.0]) is None
-    assert walk_forward_efficiency([0.0], [3.0]) is None
-    with pytest.raises(ValueError):
-        walk_forward_efficiency([1.0, 2.0], [1.0])
+def test_efficiency_leaves_out_unusable_folds_and_is_none_without_a_positive_in_sample_return() -> None:
+    assert walk_forward_efficiency([(10.0, 101), (None, 50), (5.0, 1), (-100.0, 50)], (5.0, 151)) == pytest.approx(
+        (math.log(1.05) / 150) / (math.log(1.1) / 100))
+    assert walk_forward_efficiency([], (5.0, 151)) is None
+    assert walk_forward_efficiency([(10.0, 101)], (None, None)) is None
+    assert walk_forward_efficiency([(-10.0, 101), (5.0, 101)], (3.0, 101)) is None
+    assert walk_forward_efficiency([(0.0, 101)], (3.0, 101)) is None
 
 
 def test_plot_writes_a_non_empty_png(tmp_path: Path) -> None:
@@ -298,3 +306,18 @@ def test_plot_writes_a_non_empty_png(tmp_path: Path) -> None:
     assert path == tmp_path / "wf.png"
     data = path.read_bytes()
     assert len(data) > 1000 and data.startswith(b"\x89PNG")
+
+
+def test_trade_statistics_of_pooled_out_of_sample_trades() -> None:
+    stats = trade_statistics([10.0, -5.0, 20.0, -5.0])
+    assert stats == {"trades": 4, "winning_trades": 2, "losing_trades": 2, "win_rate": 0.5, "profit_factor": 3.0,
+                     "total_pnl": 20.0, "avg_pnl": 5.0, "best_trade": 20.0, "worst_trade": -5.0}
+    assert trade_statistics([])["trades"] == 0 and trade_statistics([])["win_rate"] is None
+
+
+def test_parameter_stability_says_how_much_the_folds_agreed() -> None:
+    table = parameter_stability([{"fast": 5, "slow": 50}, {"fast": 5, "slow": 100}, {"fast": 10, "slow": 100}])
+    assert table["fast"] == {"values": [5, 5, 10], "distinct": 2, "most_common": 5, "agreement": 2 / 3,
+                             "min": 5, "max": 10}
+    assert table["slow"]["most_common"] == 100 and table["slow"]["distinct"] == 2
+    assert "min" not in parameter_stability([{"kind": "a"}, {"kind": "b"}])["kind"]

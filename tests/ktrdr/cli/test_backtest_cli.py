@@ -76,9 +76,10 @@ async def test_backtest_run_follow_show_plot_and_sweep(
     assert (tmp_path / "eq.png").read_bytes()[:4] == b"\x89PNG"
 
     code, out = await ktrdr(nats_server.url, home, "backtest", "sweep", "sma_crossover", "-p", "fast=5,10",
-                            "-p", "slow=30:40:10", "--symbol", "SYN", "--metric", "total_return_pct", "--follow")
+                            "-p", "slow=30:40:10", "--symbol", "SYN", "--metric", "total_return_pct",
+                            "--require", "fast < slow", "--follow")
     assert code == 0, out
-    assert "best 4 of 4 by total_return_pct" in out
+    assert "best 4 of 4 by total_return_pct (max), at least 1 trade, fast < slow" in out
     sweep_id = out.split("submitted ")[1].split()[0]
     code, out = await ktrdr(nats_server.url, home, "backtest", "variant", sweep_id, "--rank", "2", "--follow")
     assert code == 0 and ": completed" in out, out
