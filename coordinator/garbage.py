@@ -4,7 +4,8 @@ Two kinds of garbage, both of which a stolen credential can make on purpose to f
 store refuses new writes, so the next real result would fail):
 
 * in the object stores (``data``, ``models``): the chunks of an object replaced or deleted since,
-  which no info names (:func:`ktrdr.runtime.objects.collect_orphans`);
+  which no info names (:func:`ktrdr.runtime.objects.collect_orphans`), except a registered model
+  version's, which loads read whatever its info says now;
 * in the artifact stores (``results``, ``checkpoints``): an artifact no op record names and none
   will, because its op is unknown or has ended, the attempt is not the op's current one, or its
   host is not the host of the worker that claimed the attempt (:meth:`StoreSweep.kept`).
@@ -30,6 +31,7 @@ from nats.js.errors import NotFoundError
 
 from coordinator.metrics import Metrics
 from coordinator.operations import Operations
+from ktrdr.models.registry import pinned_nuids
 from ktrdr.runtime.artifacts import ArtifactStore, purge_artifact
 from ktrdr.runtime.objects import collect_orphans
 from ktrdr.runtime.tasks import cancel_and_wait
@@ -111,7 +113,9 @@ class StoreSweep:
         self._last[store] = time.monotonic()
         suspects = self._suspects.get(store, set())
         if store in OBJECT_STORES:
-            left = await collect_orphans(self.js, store, suspects=suspects)
+            # A registered model's bytes stay, whatever its info says now (ktrdr.models.registry).
+            keep = await pinned_nuids(self.js) if store == names.MODELS_OBJECTS else None
+            left = await collect_orphans(self.js, store, suspects=suspects, keep=keep)
             deleted = len(suspects - left)
             self._suspects[store] = left
         else:

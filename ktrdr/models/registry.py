@@ -15,6 +15,7 @@ nobody registered, naming the model.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -22,14 +23,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import Header
+from nats.js.api import Header, ObjectInfo, ObjectMetaOptions
 from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
-from ktrdr.runtime.objects import DigestMismatch, ObjectBucket, digest_of
+from ktrdr.runtime import direct
+from ktrdr.runtime.objects import CHUNK_BYTES, DigestMismatch, ObjectBucket, digest_of
 from ktrdr.runtime.retry import RetryPolicy
 from subjects.names import (
     MODEL_PINS_BUCKET,
     MODELS_OBJECTS,
+    kv_all,
+    kv_stream,
     model_pin_key,
     object_meta_subject,
 )
@@ -176,19 +180,50 @@ async def list_models(js: JetStreamContext) -> list[ModelVersion]:
 
 
 async def show_model(js: JetStreamContext, name: str, version: int | str | None = None) -> ModelVersion:
-    """One version's record (the latest when ``version`` is None)."""
+    """One version's record (the latest when ``version`` is None). A registered version whose info
+    was deleted or written over since (only a stolen host key does that) is still found, from what
+    the coordinator registered (without the bundle's metadata)."""
     validate_model_name(name)
     version = _as_version(version)
     versions = [v for v in await list_models(js) if v.name == name]
-    if not versions:
-        raise ModelNotFoundError(f"no model named {name!r}")
-    if version is None:
+    registered = await _registered_versions(js, name)
+    if version is None and registered and (not versions or max(registered) > versions[-1].version):
+        version = max(registered)
+    if version is None and versions:
         return versions[-1]
     for v in versions:
         if v.version == version:
             return v
+    pin = await _pin(js, name, version) if version is not None else None
+    if pin is not None:
+        log.error("model %s@%d has no info in the bucket any more (deleted or written over after its training): "
+                  "using what was registered", name, version)
+        return ModelVersion(name=name, version=int(version), size=int(pin.get("size") or 0),  # type: ignore[arg-type]
+                            digest=str(pin["digest"]), created_at=str(pin.get("registered_at") or ""), metadata={})
+    if not versions:
+        raise ModelNotFoundError(f"no model named {name!r}")
     raise ModelNotFoundError(f"model {name!r} has no version {version} (versions: "
                              + ", ".join(str(v.version) for v in versions) + ")")
+
+
+async def _registered_versions(js: JetStreamContext, name: str) -> list[int]:
+    """The versions of ``name`` the coordinator registered (the keys of ``model_pins``)."""
+    prefix = kv_all(MODEL_PINS_BUCKET).removesuffix(">")
+    found: list[int] = []
+    try:
+        async for stored in direct.scan(js._nc, kv_stream(MODEL_PINS_BUCKET), kv_all(MODEL_PINS_BUCKET)):
+            if not stored.data:  # a deleted key
+                continue
+            try:
+                ref = base64.urlsafe_b64decode(stored.subject.removeprefix(prefix)).decode()
+            except (ValueError, UnicodeDecodeError):
+                continue
+            pinned_name, _, pinned_version = ref.rpartition("@")
+            if pinned_name == name and pinned_version.isdigit():
+                found.append(int(pinned_version))
+    except direct.NoStream:
+        pass
+    return sorted(found)
 
 
 async def register_model(js: JetStreamContext, name: str, version: int, *, op_id: str | None = None) -> str:
@@ -197,8 +232,11 @@ async def register_model(js: JetStreamContext, name: str, version: int, *, op_id
     info = await models_bucket(js).info(_object_name(name, version))
     if info is None or not info.digest:
         raise ModelNotFoundError(f"model {name}@{version} is not stored")
+    # Where its bytes are, too: a load reads those chunks whatever the bucket's info says later, and
+    # the coordinator's sweep keeps them (an info written over or deleted leaves them unreferenced).
     pin = {"digest": info.digest, "size": int(info.size or 0), "op_id": op_id,
-           "registered_at": datetime.now(UTC).isoformat()}
+           "registered_at": datetime.now(UTC).isoformat(), "nuid": info.nuid, "chunks": int(info.chunks or 0),
+           "chunk_size": (info.options.max_chunk_size if info.options else None) or CHUNK_BYTES}
     pins = await js.key_value(MODEL_PINS_BUCKET)
     try:
         await pins.create(model_pin_key(name, version), json.dumps(pin).encode())
@@ -211,13 +249,36 @@ async def register_model(js: JetStreamContext, name: str, version: int, *, op_id
     return str(info.digest)
 
 
-async def registered_digest(js: JetStreamContext, name: str, version: int) -> str | None:
-    """The digest the coordinator registered for ``name@version``, or None."""
+async def _pin(js: JetStreamContext, name: str, version: int) -> dict[str, Any] | None:
     try:
         entry = await (await js.key_value(MODEL_PINS_BUCKET)).get(model_pin_key(name, version))
     except KeyNotFoundError:
         return None
-    return str(json.loads(entry.value or b"{}").get("digest") or "") or None
+    pin = json.loads(entry.value or b"{}")
+    return pin if isinstance(pin, dict) and pin.get("digest") else None
+
+
+async def registered_digest(js: JetStreamContext, name: str, version: int) -> str | None:
+    """The digest the coordinator registered for ``name@version``, or None."""
+    pin = await _pin(js, name, version)
+    return None if pin is None else str(pin["digest"])
+
+
+async def pinned_nuids(js: JetStreamContext) -> set[str]:
+    """Where every registered version's bytes are (the chunks no sweep may delete)."""
+    kv = kv_stream(MODEL_PINS_BUCKET)
+    found: set[str] = set()
+    try:
+        async for stored in direct.scan(js._nc, kv, kv_all(MODEL_PINS_BUCKET)):
+            try:
+                nuid = json.loads(stored.data or b"{}").get("nuid")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(nuid, str) and nuid:
+                found.add(nuid)
+    except direct.NoStream:
+        pass
+    return found
 
 
 async def load_model(js: JetStreamContext, name: str, version: int | str | None = None) -> bytes:
@@ -236,6 +297,21 @@ async def load_model(js: JetStreamContext, name: str, version: int | str | None 
     except _NotRegisteredYet:
         raise ModelTampered(f"model {found.ref} was never registered by the coordinator (did the training that "
                             "saved it complete?); it is not loaded") from None
+    pin = await _pin(js, found.name, found.version)
+    if pin is not None and pin.get("nuid"):
+        # The bytes registered, read where they were: an info written over or deleted since (by a
+        # stolen host key) changes nothing here; the digest still has the last word.
+        info = ObjectInfo(name=_object_name(found.name, found.version), bucket=MODELS_OBJECTS, nuid=pin["nuid"],
+                          size=int(pin.get("size") or 0), chunks=int(pin.get("chunks") or 0), digest=expected,
+                          options=ObjectMetaOptions(max_chunk_size=int(pin.get("chunk_size") or CHUNK_BYTES)))
+        try:
+            bundle = await models_bucket(js).get(info.name, info=info)
+        except DigestMismatch:
+            raise ModelTampered(f"model {found.ref}: the bytes registered when it was trained are damaged; it is "
+                                "not loaded") from None
+        if found.digest and found.digest != expected:
+            log.error("model %s was written over after its training; loading the bytes registered then", found.ref)
+        return bundle
     try:
         bundle = await models_bucket(js).get(_object_name(found.name, found.version))
     except NotFoundError:

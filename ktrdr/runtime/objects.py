@@ -166,13 +166,15 @@ class ObjectBucket:
                               headers={Header.ROLLUP: "sub"})
 
 
-async def collect_orphans(js: JetStreamContext, bucket: str, *, suspects: set[str]) -> set[str]:
+async def collect_orphans(js: JetStreamContext, bucket: str, *, suspects: set[str],
+                          keep: set[str] | None = None) -> set[str]:
     """Purge chunk subjects no object's info names (the coordinator's job: it alone may purge).
 
     A chunk subject is only purged when it was an orphan on the previous call too (``suspects``,
     what that call returned): an upload under way has its chunks stored before its info, and
     calls are far enough apart (the retention interval) for any upload to finish in between.
-    Returns this call's orphans, to pass to the next.
+    Returns this call's orphans, to pass to the next. ``keep``: chunk subjects (nuids) that are
+    never orphans, whatever the infos say (the registered model versions' bytes).
     """
     objects = ObjectBucket(js=js, bucket=bucket)
     live: set[str] = set()
@@ -183,6 +185,7 @@ async def collect_orphans(js: JetStreamContext, bucket: str, *, suspects: set[st
             continue
         if isinstance(meta, dict) and meta.get("nuid") and not meta.get("deleted"):
             live.add(str(meta["nuid"]))
+    live |= keep or set()
     info = await js.stream_info(objects.stream, subjects_filter=names.object_chunks(bucket))
     prefix = names.object_chunks(bucket).removesuffix(">")
     orphans = {s[len(prefix):] for s in (info.state.subjects or {}) if s[len(prefix):] not in live}

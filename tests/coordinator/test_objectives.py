@@ -59,6 +59,13 @@ async def test_an_unknown_metric_or_relation_is_refused_over_nats_too(coordinato
         assert reply.headers and reply.headers["Nats-Service-Error-Code"] == "422"
         assert field in reply.headers["Nats-Service-Error"] and says in reply.headers["Nats-Service-Error"]
     assert coordinator.ops.list(ListRequest())[0] == 0
+    valid = SubmitRequest(type="sweep", params=backtest_params(
+        grid=GRID, objective={"metric": "total_return_pct", "min_trades": 2, "require": ["fast < slow"]}))
+    reply = await nc.request(f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}", valid.encode(), timeout=5)
+    assert not (reply.headers or {}).get("Nats-Service-Error-Code"), reply.headers
+    op = coordinator.ops.get(json.loads(reply.data)["op_id"])
+    assert op is not None and op.params["objective"]["require"] == ["fast < slow"]
+    assert op.params["objective"]["direction"] == "max" and op.params["objective"]["min_trades"] == 2
 
 
 async def test_the_cli_refuses_an_unknown_metric_or_relation_before_queueing_anything(

@@ -321,3 +321,21 @@ def test_parameter_stability_says_how_much_the_folds_agreed() -> None:
                              "min": 5, "max": 10}
     assert table["slow"]["most_common"] == 100 and table["slow"]["distinct"] == 2
     assert "min" not in parameter_stability([{"kind": "a"}, {"kind": "b"}])["kind"]
+
+
+@pytest.mark.parametrize("mode", ["rolling", "anchored"])
+def test_folds_by_length_start_at_the_first_bar_so_appended_bars_leave_earlier_folds_unchanged(mode: str) -> None:
+    index = hourly(1100)
+    before = make_folds(index[:1000], mode=mode, in_sample=400, out_of_sample=150)
+    after = make_folds(index, mode=mode, in_sample=400, out_of_sample=150)
+    # Only the last fold, shortened by the end of the data before, may change; the rest are equal.
+    assert after[: len(before) - 1] == before[:-1] and len(after) >= len(before)
+    assert after[len(before) - 1].out_start == before[-1].out_start
+
+
+def test_folds_by_count_are_counted_from_the_last_bar() -> None:
+    index = hourly(1100)
+    before = make_folds(index[:1000], mode="rolling", folds=4, ratio=2.0)
+    after = make_folds(index, mode="rolling", folds=4, ratio=2.0)
+    assert before[-1].out_end == index[999] and after[-1].out_end == index[-1]
+    assert before[0] != after[0]  # the reason to give lengths when the data keeps growing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -11,8 +12,8 @@ from nats.js import JetStreamContext
 
 from ktrdr.models import ModelNotFoundError, list_models, load_model, parse_model_ref, show_model
 from ktrdr.models import save_model as store
-from ktrdr.models.registry import ModelTampered, register_model
-from ktrdr.runtime.objects import ObjectBucket
+from ktrdr.models.registry import ModelTampered, pinned_nuids, register_model
+from ktrdr.runtime.objects import ObjectBucket, collect_orphans
 from ktrdr.training import load_bundle, train_strategy
 from subjects import names
 from tests.ktrdr.training.planted import planted_bars, strategy_yaml
@@ -70,17 +71,33 @@ async def test_unknown_models_and_versions_are_named_in_the_error(nc: Client) ->
         await show_model(js, "ghost", 9)
 
 
-async def test_a_bundle_written_over_after_its_registration_is_refused_at_load(nc: Client) -> None:
+async def test_a_bundle_written_over_or_deleted_after_its_registration_still_loads_as_registered(
+        nc: Client) -> None:
     js = nc.jetstream()
     version = await save_model(js, "neuro", b"trained weights", {})
-    # What a stolen worker credential can do: store other bytes under the same version.
-    await ObjectBucket(js=js, bucket=names.MODELS_OBJECTS).put(f"neuro/{version}", b"negated weights")
+    # What a stolen worker credential can do: store other bytes under the same version, then delete it.
+    models = ObjectBucket(js=js, bucket=names.MODELS_OBJECTS)
+    await models.put(f"neuro/{version}", b"negated weights")
     assert (await show_model(js, "neuro", version)).size == len(b"negated weights")
-    with pytest.raises(ModelTampered, match=r"neuro@1 does not match the digest registered"):
-        await load_model(js, "neuro", version)
-    # Registering again keeps the first digest: the overwrite is not adopted.
+    assert await load_model(js, "neuro", version) == b"trained weights"
+    # Registering again keeps the first registration: the overwrite is not adopted.
     await register_model(js, "neuro", version)
-    with pytest.raises(ModelTampered):
+    assert await load_model(js, "neuro") == b"trained weights"
+    await models.delete(f"neuro/{version}")
+    assert (await show_model(js, "neuro")).version == version  # found from its registration
+    # The coordinator's sweeps keep the registered bytes, which no info names any more.
+    suspects = await collect_orphans(js, names.MODELS_OBJECTS, suspects=set(), keep=await pinned_nuids(js))
+    await collect_orphans(js, names.MODELS_OBJECTS, suspects=suspects, keep=await pinned_nuids(js))
+    assert await load_model(js, "neuro", version) == b"trained weights"
+
+
+async def test_registered_bytes_that_were_damaged_are_refused_naming_the_model(nc: Client) -> None:
+    js = nc.jetstream()
+    version = await save_model(js, "neuro", b"trained weights", {})
+    pins = await js.key_value(names.MODEL_PINS_BUCKET)
+    pin = json.loads((await pins.get(names.model_pin_key("neuro", version))).value or b"{}")
+    await js.purge_stream(f"OBJ_{names.MODELS_OBJECTS}", subject=names.object_chunks(names.MODELS_OBJECTS, pin["nuid"]))
+    with pytest.raises(ModelTampered, match=r"neuro@1: the bytes registered when it was trained are damaged"):
         await load_model(js, "neuro", version)
 
 
