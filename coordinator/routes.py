@@ -18,6 +18,7 @@ from starlette.routing import Route
 from coordinator.api import read_json, submit_admitted
 from coordinator.errors import Conflict, InvalidRequest, NotFound, parse
 from ktrdr.optypes import OpType, op_types
+from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.results import get_result
 from subjects.models import OpStatus, SubmitRequest
 
@@ -55,6 +56,29 @@ async def results(request: Request) -> Response:
     return Response(data, media_type="application/json")
 
 
+async def compare_backtests(request: Request) -> Response:
+    """``GET /api/v1/backtests/compare?ids=a,b``: completed backtests' metrics side by side and their
+    equity curves as a % of starting capital (``ktrdr.backtest.compare``; the CLI gives the same)."""
+    from coordinator.dashboard.charts import reduce_curves
+    from ktrdr.backtest.compare import MAX_COMPARED, compare, growth_curves
+
+    ids = [i for i in request.query_params.get("ids", "").split(",") if i]
+    if not 2 <= len(ids) <= MAX_COMPARED or len(set(ids)) != len(ids):
+        raise InvalidRequest(f"ids: give 2 to {MAX_COMPARED} different backtest ids, comma-separated",
+                             field="ids")
+    state = request.app.state
+    documents: dict[str, bytes] = {}
+    for op_id in ids:
+        op = state.layer.get(op_id)
+        if op.type != BACKTEST.name:
+            raise InvalidRequest(f"ids: {op_id} is a {op.type}, not a backtest", field="ids")
+        documents[op_id] = await stored_result(state, op_id)
+    found = compare(documents)
+    found["curves"] = {op_id: reduce_curves(index_ns, {"growth_pct": growth})
+                       for op_id, (index_ns, growth) in growth_curves(documents).items()}
+    return JSONResponse(found)
+
+
 def describe(declared: OpType[Any, Any]) -> dict[str, Any]:
     return {"name": declared.name, "summary": declared.summary,
             "runs": "coordinator" if declared.on_coordinator else list(declared.runs.capabilities),
@@ -68,5 +92,6 @@ async def list_types(request: Request) -> JSONResponse:
 def optype_routes() -> list[Route]:
     routes = [_submit_route(t) for t in op_types() if t.api is not None]
     routes += [Route("/api/v1/operations/{op_id}/results", results, methods=["GET"]),
+               Route("/api/v1/backtests/compare", compare_backtests, methods=["GET"]),
                Route("/api/v1/optypes", list_types, methods=["GET"])]
     return routes

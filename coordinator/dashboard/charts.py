@@ -12,11 +12,13 @@ import json
 import math
 from typing import Any
 
+from ktrdr.backtest.sweep import heatmap
 from subjects.objective import Objective
 
 MAX_POINTS = 2_000
 MAX_TRADES = 500  # the last ones; the count says how many there were
 MAX_RANKED = 200
+MAX_HEATMAP_CELLS = 2_500
 MAX_EPOCHS = 5_000
 # Stored results are parsed whole: one this large is described, not drawn.
 MAX_RESULT_BYTES = 256 * 1024 * 1024
@@ -102,10 +104,27 @@ def _described(objective: Any) -> str | None:
         return None
 
 
+def _heatmap(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The metric over the grid's first two parameters (the best over any others), when it fits a page."""
+    grid, ranking = doc.get("grid"), doc.get("ranking")
+    if not isinstance(grid, dict) or len(grid) < 2 or not isinstance(ranking, list):
+        return None
+    x, y = list(grid)[:2]
+    if len(grid[x]) * len(grid[y]) > MAX_HEATMAP_CELLS:
+        return None
+    try:
+        xs, ys, cells = heatmap(ranking, grid, str(doc.get("metric")), x=x, y=y,
+                                descending=bool(doc.get("descending", True)))
+    except (ValueError, TypeError):
+        return None
+    return {"x": x, "y": y, "x_values": xs, "y_values": ys, "cells": cells}
+
+
 def sweep(doc: dict[str, Any]) -> dict[str, Any]:
     ranking = doc.get("ranking", [])
     objective = doc.get("objective")
     return {"kind": "ranking", "metric": doc.get("metric"), "descending": doc.get("descending"),
+            "heatmap": _heatmap(doc),
             "objective": _described(objective),
             "eligible": doc.get("eligible"), "no_best": doc.get("no_best"),
             "combinations": doc.get("combinations"), "completed": doc.get("completed"),

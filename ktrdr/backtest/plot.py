@@ -37,3 +37,45 @@ def plot_result(result: BacktestResult, path: Path, *, title: str | None = None)
     finally:
         plt.close(fig)
     return path
+
+
+def plot_heatmap(xs: list, ys: list, cells: list[list[float | None]], *, path: Path, x: str, y: str,  # type: ignore[type-arg]
+                 metric: str) -> Path:
+    """A sweep's metric over two parameters, one coloured cell per pair (blank: no value)."""
+    data = np.array([[np.nan if c is None else c for c in row] for row in cells], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(xs) + 2), max(4.0, 0.4 * len(ys) + 2)))
+    try:
+        image = ax.imshow(np.ma.masked_invalid(data), origin="lower", aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=90 if len(xs) > 12 else 0)
+        ax.set_yticks(range(len(ys)), [str(v) for v in ys])
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        fig.colorbar(image, ax=ax, label=metric)
+        ax.set_title(f"{metric} by {x} and {y}")
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_compare(curves: dict[str, tuple[list[int], list[float]]], *, path: Path, title: str) -> Path:
+    """Equity curves overlaid, each as a percentage of its starting capital."""
+    import pandas as pd
+
+    fig, ax = plt.subplots(figsize=(11, 5))
+    try:
+        for label, (index_ns, growth) in curves.items():
+            ax.plot(pd.to_datetime(index_ns, utc=True), growth, label=label, linewidth=1.0)
+        ax.axhline(100.0, color="grey", linewidth=0.6)
+        ax.set_ylabel("equity, % of starting capital")
+        ax.legend(loc="upper left")
+        ax.grid(alpha=0.3)
+        ax.set_title(title)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path

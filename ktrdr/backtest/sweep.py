@@ -82,3 +82,63 @@ def rank(results: Iterable[Mapping[str, Any]], metric: str, *, descending: bool 
     unscored = [r for r in items if value(r) is None]
     scored.sort(key=lambda r: value(r), reverse=descending)  # type: ignore[arg-type,return-value]
     return scored + unscored
+
+
+def _as_cube(values: Mapping[int, float | None], grid: Mapping[str, Sequence[Value]]) -> Any:
+    """The metric of every combination (by its position in :func:`combinations`) as an array with one
+    axis per parameter, NaN where a variant has no value."""
+    import numpy as np
+
+    shape = tuple(len(v) for v in grid.values())
+    cube = np.full(math.prod(shape), np.nan)
+    for index, value in values.items():
+        if value is not None and 0 <= index < cube.size and math.isfinite(value):
+            cube[index] = value
+    return cube.reshape(shape)
+
+
+def neighbourhood(values: Mapping[int, float | None],
+                  grid: Mapping[str, Sequence[Value]]) -> dict[int, tuple[float, int]]:
+    """Per combination: the mean of the metric over it and its adjacent grid points (one step or none
+    along every parameter), and how many of them had a value. A lone spike among poor neighbours
+    scores low, a plateau high: what a sweep's best alone cannot say."""
+    import numpy as np
+
+    cube = _as_cube(values, grid)
+    total, count = np.zeros(cube.shape), np.zeros(cube.shape)
+    padded = np.pad(cube, 1, constant_values=np.nan)
+    for offset in itertools.product((-1, 0, 1), repeat=cube.ndim):
+        window = tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, cube.shape, strict=True))
+        shifted = padded[window]
+        seen = np.isfinite(shifted)
+        total += np.where(seen, shifted, 0.0)
+        count += seen
+    flat_total, flat_count = total.ravel(), count.ravel()
+    return {i: (float(flat_total[i] / flat_count[i]), int(flat_count[i])) for i in values
+            if 0 <= i < flat_count.size and flat_count[i] > 0}
+
+
+def heatmap(ranking: Iterable[Mapping[str, Any]], grid: Mapping[str, Sequence[Value]], metric: str, *,
+            x: str, y: str, descending: bool = True) -> tuple[list[Value], list[Value], list[list[float | None]]]:
+    """The metric over two parameters: rows ``y``'s values, columns ``x``'s. With more parameters, each
+    cell holds the best variant's value over the others (a slice at their best, not an average)."""
+    for name in (x, y):
+        if name not in grid:
+            raise ValueError(f"{name!r} is not a parameter of the sweep's grid ({', '.join(grid)})")
+    if x == y:
+        raise ValueError("choose two different parameters")
+    xs, ys = list(grid[x]), list(grid[y])
+    cells: list[list[float | None]] = [[None] * len(xs) for _ in ys]
+    for entry in ranking:
+        value = (entry.get("metrics") or {}).get(metric)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        parameters = entry.get("parameters") or {}
+        try:
+            col, row = xs.index(parameters[x]), ys.index(parameters[y])
+        except (KeyError, ValueError):
+            continue
+        current = cells[row][col]
+        if current is None or (value > current if descending else value < current):
+            cells[row][col] = float(value)
+    return xs, ys, cells

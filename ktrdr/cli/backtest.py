@@ -328,6 +328,85 @@ def show(op_id: OpIdArg, trades: Annotated[int, typer.Option(min=0, help="Trades
         console.print(_open_position(doc["open_position"], doc.get("index_ns")))
 
 
+@backtest_app.command("compare")
+def compare_cmd(
+    op_ids: Annotated[list[str], typer.Argument(help="Two or more completed backtests.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Their equity curves overlaid, as a PNG "
+                                                "(each as a % of its starting capital).")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Backtests side by side: every metric in one table, the equity curves on one scale."""
+    from ktrdr.backtest.compare import MAX_COMPARED, compare, growth_curves
+
+    if not 2 <= len(op_ids) <= MAX_COMPARED:
+        fail(f"give 2 to {MAX_COMPARED} backtests, not {len(op_ids)}")
+    documents: dict[str, bytes] = {}
+    for op_id in op_ids:
+        op, doc = _results(op_id)
+        if op.type != BACKTEST.name:
+            fail(f"{op_id} is a {op.type}; compare backtests (a sweep's best are backtested in full: the 'full' "
+                 "column of `ktrdr backtest show`)")
+        documents[op_id] = jsonlib.dumps(doc).encode()
+    found = compare(documents)
+    if json:
+        print(jsonlib.dumps(found, indent=2))
+        return
+    table = Table(title=f"{len(op_ids)} backtests")
+    table.add_column("")
+    for op_id in op_ids:
+        table.add_column(op_id, justify="right")
+    for key in ("strategy", "symbol", "timeframe", "start", "end"):
+        table.add_row(key, *(escape(str(found["runs"][i][key] or "-"))[:40] for i in op_ids))
+    table.add_row("parameters", *(escape(kv_line(found["runs"][i]["parameters"]) or "defaults") for i in op_ids))
+    for name, values in found["metrics"].items():
+        table.add_row(name, *(_fmt(values[i]) for i in op_ids))
+    console.print(table)
+    if output is not None:
+        from ktrdr.backtest.plot import plot_compare
+
+        curves = growth_curves(documents)
+        if len(curves) < len(op_ids):
+            console.print(f"[yellow]{len(op_ids) - len(curves)} of them stored no equity curve: not drawn[/]")
+        console.print(f"wrote {plot_compare(curves, path=output, title='equity, % of starting capital')}")
+
+
+@backtest_app.command("heatmap")
+def heatmap_cmd(
+    sweep_id: OpIdArg,
+    x: Annotated[str, typer.Option("--x", help="The parameter along the columns.")],
+    y: Annotated[str, typer.Option("--y", help="The parameter along the rows.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write it as a PNG.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """A sweep's objective over two of its parameters (with more, each cell is the best over the
+    others): a plateau of good values reads as one, a lone spike as one."""
+    from ktrdr.backtest.sweep import heatmap
+
+    op, doc = _results(sweep_id)
+    if op.type != SWEEP.name:
+        fail(f"{sweep_id} is a {op.type}, not a sweep")
+    metric, descending = doc["metric"], bool(doc.get("descending", True))
+    try:
+        xs, ys, cells = heatmap(doc["ranking"], doc["grid"], metric, x=x, y=y, descending=descending)
+    except ValueError as exc:
+        fail(str(exc))
+    if json:
+        print(jsonlib.dumps({"metric": metric, "x": x, "y": y, "x_values": xs, "y_values": ys, "cells": cells}))
+        return
+    table = Table(title=f"{metric} of sweep {sweep_id}: {y} (rows) by {x} (columns)"
+                        + (", best over the other parameters" if len(doc["grid"]) > 2 else ""))
+    table.add_column(f"{y} \\ {x}")
+    for value in xs:
+        table.add_column(str(value), justify="right")
+    for value, row in zip(ys, cells, strict=True):
+        table.add_row(str(value), *(_fmt(c) for c in row))
+    console.print(table)
+    if output is not None:
+        from ktrdr.backtest.plot import plot_heatmap
+
+        console.print(f"wrote {plot_heatmap(xs, ys, cells, path=output, x=x, y=y, metric=metric)}")
+
+
 @backtest_app.command("plot")
 def plot(op_id: OpIdArg, output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")]) -> None:
     """Equity and drawdown chart of a completed backtest beside buy and hold, or of a walk-forward's
@@ -441,15 +520,16 @@ def _ranking_table(doc: dict[str, Any], *, limit: int) -> Table:
     met = "" if eligible is None else f", {eligible} meet the objective"
     table = Table(title=f"sweep {doc['sweep']}: {doc['completed']} of {doc['combinations']} ranked by "
                         f"{_objective_text(doc)} ({len(doc['failed'])} failed, {doc['cancelled']} cancelled{met})",
-                  caption="full: the variant backtested again in full (ktrdr backtest show/plot it); "
+                  caption="nbhd: the metric averaged over the variant and its adjacent grid points (a plateau "
+                          "from a spike); full: backtested again in full (ktrdr backtest show/plot it); "
                           "excluded: why a variant can never be best")
-    for col in ("rank", "parameters", metric, "return %", "max dd %", "trades", "full", "excluded"):
+    for col in ("rank", "parameters", metric, "nbhd", "return %", "max dd %", "trades", "full", "excluded"):
         table.add_column(col)
     for r in doc["ranking"][:limit]:
         m = r["metrics"]
         table.add_row(str(r["rank"]), " ".join(f"{k}={v}" for k, v in r["parameters"].items()), _fmt(m.get(metric)),
-                      _fmt(m.get("total_return_pct")), _fmt(m.get("max_drawdown_pct")), _fmt(m.get("trades")),
-                      r.get("op_id") or "-", r.get("excluded") or "")
+                      _fmt(r.get("neighbourhood")), _fmt(m.get("total_return_pct")), _fmt(m.get("max_drawdown_pct")),
+                      _fmt(m.get("trades")), r.get("op_id") or "-", r.get("excluded") or "")
     return table
 
 

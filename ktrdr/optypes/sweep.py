@@ -20,7 +20,7 @@ from typing import Any
 
 from ktrdr.backtest.block import BlockResult
 from ktrdr.backtest.checks import RequestProblem, check_strategy
-from ktrdr.backtest.sweep import rank
+from ktrdr.backtest.sweep import neighbourhood, rank
 from ktrdr.optypes.backtest_block import BACKTEST_BLOCK, BacktestBlockParams
 from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
@@ -155,6 +155,11 @@ class SweepPlan:
                 else:
                     entries.append({"index": first + i, "parameters": parameters, "metrics": metrics,
                                     "block": block.op_id})
+        # How good each variant's neighbourhood is: a plateau from a lone spike (``neighbourhood``).
+        around = neighbourhood({e["index"]: e["metrics"].get(params.metric) for e in entries}, params.grid)
+        for e in entries:
+            mean, count = around.get(e["index"], (None, 0))
+            e["neighbourhood"], e["neighbours"] = mean, count
         ranked = [{"rank": i + 1, **r} for i, r in
                   enumerate(params.objective.rank(entries, base=params.parameters))]
         for r in ranked:
@@ -170,7 +175,7 @@ class SweepPlan:
                "blocks": len(blocks), "completed": len(entries), "failed": failed, "cancelled": cancelled,
                "ranking": ranked}
         top = [{"rank": r["rank"], "index": r["index"], "op_id": r["op_id"], "parameters": r["parameters"],
-                params.metric: r["metrics"].get(params.metric),
+                params.metric: r["metrics"].get(params.metric), "neighbourhood": r.get("neighbourhood"),
                 **{k: r["metrics"].get(k) for k in SUMMARY_METRICS if k != params.metric}}
                for r in met[: params.top]]
         summary = SweepResult.model_validate({

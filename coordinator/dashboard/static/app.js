@@ -446,11 +446,28 @@ function tradesTable(trades) {
                   { label: "exit price", num: true }, { label: "pnl", num: true }, { label: "bars", num: true }], rows, { id: "trades" }));
 }
 
+function heatmapTable(hm, metric, descending) {
+  const values = hm.cells.flat().filter((v) => v !== null && v !== undefined);
+  const lo = Math.min(...values), hi = Math.max(...values);
+  const shade = (v) => {
+    if (v === null || v === undefined || hi === lo) return "";
+    const t = (v - lo) / (hi - lo);
+    const good = descending === false ? 1 - t : t;
+    return `background: hsl(${Math.round(120 * good)}, 70%, 80%)`;
+  };
+  const head = h("tr", {}, h("th", {}, `${hm.y} \\ ${hm.x}`), ...hm.x_values.map((v) => h("th", { class: "num" }, String(v))));
+  const rows = hm.y_values.map((yv, i) => h("tr", {}, h("th", { class: "num" }, String(yv)),
+    ...hm.cells[i].map((c) => h("td", { class: "num", style: shade(c) }, fmt(c)))));
+  return h("div", {}, h("h2", {}, `${metric} by ${hm.x} and ${hm.y}`),
+           h("table", { id: "heatmap" }, h("thead", {}, head), h("tbody", {}, rows)));
+}
+
 function rankingTable(view) {
   const metric = view.metric;
   const rows = view.ranking.map((r) => h("tr", {},
     h("td", { class: "num" }, r.rank), h("td", { class: "mono" }, Object.entries(r.parameters).map(([k, v]) => `${k}=${v}`).join(" ")),
     h("td", { class: "num" }, fmt(r.metrics && r.metrics[metric])),
+    h("td", { class: "num" }, fmt(r.neighbourhood)),
     h("td", { class: "num" }, fmt(r.metrics && r.metrics.total_return_pct)),
     h("td", { class: "num" }, fmt(r.metrics && r.metrics.max_drawdown_pct)),
     h("td", { class: "num" }, fmt(r.metrics && r.metrics.trades)), h("td", {}, r.op_id ? opLink(r.op_id) : "–"),
@@ -458,7 +475,8 @@ function rankingTable(view) {
   const met = view.eligible === null || view.eligible === undefined ? "" : `, ${fmt(view.eligible)} meet the objective`;
   return h("div", {}, h("h2", {}, `Ranking by ${view.objective || metric} (${fmt(view.completed)} of ${fmt(view.combinations)} variants, ${fmt(view.failed)} failed${met})`),
            view.no_best ? h("p", { class: "warning", id: "no-best" }, `No best: ${view.no_best}`) : null,
-           table([{ label: "rank", num: true }, "parameters", { label: metric, num: true }, { label: "return %", num: true },
+           view.heatmap ? heatmapTable(view.heatmap, metric, view.descending) : null,
+           table([{ label: "rank", num: true }, "parameters", { label: metric, num: true }, { label: "neighbourhood", num: true }, { label: "return %", num: true },
                   { label: "max dd %", num: true }, { label: "trades", num: true }, "full run", "excluded"], rows, { id: "ranking" }));
 }
 
@@ -484,6 +502,8 @@ async function resultPanel(op) {
   }
   const box = h("div", { class: "panel", id: "result-view", "data-kind": view.kind });
   if (view.kind === "backtest") {
+    box.append(h("p", {}, h("a", { href: `#/compare?ids=${encodeURIComponent(op.op_id)},`, id: "compare-link" },
+                             "compare with other backtests…")));
     if (view.curves) box.append(curvesChart(view.curves));
     box.append(tradesTable(view.trades));
   } else if (view.kind === "folds") {
@@ -578,6 +598,44 @@ function flatResult(result) {
   return out;
 }
 
+const COMPARE_COLORS = ["#2563eb", "#b45309", "#15803d", "#7c3aed", "#be123c", "#0e7490", "#4d7c0f", "#a16207",
+                        "#1d4ed8", "#9d174d"];
+
+function compareView(params) {
+  const input = h("input", { id: "compare-ids", size: 80, value: params.get("ids") || "",
+                             placeholder: "backtest ids, comma-separated (2 to 10)" });
+  const out = h("div", {});
+  const go = () => { location.hash = `#/compare?ids=${input.value.replace(/\s+/g, "")}`; };
+  const box = h("div", { class: "panel" }, h("h2", {}, "Compare backtests"),
+                h("form", { onsubmit: (ev) => { ev.preventDefault(); go(); } }, input, h("button", {}, "compare")), out);
+  return {
+    name: "compare", root: box,
+    async reload() {
+      const ids = (params.get("ids") || "").split(",").filter(Boolean);
+      if (ids.length < 2) {
+        out.replaceChildren(h("p", { class: "muted" }, "Give two or more backtest ids (each backtest's page links here)."));
+        return;
+      }
+      const data = await api(`/api/v1/backtests/compare?ids=${encodeURIComponent(ids.join(","))}`);
+      const runs = ids.map((id, i) => ({ id, color: COMPARE_COLORS[i % COMPARE_COLORS.length] }));
+      const series = runs.filter((r) => data.curves[r.id]).map((r) => ({
+        name: r.id, color: r.color, x: data.curves[r.id].time_ms, values: data.curves[r.id].growth_pct }));
+      const rows = ["strategy", "symbol", "timeframe", "start", "end"].map((k) =>
+        h("tr", {}, h("th", {}, k), ...ids.map((id) => h("td", {}, String(data.runs[id][k] ?? "–")))));
+      rows.push(h("tr", {}, h("th", {}, "parameters"), ...ids.map((id) => h("td", { class: "mono" },
+        Object.entries(data.runs[id].parameters).map(([k, v]) => `${k}=${v}`).join(" ") || "defaults"))));
+      for (const [name, values] of Object.entries(data.metrics)) {
+        rows.push(h("tr", { "data-metric": name }, h("th", {}, name), ...ids.map((id) => h("td", { class: "num" }, fmt(values[id])))));
+      }
+      out.replaceChildren(
+        h("h2", {}, "Equity, % of starting capital"), legend(series),
+        lineChart({ x: series.length ? series[0].x : [], series, xKind: "time", kind: "compare" }),
+        h("table", { id: "compare-metrics" }, h("thead", {}, h("tr", {}, h("th", {}, ""), ...ids.map((id) => h("th", {}, opLink(id))))),
+          h("tbody", {}, rows)));
+    },
+  };
+}
+
 function modelsView() {
   const box = h("div", { class: "panel" }, h("h2", {}, "Models"), h("p", { class: "muted" }, "loading…"));
   return {
@@ -638,6 +696,7 @@ function route() {
   if (path.startsWith("/op/")) view = opView(decodeURIComponent(path.slice(4)));
   else if (path === "/ops") view = opsView(params);
   else if (path === "/models") view = modelsView();
+  else if (path === "/compare") view = compareView(params);
   else if (path === "/datasets") view = datasetsView();
   else view = overviewView();
   state.view = view;

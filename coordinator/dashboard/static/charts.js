@@ -55,7 +55,11 @@ function lineChart(opts) {
   if (opts.zeroTop) yhi = Math.max(yhi, 0);
   if (ylo === yhi) { ylo -= 1; yhi += 1; }
   const pad = (yhi - ylo) * 0.05; ylo -= pad; yhi += pad;
-  const xlo = xs[0], xhi = xs[xs.length - 1] === xlo ? xlo + 1 : xs[xs.length - 1];
+  // A series may bring its own times (curves of different runs overlaid): the axis spans them all.
+  const ranges = [xs, ...opts.series.map((s) => s.x).filter((x) => x && x.length)];
+  const xlo = Math.min(...ranges.map((r) => r[0]));
+  const xmax = Math.max(...ranges.map((r) => r[r.length - 1]));
+  const xhi = xmax === xlo ? xlo + 1 : xmax;
   const X = (v) => m.l + ((v - xlo) / (xhi - xlo)) * (width - m.l - m.r);
   const Y = (v) => m.t + (1 - (v - ylo) / (yhi - ylo)) * (height - m.t - m.b);
 
@@ -81,9 +85,10 @@ function lineChart(opts) {
   }
   for (const s of opts.series) {
     let d = "", pen = false;
+    const sx = s.x || xs;
     s.values.forEach((v, i) => {
       if (v === null || !Number.isFinite(v)) { pen = false; return; }
-      d += `${pen ? "L" : "M"}${X(xs[i]).toFixed(1)},${Y(v).toFixed(1)}`;
+      d += `${pen ? "L" : "M"}${X(sx[i]).toFixed(1)},${Y(v).toFixed(1)}`;
       pen = true;
     });
     const path = svgEl("path", { d, fill: "none", stroke: s.color, "stroke-width": 1.6, "data-series": s.name });

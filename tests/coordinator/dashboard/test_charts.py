@@ -65,3 +65,17 @@ def test_a_sweep_shows_its_objective_and_why_there_is_no_best() -> None:
     assert view["ranking"][0]["excluded"] == "fewer than 1 trade (0)"
     before = chart(json.dumps({"format": "ktrdr.sweep.ranking/1", "metric": "sharpe_ratio", "ranking": []}).encode())
     assert before["objective"] is None and before["no_best"] is None
+
+
+def test_a_sweeps_page_gets_its_metric_over_the_first_two_parameters() -> None:
+    grid = {"fast": [5, 10], "slow": [20, 40], "stop": [1, 2]}
+    ranking = [{"rank": 1, "parameters": {"fast": f, "slow": s, "stop": st},
+                "metrics": {"sharpe_ratio": f + s / 10 + st / 100}}
+               for f in grid["fast"] for s in grid["slow"] for st in grid["stop"]]
+    view = chart(json.dumps({"format": "ktrdr.sweep.ranking/1", "metric": "sharpe_ratio", "descending": True,
+                             "grid": grid, "ranking": ranking, "failed": []}).encode())
+    assert view["heatmap"]["x"] == "fast" and view["heatmap"]["y"] == "slow"
+    assert view["heatmap"]["cells"] == [[7.02, 12.02], [9.02, 14.02]]  # the best stop in each cell
+    one = chart(json.dumps({"format": "ktrdr.sweep.ranking/1", "metric": "sharpe_ratio", "grid": {"fast": [5]},
+                            "ranking": []}).encode())
+    assert one["heatmap"] is None

@@ -152,3 +152,55 @@ async def test_operations_are_filtered_and_searched_on_the_server(
                          "const q = document.getElementById('f-search'); q.value = arguments[0];"
                          "q.dispatchEvent(new Event('input'));", done[-8:])
     assert await browser.until(rows + ".join(',') === arguments[0] || null", done, what="the op found by its id")
+
+
+async def test_a_sweeps_page_shows_its_surface_neighbourhoods_and_why_a_variant_is_excluded(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path, browser: Browser) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+    await backtest_worker(make_worker, "bt-dash", tmp_path / "worker-data")
+    # (20, 20) never trades: shown, never best, and said why.
+    op_id = await submit(coordinator, "sweep", backtest_params(grid={"fast": [5, 20], "slow": [20, 60]},
+                                                               metric="total_return_pct"))
+    done = await wait_status(coordinator, op_id, OpStatus.COMPLETED, timeout=60)
+    assert done.result is not None
+
+    await sign_in(browser, coordinator, f"/#/op/{op_id}")
+    await browser.until("return document.querySelectorAll('#heatmap tbody tr').length === 2", what="the heatmap")
+    cells = await browser.script("return [...document.querySelectorAll('#heatmap tbody td')].map(td => td.textContent)")
+    assert len(cells) == 4 and all(c != "" for c in cells)
+    best = done.result["best"]
+    row, col = [20, 60].index(best["parameters"]["slow"]), [5, 20].index(best["parameters"]["fast"])
+    assert cells[2 * row + col] == await browser.script(
+        "return [...document.querySelectorAll('#ranking tbody tr')][0].children[2].textContent")
+    excluded = await browser.script(
+        "return [...document.querySelectorAll('#ranking tbody tr')].map(tr => tr.lastChild.textContent)")
+    assert "fewer than 1 trade (0)" in excluded
+    await browser.screenshot("sweep")
+
+
+async def test_backtests_are_compared_side_by_side_with_their_curves_overlaid(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path, browser: Browser) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+    await backtest_worker(make_worker, "bt-dash", tmp_path / "worker-data")
+    ids = [await submit(coordinator, "backtesting", backtest_params(parameters={"fast": f, "slow": s}))
+           for f, s in ((5, 20), (20, 100))]
+    done = [await wait_status(coordinator, i, OpStatus.COMPLETED, timeout=60) for i in ids]
+
+    await sign_in(browser, coordinator, f"/#/op/{ids[0]}")
+    await browser.until("return document.querySelector('#compare-link')", what="the compare link")
+    await browser.click("#compare-link")
+    await browser.until("return document.querySelector('#compare-ids')", what="the compare page")
+    assert await browser.script("return document.querySelector('#compare-ids').value") == f"{ids[0]},"
+    await browser.open(url(coordinator, f"/#/compare?ids={ids[0]},{ids[1]}"))
+    await browser.until("return document.querySelector('#compare-metrics tr[data-metric=\"trades\"]')",
+                        what="the metrics side by side")
+    trades = await browser.script("return [...document.querySelectorAll("
+                                  "'#compare-metrics tr[data-metric=\"trades\"] td')].map(td => td.textContent)")
+    assert trades == [str(op.result["metrics"]["trades"]) for op in done if op.result]  # type: ignore[index]
+    for op_id in ids:
+        length = await browser.script(
+            "const p = document.querySelector("
+            "`svg.chart[data-kind=\"compare\"] path[data-series=\"${arguments[0]}\"]`);"
+            " return p && p.getAttribute('d').length;", op_id)
+        assert length and length > 1000
+    await browser.screenshot("compare")

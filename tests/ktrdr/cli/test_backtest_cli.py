@@ -81,9 +81,34 @@ async def test_backtest_run_follow_show_plot_and_sweep(
     assert code == 0, out
     assert "best 4 of 4 by total_return_pct (max), at least 1 trade, fast < slow" in out
     sweep_id = out.split("submitted ")[1].split()[0]
+    code, out = await ktrdr(nats_server.url, home, "backtest", "heatmap", sweep_id, "--x", "fast", "--y", "slow",
+                            "--json")
+    assert code == 0, out
+    surface = json.loads(out)
+    code, out = await ktrdr(nats_server.url, home, "backtest", "show", sweep_id, "--json")
+    ranking = json.loads(out)["ranking"]
+    for entry in ranking:  # every cell is its variant's value, by value
+        p = entry["parameters"]
+        cell = surface["cells"][surface["y_values"].index(p["slow"])][surface["x_values"].index(p["fast"])]
+        assert cell == entry["metrics"]["total_return_pct"]
+        assert entry["neighbours"] == 4 and entry["neighbourhood"] is not None  # a 2x2 grid: all adjacent
+    code, out = await ktrdr(nats_server.url, home, "backtest", "heatmap", sweep_id, "--x", "fast", "--y", "slow",
+                            "-o", str(tmp_path / "heat.png"))
+    assert code == 0 and (tmp_path / "heat.png").read_bytes()[:4] == b"\x89PNG", out
     code, out = await ktrdr(nats_server.url, home, "backtest", "variant", sweep_id, "--rank", "2", "--follow")
     assert code == 0 and ": completed" in out, out
     variant_id = out.split("submitted ")[1].split()[0]
+    code, out = await ktrdr(nats_server.url, home, "backtest", "compare", op_id, variant_id, "--json",
+                            "-o", str(tmp_path / "cmp.png"))
+    assert code == 0, out
+    compared = last_json(out)
+    code, out = await ktrdr(nats_server.url, home, "backtest", "show", variant_id, "--json")
+    assert compared["metrics"]["sharpe_ratio"][variant_id] == json.loads(out)["metrics"]["sharpe_ratio"]
+    code, out = await ktrdr(nats_server.url, home, "backtest", "compare", op_id, variant_id,
+                            "-o", str(tmp_path / "cmp.png"))
+    assert code == 0 and "total_return_pct" in out and (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG", out
+    code, out = await ktrdr(nats_server.url, home, "backtest", "compare", op_id, sweep_id)
+    assert code == 2 and "is a sweep" in out, out
     code, out = await ktrdr(nats_server.url, home, "backtest", "plot", variant_id, "-o", str(tmp_path / "v.png"))
     assert code == 0, out
     # The sweep's blocks and its full result are children: listed only with --parent (or --all).
