@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,10 +17,22 @@ import numpy as np  # noqa: E402
 from ktrdr.backtest.result import BacktestResult  # noqa: E402
 
 
+@contextmanager
+def figure(path: Path, *args: Any, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
+    """``plt.subplots(*args, **kwargs)`` for the block's drawing, then laid out and written as a PNG at
+    ``path``; the figure is freed either way (a worker draws many)."""
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(Path(path), dpi=100)
+    finally:
+        plt.close(fig)
+
+
 def plot_result(result: BacktestResult, path: Path, *, title: str | None = None) -> Path:
     index = result.index
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, height_ratios=(3, 1))
-    try:
+    with figure(path, 2, 1, figsize=(11, 7), sharex=True, height_ratios=(3, 1)) as (fig, (top, bottom)):
         top.plot(index, result.equity, label=f"{result.strategy}", linewidth=1.0)
         top.plot(index, result.benchmark, label="buy and hold", linewidth=1.0, alpha=0.7)
         top.set_ylabel("equity")
@@ -31,20 +46,14 @@ def plot_result(result: BacktestResult, path: Path, *, title: str | None = None)
             bottom.plot(index, 100.0 * (curve - peak) / peak, label=label, linewidth=0.8)
         bottom.set_ylabel("drawdown %")
         bottom.grid(alpha=0.3)
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return Path(path)
 
 
-def plot_heatmap(xs: list, ys: list, cells: list[list[float | None]], *, path: Path, x: str, y: str,  # type: ignore[type-arg]
-                 metric: str) -> Path:
+def plot_heatmap(xs: Sequence[object], ys: Sequence[object], cells: list[list[float | None]], *, path: Path,
+                 x: str, y: str, metric: str) -> Path:
     """A sweep's metric over two parameters, one coloured cell per pair (blank: no value)."""
     data = np.array([[np.nan if c is None else c for c in row] for row in cells], dtype=float)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(xs) + 2), max(4.0, 0.4 * len(ys) + 2)))
-    try:
+    with figure(path, figsize=(max(5.0, 0.6 * len(xs) + 2), max(4.0, 0.4 * len(ys) + 2))) as (fig, ax):
         image = ax.imshow(np.ma.masked_invalid(data), origin="lower", aspect="auto", cmap="viridis")
         ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=90 if len(xs) > 12 else 0)
         ax.set_yticks(range(len(ys)), [str(v) for v in ys])
@@ -52,20 +61,14 @@ def plot_heatmap(xs: list, ys: list, cells: list[list[float | None]], *, path: P
         ax.set_ylabel(y)
         fig.colorbar(image, ax=ax, label=metric)
         ax.set_title(f"{metric} by {x} and {y}")
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return Path(path)
 
 
 def plot_compare(curves: dict[str, tuple[list[int], list[float]]], *, path: Path, title: str) -> Path:
     """Equity curves overlaid, each as a percentage of its starting capital."""
     import pandas as pd
 
-    fig, ax = plt.subplots(figsize=(11, 5))
-    try:
+    with figure(path, figsize=(11, 5)) as (fig, ax):
         for label, (index_ns, growth) in curves.items():
             ax.plot(pd.to_datetime(index_ns, utc=True), growth, label=label, linewidth=1.0)
         ax.axhline(100.0, color="grey", linewidth=0.6)
@@ -73,9 +76,4 @@ def plot_compare(curves: dict[str, tuple[list[int], list[float]]], *, path: Path
         ax.legend(loc="upper left")
         ax.grid(alpha=0.3)
         ax.set_title(title)
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return Path(path)

@@ -19,11 +19,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on workers
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ktrdr.backtest.metrics import compute_metrics  # noqa: E402
+from ktrdr.backtest.plot import figure  # noqa: E402
 from ktrdr.data.timeframes import infer_timeframe, periods_per_year  # noqa: E402
 
 Mode = Literal["rolling", "anchored"]
@@ -325,8 +325,7 @@ def plot_walkforward(*, index_ns: np.ndarray, equity: np.ndarray, folds: Sequenc
     """PNG of the stitched out-of-sample equity and its drawdown, a line where each fold starts."""
     index = pd.DatetimeIndex(pd.to_datetime(np.asarray(index_ns, dtype=np.int64), utc=True))
     equity = np.asarray(equity, dtype=np.float64)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, height_ratios=(3, 1))
-    try:
+    with figure(path, 2, 1, figsize=(11, 7), sharex=True, height_ratios=(3, 1)) as (fig, (top, bottom)):
         top.plot(index, equity, label="out-of-sample (stitched)", linewidth=1.0)
         peak = np.maximum.accumulate(equity)
         bottom.plot(index, 100.0 * (equity - peak) / peak, linewidth=0.8)
@@ -342,9 +341,4 @@ def plot_walkforward(*, index_ns: np.ndarray, equity: np.ndarray, folds: Sequenc
         top.set_title(title)
         bottom.set_ylabel("drawdown %")
         bottom.grid(alpha=0.3)
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return Path(path)
