@@ -57,7 +57,8 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
     if not 0 <= trade_from < len(bars):
         raise ValueError(f"trade_from {trade_from} is not one of the {len(bars)} bars")
     warm = bars
-    bars = bars.iloc[trade_from:]
+    if trade_from:  # a frame sliced for nothing costs a tenth of a small backtest
+        bars = bars.iloc[trade_from:]
     n = len(bars)
     index = pd.DatetimeIndex(bars.index)
     timeframe = _timeframe(index, config)
