@@ -85,7 +85,9 @@ async def test_a_store_past_half_full_is_swept_without_waiting_for_retention(
             return not (await stored(nc)) & {a.name for a in junk}
 
         await assert_eventually(emptied, timeout=15, message="a store past half full was not swept")
-        assert coordinator.metrics.swept.labels(store=names.RESULTS_ARTIFACTS)._value.get() == 3
+        # Counted once the sweep has deleted them all (the deletions themselves show first).
+        swept = coordinator.metrics.swept.labels(store=names.RESULTS_ARTIFACTS)
+        await assert_eventually(lambda: swept._value.get() == 3, message="the sweep's deletions were not counted")
         # And the room is there again for a real result.
         await put_result(js, bytes(600 * 1024), host=LOCAL, op_id="real", attempt=1)
     finally:
