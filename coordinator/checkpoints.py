@@ -9,16 +9,14 @@ the purge, a checkpoint the worker never reported) goes with the op at retention
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 
 from ktrdr.runtime.artifacts import purge_artifact, purge_op_artifacts
 from ktrdr.runtime.retry import RetryPolicy, transient_js_error
-from ktrdr.runtime.tasks import cancel_and_wait
+from ktrdr.runtime.tasks import TaskSet
 from subjects.models import Operation, OpStatus
 from subjects.names import CHECKPOINTS_ARTIFACTS
 
@@ -30,12 +28,10 @@ PURGE_RETRY = RetryPolicy(first_s=0.2, max_s=2.0, budget_s=30.0)
 class CheckpointJanitor:
     def __init__(self, *, js: JetStreamContext) -> None:
         self.js = js
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._stopped = False
+        self._tasks = TaskSet(what="checkpoint deletion")
 
     async def stop(self) -> None:
-        self._stopped = True
-        await cancel_and_wait(self._tasks, what="checkpoint deletion")
+        await self._tasks.stop()
 
     async def __aenter__(self) -> CheckpointJanitor:
         return self
@@ -46,27 +42,20 @@ class CheckpointJanitor:
     def op_changed(self, old: Operation, new: Operation) -> None:
         """An ops listener: an op that just ended needs none of its checkpoints; one that reported a
         new checkpoint needs the one before no more."""
-        if self._stopped:
-            return
         # Only an op that reported a checkpoint: a purge per completed op would cost every backtest
         # two JetStream requests. A failed or cancelled op keeps its last one, to look into, until
         # retention; so does one written but never reported.
         completed = new.status is OpStatus.COMPLETED and (old is new or old.status is not OpStatus.COMPLETED)
         if completed and (new.checkpoint or old.checkpoint):
-            self._spawn(self._purge(lambda: purge_op_artifacts(self.js, CHECKPOINTS_ARTIFACTS, new.op_id),
-                                    f"the checkpoints of {new.op_id}"))
+            self._tasks.spawn(self._purge(lambda: purge_op_artifacts(self.js, CHECKPOINTS_ARTIFACTS, new.op_id),
+                                          f"the checkpoints of {new.op_id}"))
         elif old is not new and old.checkpoint and old.checkpoint != new.checkpoint:
             name = old.checkpoint
-            self._spawn(self._purge(lambda: purge_artifact(self.js, CHECKPOINTS_ARTIFACTS, name),
-                                    f"checkpoint {name}"))
+            self._tasks.spawn(self._purge(lambda: purge_artifact(self.js, CHECKPOINTS_ARTIFACTS, name),
+                                          f"checkpoint {name}"))
 
-    async def _purge(self, purge: Any, what: str) -> None:
+    async def _purge(self, purge: Callable[[], Awaitable[None]], what: str) -> None:
         try:
             await PURGE_RETRY.run(purge, retry_on=transient_js_error)
         except Exception as exc:
             log.warning("could not delete %s (retention will): %s: %s", what, type(exc).__name__, exc)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

@@ -32,9 +32,10 @@ from nats.js.errors import NotFoundError
 from coordinator.metrics import Metrics
 from coordinator.operations import Operations
 from ktrdr.models.registry import pinned_nuids
-from ktrdr.runtime.artifacts import ArtifactStore, purge_artifact
+from ktrdr.runtime import direct
+from ktrdr.runtime.artifacts import purge_artifact
 from ktrdr.runtime.objects import collect_orphans
-from ktrdr.runtime.tasks import cancel_and_wait
+from ktrdr.runtime.tasks import cancel_and_wait, every
 from ktrdr.runtime.topology import OBJECT_STORES
 from subjects import names
 
@@ -64,7 +65,7 @@ class StoreSweep:
         self.min_gap_s = min_gap_s
         self.high_water = high_water
         self.stores = (*OBJECT_STORES, *names.ARTIFACT_STREAMS)
-        self._suspects: dict[str, set[str]] = {}
+        self._suspects: dict[str, set[tuple[str, str]]] = {}
         self._last: dict[str, float] = {}
         self._gap: dict[str, float] = {}  # between sweeps of a store past half full
         self._task: asyncio.Task[None] | None = None
@@ -74,16 +75,15 @@ class StoreSweep:
             self._task = asyncio.create_task(self.run(), name="store-sweep")
 
     async def run(self) -> None:
-        while True:
-            for store in self.stores:
-                try:
-                    if await self._due(store):
-                        await self.sweep(store)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # an election, a reconnect: the next round tries again
-                    log.warning("could not sweep %s: %s: %s", store, type(exc).__name__, exc)
-            await asyncio.sleep(self.check_s)
+        await every(self.check_s, self._round, what="sweeping the stores")
+
+    async def _round(self) -> None:
+        for store in self.stores:
+            try:
+                if await self._due(store):
+                    await self.sweep(store)
+            except Exception as exc:  # one store's trouble (an election) leaves the others swept
+                log.warning("could not sweep %s: %s: %s", store, type(exc).__name__, exc)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -111,18 +111,22 @@ class StoreSweep:
     async def sweep(self, store: str) -> int:
         """One sweep of ``store``: the garbage deleted (found on this sweep and the one before)."""
         self._last[store] = time.monotonic()
-        suspects = self._suspects.get(store, set())
         if store in OBJECT_STORES:
+            suspects = {nuid for _, nuid in self._suspects.get(store, set())}
             # A registered model's bytes stay, whatever its info says now (ktrdr.models.registry).
             keep = await pinned_nuids(self.js) if store == names.MODELS_OBJECTS else None
             left = await collect_orphans(self.js, store, suspects=suspects, keep=keep)
             deleted = len(suspects - left)
-            self._suspects[store] = left
+            self._suspects[store] = {("nuid", nuid) for nuid in left}
         else:
             found = await self._garbage(store)
-            purge = found & suspects
-            for name in purge:
-                await purge_artifact(self.js, store, name)
+            purge = found & self._suspects.get(store, set())
+            stream = names.ARTIFACT_STREAMS[store]
+            for kind, what in purge:
+                if kind == "artifact":
+                    await purge_artifact(self.js, store, what)
+                else:  # a subject no artifact of ours has: only a stolen key writes one
+                    await self.js.purge_stream(stream, subject=what)
             self._suspects[store] = found - purge
             deleted = len(purge)
         if deleted:
@@ -133,17 +137,27 @@ class StoreSweep:
                             else min(self.every_s, 2 * self._gap.get(store, self.min_gap_s)))
         return deleted
 
-    async def _garbage(self, store: str) -> set[str]:
-        written = {a.name for a in await ArtifactStore(js=self.js, store=store).list()}
+    async def _garbage(self, store: str) -> set[tuple[str, str]]:
+        """What no record counts on: ("artifact", name), or ("subject", subject) for an info or chunk
+        subject that names no artifact at all."""
+        stream = names.ARTIFACT_STREAMS[store]
+        subjects = [stored.subject async for stored in direct.scan(self.js._nc, stream, names.artifact_infos(store))]
         try:
-            info = await self.js.stream_info(names.ARTIFACT_STREAMS[store], subjects_filter=f"{store}.c.>")
+            info = await self.js.stream_info(stream, subjects_filter=names.artifact_all_chunks(store))
         except NotFoundError:
             return set()
-        prefix = f"{store}.c."
-        # A chunk subject is <store>.c.<name>.<n>: chunks without an info are an upload under way,
-        # or one that never finished.
-        written |= {s[len(prefix):].rpartition(".")[0] for s in (info.state.subjects or {})}
-        return {name for name in written if not self.kept(name)}
+        found: set[tuple[str, str]] = set()
+        # Chunks without an info are an upload under way, or one that never finished.
+        for subject, parse in [*((s, names.artifact_of_info) for s in subjects),
+                               *((s, names.artifact_of_chunk) for s in info.state.subjects or {})]:
+            try:
+                name = parse(store, subject)
+            except names.InvalidToken:
+                found.add(("subject", subject))
+                continue
+            if not self.kept(name):
+                found.add(("artifact", name))
+        return found
 
     def kept(self, name: str) -> bool:
         """Whether an op record counts on the artifact ``name``, or may still (its attempt running)."""

@@ -9,17 +9,14 @@ stored before pins existed are pinned as they are found at start, and said so in
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
 
 from nats.js import JetStreamContext
 
 from ktrdr.models.registry import ModelNotFoundError, list_models, register_model, registered_digest
 from ktrdr.optypes.training import TRAINING
 from ktrdr.runtime.retry import RetryPolicy, transient_js_error
-from ktrdr.runtime.tasks import cancel_and_wait
+from ktrdr.runtime.tasks import TaskSet
 from subjects.models import Operation, OpStatus
 
 log = logging.getLogger(__name__)
@@ -31,15 +28,13 @@ REGISTER_RETRY = RetryPolicy(first_s=0.2, max_s=2.0, budget_s=60.0)
 class ModelPins:
     def __init__(self, *, js: JetStreamContext) -> None:
         self.js = js
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._stopped = False
+        self._tasks = TaskSet(what="model registration")
 
     async def start(self) -> None:
-        self._spawn(self._pin_unregistered())
+        self._tasks.spawn(self._pin_unregistered())
 
     async def stop(self) -> None:
-        self._stopped = True
-        await cancel_and_wait(self._tasks, what="model registration")
+        await self._tasks.stop()
 
     async def __aenter__(self) -> ModelPins:
         await self.start()
@@ -54,8 +49,8 @@ class ModelPins:
             return
         result = new.result or {}
         name, version = result.get("model_name"), result.get("model_version")
-        if isinstance(name, str) and isinstance(version, int) and not self._stopped:
-            self._spawn(self._register(name, version, new.op_id))
+        if isinstance(name, str) and isinstance(version, int):
+            self._tasks.spawn(self._register(name, version, new.op_id))
 
     async def _register(self, name: str, version: int, op_id: str | None) -> None:
         try:
@@ -76,8 +71,3 @@ class ModelPins:
             if await registered_digest(self.js, v.name, v.version) is None:
                 log.warning("registering model %s, stored before versions were registered, as it is now", v.ref)
                 await self._register(v.name, v.version, None)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

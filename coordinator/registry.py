@@ -26,6 +26,9 @@ from subjects.models import BadPayload, WorkerLease, decode
 
 log = logging.getLogger(__name__)
 
+# The subject label of what the registry refuses among the leases.
+LEASES = names.kv_all(names.WORKERS_BUCKET).removesuffix(".>")
+
 # (worker id, its last lease, why, and for a restart: when the new process started)
 LostCallback = Callable[[str, WorkerLease | None, str, datetime | None], Awaitable[None]]
 WorkerListener = Callable[[str, WorkerLease | None], None]
@@ -101,13 +104,13 @@ class WorkerRegistry:
         try:
             host, key = names.split_lease_key(lease_key)
         except names.InvalidToken:
-            self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="key").inc()
+            self.metrics.rejected.labels(subject=LEASES, reason="key").inc()
             log.error("ignoring a lease under %r: not <host>.<worker id>", lease_key[:200])
             return None
         owner = self._hosts.get(key)
         if owner is not None and owner != host and key in self.workers:
             # Another host writing a lease for a live worker of this one: refused, whatever it says.
-            self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="other host").inc()
+            self.metrics.rejected.labels(subject=LEASES, reason="other host").inc()
             log.error("host %s wrote a lease for worker %s, which is host %s's: ignored", host, key, owner)
             return None
         if operation in ("DEL", "PURGE") or not value:
@@ -118,11 +121,11 @@ class WorkerRegistry:
         try:
             lease = decode(WorkerLease, value)
         except BadPayload as exc:
-            self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="schema").inc()
+            self.metrics.rejected.labels(subject=LEASES, reason="schema").inc()
             log.error("ignoring malformed lease under %r: %s", lease_key, exc)
             return None
         if lease.worker_id != key:
-            self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="key mismatch").inc()
+            self.metrics.rejected.labels(subject=LEASES, reason="key mismatch").inc()
             return None
         self._hosts[key] = host
         if names.CAP_TRAINING_GPU in lease.capabilities and not self.gpu_allowed(host):
@@ -130,7 +133,7 @@ class WorkerRegistry:
             # hold every training back for the GPU fallback timeout.
             if key not in self._gpu_refused:
                 self._gpu_refused.add(key)
-                self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="gpu not granted").inc()
+                self.metrics.rejected.labels(subject=LEASES, reason="gpu not granted").inc()
                 log.error("worker %s of host %s claims GPU training, which the host was not invited for "
                           "(ktrdr fleet invite worker --host %s --gpu): taken as a CPU worker", key, host, host)
             lease = lease.model_copy(update={"capabilities": [c for c in lease.capabilities
@@ -148,7 +151,7 @@ class WorkerRegistry:
             # An older process writing after a newer one: two live processes share this id.
             if self._duplicates.get(key) != (previous.pid, lease.pid):
                 self._duplicates[key] = (previous.pid, lease.pid)
-                self.metrics.rejected.labels(subject=f"$KV.{names.WORKERS_BUCKET}", reason="duplicate worker id").inc()
+                self.metrics.rejected.labels(subject=LEASES, reason="duplicate worker id").inc()
                 log.error("two live processes share worker id %s (pid %d on %s and pid %d on %s): give each "
                           "its own KTRDR_WORKER_ID or KTRDR_WORKER_INDEX", key, previous.pid, previous.host,
                           lease.pid, lease.host)

@@ -20,7 +20,7 @@ from coordinator.errors import Conflict, InvalidRequest, NotFound, parse
 from ktrdr.optypes import OpType, op_types
 from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.results import get_result
-from subjects.models import OpStatus, SubmitRequest
+from subjects.models import Operation, OpStatus, SubmitRequest
 
 
 def _submit_route(declared: OpType[Any, Any]) -> Route:
@@ -40,7 +40,11 @@ def _submit_route(declared: OpType[Any, Any]) -> Route:
 
 async def stored_result(state: Any, op_id: str) -> bytes:
     """The bytes a completed op stored in ``results``: 404 for an unknown op or none stored, 409 before it completes."""
-    op = state.layer.get(op_id)
+    return await _stored(state, state.layer.get(op_id))
+
+
+async def _stored(state: Any, op: Operation) -> bytes:
+    op_id = op.op_id
     if op.status is not OpStatus.COMPLETED:
         raise Conflict(f"operation {op_id} is {op.status.value}: results exist once it completes")
     data = await get_result(state.js, op)
@@ -72,7 +76,7 @@ async def compare_backtests(request: Request) -> Response:
         op = state.layer.get(op_id)
         if op.type != BACKTEST.name:
             raise InvalidRequest(f"ids: {op_id} is a {op.type}, not a backtest", field="ids")
-        documents[op_id] = await stored_result(state, op_id)
+        documents[op_id] = await _stored(state, op)
     found = compare(documents)
     found["curves"] = {op_id: reduce_curves(index_ns, {"growth_pct": growth})
                        for op_id, (index_ns, growth) in growth_curves(documents).items()}

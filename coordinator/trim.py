@@ -12,13 +12,12 @@ them). A worker whose event is refused meanwhile keeps it and sends it again (``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from nats.js import JetStreamContext
 
 from coordinator.metrics import Metrics
-from ktrdr.runtime.tasks import cancel_and_wait
+from ktrdr.runtime.tasks import cancel_and_wait, every
 from subjects import names
 
 log = logging.getLogger(__name__)
@@ -41,14 +40,7 @@ class OpsTrim:
             self._task = asyncio.create_task(self.run(), name="ops-trim")
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.trim()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # an election, a reconnect: the next round sees again
-                log.warning("could not check how full OPS is: %s: %s", type(exc).__name__, exc)
-            await asyncio.sleep(self.interval_s)
+        await every(self.interval_s, self.trim, what="checking how full OPS is")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -73,8 +65,7 @@ class OpsTrim:
         before = info.state.messages
         # Purging "up to seq" keeps seq itself: everything the consumer has acknowledged goes.
         for subject in (names.OPS_PROGRESS_ALL, None):
-            with contextlib.suppress(Exception):
-                await self.js.purge_stream(names.OPS_STREAM, seq=applied + 1, subject=subject)
+            await self.js.purge_stream(names.OPS_STREAM, seq=applied + 1, subject=subject)
             info = await self.js.stream_info(names.OPS_STREAM)
             if info.state.bytes <= self.high_water * limit:
                 break

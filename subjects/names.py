@@ -227,9 +227,34 @@ def artifact_infos(store: str) -> str:
     return f"{_artifact_store(store)}.m.>"
 
 
+def artifact_all_chunks(store: str) -> str:
+    """Every chunk of every artifact in ``store``."""
+    return f"{_artifact_store(store)}.c.>"
+
+
+def artifact_of_chunk(store: str, subject: str) -> str:
+    """The artifact name in a chunk subject (``<store>.c.<name>.<n>``); InvalidToken for anything else."""
+    prefix = artifact_all_chunks(store).removesuffix(">")
+    name, _, index = subject.removeprefix(prefix).rpartition(".")
+    if not subject.startswith(prefix) or not index.isdigit():
+        raise InvalidToken(f"not a chunk of {store}: {subject[:200]!r}")
+    artifact_owner(name)
+    return name
+
+
+def artifact_of_info(store: str, subject: str) -> str:
+    """The artifact name in an info subject (``<store>.m.<name>``); InvalidToken for anything else."""
+    prefix = artifact_infos(store).removesuffix(">")
+    if not subject.startswith(prefix):
+        raise InvalidToken(f"not an info of {store}: {subject[:200]!r}")
+    name = subject.removeprefix(prefix)
+    artifact_owner(name)
+    return name
+
+
 def artifact_subjects(store: str) -> list[str]:
     """What the store's stream captures."""
-    return [f"{_artifact_store(store)}.m.>", f"{store}.c.>"]
+    return [artifact_infos(store), artifact_all_chunks(store)]
 
 
 def kv_stream(bucket: str) -> str:
@@ -315,6 +340,16 @@ def job_msg_id(op_id: str, attempt: int, capability: str, reoffer: int = 0) -> s
 def model_pin_key(name: str, version: int) -> str:
     """The ``model_pins`` key of ``name@version`` (a model name may hold '.', which a key token may not)."""
     return base64.urlsafe_b64encode(f"{name}@{int(version)}".encode()).decode()
+
+
+def model_pin_ref(subject: str) -> tuple[str, int] | None:
+    """``(name, version)`` of a ``model_pins`` key's subject, or None for a key no pin has."""
+    key = subject.removeprefix(kv_all(MODEL_PINS_BUCKET).removesuffix(">"))
+    try:
+        name, _, version = base64.urlsafe_b64decode(key).decode().rpartition("@")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (name, int(version)) if name and version.isdigit() else None
 
 
 def object_meta_subject(bucket: str, object_name: str) -> str:

@@ -19,11 +19,18 @@ LEADING = ("total_return_pct", "annualized_return_pct", "sharpe_ratio", "sortino
            "buy_and_hold_return_pct")
 
 
-def compare(documents: Mapping[str, bytes]) -> dict[str, Any]:
+Document = bytes | Mapping[str, Any]  # a stored backtest result, as stored or parsed
+
+
+def _parsed(documents: Mapping[str, Document]) -> dict[str, Any]:
+    return {op_id: json.loads(d) if isinstance(d, bytes) else d for op_id, d in documents.items()}
+
+
+def compare(documents: Mapping[str, Document]) -> dict[str, Any]:
     """``documents``: each op id's stored backtest result. Returns ``runs`` (what each was: strategy,
     symbol, timeframe, parameters, first and last bar) and ``metrics`` (name -> value per op id, in
     the order given), every metric any of them has."""
-    docs = {op_id: json.loads(data) for op_id, data in documents.items()}
+    docs = _parsed(documents)
     runs = {op_id: {"strategy": doc.get("strategy"), "symbol": (doc.get("config") or {}).get("symbol"),
                     "timeframe": doc.get("timeframe"), "parameters": doc.get("parameters") or {},
                     "start": _time(doc, 0), "end": _time(doc, -1)} for op_id, doc in docs.items()}
@@ -33,12 +40,12 @@ def compare(documents: Mapping[str, bytes]) -> dict[str, Any]:
     return {"runs": runs, "metrics": table}
 
 
-def growth_curves(documents: Mapping[str, bytes]) -> dict[str, tuple[list[int], list[float]]]:
+def growth_curves(documents: Mapping[str, Document]) -> dict[str, tuple[list[int], list[float]]]:
     """Each backtest's equity as a percentage of its starting capital (curves of different capital
     compare), by bar time in ns. A result stored without its curve is left out."""
     out: dict[str, tuple[list[int], list[float]]] = {}
-    for op_id, data in documents.items():
-        result = BacktestResult.from_json_bytes(data)
+    for op_id, doc in _parsed(documents).items():
+        result = BacktestResult.from_doc(doc)
         if len(result.equity) and len(result.index_ns) == len(result.equity):
             start = float(result.config.initial_capital) or float(result.equity[0])
             out[op_id] = (result.index_ns.tolist(), (100.0 * result.equity / start).tolist())

@@ -66,7 +66,11 @@ class BacktestResult:
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> BacktestResult:
-        doc = json.loads(data)
+        return cls.from_doc(json.loads(data))
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> BacktestResult:
+        """A result from its stored document, already parsed."""
         if doc.get("format") != FORMAT:
             raise ValueError(f"not a backtest result (format {doc.get('format')!r})")
         trades = {k: np.asarray(doc["trades"][k], dtype=np.int64 if k in _INT_COLUMNS else np.float64)

@@ -340,13 +340,13 @@ def compare_cmd(
 
     if not 2 <= len(op_ids) <= MAX_COMPARED:
         fail(f"give 2 to {MAX_COMPARED} backtests, not {len(op_ids)}")
-    documents: dict[str, bytes] = {}
+    documents: dict[str, dict[str, Any]] = {}
     for op_id in op_ids:
         op, doc = _results(op_id)
         if op.type != BACKTEST.name:
             fail(f"{op_id} is a {op.type}; compare backtests (a sweep's best are backtested in full: the 'full' "
                  "column of `ktrdr backtest show`)")
-        documents[op_id] = jsonlib.dumps(doc).encode()
+        documents[op_id] = doc
     found = compare(documents)
     if json:
         print(jsonlib.dumps(found, indent=2))
@@ -431,7 +431,7 @@ def plot(op_id: OpIdArg, output: Annotated[Path, typer.Option("--output", "-o", 
     if op.type == SWEEP.name or not doc.get("equity"):
         fail(f"{op_id} stored no equity curve (a sweep keeps every variant's metrics; its best are backtested "
              "again in full: the 'full' column of `ktrdr backtest show`)")
-    result = BacktestResult.from_json_bytes(jsonlib.dumps(doc).encode())
+    result = BacktestResult.from_doc(doc)
     console.print(f"wrote {plot_result(result, output)}")
 
 

@@ -15,7 +15,6 @@ nobody registered, naming the model.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from subjects.names import (
     kv_all,
     kv_stream,
     model_pin_key,
+    model_pin_ref,
     object_meta_subject,
 )
 from subjects.training import validate_model_name
@@ -186,7 +186,8 @@ async def show_model(js: JetStreamContext, name: str, version: int | str | None 
     validate_model_name(name)
     version = _as_version(version)
     versions = [v for v in await list_models(js) if v.name == name]
-    registered = await _registered_versions(js, name)
+    pins = await _registered(js)
+    registered = sorted(v for pinned, v in pins if pinned == name)
     if version is None and registered and (not versions or max(registered) > versions[-1].version):
         version = max(registered)
     if version is None and versions:
@@ -194,7 +195,7 @@ async def show_model(js: JetStreamContext, name: str, version: int | str | None 
     for v in versions:
         if v.version == version:
             return v
-    pin = await _pin(js, name, version) if version is not None else None
+    pin = pins.get((name, version)) if version is not None else None
     if pin is not None:
         log.error("model %s@%d has no info in the bucket any more (deleted or written over after its training): "
                   "using what was registered", name, version)
@@ -206,24 +207,21 @@ async def show_model(js: JetStreamContext, name: str, version: int | str | None 
                              + ", ".join(str(v.version) for v in versions) + ")")
 
 
-async def _registered_versions(js: JetStreamContext, name: str) -> list[int]:
-    """The versions of ``name`` the coordinator registered (the keys of ``model_pins``)."""
-    prefix = kv_all(MODEL_PINS_BUCKET).removesuffix(">")
-    found: list[int] = []
+async def _registered(js: JetStreamContext) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every registered version's pin, by (name, version): one read of ``model_pins``."""
+    found: dict[tuple[str, int], dict[str, Any]] = {}
     try:
         async for stored in direct.scan(js._nc, kv_stream(MODEL_PINS_BUCKET), kv_all(MODEL_PINS_BUCKET)):
-            if not stored.data:  # a deleted key
-                continue
+            ref = model_pin_ref(stored.subject)
             try:
-                ref = base64.urlsafe_b64decode(stored.subject.removeprefix(prefix)).decode()
-            except (ValueError, UnicodeDecodeError):
+                pin = json.loads(stored.data or b"{}")
+            except ValueError:
                 continue
-            pinned_name, _, pinned_version = ref.rpartition("@")
-            if pinned_name == name and pinned_version.isdigit():
-                found.append(int(pinned_version))
+            if ref is not None and isinstance(pin, dict) and pin.get("digest"):  # a deleted key has no data
+                found[ref] = pin
     except direct.NoStream:
         pass
-    return sorted(found)
+    return found
 
 
 async def register_model(js: JetStreamContext, name: str, version: int, *, op_id: str | None = None) -> str:
@@ -266,19 +264,7 @@ async def registered_digest(js: JetStreamContext, name: str, version: int) -> st
 
 async def pinned_nuids(js: JetStreamContext) -> set[str]:
     """Where every registered version's bytes are (the chunks no sweep may delete)."""
-    kv = kv_stream(MODEL_PINS_BUCKET)
-    found: set[str] = set()
-    try:
-        async for stored in direct.scan(js._nc, kv, kv_all(MODEL_PINS_BUCKET)):
-            try:
-                nuid = json.loads(stored.data or b"{}").get("nuid")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(nuid, str) and nuid:
-                found.add(nuid)
-    except direct.NoStream:
-        pass
-    return found
+    return {str(pin["nuid"]) for pin in (await _registered(js)).values() if pin.get("nuid")}
 
 
 async def load_model(js: JetStreamContext, name: str, version: int | str | None = None) -> bytes:
@@ -286,19 +272,19 @@ async def load_model(js: JetStreamContext, name: str, version: int | str | None 
     coordinator registered them."""
     found = await show_model(js, name, version)
 
-    async def pinned() -> str:
-        digest = await registered_digest(js, found.name, found.version)
-        if digest is None:
+    async def pinned() -> dict[str, Any]:
+        pin = await _pin(js, found.name, found.version)
+        if pin is None:
             raise _NotRegisteredYet
-        return digest
+        return pin
 
     try:
-        expected = await PIN_WAIT.run(pinned, retry_on=lambda exc: isinstance(exc, _NotRegisteredYet))
+        pin = await PIN_WAIT.run(pinned, retry_on=lambda exc: isinstance(exc, _NotRegisteredYet))
     except _NotRegisteredYet:
         raise ModelTampered(f"model {found.ref} was never registered by the coordinator (did the training that "
                             "saved it complete?); it is not loaded") from None
-    pin = await _pin(js, found.name, found.version)
-    if pin is not None and pin.get("nuid"):
+    expected = str(pin["digest"])
+    if pin.get("nuid"):
         # The bytes registered, read where they were: an info written over or deleted since (by a
         # stolen host key) changes nothing here; the digest still has the last word.
         info = ObjectInfo(name=_object_name(found.name, found.version), bucket=MODELS_OBJECTS, nuid=pin["nuid"],

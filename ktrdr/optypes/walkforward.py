@@ -28,7 +28,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from ktrdr.backtest.checks import RequestProblem, check_strategy
@@ -310,16 +309,11 @@ class WalkForwardPlan:
 
 
 def _trades(result: BacktestResult) -> list[dict[str, Any]]:
-    """A backtest's trades as rows, with their entry and exit times."""
-    index, last = result.index_ns, len(result.index_ns) - 1
-    rows = []
-    for i in range(len(result.trades.get("pnl", []))):
-        row = {k: v[i].item() for k, v in result.trades.items()}
-        # A close at the end fills on the last bar (its exit bar is one past it).
-        for key in ("entry", "exit"):
-            row[f"{key}_time"] = pd.Timestamp(int(index[min(row[f"{key}_bar"], last)]), tz="UTC").isoformat()
-        rows.append(row)
-    return rows
+    """A backtest's trades as rows, with their entry and exit times (``BacktestResult.trades_frame``'s)."""
+    times = result.trades_frame()[["entry_time", "exit_time"]]
+    return [{**{k: v[i].item() for k, v in result.trades.items()},
+             "entry_time": entry.isoformat(), "exit_time": exit_.isoformat()}
+            for i, (entry, exit_) in enumerate(times.itertuples(index=False))]
 
 
 @functools.lru_cache(maxsize=256)

@@ -31,17 +31,13 @@ from nats.js.api import PubAck
 from nats.js.errors import APIError, NotFoundError
 
 from ktrdr.runtime import direct
-from ktrdr.runtime.objects import CHUNK_BYTES, DigestMismatch, ObjectTooLarge, digest_of
+from ktrdr.runtime.objects import BATCH_BYTES, CHUNK_BYTES, DigestMismatch, ObjectTooLarge, digest_of
+from ktrdr.runtime.retry import JS_STORE_REFUSED
 from subjects import names
 from subjects.limits import MAX_ERROR_CHARS, bounded_text
 
 log = logging.getLogger(__name__)
 
-# Answers of one batched read waiting unread on the inbox, at most.
-BATCH_BYTES = 16 * 1024 * 1024
-# A stream that holds every subject to one message answers a second write with this code (and
-# "maximum messages per subject exceeded").
-_SUBJECT_FULL = 10077
 
 
 class ArtifactExists(RuntimeError):
@@ -114,8 +110,9 @@ class ArtifactStore:
         try:
             return await self.js.publish(subject, payload, stream=self.stream)
         except APIError as exc:
-            # The same code says the whole store is full: only this one means written already.
-            if exc.err_code == _SUBJECT_FULL and "per subject" in (exc.description or ""):
+            # The code a full store answers with too: "maximum messages per subject exceeded" is the
+            # one that means written already.
+            if exc.err_code == JS_STORE_REFUSED and "per subject" in (exc.description or ""):
                 raise ArtifactExists(f"{subject} is written already: an artifact is never replaced") from None
             raise
 
@@ -150,23 +147,15 @@ class ArtifactStore:
 
     async def _chunks(self, artifact: Artifact) -> bytes:
         page = max(1, min(direct.BATCH, BATCH_BYTES // CHUNK_BYTES))
-        subject = names.artifact_chunks(self.store, artifact.name)
         parts: list[bytes] = []
-        seq = artifact.first_seq
-        while len(parts) < artifact.chunks:
-            got, pending = await direct.batch(
-                self.nc, self.stream,
-                {"seq": seq, "next_by_subj": subject, "batch": min(page, artifact.chunks - len(parts))},
-                timeout=self.timeout)
-            for stored in got:
-                # One subject per chunk, written in order: anything else is not this artifact.
-                if stored.subject != names.artifact_chunk(self.store, artifact.name, len(parts)):
-                    raise DigestMismatch(f"artifact {self.store}/{artifact.name}: chunk {len(parts)} "
-                                         f"arrived as {stored.subject[:200]}")
-                parts.append(stored.data)
-            if not got or pending <= 0:
-                break
-            seq = got[-1].seq + 1
+        async for stored in direct.scan(self.nc, self.stream, names.artifact_chunks(self.store, artifact.name),
+                                        page=page, seq=artifact.first_seq, limit=artifact.chunks,
+                                        timeout=self.timeout):
+            # One subject per chunk, written in order: anything else is not this artifact.
+            if stored.subject != names.artifact_chunk(self.store, artifact.name, len(parts)):
+                raise DigestMismatch(f"artifact {self.store}/{artifact.name}: chunk {len(parts)} "
+                                     f"arrived as {stored.subject[:200]}")
+            parts.append(stored.data)
         if len(parts) != artifact.chunks:
             raise DigestMismatch(f"artifact {self.store}/{artifact.name} has {len(parts)} of its "
                                  f"{artifact.chunks} chunks")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,10 @@ def explain(exc: BaseException, url: str, auth: NatsAuth) -> str:
 
 
 _CLOSING: set[asyncio.Task[None]] = set()
+# nats-server refuses every connection for the instant it applies a config reload (seen in its log
+# between "Reloaded: accounts" and "Reloaded server configuration"), and `ktrdr fleet invite` and
+# `revoke` reload it: a long-running process takes a refusal as final only once it has lasted this long.
+REFUSAL_GRACE_S = 1.0
 
 
 def _fatal(exc: BaseException) -> bool:
@@ -121,8 +126,23 @@ async def connect(
     connected = False
 
     refused: list[str] = []
+    refused_since: list[float] = []  # the first refusal of the current run of them
+
+    def passing(exc: Exception) -> bool:
+        """A refusal within the grace of the first one (a long-running process only): tried again."""
+        if not reconnect or isinstance(exc, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return False
+        now = time.monotonic()
+        if not refused_since:
+            refused_since.append(now)
+        if now - refused_since[0] >= REFUSAL_GRACE_S:
+            return False
+        log.warning("nats: %s refused the credential; trying again (a server reloading its config?)", url)
+        return True
 
     async def error_cb(exc: Exception) -> None:
+        if _fatal(exc) and passing(exc):
+            return
         if not connected and _fatal(exc):
             raise NatsConnectError(explain(exc, url, auth))
         if connected and _fatal(exc):
@@ -148,6 +168,7 @@ async def connect(
             log.warning("nats: disconnected from %s", url)
 
     async def reconnected_cb() -> None:
+        refused_since.clear()
         log.info("nats: reconnected to %s", url)
         if on_reconnect is not None:
             await on_reconnect()
@@ -174,5 +195,6 @@ async def connect(
     except Exception as exc:
         raise NatsConnectError(explain(exc, url, auth)) from None
     connected = True
+    refused_since.clear()
     client = nc
     return nc

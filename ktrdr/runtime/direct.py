@@ -104,15 +104,19 @@ async def batch(nc: Client, stream: str, request: dict[str, Any], *,
     raise DirectGetError(f"direct get on {stream} refused: {status} {description}".strip())
 
 
-async def scan(nc: Client, stream: str, subject: str, *, page: int = BATCH,
+async def scan(nc: Client, stream: str, subject: str, *, page: int = BATCH, seq: int = 1, limit: int | None = None,
                timeout: float = DEFAULT_TIMEOUT_S) -> AsyncIterator[Stored]:
-    """Every stored message on ``subject`` (wildcards allowed), oldest first, a page at a time."""
-    seq = 1
-    while True:
-        got, pending = await batch(nc, stream, {"seq": seq, "next_by_subj": subject, "batch": page},
+    """Every stored message on ``subject`` (wildcards allowed) from stream sequence ``seq`` on, oldest
+    first, a page at a time; at most ``limit`` of them (an object's chunks: no page asks for more)."""
+    left = limit
+    while left is None or left > 0:
+        want = page if left is None else min(page, left)
+        got, pending = await batch(nc, stream, {"seq": seq, "next_by_subj": subject, "batch": want},
                                    timeout=timeout)
         for stored in got:
             yield stored
+        if left is not None:
+            left -= len(got)
         if not got or pending <= 0:
             return
         seq = got[-1].seq + 1

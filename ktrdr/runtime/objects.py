@@ -102,19 +102,8 @@ class ObjectBucket:
             return b""
         chunk_bytes = (info.options.max_chunk_size if info.options else None) or CHUNK_BYTES
         page = max(1, min(direct.BATCH, BATCH_BYTES // max(1, chunk_bytes)))
-        subject = self.chunk_subject(str(info.nuid))
-        parts: list[bytes] = []
-        seq = 1
-        while len(parts) < chunks:
-            got, pending = await direct.batch(
-                self.nc, self.stream, {"seq": seq, "next_by_subj": subject, "batch": min(page, chunks - len(parts))},
-                timeout=self.timeout)
-            if not got:
-                break
-            parts += [s.data for s in got]
-            seq = got[-1].seq + 1
-            if pending <= 0:
-                break
+        parts = [stored.data async for stored in direct.scan(
+            self.nc, self.stream, self.chunk_subject(str(info.nuid)), page=page, limit=chunks, timeout=self.timeout)]
         if len(parts) != chunks:
             raise DigestMismatch(f"object {self.bucket}/{name} has {len(parts)} of its {chunks} chunks")
         return b"".join(parts)

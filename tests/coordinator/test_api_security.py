@@ -32,6 +32,7 @@ ROUTES = [
     ("DELETE", "/api/v1/operations/op-1"),
     ("POST", "/api/v1/backtests"),
     ("POST", "/api/v1/backtests/sweeps"),
+    ("GET", "/api/v1/backtests/compare?ids=a,b"),
     ("POST", "/api/v1/trainings"),
     ("GET", "/metrics"),
     ("GET", "/no/such/route"),

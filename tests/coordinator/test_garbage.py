@@ -15,6 +15,7 @@ from subjects import names, roles
 from subjects.limits import MIB
 from subjects.models import OpEvent, OpEventKind, OpStatus, SubmitRequest
 from tests.conftest import MakeWorker
+from tests.subjects.conftest import as_role  # noqa: F401 - the fixture
 from tests.support import assert_eventually, claim_as, wait_status
 
 LOCAL, OTHER = roles.LOCAL_HOST, roles.LOCAL_IB_HOST
@@ -92,3 +93,19 @@ async def test_a_store_past_half_full_is_swept_without_waiting_for_retention(
         await put_result(js, bytes(600 * 1024), host=LOCAL, op_id="real", attempt=1)
     finally:
         await sweep.stop()
+
+
+async def test_subjects_that_name_no_artifact_are_swept_too_and_the_sweep_goes_on(
+        coordinator: Coordinator, as_role) -> None:  # noqa: F811
+    """What a host key can publish under its own name without being an artifact of ours."""
+    worker, denials = await as_role(roles.WORKER)
+    js = worker.jetstream()
+    for subject in (f"results.m.{LOCAL}.junk", f"results.c.{LOCAL}.junk.0", f"results.c.{LOCAL}.a.b"):
+        await js.publish(subject, b"junk")
+    orphan = await put_result(coordinator.js, b"{}", host=LOCAL, op_id="no-such-op", attempt=1)
+    sweep = sweeper(coordinator)
+    assert await sweep.sweep(names.RESULTS_ARTIFACTS) == 0
+    assert await sweep.sweep(names.RESULTS_ARTIFACTS) == 4  # the three subjects and the unknown op's result
+    state = await coordinator.js.stream_info(names.RESULTS_STREAM)
+    assert state.state.messages == 0 and denials.seen == []
+    assert await results_store(coordinator.js).info(orphan.name) is None
