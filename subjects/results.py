@@ -39,6 +39,9 @@ class BacktestSummary(Result):
     in_sample_bars: int | None = None
     # Bars before ``start`` the indicators warmed up on (what the data had of those asked for).
     warmup_bars: int = 0
+    # With close_at_end false: what a backtest going on from this one's end is given, ``capital`` (the
+    # equity it ended with) and ``carry_in`` (its cash and the position left open; {}: flat). A few numbers.
+    carry_out: dict[str, Any] | None = None
 
 
 class TrainingResult(Result):

@@ -105,7 +105,7 @@ class BacktestHandler:
                                 sizing=p.sizing, fraction=p.fraction, close_at_end=p.close_at_end,
                                 timeframe=p.timeframe, symbol=p.symbol)
         result = run_backtest(bars, strategy, config, cancel=ctx.token, progress=progress, wanted=wanted,
-                              trade_from=warm)
+                              trade_from=warm, carry_in=p.carry_in)
         # The engine's last cancellation check can precede its last chunk: do not store a cancelled run.
         ctx.raise_if_cancelled()
         data = result.to_json_bytes(include_curves=p.include_curves)
@@ -114,7 +114,8 @@ class BacktestHandler:
                                start=bars.index[warm].isoformat(), end=bars.index[-1].isoformat(),
                                **({} if model is None else model.to_dict()),
                                parameters=result.parameters, metrics=result.metrics,
-                               result_bytes=size, curves=p.include_curves, warmup_bars=warm)
+                               result_bytes=size, curves=p.include_curves, warmup_bars=warm,
+                               carry_out=None if p.close_at_end else result.carry_out())
 
     def run_block(self, ctx: JobContext, p: BacktestBlockParams) -> BlockSummary:
         """A block of a sweep's variants: one data load, shared indicators, one columnar result."""
@@ -235,8 +236,11 @@ class BacktestHandler:
         if trained_on is not None:
             index = pd.DatetimeIndex(bars.index[warm:])
             inside = int(((index >= trained_on[0]) & (index <= trained_on[1])).sum())
-        return model_positions(bundle, by_timeframe), ModelUse(ref=found.ref, trained_on=trained_on,
-                                                                in_sample_bars=inside)
+        # A carried position: the model's decisions walk on from it, from the bar before the window.
+        carried = None if p.carry_in is None else (
+            max(warm - 1, 0), 0 if p.carry_in.position is None else p.carry_in.position.side)
+        return (model_positions(bundle, by_timeframe, carried=carried),
+                ModelUse(ref=found.ref, trained_on=trained_on, in_sample_bars=inside))
 
 
 def _strategy(p: BacktestParams) -> Strategy:

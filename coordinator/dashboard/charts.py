@@ -104,27 +104,63 @@ def _described(objective: Any) -> str | None:
         return None
 
 
-def _heatmap(doc: dict[str, Any]) -> dict[str, Any] | None:
-    """The metric over the grid's first two parameters (the best over any others), when it fits a page."""
+class BadAxes(ValueError):
+    """A heatmap's ``x`` / ``y`` that the op's chart cannot have (the route answers 422); ``field``
+    names the one at fault."""
+
+    def __init__(self, message: str, field: str = "x") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _axes(grid: Any, x: str | None, y: str | None) -> tuple[str, str] | None:
+    """The pair of parameters the heatmap is drawn over: the grid's first two unless chosen."""
+    if x is None and y is None:
+        if not isinstance(grid, dict) or len(grid) < 2:
+            return None
+        first, second = list(grid)[:2]
+        return first, second
+    names = list(grid) if isinstance(grid, dict) else []
+    valid = ", ".join(names) or "none"
+    if x is None or y is None:
+        raise BadAxes(f"give both x and y (two of the sweep's grid parameters: {valid})",
+                      "y" if y is None else "x")
+    for axis, name in (("x", x), ("y", y)):
+        if name not in names:
+            raise BadAxes(f"{axis}: {name!r} is not a parameter of the sweep's grid; valid names: {valid}", axis)
+    if x == y:
+        raise BadAxes(f"x and y are both {x!r}: choose two different parameters of the sweep's grid ({valid})",
+                      "y")
+    return x, y
+
+
+def _heatmap(doc: dict[str, Any], x: str | None = None, y: str | None = None) -> dict[str, Any] | None:
+    """The metric over two of the grid's parameters (its first two unless ``x`` and ``y`` are given);
+    with more parameters, each cell holds the best value over the others (``rest``). ``cells`` is None
+    when the pair has more than ``MAX_HEATMAP_CELLS`` cells."""
     grid, ranking = doc.get("grid"), doc.get("ranking")
-    if not isinstance(grid, dict) or len(grid) < 2 or not isinstance(ranking, list):
+    axes = _axes(grid, x, y)
+    if axes is None or not isinstance(grid, dict) or not isinstance(ranking, list):
         return None
-    x, y = list(grid)[:2]
+    x, y = axes
+    out: dict[str, Any] = {"x": x, "y": y, "parameters": list(grid), "rest": [n for n in grid if n not in axes],
+                           "cells": None}
     if len(grid[x]) * len(grid[y]) > MAX_HEATMAP_CELLS:
-        return None
+        out["too_large"] = f"{len(grid[x])} x {len(grid[y])} cells, over {MAX_HEATMAP_CELLS}"
+        return out
     try:
         xs, ys, cells = heatmap(ranking, grid, str(doc.get("metric")), x=x, y=y,
                                 descending=bool(doc.get("descending", True)))
     except (ValueError, TypeError):
         return None
-    return {"x": x, "y": y, "x_values": xs, "y_values": ys, "cells": cells}
+    return out | {"x_values": xs, "y_values": ys, "cells": cells}
 
 
-def sweep(doc: dict[str, Any]) -> dict[str, Any]:
+def sweep(doc: dict[str, Any], *, x: str | None = None, y: str | None = None) -> dict[str, Any]:
     ranking = doc.get("ranking", [])
     objective = doc.get("objective")
     return {"kind": "ranking", "metric": doc.get("metric"), "descending": doc.get("descending"),
-            "heatmap": _heatmap(doc),
+            "heatmap": _heatmap(doc, x, y),
             "objective": _described(objective),
             "eligible": doc.get("eligible"), "no_best": doc.get("no_best"),
             "combinations": doc.get("combinations"), "completed": doc.get("completed"),
@@ -136,18 +172,22 @@ def training(doc: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "epochs", "epochs": [{k: _finite(v) for k, v in h.items()} for h in history[-MAX_EPOCHS:]]}
 
 
-def chart(data: bytes) -> dict[str, Any]:
-    """The page's view of one stored result, whatever kind it is."""
+def chart(data: bytes, *, x: str | None = None, y: str | None = None) -> dict[str, Any]:
+    """The page's view of one stored result, whatever kind it is. ``x`` and ``y`` choose a sweep's
+    heatmap axes (:class:`BadAxes` for names not in its grid, the same one twice, or any other kind)."""
+    axes = x is not None or y is not None
     if len(data) > MAX_RESULT_BYTES:
         return {"kind": "too_large", "bytes": len(data)}
     doc = json.loads(data)
+    fmt = str(doc.get("format", "")) if isinstance(doc, dict) else ""
+    if axes and not fmt.startswith("ktrdr.sweep"):
+        raise BadAxes("x and y choose a sweep's heatmap axes: this op's result is not a sweep's")
     if not isinstance(doc, dict):
         return {"kind": "unknown"}
-    fmt = str(doc.get("format", ""))
     if fmt.startswith("ktrdr.walkforward"):
         return walkforward(doc)
     if fmt.startswith("ktrdr.sweep"):
-        return sweep(doc)
+        return sweep(doc, x=x, y=y)
     if fmt.startswith("ktrdr.training"):
         return training(doc)
     if fmt.startswith("ktrdr.backtest.result") or "equity" in doc:

@@ -147,9 +147,17 @@ async def op_events(request: Request) -> JSONResponse:
 
 
 async def op_chart(request: Request) -> JSONResponse:
-    """What the op's page draws from its stored result (``coordinator.dashboard.charts``)."""
+    """What the op's page draws from its stored result (``coordinator.dashboard.charts``). For a
+    sweep, ``?x=fast&y=slow`` chooses the heatmap's two parameters (422 naming the valid ones for
+    any other name or the same one twice; each cell is the best value over the grid's other parameters)."""
+    query = request.query_params
+    x, y = query.get("x"), query.get("y")
     data = await stored_result(request.app.state, request.path_params["op_id"])
-    return JSONResponse(await asyncio.to_thread(charts.chart, data))
+    try:
+        view = await asyncio.to_thread(charts.chart, data, x=x, y=y)
+    except charts.BadAxes as exc:
+        raise InvalidRequest(str(exc), field=exc.field) from None
+    return JSONResponse(view)
 
 
 async def models(request: Request) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pandas as pd
 from ktrdr.backtest.config import BacktestConfig
 from ktrdr.backtest.metrics import compute_metrics
 from ktrdr.backtest.result import BacktestResult
-from ktrdr.backtest.simulator import Simulation, simulate
+from ktrdr.backtest.simulator import Opening, Simulation, simulate
 from ktrdr.cancel import CancelToken
 from ktrdr.data.timeframes import infer_timeframe, periods_per_year
 from ktrdr.progress import ProgressFn
@@ -24,7 +25,8 @@ from ktrdr.strategy import (
     load_strategy_file,
     target_positions,
 )
-from ktrdr.strategy.signals import IndicatorCache
+from ktrdr.strategy.signals import IndicatorCache, Signals
+from subjects.params import CarryIn
 
 # Share of the progress bar each phase takes; the simulation is the part whose length varies.
 _SIGNALS_PCT = 10.0
@@ -34,7 +36,7 @@ _SIM_PCT = 85.0
 def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: BacktestConfig | None = None, *,
                  cancel: CancelToken | None = None, progress: ProgressFn | None = None,
                  wanted: np.ndarray | None = None, cache: IndicatorCache | None = None,
-                 trade_from: int = 0) -> BacktestResult:
+                 trade_from: int = 0, carry_in: CarryIn | None = None) -> BacktestResult:
     """Backtest ``strategy`` on ``bars`` (UTC-indexed OHLCV).
 
     ``trade_from``: the bars before it only warm the indicators up (``ktrdr.strategy.warmup``): the
@@ -46,6 +48,12 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
     strategy's decisions come from its trained model, computed elsewhere. ``cache``, an
     :class:`IndicatorCache` made for these very ``bars``, lets backtests of one frame share indicators
     (see :func:`ktrdr.backtest.block.run_block`); the result is the same with or without it.
+
+    ``carry_in``: start in the state another backtest ended in instead of flat (see
+    :class:`subjects.params.CarryIn`); ``config.initial_capital`` is then the equity it ended with,
+    checked against the last close before the window when there is one. A rule-based strategy's
+    rules walk from the carried side, from the bar before the window on; ``wanted``, when given,
+    is the caller's to have walked so.
     """
     config = config or BacktestConfig()
     if isinstance(strategy, Path):
@@ -68,16 +76,36 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
             progress(percentage=pct, step=step, items_done=done, items_total=n, context=context)
 
     report(0.0, "signals", 0)
+    long_only = not getattr(strategy, "allow_short", True)
+    side = 0 if carry_in is None or carry_in.position is None else carry_in.position.side
+    before = side  # the position wanted after the bar before the window (carry_in only)
     if wanted is None:
         if not isinstance(strategy, RuleStrategy):
             raise ValueError(f"strategy {strategy.name!r} is neuro-fuzzy: pass the model's decisions as wanted=")
-        wanted = _rule_positions(strategy, warm, cancel=cancel, cache=cache)[trade_from:]
+        if carry_in is None:
+            wanted = _rule_positions(strategy, warm, cancel=cancel, cache=cache)[trade_from:]
+        else:
+            # It holds what was carried in: its rules walk from there, from the bar before the window
+            # on; the warm-up bars' own signals would replay a position it may not hold.
+            first = max(trade_from - 1, 0)
+            signals = generate_signals(strategy, warm, cancel=cancel, cache=cache)
+            walked = target_positions(Signals(entry_long=signals.entry_long[first:],
+                                              exit_long=signals.exit_long[first:],
+                                              entry_short=signals.entry_short[first:],
+                                              exit_short=signals.exit_short[first:]),
+                                      cancel=cancel, state=max(side, 0) if long_only else side)
+            before, wanted = (int(walked[0]), walked[1:]) if trade_from else (side, walked)
     elif len(wanted) != len(warm):
         raise ValueError(f"wanted has {len(wanted)} values for {len(warm)} bars")
     else:
-        wanted = np.sign(np.asarray(wanted)[trade_from:]).astype(np.int8)
-        if not getattr(strategy, "allow_short", True):
+        given = np.asarray(wanted)
+        wanted = np.sign(given[trade_from:]).astype(np.int8)
+        if long_only:
             wanted = np.maximum(wanted, 0)
+        if carry_in is not None and trade_from:
+            before = int(np.sign(given[trade_from - 1]))
+    opening = None if carry_in is None else _opening(carry_in, max(before, 0) if long_only else before, config,
+                                                     warm["close"].iloc[trade_from - 1] if trade_from else None)
 
     open_, close = _prices(bars)
     index_ns = index.as_unit("ns").asi8
@@ -86,7 +114,8 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
         report(_SIGNALS_PCT + _SIM_PCT * done / n, "simulation", done,
                {"date": index[done - 1].isoformat(), "equity": equity, "trades": trades})
 
-    sim = simulate(open_, close, wanted, config, cancel=cancel, report=chunk_done if progress else None)
+    sim = simulate(open_, close, wanted, config, cancel=cancel, report=chunk_done if progress else None,
+                   opening=opening)
 
     metrics = _metrics(sim, config=config, close=close, timeframe=timeframe, ppy=periods_per_year(timeframe))
     benchmark = config.initial_capital * close / close[0]
@@ -95,11 +124,29 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
     return BacktestResult(strategy=strategy.name, config=config, timeframe=timeframe, metrics=metrics,
                           index_ns=index_ns, equity=sim.equity, benchmark=benchmark, trades=sim.trades,
                           open_position=sim.open_position,
+                          carry_in=None if carry_in is None else carry_in.model_dump(mode="json"),
                           parameters={k: _param_value(strategy, p.path) for k, p in strategy.parameters.items()})
 
 
 # The steps below are shared with the block evaluator (ktrdr.backtest.block), which runs each once per
 # block where it depends on the bars alone: one definition keeps a block's metrics those of run_backtest.
+
+def _opening(carry_in: CarryIn, wanted_before: int, config: BacktestConfig, last_close: float | None) -> Opening:
+    """The simulation's starting state from ``carry_in``; ``last_close``: the close before the window."""
+    pos = carry_in.position
+    if pos is None:
+        return Opening(cash=config.initial_capital, wanted_before=wanted_before)
+    assert carry_in.cash is not None  # CarryIn: with a position, its cash
+    if last_close is not None:
+        # The same sum the run it goes on from ended with: equity = cash + shares x close.
+        marked = carry_in.cash + pos.side * pos.size * float(last_close)
+        if not math.isclose(marked, config.initial_capital, rel_tol=1e-9):
+            raise ValueError(f"capital {config.initial_capital!r} is not the equity carried in: cash {carry_in.cash!r} "
+                             f"+ {pos.side * pos.size} shares x {float(last_close)!r} (the last close before the "
+                             f"window) = {marked!r}; give the equity the backtest it goes on from ended with")
+    return Opening(cash=carry_in.cash, side=pos.side, size=pos.size, entry_price=pos.entry_price,
+                   commission=pos.commission, entry_bar=-pos.bars_held, wanted_before=wanted_before)
+
 
 def _timeframe(index: pd.DatetimeIndex, config: BacktestConfig) -> str:
     return config.timeframe or infer_timeframe(index) or "1d"

@@ -27,21 +27,58 @@ TRADE_COLUMNS = ("entry_bar", "exit_bar", "side", "size", "entry_price", "exit_p
 ChunkReport = Callable[[int, float, int], None]  # (bars done, equity at the last of them, trades so far)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Opening:
+    """The state a simulation starts in when it goes on from another one's end (a carried position).
+
+    ``cash`` beside ``side`` (+1, -1; 0: flat) x ``size`` shares, filled at ``entry_price`` paying
+    ``commission``; ``entry_bar`` counts from this run's first bar, so it is negative (-k: filled k
+    bars before it) and a trade closed here has ``bars_held`` since its real entry. ``wanted_before``:
+    the position wanted after the bar before the first one, filled at the first bar's open like any
+    wish: the position is kept when it is wanted, else closed (or reversed) there, paying the exit.
+    """
+
+    cash: float
+    side: int = 0
+    size: int = 0
+    entry_price: float = 0.0
+    commission: float = 0.0
+    entry_bar: int = 0
+    wanted_before: int = 0
+
+    def __post_init__(self) -> None:
+        if self.side not in (-1, 0, 1) or self.wanted_before not in (-1, 0, 1):
+            raise ValueError(f"side and wanted_before are -1, 0 or 1, got {self.side!r} and {self.wanted_before!r}")
+        if not math.isfinite(self.cash):
+            raise ValueError(f"cash must be finite, got {self.cash!r}")
+        if (self.side == 0) != (self.size == 0) or self.size < 0:
+            raise ValueError(f"a carried position has a side and a size > 0 (flat: both 0), got side {self.side}, "
+                             f"size {self.size}")
+        if self.side and not (self.entry_bar < 0 and self.entry_price > 0 and self.commission >= 0):
+            raise ValueError(f"a carried position was entered before the first bar (entry_bar < 0, got "
+                             f"{self.entry_bar}) at a price > 0 (got {self.entry_price}) paying a commission >= 0")
+
+
 @dataclass(kw_only=True)
 class Simulation:
     equity: np.ndarray  # cash + position at every bar's close
     shares: np.ndarray  # signed shares held during each bar (after its open's fill)
     trades: dict[str, np.ndarray]  # TRADE_COLUMNS; exit_bar == n for a position closed at the last close
-    open_position: dict[str, float] | None = None  # left open at the end (close_at_end=False)
+    # Left open at the end (close_at_end=False), with the cash beside it: what a run going on needs.
+    open_position: dict[str, float] | None = None
     skipped_entries: int = 0  # entries whose budget did not buy one whole share
 
 
 def simulate(open_: np.ndarray, close: np.ndarray, wanted: np.ndarray, config: BacktestConfig, *,
-             cancel: CancelToken | None = None, report: ChunkReport | None = None) -> Simulation:
-    """``wanted[i]`` (+1, 0, -1) is the position asked for after bar ``i``'s close."""
+             cancel: CancelToken | None = None, report: ChunkReport | None = None,
+             opening: Opening | None = None) -> Simulation:
+    """``wanted[i]`` (+1, 0, -1) is the position asked for after bar ``i``'s close. The run starts
+    flat with ``config.initial_capital`` in cash, or in ``opening``'s state."""
     n = len(close)
     held = np.zeros(n, dtype=np.int8)
     held[1:] = wanted[:-1]  # the last bar's wish has no next open to fill at
+    if opening is not None:
+        held[0] = opening.wanted_before
     changes = np.flatnonzero(held[1:] != held[:-1]) + 1 if n > 1 else np.empty(0, dtype=np.int64)
 
     comm, slip = config.commission, config.slippage
@@ -50,6 +87,11 @@ def simulate(open_: np.ndarray, close: np.ndarray, wanted: np.ndarray, config: B
     shares = 0
     entry_bar = 0
     entry_price = entry_comm = 0.0
+    if opening is not None:
+        cash, shares = float(opening.cash), opening.side * opening.size
+        entry_bar, entry_price, entry_comm = opening.entry_bar, float(opening.entry_price), float(opening.commission)
+        if opening.wanted_before != opening.side:  # filled at the first open, as any change
+            changes = np.concatenate((np.zeros(1, dtype=changes.dtype), changes))
     cols: dict[str, list[float]] = {c: [] for c in TRADE_COLUMNS}
     skipped = 0
     equity = np.empty(n)
@@ -118,7 +160,7 @@ def simulate(open_: np.ndarray, close: np.ndarray, wanted: np.ndarray, config: B
     elif shares:
         open_position = {"side": 1 if shares > 0 else -1, "size": abs(shares), "entry_bar": entry_bar,
                          "entry_price": entry_price, "commission": entry_comm,
-                         "unrealised_pnl": shares * (float(close[-1]) - entry_price) - entry_comm}
+                         "unrealised_pnl": shares * (float(close[-1]) - entry_price) - entry_comm, "cash": cash}
     trades = {k: np.asarray(v, dtype=np.float64 if k in ("entry_price", "exit_price", "pnl", "commission")
                             else np.int64) for k, v in cols.items()}
     return Simulation(equity=equity, shares=position, trades=trades, open_position=open_position,

@@ -206,21 +206,25 @@ def _not_enough(index: pd.DatetimeIndex, *, first: int, out_pos: int, in_sample:
                      f"one fold needs {need}")
 
 
-def stitch(curves: Sequence[tuple[np.ndarray, np.ndarray]], *,
-           initial_capital: float) -> tuple[np.ndarray, np.ndarray]:
+def stitch(curves: Sequence[tuple[np.ndarray, np.ndarray]], *, initial_capital: float,
+           starts: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Join the folds' out-of-sample (index_ns, equity) curves into one compounded curve.
 
-    Each fold's backtest starts from ``initial_capital``; the stitched curve re-invests each
-    fold's ending equity in the next, so fold k is scaled by (stitched equity at the end of
-    fold k-1) / ``initial_capital`` and fold 0 is kept as is.
+    Each fold's backtest starts from ``initial_capital``, or from ``starts[k]``; the stitched curve
+    re-invests each fold's ending equity in the next, so fold k is scaled by (stitched equity at
+    the end of fold k-1) / its start, and fold 0 by ``initial_capital`` / its start (1: as is). A
+    fold that went on from the last one's end (a carried position) started from that very equity:
+    its scale is exactly 1, its curve kept as is.
     """
     if not curves:
         raise ValueError("no fold curves to stitch")
     if not initial_capital > 0:
         raise ValueError(f"initial_capital must be > 0, got {initial_capital!r}")
+    if starts is not None and (len(starts) != len(curves) or not all(s > 0 and math.isfinite(s) for s in starts)):
+        raise ValueError(f"starts: one starting equity > 0 per fold, got {list(starts)!r} for {len(curves)} folds")
     indexes: list[np.ndarray] = []
     pieces: list[np.ndarray] = []
-    scale = 1.0
+    scale = 1.0 if starts is None else initial_capital / starts[0]
     for k, (index_ns, equity) in enumerate(curves):
         index_ns = np.asarray(index_ns, dtype=np.int64)
         equity = np.asarray(equity, dtype=np.float64)
@@ -229,7 +233,8 @@ def stitch(curves: Sequence[tuple[np.ndarray, np.ndarray]], *,
         piece = equity * scale
         indexes.append(index_ns)
         pieces.append(piece)
-        scale = float(piece[-1]) / initial_capital
+        if k + 1 < len(curves):
+            scale = float(piece[-1]) / (initial_capital if starts is None else starts[k + 1])
     index = np.concatenate(indexes)
     if len(index) > 1 and not (np.diff(index) > 0).all():
         raise ValueError("the folds' timestamps are not strictly increasing: out-of-sample windows overlap "

@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ktrdr.cli.client import to_json
 from ktrdr.cli.common import JsonOpt, OpIdArg, exit_for, run_client, settings, submit_and_maybe_follow
-from ktrdr.cli.context import DEFAULT_CONTEXT
 from ktrdr.cli.follow import follow
-from ktrdr.cli.render import EXIT_BAD_INPUT, console, fail, op_details, ops_table, print_error, workers_table
-from ktrdr.cli.settings import CliSettings
+from ktrdr.cli.render import EXIT_BAD_INPUT, console, fail, op_details, ops_table, print_error, to_json, workers_table
+from ktrdr.client.context import DEFAULT_CONTEXT
+from ktrdr.client.settings import ClientSettings
 from ktrdr.logs import quiet_ssl_eof, setup_logging
 from ktrdr.optypes.dummy import DUMMY
 from subjects.models import OpStatus
@@ -47,7 +46,7 @@ def _everywhere(
 @app.command("context")
 def context_(json: JsonOpt = False) -> None:
     """Where the CLI connects, and why (the context `ktrdr up` wrote, KTRDR_NATS_URL or the default)."""
-    from ktrdr.cli.context import list_contexts
+    from ktrdr.client.context import list_contexts
 
     s = settings()
     known = [str(p) for p in list_contexts(s.home)]
@@ -100,7 +99,7 @@ def up(
         fail("--tls-cert, --tls-key and --tls-ca go together")
     setup_logging("WARNING")
     # Not settings(): the context up is about to write must not decide anything about up itself.
-    code = run_up(settings=CliSettings(context=None), context=context,
+    code = run_up(settings=ClientSettings(context=None), context=context,
                   explicit_nats="KTRDR_NATS_URL" in os.environ, nats_port=nats_port,
                   monitor_port=monitor_port, api_port=api_port, backtest_workers=backtest_workers,
                   training_workers=training_workers, gpu=gpu,
@@ -474,8 +473,10 @@ def main() -> None:
     # raises. Older typer (the project allows >=0.12) uses click itself.
     try:
         from typer._click import exceptions as click
+        from typer.exceptions import Abort
     except ImportError:
         from click import exceptions as click  # type: ignore[no-redef]
+        from click.exceptions import Abort  # type: ignore[assignment]
 
     quiet_ssl_eof()
     try:
@@ -490,7 +491,7 @@ def main() -> None:
     except click.ClickException as exc:
         print_error(exc.format_message())
         raise SystemExit(exc.exit_code) from None
-    except click.Abort:
+    except Abort:
         raise SystemExit(130) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 

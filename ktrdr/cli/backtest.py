@@ -8,22 +8,20 @@ other machines do not have the file.
 from __future__ import annotations
 
 import json as jsonlib
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from rich.markup import escape
 from rich.table import Table
 
-from ktrdr.cli.client import KtrdrClient
-from ktrdr.cli.common import JsonOpt, OpIdArg, run_client, strategy_source, submit_and_maybe_follow
+from ktrdr.cli.common import JsonOpt, OpIdArg, checked, run_client, submit_and_maybe_follow
 from ktrdr.cli.render import console, fail, kv_line
+from ktrdr.client.aio import AsyncClient
 from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.optypes.sweep import SWEEP
-from ktrdr.results import get_result
 from subjects.models import Operation, OpStatus
 from subjects.objective import DEFAULT_METRIC, METRICS
 from subjects.params import BacktestParams, SweepParams
@@ -63,9 +61,6 @@ def _objective(metric: str, direction: str | None, min_trades: int, max_drawdown
             "max_drawdown_pct": max_drawdown, "require": require or []}
 
 
-
-
-
 def _overrides(specs: list[str] | None) -> dict[str, Any]:
     from ktrdr.backtest.sweep import parse_values
 
@@ -76,27 +71,6 @@ def _overrides(specs: list[str] | None) -> dict[str, Any]:
             raise ValueError(f"--set: {spec!r} must look like name=value")
         out[name.strip()] = parse_values(value)[0]
     return out
-
-
-def _checked(model: type[BaseModel], fields: dict[str, Any], admit: Callable[[Any], Any] | None = None) -> Any:
-    """Validate locally: params by their model, then the strategy (or the type's own ``admit``);
-    errors exit 2 naming the field."""
-    # Domain imports are deferred so that every other ktrdr command starts without pandas.
-    from ktrdr.backtest.checks import RequestProblem, check_strategy
-    from ktrdr.optypes import Rejected
-
-    try:
-        params = model.model_validate({k: v for k, v in fields.items() if v is not None})
-        if admit is not None:
-            return admit(params)
-        check_strategy(params.strategy, params.parameters, getattr(params, "grid", None))
-        return params
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "request"
-        fail(f"invalid {where}: {err['msg']}")
-    except (RequestProblem, Rejected, ValueError) as exc:
-        fail(f"invalid {exc}")
 
 
 def _submit(op_type: str, params: BaseModel, *, follow_it: bool, json: bool) -> Operation:
@@ -131,8 +105,8 @@ def run(
         parameters = _overrides(overrides)
     except ValueError as exc:
         fail(f"invalid {exc}")
-    params = _checked(BacktestParams, dict(
-        strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
+    params = checked(BACKTEST.name, dict(
+        strategy=strategy, symbol=symbol, timeframe=timeframe, start=start, end=end,
         capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
         parameters=parameters, model=model, close_at_end=close_at_end, warmup_bars=warmup_bars))
     _submit(BACKTEST.name, params, follow_it=follow_it, json=json)
@@ -178,14 +152,12 @@ def sweep(
         parameters = _overrides(overrides)
     except ValueError as exc:
         fail(f"invalid {exc}")
-    from ktrdr.optypes.sweep import admit_sweep
-
-    params = _checked(SweepParams, dict(
-        strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
+    params = checked(SWEEP.name, dict(
+        strategy=strategy, symbol=symbol, timeframe=timeframe, start=start, end=end,
         capital=capital, commission=commission, slippage=slippage, sizing=sizing, fraction=fraction,
         grid=grid, objective=_objective(metric, direction, min_trades, max_drawdown, require), top=top,
         full_results=full, block_size=block_size, warmup_bars=warmup_bars, close_at_end=close_at_end,
-        parameters=parameters), admit=admit_sweep)
+        parameters=parameters))
     op = _submit(SWEEP.name, params, follow_it=follow_it, json=json)
     if follow_it and not json and op.result:
         console.print(_top_table(op.result))
@@ -215,6 +187,10 @@ def walkforward(
     require: RequireOpt = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Neuro-fuzzy: training epochs per fold.")] = None,
     close_at_end: CloseAtEndOpt = True,
+    carry: Annotated[bool, typer.Option("--carry", help="Carry a position open at a fold's end into the next "
+                                        "fold, whose strategy keeps it (one trade) or closes it at its first open; "
+                                        "the folds then run in order and only the last follows "
+                                        "--close-at-end.")] = False,
     warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="Give each window's backtests the bars "
                                          "before it that their indicators need (the default), or start each "
                                          "window cold.")] = True,
@@ -230,7 +206,7 @@ def walkforward(
     """Walk-forward analysis: choose on each in-sample fold (a sweep of --param, or a training for a
     neuro-fuzzy strategy), backtest the choice on the next out-of-sample fold, join those curves."""
     from ktrdr.backtest.sweep import parse_grid
-    from ktrdr.optypes.walkforward import WALKFORWARD, WalkForwardParams, admit_walkforward
+    from ktrdr.optypes.walkforward import WALKFORWARD
 
     def length(text: str | None) -> int | str | None:
         return int(text) if text is not None and text.strip().isdigit() else text
@@ -240,14 +216,13 @@ def walkforward(
         parameters = _overrides(overrides)
     except ValueError as exc:
         fail(f"invalid {exc}")
-    params = _checked(WalkForwardParams, dict(
-        strategy=strategy_source(strategy), symbol=symbol, timeframe=timeframe, start=start, end=end,
+    params = checked(WALKFORWARD.name, dict(
+        strategy=strategy, symbol=symbol, timeframe=timeframe, start=start, end=end,
         in_sample=length(in_sample), out_of_sample=length(out_of_sample), folds=folds, ratio=ratio,
         mode="anchored" if anchored else "rolling", grid=grid,
         objective=_objective(metric, direction, min_trades, max_drawdown, require), epochs=epochs, warmup=warmup,
-        close_at_end=close_at_end, capital=capital,
-        commission=commission, slippage=slippage, sizing=sizing, fraction=fraction, parameters=parameters),
-        admit=admit_walkforward)
+        close_at_end=close_at_end, carry=carry, capital=capital,
+        commission=commission, slippage=slippage, sizing=sizing, fraction=fraction, parameters=parameters))
     op = _submit(WALKFORWARD.name, params, follow_it=follow_it, json=json)
     if follow_it and not json and op.result:
         console.print(_folds_table(op.result))
@@ -277,9 +252,9 @@ def variant(
     _submit(BACKTEST.name, full, follow_it=follow_it, json=json)
 
 
-async def _load(c: KtrdrClient, op_id: str) -> tuple[Operation, dict[str, Any] | None]:
+async def _load(c: AsyncClient, op_id: str) -> tuple[Operation, dict[str, Any] | None]:
     op = await c.get(op_id)
-    data = await get_result(c._nc.jetstream(), op) if op.status is OpStatus.COMPLETED else None
+    data = await c.document(op)
     return op, (jsonlib.loads(data) if data else None)
 
 
@@ -323,9 +298,9 @@ def show(op_id: OpIdArg, trades: Annotated[int, typer.Option(min=0, help="Trades
     for warning in op.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     console.print(_metrics_table(doc["metrics"]))
-    console.print(_trades_table(doc["trades"], trades, doc.get("index_ns")))
+    console.print(_trades_table(doc["trades"], trades, doc.get("index_ns"), _carried_at(doc)))
     if doc.get("open_position"):
-        console.print(_open_position(doc["open_position"], doc.get("index_ns")))
+        console.print(_open_position(doc["open_position"], doc.get("index_ns"), _carried_at(doc)))
 
 
 @backtest_app.command("compare")
@@ -452,22 +427,40 @@ def _metrics_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
-def _bar_times(index_ns: list[int] | None, bars: list[int]) -> list[str] | None:
-    """The fill bars' times (a close at the end fills on the last bar), or None without the bars' index."""
+def _bar_times(index_ns: list[int] | None, bars: list[int], carried_at: str | None = None) -> list[str] | None:
+    """The fill bars' times (a close at the end fills on the last bar), or None without the bars' index.
+    A bar before the first (< 0) is a carried position's entry, made in an earlier run (``carried_at``)."""
     if not index_ns:
         return None
     last = len(index_ns) - 1
-    return [datetime.fromtimestamp(index_ns[min(b, last)] / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M") for b in bars]
+
+    def at(b: int) -> str:
+        if b < 0:
+            return _stamp(carried_at) if carried_at else "before start"
+        return datetime.fromtimestamp(index_ns[min(b, last)] / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+    return [at(b) for b in bars]
 
 
-def _trades_table(trades: dict[str, list[Any]], last: int, index_ns: list[int] | None = None) -> Table:
+def _stamp(iso: str) -> str:
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _carried_at(doc: dict[str, Any]) -> str | None:
+    """When the position a backtest carried in was entered (a walk-forward's carried fold), else None."""
+    position = (doc.get("carry_in") or {}).get("position") or {}
+    return position.get("entry_time")
+
+
+def _trades_table(trades: dict[str, list[Any]], last: int, index_ns: list[int] | None = None,
+                  carried_at: str | None = None) -> Table:
     count = len(trades.get("pnl", []))
     shown = range(max(0, count - last), count)
     # No borders: two timestamps and six numbers fit 80 columns whole (a number is never cut).
     table = Table(title=f"{count} trade(s)" + (f", the last {len(shown)}" if len(shown) < count else "")
                   + " (times UTC)" * bool(index_ns), box=None, pad_edge=False, header_style="bold",
                   caption="in, out: fill prices; bars: bars held")
-    entries = _bar_times(index_ns, trades.get("entry_bar", []))
+    entries = _bar_times(index_ns, trades.get("entry_bar", []), carried_at)
     exits = _bar_times(index_ns, trades.get("exit_bar", []))
     if entries is not None and exits is not None:
         table.add_column("entry", no_wrap=True)
@@ -487,10 +480,10 @@ def _trades_table(trades: dict[str, list[Any]], last: int, index_ns: list[int] |
     return table
 
 
-def _open_position(pos: dict[str, Any], index_ns: list[int] | None) -> str:
+def _open_position(pos: dict[str, Any], index_ns: list[int] | None, carried_at: str | None = None) -> str:
     """``open at the end: long 319 @ 73.21 since 2020-03-01 15:00, unrealised pnl 898.9 (marked to market)``."""
     side = "long" if pos.get("side", 1) > 0 else "short"
-    since = _bar_times(index_ns, [int(pos["entry_bar"])]) if "entry_bar" in pos else None
+    since = _bar_times(index_ns, [int(pos["entry_bar"])], carried_at) if "entry_bar" in pos else None
     when = f" since {since[0]}" if since else (f" since bar {pos['entry_bar']}" if "entry_bar" in pos else "")
     return (f"open at the end: {side} {_fmt(pos.get('size'))} @ {_fmt(pos.get('entry_price'))}{when}, "
             f"unrealised pnl {_fmt(pos.get('unrealised_pnl'))} (marked to market, not a trade)")
@@ -499,7 +492,7 @@ def _open_position(pos: dict[str, Any], index_ns: list[int] | None) -> str:
 def _with_times(doc: dict[str, Any]) -> dict[str, Any]:
     """The stored result's trades with their entry and exit times, for --json (its bar index is left out)."""
     trades = dict(doc.get("trades") or {})
-    entries = _bar_times(doc.get("index_ns"), trades.get("entry_bar", []))
+    entries = _bar_times(doc.get("index_ns"), trades.get("entry_bar", []), _carried_at(doc))
     exits = _bar_times(doc.get("index_ns"), trades.get("exit_bar", []))
     if entries is not None and exits is not None:
         trades = {"entry_time": entries, "exit_time": exits, **trades}

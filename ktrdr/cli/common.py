@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import nats.errors
 import typer
 
-from ktrdr.cli.client import KtrdrClient, KtrdrError, to_json
 from ktrdr.cli.follow import follow
-from ktrdr.cli.render import EXIT_BAD_INPUT, EXIT_UNREACHABLE, console, fail
-from ktrdr.cli.settings import CliSettings
-from ktrdr.runtime.connection import NatsAuth
-from ktrdr.security.credentials import CredentialError
-from subjects import names, roles
+from ktrdr.cli.render import EXIT_BAD_INPUT, EXIT_UNREACHABLE, console, fail, to_json
+from ktrdr.client.aio import AsyncClient
+from ktrdr.client.errors import KtrdrError
+from ktrdr.client.requests import Invalid, prepare
+from ktrdr.client.settings import ClientSettings
+from subjects import names
 from subjects.models import Operation, OpStatus
 
 T = TypeVar("T")
@@ -37,29 +35,20 @@ def _valid_op_id(value: str) -> str:
 OpIdArg = Annotated[str, typer.Argument(metavar="OP_ID", callback=_valid_op_id, help="An operation id.")]
 
 
-def settings() -> CliSettings:
-    s = CliSettings()
+def settings() -> ClientSettings:
+    s = ClientSettings()
     if s.context_problem:
         fail(s.context_problem)
     return s
 
 
-def client_auth(s: CliSettings) -> NatsAuth:
-    """KTRDR_NATS_CREDS, else the client credential ``ktrdr up`` wrote on this host."""
-    try:
-        return NatsAuth.resolve(s, role=roles.CLIENT)
-    except CredentialError as exc:
-        raise KtrdrError(str(exc), 503) from None
-
-
-def run_client(work: Callable[[KtrdrClient], Awaitable[T]]) -> T:
+def run_client(work: Callable[[AsyncClient], Awaitable[T]]) -> T:
     """Run ``work`` with a connected client; platform errors become a message and exit code."""
     s = settings()
 
     async def main() -> T:
         try:
-            async with KtrdrClient(nats_url=s.nats_url, timeout=s.request_timeout_s, lease_ttl_s=s.lease_ttl_s,
-                                   auth=client_auth(s), source=s.nats_url_source) as c:
+            async with AsyncClient.from_settings(s) as c:
                 return await work(c)
         except (nats.errors.Error, ConnectionError) as exc:
             # A connection lost mid-command (nats-server stopped): the platform's state, said in one line.
@@ -86,28 +75,18 @@ def exit_for(op: Operation) -> None:
         raise typer.Exit(130)
 
 
-def strategy_source(strategy: str) -> str:
-    """The user's own strategy file is read here and travels as YAML text: the coordinator and the
-    workers never read paths. A file is a path (``./my.yaml``, ``~/s/x.yaml``) or a ``.yaml``/``.yml``
-    file in the current directory; anything else goes as given: a packaged name, a file name in the
-    strategies directory (``KTRDR_STRATEGIES_DIR``) or YAML text."""
-    if "\n" in strategy:
-        return strategy
-    path = Path(strategy).expanduser()
-    is_path = "/" in strategy or os.sep in strategy or strategy.startswith("~")
-    if path.is_file() and (is_path or path.suffix in (".yaml", ".yml")):
-        try:
-            return path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise typer.BadParameter(f"cannot read {path}: {exc}") from None
-    if is_path and ":" not in strategy:
-        raise typer.BadParameter(f"no such file: {path}")
-    return strategy
+def checked(op_type: str, fields: dict[str, Any]) -> Any:
+    """``fields`` as ``op_type``'s params, checked as the client checks them (ktrdr.client.requests):
+    a request the user can fix exits 2 naming the field, before anything connects."""
+    try:
+        return prepare(op_type, fields)
+    except Invalid as exc:
+        fail(str(exc))
 
 
 # Looks after a submitted op (e.g. ``data fetch`` waiting for an IB host): told whether the op is being
 # followed; returns why it gave up on the op (after cancelling it), else None.
-Guard = Callable[[KtrdrClient, Operation, bool], Awaitable[str | None]]
+Guard = Callable[[AsyncClient, Operation, bool], Awaitable[str | None]]
 
 
 def submit_and_maybe_follow(op_type: str, params: dict[str, Any], *, follow_it: bool, json: bool,
@@ -116,7 +95,7 @@ def submit_and_maybe_follow(op_type: str, params: dict[str, Any], *, follow_it: 
     beside the following (once, without it): an op it gave up on exits 3 with its reason."""
     gave_up: str | None = None
 
-    async def work(c: KtrdrClient) -> Operation:
+    async def work(c: AsyncClient) -> Operation:
         nonlocal gave_up
         op = await c.submit(op_type, params)
         if not json:

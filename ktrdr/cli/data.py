@@ -16,10 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ktrdr.cli.client import KtrdrClient, KtrdrError
-from ktrdr.cli.common import Guard, client_auth, settings, submit_and_maybe_follow
+from ktrdr.cli.common import Guard, settings, submit_and_maybe_follow
 from ktrdr.cli.render import console, fail
-from ktrdr.runtime.connection import connect
+from ktrdr.client.aio import AsyncClient
+from ktrdr.client.errors import KtrdrError
 from subjects import names
 from subjects.models import Operation, OpStatus
 from subjects.names import DATA_OBJECTS
@@ -52,16 +52,16 @@ def publish(symbol: str, timeframe: str) -> dict[str, object]:
 
     async def work() -> dict[str, object]:
         try:
-            nc = await asyncio.wait_for(connect(s.nats_url, name="ktrdr-cli", auth=client_auth(s), connect_timeout=2,
-                                                reconnect=False, quiet=True, attempts=1), timeout=6)
+            client = await asyncio.wait_for(AsyncClient.from_settings(s, timeout=2).connect(), timeout=6)
         except Exception as exc:
             why = str(exc) or type(exc).__name__
             return {"published": False, "reason": f"NATS at {s.nats_url} is not reachable ({why})"}
         try:
-            done = await publish_dataset(nc.jetstream(), store(), symbol, timeframe)
+            assert client.nc is not None
+            done = await publish_dataset(client.nc.jetstream(), store(), symbol, timeframe)
             return {"published": True, "object": done.name, "digest": done.digest, "size": done.size}
         finally:
-            await nc.close()
+            await client.close()
 
     return asyncio.run(work())
 
@@ -197,7 +197,7 @@ def show(symbol: str, timeframe: TimeframeOpt = "1h",
 IB_POLL_S = 1.0
 
 
-async def ib_hosts(client: KtrdrClient) -> list[str]:
+async def ib_hosts(client: AsyncClient) -> list[str]:
     """The workers holding a lease that can take IB downloads (``ktrdr host ib``)."""
     return [w.worker_id for w in await client.workers() if names.CAP_DATA_IB in w.capabilities]
 
@@ -206,7 +206,7 @@ def no_ib_host_guard(wait_s: float) -> Guard:
     """Say at once when no IB host holds a lease; following, cancel the download once none has for
     ``wait_s`` seconds (0: never), with a reason that says so."""
 
-    async def guard(client: KtrdrClient, op: Operation, following: bool) -> str | None:
+    async def guard(client: AsyncClient, op: Operation, following: bool) -> str | None:
         if await ib_hosts(client):
             return None
         notices.print(f"[yellow]no IB host holds a lease[/]: {op.op_id} waits until one runs (`ktrdr host ib` "

@@ -8,29 +8,17 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from ktrdr.cli.client import KtrdrClient
 from ktrdr.cli.render import console, kv_line, status_text
-from subjects.models import Operation, OpEvent, OpStatus, ProgressUpdate
+from ktrdr.client.aio import AsyncClient
+from ktrdr.client.progress import TerminalView
+from subjects.models import Operation, OpStatus
 
 # Notices go to stderr so that `--json` output on stdout stays parseable.
 notice = Console(stderr=True)
 
 
-def describe(update: ProgressUpdate) -> str:
-    parts = [update.step or "", update.message or ""]
-    ctx = update.context
-    # Domain context the workers publish (training epochs, backtest bars): show the useful bits.
-    for key in ("epoch", "batch", "running_train_loss", "train_loss", "val_loss", "device", "date", "equity",
-                "trades"):
-        if key in ctx:
-            value = ctx[key]
-            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
-    return " ".join(p for p in parts if p)
-
-
-async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool = True,
+async def follow(client: AsyncClient, op_id: str, *, cancel_on_interrupt: bool = True,
                  quiet: bool = False) -> Operation:
     """Follow ``op_id`` to its end; ``quiet`` draws nothing (for ``--json``)."""
     loop = asyncio.get_running_loop()
@@ -47,31 +35,10 @@ async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool =
             main.cancel()
 
     loop.add_signal_handler(signal.SIGINT, on_interrupt)
-    final: Operation | None = None
     try:
-        with Progress(TextColumn("[bold]{task.fields[op]}"), BarColumn(), TaskProgressColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
-                      transient=False, disable=quiet) as bar:
-            task = bar.add_task("reading its record", total=100, op=op_id)
-            async for item in client.watch(op_id):
-                if isinstance(item, Operation):
-                    final = item
-                    if item.progress and item.progress.percentage is not None:
-                        bar.update(task, completed=item.progress.percentage)
-                    described = record_description(item)
-                    if described is not None:
-                        bar.update(task, description=described)
-                elif isinstance(item, ProgressUpdate):
-                    if item.percentage is not None:
-                        bar.update(task, completed=item.percentage)
-                    bar.update(task, description=describe(item))
-                elif isinstance(item, OpEvent) and item.event == "started":
-                    bar.update(task, description=f"started on {item.worker_id} (attempt {item.attempt})")
-            if final is not None and final.status is OpStatus.COMPLETED:
-                bar.update(task, completed=100, description="done")
+        final = await client.op(op_id).follow(progress=TerminalView(op_id, console=console, quiet=quiet))
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-    assert final is not None
     if quiet:
         return final
     line = f"{op_id}: {status_text(final.status)}"
@@ -89,21 +56,7 @@ async def follow(client: KtrdrClient, op_id: str, *, cancel_on_interrupt: bool =
     return final
 
 
-def record_description(op: Operation) -> str | None:
-    """What the bar says from the op's record (None: leave what progress said). A running op says where
-    it runs from the record's first read, not only once its first progress message arrives."""
-    if op.status is OpStatus.PENDING:
-        return f"pending ({op.route_reason or 'queued'})"
-    if op.progress and op.progress.message:
-        # Ops the coordinator runs (sweeps) publish no progress: their record has it.
-        return op.progress.message
-    if op.status is OpStatus.RUNNING and op.progress is None:
-        where = f"running on {op.worker_id}" if op.worker_id else "running"
-        return f"{where} (attempt {op.attempt})" if op.worker_id else where
-    return None
-
-
-async def _cancel(client: KtrdrClient, op_id: str) -> None:
+async def _cancel(client: AsyncClient, op_id: str) -> None:
     try:
         reply = await client.cancel(op_id, "cancelled from `ktrdr follow` (Ctrl-C)")
         notice.print(f"[yellow]{reply.message}[/]")

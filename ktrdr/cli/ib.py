@@ -19,9 +19,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ktrdr.cli.client import KtrdrClient, KtrdrError, service_error, to_json
 from ktrdr.cli.common import JsonOpt, run_client
-from ktrdr.cli.render import EXIT_UNREACHABLE, ago, console, fail
+from ktrdr.cli.render import EXIT_UNREACHABLE, ago, console, fail, to_json
+from ktrdr.client.aio import AsyncClient
+from ktrdr.client.errors import KtrdrError, service_error
 from subjects import names
 from subjects.data import IbStatus
 from subjects.models import BadPayload, WorkerLease, decode
@@ -29,7 +30,7 @@ from subjects.models import BadPayload, WorkerLease, decode
 ib_app = typer.Typer(help="The Interactive Brokers host: connection, pacing, active instance.",
                      no_args_is_help=True)
 
-async def ib_request(client: KtrdrClient, endpoint: str, payload: bytes = b"") -> bytes:
+async def ib_request(client: AsyncClient, endpoint: str, payload: bytes = b"") -> bytes:
     """One request to the active IB host's service; its error replies become KtrdrError."""
     assert client.nc is not None
     subject = names.ib_subject(endpoint)
@@ -45,7 +46,7 @@ async def ib_request(client: KtrdrClient, endpoint: str, payload: bytes = b"") -
     return msg.data
 
 
-async def _gather_status(client: KtrdrClient) -> dict[str, Any]:
+async def _gather_status(client: AsyncClient) -> dict[str, Any]:
     leases = [w for w in await client.workers() if w.worker_type == "ib"]
     active: IbStatus | None = None
     problem = None

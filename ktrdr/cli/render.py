@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -145,3 +146,11 @@ def op_details(op: Operation) -> Table:
     for k, v in rows:
         table.add_row(k, v)
     return table
+
+
+def to_json(value: Any) -> str:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    elif isinstance(value, list):
+        value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
+    return json.dumps(value, indent=2, default=str)

@@ -10,37 +10,26 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
-from ktrdr.cli.client import KtrdrClient, KtrdrError, to_json
-from ktrdr.cli.common import JsonOpt, run_client, strategy_source, submit_and_maybe_follow
-from ktrdr.cli.render import console
+from ktrdr.cli.common import JsonOpt, checked, run_client, submit_and_maybe_follow
+from ktrdr.cli.render import console, to_json
+from ktrdr.client.aio import AsyncClient
+from ktrdr.client.errors import KtrdrError
 from ktrdr.models import ModelVersion, list_models, parse_model_ref, show_model
 from ktrdr.models.registry import ModelNotFoundError
-from ktrdr.models.training_plan import TrainingRequestError, plan_training
 from ktrdr.optypes.training import TRAINING
-from subjects.training import TrainingParams
 
 
 def training_params(strategy: str, *, symbol: str | None, timeframes: list[str] | None, start: datetime | None,
                     end: datetime | None, model: str | None, seed: int | None, epochs: int | None,
                     checkpoint_every: int | None) -> dict[str, Any]:
-    """Validated params with the strategy's defaults filled in; errors name the option at fault."""
-    raw: dict[str, Any] = {"strategy": strategy_source(strategy), "symbols": [symbol] if symbol else None,
-                           "timeframes": timeframes or None, "start": start, "end": end, "model_name": model,
-                           "seed": seed, "epochs": epochs, "checkpoint_every": checkpoint_every}
-    try:
-        params = TrainingParams.model_validate({k: v for k, v in raw.items() if v is not None})
-        plan = plan_training(params)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise typer.BadParameter(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
-    except TrainingRequestError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    filled = params.model_copy(update={"symbols": [plan.symbol], "timeframes": plan.timeframes,
-                                       "model_name": plan.model_name})
-    return filled.model_dump(mode="json", exclude_none=True)
+    """Checked params with the strategy's defaults filled in; errors name the option at fault."""
+    params = checked(TRAINING.name, {"strategy": strategy, "symbols": [symbol] if symbol else None,
+                                     "timeframes": timeframes or None, "start": start, "end": end,
+                                     "model_name": model, "seed": seed, "epochs": epochs,
+                                     "checkpoint_every": checkpoint_every})
+    return params.model_dump(mode="json", exclude_none=True)  # type: ignore[no-any-return]
 
 
 def _metric(v: ModelVersion, key: str) -> str:
@@ -123,7 +112,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
 
-        async def work(c: KtrdrClient) -> ModelVersion:
+        async def work(c: AsyncClient) -> ModelVersion:
             try:
                 return await show_model(_js(c), name, version)
             except ModelNotFoundError as exc:
@@ -136,6 +125,6 @@ def register(app: typer.Typer) -> None:
             console.print(model_details(found))
 
 
-def _js(client: KtrdrClient) -> Any:
+def _js(client: AsyncClient) -> Any:
     assert client.nc is not None
     return client.nc.jetstream()

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from rich.table import Table
 
-from ktrdr.cli.context import DEFAULT_CONTEXT, Context, write_context
 from ktrdr.cli.render import EXIT_BAD_INPUT, console, print_error
-from ktrdr.cli.settings import CliSettings
+from ktrdr.client.context import DEFAULT_CONTEXT, Context, write_context
+from ktrdr.client.settings import ClientSettings
 from ktrdr.natsd import NatsServer, port_open
 from ktrdr.runtime.retry import RetryPolicy
 from ktrdr.security.api_token import load_or_create_token
@@ -72,7 +72,7 @@ class Listen:
         return [f"{scheme}://{h}:{port}" for h in hosts]
 
 
-def run_up(*, settings: CliSettings, explicit_nats: bool, nats_port: int, monitor_port: int | None, api_port: int,
+def run_up(*, settings: ClientSettings, explicit_nats: bool, nats_port: int, monitor_port: int | None, api_port: int,
            backtest_workers: int, training_workers: int, gpu: bool | None, listen: Listen | None = None,
            context: str = DEFAULT_CONTEXT) -> int:
     """``monitor_port``: serve nats-server's monitoring endpoint there, or not at all (None). It is off

@@ -13,13 +13,13 @@ from __future__ import annotations
 from itertools import islice
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ktrdr.backtest.sweep import combinations
 from ktrdr.optypes.defn import OpType, declare, on
 from subjects import names
 from subjects.objective import Ranks
-from subjects.params import MAX_BLOCK_VARIANTS, MAX_SWEEP_COMBINATIONS, BacktestParams, ParamValue
+from subjects.params import MAX_BLOCK_VARIANTS, MAX_SWEEP_COMBINATIONS, BacktestParams, CarryIn, ParamValue
 from subjects.results import Result
 
 
@@ -29,6 +29,13 @@ class BacktestBlockParams(BacktestParams, Ranks):
     stop: int = Field(gt=0, description="one past the block's last variant")
     top: int = Field(default=0, ge=0, le=1000, description="the block's best variants named in its result")
     include_curves: bool = False
+
+    @field_validator("carry_in")
+    @classmethod
+    def _starts_flat(cls, v: CarryIn | None) -> CarryIn | None:
+        if v is not None:
+            raise ValueError("a block's variants all start flat from capital; carry_in is for one backtest")
+        return v
 
     @model_validator(mode="after")
     def _inside_the_grid(self) -> BacktestBlockParams:

@@ -13,8 +13,20 @@ the dataset's bars when the operation starts. Then, run by the coordinator's par
 
 Folds are independent, so each stage runs every fold at once across the fleet. A child sees only
 its own window's bars (``start``/``end``), so no out-of-sample bar reaches its fold's selection or
-training. The result: a per-fold table (chosen parameters or model, in- and out-of-sample metrics),
-the out-of-sample curves joined into one compounded curve and its metrics, and the walk-forward
+training.
+
+A position open at an out-of-sample window's end is, by ``close_at_end`` (the default), closed at
+its last close paying the exit, or left open marked to market (the stitched curve never pays that
+exit). With ``carry`` it is carried into the next fold instead: the out-of-sample backtests run in
+fold order, each going on from where the last one ended (its equity as capital, its cash and open
+position as ``carry_in``: ``subjects.params.CarryIn``), its own chosen strategy walking on from the
+carried side from the bar before its window (one warm-up bar more for that): kept, the position is
+one trade across the boundary with one entry and one exit paid; not wanted, it is closed at the
+window's first open, paying the exit. Only the last fold follows ``close_at_end``. With the same
+parameters in every fold, the stitched curve is then one continuous backtest over the windows.
+
+The result: a per-fold table (chosen parameters or model, in- and out-of-sample metrics), the
+out-of-sample curves joined into one compounded curve and its metrics, and the walk-forward
 efficiency (mean out-of-sample annualised return over mean in-sample); the full document, curve
 included, in the ``results`` store (``ktrdr backtest plot`` draws it with the fold boundaries).
 """
@@ -50,7 +62,7 @@ from ktrdr.optypes.sweep import SWEEP, check_relations
 from ktrdr.optypes.training import TRAINING
 from subjects.models import OpStatus
 from subjects.objective import Ranks
-from subjects.params import BacktestParams, ParamValue, SweepParams
+from subjects.params import MAX_WARMUP_BARS, BacktestParams, CarryIn, ParamValue, SweepParams
 from subjects.results import Result
 from subjects.training import TrainingParams
 
@@ -75,7 +87,18 @@ class WalkForwardParams(BacktestParams, Ranks):
                                                    "their indicators need (false: each window starts cold)")
     epochs: int | None = Field(default=None, ge=1, le=100_000, description="neuro-fuzzy: training epochs")
     seed: int | None = Field(default=None, ge=0)
+    carry: bool = Field(default=False, description="carry a position open at a fold's end into the next fold, "
+                                                   "whose strategy keeps or closes it (folds then run in order); "
+                                                   "only the last fold follows close_at_end")
     approach: Approach | None = None
+
+    @field_validator("carry_in")
+    @classmethod
+    def _no_carry_in(cls, v: CarryIn | None) -> CarryIn | None:
+        if v is not None:
+            raise ValueError("a walk-forward starts flat from capital; its folds carry their own positions "
+                             "(carry: true)")
+        return v
 
     @field_validator("in_sample", "out_of_sample")
     @classmethod
@@ -105,8 +128,8 @@ class WalkForwardParams(BacktestParams, Ranks):
 
     def _backtest_fields(self) -> dict[str, Any]:
         # Warm-up bars are the walk-forward's to set per window (``warmup``), not one number for all.
-        return self.model_dump(mode="json",
-                               include=set(BacktestParams.model_fields) - {"model", "include_curves", "warmup_bars"})
+        return self.model_dump(mode="json", include=set(BacktestParams.model_fields) - {
+            "model", "include_curves", "warmup_bars", "carry_in"})
 
     def backtest(self, *, start: str, end: str, **fields: Any) -> BacktestParams:
         return BacktestParams.model_validate({**self._backtest_fields(), "start": start, "end": end,
@@ -129,6 +152,8 @@ class FoldRow(Result):
     out_of_sample: dict[str, Any]
     # Bars before the out-of-sample window its backtest's indicators warmed up on (0: it started cold).
     warmup_bars: int = 0
+    # With carry: the position its out-of-sample backtest started holding, from the fold before (None: flat).
+    carried_in: dict[str, Any] | None = None
 
 
 class WalkForwardResult(Result):
@@ -139,8 +164,10 @@ class WalkForwardResult(Result):
     metrics: dict[str, Any]  # of the stitched out-of-sample curve
     efficiency: float | None
     # What happened at each fold's end to a position still open: closed at the last close, paying
-    # its exit, or left open (marked to market: the stitched curve never pays that exit).
+    # its exit, left open (marked to market: the stitched curve never pays that exit), or carried
+    # into the next fold (``carry``).
     fold_ends: str = ""
+    carry: bool = False
     # Every out-of-sample trade of every fold together, and buy-and-hold over the same bars.
     trade_stats: dict[str, Any] = Field(default_factory=dict)
     buy_and_hold_return_pct: float | None = None
@@ -213,13 +240,33 @@ class WalkForwardPlan:
                 # Never the first variant, or the strategy's defaults, in its place.
                 return Fail(f"fold {fold.index}: the in-sample sweep {children[child.key].op_id} chose nothing: "
                             f"{chosen.get('no_best') or 'no variant completed with a value to rank by'}")
-        tests = [c for f in folds for c in self._tests(params, f, children[f"f{f.index}is"])]
+        tests: list[Child] = []
+        waiting: int | None = None  # with carry: the first fold whose last one has not completed
+        for fold in folds:
+            chosen = children[f"f{fold.index}is"]
+            if params.approach == "training":
+                tests.append(self._in_sample_test(params, fold, chosen))
+            carried = None
+            if params.carry and fold.index > 0:
+                # In fold order: this fold goes on from where the last one ended.
+                before = children.get(f"f{fold.index - 1}oos")
+                if before is None or not before.completed:
+                    waiting = fold.index if waiting is None else waiting
+                    continue
+                carried = (before.result or {}).get("carry_out")
+                if not carried:
+                    return Fail(f"fold {fold.index - 1}: the out-of-sample backtest {before.op_id} reported no "
+                                "end state to carry into the next fold")
+            tests.append(self._out_of_sample_test(params, fold, chosen, carried, last=fold.index == len(folds) - 1))
         for child in tests:
             state = children.get(child.key)
             if state is not None and state.ended and not state.completed:
                 return _failure(state, "the backtest")
         if any(c.key not in children or not children[c.key].ended for c in tests):
-            return Stage(name=f"out-of-sample: {len(folds)} fold(s)", children=tests, total=total)
+            name = (f"out-of-sample: {len(folds)} fold(s)" if waiting is None else
+                    f"out-of-sample, carried in fold order: {waiting} of {len(folds)} fold(s) started")
+            return Stage(name=name, children=tests, total=total)
+        assert waiting is None  # its predecessor is in tests: not ended, failed or completed
         return Ready()
 
     def _select(self, params: WalkForwardParams, prepared: Mapping[str, Any], fold: Fold) -> Child:
@@ -237,22 +284,36 @@ class WalkForwardPlan:
                                             "include_curves": False})
         return Child(key=f"f{fold.index}is", type=SWEEP, params=sweep)
 
-    def _tests(self, params: WalkForwardParams, fold: Fold, chosen: ChildState) -> list[Child]:
+    def _in_sample_test(self, params: WalkForwardParams, fold: Fold, chosen: ChildState) -> Child:
+        """Neuro-fuzzy: the fold's model on its own in-sample bars (for the efficiency)."""
+        model = str((chosen.result or {}).get("model"))
+        warm = warmup_of(params.strategy, params.parameters) if params.warmup else 0
+        return Child(key=f"f{fold.index}isbt", type=BACKTEST,
+                     params=params.backtest(start=fold.in_start.isoformat(), end=fold.in_end.isoformat(),
+                                            model=model, warmup_bars=warm))
+
+    def _out_of_sample_test(self, params: WalkForwardParams, fold: Fold, chosen: ChildState,
+                            carried: Mapping[str, Any] | None, *, last: bool) -> Child:
+        """The fold's choice on its out-of-sample bars; with carry, going on from ``carried`` (the
+        fold before's ``carry_out``: none for the first fold) and closing at the end only if ``last``."""
         result = chosen.result or {}
-        out = (fold.out_start.isoformat(), fold.out_end.isoformat())
+        fields: dict[str, Any]
         if params.approach == "training":
-            model = str(result.get("model"))
-            inside = (fold.in_start.isoformat(), fold.in_end.isoformat())
+            fields = {"model": str(result.get("model"))}
             warm = warmup_of(params.strategy, params.parameters) if params.warmup else 0
-            return [Child(key=f"f{fold.index}isbt", type=BACKTEST,
-                          params=params.backtest(start=inside[0], end=inside[1], model=model, warmup_bars=warm)),
-                    Child(key=f"f{fold.index}oos", type=BACKTEST,
-                          params=params.backtest(start=out[0], end=out[1], model=model, warmup_bars=warm))]
-        best = (result.get("best") or {}).get("parameters") or {}
-        chosen = {**params.parameters, **best}
-        warm = warmup_of(params.strategy, chosen) if params.warmup else 0
-        return [Child(key=f"f{fold.index}oos", type=BACKTEST,
-                      params=params.backtest(start=out[0], end=out[1], parameters=chosen, warmup_bars=warm))]
+        else:
+            best = (result.get("best") or {}).get("parameters") or {}
+            fields = {"parameters": {**params.parameters, **best}}
+            warm = warmup_of(params.strategy, fields["parameters"]) if params.warmup else 0
+        if params.carry:
+            fields["close_at_end"] = params.close_at_end and last
+            if carried is not None:
+                # One bar more: the strategy decides on the bar before the window whether to keep it.
+                warm = min(warm + 1, MAX_WARMUP_BARS) if params.warmup else 0
+                fields.update(capital=carried["capital"], carry_in=carried["carry_in"])
+        return Child(key=f"f{fold.index}oos", type=BACKTEST,
+                     params=params.backtest(start=fold.out_start.isoformat(), end=fold.out_end.isoformat(),
+                                            warmup_bars=warm, **fields))
 
     async def reduce(self, params: WalkForwardParams, prepared: Mapping[str, Any],
                      children: Mapping[str, ChildState], env: ParentEnv) -> Reduced:
@@ -261,6 +322,7 @@ class WalkForwardPlan:
         curves: list[tuple[np.ndarray, np.ndarray]] = []
         in_windows: list[tuple[float | None, int | None]] = []
         trades: list[dict[str, Any]] = []
+        starts: list[float] = []
         hold = 1.0
         for fold in folds:
             chosen = children[f"f{fold.index}is"]
@@ -277,6 +339,8 @@ class WalkForwardPlan:
                 return Reduced(error=f"fold {fold.index}: the out-of-sample backtest {oos.op_id} stored no result")
             curve = BacktestResult.from_json_bytes(document)
             curves.append((curve.index_ns, curve.equity))
+            starts.append(float(oos.params.get("capital", params.capital)))
+            # A carried trade is in the fold where it closed, once: the fold before left it open.
             trades += [{"fold": fold.index, **trade} for trade in _trades(curve)]
             if len(curve.benchmark) and curve.benchmark[0] > 0:
                 hold *= float(curve.benchmark[-1] / curve.benchmark[0])
@@ -285,15 +349,15 @@ class WalkForwardPlan:
             rows.append(FoldRow(fold=fold.index, **{k: v for k, v in fold.to_dict().items() if k != "index"},
                                 chosen=pick, in_sample={k: in_metrics.get(k) for k in keep},
                                 out_of_sample={k: out_metrics.get(k) for k in keep},
-                                warmup_bars=int((oos.result or {}).get("warmup_bars") or 0)))
-        index_ns, equity = stitch(curves, initial_capital=params.capital)
+                                warmup_bars=int((oos.result or {}).get("warmup_bars") or 0),
+                                carried_in=(oos.params.get("carry_in") or {}).get("position")))
+        # Carried folds started from the equity the fold before ended with: stitched as they are.
+        index_ns, equity = stitch(curves, initial_capital=params.capital, starts=starts if params.carry else None)
         metrics = stitched_metrics(index_ns, equity, initial_capital=params.capital, timeframe=params.timeframe)
         assert params.approach is not None
         result = WalkForwardResult(approach=params.approach, metric=params.metric,
                                    objective=params.objective.model_dump(mode="json"), folds=rows,
-                                   fold_ends=("closed at each fold's last close, paying the exit" if params.close_at_end
-                                              else "left open at each fold's end, marked to market: the stitched "
-                                                   "curve never pays those exits"),
+                                   fold_ends=_fold_ends(params), carry=params.carry,
                                    trade_stats=trade_statistics([t["pnl"] for t in trades]),
                                    buy_and_hold_return_pct=100.0 * (hold - 1.0) if curves else None,
                                    stability=parameter_stability([r.chosen for r in rows])
@@ -306,6 +370,16 @@ class WalkForwardPlan:
                "index_ns": index_ns.tolist(), "equity": equity.tolist()}
         return Reduced(result=result, document=json.dumps(doc, separators=(",", ":"), allow_nan=False).encode(),
                        description=f"walk-forward {params.symbol} {params.timeframe}: {len(folds)} folds")
+
+
+def _fold_ends(params: WalkForwardParams) -> str:
+    closed, left = ("closed at {} last close, paying the exit",
+                    "left open at {} end, marked to market: the stitched curve never pays {}")
+    if not params.carry:
+        return closed.format("each fold's") if params.close_at_end else left.format("each fold's", "those exits")
+    return ("carried into the next fold, whose strategy keeps it (one trade, one entry and one exit paid) or "
+            "closes it at its first open, paying the exit; the last fold's "
+            + (closed.format("its") if params.close_at_end else left.format("its", "that exit")))
 
 
 def _trades(result: BacktestResult) -> list[dict[str, Any]]:

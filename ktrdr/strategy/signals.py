@@ -158,19 +158,22 @@ def generate_signals(strategy: RuleStrategy, bars: pd.DataFrame, *, indicators: 
                    exit_short=rule("exit_short") if short else none)
 
 
-def target_positions(signals: Signals, *, cancel: CancelToken | None = None) -> np.ndarray:
+def target_positions(signals: Signals, *, cancel: CancelToken | None = None, state: int = 0) -> np.ndarray:
     """The position (+1 long, -1 short, 0 flat) the strategy wants after each bar's close.
 
     Walk, per bar with a signal: an entry moves to its side (reversing an opposite position);
     both entries on one bar conflict and are ignored; an exit flattens only its own side. The
-    loop runs over signal bars only, not over all bars.
+    loop runs over signal bars only, not over all bars. ``state``: the position held before the
+    first bar (a carried one), 0 for flat.
     """
     el, xl, es, xs = signals.entry_long, signals.exit_long, signals.entry_short, signals.exit_short
     n = len(el)
     events = np.flatnonzero(el | xl | es | xs)
     change_at: list[int] = []
     change_to: list[int] = []
-    state = 0
+    out = np.zeros(n, dtype=np.int8)
+    if state:
+        out[:] = state
     e_l, x_l, e_s, x_s = el[events].tolist(), xl[events].tolist(), es[events].tolist(), xs[events].tolist()
     for k, i in enumerate(events.tolist()):
         if cancel is not None and k % _CANCEL_EVERY == 0:
@@ -187,7 +190,6 @@ def target_positions(signals: Signals, *, cancel: CancelToken | None = None) -> 
             change_at.append(i)
             change_to.append(new)
             state = new
-    out = np.zeros(n, dtype=np.int8)
     if change_at:
         starts = np.asarray(change_at)
         lengths = np.diff(np.append(starts, n))

@@ -28,10 +28,12 @@ def decision_settings(strategy: Mapping[str, Any]) -> tuple[float, bool]:
 
 
 def model_positions(bundle_bytes: bytes | ModelBundle, bars_by_timeframe: Mapping[str, pd.DataFrame], *,
-                    compute: IndicatorFn | None = None) -> np.ndarray:
+                    compute: IndicatorFn | None = None, carried: tuple[int, int] | None = None) -> np.ndarray:
     """+1/0/-1 after each bar of the bundle's base timeframe (``bars_by_timeframe[base]``, in its order).
 
     Warm-up bars (incomplete features) hold no position; a HOLD keeps the previous position.
+    ``carried``: (bar, side), a position held before that base bar (carried in from another
+    backtest): the decisions walk from it, from that bar on; the bars before it are flat.
     """
     bundle = bundle_bytes if isinstance(bundle_bytes, ModelBundle) else ModelBundle.from_bytes(bytes(bundle_bytes))
     base = bundle.base_timeframe
@@ -45,7 +47,15 @@ def model_positions(bundle_bytes: bytes | ModelBundle, bars_by_timeframe: Mappin
     used = {tf: bars_by_timeframe[tf] for tf in bundle.timeframes or [base]}
     features = build_features(strategy, used, compute=compute)
     threshold, allow_short = decision_settings(strategy)
-    positions = target_positions(decide(predict(bundle, features), threshold), allow_short=allow_short)
+    decisions = decide(predict(bundle, features), threshold)
     index = pd.DatetimeIndex(bars_by_timeframe[base].index)
-    aligned = positions.reindex(index).ffill().fillna(0)
-    return aligned.to_numpy(dtype=np.int8)
+    if carried is None:
+        positions = target_positions(decisions, allow_short=allow_short)
+        aligned = positions.reindex(index).ffill().fillna(0)
+        return aligned.to_numpy(dtype=np.int8)
+    at, side = carried
+    side = side if allow_short else max(side, 0)
+    walked = target_positions(decisions[decisions.index >= index[at]], allow_short=allow_short, initial=side)
+    out = np.zeros(len(index), dtype=np.int8)
+    out[at:] = walked.reindex(index[at:]).ffill().fillna(side).to_numpy(dtype=np.int8)
+    return out

@@ -36,6 +36,10 @@ rules:
     ({"strategy": "no_such_strategy"}, "strategy"),
     ({"parameters": {"fastest": 3}}, "parameters.fastest"),
     ({"strategy": BAD_INLINE}, "rules.entry_long"),
+    ({"carry_in": {"cash": 5.0, "position": {"side": 1, "size": 0, "entry_price": 10.0, "commission": 0.0,
+                                             "entry_time": "2019-12-31T00:00:00Z", "bars_held": 3}}},
+     "carry_in.position.size"),
+    ({"carry_in": {"cash": 5.0}}, "carry_in"),
 ])
 async def test_an_invalid_backtest_is_a_422_naming_the_field_and_queues_nothing(
         api: httpx.AsyncClient, coordinator: Coordinator, params: dict[str, Any], names_field: str) -> None:

@@ -20,7 +20,8 @@ from nats.js.errors import KeyNotFoundError
 
 from coordinator.app import Coordinator
 from coordinator.health import HEALTH_KEY
-from ktrdr.cli.client import JetStreamUnavailable, KtrdrClient
+from ktrdr.client.aio import AsyncClient
+from ktrdr.client.errors import JetStreamUnavailable
 from ktrdr.natsd import NatsServer
 from ktrdr.runtime.retry import RetryPolicy
 from subjects import names, roles
@@ -179,7 +180,7 @@ async def test_the_client_tries_a_503_again_and_gets_through_once_jetstream_is_b
         nats_server: NatsServer, nc: Client) -> None:
     async with running(nats_server, write_retry_budget_s=0.0, topology_check_s=60.0) as c:
         await lose_the_ops_stream(nc)
-        async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.CLIENT),
+        async with AsyncClient(nats_url=nats_server.url, auth=auth(roles.CLIENT),
                                unavailable_retry=RetryPolicy(first_s=1.0, attempts=2)) as client:
             submitting = asyncio.create_task(client.submit("dummy", {"duration": 0}))
             # Its first try is answered 503 at once (no budget); the stream returns during its pause.
@@ -201,7 +202,7 @@ async def submit_requests(nc: Client, count: int) -> bool:
 async def test_the_client_gives_up_after_a_couple_of_503s_saying_why(nats_server: NatsServer, nc: Client) -> None:
     async with running(nats_server, write_retry_budget_s=0.0, topology_check_s=60.0):
         await lose_the_ops_stream(nc)
-        async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.CLIENT),
+        async with AsyncClient(nats_url=nats_server.url, auth=auth(roles.CLIENT),
                                unavailable_retry=RetryPolicy(first_s=0.1, attempts=3)) as client:
             try:
                 await client.submit("dummy", {"duration": 0})

@@ -12,7 +12,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from coordinator.app import Coordinator
-from ktrdr.cli.client import KtrdrClient
+from ktrdr.client.aio import AsyncClient
 from ktrdr.natsd import NatsServer
 from ktrdr.runtime.retry import RetryPolicy
 from subjects import names, roles
@@ -78,7 +78,7 @@ async def test_the_client_sends_an_unanswered_submission_again_under_the_same_id
 
     await nc.subscribe(SUBMIT_SUBJECT, cb=answer_from_the_second)
     await nc.flush()
-    async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.CLIENT), timeout=0.5, submit_timeout=0.5
+    async with AsyncClient(nats_url=nats_server.url, auth=auth(roles.CLIENT), timeout=0.5, submit_timeout=0.5
                            ) as client:
         op = await client.submit("dummy", {"duration": 0}, retry=RetryPolicy(first_s=0.05, attempts=3))
     assert len(seen) == 2
@@ -105,7 +105,7 @@ async def test_a_submission_cut_off_by_a_lost_connection_is_sent_again_on_a_new_
 
     await nc.subscribe(SUBMIT_SUBJECT, cb=lose_the_first)
     await nc.flush()
-    async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.CLIENT), timeout=1.0, submit_timeout=1.0
+    async with AsyncClient(nats_url=nats_server.url, auth=auth(roles.CLIENT), timeout=1.0, submit_timeout=1.0
                            ) as client:
         op = await client.submit("dummy", {"duration": 0}, retry=RetryPolicy(first_s=0.5, attempts=6))
     assert restarted.is_set()

@@ -10,7 +10,7 @@ import pytest
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
-from ktrdr.cli.client import KtrdrClient
+from ktrdr.client.aio import AsyncClient
 from ktrdr.natsd import NatsServer
 from subjects import limits, names, roles
 from subjects.models import Operation, OpList, OpStatus, decode
@@ -53,7 +53,7 @@ async def test_a_list_of_2000_ops_comes_in_pages_under_the_payload_limit(
 
 async def test_the_client_follows_pages_until_it_has_as_many_ops_as_asked(
         nats_server: NatsServer, coordinator: Coordinator, many_ops: set[str]) -> None:
-    async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
+    async with AsyncClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
         some = await client.list(limit=1_500)
         assert len(some.operations) == len({o.op_id for o in some.operations}) == 1_500
         assert some.total == OPS and some.next_offset == 1_500

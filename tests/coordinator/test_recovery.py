@@ -11,7 +11,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
-from ktrdr.cli.client import KtrdrClient
+from ktrdr.client.aio import AsyncClient
 from ktrdr.natsd import NatsServer
 from subjects import roles
 from subjects.models import Operation, OpStatus, SubmitRequest
@@ -119,7 +119,7 @@ async def test_coordinator_killed_mid_op_loses_nothing(
         nats_server: NatsServer, make_worker: MakeWorker, tmp_path: Path) -> None:
     first = spawn_coordinator(nats_server, tmp_path / "coordinator.log")
     try:
-        async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
+        async with AsyncClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
             await make_worker("w1")
             op = await assert_eventually(lambda: _try_submit(client), timeout=15)
             await assert_eventually(lambda: _status_is(client, op.op_id, OpStatus.RUNNING), timeout=10)
@@ -141,14 +141,14 @@ async def test_coordinator_killed_mid_op_loses_nothing(
             first.kill()
 
 
-async def _try_submit(client: KtrdrClient) -> Operation | None:
+async def _try_submit(client: AsyncClient) -> Operation | None:
     try:
         return await client.submit("dummy", {"duration": 2.0, "steps": 4})
     except Exception:
         return None
 
 
-async def _status_is(client: KtrdrClient, op_id: str, status: OpStatus) -> Operation | None:
+async def _status_is(client: AsyncClient, op_id: str, status: OpStatus) -> Operation | None:
     try:
         op = await client.get(op_id)
     except Exception:

@@ -15,7 +15,8 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
 from coordinator.app import Coordinator
-from ktrdr.cli.client import KtrdrClient, KtrdrError
+from ktrdr.client.aio import AsyncClient
+from ktrdr.client.errors import KtrdrError
 from ktrdr.natsd import NatsServer
 from ktrdr.results import get_result
 from subjects import names, roles
@@ -95,7 +96,7 @@ async def test_a_client_may_prune_over_nats_and_a_viewer_is_refused_by_the_serve
         nats_server: NatsServer, coordinator: Coordinator, make_worker: MakeWorker) -> None:
     await make_worker("w1")
     await finished_dummies(coordinator, 2)
-    async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
+    async with AsyncClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
         dry = await client.prune("0s", dry_run=True)
         assert dry.matched == 2 and dry.moved == 0
     viewer = await connect_as(nats_server.url, roles.VIEWER)
@@ -151,7 +152,7 @@ async def test_a_coordinator_killed_halfway_through_a_prune_loses_nothing(
     first = spawn_coordinator(nats_server, log)
     submitted: list[str] = []
     try:
-        async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
+        async with AsyncClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
             await make_worker("w1", slots=8)
             await assert_eventually(lambda: _answers(client), timeout=20)
             for _ in range(15):
@@ -192,7 +193,7 @@ async def test_a_coordinator_killed_halfway_through_a_prune_loses_nothing(
             first.kill()
 
 
-async def _answers(client: KtrdrClient) -> bool:
+async def _answers(client: AsyncClient) -> bool:
     try:
         await client.list(limit=1)
         return True
@@ -200,7 +201,7 @@ async def _answers(client: KtrdrClient) -> bool:
         return False
 
 
-async def _none_active(client: KtrdrClient) -> bool:
+async def _none_active(client: AsyncClient) -> bool:
     return (await client.list(active_only=True, limit=1)).total == 0
 
 

@@ -17,14 +17,17 @@ import pytest
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
+from ktrdr.backtest import BacktestConfig, run_backtest
 from ktrdr.backtest.result import BacktestResult
 from ktrdr.backtest.walkforward import stitch
 from ktrdr.data import DataStore
 from ktrdr.data.shared import publish_dataset
 from ktrdr.natsd import NatsServer
 from ktrdr.results import get_result
+from ktrdr.strategy import load_strategy, with_parameters
 from subjects import names
 from subjects.models import Operation, OpStatus, SubmitRequest
+from subjects.params import CarryIn
 from tests.backtesting import TIMEFRAME, backtest_worker
 from tests.conftest import MakeWorker, SpawnWorker, coordinator_settings
 from tests.coordinator.test_sweeps import gate
@@ -183,6 +186,7 @@ async def test_a_walkforward_survives_a_coordinator_restart(
     ({"grid": None}, "grid"),  # rule-based needs its grid
     ({"strategy": "neuro_mean_reversion", "grid": GRID}, "grid"),  # neuro-fuzzy trains, sweeps nothing
     ({"model": "m@1"}, "body"),
+    ({"carry_in": {}, "carry": True}, "carry_in"),  # its folds carry their own positions
 ])
 async def test_a_bad_walkforward_is_refused_naming_the_field(
         api: httpx.AsyncClient, body: dict[str, Any], field: str) -> None:
@@ -296,3 +300,47 @@ async def test_the_result_pools_out_of_sample_trades_buy_and_hold_and_what_the_f
     chosen = [f["chosen"] for f in doc["folds"]]
     assert doc["stability"]["fast"]["values"] == [c["fast"] for c in chosen]
     assert doc["fold_ends"].startswith("left open at each fold's end")
+
+
+async def test_carried_folds_run_in_order_each_going_on_from_the_last_as_one_continuous_backtest(
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker, nc: Client,
+        tmp_path: Path) -> None:
+    bars = planted()
+    await publish(nc, tmp_path / "pub", "WFA", bars)
+    await backtest_worker(make_worker, "bt1", tmp_path / "bt1")
+    await backtest_worker(make_worker, "bt2", tmp_path / "bt2")
+    # A grid of one: every fold chooses the same parameters.
+    done = await run_walkforward(api, coordinator, params(grid={"fast": [8], "slow": [24]}, carry=True))
+    children = {c.op_id.rsplit("-", 1)[1]: c for c in descendants(coordinator, done.op_id)
+                if c.parent_id == done.op_id}
+    oos = [children[f"f{k}oos"] for k in range(3)]
+    assert oos[0].params["carry_in"] is None and oos[0].params["capital"] == 100_000.0
+    for before, after in zip(oos, oos[1:], strict=False):
+        # Created once the fold before had completed, given the equity, cash and position it ended with.
+        assert before.completed_at is not None and after.created_at >= before.completed_at
+        end = before.result["carry_out"]  # type: ignore[index]
+        assert after.params["capital"] == end["capital"]
+        assert CarryIn.model_validate(after.params["carry_in"]) == CarryIn.model_validate(end["carry_in"])
+        assert before.params["close_at_end"] is False
+        assert after.params["warmup_bars"] == 24 + 1  # the bar before the window decides on what is carried
+    assert oos[-1].params["close_at_end"] is True  # the last fold follows close_at_end
+    assert done.result is not None and done.result["carry"] is True
+    assert done.result["fold_ends"].startswith("carried into the next fold")
+    assert done.result["folds"][1]["carried_in"]["side"] == 1  # planted: fold 0 ends long
+
+    # The stitched curve and the pooled trades are one backtest over the joined windows, exactly.
+    folds = done.info["plan"]["folds"]
+    first, last = (bars.index.get_loc(pd.Timestamp(folds[i][k])) for i, k in ((0, "out_start"), (-1, "out_end")))
+    strategy = with_parameters(load_strategy("sma_crossover"), {"fast": 8, "slow": 24})
+    whole = run_backtest(bars.iloc[first - 24:last + 1], strategy, BacktestConfig(timeframe="1h"), trade_from=24)
+    doc = json.loads(await get_result(nc.jetstream(), done) or b"{}")
+    assert doc["index_ns"] == whole.index_ns.tolist() and doc["equity"] == whole.equity.tolist()
+    one = whole.trades_frame()
+    assert [pd.Timestamp(t["entry_time"]) for t in doc["trades"]] == one["entry_time"].tolist()
+    assert [pd.Timestamp(t["exit_time"]) for t in doc["trades"]] == one["exit_time"].tolist()
+    for column in ("size", "entry_price", "exit_price", "pnl", "commission", "bars_held"):
+        assert [t[column] for t in doc["trades"]] == one[column].tolist(), column
+    boundary = pd.Timestamp(folds[1]["out_start"])
+    across = [t for t in doc["trades"] if pd.Timestamp(t["entry_time"]) < boundary <= pd.Timestamp(t["exit_time"])]
+    assert len(across) == 1 and across[0]["fold"] == 1 and across[0]["entry_bar"] < 0  # once, where it closed
+    assert doc["metrics"]["total_return_pct"] == pytest.approx(whole.metrics["total_return_pct"], rel=1e-12)

@@ -165,10 +165,10 @@ async def test_a_worker_cannot_read_the_operations_service(as_role, coordinator:
 
 async def test_a_client_submits_lists_follows_and_cancels(nats_server: NatsServer, coordinator: Coordinator,
                                                           make_worker: MakeWorker) -> None:
-    from ktrdr.cli.client import KtrdrClient
+    from ktrdr.client.aio import AsyncClient
 
     await make_worker("w1")
-    async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
+    async with AsyncClient(nats_url=nats_server.url, auth=auth(roles.CLIENT)) as client:
         op = await client.submit("dummy", {"duration": 30, "steps": 30})
         await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
         assert [o.op_id for o in (await client.list(limit=5)).operations] == [op.op_id]
@@ -178,10 +178,11 @@ async def test_a_client_submits_lists_follows_and_cancels(nats_server: NatsServe
 
 
 async def test_a_viewer_reads_but_cannot_change(nats_server: NatsServer, coordinator: Coordinator) -> None:
-    from ktrdr.cli.client import KtrdrClient, KtrdrError
+    from ktrdr.client.aio import AsyncClient
+    from ktrdr.client.errors import KtrdrError
 
     op_id = await submit_dummy(coordinator)
-    async with KtrdrClient(nats_url=nats_server.url, auth=auth(roles.VIEWER), timeout=1.0) as viewer:
+    async with AsyncClient(nats_url=nats_server.url, auth=auth(roles.VIEWER), timeout=1.0) as viewer:
         assert (await viewer.get(op_id)).op_id == op_id
         with pytest.raises(KtrdrError, match="refused") as refused:
             await viewer.submit("dummy", {})

@@ -6,6 +6,8 @@ const { lineChart, legend } = window.ktrdrCharts;
 const PAGE = 50;
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const STATUSES = ["pending", "running", "completed", "failed", "cancelled"];
+const BACKTEST = "backtesting"; // the op type whose runs can be compared
+const MAX_COMPARED = 10; // ktrdr.backtest.compare.MAX_COMPARED
 
 const state = {
   role: null,
@@ -14,6 +16,7 @@ const state = {
   view: null, // the current view: {name, onOps(list), onWorkers(), reload()}
   source: null,
   ticker: null,
+  axes: new Map(), // a sweep's heatmap axes as chosen on its page, by op id: kept when the page is drawn again
 };
 
 // --- small helpers -----------------------------------------------------------------------------
@@ -129,6 +132,45 @@ function table(headers, rows, attrs) {
            h("tbody", {}, rows));
 }
 
+/** A number's cell, sorted by its value rather than its text. */
+function numCell(v) {
+  return h("td", { class: "num", "data-sort": typeof v === "number" ? v : "" }, fmt(v));
+}
+
+function sortKey(td) {
+  if (!td) return null;
+  const raw = (td.dataset.sort !== undefined ? td.dataset.sort : td.textContent).trim();
+  if (raw === "" || raw === "–") return null;
+  const n = Number(raw.replace(/,/g, ""));
+  return Number.isFinite(n) ? n : raw;
+}
+
+/** Clicking a header sorts the rows by its column, clicking again the other way: numbers (a cell's
+ * data-sort, else its text) numerically, text naturally, empty cells last either way. */
+function sortable(tableEl) {
+  const heads = [...tableEl.tHead.rows[0].cells];
+  heads.forEach((th, col) => {
+    th.classList.add("sortable");
+    th.title = "sort by this column";
+    th.addEventListener("click", () => {
+      const dir = th.dataset.sorted === "asc" ? "desc" : "asc";
+      for (const other of heads) { delete other.dataset.sorted; other.removeAttribute("aria-sort"); }
+      th.dataset.sorted = dir;
+      th.setAttribute("aria-sort", dir === "asc" ? "ascending" : "descending");
+      const sign = dir === "asc" ? 1 : -1;
+      const body = tableEl.tBodies[0];
+      const keyed = [...body.rows].map((tr) => ({ tr, key: sortKey(tr.cells[col]) }));
+      keyed.sort((a, b) => {
+        if (a.key === null || b.key === null) return (a.key === null) - (b.key === null);
+        if (typeof a.key === "number" && typeof b.key === "number") return sign * (a.key - b.key);
+        return sign * String(a.key).localeCompare(String(b.key), "en", { numeric: true });
+      });
+      body.append(...keyed.map((k) => k.tr));
+    });
+  });
+  return tableEl;
+}
+
 // --- sign-in -------------------------------------------------------------------------------------
 
 function showLogin(message) {
@@ -223,8 +265,9 @@ function workersTable() {
                 "heartbeat", "lease expires"], rows, { id: "workers" });
 }
 
-function opRow(op) {
+function opRow(op, pick) {
   return h("tr", { "data-op-id": op.op_id },
+           pick ? h("td", { class: "pick" }, pick(op)) : null,
            h("td", { class: "id" }, opLink(op.op_id)), h("td", {}, op.type), h("td", {}, statusBadge(op.status)),
            h("td", {}, progressBar(op)), h("td", { class: "id" }, op.worker_id || "–"),
            h("td", {}, op.parent_id ? opLink(op.parent_id) : "–"),
@@ -234,14 +277,56 @@ function opRow(op) {
 
 const OP_HEADERS = ["operation", "type", "status", "progress", "worker", "parent", "created", "error"];
 
-/** A paged list of ops, kept live: rows change in place; new ones appear on the first page. */
-function opsList({ filters, pageSize = PAGE, showPager = true }) {
+/** Ticked completed backtests, opened side by side on the compare page. The ticks are kept by id, so
+ * they survive the list being drawn again (live changes, reloads, other pages or filters). */
+function comparePicker() {
+  const selected = new Set();
+  let body = null; // the list's rows, as last drawn
+  const count = h("span", { class: "muted", id: "compare-count" });
+  const go = h("button", { class: "primary", id: "compare-selected", disabled: true, onclick: () => {
+    location.hash = `#/compare?ids=${[...selected].map(encodeURIComponent).join(",")}`;
+  } }, "compare selected");
+  const clear = h("button", { id: "compare-clear", hidden: true, onclick: () => {
+    selected.clear();
+    for (const box of body ? body.querySelectorAll("input.pick:checked") : []) box.checked = false;
+    describe();
+  } }, "clear");
+  function describe() {
+    const n = selected.size;
+    go.disabled = n < 2 || n > MAX_COMPARED;
+    clear.hidden = n === 0;
+    count.textContent = n === 0 ? `tick 2 to ${MAX_COMPARED} completed backtests to compare them`
+      : `${n} selected` + (n < 2 ? ", tick one more" : n > MAX_COMPARED ? `, at most ${MAX_COMPARED}` : "");
+  }
+  describe();
+  const pick = (op) => op.type === BACKTEST && op.status === "completed"
+    ? h("input", { type: "checkbox", class: "pick", "data-op-id": op.op_id, title: "compare this backtest",
+                   checked: selected.has(op.op_id), onchange: (ev) => {
+                     if (ev.target.checked) selected.add(op.op_id); else selected.delete(op.op_id);
+                     describe();
+                   } })
+    : null;
+  const el = h("div", { class: "pager compare-bar" }, go, clear, count);
+  // Shown where there is something to tick, or something ticked.
+  const shown = (tbody) => {
+    body = tbody;
+    el.hidden = selected.size === 0 && !tbody.querySelector("input.pick");
+  };
+  return { pick, el, shown };
+}
+
+/** A paged list of ops, kept live: rows change in place; new ones appear on the first page. With
+ * ``compare``, completed backtests have a box to tick and the list a button comparing those ticked. */
+function opsList({ filters, pageSize = PAGE, showPager = true, compare = false }) {
   const tbody = h("tbody");
   const info = h("span", { class: "muted" });
   const prev = h("button", { onclick: () => { offset = Math.max(0, offset - pageSize); load(); } }, "← newer");
   const next = h("button", { onclick: () => { offset += pageSize; load(); } }, "older →");
-  const el = h("div", {},
-               h("table", { class: "ops" }, h("thead", {}, h("tr", {}, OP_HEADERS.map((c) => h("th", {}, c)))), tbody),
+  const picker = compare ? comparePicker() : null;
+  const headers = picker ? ["", ...OP_HEADERS] : OP_HEADERS;
+  const opRowHere = (op) => opRow(op, picker && picker.pick);
+  const el = h("div", {}, picker ? picker.el : null,
+               h("table", { class: "ops" }, h("thead", {}, h("tr", {}, headers.map((c) => h("th", {}, c)))), tbody),
                showPager ? h("div", { class: "pager" }, prev, next, info) : info);
   let offset = 0;
   let total = 0;
@@ -266,8 +351,9 @@ function opsList({ filters, pageSize = PAGE, showPager = true }) {
   async function load() {
     const data = await api(`/api/v1/operations?${query()}`);
     shown = new Map(data.operations.map((op) => [op.op_id, op]));
-    tbody.replaceChildren(...data.operations.map(opRow));
-    if (!data.operations.length) tbody.append(h("tr", {}, h("td", { colspan: OP_HEADERS.length, class: "muted" }, "no operations")));
+    tbody.replaceChildren(...data.operations.map(opRowHere));
+    if (!data.operations.length) tbody.append(h("tr", {}, h("td", { colspan: headers.length, class: "muted" }, "no operations")));
+    if (picker) picker.shown(tbody);
     total = data.total;
     capped = data.total_capped;
     describe(data.operations.length);
@@ -289,10 +375,10 @@ function opsList({ filters, pageSize = PAGE, showPager = true }) {
       const row = tbody.querySelector(`tr[data-op-id="${CSS.escape(op.op_id)}"]`);
       if (row) {
         shown.set(op.op_id, op);
-        row.replaceWith(opRow(op));
+        row.replaceWith(opRowHere(op));
       } else if (offset === 0 && matches(op) && !shown.has(op.op_id)) {
         shown.set(op.op_id, op);
-        const fresh = opRow(op);
+        const fresh = opRowHere(op);
         fresh.classList.add("new");
         const empty = tbody.querySelector("td[colspan]");
         if (empty) empty.parentElement.remove();
@@ -302,6 +388,7 @@ function opsList({ filters, pageSize = PAGE, showPager = true }) {
         describe(tbody.children.length);
       }
     }
+    if (picker) picker.shown(tbody);
   }
 
   return { el, load, onOps, reset: () => { offset = 0; return load(); } };
@@ -354,7 +441,7 @@ function opsView(params) {
   search.value = params.get("q") || "";
   const filters = () => ({ status: status.value, type: type.value, parent_id: parent.value.trim(),
                            q: search.value.trim(), include_children: children.checked });
-  const list = opsList({ filters });
+  const list = opsList({ filters, compare: true });
   let timer = null;
   const changed = () => { clearTimeout(timer); timer = setTimeout(() => list.reset().catch(showError), 250); };
   for (const input of [status, type, children]) input.addEventListener("change", changed);
@@ -447,6 +534,15 @@ function tradesTable(trades) {
 }
 
 function heatmapTable(hm, metric, descending) {
+  const best = descending === false ? "lowest" : "highest";
+  const rest = hm.rest && hm.rest.length
+    ? h("p", { class: "muted", id: "heatmap-rest" },
+        `Each cell: the best (${best}) ${metric} over ${hm.rest.join(", ")}, the best variant's value, not an average.`)
+    : null;
+  if (!hm.cells) {
+    return h("div", {}, h("h2", {}, `${metric} by ${hm.x} and ${hm.y}`),
+             h("p", { class: "muted", id: "heatmap-too-large" }, `Too large to draw here (${hm.too_large || "too many cells"}).`));
+  }
   const values = hm.cells.flat().filter((v) => v !== null && v !== undefined);
   const lo = Math.min(...values), hi = Math.max(...values);
   const shade = (v) => {
@@ -458,26 +554,63 @@ function heatmapTable(hm, metric, descending) {
   const head = h("tr", {}, h("th", {}, `${hm.y} \\ ${hm.x}`), ...hm.x_values.map((v) => h("th", { class: "num" }, String(v))));
   const rows = hm.y_values.map((yv, i) => h("tr", {}, h("th", { class: "num" }, String(yv)),
     ...hm.cells[i].map((c) => h("td", { class: "num", style: shade(c) }, fmt(c)))));
-  return h("div", {}, h("h2", {}, `${metric} by ${hm.x} and ${hm.y}`),
-           h("table", { id: "heatmap" }, h("thead", {}, head), h("tbody", {}, rows)));
+  return h("div", {}, h("h2", {}, `${metric} by ${hm.x} and ${hm.y}`), rest,
+           h("table", { id: "heatmap", "data-x": hm.x, "data-y": hm.y }, h("thead", {}, head), h("tbody", {}, rows)));
 }
 
-function rankingTable(view) {
+/** The heatmap, and with more than two parameters in the grid, a choice of the two it is drawn over
+ * (read again from the API: the cells are made from the whole ranking, not the page's top of it). */
+function heatmapPanel(opId, view) {
+  const first = view.heatmap;
+  const out = h("div", {}, heatmapTable(first, view.metric, view.descending));
+  if (!first.parameters || first.parameters.length <= 2) return out;
+  const choice = (id, value) => {
+    const select = h("select", { id }, first.parameters.map((p) => h("option", { value: p }, p)));
+    select.value = value;
+    return select;
+  };
+  const xs = choice("heatmap-x", first.x), ys = choice("heatmap-y", first.y);
+  let shown = { x: first.x, y: first.y };
+  let asked = 0;
+  async function redraw(ev) {
+    // The same parameter on both axes: the other one takes the place this one left.
+    if (xs.value === ys.value) {
+      if (ev.target === xs) ys.value = shown.x; else xs.value = shown.y;
+    }
+    const axes = { x: xs.value, y: ys.value };
+    const mine = ++asked;
+    try {
+      const fresh = await api(`/api/v1/operations/${encodeURIComponent(opId)}/chart?${new URLSearchParams(axes)}`);
+      if (mine !== asked) return; // a later choice is on its way
+      shown = axes;
+      state.axes.set(opId, axes);
+      out.replaceChildren(heatmapTable(fresh.heatmap, view.metric, view.descending));
+    } catch (e) {
+      if (mine === asked) out.replaceChildren(h("p", { class: "error", id: "heatmap-error" }, `heatmap: ${e.message}`));
+    }
+  }
+  xs.addEventListener("change", redraw);
+  ys.addEventListener("change", redraw);
+  return h("div", {}, h("div", { class: "filters", id: "heatmap-axes" }, "Heatmap over",
+                        h("label", {}, "x ", xs), h("label", {}, "y ", ys)), out);
+}
+
+function rankingTable(view, opId) {
   const metric = view.metric;
   const rows = view.ranking.map((r) => h("tr", {},
-    h("td", { class: "num" }, r.rank), h("td", { class: "mono" }, Object.entries(r.parameters).map(([k, v]) => `${k}=${v}`).join(" ")),
-    h("td", { class: "num" }, fmt(r.metrics && r.metrics[metric])),
-    h("td", { class: "num" }, fmt(r.neighbourhood)),
-    h("td", { class: "num" }, fmt(r.metrics && r.metrics.total_return_pct)),
-    h("td", { class: "num" }, fmt(r.metrics && r.metrics.max_drawdown_pct)),
-    h("td", { class: "num" }, fmt(r.metrics && r.metrics.trades)), h("td", {}, r.op_id ? opLink(r.op_id) : "–"),
+    numCell(r.rank), h("td", { class: "mono" }, Object.entries(r.parameters).map(([k, v]) => `${k}=${v}`).join(" ")),
+    numCell(r.metrics && r.metrics[metric]),
+    numCell(r.neighbourhood),
+    numCell(r.metrics && r.metrics.total_return_pct),
+    numCell(r.metrics && r.metrics.max_drawdown_pct),
+    numCell(r.metrics && r.metrics.trades), h("td", {}, r.op_id ? opLink(r.op_id) : "–"),
     h("td", {}, r.excluded || "")));
   const met = view.eligible === null || view.eligible === undefined ? "" : `, ${fmt(view.eligible)} meet the objective`;
   return h("div", {}, h("h2", {}, `Ranking by ${view.objective || metric} (${fmt(view.completed)} of ${fmt(view.combinations)} variants, ${fmt(view.failed)} failed${met})`),
            view.no_best ? h("p", { class: "warning", id: "no-best" }, `No best: ${view.no_best}`) : null,
-           view.heatmap ? heatmapTable(view.heatmap, metric, view.descending) : null,
-           table([{ label: "rank", num: true }, "parameters", { label: metric, num: true }, { label: "neighbourhood", num: true }, { label: "return %", num: true },
-                  { label: "max dd %", num: true }, { label: "trades", num: true }, "full run", "excluded"], rows, { id: "ranking" }));
+           view.heatmap ? heatmapPanel(opId, view) : null,
+           sortable(table([{ label: "rank", num: true }, "parameters", { label: metric, num: true }, { label: "neighbourhood", num: true }, { label: "return %", num: true },
+                           { label: "max dd %", num: true }, { label: "trades", num: true }, "full run", "excluded"], rows, { id: "ranking" })));
 }
 
 function trainingCharts(view) {
@@ -497,7 +630,9 @@ function foldsTable(view) {
 
 async function resultPanel(op) {
   let view;
-  try { view = await api(`/api/v1/operations/${encodeURIComponent(op.op_id)}/chart`); } catch (e) {
+  const axes = state.axes.get(op.op_id);
+  const query = axes ? `?${new URLSearchParams(axes)}` : "";
+  try { view = await api(`/api/v1/operations/${encodeURIComponent(op.op_id)}/chart${query}`); } catch (e) {
     return e.status === 404 ? null : h("p", { class: "error" }, `result: ${e.message}`);
   }
   const box = h("div", { class: "panel", id: "result-view", "data-kind": view.kind });
@@ -511,7 +646,7 @@ async function resultPanel(op) {
     const folds = foldsTable(view);
     if (folds) box.append(folds);
   } else if (view.kind === "ranking") {
-    box.append(rankingTable(view));
+    box.append(rankingTable(view, op.op_id));
   } else if (view.kind === "epochs") {
     box.append(trainingCharts(view));
   } else {
@@ -566,7 +701,7 @@ function opView(opId) {
       if (panel) parts.push(panel);
     }
     if (op.result) parts.push(h("div", { class: "panel" }, h("h2", {}, "Result"), metricsGrid(flatResult(op.result))));
-    if (!children) children = opsList({ filters: () => ({ parent_id: opId }), pageSize: PAGE });
+    if (!children) children = opsList({ filters: () => ({ parent_id: opId }), pageSize: PAGE, compare: true });
     await children.load();
     if (children.el.querySelector("tbody tr[data-op-id]")) parts.push(h("div", { class: "panel" }, h("h2", {}, "Children"), children.el));
     root.replaceChildren(...parts);
@@ -648,8 +783,8 @@ function modelsView() {
         h("td", { class: "num" }, fmt(m.metrics.test_accuracy)), h("td", { class: "num" }, fmt(m.metrics.epochs_run)),
         h("td", {}, m.metrics.device || "–"), h("td", {}, m.op_id ? opLink(m.op_id) : "–"), h("td", {}, when(m.created_at))));
       box.lastChild.replaceWith(rows.length
-        ? table(["model", "strategy", "data", "training range", { label: "test accuracy", num: true },
-                 { label: "epochs", num: true }, "device", "trained by", "created"], rows, { id: "models" })
+        ? sortable(table(["model", "strategy", "data", "training range", { label: "test accuracy", num: true },
+                          { label: "epochs", num: true }, "device", "trained by", "created"], rows, { id: "models" }))
         : h("p", { class: "muted" }, "No models yet: `ktrdr train STRATEGY` stores one."));
     },
   };

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-from coordinator.dashboard.charts import MAX_POINTS, MAX_TRADES, chart, drawdown_pct, reduce_curves
+import pytest
+
+from coordinator.dashboard.charts import MAX_POINTS, MAX_TRADES, BadAxes, chart, drawdown_pct, reduce_curves
 
 
 def test_a_long_curve_is_reduced_keeping_its_lowest_and_highest_points() -> None:
@@ -79,3 +81,27 @@ def test_a_sweeps_page_gets_its_metric_over_the_first_two_parameters() -> None:
     one = chart(json.dumps({"format": "ktrdr.sweep.ranking/1", "metric": "sharpe_ratio", "grid": {"fast": [5]},
                             "ranking": []}).encode())
     assert one["heatmap"] is None
+
+
+def test_a_sweeps_heatmap_can_be_drawn_over_any_two_of_its_parameters() -> None:
+    grid = {"fast": [5, 10], "slow": [20, 40], "stop": [1, 2]}
+    ranking = [{"rank": 1, "parameters": {"fast": f, "slow": s, "stop": st},
+                "metrics": {"sharpe_ratio": f + s / 10 + st / 100}}
+               for f in grid["fast"] for s in grid["slow"] for st in grid["stop"]]
+    data = json.dumps({"format": "ktrdr.sweep.ranking/1", "metric": "sharpe_ratio", "descending": False,
+                       "grid": grid, "ranking": ranking, "failed": []}).encode()
+    view = chart(data, x="stop", y="fast")["heatmap"]
+    assert (view["x"], view["y"], view["rest"], view["parameters"]) == ("stop", "fast", ["slow"], list(grid))
+    assert view["cells"] == [[7.01, 7.02], [12.01, 12.02]]  # the lowest over slow: descending is False
+    for x, y, field in (("nope", "fast", "x"), ("fast", "fast", "y"), ("fast", None, "y")):
+        with pytest.raises(BadAxes, match="fast, slow, stop") as refused:
+            chart(data, x=x, y=y)
+        assert refused.value.field == field
+    with pytest.raises(BadAxes, match="not a sweep"):
+        chart(json.dumps({"format": "ktrdr.training.history/1", "history": []}).encode(), x="a", y="b")
+    wide = {"a": list(range(60)), "b": list(range(60)), "c": [1]}
+    big = chart(json.dumps({"format": "ktrdr.sweep.ranking/1", "metric": "m", "grid": wide,
+                            "ranking": []}).encode(), x="a", y="b")["heatmap"]
+    assert big["cells"] is None and "over 2500" in big["too_large"]
+    assert chart(json.dumps({"format": "ktrdr.sweep.ranking/1", "metric": "m", "grid": wide,
+                             "ranking": []}).encode(), x="c", y="a")["heatmap"]["y_values"] == list(range(60))

@@ -1,8 +1,10 @@
 """The dashboard in a real headless Chromium against a running platform: sign-in, workers and ops
-listed, a dummy op's progress moving live, cancel, and a backtest's charts."""
+listed, a dummy op's progress moving live, cancel, a backtest's charts, backtests ticked in
+the list and compared, a sweep's heatmap over chosen parameters and its ranking sorted by a column."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import httpx
@@ -204,3 +206,131 @@ async def test_backtests_are_compared_side_by_side_with_their_curves_overlaid(
             " return p && p.getAttribute('d').length;", op_id)
         assert length and length > 1000
     await browser.screenshot("compare")
+
+
+def shown_number(text: str) -> float | None:
+    """A number as the page shows it (``fmt``: thousands separators, 4 significant digits), or None for ``–``."""
+    return None if text == "–" else float(text.replace(",", ""))
+
+
+async def test_backtests_ticked_in_the_operations_list_are_compared_and_the_ticks_survive_live_updates(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path, browser: Browser) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+    await backtest_worker(make_worker, "bt-dash", tmp_path / "worker-data")
+    await make_worker("w-dash-4")
+    ids = [await submit(coordinator, "backtesting", backtest_params(parameters={"fast": f, "slow": s}))
+           for f, s in ((5, 20), (20, 100))]
+    dummy = await submit(coordinator, "dummy", {"duration": 0})
+    for op_id in [*ids, dummy]:
+        await wait_status(coordinator, op_id, OpStatus.COMPLETED, timeout=60)
+
+    await sign_in(browser, coordinator, "/#/ops")
+    pick = "return document.querySelector(`tr[data-op-id=\"${arguments[0]}\"] input.pick`)"
+    await browser.until(f"{pick} && document.querySelector(`tr[data-op-id=\"${{arguments[1]}}\"]`)",
+                        ids[1], dummy, what="the ops listed with boxes to tick")
+    # Only backtests can be compared: the dummy op has no box.
+    assert await browser.script(pick.replace("return", "return !"), dummy)
+    assert await browser.script("return document.getElementById('compare-selected').disabled")
+    await browser.script(f"{pick.replace('return ', 'const box = ')}; box.click();", ids[0])
+    assert await browser.script("return document.getElementById('compare-selected').disabled")  # one is not enough
+    # The list drawn again (a reload, as after a reconnect, then a live change of that row): still ticked.
+    await browser.script("document.querySelector(`tr[data-op-id=\"${arguments[0]}\"]`).dataset.old = '1';"
+                         "state.view.reload();", ids[0])
+    checked = ("const row = document.querySelector(`tr[data-op-id=\"${arguments[0]}\"]`);"
+               "return row && !row.dataset.old && row.querySelector('input.pick').checked;")
+    assert await browser.until(checked, ids[0], what="the tick kept when the list is loaded again")
+    await browser.script("document.querySelector(`tr[data-op-id=\"${arguments[0]}\"]`).dataset.old = '1';"
+                         "api(`/api/v1/operations/${arguments[0]}`).then((op) => state.view.onOps([op]));", ids[0])
+    assert await browser.until(checked, ids[0], what="the tick kept when a live change redraws the row")
+
+    await browser.script(f"{pick.replace('return ', 'const box = ')}; box.click();", ids[1])
+    assert "2 selected" in await browser.text("#compare-count")
+    await browser.screenshot("ops-picked")
+    await browser.click("#compare-selected:not([disabled])")
+    await browser.until("return document.querySelector('#compare-metrics tr[data-metric]')",
+                        what="the metrics side by side")
+    assert await browser.script("return location.hash") == f"#/compare?ids={ids[0]},{ids[1]}"
+    assert await browser.script("return [...document.querySelectorAll('#compare-metrics thead a')]"
+                                ".map(a => a.textContent)") == ids
+    shown = dict(await browser.script("return [...document.querySelectorAll('#compare-metrics tr[data-metric]')]"
+                                      ".map(tr => [tr.dataset.metric, [...tr.querySelectorAll('td')]"
+                                      ".map(td => td.textContent)])"))
+    async with httpx.AsyncClient(headers=auth_headers(coordinator)) as client:
+        found = (await client.get(url(coordinator, "/api/v1/backtests/compare"),
+                                  params={"ids": ",".join(ids)})).json()["metrics"]
+    assert list(shown) == list(found)
+    for name, values in found.items():
+        for op_id, text in zip(ids, shown[name], strict=True):
+            value = values[op_id]
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                number = shown_number(text)
+                assert number is not None and math.isclose(number, value, rel_tol=1e-3, abs_tol=1e-9), (name, text)
+            else:
+                assert text == ("–" if value is None else str(value).lower() if isinstance(value, bool)
+                                else str(value)), (name, text)
+
+
+async def test_a_sweeps_heatmap_is_drawn_over_the_parameters_chosen_and_its_ranking_sorts_by_any_column(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path, browser: Browser) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+    await backtest_worker(make_worker, "bt-dash", tmp_path / "worker-data")
+    grid = {"fast": [5, 10], "slow": [20, 40], "indicators.slow.type": ["sma", "ema"]}
+    op_id = await submit(coordinator, "sweep", backtest_params(grid=grid, metric="total_return_pct"))
+    await wait_status(coordinator, op_id, OpStatus.COMPLETED, timeout=60)
+    async with httpx.AsyncClient(headers=auth_headers(coordinator)) as client:
+        ranking = (await client.get(url(coordinator, f"/api/v1/operations/{op_id}/results"))).json()["ranking"]
+
+    await sign_in(browser, coordinator, f"/#/op/{op_id}")
+    await browser.until("return document.querySelector('#heatmap[data-x=\"fast\"][data-y=\"slow\"]')",
+                        what="the heatmap over the first two parameters")
+    assert await browser.script("return [...document.querySelectorAll('#heatmap-x option')].map(o => o.value)") \
+        == list(grid)
+    assert "over indicators.slow.type" in await browser.text("#heatmap-rest")
+    await browser.script("const x = document.getElementById('heatmap-x'); x.value = 'indicators.slow.type';"
+                         "x.dispatchEvent(new Event('change'));")
+    await browser.until("return document.querySelector('#heatmap[data-x=\"indicators.slow.type\"][data-y=\"slow\"]')",
+                        what="the heatmap over the kind of average and the slow period")
+    head = await browser.script("return [...document.querySelectorAll('#heatmap thead th')].map(th => th.textContent)")
+    assert head == ["slow \\ indicators.slow.type", "sma", "ema"]
+    assert "over fast" in await browser.text("#heatmap-rest")
+    cells = await browser.script("return [...document.querySelectorAll('#heatmap tbody tr')]"
+                                 ".map(tr => [...tr.querySelectorAll('td')].map(td => td.textContent))")
+    # A cell is its best variant's return, as the ranking shows it.
+    cell = [r for r in ranking if (r["parameters"]["slow"], r["parameters"]["indicators.slow.type"]) == (40, "ema")]
+    best = max(cell, key=lambda r: r["metrics"]["total_return_pct"])
+    label = " ".join(f"{k}={v}" for k, v in best["parameters"].items())
+    assert cells[1][1] == await browser.script(
+        "return [...document.querySelectorAll('#ranking tbody tr')].find(tr => tr.children[1].textContent"
+        " === arguments[0]).children[2].textContent", label)
+    # The same parameter on both axes is not asked for: the other axis takes the one left.
+    await browser.script("const y = document.getElementById('heatmap-y'); y.value = 'indicators.slow.type';"
+                         "y.dispatchEvent(new Event('change'));")
+    await browser.until("return document.querySelector('#heatmap[data-x=\"slow\"][data-y=\"indicators.slow.type\"]')",
+                        what="the axes swapped")
+
+    column = ("return [...document.querySelectorAll('#ranking tbody tr')]"
+              ".map(tr => tr.children[arguments[0]].dataset.sort)")
+    assert await browser.script(column, 0) == [str(i) for i in range(1, 9)]
+    trades = sorted(r["metrics"]["trades"] for r in ranking)
+    for arrow in ("asc", "desc"):
+        await browser.script("document.querySelectorAll('#ranking thead th')[6].click()")
+        assert await browser.script("return document.querySelectorAll('#ranking thead th')[6].dataset.sorted") == arrow
+        shown = [int(v) for v in await browser.script(column, 6)]
+        assert shown == (trades if arrow == "asc" else trades[::-1])
+        # Whole rows moved: each row's rank still goes with its own variant's trades.
+        ranks = [int(v) for v in await browser.script(column, 0)]
+        by_rank = {r["rank"]: r for r in ranking}
+        assert [by_rank[r]["metrics"]["trades"] for r in ranks] == shown
+    assert ranks != list(range(1, 9))
+    # Numbers by value, not as text (9 < 10 < 100), and empty cells last whichever way.
+    assert await browser.script(
+        "const rows = [10, null, 9, 100].map((v) => h('tr', {}, numCell(v)));"
+        "const t = sortable(table([{ label: 'n', num: true }], rows));"
+        "const order = () => { t.tHead.rows[0].cells[0].click();"
+        " return [...t.tBodies[0].rows].map((tr) => tr.textContent); };"
+        "return [order(), order()];") == [["9", "10", "100", "–"], ["100", "10", "9", "–"]]
+    # The arrow is drawn beside the header sorted by, and only there.
+    assert await browser.script("return getComputedStyle(document.querySelectorAll('#ranking thead th')[6],"
+                                " '::after').content") == '" ▼"'
+    assert await browser.script("return document.querySelectorAll('#ranking thead th[data-sorted]').length") == 1
+    await browser.screenshot("sweep-axes")

@@ -258,3 +258,46 @@ async def test_datasets_are_listed_and_summarised_and_a_backtests_chart_is_bound
     assert chart["trades"]["count"] == chart["metrics"]["trades"]
     assert all("entry_time_ms" in t for t in chart["trades"]["shown"])
     assert (await api.get("/api/v1/models")).json() == {"total": 0, "models": []}
+
+
+# A third parameter by its dotted path: the slow average's kind.
+SWEEP3 = {"fast": [5, 10], "slow": [20, 40], "indicators.slow.type": ["sma", "ema"]}
+
+
+async def test_a_sweeps_heatmap_is_drawn_over_the_two_parameters_asked_for_and_others_are_refused(
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker, nc: Client,
+        tmp_path: Path) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
+    await backtest_worker(make_worker, "bt-heat", tmp_path / "worker-data")
+    op_id = await submit(api, "sweep", backtest_params(grid=SWEEP3, metric="total_return_pct"))
+    done = await wait_status(coordinator, op_id, OpStatus.COMPLETED, OpStatus.FAILED, timeout=60)
+    assert done.status is OpStatus.COMPLETED, done.error
+    ranking = json.loads((await api.get(f"/api/v1/operations/{op_id}/results")).content)["ranking"]
+    assert len(ranking) == 8
+
+    first = (await api.get(f"/api/v1/operations/{op_id}/chart")).json()["heatmap"]
+    assert (first["x"], first["y"], first["parameters"]) == ("fast", "slow", list(SWEEP3))
+    assert first["rest"] == ["indicators.slow.type"]
+
+    chosen = (await api.get(f"/api/v1/operations/{op_id}/chart",
+                            params={"x": "indicators.slow.type", "y": "fast"})).json()["heatmap"]
+    assert (chosen["x"], chosen["y"], chosen["rest"]) == ("indicators.slow.type", "fast", ["slow"])
+    assert (chosen["x_values"], chosen["y_values"]) == (["sma", "ema"], [5, 10])
+    # Each cell: the best return over the slow periods, the same number as that variant's in the ranking.
+    for row, fast in enumerate([5, 10]):
+        for col, kind in enumerate(["sma", "ema"]):
+            best = max(r["metrics"]["total_return_pct"] for r in ranking
+                       if r["parameters"]["fast"] == fast and r["parameters"]["indicators.slow.type"] == kind)
+            assert chosen["cells"][row][col] == best
+
+    for query, field in (({"x": "nope", "y": "fast"}, "x"), ({"x": "fast", "y": "slow "}, "y"),
+                         ({"x": "slow", "y": "slow"}, "y"), ({"x": "fast"}, "y")):
+        reply = await api.get(f"/api/v1/operations/{op_id}/chart", params=query)
+        assert reply.status_code == 422, (query, reply.text)
+        body = reply.json()
+        assert body["detail"][0]["field"] == field
+        assert "fast, slow, indicators.slow.type" in body["error"]
+    # Only a sweep has a heatmap: its full run, a backtest, refuses axes.
+    backtest_id = ranking[0]["op_id"] or next(r["op_id"] for r in ranking if r["op_id"])
+    reply = await api.get(f"/api/v1/operations/{backtest_id}/chart", params={"x": "fast", "y": "slow"})
+    assert reply.status_code == 422 and "not a sweep" in reply.json()["error"]

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from ktrdr.backtest import BacktestConfig, BacktestResult, run_backtest, simulate
+from ktrdr.backtest.simulator import Opening
 from ktrdr.cancel import CancelToken, OperationCancelled
 from ktrdr.data import synth
-from ktrdr.strategy import load_strategy
+from ktrdr.strategy import load_strategy, with_parameters
+from ktrdr.strategy.warmup import warmup_bars
+from subjects.params import CarriedPosition, CarryIn
 
 OPEN = np.array([100.0, 100.0, 110.0, 120.0, 130.0])
 CLOSE = np.array([100.0, 105.0, 115.0, 125.0, 135.0])
@@ -231,3 +235,159 @@ def test_trades_frame_columns() -> None:
     assert list(frame.columns[:2]) == ["entry_time", "exit_time"]
     assert (frame["exit_time"] > frame["entry_time"]).all()
     assert result.parameters == {"fast": 10, "slow": 20}
+
+
+# --- going on from another backtest's end: a carried position --------------------------------------------
+
+# 9 shares bought at 101 (100 and 1 % slippage) paying 9.09, 4 bars before this run: what
+# test_long_trade_fills_next_open_with_slippage_and_commission's run holds after its entry.
+CARRIED_CASH = 1000 - 909 - 9.09
+
+
+def carried(wanted_before: int = 1, **overrides: float) -> Opening:
+    return Opening(**{"cash": CARRIED_CASH, "side": 1, "size": 9, "entry_price": 101.0, "commission": 9.09,
+                      "entry_bar": -4, "wanted_before": wanted_before, **overrides})
+
+
+def test_a_carried_position_still_wanted_is_kept_and_closes_as_one_trade_with_its_own_entry() -> None:
+    s = simulate(OPEN, CLOSE, np.array([1, 1, 0, 0, 0], dtype=np.int8), COSTLY, opening=carried(1))
+    t = {k: v.tolist() for k, v in s.trades.items()}
+    sold = 120.0 * (1 - 0.01)  # bar 3's open less slippage
+    fee = 9 * sold * 0.01
+    assert t["entry_bar"] == [-4] and t["exit_bar"] == [3] and t["bars_held"] == [7]
+    assert t["size"] == [9] and t["entry_price"] == [101.0] and t["exit_price"] == [sold]
+    assert t["commission"] == [9.09 + fee]  # one entry and one exit paid
+    assert t["pnl"] == [9 * (sold - 101.0) - 9.09 - fee]
+    assert s.equity[:3].tolist() == [CARRIED_CASH + 9 * c for c in (100.0, 105.0, 115.0)]
+    assert s.equity[3] == s.equity[4] == CARRIED_CASH + 9 * sold - fee
+    assert s.shares.tolist() == [9, 9, 9, 0, 0] and s.open_position is None
+
+
+def test_a_carried_position_not_wanted_on_is_closed_at_the_first_open_paying_the_exit() -> None:
+    s = simulate(OPEN, CLOSE, np.zeros(5, dtype=np.int8), COSTLY, opening=carried(0))
+    sold = 100.0 * (1 - 0.01)
+    fee = 9 * sold * 0.01
+    assert s.trades["exit_bar"].tolist() == [0] and s.trades["exit_price"].tolist() == [sold]
+    assert s.trades["commission"].tolist() == [9.09 + fee] and s.trades["bars_held"].tolist() == [4]
+    assert s.trades["pnl"].tolist() == [9 * (sold - 101.0) - 9.09 - fee]
+    assert s.equity.tolist() == [CARRIED_CASH + 9 * sold - fee] * 5 and not s.shares.any()
+
+
+def test_a_carried_position_the_strategy_turns_against_is_reversed_at_the_first_open() -> None:
+    s = simulate(OPEN, CLOSE, np.full(5, -1, dtype=np.int8), COSTLY, opening=carried(-1))
+    assert s.trades["side"].tolist() == [1, -1] and s.trades["entry_bar"].tolist() == [-4, 0]
+    sold = 100.0 * (1 - 0.01)
+    cash = CARRIED_CASH + 9 * sold - 9 * sold * 0.01
+    assert s.trades["size"].tolist()[1] == math.floor(cash / (sold * 1.01) + 1e-9)  # sized with the exit's cash
+
+
+def test_carried_in_flat_the_wish_before_the_first_bar_fills_at_its_open() -> None:
+    wanted = np.array([1, 1, 0, 0, 0], dtype=np.int8)
+    s = simulate(OPEN, CLOSE, wanted, COSTLY, opening=Opening(cash=1000.0, wanted_before=1))
+    assert s.trades["entry_bar"].tolist() == [0] and s.trades["exit_bar"].tolist() == [3]
+    assert simulate(OPEN, CLOSE, wanted, COSTLY).trades["entry_bar"].tolist() == [1]  # a fresh run starts flat
+
+
+@pytest.mark.parametrize("split", [1, 57, 150, 298])
+def test_a_run_split_anywhere_and_carried_on_is_the_whole_run_exactly(split: int) -> None:
+    bars = _bars(300)
+    open_, close = bars["open"].to_numpy(), bars["close"].to_numpy()
+    wanted = np.random.default_rng(split).integers(-1, 2, 300).astype(np.int8)
+    config = BacktestConfig(initial_capital=10_000.0, commission=0.002, slippage=0.001, fraction=0.5)
+    whole = simulate(open_, close, wanted, config)
+    first = simulate(open_[:split], close[:split], wanted[:split],
+                     BacktestConfig(**{**config.to_dict(), "close_at_end": False}))
+    pos = first.open_position
+    held = {} if pos is None else {"cash": pos["cash"], "side": pos["side"], "size": pos["size"],
+                                   "entry_price": pos["entry_price"], "commission": pos["commission"],
+                                   "entry_bar": pos["entry_bar"] - split}
+    opening = Opening(**{"cash": float(first.equity[-1]), **held, "wanted_before": int(wanted[split - 1])})
+    rest = simulate(open_[split:], close[split:], wanted[split:], config, opening=opening)
+    assert np.concatenate([first.equity, rest.equity]).tolist() == whole.equity.tolist()
+    assert np.concatenate([first.shares, rest.shares]).tolist() == whole.shares.tolist()
+    for column in ("side", "size", "entry_price", "exit_price", "pnl", "commission", "bars_held"):
+        assert np.concatenate([first.trades[column], rest.trades[column]]).tolist() == whole.trades[column].tolist()
+    assert (np.concatenate([first.trades["exit_bar"], rest.trades["exit_bar"] + split]).tolist()
+            == whole.trades["exit_bar"].tolist())
+
+
+@pytest.mark.parametrize("fields", [
+    {"cash": math.nan}, {"size": 0}, {"side": 0}, {"side": 2}, {"entry_bar": 0}, {"entry_price": 0.0},
+    {"commission": -1.0}, {"wanted_before": 3}])
+def test_an_impossible_opening_is_refused(fields: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        carried(**fields)
+
+
+def _turning(closes: list[float]) -> pd.DataFrame:
+    index = pd.date_range("2024-01-01", periods=len(closes), freq="h", tz="UTC", name="timestamp")
+    c = np.asarray(closes, dtype=np.float64)
+    return pd.DataFrame({"open": c, "high": c, "low": c, "close": c, "volume": 1000.0}, index=index)
+
+
+FAST_SLOW = with_parameters(load_strategy("sma_crossover"), {"fast": 2, "slow": 4})
+# Warm-up for a 4-bar average, and one bar more: the strategy decides on the bar before the window.
+WARM = warmup_bars(FAST_SLOW) + 1
+CARRY_LONG = CarryIn(cash=500.0, position=CarriedPosition(side=1, size=40, entry_price=11.0, commission=0.44,
+                                                            entry_time="2023-12-31T20:00:00Z", bars_held=5))
+CHEAP = BacktestConfig(commission=0.01, slippage=0.0, timeframe="1h")
+
+
+def test_a_rule_strategy_keeps_a_carried_long_until_its_own_exit_signal() -> None:
+    # Rising into the window: no cross below on the bar before it, the long is held on.
+    bars = _turning([10, 11, 12, 13, 14, 15, 16, 17, 12, 11, 10])
+    assert WARM == 5
+    config = replace(CHEAP, initial_capital=500.0 + 40 * 14)
+    result = run_backtest(bars, FAST_SLOW, config, trade_from=WARM, carry_in=CARRY_LONG)
+    t = result.trades_frame()
+    assert len(t) == 1 and t["entry_bar"].tolist() == [-5] and t["entry_price"].tolist() == [11.0]
+    assert t["entry_time"].tolist() == [pd.Timestamp("2023-12-31T20:00:00Z")]
+    # Fast crosses below slow at the close of the window's bar 3 (12 after 17): sold at bar 4's open.
+    assert t["exit_bar"].tolist() == [4] and t["exit_price"].tolist() == [11.0] and t["bars_held"].tolist() == [9]
+    assert t["commission"].tolist() == [0.44 + 40 * 11.0 * 0.01]
+    assert result.equity[0] == 500.0 + 40 * 15  # held through the first bar: no fill, no fee
+    assert result.carry_in == CARRY_LONG.model_dump(mode="json")
+
+
+def test_a_rule_strategy_that_exits_on_the_bar_before_the_window_closes_the_carried_long_at_its_first_open() -> None:
+    # Down to 8 on the bar before the window: the 2-bar average crosses below the 4-bar one there.
+    bars = _turning([10, 11, 12, 13, 8, 9, 10, 11])
+    config = replace(CHEAP, initial_capital=500.0 + 40 * 8)
+    result = run_backtest(bars, FAST_SLOW, config, trade_from=WARM, carry_in=CARRY_LONG)
+    fee = 40 * 9.0 * 0.01
+    assert result.trades["exit_bar"].tolist() == [0] and result.trades["exit_price"].tolist() == [9.0]
+    assert result.trades["commission"].tolist() == [0.44 + fee]
+    assert result.trades["pnl"].tolist() == [40 * (9.0 - 11.0) - 0.44 - fee]
+    assert result.equity.tolist() == [500.0 + 40 * 9.0 - fee] * 3
+    assert result.metrics["initial_capital"] == 500.0 + 40 * 8  # returns from the equity carried in
+
+
+def test_a_long_only_strategy_closes_a_carried_short_at_its_first_open() -> None:
+    short = CarryIn(cash=1000.0, position=CarriedPosition(side=-1, size=10, entry_price=12.0, commission=0.1,
+                                                            entry_time="2023-12-31T20:00:00Z", bars_held=2))
+    bars = _turning([10, 11, 12, 13, 14, 15, 16, 17])
+    result = run_backtest(bars, FAST_SLOW, replace(CHEAP, initial_capital=1000.0 - 10 * 14), trade_from=WARM,
+                          carry_in=short)
+    assert result.trades["side"].tolist() == [-1] and result.trades["exit_bar"].tolist() == [0]
+
+
+def test_carried_in_capital_must_be_the_equity_at_the_last_close_before_the_window() -> None:
+    bars = _turning([10, 11, 12, 13, 14, 15, 16, 17])
+    with pytest.raises(ValueError, match=r"capital 1000.0 is not the equity carried in: .* = 1060.0"):
+        run_backtest(bars, FAST_SLOW, replace(CHEAP, initial_capital=1000.0), trade_from=WARM, carry_in=CARRY_LONG)
+
+
+def test_a_carried_result_keeps_what_it_went_on_from_and_says_what_to_go_on_with() -> None:
+    bars = _turning([10, 11, 12, 13, 14, 15, 16, 17])
+    config = replace(CHEAP, initial_capital=500.0 + 40 * 14, close_at_end=False)
+    result = run_backtest(bars, FAST_SLOW, config, trade_from=WARM, carry_in=CARRY_LONG)
+    back = BacktestResult.from_json_bytes(result.to_json_bytes())
+    assert back.carry_in == result.carry_in == CARRY_LONG.model_dump(mode="json")
+    # Still open: the next run is given the same position, held 3 bars longer, and this run's end.
+    assert result.carry_out() == {"capital": 500.0 + 40 * 17, "carry_in": {"cash": 500.0, "position": {
+        "side": 1, "size": 40, "entry_price": 11.0, "commission": 0.44, "bars_held": 8,
+        "entry_time": "2023-12-31T20:00:00+00:00"}}}
+    # A run that started flat stores no carry_in: its document is what it was before carrying existed.
+    fresh = run_backtest(bars, FAST_SLOW, replace(CHEAP, close_at_end=False), trade_from=WARM)
+    assert fresh.carry_in is None and b"carry_in" not in fresh.to_json_bytes()
+    assert fresh.carry_out() == {"capital": fresh.equity[-1], "carry_in": {}}

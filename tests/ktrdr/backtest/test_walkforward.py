@@ -235,6 +235,72 @@ def test_stitching_refuses_overlapping_or_unordered_folds() -> None:
         stitch([], initial_capital=1.0)
 
 
+def test_folds_that_started_from_the_last_ones_ending_equity_are_stitched_as_they_are() -> None:
+    # Carried folds: each backtest went on from the equity the one before ended with.
+    curves = [(ns(0, 1), np.array([100.0, 125.0])), (ns(2, 3, 4), np.array([130.0, 100.0, 150.1])),
+              (ns(5, 6), np.array([149.9, 180.3]))]
+    index, equity = stitch(curves, initial_capital=100.0, starts=[100.0, 125.0, 150.1])
+    np.testing.assert_array_equal(index, ns(0, 1, 2, 3, 4, 5, 6))
+    assert equity.tolist() == [100.0, 125.0, 130.0, 100.0, 150.1, 149.9, 180.3]  # bit for bit
+    # Each fold's start is what it is scaled from: starts of capital are the compounding of fresh folds.
+    fresh = [(ns(0, 1), np.array([100.0, 125.0])), (ns(2, 3, 4), np.array([100.0, 80.0, 150.0]))]
+    assert (stitch(fresh, initial_capital=100.0, starts=[100.0, 100.0])[1].tolist()
+            == stitch(fresh, initial_capital=100.0)[1].tolist() == [100.0, 125.0, 125.0, 100.0, 187.5])
+
+
+@pytest.mark.parametrize("starts", [[100.0], [100.0, 0.0], [100.0, math.inf], [100.0, -5.0]])
+def test_stitching_refuses_a_start_per_fold_that_is_missing_or_not_positive(starts: list[float]) -> None:
+    with pytest.raises(ValueError, match="starts: one starting equity > 0 per fold"):
+        stitch([(ns(0, 1), np.ones(2)), (ns(2, 3), np.ones(2))], initial_capital=1.0, starts=starts)
+
+
+def test_carried_folds_with_the_same_parameters_are_one_continuous_backtest_exactly() -> None:
+    """Each out-of-sample backtest goes on from the last one's end (its equity, cash and open position):
+    stitched, they are one backtest over the joined windows, bit for bit, and a position open at a fold's
+    end is one trade across the boundary, paying one entry and one exit commission."""
+    from ktrdr.backtest import BacktestConfig, run_backtest
+    from ktrdr.strategy import load_strategy, with_parameters
+    from ktrdr.strategy.warmup import warmup_bars
+    from subjects.params import CarryIn
+    from tests.coordinator.test_walkforward import planted
+
+    bars = planted()
+    strategy = with_parameters(load_strategy("sma_crossover"), {"fast": 8, "slow": 24})
+    warm = warmup_bars(strategy)
+    folds = make_folds(bars.index, mode="rolling", folds=3, ratio=2.0)
+    first, last = (bars.index.get_loc(t) for t in (folds[0].out_start, folds[-1].out_end))
+    config = BacktestConfig(commission=0.002, slippage=0.001, timeframe="1h")
+    whole = run_backtest(bars.iloc[first - warm:last + 1], strategy, config, trade_from=warm)
+
+    curves, starts, trades, carry = [], [], [], None
+    capital = config.initial_capital
+    for fold in folds:
+        a, b = (bars.index.get_loc(t) for t in (fold.out_start, fold.out_end))
+        w = warm if carry is None else warm + 1  # one bar more: the strategy decides on the bar before
+        fold_config = BacktestConfig(**{**config.to_dict(), "initial_capital": capital,
+                                        "close_at_end": fold is folds[-1]})
+        result = run_backtest(bars.iloc[a - w:b + 1], strategy, fold_config, trade_from=w, carry_in=carry)
+        curves.append((result.index_ns, result.equity))
+        starts.append(capital)
+        trades.append(result.trades_frame())
+        end = result.carry_out()
+        capital, carry = end["capital"], CarryIn.model_validate(end["carry_in"])
+        if fold is not folds[-1]:
+            assert carry.position is not None  # planted: each fold ends long, a trade across every boundary
+    index_ns, equity = stitch(curves, initial_capital=config.initial_capital, starts=starts)
+    assert index_ns.tolist() == whole.index_ns.tolist()
+    assert equity.tolist() == whole.equity.tolist()
+    joined, one = pd.concat(trades, ignore_index=True), whole.trades_frame()
+    for column in ("entry_time", "exit_time", "side", "size", "entry_price", "exit_price", "pnl", "commission",
+                   "bars_held"):
+        assert joined[column].tolist() == one[column].tolist(), column
+    across = joined[(joined["entry_time"] < folds[1].out_start) & (joined["exit_time"] >= folds[1].out_start)]
+    assert len(across) == 1 and across["entry_bar"].iloc[0] < 0  # entered before the window that closed it
+    row = across.iloc[0]
+    fill = row["size"] * row["entry_price"], row["size"] * row["exit_price"]
+    assert row["commission"] == pytest.approx(config.commission * (fill[0] + fill[1]), rel=1e-12)
+
+
 def random_folds(seed: int, sizes: list[int], capital: float) -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
     curves, start = [], 0

@@ -90,3 +90,14 @@ async def test_strategies_list_shows_the_strategies_directory_and_a_broken_file(
     found = {s["name"]: s for s in json.loads(done.stdout)}
     assert found["mine"]["where"] == str(folder) and found["mine"]["parameters"] == {"fast": 10, "slow": 20}
     assert found["broken"]["error"] and found["broken"]["kind"] is None
+
+
+def test_a_carried_trade_shows_the_time_it_was_entered_in_an_earlier_fold() -> None:
+    from ktrdr.cli.backtest import _with_times
+
+    index_ns = [1_577_836_800_000_000_000 + h * 3_600_000_000_000 for h in range(3)]  # 2020-01-01 00:00..02:00
+    doc = {"index_ns": index_ns, "trades": {"entry_bar": [-5, 1], "exit_bar": [1, 3]},
+           "carry_in": {"cash": 1.0, "position": {"entry_time": "2019-12-31T19:00:00+00:00"}}}
+    trades = _with_times(doc)["trades"]
+    assert trades["entry_time"] == ["2019-12-31 19:00", "2020-01-01 01:00"]
+    assert trades["exit_time"] == ["2020-01-01 01:00", "2020-01-01 02:00"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.app import Coordinator
-from ktrdr.cli.context import Context, write_context
-from ktrdr.cli.settings import CliSettings
+from ktrdr.client.context import Context, write_context
+from ktrdr.client.settings import ClientSettings
 from ktrdr.natsd import NatsServer, free_port
 from subjects import roles
 from tests.conftest import creds
@@ -18,14 +18,14 @@ from tests.ktrdr.cli.running import cli, error_lines
 
 
 def test_without_a_context_the_cli_uses_the_default_url(home: Path) -> None:
-    s = CliSettings()
+    s = ClientSettings()
     assert s.nats_url == "nats://127.0.0.1:4222" and s.nats_url_source == "the default"
 
 
 def test_the_default_context_gives_url_credential_and_api(home: Path) -> None:
     write_context(home, Context(name="default", nats_url="nats://127.0.0.1:14222", api_url="http://127.0.0.1:18000",
                                 nats_creds="/x/client.nk"))
-    s = CliSettings()
+    s = ClientSettings()
     assert (s.nats_url, s.api_url, str(s.nats_creds)) == ("nats://127.0.0.1:14222", "http://127.0.0.1:18000",
                                                           "/x/client.nk")
     assert s.nats_url_source == f"the context {home / 'contexts' / 'default.json'}"
@@ -35,7 +35,7 @@ def test_a_url_in_the_environment_means_that_server_and_not_the_default_context(
         home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_context(home, Context(name="default", nats_url="nats://127.0.0.1:14222", nats_creds="/x/client.nk"))
     monkeypatch.setenv("KTRDR_NATS_URL", "nats://elsewhere:4222")
-    s = CliSettings()
+    s = ClientSettings()
     assert s.nats_url == "nats://elsewhere:4222" and s.nats_creds is None and s.nats_url_source == "KTRDR_NATS_URL"
 
 
@@ -43,12 +43,12 @@ def test_a_context_named_by_name_or_path_and_a_missing_one(home: Path, monkeypat
                                                            tmp_path: Path) -> None:
     write_context(home, Context(name="lab", nats_url="nats://lab:4222"))
     monkeypatch.setenv("KTRDR_CONTEXT", "lab")
-    assert CliSettings().nats_url == "nats://lab:4222"
+    assert ClientSettings().nats_url == "nats://lab:4222"
     elsewhere = write_context(tmp_path / "other-home", Context(name="default", nats_url="nats://other:4222"))
     monkeypatch.setenv("KTRDR_CONTEXT", str(elsewhere))
-    assert CliSettings().nats_url == "nats://other:4222"
+    assert ClientSettings().nats_url == "nats://other:4222"
     monkeypatch.setenv("KTRDR_CONTEXT", "nope")
-    assert CliSettings().context_problem == (f"no context {home / 'contexts' / 'nope.json'}: `ktrdr up` writes one; "
+    assert ClientSettings().context_problem == (f"no context {home / 'contexts' / 'nope.json'}: `ktrdr up` writes one; "
                                              "`ktrdr context` lists them")
 
 

@@ -68,3 +68,14 @@ async def test_a_platform_that_goes_away_mid_command_is_one_error_line_and_exit_
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines[-1].startswith(f"error: lost the connection to NATS at {nats_server.url}"), err
     assert "Traceback" not in err
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_without_a_traceback() -> None:
+    # `ktrdr strategies list --json | head -c 10`, at its worst: the reader is gone before the first write.
+    for command in (("strategies", "list", "--json"), ("ops", "types")):
+        done = subprocess.Popen([sys.executable, "-m", "ktrdr.cli.app", *command], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert done.stdout is not None and done.stderr is not None
+        done.stdout.close()
+        stderr = done.stderr.read().decode()
+        assert done.wait(timeout=60) != 0 and stderr == "", (command, stderr)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ktrdr.cli.follow import record_description, result_line
+from ktrdr.cli.follow import result_line
+from ktrdr.client.progress import record_description
 from subjects.models import Operation, OpStatus, Progress
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nats.aio.msg import Msg
 
-from ktrdr.cli.client import service_error
+from ktrdr.client.errors import service_error
 
 
 def reply(headers: dict[str, str] | None) -> Msg:

@@ -8,7 +8,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
-from ktrdr.cli.follow import describe
+from ktrdr.client.progress import describe
 from ktrdr.natsd import NatsServer
 from subjects import names
 from subjects.models import ProgressUpdate

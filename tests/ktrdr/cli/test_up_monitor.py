@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import ktrdr.cli.app as cli_app
 import ktrdr.cli.up as up
-from ktrdr.cli.settings import CliSettings
+from ktrdr.client.settings import ClientSettings
 from ktrdr.natsd import free_port
 from ktrdr.security.fleet import Fleet
 
@@ -48,7 +48,7 @@ def test_the_server_config_serves_monitoring_only_when_asked(
     monkeypatch.setattr(up, "provision", provision)
     monkeypatch.setenv("KTRDR_HOME", str(tmp_path))
     with pytest.raises(Provisioned) as written:
-        up.run_up(settings=CliSettings(context=None), explicit_nats=False, nats_port=free_port(), monitor_port=port,
+        up.run_up(settings=ClientSettings(context=None), explicit_nats=False, nats_port=free_port(), monitor_port=port,
                   api_port=free_port(), backtest_workers=0, training_workers=0, gpu=False)
     config = json.loads(str(written.value))  # the config ktrdr writes is JSON, which nats-server reads
     assert config.get("http") == (None if port is None else f"127.0.0.1:{port}")

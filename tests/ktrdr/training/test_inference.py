@@ -46,3 +46,21 @@ def test_model_driven_backtest_beats_random_signals(trained: tuple[bytes, pd.Dat
     assert model > 0
     assert model > max(coin_flips)
     assert model > max(shifted)
+
+
+def test_a_carried_position_is_where_the_decisions_walk_on_from(trained: tuple[bytes, pd.DataFrame]) -> None:
+    """Carried in at a bar, the model holds what was carried until its first BUY or SELL from that bar
+    on, then trades as ever: a HOLD keeps the carried position, it does not replay the bars before."""
+    bundle, unseen = trained
+    plain = model_positions(bundle, {"1h": unseen})
+    at = 200
+    held = int(plain[at - 1])
+    same = model_positions(bundle, {"1h": unseen}, carried=(at, held))
+    assert (same[:at] == 0).all() and same[at:].tolist() == plain[at:].tolist()
+    other = model_positions(bundle, {"1h": unseen}, carried=(at, 1 - held))
+    differ = np.flatnonzero(other[at:] != plain[at:])
+    assert differ.tolist() == list(range(len(differ))) and 0 < len(differ) < len(plain) - at
+    assert (other[at:at + len(differ)] == 1 - held).all()
+    # Long-only: a carried short is no position the model can hold.
+    assert model_positions(bundle, {"1h": unseen}, carried=(at, -1)).tolist() == model_positions(
+        bundle, {"1h": unseen}, carried=(at, 0)).tolist()

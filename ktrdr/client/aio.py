@@ -1,24 +1,39 @@
-"""A NATS client for ktrdr: what the CLI (and any script) uses to talk to the platform."""
+"""The client of a ktrdr platform, over NATS: what the CLI, a notebook and any script use.
+
+Two layers in one class: the service calls (``submit``, ``get``, ``list``, ``cancel``, ``watch``...)
+and, on them, a researcher's calls (``backtest``, ``sweep``, ``walkforward``, ``train``, ``ops``)
+that check a request locally, submit it and return an :class:`~ktrdr.client.handles.AsyncOp`.
+:class:`ktrdr.client.Client` runs this class on a thread of its own for code that is not async.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
+import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
 import nats
+from ktrdr.client.errors import (
+    DENIED,
+    JetStreamUnavailable,
+    KtrdrError,
+    NoCoordinator,
+    Unanswered,
+    service_error,
+)
+from ktrdr.client.handles import AsyncOp
+from ktrdr.client.requests import Invalid, prepare
+from ktrdr.client.settings import ClientSettings
 from ktrdr.runtime import direct
 from ktrdr.runtime.connection import NatsAuth, NatsConnectError, connect
 from ktrdr.runtime.retry import RetryPolicy
 from ktrdr.security.credentials import CredentialError
-from subjects import names
+from subjects import names, roles
 from subjects.limits import MAX_LIST_PAGE_OPS
 from subjects.models import (
     BadPayload,
@@ -29,6 +44,7 @@ from subjects.models import (
     Operation,
     OpEvent,
     OpList,
+    OpStatus,
     ProgressUpdate,
     PruneReply,
     PruneRequest,
@@ -38,51 +54,11 @@ from subjects.models import (
     new_op_id,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from pydantic import BaseModel
 
-class KtrdrError(RuntimeError):
-    """An error the platform answered with (unknown id, invalid request...) or no answer at all."""
-
-    def __init__(self, message: str, code: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def service_error(msg: Msg) -> KtrdrError | None:
-    """The error a NATS micro service answered with (``Nats-Service-Error`` and ``-Code``), else None.
-
-    Both of ktrdr's services always send a code; an error without a usable one counts as the service's own (500).
-    """
-    if not msg.headers or ERROR_HEADER not in msg.headers:
-        return None
-    code = msg.headers.get(ERROR_CODE_HEADER, "")
-    return KtrdrError(msg.headers[ERROR_HEADER], int(code) if code.isdigit() else 500)
-
-
-_DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
-
-
-class Unanswered(KtrdrError):
-    """A request that got no answer at all: it timed out or the connection dropped under it. For a
-    submission the op may or may not exist, so it is sent again under the same op id."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 504)
-
-
-class NoCoordinator(KtrdrError):
-    """Nobody answers the coordinator's service: not running, or (just after a reconnect) not yet
-    subscribed again. The request reached no one, so sending it again is always safe."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 503)
-
-
-class JetStreamUnavailable(KtrdrError):
-    """The coordinator answered 503: JetStream could not take the write within its budget."""
-
-    def __init__(self) -> None:
-        super().__init__("the platform is electing a leader (JetStream unavailable); try again", 503)
-
+    from ktrdr.client.results import OpResults
 
 # A 503 means the coordinator already waited out its own budget: two more tries within a few
 # seconds catch the end of an election without keeping a user waiting much longer.
@@ -101,7 +77,7 @@ _LOST = (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingEr
 PRUNE_TIMEOUT_S = 600.0
 
 
-class KtrdrClient:
+class AsyncClient:
     def __init__(self, *, nats_url: str, timeout: float = 5.0, lease_ttl_s: float = 5.0,
                  auth: NatsAuth | None = None, submit_timeout: float = SUBMIT_TIMEOUT_S,
                  unavailable_retry: RetryPolicy = UNAVAILABLE_RETRY, source: str | None = None) -> None:
@@ -116,7 +92,29 @@ class KtrdrClient:
         # Requests waiting on a subject the server may refuse this credential (see _request).
         self._denial_waiters: dict[str, asyncio.Future[None]] = {}
 
-    async def connect(self) -> KtrdrClient:
+    @classmethod
+    def from_settings(cls, settings: ClientSettings | None = None, *, context: str | None = None,
+                      **options: Any) -> AsyncClient:
+        """A client for the platform the settings name: ``KTRDR_*`` variables, then the context
+        ``ktrdr up`` wrote (``context``: another one, by name or path), as the CLI finds it."""
+        if settings is None:
+            settings = ClientSettings(**({"context": context} if context is not None else {}))
+        if settings.context_problem:
+            raise KtrdrError(settings.context_problem, 400)
+        try:
+            auth = NatsAuth.resolve(settings, role=roles.CLIENT)
+        except CredentialError as exc:
+            raise KtrdrError(str(exc), 503) from None
+        return cls(**{"nats_url": settings.nats_url, "timeout": settings.request_timeout_s,
+                      "lease_ttl_s": settings.lease_ttl_s, "auth": auth, "source": settings.nats_url_source,
+                      **options})
+
+    @classmethod
+    async def open(cls, *, context: str | None = None, **options: Any) -> AsyncClient:
+        """``from_settings`` and connected: ``c = await AsyncClient.open()`` in a notebook."""
+        return await cls.from_settings(context=context, **options).connect()
+
+    async def connect(self) -> AsyncClient:
         try:
             self.nc = await connect(self.nats_url, name="ktrdr-cli", auth=self.auth, connect_timeout=self.timeout,
                                     reconnect=False, quiet=True, on_error=self._on_error, attempts=1)
@@ -133,14 +131,14 @@ class KtrdrClient:
             await self.nc.drain()
             self.nc = None
 
-    async def __aenter__(self) -> KtrdrClient:
+    async def __aenter__(self) -> AsyncClient:
         return await self.connect()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     def _on_error(self, exc: Exception) -> None:
-        found = _DENIED.search(str(exc))
+        found = DENIED.search(str(exc))
         waiter = self._denial_waiters.get(found.group(1).lower()) if found else None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -339,10 +337,101 @@ class KtrdrClient:
                 return op
             await asyncio.sleep(0.02)
 
+    # A researcher's calls: a request checked here, submitted, and a handle on the op.
 
-def to_json(value: Any) -> str:
-    if hasattr(value, "model_dump"):
-        value = value.model_dump(mode="json")
-    elif isinstance(value, list):
-        value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
-    return json.dumps(value, indent=2, default=str)
+    async def start(self, op_type: str, params: BaseModel | dict[str, Any] | None = None, *,
+                    op_id: str | None = None, **fields: Any) -> AsyncOp:
+        """Submit an op of any declared type (``ktrdr ops types``) from its params and/or fields,
+        checked first as the coordinator's admission checks them (:class:`~ktrdr.client.requests.Invalid`).
+        ``op_id``: an id of your own; submitting it again returns the same op, never a second one."""
+        base = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params or {})
+        checked = await asyncio.to_thread(prepare, op_type, {**base, **fields})
+        return AsyncOp(self, await self.submit(op_type, checked.model_dump(mode="json"), op_id=op_id))
+
+    async def backtest(self, strategy: str | os.PathLike[str], *, symbol: str, timeframe: str = "1h",
+                       op_id: str | None = None, **fields: Any) -> AsyncOp:
+        """A backtest (``ktrdr backtest run``): ``strategy`` a packaged name, a YAML file or text;
+        ``fields`` any of BacktestParams' (``start``, ``end``, ``parameters={"fast": 10}``,
+        ``capital``, ``commission``, ``close_at_end``...)."""
+        from ktrdr.optypes.backtesting import BACKTEST
+
+        return await self.start(BACKTEST.name, op_id=op_id, strategy=strategy, symbol=symbol,
+                                timeframe=timeframe, **fields)
+
+    async def sweep(self, strategy: str | os.PathLike[str], *, grid: dict[str, Any], symbol: str,
+                    timeframe: str = "1h", objective: str | dict[str, Any] | None = None,
+                    op_id: str | None = None, **fields: Any) -> AsyncOp:
+        """A parameter sweep (``ktrdr backtest sweep``): ``grid`` maps each parameter to its values, a
+        list or a ``"start:stop:step"`` / ``"a,b,c"`` text; ``objective`` a metric name or an
+        Objective's fields (``{"metric": "sharpe_ratio", "min_trades": 5, "require": ["fast < slow"]}``)."""
+        from ktrdr.optypes.sweep import SWEEP
+
+        return await self.start(SWEEP.name, op_id=op_id, strategy=strategy, symbol=symbol, timeframe=timeframe,
+                                grid=_grid(grid), objective=_objective(objective), **fields)
+
+    async def walkforward(self, strategy: str | os.PathLike[str], *, symbol: str, timeframe: str = "1h",
+                          grid: dict[str, Any] | None = None, objective: str | dict[str, Any] | None = None,
+                          op_id: str | None = None, **fields: Any) -> AsyncOp:
+        """A walk-forward analysis (``ktrdr backtest walkforward``): ``folds=`` or ``in_sample=`` and
+        ``out_of_sample=`` (bars or durations such as ``"90d"``), ``grid`` for a rule-based strategy."""
+        from ktrdr.optypes.walkforward import WALKFORWARD
+
+        return await self.start(WALKFORWARD.name, op_id=op_id, strategy=strategy, symbol=symbol,
+                                timeframe=timeframe, grid=_grid(grid) if grid is not None else None,
+                                objective=_objective(objective), **fields)
+
+    async def train(self, strategy: str | os.PathLike[str], *, symbol: str | None = None,
+                    op_id: str | None = None, **fields: Any) -> AsyncOp:
+        """A neuro-fuzzy training (``ktrdr train``): symbol, timeframes and model name default to the
+        strategy's; ``epochs=``, ``start=``, ``end=``, ``seed=``..."""
+        from ktrdr.optypes.training import TRAINING
+
+        return await self.start(TRAINING.name, op_id=op_id, strategy=strategy,
+                                symbols=[symbol] if symbol else None, **fields)
+
+    def op(self, op: str | Operation) -> AsyncOp:
+        """A handle on an op that exists already (by id)."""
+        if isinstance(op, str):
+            names.validate_token(op, what="operation id")
+        return AsyncOp(self, op)
+
+    async def ops(self, **query: Any) -> pd.DataFrame:
+        """Operations as a DataFrame indexed by op id, newest first; ``query`` as ``ktrdr ops list``'s
+        (``type=``, ``status=["completed"]``, ``limit=``, ``since=``, ``parent_id=``...)."""
+        from ktrdr.client.results import ops_frame
+
+        if isinstance(query.get("status"), str):
+            query["status"] = [query["status"]]
+        return ops_frame((await self.list(**query)).operations)
+
+    async def results(self, op_id: str) -> OpResults:
+        """The results of an op that has ended (:class:`~ktrdr.client.handles.OpFailed` if it did not complete)."""
+        return await self.op(op_id).results()
+
+    async def document(self, op: Operation) -> bytes | None:
+        """The full result a completed op stored (its write-once artifact), or None."""
+        from ktrdr.results import get_result
+
+        if op.status is not OpStatus.COMPLETED:
+            return None
+        return await get_result(self._nc.jetstream(), op)
+
+
+def _grid(grid: dict[str, Any]) -> dict[str, list[Any]]:
+    from ktrdr.backtest.sweep import parse_values
+
+    out: dict[str, list[Any]] = {}
+    for name, values in grid.items():
+        try:
+            out[name] = parse_values(values) if isinstance(values, str) else list(values)
+        except (TypeError, ValueError) as exc:
+            raise Invalid(f"grid.{name}", str(exc)) from None
+    return out
+
+
+def _objective(objective: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if objective is None or isinstance(objective, dict):
+        return objective
+    if hasattr(objective, "model_dump"):
+        return objective.model_dump(mode="json")  # type: ignore[no-any-return]
+    return {"metric": objective}

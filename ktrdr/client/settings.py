@@ -1,4 +1,4 @@
-"""Settings of the CLI process: ``KTRDR_*`` variables, then the context ``ktrdr up`` wrote (ktrdr.cli.context)."""
+"""Settings of the CLI process: ``KTRDR_*`` variables, then the context ``ktrdr up`` wrote (ktrdr.client.context)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from pathlib import Path
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from ktrdr.cli.context import DEFAULT_CONTEXT, ContextError, context_path, read_context
+from ktrdr.client.context import DEFAULT_CONTEXT, ContextError, context_path, read_context
 from ktrdr.settings import CommonSettings
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 
 
-class CliSettings(CommonSettings):
+class ClientSettings(CommonSettings):
     request_timeout_s: float = 5.0
     # KTRDR_CONTEXT: a context name (a file in $KTRDR_HOME/contexts) or a path; --context sets it.
     context: str | None = None
@@ -24,7 +24,7 @@ class CliSettings(CommonSettings):
     _context_file: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _apply_context(self) -> CliSettings:
+    def _apply_context(self) -> ClientSettings:
         named = self.context is not None
         from_env = self.model_fields_set
         if "nats_url" in from_env and not named:

@@ -1,0 +1,55 @@
+"""What a call to the platform can fail with: an answer that refuses it, or no answer at all."""
+
+from __future__ import annotations
+
+import re
+
+from nats.aio.msg import Msg
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
+
+
+class KtrdrError(RuntimeError):
+    """An error the platform answered with (unknown id, invalid request...) or no answer at all."""
+
+    def __init__(self, message: str, code: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def service_error(msg: Msg) -> KtrdrError | None:
+    """The error a NATS micro service answered with (``Nats-Service-Error`` and ``-Code``), else None.
+
+    Both of ktrdr's services always send a code; an error without a usable one counts as the service's own (500).
+    """
+    if not msg.headers or ERROR_HEADER not in msg.headers:
+        return None
+    code = msg.headers.get(ERROR_CODE_HEADER, "")
+    return KtrdrError(msg.headers[ERROR_HEADER], int(code) if code.isdigit() else 500)
+
+
+DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
+
+
+class Unanswered(KtrdrError):
+    """A request that got no answer at all: it timed out or the connection dropped under it. For a
+    submission the op may or may not exist, so it is sent again under the same op id."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 504)
+
+
+class NoCoordinator(KtrdrError):
+    """Nobody answers the coordinator's service: not running, or (just after a reconnect) not yet
+    subscribed again. The request reached no one, so sending it again is always safe."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 503)
+
+
+class JetStreamUnavailable(KtrdrError):
+    """The coordinator answered 503: JetStream could not take the write within its budget."""
+
+    def __init__(self) -> None:
+        super().__init__("the platform is electing a leader (JetStream unavailable); try again", 503)
+
+
