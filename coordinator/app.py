@@ -42,7 +42,7 @@ from coordinator.trim import OpsTrim
 from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.retry import transient_js_error
-from ktrdr.runtime.tasks import cancel_and_wait
+from ktrdr.runtime.tasks import TaskSet, cancel_and_wait
 from ktrdr.runtime.topology import Buckets, ensure_topology
 from ktrdr.security.hosts import GpuGrants
 from subjects import names, roles
@@ -84,6 +84,7 @@ class Coordinator:
         self.api_token: str | None = None
         self.api_viewer_token: str | None = None
         self._subs: list[Subscription] = []
+        self._registrations = TaskSet(what="registration")
         # Per op with a claim check under way: resolved once its last change so far is queued.
         self._queued_gates: dict[str, asyncio.Future[None]] = {}
         self._parts: list[Any] = []
@@ -129,6 +130,7 @@ class Coordinator:
                                  registry=self.registry, metrics=self.metrics,
                                  fallback_reply_s=s.cancel_fallback_reply_s)
         await cancel.start()
+        parents.cancel_queued = cancel.cancel_queued
         retention = Retention(ops=self.ops, js=self.js, retention_days=s.retention_days, action=s.retention_action,
                               archive_days=s.archive_days, interval_s=s.prune_interval_s)
         await retention.start()
@@ -209,6 +211,7 @@ class Coordinator:
             # uvicorn ends by itself once should_exit is set; bounded in case a request hangs.
             await asyncio.wait(api, timeout=5.0)
         await cancel_and_wait(self._tasks, what="coordinator task")
+        await self._registrations.stop()
         await self.publisher.stop()
         await self.ops.stop()
         self.index.close()
@@ -340,11 +343,22 @@ class Coordinator:
             return
         log.info("registration from %s (%s, pid %d on %s)", info.worker_id, info.worker_type,
                  info.pid, info.host)
+        # Answered from a task: finding out whether a held id is alive takes a heartbeat or two, and
+        # the subscription must not wait for it meanwhile.
+        self._registrations.spawn(self._answer_register(msg, info))
+
+    async def _answer_register(self, msg: Msg, info: WorkerInfo) -> None:
+        s = self.settings
+        # A live worker writes its lease every heartbeat; one not written for two of them (and a second
+        # for a busy machine) is a dead process's, which its restarted self takes over.
+        refused = await self.registry.admit(info, alive_within_s=min(s.lease_ttl_s, 2 * s.heartbeat_s + 1.0))
         if msg.reply:
-            await msg.respond(RegistrationAck(
-                accepted=True, worker_id=info.worker_id,
-                message=f"welcome {info.worker_id}: keep the lease alive at least every "
-                        f"{self.settings.lease_ttl_s:g} s").encode())
+            ack = (RegistrationAck(accepted=False, worker_id=info.worker_id, message=refused) if refused else
+                   RegistrationAck(accepted=True, worker_id=info.worker_id,
+                                   message=f"welcome {info.worker_id}: keep the lease alive at least every "
+                                           f"{s.lease_ttl_s:g} s"))
+            with contextlib.suppress(Exception):
+                await msg.respond(ack.encode())
 
     async def _on_advisory(self, msg: Msg) -> None:
         try:

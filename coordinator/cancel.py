@@ -52,9 +52,17 @@ class CancelResponder:
             task.cancel()
 
     async def _on_msg(self, msg: Msg) -> None:
-        task = asyncio.create_task(self._handle(msg))
+        task = asyncio.create_task(self._handle_logged(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _handle_logged(self, msg: Msg) -> None:
+        try:
+            await self._handle(msg)
+        except Exception as exc:
+            # JetStream did not answer in time (an election, a server overloaded): one line, not a task's
+            # traceback. No reply: the op's worker may yet answer, and a requester's retry is safe.
+            log.warning("cancel request on %s not handled: %s", msg.subject[:200], str(exc) or type(exc).__name__)
 
     async def _reply(self, msg: Msg, reply: CancelReply) -> None:
         if msg.reply:
@@ -92,12 +100,9 @@ class CancelResponder:
                 op_id=op_id, accepted=True, status=done.status if done else OpStatus.CANCELLED,
                 message="cancelled; its child operations are being cancelled"))
             return
-        if op.status is OpStatus.PENDING and await self.dispatcher.claim_for_coordinator(op_id, op.attempt):
-            done = await self.ops.mutate(op_id, _cancelled(request.reason, op.attempt))
-            log.info("cancelled queued operation %s: %s", op_id, request.reason)
+        if op.status is OpStatus.PENDING and (done := await self._cancel_queued(op, request.reason)):
             await self._reply(msg, CancelReply(
-                op_id=op_id, accepted=True, status=done.status if done else OpStatus.CANCELLED,
-                message="cancelled before any worker started it"))
+                op_id=op_id, accepted=True, status=done.status, message="cancelled before any worker started it"))
             return
         # A worker holds the claim. Record the request; the worker answers and stops the work.
         holder = op.worker_id or await self.dispatcher.claim_holder(op_id, op.attempt)
@@ -123,6 +128,27 @@ class CancelResponder:
             await self._reply(msg, CancelReply(
                 op_id=op_id, accepted=True, status=now.status,
                 message=f"cancel recorded; waiting for worker {holder} to stop the operation"))
+
+    async def cancel_queued(self, op_id: str, reason: str) -> bool:
+        """Cancel ``op_id`` here, with no request on ``ops.<id>.cancel``, if it is queued: what the
+        parent runner does for a parent's children. A request there reaches every worker (each holds
+        a plain subscription on ``ops.*.cancel``), so a sweep's queued blocks cancelled that way cost
+        a message to every worker of the fleet each, for an answer the coordinator gives itself
+        (``bench/fleet.py``). False, and nothing done, for anything else: an op a worker has claimed
+        (its worker must be told), a parent, an unknown or ended op."""
+        op = self.ops.get(op_id)
+        if op is None or op.status is not OpStatus.PENDING or parent_type(op) is not None:
+            return False
+        return await self._cancel_queued(op, reason) is not None
+
+    async def _cancel_queued(self, op: Operation, reason: str) -> Operation | None:
+        """Take the queued attempt's claim, so that no worker ever starts it, and end its record;
+        None if a worker has claimed it first."""
+        if not await self.dispatcher.claim_for_coordinator(op.op_id, op.attempt):
+            return None
+        done = await self.ops.mutate(op.op_id, _cancelled(reason, op.attempt))
+        log.info("cancelled queued operation %s: %s", op.op_id, reason)
+        return done or op.model_copy(update={"status": OpStatus.CANCELLED})
 
     @staticmethod
     def _finished(op: Operation) -> CancelReply:

@@ -13,7 +13,8 @@ reduce their results at the end. The runner owns the rest, the same for every su
 - **progress**: the mean of the children's percentages over the stage's expected total, folded
   into the parent a few times a second;
 - **cancel**: cancelling the parent (answered by ``coordinator.cancel``) cancels every child that
-  has not ended, through ``ops.<child>.cancel``, and a child that is itself a parent passes it on;
+  has not ended: a queued one here (its claim taken), any other through ``ops.<child>.cancel``
+  (a request every worker receives), and a child that is itself a parent passes it on;
   a parent that fails cancels its children the same way;
 - **retries**: a child is an ordinary operation, retried on a lost worker like any other;
 - **restart**: nothing lives only in memory. On start every unfinished parent is planned again
@@ -27,7 +28,7 @@ import asyncio
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,6 +133,9 @@ class ParentRunner:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
+        # Set by the coordinator (CancelResponder.cancel_queued): cancels a queued child without a
+        # request on ops.<child>.cancel; None, every child is cancelled through that subject.
+        self.cancel_queued: Callable[[str, str], Awaitable[bool]] | None = None
         ops.subscribe(self._on_change)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -441,7 +445,15 @@ class ParentRunner:
         await asyncio.gather(*(one(cid) for cid in pending))
 
     async def _cancel(self, op_id: str, reason: str) -> None:
-        # The normal path: queued children are claimed by the coordinator, running ones stopped.
+        # A queued child is cancelled here (``coordinator.cancel``: its claim taken, so no worker
+        # starts it): through ``ops.<child>.cancel`` each would be a message to every worker of the
+        # fleet. A running child is stopped by its worker, which only that subject reaches.
+        if self.cancel_queued is not None:
+            try:
+                if await self.cancel_queued(op_id, reason):
+                    return
+            except Exception as exc:
+                log.warning("cancel of queued child %s failed (%s); asking over NATS", op_id, exc)
         try:
             await self.nc.request(names.ops_cancel(op_id), CancelRequest(reason=reason).encode(), timeout=5.0)
         except Exception as exc:

@@ -7,11 +7,16 @@ A lease lives under ``<host>.<worker_id>``, and only that host's key may write t
 enforces it: ``subjects.roles``), so the key says which host a worker belongs to. :meth:`host_of`
 remembers it after the lease is gone, for the worker's late reports; a worker id already held by a
 live lease of another host is refused, so no host can take another's worker id.
+
+A worker registers before it writes a lease or fetches a job, and :meth:`admit` refuses it when
+another live process holds its id: two processes under one id would overwrite each other's lease,
+and each would look like the other restarting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -22,12 +27,15 @@ from coordinator.metrics import Metrics
 from ktrdr.runtime.retry import transient_js_error
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
-from subjects.models import BadPayload, WorkerLease, decode
+from subjects.models import BadPayload, WorkerInfo, WorkerLease, decode
 
 log = logging.getLogger(__name__)
 
 # The subject label of what the registry refuses among the leases.
 LEASES = names.kv_all(names.WORKERS_BUCKET).removesuffix(".>")
+
+# How often a registration waiting to see whether a held id is alive looks again.
+ADMIT_POLL_S = 0.05
 
 # (worker id, its last lease, why, and for a restart: when the new process started)
 LostCallback = Callable[[str, WorkerLease | None, str, datetime | None], Awaitable[None]]
@@ -51,6 +59,7 @@ class WorkerRegistry:
         self._listeners: list[WorkerListener] = []
         self._hosts: dict[str, str] = {}  # worker id -> the host its lease key names (kept after it goes)
         self._gpu_refused: set[str] = set()
+        self._written: dict[str, float] = {}  # worker id -> when its current process last wrote its lease (loop time)
 
     def host_of(self, worker_id: str) -> str | None:
         """The host whose key wrote the worker's lease, or None for a worker never seen."""
@@ -157,14 +166,50 @@ class WorkerRegistry:
                           lease.pid, lease.host)
             return key
         self.workers[key] = lease
+        self._written[key] = asyncio.get_running_loop().time()
         self.metrics.worker_rejected.labels(worker=key).set(lease.status.get("rejected_messages", 0))
         self._changed(key, lease)
         return key
+
+    async def admit(self, info: WorkerInfo, *, alive_within_s: float) -> str | None:
+        """Why the registration ``info`` is refused; None to welcome it.
+
+        Refused: a worker id whose lease another process (pid, host and start time) keeps writing.
+        A live worker writes its lease at least every heartbeat, so a lease not written for
+        ``alive_within_s`` belongs to a process that has died (a worker restarted within its old
+        lease's TTL, after kill -9): the newcomer is welcome and takes that lease over. A lease
+        written more recently is watched until it is written again (refused) or that much time has
+        passed since its last write (welcome).
+        """
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        if not self.ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ready.wait(), alive_within_s)
+        while True:
+            held = self.workers.get(info.worker_id)
+            if held is None or (held.pid, held.host, held.started_at) == (info.pid, info.host, info.started_at):
+                return None
+            written = self._written.get(info.worker_id, asked - alive_within_s)
+            if written > asked:
+                self.metrics.rejected.labels(subject=LEASES, reason="duplicate worker id").inc()
+                host = self._hosts.get(info.worker_id)
+                log.error("refused the registration of worker %s (pid %d on %s): pid %d on %s holds that id",
+                          info.worker_id, info.pid, info.host, held.pid, held.host)
+                return (f"worker id {info.worker_id} is in use by another live process (pid {held.pid} on {held.host}"
+                        + (f", fleet host {host}" if host else "")
+                        + f", up since {held.started_at:%Y-%m-%d %H:%M:%S} UTC): give each worker its own "
+                          "KTRDR_WORKER_ID or KTRDR_WORKER_INDEX, or set neither (workers of one host then take "
+                          "free indexes)")
+            if loop.time() >= written + alive_within_s:
+                return None
+            await asyncio.sleep(ADMIT_POLL_S)
 
     def _lost(self, worker_id: str, reason: str, *, previous: WorkerLease | None = None,
               started_before: datetime | None = None) -> None:
         lease = previous if started_before is not None else self.workers.pop(worker_id, None)
         if started_before is None:
+            self._written.pop(worker_id, None)
             self._changed(worker_id, None)
         if reason == "lease expired" and lease is not None:
             self.metrics.lease_expiries.labels(type=lease.worker_type).inc()

@@ -1,7 +1,7 @@
 """``python -m host_gpu``."""
 
-from host_gpu.app import build_worker
 from ktrdr.runtime.entry import run_worker
 
 if __name__ == "__main__":
-    raise SystemExit(run_worker(build_worker))
+    # By module name: it loads torch, which must wait until the thread pools are sized.
+    raise SystemExit(run_worker("host_gpu.app"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ktrdr.runtime.entry import CannotStart
+
 
 @dataclass(frozen=True)
 class GpuDevice:
@@ -13,7 +15,7 @@ class GpuDevice:
     count: int
 
 
-class NoGpuError(RuntimeError):
+class NoGpuError(CannotStart):
     pass
 
 

@@ -1,7 +1,7 @@
 """``python -m worker_backtest``."""
 
 from ktrdr.runtime.entry import run_worker
-from worker_backtest.app import build_worker
 
 if __name__ == "__main__":
-    raise SystemExit(run_worker(build_worker))
+    # By module name: it loads numpy, which must wait until the thread pools are sized.
+    raise SystemExit(run_worker("worker_backtest.app", slots=1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from ktrdr.data.gaps import find_gaps
 from ktrdr.data.shared import data_bucket
 from ktrdr.data.store import bars_from_bytes
 from ktrdr.data.validation import DatasetTooLarge, size_text
-from ktrdr.models.registry import list_models
+from ktrdr.models.registry import ModelNotFoundError, list_models, show_model
 from subjects import limits, names
 from subjects.limits import bounded_text
 
@@ -32,7 +33,11 @@ log = logging.getLogger(__name__)
 
 MAX_EVENTS = 200  # an op with more (a job offered over and over) shows its first ones
 EVENT_TEXT_CHARS = 2_000
+CONTEXT_FACTS = 20  # an info event's facts shown, the first ones
+MAX_PROGRESS_READ = 2_000  # progress messages read for one answer about a training's epochs
+EPOCH_FIGURES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 MAX_MODELS = 1_000
+MAX_FEATURES = 500  # a model's feature names listed on its page
 MAX_DATASETS = 1_000
 SUMMARIES_KEPT = 64
 GAPS_LISTED = 20
@@ -106,11 +111,75 @@ async def events(js: JetStreamContext, op_id: str) -> tuple[list[dict[str, Any]]
         if not isinstance(event, dict):
             continue
         entry = {k: event.get(k) for k in ("event", "worker_id", "attempt", "timestamp")}
-        for key in ("error", "message"):
+        for key in ("error", "message", "checkpoint"):
             if isinstance(event.get(key), str):
                 entry[key] = bounded_text(event[key], EVENT_TEXT_CHARS)
+        # An info event's facts (the epoch a training resumed from, its last checkpoint's): the
+        # timeline shows them, each value cut short.
+        context = event.get("context")
+        if isinstance(context, dict) and context:
+            entry["context"] = {bounded_text(str(k), 80): _fact(v)
+                                for k, v in list(context.items())[:CONTEXT_FACTS]}
         found.append(entry)
     return found, True
+
+
+def _fact(value: Any) -> Any:
+    """A value to show: a number or a short text; a short list of those stays a list; anything else
+    is its JSON, cut short."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list) and len(value) <= 50 and all(
+            v is None or isinstance(v, bool | int | float | str) for v in value):
+        return [bounded_text(v, 200) if isinstance(v, str) else v for v in value]
+    return bounded_text(value if isinstance(value, str) else json.dumps(value, default=str), 200)
+
+
+def _number(value: Any) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
+
+
+async def epochs(js: JetStreamContext, op_id: str, *, since: int = 0) -> dict[str, Any]:
+    """A running training's loss and accuracy per epoch, from the progress its worker published
+    (``ops.<id>.progress.*`` in the OPS stream: each epoch's last report carries ``train_loss``),
+    after stream sequence ``since``; at most ``MAX_PROGRESS_READ`` messages a call (``more``: ask
+    again from ``last_seq``). An epoch reported twice (a resumed attempt) keeps its later figures;
+    an attempt that starts over drops the epochs after the one it reports. Best effort: the stream
+    keeps an op's last 1,000 progress messages, a worker publishes at most ten a second (an epoch
+    shorter than that may be left out), and the stored history replaces all this once it completes."""
+    subject = names.ops_progress(op_id, names.ANY_HOST)
+    by_epoch: dict[int, dict[str, Any]] = {}
+    seq, last, read, total = since + 1, since, 0, None
+    while read < MAX_PROGRESS_READ:
+        try:
+            msg = await js.get_msg(names.OPS_STREAM, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            break
+        read += 1
+        last = msg.seq or seq
+        seq = last + 1
+        try:
+            update = json.loads(msg.data or b"")
+        except ValueError:
+            continue
+        context = update.get("context") if isinstance(update, dict) else None
+        if not isinstance(context, dict):
+            continue
+        epoch = context.get("epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            continue
+        if isinstance(context.get("total_epochs"), int):
+            total = context["total_epochs"]
+        if _number(context.get("train_loss")) is None:
+            continue  # a report from within an epoch
+        for later in [e for e in by_epoch if e > epoch]:
+            del by_epoch[later]
+        by_epoch[epoch] = {"epoch": epoch, "attempt": update.get("attempt"),
+                           **{k: _number(context.get(k)) for k in EPOCH_FIGURES}}
+    return {"op_id": op_id, "epochs": [by_epoch[e] for e in sorted(by_epoch)], "total_epochs": total,
+            "last_seq": last, "more": read >= MAX_PROGRESS_READ}
 
 
 async def models(js: JetStreamContext) -> list[dict[str, Any]]:
@@ -125,6 +194,24 @@ async def models(js: JetStreamContext) -> list[dict[str, Any]]:
                     "metrics": {k: val for k, val in (meta.get("metrics") or {}).items()
                                 if isinstance(val, int | float | str | bool) or val is None}})
     return out
+
+
+async def model(js: JetStreamContext, name: str, version: str) -> dict[str, Any] | None:
+    """One model version's record with its whole metadata (what trained it, on which bars, its
+    metrics and features), None when there is no such version."""
+    try:
+        found = await show_model(js, name, version)
+    except ModelNotFoundError:
+        return None
+    meta = found.metadata
+    plain = {k: _fact(v) for k, v in meta.items() if k not in ("metrics", "feature_names")}
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    features = meta.get("feature_names") if isinstance(meta.get("feature_names"), list) else []
+    return {"ref": found.ref, "name": found.name, "version": found.version, "size": found.size,
+            "digest": found.digest, "created_at": found.created_at, "op_id": meta.get("op_id"),
+            "metadata": plain, "metrics": {str(k): _fact(v) for k, v in metrics.items()},
+            "feature_names": [bounded_text(str(f), 200) for f in features[:MAX_FEATURES]],
+            "features": len(features)}
 
 
 @dataclass(frozen=True)

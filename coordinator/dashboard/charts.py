@@ -89,8 +89,9 @@ def backtest(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def walkforward(doc: dict[str, Any]) -> dict[str, Any]:
-    out = {"kind": "folds", "metrics": doc.get("metrics", {}), "efficiency": doc.get("efficiency"),
-           "folds": doc.get("folds", []), "fold_windows": doc.get("fold_windows", [])}
+    out = {"kind": "folds", "metric": doc.get("metric"), "metrics": doc.get("metrics", {}),
+           "efficiency": doc.get("efficiency"), "folds": doc.get("folds", []),
+           "fold_windows": doc.get("fold_windows", [])}
     index_ns, equity = doc.get("index_ns") or [], doc.get("equity") or []
     if index_ns and len(equity) == len(index_ns):
         out["curves"] = reduce_curves(index_ns, {"equity": equity, "drawdown_pct": drawdown_pct(equity)})

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,6 +34,10 @@ from subjects.models import Operation, WorkerLease
 OPERATOR = "operator"
 KEEPALIVE_S = 15.0  # a comment line: proxies close idle streams, and it tells a page it is connected
 ERROR_CHARS = 300  # an op's error in a pushed summary; the op's page reads the whole record
+STEP_CHARS = 80
+# A progress context's figures a summary carries (the op's page reads the whole record).
+CONTEXT_FIGURES = ("epoch", "total_epochs", "train_loss", "val_loss", "train_accuracy", "val_accuracy",
+                   "running_train_loss")
 
 
 def op_summary(op: Operation) -> dict[str, Any]:
@@ -46,10 +51,18 @@ def op_summary(op: Operation) -> dict[str, Any]:
         "completed_at": op.completed_at.isoformat() if op.completed_at else None,
         "progress": None if progress is None else {
             "percentage": progress.percentage,
+            "step": bounded_text(progress.step, STEP_CHARS) if progress.step else None,
             "message": bounded_text(progress.message, ERROR_CHARS) if progress.message else None,
-            "items_done": progress.items_done, "items_total": progress.items_total},
+            "items_done": progress.items_done, "items_total": progress.items_total,
+            "context": _figures(progress.context)},
         "error": bounded_text(op.error, ERROR_CHARS) if op.error else None,
     }
+
+
+def _figures(context: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers of a progress context a row shows (a training's epoch and loss), nothing else."""
+    return {k: v for k in CONTEXT_FIGURES if isinstance(v := context.get(k), int | float)
+            and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def _event(name: str, data: Any) -> bytes:

@@ -1,5 +1,5 @@
 """The dashboard's routes: its page and assets, sign-in, the live event stream, and the views of
-queues, op events, models and datasets that the JSON API did not have.
+queues, op events, a running training's epochs, models and datasets that the JSON API did not have.
 
 The page is static (plain JavaScript shipped in ``static/``, no build step, nothing fetched from
 elsewhere); everything it shows comes from the API, with the same token as any client: sent once
@@ -160,9 +160,33 @@ async def op_chart(request: Request) -> JSONResponse:
     return JSONResponse(view)
 
 
+async def op_epochs(request: Request) -> JSONResponse:
+    """A running training's loss and accuracy per epoch so far, from the progress its worker
+    published (``catalog.epochs``); ``?since=SEQ`` reads only what came after an earlier answer's
+    ``last_seq``. Once it completes, ``/chart`` draws its stored history instead."""
+    state, op_id = request.app.state, request.path_params["op_id"]
+    state.layer.get(op_id)  # unknown or malformed ids answer as GET /operations/{id} does
+    since = request.query_params.get("since", "0")
+    if not since.isdigit() or len(since) > 19:
+        raise InvalidRequest("since: a stream sequence, a whole number from an earlier answer's last_seq",
+                             field="since")
+    return JSONResponse(await catalog.epochs(state.js, op_id, since=int(since)))
+
+
 async def models(request: Request) -> JSONResponse:
     found = await catalog.models(request.app.state.js)
     return JSONResponse({"total": len(found), "models": found})
+
+
+async def model(request: Request) -> JSONResponse:
+    name, version = request.path_params["name"], request.path_params["version"]
+    try:
+        found = await catalog.model(request.app.state.js, name, version)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), field="model") from None
+    if found is None:
+        raise NotFound(f"no model {name}@{version}")
+    return JSONResponse(found)
 
 
 async def datasets(request: Request) -> JSONResponse:
@@ -193,7 +217,9 @@ def dashboard_routes() -> list[Route | Mount]:
         Route("/api/v1/queues", queues, methods=["GET"]),
         Route("/api/v1/operations/{op_id}/events", op_events, methods=["GET"]),
         Route("/api/v1/operations/{op_id}/chart", op_chart, methods=["GET"]),
+        Route("/api/v1/operations/{op_id}/epochs", op_epochs, methods=["GET"]),
         Route("/api/v1/models", models, methods=["GET"]),
+        Route("/api/v1/models/{name}/{version}", model, methods=["GET"]),
         Route("/api/v1/datasets", datasets, methods=["GET"]),
         Route("/api/v1/datasets/{symbol}/{timeframe}", dataset, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),

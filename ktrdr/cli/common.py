@@ -17,11 +17,16 @@ from ktrdr.client.errors import KtrdrError
 from ktrdr.client.requests import Invalid, prepare
 from ktrdr.client.settings import ClientSettings
 from subjects import names
+from subjects.fields import TIMEFRAMES
 from subjects.models import Operation, OpStatus
 
 T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+# What every timeframe option says (subjects.fields: the timeframes ktrdr knows, in one place).
+TIMEFRAME_HELP = f"Bar timeframe: {', '.join(TIMEFRAMES)}."
+WideOpt = Annotated[bool, typer.Option("--wide", "-w", help="Show every column, even when the table is wider than the "
+                                       "terminal (by default columns that do not fit are left out, and named).")]
 
 
 def _valid_op_id(value: str) -> str:
@@ -32,7 +37,9 @@ def _valid_op_id(value: str) -> str:
         raise typer.BadParameter(str(exc)) from None
 
 
-OpIdArg = Annotated[str, typer.Argument(metavar="OP_ID", callback=_valid_op_id, help="An operation id.")]
+OpIdArg = Annotated[str, typer.Argument(metavar="OP_ID", callback=_valid_op_id, help="An operation id (`ktrdr ops "
+                                                                                   "list` shows them).")]
+SweepIdArg = Annotated[str, typer.Argument(metavar="SWEEP_ID", callback=_valid_op_id, help="A sweep's operation id.")]
 
 
 def settings() -> ClientSettings:

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from ktrdr.cli.common import Guard, settings, submit_and_maybe_follow
-from ktrdr.cli.render import console, fail
+from ktrdr.cli.common import TIMEFRAME_HELP, Guard, WideOpt, settings, submit_and_maybe_follow
+from ktrdr.cli.render import Col, FitTable, console, fail, timestamp
 from ktrdr.client.aio import AsyncClient
 from ktrdr.client.errors import KtrdrError
 from subjects import names
@@ -27,12 +26,14 @@ from subjects.names import DATA_OBJECTS
 if TYPE_CHECKING:
     from ktrdr.data import DatasetInfo, DataStore
 
-data_app = typer.Typer(help="Market data: import, synthesize, list and inspect.", no_args_is_help=True)
+data_app = typer.Typer(help="Market data: import, sample, synth, list, show and fetch (from Interactive "
+                            "Brokers).\n\nExample: ktrdr data synth --symbol SYN --bars 20000 --seed 1",
+                       no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 PublishOpt = Annotated[bool, typer.Option("--publish/--no-publish",
                                           help=f"Also upload to the {DATA_OBJECTS!r} bucket (when NATS is up).")]
-TimeframeOpt = Annotated[str, typer.Option("--timeframe", "-t", help="Bar timeframe: 1m 5m 15m 30m 1h 4h 1d 1w.")]
+TimeframeOpt = Annotated[str, typer.Option("--timeframe", "-t", metavar="TIMEFRAME", help=TIMEFRAME_HELP)]
 # Notices go to stderr so that `--json` output on stdout stays parseable.
 notices = Console(stderr=True)
 
@@ -83,14 +84,18 @@ def _report(info: DatasetInfo, shared: dict[str, object] | None, json: bool) -> 
 
 
 def _ts(value: object) -> str:
-    return "-" if value is None else str(value)
+    """A bar's time as every ktrdr command prints times (``YYYY-MM-DD HH:MM:SS``, UTC)."""
+    return timestamp(value)
 
 
 @data_app.command("import")
 def import_(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV with timestamp and OHLCV columns.")],
-    symbol: Annotated[str | None, typer.Option(help="Default: from a SYMBOL_timeframe.csv name.")] = None,
-    timeframe: Annotated[str | None, typer.Option("--timeframe", "-t")] = None,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="FILE", help="CSV with timestamp and "
+                                                                                          "OHLCV columns.")],
+    symbol: Annotated[str | None, typer.Option(metavar="SYMBOL", help="The symbol to store it as (default: from a "
+                                                                      "SYMBOL_timeframe.csv name).")] = None,
+    timeframe: Annotated[str | None, typer.Option("--timeframe", "-t", metavar="TIMEFRAME", help=f"{TIMEFRAME_HELP} "
+                                                  "Default: from a SYMBOL_timeframe.csv name.")] = None,
     replace: Annotated[bool, typer.Option(help="Replace the stored bars instead of merging.")] = False,
     publish_it: PublishOpt = True,
     json: JsonOpt = False,
@@ -99,7 +104,9 @@ def import_(
 
     The layout: a header line, then one bar a line, ``timestamp,open,high,low,close,volume``
     (timestamps ISO 8601, UTC unless they say otherwise). `ktrdr data sample` writes an example.
-    A file over 256 MiB, or with more bars than a dataset holds (5,592,405), is refused: import it in parts."""
+    A file over 256 MiB, or with more bars than a dataset holds (5,592,405), is refused: import it in parts.
+
+    Example: ktrdr data import EURUSD_1h.csv"""
     from ktrdr.data.store import UnnamedDataset
 
     try:
@@ -114,9 +121,11 @@ def import_(
 
 @data_app.command("sample")
 def sample(
-    output: Annotated[Path, typer.Argument(help="Where to write it.")] = Path("EURUSD_1h.csv"),
+    output: Annotated[Path, typer.Argument(metavar="FILE", help="Where to write it.")] = Path("EURUSD_1h.csv"),
 ) -> None:
-    """Write the sample CSV that ships with ktrdr (EURUSD 1h, January 2024): the layout `data import` reads."""
+    """Write the sample CSV that ships with ktrdr (EURUSD 1h, January 2024): the layout `data import` reads.
+
+    Example: ktrdr data sample && ktrdr data import EURUSD_1h.csv"""
     from ktrdr.data.csv_io import sample_csv
 
     if output.exists():
@@ -130,21 +139,35 @@ def sample(
 
 @data_app.command("synth")
 def synth_(
-    symbol: Annotated[str, typer.Option()] = "SYNTH",
+    symbol: Annotated[str, typer.Option(metavar="SYMBOL", help="The symbol to store the bars as.")] = "SYNTH",
     timeframe: TimeframeOpt = "1h",
-    bars: Annotated[int, typer.Option(min=1)] = 10_000,
-    seed: Annotated[int, typer.Option()] = 0,
-    start: Annotated[str, typer.Option(help="First bar (UTC).")] = "2020-01-01",
-    mean_reversion: Annotated[float, typer.Option(min=0, max=1, help="Plant a learnable pattern (0.3: clear).")] = 0.0,
+    bars: Annotated[int, typer.Option(min=1, metavar="N", help="How many bars to make.")] = 10_000,
+    seed: Annotated[int, typer.Option(metavar="N", help="Random seed: the same seed and options make the same "
+                                                        "bars.")] = 0,
+    start: Annotated[str, typer.Option(metavar="DATE", help="First bar (UTC): a date or date and time.")
+                     ] = "2020-01-01",
+    mean_reversion: Annotated[float, typer.Option(min=0, max=1, metavar="STRENGTH", help="Plant a learnable "
+                                                  "mean-reverting pattern, 0 to 1 (0: none; 0.3: clear).")] = 0.0,
+    force: Annotated[bool, typer.Option("--force", help="Replace a stored dataset of this symbol and timeframe "
+                                        "that holds other bars.")] = False,
     publish_it: PublishOpt = True,
     json: JsonOpt = False,
 ) -> None:
-    """Make deterministic synthetic bars (regime-switching GBM), store them and publish them."""
+    """Make deterministic synthetic bars (regime-switching GBM), store them and publish them.
+
+    A dataset of the same symbol and timeframe is replaced only with --force (the same bars again,
+    same options and seed, are no change).
+
+    Example: ktrdr data synth --symbol SYN --timeframe 1h --bars 20000 --seed 1"""
     from ktrdr.data import synth
 
     try:
         df = synth(symbol, timeframe, start, bars, seed, mean_reversion=mean_reversion)
         s = store()
+        if s.exists(symbol, timeframe) and not force and not s.load(symbol, timeframe).equals(df):
+            held = s.info(symbol, timeframe)
+            fail(f"{symbol} {timeframe} is stored already with other bars ({held.bars:,}, {_ts(held.start)} to "
+                 f"{_ts(held.end)}): --force replaces them, or choose another --symbol")
         s.save(symbol, timeframe, df)
         info = s.info(symbol, timeframe)
     except ValueError as exc:
@@ -153,8 +176,10 @@ def synth_(
 
 
 @data_app.command("list")
-def list_(json: JsonOpt = False) -> None:
-    """List the datasets in the local store."""
+def list_(json: JsonOpt = False, wide: WideOpt = False) -> None:
+    """List the datasets in the local store: symbol, timeframe, bars, first and last bar (UTC).
+
+    Example: ktrdr data list"""
     s = store()
     infos = []
     for symbol, timeframe in s.list():
@@ -165,18 +190,26 @@ def list_(json: JsonOpt = False) -> None:
     if json:
         print(jsonlib.dumps(infos, indent=2))
         return
-    table = Table(title=f"{len(infos)} dataset(s) in {s.root}")
-    for col in ("symbol", "timeframe", "bars", "start", "end"):
-        table.add_column(col)
+    console.print(datasets_table(infos, s.root, wide=wide))
+
+
+def datasets_table(infos: list[dict[str, object]], root: object, *, wide: bool = False) -> FitTable:
+    """``data list``'s table: symbol and timeframe whole; the end, the bar count, the start give way."""
+    table = FitTable(Col("symbol"), Col("timeframe"), Col("bars", drop=2, justify="right"), Col("start", drop=1),
+                     Col("end", drop=3), title=f"{len(infos)} dataset(s) in {root}, times UTC", wide=wide)
     for i in infos:
         table.add_row(str(i["symbol"]), str(i["timeframe"]), f"{i['bars']:,}", _ts(i["start"]), _ts(i["end"]))
-    console.print(table)
+    return table
 
 
 @data_app.command("show")
-def show(symbol: str, timeframe: TimeframeOpt = "1h",
-         gaps: Annotated[int, typer.Option(min=0, help="Gaps to list.")] = 10, json: JsonOpt = False) -> None:
-    """Show one dataset: range, bar count and gaps (weekend closes apart)."""
+def show(symbol: Annotated[str, typer.Argument(metavar="SYMBOL", help="A stored symbol (`ktrdr data list`).")],
+         timeframe: TimeframeOpt = "1h",
+         gaps: Annotated[int, typer.Option(min=0, metavar="N", help="Unexpected gaps to list (the first N).")] = 10,
+         json: JsonOpt = False) -> None:
+    """Show one dataset: range (UTC), bar count and gaps (weekend closes apart).
+
+    Example: ktrdr data show SYN --timeframe 1h"""
     s = store()
     try:
         info = s.info(symbol, timeframe)
@@ -190,7 +223,7 @@ def show(symbol: str, timeframe: TimeframeOpt = "1h",
     console.print(f"gaps: {len(info.gaps)} ({len(info.gaps) - len(unexpected)} weekend, "
                   f"{len(unexpected)} unexpected)")
     for gap in unexpected[:gaps]:
-        console.print(f"  {gap.to_dict()}")
+        console.print(f"  after {_ts(gap.after)}, before {_ts(gap.before)}: {gap.missing_bars:,} bar(s) missing")
 
 
 # Applies to `data fetch --follow` only: a download without one waits in the queue for ever.
@@ -240,19 +273,24 @@ def no_ib_host_guard(wait_s: float) -> Guard:
 
 @data_app.command("fetch")
 def fetch(
-    symbol: Annotated[str, typer.Argument(help="Symbol, e.g. AAPL or EURUSD.")],
-    timeframe: Annotated[str, typer.Option("--timeframe", "-t", help="1m 5m 15m 30m 1h 4h 1d 1w.")] = "1h",
-    start: Annotated[str | None, typer.Option(help="First bar (ISO date/time, UTC).")] = None,
-    end: Annotated[str | None, typer.Option(help="End, exclusive (ISO date/time, UTC; default now).")] = None,
-    mode: Annotated[str, typer.Option(help="tail: after the last stored bar; backfill: before the first; "
-                                           "full: the whole range.")] = "tail",
+    symbol: Annotated[str, typer.Argument(metavar="SYMBOL", help="Symbol, e.g. AAPL or EURUSD.")],
+    timeframe: TimeframeOpt = "1h",
+    start: Annotated[str | None, typer.Option(metavar="DATE", help="First bar (UTC): a date or date and time, e.g. "
+                                                                   "2024-01-02 or 2024-01-02T09:30.")] = None,
+    end: Annotated[str | None, typer.Option(metavar="DATE", help="End, exclusive (UTC), as --start (default: "
+                                                                 "now).")] = None,
+    mode: Annotated[str, typer.Option(metavar="MODE", help="tail: after the last stored bar; backfill: before the "
+                                                           "first; full: the whole range.")] = "tail",
     ib_wait: Annotated[float | None, typer.Option(
-        "--ib-wait", min=0, help="With --follow: cancel the download when no IB host has held a lease for this "
-                                 "many seconds (default KTRDR_IB_WAIT_S, 60; 0: wait for ever).")] = None,
+        "--ib-wait", min=0, metavar="SECONDS", help="With --follow: cancel the download when no IB host has held "
+                                                    "a lease for this many seconds (default KTRDR_IB_WAIT_S, 60; 0: "
+                                                    "wait for ever).")] = None,
     follow_it: Annotated[bool, typer.Option("--follow", "-f", help="Follow live; Ctrl-C cancels.")] = False,
     json: JsonOpt = False,
 ) -> None:
-    """Download bars from Interactive Brokers (through `ktrdr host ib`) into its store and the data bucket."""
+    """Download bars from Interactive Brokers (through `ktrdr host ib`) into its store and the data bucket.
+
+    Example: ktrdr data fetch AAPL -t 1h --start 2024-01-02 --follow"""
     from pydantic import ValidationError
 
     from ktrdr.optypes.data_load import DATA_LOAD

@@ -27,8 +27,8 @@ from subjects import names
 from subjects.data import IbStatus
 from subjects.models import BadPayload, WorkerLease, decode
 
-ib_app = typer.Typer(help="The Interactive Brokers host: connection, pacing, active instance.",
-                     no_args_is_help=True)
+ib_app = typer.Typer(help="The Interactive Brokers host: status (connection, pacing, active instance).\n\n"
+                          "Example: ktrdr ib status", no_args_is_help=True)
 
 async def ib_request(client: AsyncClient, endpoint: str, payload: bytes = b"") -> bytes:
     """One request to the active IB host's service; its error replies become KtrdrError."""
@@ -117,6 +117,8 @@ def status(json: JsonOpt = False) -> None:
     """Connection state, pacing budget and penalties, and which host is the active instance.
 
     Exits 3 when no IB host is active or the active one has no gateway connection.
+
+    Example: ktrdr ib status --json
     """
     found = run_client(_gather_status)
     active: IbStatus | None = found["active"]

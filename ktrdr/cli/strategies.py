@@ -17,14 +17,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ktrdr.cli.common import JsonOpt
-from ktrdr.cli.render import console, fail, short_value
+from ktrdr.cli.common import JsonOpt, WideOpt
+from ktrdr.cli.render import Col, FitTable, console, fail, short_value
 
 if TYPE_CHECKING:
     from ktrdr.strategy.schema import RuleStrategy
 
-strategies_app = typer.Typer(help="Strategies: the packaged ones and those in the strategies directory.",
-                             no_args_is_help=True)
+strategies_app = typer.Typer(help="Strategies, the packaged ones and those in the strategies directory: list, "
+                                  "show.\n\nExample: ktrdr strategies show sma_crossover", no_args_is_help=True)
 
 KINDS = {"rules": "rule-based", "neuro_fuzzy": "neuro-fuzzy"}
 
@@ -72,37 +72,41 @@ def _found() -> list[dict[str, Any]]:
 
 
 @strategies_app.command("list")
-def list_(json: JsonOpt = False) -> None:
-    """The strategies a request can name, with their kind and the parameters a sweep may vary."""
+def list_(json: JsonOpt = False, wide: WideOpt = False) -> None:
+    """The strategies a request can name: kind, the parameters a sweep may vary, description.
+
+    Example: ktrdr strategies list"""
     found = _found()
     if json:
         print(jsonlib.dumps(found, indent=2, default=str))
         return
-    table = Table(title=f"{len(found)} strateg{'y' if len(found) == 1 else 'ies'}",
-                  caption="parameters: what --set and a sweep's --param may vary, at their defaults")
-    shown = {s["name"]: [f"{k}={short_value(v)}" for k, v in s["parameters"].items()] for s in found}
-    # Names and name=value pairs are what a user types next: never cut; the description gives way.
-    table.add_column("name", no_wrap=True, min_width=max((len(s["name"]) for s in found), default=4))
-    table.add_column("kind", no_wrap=True)
-    table.add_column("parameters", no_wrap=True,
-                     min_width=max((len(p) for pairs in shown.values() for p in pairs), default=10))
-    table.add_column("description", overflow="fold")
+    console.print(strategies_table(found, wide=wide))
+
+
+def strategies_table(found: list[dict[str, Any]], *, wide: bool = False) -> FitTable:
+    # Names and name=value pairs are what a user types next: never cut; the description folds at its
+    # words and, with where a strategy comes from, gives way on a narrow terminal.
+    table = FitTable(Col("name"), Col("kind", drop=2), Col("parameters", drop=1), Col("description", drop=3, wrap=True),
+                     Col("from", drop=4, wrap=True),
+                     title=f"{len(found)} strateg{'y' if len(found) == 1 else 'ies'}",
+                     caption="parameters: what --set and a sweep's --param may vary, at their defaults", wide=wide)
     for s in found:
-        params = "\n".join(shown[s["name"]]) or "-"
-        about = _first_sentence(s["description"]) if s["error"] is None else f"[red]invalid:[/] {escape(s['error'])}"
-        table.add_row(s["name"], s["kind"] or "-", escape(params),
-                      (escape(about) if s["error"] is None else about) + (
-                          "" if s["where"] == "packaged" else f" [dim]({escape(s['where'])})[/]"))
-    console.print(table)
+        params = "\n".join(f"{k}={short_value(v)}" for k, v in s["parameters"].items()) or "-"
+        about = escape(" ".join(s["description"].split()) or "-") if s["error"] is None else \
+            f"[red]invalid:[/] {escape(s['error'])}"
+        table.add_row(escape(s["name"]), s["kind"] or "-", Text(params), about, escape(s["where"]))
+    return table
 
 
 @strategies_app.command("show")
 def show(
-    name: Annotated[str, typer.Argument(help="A packaged name, a name in the strategies directory, or a local "
-                                             "YAML file.")],
+    name: Annotated[str, typer.Argument(metavar="STRATEGY", help="A packaged name, a name in the strategies "
+                                                                 "directory, or a local YAML file.")],
     json: JsonOpt = False,
 ) -> None:
-    """One strategy: kind, indicators, rules or model, parameters, and its YAML."""
+    """One strategy: kind, indicators, rules or model, parameters, and its YAML.
+
+    Example: ktrdr strategies show sma_crossover"""
     from ktrdr.strategy.loader import load_strategy, load_strategy_file
 
     path = Path(name).expanduser()
@@ -142,11 +146,6 @@ def show(
         for key, p in params.items():
             table.add_row(key, short_value(p["value"]), p["path"], escape(p["description"] or ""))
         console.print(table)
-
-
-def _first_sentence(text: str, width: int = 72) -> str:
-    first = " ".join(text.split()).split(". ")[0].split(": ")[0].rstrip(".")
-    return short_value(first, width=width)
 
 
 def _rules_table(strategy: RuleStrategy) -> Table:

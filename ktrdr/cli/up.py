@@ -15,13 +15,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.table import Table
 
-from ktrdr.cli.render import EXIT_BAD_INPUT, console, print_error
+from ktrdr.cli.render import EXIT_BAD_INPUT, EXIT_UNREACHABLE, console, print_error
 from ktrdr.client.context import DEFAULT_CONTEXT, Context, write_context
 from ktrdr.client.settings import ClientSettings
 from ktrdr.natsd import NatsServer, port_open
+from ktrdr.runtime.cpus import available_cpus
 from ktrdr.runtime.retry import RetryPolicy
 from ktrdr.security.api_token import load_or_create_token
 from ktrdr.security.fleet import Fleet, provision, write_fleet_file
@@ -66,6 +68,14 @@ class Listen:
     def use_tls(self) -> bool:
         return self.tls if self.tls is not None else not self.loopback
 
+    @property
+    def local_host(self) -> str:
+        """Where this host's own components connect: the address listened on, 127.0.0.1 for a wildcard
+        (a server listening on one address only is not reachable at 127.0.0.1)."""
+        if self.host in WILDCARD or self.host == "localhost":
+            return "127.0.0.1"
+        return f"[{self.host}]" if ":" in self.host else self.host
+
     def advertised(self, port: int) -> list[str]:
         scheme = "tls" if self.use_tls else "nats"
         hosts = list(self.names) or ([] if self.host in WILDCARD else [self.host]) or ["127.0.0.1"]
@@ -96,7 +106,9 @@ def run_up(*, settings: ClientSettings, explicit_nats: bool, nats_port: int, mon
         print_error("two components would share a port: " + ", ".join(f"{port} for {what}" for what, port in
                                                                    wanted.items()))
         return EXIT_BAD_INPUT
-    busy = [f"{port} for {what}" for what, port in wanted.items() if port_open("127.0.0.1", port)]
+    # NATS listens where --listen says (the only place its port can be taken); the rest on loopback.
+    busy = [f"{port} for {what}" for what, port in wanted.items()
+            if port_open(listen.local_host.strip("[]") if what.startswith("NATS (") else "127.0.0.1", port)]
     if busy:
         print_error(f"port already in use: {', '.join(busy)}. Another `ktrdr up`? Stop it, pick other ports, or set "
                     "KTRDR_NATS_URL to use a running nats-server.")
@@ -111,7 +123,7 @@ def run_up(*, settings: ClientSettings, explicit_nats: bool, nats_port: int, mon
         (home / "nats").mkdir(parents=True, exist_ok=True)
         server.start()
         write_pid(home, server.pid or 0)  # `ktrdr fleet invite/revoke` reload it
-        nats_url = f"{'tls' if listen.use_tls else 'nats'}://127.0.0.1:{nats_port}"
+        nats_url = f"{'tls' if listen.use_tls else 'nats'}://{listen.local_host}:{nats_port}"
         write_fleet_file(home, urls=listen.advertised(nats_port), tls=listen.use_tls)
     elif not settings.nats_creds:
         console.print(f"[yellow]warning:[/] {nats_url} is used without a credential (KTRDR_NATS_CREDS): a server "
@@ -122,9 +134,24 @@ def run_up(*, settings: ClientSettings, explicit_nats: bool, nats_port: int, mon
     api_token = os.environ.get("KTRDR_API_TOKEN") or load_or_create_token(api_token_file)
     load_or_create_token(api_token_file.with_name("api-viewer.token"))
     base_env = {**os.environ, "KTRDR_NATS_URL": nats_url, "KTRDR_HOME": str(home)}
+    if "KTRDR_THREADS" not in os.environ:
+        # Each worker's share of this host's CPUs for torch and BLAS (ktrdr.runtime.cpus): alone, each
+        # would size its pools to the whole machine, and together they would run many more threads than CPUs.
+        local_slots = (backtest_workers + training_workers) * int(os.environ.get("KTRDR_SLOTS") or 1)
+        base_env["KTRDR_THREADS"] = str(max(1, available_cpus().cpus // max(1, local_slots)))
 
     def env(role: str, **extra: str) -> dict[str, str]:
         return {**base_env, **(fleet.env(role) if fleet else {}), **extra}
+
+    # The coordinator would retry an unreachable server for ever, and nothing here would say why.
+    unreachable = cannot_reach(nats_url, env(roles.COORDINATOR), home)
+    if unreachable:
+        print_error(f"the coordinator cannot connect to NATS at {nats_url}: {unreachable}" + (
+            "" if server else " (KTRDR_NATS_URL, KTRDR_NATS_CREDS and KTRDR_NATS_CA say where and how)"))
+        if server is not None:
+            clear_pid(home, server.pid or 0)
+            server.stop()
+        return EXIT_UNREACHABLE
 
     children = [Child("coordinator", "coordinator", env(roles.COORDINATOR, KTRDR_API_PORT=str(api_port)))]
     for i in range(backtest_workers):
@@ -218,6 +245,28 @@ def run_up(*, settings: ClientSettings, explicit_nats: bool, nats_port: int, mon
             clear_pid(home, server.pid or 0)
             server.stop()
         console.print("ktrdr stopped")
+
+
+def cannot_reach(url: str, env: dict[str, str], home: Path) -> str | None:
+    """Why a component started with ``env`` could not connect to ``url``; None when it can."""
+    import asyncio
+
+    from ktrdr.runtime.connection import NatsAuth, NatsConnectError, connect
+    from ktrdr.security.credentials import CredentialError
+    from ktrdr.settings import CommonSettings
+
+    async def attempt() -> None:
+        settings = CommonSettings(nats_url=url, home=home, nats_creds=env.get("KTRDR_NATS_CREDS") or None,
+                                  nats_ca=env.get("KTRDR_NATS_CA") or None)
+        nc = await connect(url, name="ktrdr-up-check", auth=NatsAuth.resolve(settings, role=roles.COORDINATOR),
+                           reconnect=False, quiet=True, attempts=2, connect_timeout=3.0)
+        await nc.close()
+
+    try:
+        asyncio.run(attempt())
+    except (NatsConnectError, CredentialError) as exc:
+        return str(exc)
+    return None
 
 
 def settings_api_host() -> str:

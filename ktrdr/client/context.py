@@ -60,9 +60,9 @@ def read_context(path: Path) -> Context:
         raise ContextError(f"cannot read the context {path}: {exc}") from None
 
 
-def write_context(home: Path, context: Context) -> Path:
+def write_context(home: Path, context: Context, *, by: str = "ktrdr up") -> Path:
     path = context_path(home, context.name)
-    stamped = Context(**{**context.to_dict(), "written_by": f"ktrdr up (pid {os.getpid()})",
+    stamped = Context(**{**context.to_dict(), "written_by": f"{by} (pid {os.getpid()})",
                          "written_at": datetime.now(UTC).isoformat(timespec="seconds")})
     write_private(path, json.dumps(stamped.to_dict(), indent=2) + "\n")
     return path

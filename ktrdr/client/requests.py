@@ -59,7 +59,6 @@ def prepare(op_type: str, fields: Mapping[str, Any] | BaseModel) -> BaseModel:
     strategy loads with every override, the objective names a metric...). ``None`` values are left
     out (the model's default applies); a strategy given as a file is read. Raises :class:`Invalid`."""
     # Domain imports are deferred: a client that only lists ops starts without pandas.
-    from ktrdr.backtest.checks import RequestProblem
     from ktrdr.optypes import Rejected
     from ktrdr.optypes import op_type as declared
 
@@ -70,8 +69,36 @@ def prepare(op_type: str, fields: Mapping[str, Any] | BaseModel) -> BaseModel:
     if isinstance(fields, BaseModel):
         fields = fields.model_dump(mode="json")
     given = {k: v for k, v in fields.items() if v is not None}
+    where = None
     if "strategy" in given:
-        given["strategy"] = strategy_text(given["strategy"])
+        text = strategy_text(given["strategy"])
+        if text != given["strategy"] or isinstance(given["strategy"], os.PathLike):
+            where = str(given["strategy"])  # a file, read here: its errors name it, not "<inline>"
+        given["strategy"] = text
+    try:
+        return _checked(declaration, given)
+    except Invalid as exc:
+        if exc.field == "strategy" or exc.message.startswith("invalid strategy"):
+            raise Invalid(exc.field, _named(exc.message, where)) from None
+        raise
+
+
+def _named(message: str, where: str | None) -> str:
+    """A strategy error says which strategy once: ``x.yaml: rules: needs entry_long``, not ``invalid
+    strategy <inline>:``."""
+    for prefix in ("invalid strategy <inline>", "invalid strategy"):
+        if message.startswith(prefix):
+            rest = message[len(prefix):].lstrip()
+            if prefix.endswith("<inline>"):
+                return f"{where or 'the YAML text'}{rest}"
+            return rest
+    return message
+
+
+def _checked(declaration: Any, given: dict[str, Any]) -> BaseModel:
+    from ktrdr.backtest.checks import RequestProblem
+    from ktrdr.optypes import Rejected
+
     try:
         params = declaration.parse(given)
         admit = declaration.admit

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ktrdr.backtest.checks import RequestProblem, check_strategy
 from ktrdr.optypes.defn import OpType, Rejected, declare, on
+from ktrdr.optypes.headlines import parameters, performance
 from subjects import names
 from subjects.params import BacktestParams
 from subjects.results import BacktestSummary
@@ -19,7 +22,16 @@ def admit_backtest(params: BacktestParams) -> BacktestParams:
     return params
 
 
+def headline(result: dict[str, Any]) -> str:
+    """``return +4.21 %, Sharpe 0.83, max drawdown -7.90 %, 42 trades; fast=10, slow=30``."""
+    text = performance(result["metrics"])
+    chosen = result.get("parameters") or {}
+    if result.get("model"):
+        text += f"; model {result['model']}"
+    return text + (f"; {parameters(chosen)}" if chosen else "")
+
+
 BACKTEST = declare(OpType(
     name="backtesting", params=BacktestParams, result=BacktestSummary, runs=on(names.CAP_BACKTEST_CPU),
     summary="one strategy on one symbol's bars; full result in the results store",
-    admit=admit_backtest, api="/api/v1/backtests", cli="ktrdr backtest run"))
+    admit=admit_backtest, api="/api/v1/backtests", cli="ktrdr backtest run", headline=headline))

@@ -98,6 +98,8 @@ class OpType(Generic[P, R]):
     parent: ParentPlan[P] | None = None
     api: str | None = None  # POST path of the API route that takes the bare params
     cli: str | None = None  # the CLI command that submits it (shown by `ktrdr ops types`)
+    # The outcome's key figures in one line (`--follow`'s summary), from the record's result.
+    headline: Callable[[dict[str, Any]], str] | None = None
 
     def __post_init__(self) -> None:
         names.validate_token(self.name, what="operation type")
@@ -136,6 +138,15 @@ class OpType(Generic[P, R]):
         if isinstance(result, dict):
             return result
         raise TypeError(f"{self.name}: a handler returns its result model or a dict, not {type(result).__name__}")
+
+    def describe_result(self, result: dict[str, Any]) -> str | None:
+        """``headline``'s line, or None when the type has none or its result lacks what it reads."""
+        if self.headline is None:
+            return None
+        try:
+            return self.headline(result)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None  # a result from an older or newer worker: the caller falls back to its fields
 
     def parse_result(self, result: dict[str, Any] | None) -> R | None:
         if result is None or self.result is None:

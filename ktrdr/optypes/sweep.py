@@ -24,6 +24,7 @@ from ktrdr.backtest.sweep import neighbourhood, rank
 from ktrdr.optypes.backtest_block import BACKTEST_BLOCK, BacktestBlockParams
 from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
+from ktrdr.optypes.headlines import number, parameters
 from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
 from subjects import names
 from subjects.models import OpStatus
@@ -208,7 +209,17 @@ def _key(parameters: Mapping[str, Any]) -> str:
     return json.dumps(parameters, sort_keys=True, default=str)
 
 
+def headline(result: dict[str, Any]) -> str:
+    """``best fast=15, slow=50: sharpe_ratio 1.23 (12 of 30 variants met the objective)``."""
+    counted = f"{result.get('eligible', result['completed'])} of {result['combinations']} variants met the objective"
+    best = result.get("best")
+    if not best:
+        return f"no best: {result.get('no_best') or 'no variant completed'} ({counted})"
+    metric = result["metric"]
+    return f"best {parameters(best['parameters'])}: {metric} {number(best.get(metric), '.4g')} ({counted})"
+
+
 SWEEP = declare(OpType(
     name="sweep", params=SweepParams, result=SweepResult, runs=ON_COORDINATOR, parent=SweepPlan(),
     summary="a backtest per combination of a parameter grid, ranked by a metric",
-    admit=admit_sweep, api="/api/v1/backtests/sweeps", cli="ktrdr backtest sweep"))
+    admit=admit_sweep, api="/api/v1/backtests/sweeps", cli="ktrdr backtest sweep", headline=headline))

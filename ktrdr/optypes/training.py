@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ktrdr.models.training_plan import TrainingRequestError, plan_training
 from ktrdr.optypes.defn import OpType, Rejected, declare, on
+from ktrdr.optypes.headlines import number
 from subjects import names
 from subjects.results import TrainingResult
 from subjects.training import TrainingParams
@@ -20,8 +23,15 @@ def admit_training(params: TrainingParams) -> TrainingParams:
                                      "model_name": plan.model_name})
 
 
+def headline(result: dict[str, Any]) -> str:
+    """``model planted@3: test accuracy 0.62 after 5 epochs on cpu``."""
+    metrics = result.get("metrics") or {}
+    return (f"model {result['model']}: test accuracy {number(metrics.get('test_accuracy'), '.3f')} after "
+            f"{number(metrics.get('epochs_run'), 'd')} epochs on {metrics.get('device') or '-'}")
+
+
 TRAINING = declare(OpType(
     name="training", params=TrainingParams, result=TrainingResult,
     runs=on(names.CAP_TRAINING_GPU, names.CAP_TRAINING_CPU),
     summary="train a neuro-fuzzy model (GPU first, CPU after a timeout) into the model registry",
-    admit=admit_training, api="/api/v1/trainings", cli="ktrdr train"))
+    admit=admit_training, api="/api/v1/trainings", cli="ktrdr train", headline=headline))

@@ -57,6 +57,7 @@ from ktrdr.backtest.walkforward import (
 from ktrdr.durations import parse_duration
 from ktrdr.optypes.backtesting import BACKTEST
 from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
+from ktrdr.optypes.headlines import number, performance
 from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
 from ktrdr.optypes.sweep import SWEEP, check_relations
 from ktrdr.optypes.training import TRAINING
@@ -439,8 +440,16 @@ def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
                 v.item() if isinstance(v, np.generic) else v) for k, v in metrics.items()}
 
 
+def headline(result: dict[str, Any]) -> str:
+    """``3 folds out of sample: return -0.37 %, Sharpe -0.10, ...; efficiency 0.41; buy and hold +7.41 %``."""
+    metrics = {**result["metrics"], "trades": (result.get("trade_stats") or {}).get("trades")}
+    return (f"{len(result['folds'])} folds out of sample: {performance(metrics)}; "
+            f"efficiency {number(result.get('efficiency'))}; "
+            f"buy and hold {number(result.get('buy_and_hold_return_pct'), '+.2f', ' %')}")
+
+
 WALKFORWARD = declare(OpType(
     name="walkforward", params=WalkForwardParams, result=WalkForwardResult, runs=ON_COORDINATOR,
     parent=WalkForwardPlan(), admit=admit_walkforward, api="/api/v1/backtests/walkforward",
     summary="walk-forward analysis: choose on each in-sample fold (a sweep or a training), test out of sample",
-    cli="ktrdr backtest walkforward"))
+    cli="ktrdr backtest walkforward", headline=headline))

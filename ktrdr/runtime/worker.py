@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -17,7 +18,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -64,6 +66,8 @@ log = logging.getLogger(__name__)
 CLAIM_RETRY = RetryPolicy(first_s=0.1, max_s=2.0)
 # Registration: the lease keeps a worker visible meanwhile, so asking again can be slow.
 REGISTER_RETRY = RetryPolicy(first_s=0.5, max_s=10.0)
+# Default ids take the lowest index no other worker of the same type on this host holds, up to this.
+MAX_DEFAULT_INDEX = 64
 # An outcome event not yet stored is sent again until it is: an outcome must not be lost.
 CONFIRM_RETRY = RetryPolicy(first_s=0.1, max_s=2.0)
 # A lease change (an op started or ended) is written this long after it, not only on the next
@@ -89,9 +93,48 @@ class _SentEvent:
     ack: asyncio.Future[int] | None = None
 
 
-def default_worker_id(settings: WorkerSettings, worker_type: str) -> str:
+class WorkerRefused(RuntimeError):
+    """The coordinator refused this worker's registration (its id is in use by another live process)."""
+
+
+def default_worker_id(settings: WorkerSettings, worker_type: str, index: int | None = None) -> str:
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in settings.hostname)[:40]
-    return f"{host}-{worker_type}-{settings.worker_index}"
+    if index is None:
+        index = settings.worker_index or 0
+    return f"{host}-{worker_type}-{index}"
+
+
+def claim_worker_index(settings: WorkerSettings, worker_type: str) -> tuple[int, IO[bytes] | None]:
+    """The index of a worker without an id, and the open lock file that holds it for this process.
+
+    ``KTRDR_WORKER_INDEX`` when set (its lock is taken if free, so that a worker without one skips
+    it); else the lowest index whose lock under ``$KTRDR_HOME/run`` no live process of this host holds
+    (an ``flock``, released when the process ends however it ends). Several workers of one type
+    started on a host without ids so get distinct ones, the same after a restart of all of them.
+    Without a writable home: the index, or 0, unlocked (the coordinator still refuses a duplicate).
+    """
+    folder = settings.home / "run"
+    stem = default_worker_id(settings, worker_type, 0).removesuffix("-0")
+    wanted = [settings.worker_index] if settings.worker_index is not None else range(MAX_DEFAULT_INDEX)
+    for index in wanted:
+        held = _lock(folder / f"{stem}-{index}.lock")
+        if held is not None or settings.worker_index is not None:
+            return index, held
+    return 0, None
+
+
+def _lock(path: Path) -> IO[bytes] | None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "ab")  # noqa: SIM115 - held open for the process's life: that is the lock
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
 
 
 class Worker:
@@ -126,8 +169,13 @@ class Worker:
             if missing:
                 raise ValueError(f"capability {cap} carries {', '.join(missing)}: no handler given for it")
         self.handlers: dict[str, tuple[OpType[Any, Any], Handler]] = {t.name: (t, h) for t, h in handlers.items()}
-        self.worker_id = names.validate_token(
-            settings.worker_id or default_worker_id(settings, worker_type), what="worker id")
+        self._index_lock: IO[bytes] | None = None
+        if settings.worker_id:
+            worker_id = settings.worker_id
+        else:
+            index, self._index_lock = claim_worker_index(settings, worker_type)
+            worker_id = default_worker_id(settings, worker_type, index)
+        self.worker_id = names.validate_token(worker_id, what="worker id")
         self.slots = settings.slots or slots
         self.gpu = settings.gpu if settings.gpu is not None else gpu
         self.device_name = settings.device_name or device_name
@@ -150,12 +198,15 @@ class Worker:
         self._cancel_replies: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
-        self.refused: str | None = None  # why the server cut this worker off, once it has
+        # Why the server cut this worker off (revoked), or the coordinator refused its id, once it has.
+        self.refused: str | None = None
         self.host = roles.LOCAL_IB_HOST if worker_type == "ib" else roles.LOCAL_HOST
         self._fetching = True
         self._tasks: list[asyncio.Task[None]] = []
         self._lease_change: asyncio.TimerHandle | None = None
         self._lease_writes: set[asyncio.Task[None]] = set()
+        self._holding = False  # a lease written, pull requests out: a start past this point is seen through
+        self._duplicate = False  # refused at registration once serving: another live process has this id
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -168,18 +219,31 @@ class Worker:
             started_at=self.started_at)
 
     async def start(self) -> None:
+        """Connect, register, then hold a lease and fetch jobs.
+
+        Until it is registered the worker holds nothing (no lease, no pull request), so a refusal
+        (:class:`WorkerRefused`: its id is in use by another live process) leaves no trace, and a
+        stop asked for meanwhile (:meth:`run`) ends the start at once.
+        """
         role = roles.IB if self.worker_type == "ib" else roles.WORKER
         auth = NatsAuth.resolve(self.settings, role=role)
         # The fleet host whose key this is: its registration, lease and reports go under that name,
         # the only one the key may publish under.
         self.host = (auth.credential.host if auth.credential else None) or self.host
-        self.nc = await connect(self.settings.nats_url, name=f"ktrdr-{self.worker_id}",
-                                on_reconnect=self._on_reconnect, auth=auth, on_refused=self._refused_by_server)
-        self.js = self.nc.jetstream(timeout=5.0)
-        # Only the coordinator creates streams and buckets: until it has, say what is missing and wait.
-        self.buckets = await bind_topology(self.js)
-        self.publisher = AckedPublisher(nc=self.nc)
-        await self.publisher.start()
+        try:
+            self.nc = await connect(self.settings.nats_url, name=f"ktrdr-{self.worker_id}",
+                                    on_reconnect=self._on_reconnect, auth=auth, on_refused=self._refused_by_server,
+                                    source=self.settings.nats_url_source)
+            self.js = self.nc.jetstream(timeout=5.0)
+            # Only the coordinator creates streams and buckets: until it has, say what is missing and wait.
+            self.buckets = await bind_topology(self.js)
+            self.publisher = AckedPublisher(nc=self.nc)
+            await self.publisher.start()
+            await self._register_first()
+        except BaseException:
+            await self._abandon_start()
+            raise
+        self._holding = True
         self._reporter = NatsReporter(self.publisher, host=self.host)
         self._services = jetstream_services(self.js, host=self.host)
         # One plain subscription (no queue group) for every op this worker will run, held from
@@ -189,7 +253,8 @@ class Worker:
         self._cancel_sub = await self.nc.subscribe(names.OPS_CANCEL_ALL, cb=self._on_cancel)
         await self._put_lease()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
-        self._tasks.append(asyncio.create_task(self._register_loop(), name="register"))
+        if not self.registered.is_set():
+            self._tasks.append(asyncio.create_task(self._register_loop(), name="register"))
         for cap in self.capabilities:
             puller = JobPuller(nc=self.nc, capability=cap, expires_s=self.settings.fetch_timeout_s,
                                on_job=lambda msg, cap=cap: self._on_job(msg, cap))
@@ -200,11 +265,49 @@ class Worker:
                  ", ".join(self.capabilities), self.slots)
 
     async def run(self) -> None:
-        """Start, then serve until :meth:`stop` (or SIGTERM/SIGINT through :func:`run_until_signal`)."""
-        if self.nc is None:
-            await self.start()
+        """Start, then serve until :meth:`stop` (or SIGTERM/SIGINT through :func:`run_until_signal`).
+
+        A stop asked for while the worker still connects, waits for the coordinator's buckets or
+        registers ends it at once: it holds nothing yet. From its lease on, it stops gracefully
+        (:meth:`_shutdown`: running work gets the grace period, then is cancelled).
+        """
+        if self.nc is None and not await self._start_unless_stopped():
+            return
         await self._stop.wait()
         await self._shutdown()
+
+    async def _start_unless_stopped(self) -> bool:
+        starting = asyncio.create_task(self.start(), name=f"start-{self.worker_id}")
+        stopping = asyncio.create_task(self._stop.wait(), name=f"stop-{self.worker_id}")
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if starting.done() or self._holding:
+            await starting  # raises what the start raised
+            return True
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        log.info("worker %s stopped before it started serving", self.worker_id)
+        return False
+
+    async def _abandon_start(self) -> None:
+        """Undo a start that failed or was stopped before the worker held anything."""
+        if self.publisher is not None:
+            with contextlib.suppress(Exception):
+                await self.publisher.stop()
+            self.publisher = None
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+            self.nc = None
+        self._release_index()
+
+    def _release_index(self) -> None:
+        if self._index_lock is not None:
+            self._index_lock.close()
+            self._index_lock = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -267,13 +370,16 @@ class Worker:
         except Exception:
             log.exception("shutdown hook failed")
         reachable = self.nc.is_connected  # cut off (revoked): every write would only time out
-        if reachable:
+        # A worker refused as a duplicate shares its lease key with the live process it duplicates:
+        # deleting it would tell the coordinator that one has stopped.
+        if reachable and not self._duplicate:
             with contextlib.suppress(Exception):
                 await self.buckets.workers.delete(names.lease_key(self.host, self.worker_id))
         if self.publisher is not None:
             await self.publisher.stop()
         with contextlib.suppress(Exception):
             await (self.nc.drain() if reachable else self.nc.close())
+        self._release_index()
         log.info("worker %s stopped", self.worker_id)
 
     async def _before_disconnect(self) -> None:
@@ -327,23 +433,58 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_s)
 
-    async def _register_loop(self) -> None:
+    @property
+    def register_timeout_s(self) -> float:
+        """How long a registration may take: the coordinator watches a held id's lease for a
+        heartbeat or two before it answers (coordinator.registry.WorkerRegistry.admit)."""
+        return self.settings.lease_ttl_s + 2.0
+
+    async def _register(self) -> RegistrationAck:
         assert self.nc is not None
+        reply = await self.nc.request(names.worker_register(self.host), self.info.encode(),
+                                      timeout=self.register_timeout_s)
+        return decode(RegistrationAck, reply.data)
+
+    def _refusal(self, ack: RegistrationAck) -> str:
+        return f"the coordinator refused worker {self.worker_id}: {ack.message}"
+
+    async def _register_first(self) -> None:
+        """Register before holding anything; a refusal raises :class:`WorkerRefused`. With no
+        coordinator answering (none runs yet), go on: the lease keeps the worker visible, and the
+        registration is asked for again in the background (a refusal then stops the worker)."""
+        try:
+            ack = await self._register()
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            log.info("no coordinator answered worker.register yet; the lease keeps us visible")
+            return
+        except Exception as exc:
+            log.warning("registration failed: %s", exc)
+            return
+        if not ack.accepted:
+            raise WorkerRefused(self._refusal(ack))
+        self.registered.set()
+        log.info("registered with the coordinator: %s", ack.message)
+
+    async def _register_loop(self) -> None:
         pauses = REGISTER_RETRY.delays()
         while not self.registered.is_set():
+            await asyncio.sleep(next(pauses))
             try:
-                reply = await self.nc.request(names.worker_register(self.host), self.info.encode(), timeout=2.0)
-                ack = decode(RegistrationAck, reply.data)
-                if ack.accepted:
-                    self.registered.set()
-                    log.info("registered with the coordinator: %s", ack.message)
-                    return
-                log.error("registration refused: %s", ack.message)
+                ack = await self._register()
             except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                 log.info("no coordinator answered worker.register yet; the lease keeps us visible")
+                continue
             except Exception as exc:
                 log.warning("registration failed: %s", exc)
-            await asyncio.sleep(next(pauses))
+                continue
+            if not ack.accepted:
+                self.refused = self._refusal(ack)
+                self._duplicate = True
+                log.error("%s; stopping", self.refused)
+                self.request_stop()
+                return
+            self.registered.set()
+            log.info("registered with the coordinator: %s", ack.message)
 
     async def _check_ownership(self) -> None:
         """Fencing on this side: stop work whose attempt the coordinator has given to someone else.

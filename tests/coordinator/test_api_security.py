@@ -44,6 +44,8 @@ ROUTES = [
     ("GET", "/api/v1/datasets/SYN/1h"),
     ("GET", "/api/v1/operations/op-1/events"),
     ("GET", "/api/v1/operations/op-1/chart"),
+    ("GET", "/api/v1/operations/op-1/epochs"),
+    ("GET", "/api/v1/models/m/1"),
 ]
 
 

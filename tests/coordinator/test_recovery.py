@@ -8,13 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
 from ktrdr.client.aio import AsyncClient
 from ktrdr.natsd import NatsServer
-from subjects import roles
-from subjects.models import Operation, OpStatus, SubmitRequest
+from ktrdr.runtime.worker import WorkerRefused
+from subjects import names, roles
+from subjects.models import Operation, OpStatus, SubmitRequest, WorkerLease
 from tests.conftest import FAST, ROOT, MakeWorker, SpawnWorker, auth, coordinator_settings, role_env
 from tests.support import assert_eventually, wait_status
 
@@ -49,9 +51,11 @@ async def test_killed_worker_op_is_retried_on_another_worker(
 
 
 async def test_a_worker_restarted_under_its_own_id_loses_what_the_old_process_ran(
-        nats_server: NatsServer, spawn_worker: SpawnWorker) -> None:
+        nats_server: NatsServer, spawn_worker: SpawnWorker, nc: Client) -> None:
     # A lease far longer than the test: the old process's lease never expires, because the new
-    # process (same stable id) takes it over within a second or two.
+    # process (same stable id) takes it over within a second or two. The bucket's TTL is its
+    # creator's: made anew by this test's coordinator, not the fixture's 2 s one.
+    await nc.jetstream().delete_key_value(names.WORKERS_BUCKET)
     settings = coordinator_settings(nats_server.url, lease_ttl_s=60.0)
     async with Coordinator(settings=settings) as coordinator:
         old = spawn_worker("steady", KTRDR_LEASE_TTL_S="60")
@@ -171,13 +175,38 @@ async def test_nats_server_restart_mid_op_loses_nothing(
     await wait_status(coordinator, after.op_id, OpStatus.COMPLETED, timeout=15)
 
 
-async def test_two_live_processes_sharing_a_worker_id_are_reported_not_taken_for_restarts(
+async def test_a_worker_id_in_use_by_a_live_process_is_refused_at_registration(
         coordinator: Coordinator, make_worker: MakeWorker) -> None:
     first = await make_worker("twin")
-    second = await make_worker("twin")
     rejected = coordinator.metrics.rejected.labels(subject="$KV.workers", reason="duplicate worker id")
-    await assert_eventually(lambda: rejected._value.get() >= 1, message="the shared id was not reported")
-    # The registry keeps following the newer process only.
-    await assert_eventually(lambda: (w := coordinator.registry.workers.get("twin")) is not None
-                            and w.started_at == second.started_at)
-    assert first.started_at < second.started_at
+    with pytest.raises(WorkerRefused, match="worker id twin is in use by another live process"):
+        await make_worker("twin")
+    assert rejected._value.get() == 1
+    # Refused before it wrote anything: the lease is the first process's, never taken for a restart.
+    lease = coordinator.registry.workers["twin"]
+    assert lease.started_at == first.started_at
+    assert coordinator.metrics.lease_expiries.labels(type="test")._value.get() == 0
+
+
+async def test_twins_started_before_the_coordinator_are_reported_and_the_older_one_stops(
+        nats_server: NatsServer, make_worker: MakeWorker) -> None:
+    # No coordinator answers registrations yet: both go on and write the one lease key, in turn.
+    first = await make_worker("twin")
+    second = await make_worker("twin")
+    assert not first.registered.is_set() and not second.registered.is_set()
+    async with Coordinator(settings=coordinator_settings(nats_server.url)) as coordinator:
+        rejected = coordinator.metrics.rejected.labels(subject="$KV.workers", reason="duplicate worker id")
+        await assert_eventually(lambda: rejected._value.get() >= 1, message="the shared id was not reported")
+        # The registry follows the newer process; the older one's registration (asked again in the
+        # background) is refused, and it stops without deleting the lease the two share.
+        await assert_eventually(lambda: first.refused is not None, timeout=15, message="the older twin was not refused")
+        assert "worker id twin is in use by another live process" in (first.refused or "")
+        await assert_eventually(lambda: second.registered.is_set(), timeout=15)
+        assert second.refused is None
+        seen: list[WorkerLease | None] = []
+        coordinator.registry.subscribe(lambda worker_id, lease: seen.append(lease))
+        await first.stop()
+        # The second's next heartbeats arrive, and the registry never saw the worker go in between.
+        await assert_eventually(lambda: len([x for x in seen if x is not None]) >= 2, message="no heartbeat")
+        assert None not in seen
+        assert all(x is not None and x.started_at == second.started_at for x in seen)

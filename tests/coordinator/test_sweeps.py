@@ -121,7 +121,15 @@ async def test_cancelling_a_sweep_cancels_every_child_that_has_not_ended(
     await backtest_worker(make_worker, "bt1", tmp_path / "bt1", on_progress=gate(threading.Event()))
     body = backtest_params(grid=GRID, block_size=1)
     sweep_id = (await api.post("/api/v1/backtests/sweeps", json=body)).json()["op_id"]
-    await assert_eventually(lambda: [c for c in children(coordinator, sweep_id) if c.status is OpStatus.RUNNING])
+    running = await assert_eventually(
+        lambda: [c.op_id for c in children(coordinator, sweep_id) if c.status is OpStatus.RUNNING])
+    asked: list[str] = []
+
+    async def seen(msg: Any) -> None:
+        asked.append(names.op_id_from_subject(msg.subject))
+
+    requests = await nc.subscribe(names.OPS_CANCEL_ALL, cb=seen)
+    await nc.flush()
 
     reply = await api.request("DELETE", f"/api/v1/operations/{sweep_id}", json={"reason": "seen enough"})
     assert reply.status_code == 200 and reply.json()["accepted"] is True
@@ -136,6 +144,11 @@ async def test_cancelling_a_sweep_cancels_every_child_that_has_not_ended(
     assert all(f"sweep {sweep_id} cancelled" in (c.cancel_reason or "") for c in cancelled)
     assert [c.worker_id for c in cancelled].count("bt1") == 1  # the queued ones never started
     assert coordinator.ops.get(sweep_id).status is OpStatus.CANCELLED  # type: ignore[union-attr]
+    # Only the running child's worker is asked over ops.<id>.cancel, which reaches every worker of the
+    # fleet; the queued ones are cancelled by the coordinator itself.
+    await nc.flush()
+    await requests.unsubscribe()
+    assert sorted(asked) == sorted([sweep_id, *running])
 
 
 async def test_a_sweep_survives_a_coordinator_restart(

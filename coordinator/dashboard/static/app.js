@@ -37,7 +37,7 @@ function h(tag, attrs, ...children) {
 }
 
 class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
+  constructor(status, message, detail) { super(message); this.status = status; this.detail = detail || []; }
 }
 
 async function api(path, { method = "GET", body } = {}) {
@@ -51,7 +51,7 @@ async function api(path, { method = "GET", body } = {}) {
   if (res.status === 401 && path !== "/api/v1/session") {
     showLogin();
   }
-  if (!res.ok) throw new ApiError(res.status, (json && json.error) || res.statusText);
+  if (!res.ok) throw new ApiError(res.status, (json && json.error) || res.statusText, json && json.detail);
   return json;
 }
 
@@ -100,6 +100,37 @@ function opLink(id) {
   return id ? h("a", { href: `#/op/${encodeURIComponent(id)}`, class: "mono" }, id) : "–";
 }
 
+/** A figure short enough for a progress line: 0.61, 12.3, 1,234. */
+function short(v) {
+  const a = Math.abs(v);
+  if (a >= 100) return Math.round(v).toLocaleString("en");
+  return a >= 0.01 || a === 0 ? v.toFixed(2) : v.toPrecision(2);
+}
+
+function num(v) {
+  return typeof v === "number" && Number.isFinite(v) ? v : null;
+}
+
+/** What a running op is doing, in words: `42 % · epoch 7/10 · loss 0.61` for a training (its step
+ * names the epoch, its context the loss), `8 % · simulate · 1,200/3,000` for a backtest. */
+function progressWords(op, pct) {
+  const p = op.progress || {};
+  const c = p.context || {};
+  const parts = [`${pct.toFixed(0)} %`];
+  if (p.step) parts.push(p.step);
+  const loss = num(c.train_loss) ?? num(c.running_train_loss);
+  if (loss !== null) {
+    parts.push(`loss ${short(loss)}`);
+    if (num(c.train_loss) !== null && num(c.val_loss) !== null) parts.push(`val loss ${short(c.val_loss)}`);
+    return parts.join(" · ");
+  }
+  // A step that counts already ("step 3/40", "epoch 2/10") says what the items would.
+  const counted = /\d+\s*\/\s*\d+/.test(p.step || "");
+  if (p.items_total && !counted) parts.push(`${fmt(p.items_done || 0)}/${fmt(p.items_total)}`);
+  if (p.message && !counted) parts.push(p.message);
+  return parts.join(" · ");
+}
+
 function progressBar(op) {
   const p = op.progress || {};
   const done = op.status === "completed";
@@ -109,16 +140,40 @@ function progressBar(op) {
   if (TERMINAL.has(op.status) && !done) {
     return h("span", {}, h("span", { class: "bar ended", "data-progress": pct.toFixed(1) }, h("span", { style: `width:${pct}%` })));
   }
-  let text = done ? "" : `${pct.toFixed(0)} %`;
-  if (!done && p.items_total) text += ` · ${fmt(p.items_done || 0)}/${fmt(p.items_total)}`;
-  if (!done && p.message) text += ` · ${p.message}`;
+  let text = done ? "" : progressWords(op, pct);
   if (op.status === "pending") text = "waiting for a worker" + (op.route ? ` (${op.route})` : "");
-  return h("span", {}, bar, h("span", { class: "progress-text" }, text));
+  return h("span", { class: "progress" }, bar, h("span", { class: "progress-text" }, text));
 }
 
-function kvTable(obj) {
-  const rows = Object.entries(obj || {}).map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { class: "mono" }, fmt(v))));
-  return rows.length ? h("table", { class: "kv" }, rows) : h("p", { class: "muted" }, "none");
+function kvTable(obj, attrs) {
+  const rows = Object.entries(obj || {}).filter(([, v]) => v !== undefined).map(([k, v]) =>
+    h("tr", { "data-key": k }, h("th", {}, k), h("td", { class: "mono" }, v instanceof Node ? v : fmt(v))));
+  return rows.length ? h("table", { class: "kv", ...(attrs || {}) }, rows) : h("p", { class: "muted" }, "none");
+}
+
+/** A wide table scrolls sideways inside its own box, never the page (a phone's 390 px). */
+function scroll(el) {
+  return h("div", { class: "scroll" }, el);
+}
+
+/** Rows shown ``pageSize`` at a time with a pager: ``items`` are turned into rows only when shown. */
+function pagedTable({ id, headers, items, row, pageSize = PAGE }) {
+  const tbody = h("tbody");
+  const info = h("span", { class: "muted", id: `${id}-shown` });
+  let offset = 0;
+  const prev = h("button", { id: `${id}-prev`, onclick: () => { offset = Math.max(0, offset - pageSize); draw(); } }, "← previous");
+  const next = h("button", { id: `${id}-next`, onclick: () => { offset += pageSize; draw(); } }, "next →");
+  function draw() {
+    tbody.replaceChildren(...items.slice(offset, offset + pageSize).map(row));
+    info.textContent = `${items.length ? offset + 1 : 0}–${Math.min(items.length, offset + pageSize)} of ${fmt(items.length)}`;
+    prev.disabled = offset === 0;
+    next.disabled = offset + pageSize >= items.length;
+  }
+  draw();
+  const tableEl = h("table", { id }, h("thead", {}, h("tr", {}, headers.map((c) =>
+    h("th", { class: c.num ? "num" : null }, c.label || c)))), tbody);
+  return h("div", {}, scroll(tableEl),
+           items.length > pageSize ? h("div", { class: "pager", id: `${id}-pager` }, prev, next, info) : null);
 }
 
 function metricsGrid(obj) {
@@ -472,65 +527,204 @@ async function submit(type, params) {
   }
 }
 
+/** One params field's input, made from its JSON schema: a checkbox, a number, a list of choices, a
+ * comma-separated list, or (anything nested) JSON. ``read()`` gives its value, ``undefined`` when it is
+ * left empty or at its default (the type's default then applies). */
+function schemaField(name, prop, required, defs) {
+  const resolve = (s) => (s && s.$ref ? defs[s.$ref.split("/").pop()] || {} : s || {});
+  let s = resolve(prop);
+  const choices = (s.anyOf || []).map(resolve).filter((x) => x.type !== "null");
+  const nullable = (s.anyOf || []).some((x) => x.type === "null");
+  if (choices.length === 1) s = { ...choices[0], default: prop.default, description: prop.description };
+  const plain = !s.anyOf && !s.$ref;
+  const hint = [prop.description, prop.default !== undefined && prop.default !== null ? `default ${JSON.stringify(prop.default)}` : null]
+    .filter(Boolean).join(" · ");
+  const id = `s-field-${name}`;
+  let input, read;
+  if (plain && s.type === "boolean" && !nullable) {
+    input = h("input", { type: "checkbox", id, checked: prop.default === true });
+    read = () => (input.checked === (prop.default === true) ? undefined : input.checked);
+  } else if (plain && s.enum) {
+    input = h("select", { id }, (required && prop.default === undefined ? [] : [h("option", { value: "" }, prop.default !== undefined && prop.default !== null ? `${prop.default} (default)` : "(default)")]),
+              s.enum.filter((v) => v !== prop.default).map((v) => h("option", { value: v }, String(v))));
+    read = () => (input.value === "" ? undefined : input.value);
+  } else if (plain && (s.type === "integer" || s.type === "number")) {
+    input = h("input", { type: "number", id, step: s.type === "integer" ? 1 : "any", min: s.minimum ?? s.exclusiveMinimum,
+                         max: s.maximum ?? s.exclusiveMaximum, placeholder: prop.default ?? "" });
+    read = () => (input.value.trim() === "" ? undefined : Number(input.value));
+  } else if (plain && s.type === "array" && (s.items || {}).type === "string") {
+    input = h("input", { id, placeholder: "comma-separated" });
+    read = () => (input.value.trim() === "" ? undefined : input.value.split(",").map((v) => v.trim()).filter(Boolean));
+  } else if (plain && s.type === "string") {
+    input = h("input", { id, placeholder: s.format === "date-time" ? "2024-01-01 or 2024-01-01T12:00" : prop.default ?? "" });
+    read = () => (input.value.trim() === "" ? undefined : input.value.trim());
+  } else if (choices.length > 1 && choices.every((c) => ["integer", "number", "string", "boolean"].includes(c.type))) {
+    // One of several plain kinds (180d or 4000 bars; false or a message): a number or true/false if it reads as one.
+    input = h("input", { id, placeholder: prop.default !== undefined && prop.default !== null ? String(prop.default) : choices.map((c) => c.type).join(" or ") });
+    read = () => {
+      const v = input.value.trim();
+      if (v === "") return undefined;
+      if (v === "true" || v === "false") return v === "true";
+      return choices.some((c) => c.type === "integer" || c.type === "number") && /^-?\d+(\.\d+)?$/.test(v) ? Number(v) : v;
+    };
+  } else {
+    input = h("textarea", { id, rows: 2, spellcheck: "false", placeholder: prop.default !== undefined && prop.default !== null ? JSON.stringify(prop.default) : "JSON" });
+    read = () => {
+      if (input.value.trim() === "") return undefined;
+      try { return JSON.parse(input.value); } catch (e) { throw new Error(`${name}: not JSON (${e.message})`); }
+    };
+  }
+  input.dataset.field = name;
+  const error = h("span", { class: "error field-error", id: `${id}-error`, hidden: true });
+  const el = h("label", { class: "field", "data-field": name, for: id },
+               h("span", {}, h("b", {}, name), required ? h("span", { class: "required", title: "required" }, " *") : null),
+               input, hint ? h("small", { class: "muted" }, hint) : null, error);
+  return { name, el, input, read, error };
+}
+
+/** Submit any declared type: a form made from the type's params schema (``GET /api/v1/optypes``), or
+ * the params as JSON. A refusal's message is shown beside the field it names. */
 function submitPanel() {
   const type = h("select", { id: "s-type" }, state.types.map((t) => h("option", { value: t.name }, t.name)));
-  const params = h("textarea", { id: "s-params", rows: 3, cols: 70, spellcheck: "false" }, '{"steps": 20, "duration": 5}');
-  const out = h("p", { class: "muted" });
-  const go = h("button", { class: "primary", id: "s-submit", onclick: async () => {
+  const fieldsBox = h("div", { class: "form", id: "s-form" });
+  const raw = h("textarea", { id: "s-params", rows: 4, spellcheck: "false", placeholder: '{"steps": 20, "duration": 5}' });
+  const asJson = h("details", { id: "s-json" }, h("summary", {}, "or give the params as JSON"), raw);
+  const out = h("p", { class: "muted", id: "s-out" });
+  const preview = h("code", { id: "s-preview" });
+  let fields = [];
+  const summary = h("p", { class: "muted", id: "s-summary" });
+
+  function build() {
+    const t = opType(type.value);
+    const schema = (t && t.params) || { properties: {} };
+    const required = new Set(schema.required || []);
+    fields = Object.entries(schema.properties || {}).map(([name, prop]) => schemaField(name, prop, required.has(name), schema.$defs || {}));
+    // Required fields first, then the rest as the schema lists them.
+    fields.sort((a, b) => required.has(b.name) - required.has(a.name));
+    fieldsBox.replaceChildren(...fields.map((f) => f.el));
+    summary.textContent = t ? `${t.summary || ""}${t.cli ? ` (CLI: ${t.cli})` : ""}` : "";
+    show();
+  }
+
+  function values() {
+    if (asJson.open && raw.value.trim()) {
+      try { return JSON.parse(raw.value); } catch (e) { throw new Error(`params are not JSON: ${e.message}`); }
+    }
+    const params = {};
+    for (const f of fields) {
+      const v = f.read();
+      if (v !== undefined) params[f.name] = v;
+    }
+    return params;
+  }
+
+  function show() {
+    try { preview.textContent = JSON.stringify(values()); } catch (e) { preview.textContent = e.message; }
+  }
+
+  function mark(detail) {
+    for (const f of fields) { f.error.hidden = true; f.input.classList.remove("invalid"); }
+    for (const d of detail || []) {
+      const name = String(d.field || "").replace(/^params\./, "").split(".")[0];
+      const f = fields.find((x) => x.name === name);
+      if (!f) continue;
+      f.input.classList.add("invalid");
+      f.error.textContent = d.message || "invalid";
+      f.error.hidden = false;
+    }
+  }
+
+  const go = h("button", { class: "primary", id: "s-submit", onclick: async (ev) => {
+    ev.preventDefault();
     let parsed;
-    try { parsed = JSON.parse(params.value || "{}"); } catch (e) { out.textContent = `params are not JSON: ${e.message}`; return; }
+    try { parsed = values(); } catch (e) { out.textContent = e.message; return; }
     go.disabled = true;
+    mark([]);
     try {
       const op = await submit(type.value, parsed);
       out.replaceChildren("submitted ", opLink(op.op_id));
     } catch (e) {
       out.textContent = `refused: ${e.message}`;
+      mark(e.detail);
     } finally { go.disabled = false; }
   } }, "Submit");
+  type.addEventListener("change", () => { out.textContent = ""; build(); });
+  fieldsBox.addEventListener("input", show);
+  fieldsBox.addEventListener("change", show);
   type.value = state.types.some((t) => t.name === "dummy") ? "dummy" : type.value;
-  return h("div", { class: "panel" }, h("h2", {}, "Submit an operation"),
-           h("div", { class: "filters" }, type, params, go), out);
+  build();
+  return h("div", { class: "panel", id: "submit" }, h("h2", {}, "Submit an operation"),
+           h("form", { onsubmit: (ev) => { ev.preventDefault(); go.click(); } },
+             h("div", { class: "filters" }, h("label", {}, "type ", type), summary), fieldsBox, asJson,
+             h("p", { class: "muted preview" }, "params: ", preview), h("div", { class: "filters" }, go), out));
+}
+
+const TRAINING = "training";
+// Op types whose completed ops store a result the page draws (others' pages ask only when the record
+// names a stored result): a completed dummy's page asks for no chart.
+const CHARTED = new Set([BACKTEST, "walkforward", "sweep", TRAINING]);
+
+function opType(name) {
+  return state.types.find((t) => t.name === name) || null;
+}
+
+function eventText(e) {
+  const bits = [];
+  if (e.message) bits.push(e.message);
+  if (e.context) bits.push(Object.entries(e.context).map(([k, v]) => `${k}=${fmt(v)}`).join(", "));
+  if (e.checkpoint !== undefined && e.checkpoint !== null) bits.push(e.checkpoint ? `checkpoint ${e.checkpoint}` : "no checkpoint to resume from");
+  return bits.length ? ` · ${bits.join(" · ")}` : "";
 }
 
 function timeline(events) {
   if (!events.length) return h("p", { class: "muted" }, "no events kept for it");
-  return h("ul", { class: "timeline" }, events.map((e) => h("li", { class: e.event },
+  return h("ul", { class: "timeline" }, events.map((e) => h("li", { class: e.event, "data-event": e.event },
     h("time", {}, when(e.timestamp)), h("b", {}, e.event), ` attempt ${e.attempt} on `, h("span", { class: "mono" }, e.worker_id),
-    e.message ? ` · ${e.message}` : "", e.error ? h("div", { class: "error" }, e.error) : "")));
+    h("span", { class: "event-text" }, eventText(e)), e.error ? h("div", { class: "error" }, e.error) : "")));
 }
 
 function attemptsTable(op) {
-  if (!op.attempts.length) return h("p", { class: "muted" }, "none yet");
+  if (!op.attempts.length) {
+    const type = opType(op.type);
+    const why = type && type.runs === "coordinator"
+      ? "none of its own: the coordinator runs it, its children (below) are its work"
+      : TERMINAL.has(op.status) ? "none: it never reached a worker" : "none yet";
+    return h("p", { class: "muted", id: "attempts-none" }, why);
+  }
   const rows = op.attempts.map((a) => h("tr", {},
     Object.values(a).map((v) => h("td", { class: "mono" }, typeof v === "string" && v.includes("T") && v.length > 18 ? when(v) : fmt(v)))));
-  return table(Object.keys(op.attempts[0]), rows);
+  return scroll(table(Object.keys(op.attempts[0]), rows, { id: "attempts" }));
 }
 
-function curvesChart(curves, { folds } = {}) {
+function curvesChart(curves, { folds, title } = {}) {
   const box = h("div", {});
   const x = curves.time_ms;
   const equity = [{ name: "strategy", values: curves.equity, color: "#2563eb" }];
   if (curves.benchmark) equity.push({ name: "buy and hold", values: curves.benchmark, color: "#9ca3af", dash: "4 3" });
-  const vlines = (folds || []).map((f) => ({ x: Date.parse(f.out_start) }));
-  box.append(h("h2", {}, "Equity"), legend(equity),
+  // A walk-forward's folds: a line where each out-of-sample part starts, labelled with its fold's number.
+  const vlines = (folds || []).map((f) => ({ x: Date.parse(f.out_start), label: `fold ${f.index}` }));
+  box.append(h("h2", {}, title || "Equity"), legend(equity),
              lineChart({ x, series: equity, xKind: "time", kind: "equity", vlines }));
   const dd = [{ name: "strategy", values: curves.drawdown_pct, color: "#b91c1c" }];
   if (curves.benchmark_drawdown_pct) dd.push({ name: "buy and hold", values: curves.benchmark_drawdown_pct, color: "#9ca3af", dash: "4 3" });
   box.append(h("h2", {}, "Drawdown %"), legend(dd),
-             lineChart({ x, series: dd, xKind: "time", kind: "drawdown", height: 160, zeroTop: true, vlines }));
+             lineChart({ x, series: dd, xKind: "time", kind: "drawdown", height: 160, zeroTop: true,
+                         vlines: vlines.map((v) => ({ x: v.x })) }));
   return box;
 }
 
 function tradesTable(trades) {
-  const rows = trades.shown.slice().reverse().map((t) => h("tr", {},
+  const row = (t) => h("tr", {},
     h("td", {}, t.entry_time_ms ? when(new Date(t.entry_time_ms).toISOString()) : fmt(t.entry_bar)),
     h("td", {}, t.exit_time_ms ? when(new Date(t.exit_time_ms).toISOString()) : fmt(t.exit_bar)),
     h("td", {}, t.side > 0 ? "long" : "short"), h("td", { class: "num" }, fmt(t.size)),
     h("td", { class: "num" }, fmt(t.entry_price)), h("td", { class: "num" }, fmt(t.exit_price)),
-    h("td", { class: "num" }, fmt(t.pnl)), h("td", { class: "num" }, fmt(t.bars_held))));
-  return h("div", {}, h("h2", {}, `Trades (${fmt(trades.count)}${trades.count > trades.shown.length ? `, the last ${trades.shown.length}` : ""})`),
-           table(["entry", "exit", "side", { label: "size", num: true }, { label: "entry price", num: true },
-                  { label: "exit price", num: true }, { label: "pnl", num: true }, { label: "bars", num: true }], rows, { id: "trades" }));
+    h("td", { class: "num" }, fmt(t.pnl)), h("td", { class: "num" }, fmt(t.bars_held)));
+  const kept = trades.count > trades.shown.length ? `, the last ${fmt(trades.shown.length)} kept here` : "";
+  return h("div", {}, h("h2", {}, `Trades (${fmt(trades.count)}${kept}), newest first`),
+           pagedTable({ id: "trades", items: trades.shown.slice().reverse(), row,
+                        headers: ["entry", "exit", "side", { label: "size", num: true }, { label: "entry price", num: true },
+                                  { label: "exit price", num: true }, { label: "pnl", num: true }, { label: "bars", num: true }] }));
 }
 
 function heatmapTable(hm, metric, descending) {
@@ -609,8 +803,8 @@ function rankingTable(view, opId) {
   return h("div", {}, h("h2", {}, `Ranking by ${view.objective || metric} (${fmt(view.completed)} of ${fmt(view.combinations)} variants, ${fmt(view.failed)} failed${met})`),
            view.no_best ? h("p", { class: "warning", id: "no-best" }, `No best: ${view.no_best}`) : null,
            view.heatmap ? heatmapPanel(opId, view) : null,
-           sortable(table([{ label: "rank", num: true }, "parameters", { label: metric, num: true }, { label: "neighbourhood", num: true }, { label: "return %", num: true },
-                           { label: "max dd %", num: true }, { label: "trades", num: true }, "full run", "excluded"], rows, { id: "ranking" })));
+           scroll(sortable(table([{ label: "rank", num: true }, "parameters", { label: metric, num: true }, { label: "neighbourhood", num: true }, { label: "return %", num: true },
+                                  { label: "max dd %", num: true }, { label: "trades", num: true }, "full run", "excluded"], rows, { id: "ranking" }))));
 }
 
 function trainingCharts(view) {
@@ -619,40 +813,183 @@ function trainingCharts(view) {
                 { name: "validation loss", values: view.epochs.map((e) => e.val_loss), color: "#b45309" }];
   const acc = [{ name: "train accuracy", values: view.epochs.map((e) => e.train_accuracy), color: "#2563eb" },
                { name: "validation accuracy", values: view.epochs.map((e) => e.val_accuracy), color: "#b45309" }];
-  return h("div", {}, h("h2", {}, "Loss per epoch"), legend(loss), lineChart({ x, series: loss, xKind: "number", kind: "loss", height: 200 }),
-           h("h2", {}, "Accuracy per epoch"), legend(acc), lineChart({ x, series: acc, xKind: "number", kind: "accuracy", height: 200 }));
+  // Epochs are counted: whole-number ticks only.
+  return h("div", {}, h("h2", {}, "Loss per epoch"), legend(loss), lineChart({ x, series: loss, xKind: "number", xInteger: true, kind: "loss", height: 200 }),
+           h("h2", {}, "Accuracy per epoch"), legend(acc), lineChart({ x, series: acc, xKind: "number", xInteger: true, kind: "accuracy", height: 200 }));
 }
 
-function foldsTable(view) {
-  const rows = view.folds.map((f) => h("tr", {}, Object.entries(f).map(([, v]) => h("td", { class: "mono" }, fmt(v)))));
-  return view.folds.length ? h("div", {}, h("h2", {}, "Folds"), table(Object.keys(view.folds[0]), rows)) : null;
+/** `2021-01-01 → 2021-01-17 15:00`: a window's ends, midnight written as the day alone. */
+function windowText(start, end) {
+  const day = (iso) => (iso ? when(iso).replace(/:00Z$/, "").replace(/ 00:00$/, "") : "–");
+  return `${day(start)} → ${day(end)}`;
 }
 
-async function resultPanel(op) {
+function foldsTable(view, opId) {
+  if (!view.folds.length) return null;
+  const metric = view.metric || "metric";
+  const child = (fold, part, text) => h("a", { href: `#/op/${encodeURIComponent(`${opId}-f${fold}${part}`)}` }, text);
+  const chosen = (c) => Object.entries(c || {}).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
+  const rows = view.folds.map((f) => h("tr", { "data-fold": f.fold },
+    numCell(f.fold),
+    h("td", { class: "window" }, child(f.fold, "is", windowText(f.in_start, f.in_end))),
+    h("td", { class: "window" }, child(f.fold, "oos", windowText(f.out_start, f.out_end))),
+    h("td", { class: "mono" }, chosen(f.chosen) || "–"),
+    numCell((f.in_sample || {})[metric]), numCell((f.out_of_sample || {})[metric]),
+    numCell((f.out_of_sample || {}).total_return_pct), numCell((f.out_of_sample || {}).trades),
+    numCell(f.warmup_bars)));
+  return h("div", {}, h("h2", {}, `Folds (${view.folds.length}): each in-sample part chooses, its out-of-sample part tests`),
+           scroll(sortable(table([{ label: "fold", num: true }, "in sample", "out of sample", "chosen parameters",
+                                  { label: `in-sample ${metric}`, num: true }, { label: `out-of-sample ${metric}`, num: true },
+                                  { label: "oos return %", num: true }, { label: "oos trades", num: true },
+                                  { label: "warm-up bars", num: true }], rows, { id: "folds" }))));
+}
+
+/** What a completed op's stored result draws, split in two: ``charts`` (and heatmaps) that lead the
+ * page, then ``tables`` (paged). Null when it stored nothing to draw. */
+async function resultView(op) {
   let view;
   const axes = state.axes.get(op.op_id);
   const query = axes ? `?${new URLSearchParams(axes)}` : "";
   try { view = await api(`/api/v1/operations/${encodeURIComponent(op.op_id)}/chart${query}`); } catch (e) {
-    return e.status === 404 ? null : h("p", { class: "error" }, `result: ${e.message}`);
+    return e.status === 404 ? null : { error: h("p", { class: "error" }, `result: ${e.message}`) };
   }
-  const box = h("div", { class: "panel", id: "result-view", "data-kind": view.kind });
+  const charts = h("div", { class: "panel", id: "result-view", "data-kind": view.kind });
+  const tables = h("div", { class: "panel", id: "result-tables" });
   if (view.kind === "backtest") {
-    box.append(h("p", {}, h("a", { href: `#/compare?ids=${encodeURIComponent(op.op_id)},`, id: "compare-link" },
-                             "compare with other backtests…")));
-    if (view.curves) box.append(curvesChart(view.curves));
-    box.append(tradesTable(view.trades));
+    if (view.curves) charts.append(curvesChart(view.curves));
+    charts.append(h("p", {}, h("a", { href: `#/compare?ids=${encodeURIComponent(op.op_id)},`, id: "compare-link" },
+                                "compare with other backtests…")));
+    tables.append(tradesTable(view.trades));
   } else if (view.kind === "folds") {
-    if (view.curves) box.append(curvesChart(view.curves, { folds: view.fold_windows }));
-    const folds = foldsTable(view);
-    if (folds) box.append(folds);
+    if (view.curves) charts.append(curvesChart(view.curves, { folds: view.fold_windows, title: "Out-of-sample equity, the folds joined" }));
+    const folds = foldsTable(view, op.op_id);
+    if (folds) tables.append(folds);
   } else if (view.kind === "ranking") {
-    box.append(rankingTable(view, op.op_id));
+    charts.append(rankingTable(view, op.op_id));
   } else if (view.kind === "epochs") {
-    box.append(trainingCharts(view));
+    charts.append(trainingCharts(view));
   } else {
     return null;
   }
-  return box;
+  return { charts: charts.childNodes.length ? charts : null, tables: tables.childNodes.length ? tables : null };
+}
+
+// The figures a result page leads with, in this order, where the result has them.
+const HEADLINE = [
+  ["total_return_pct", "return", (v) => `${v >= 0 ? "+" : ""}${v.toFixed(2)} %`],
+  ["sharpe_ratio", "Sharpe", (v) => v.toFixed(2)],
+  ["max_drawdown_pct", "max drawdown", (v) => `${v.toFixed(2)} %`],
+  ["trades", "trades", (v) => fmt(v)],
+  ["win_rate", "win rate", (v) => `${(100 * v).toFixed(1)} %`],
+  ["profit_factor", "profit factor", (v) => v.toFixed(2)],
+  ["buy_and_hold_return_pct", "buy and hold", (v) => `${v >= 0 ? "+" : ""}${v.toFixed(2)} %`],
+  ["efficiency", "efficiency", (v) => v.toFixed(2)],
+  ["test_accuracy", "test accuracy", (v) => `${(100 * v).toFixed(1)} %`],
+  ["val_accuracy", "validation accuracy", (v) => `${(100 * v).toFixed(1)} %`],
+  ["best_val_loss", "best validation loss", (v) => short(v)],
+  ["epochs_run", "epochs", (v) => fmt(v)],
+];
+
+function headlineCard(key, label, text, title) {
+  return h("div", { class: "card", "data-metric": key, title: title || null }, h("span", { class: "muted" }, label), h("b", {}, text));
+}
+
+function paramText(obj) {
+  return Object.entries(obj || {}).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
+}
+
+/** The result's key figures, large, first on the page. */
+function headline(op) {
+  const r = op.result;
+  if (!r || typeof r !== "object") return null;
+  const figures = { ...(r.metrics && typeof r.metrics === "object" ? r.metrics : {}) };
+  for (const k of ["efficiency", "buy_and_hold_return_pct"]) if (num(r[k]) !== null && figures[k] === undefined) figures[k] = r[k];
+  const cards = HEADLINE.filter(([k]) => num(figures[k]) !== null)
+    .map(([k, label, show]) => headlineCard(k, label, show(figures[k]), String(figures[k])));
+  if (r.best && typeof r.best === "object") {
+    const value = num(r.best.metrics ? r.best.metrics[r.metric] : null);
+    cards.unshift(headlineCard("best", `best by ${r.metric}`, paramText(r.best.parameters) || "defaults"),
+                  ...(value !== null ? [headlineCard(r.metric, r.metric, short(value), String(value))] : []));
+  } else if (r.no_best) {
+    cards.unshift(headlineCard("best", "best", `none: ${r.no_best}`));
+  }
+  if (num(r.completed) !== null && num(r.combinations) !== null) {
+    cards.push(headlineCard("variants", "variants", `${fmt(r.completed)} of ${fmt(r.combinations)}` +
+                            (num(r.eligible) !== null ? `, ${fmt(r.eligible)} met the objective` : "")));
+  }
+  if (typeof r.model === "string") cards.push(headlineCard("model", "model", r.model));
+  if (!cards.length) return null;
+  const timeframe = r.timeframe || (Array.isArray(r.timeframes) ? r.timeframes.join(",") : null);
+  const what = [r.strategy || r.model_name, r.symbol && `on ${r.symbol}`, timeframe, r.start && `${windowText(r.start, r.end)}`]
+    .filter(Boolean).join(" ");
+  const chosen = r.parameters && Object.keys(r.parameters).length ? ` · ${paramText(r.parameters)}` : "";
+  return h("div", { class: "panel", id: "headline" }, what ? h("h2", {}, what + chosen) : null,
+           h("div", { class: "cards" }, cards));
+}
+
+/** A running training's loss and accuracy per epoch, drawn as its worker reports them: read from
+ * ``/epochs`` when the page opens, then again (only what is new) each time the live feed says the
+ * epoch moved on. */
+function liveTraining(opId) {
+  const epochs = new Map();
+  let since = 0, total = null, busy = false, again = false, seenKey = null;
+  const el = h("div", { class: "panel", id: "training-live", "data-epochs": 0 });
+  function draw() {
+    const list = [...epochs.values()].sort((a, b) => a.epoch - b.epoch);
+    el.dataset.epochs = list.length;
+    const last = list.length ? list[list.length - 1] : null;
+    el.replaceChildren(h("h2", {}, last ? `Training, live: epoch ${last.epoch}${total ? ` of ${total}` : ""}` : "Training, live"),
+                       last ? trainingCharts({ epochs: list }) : h("p", { class: "muted" }, "no epoch finished yet"));
+  }
+  async function refresh() {
+    if (busy) { again = true; return; }
+    busy = true;
+    try {
+      do {
+        again = false;
+        const data = await api(`/api/v1/operations/${encodeURIComponent(opId)}/epochs?since=${since}`);
+        for (const e of data.epochs) {
+          // An attempt that starts over: the epochs after the one it reports are gone.
+          for (const k of [...epochs.keys()]) if (k > e.epoch) epochs.delete(k);
+          epochs.set(e.epoch, e);
+        }
+        since = data.last_seq;
+        total = data.total_epochs ?? total;
+        if (data.more) again = true;
+      } while (again);
+      draw();
+    } finally { busy = false; }
+  }
+  draw();
+  return {
+    el, refresh,
+    /** The op as the live feed pushed it: read what is new when its epoch (or an epoch's end) moved. */
+    seen(op) {
+      const c = (op.progress && op.progress.context) || {};
+      const key = `${c.epoch}|${c.train_loss}`;
+      if (key !== seenKey) { seenKey = key; refresh().catch(() => {}); }
+    },
+  };
+}
+
+function cancelControl(op) {
+  const opId = op.op_id;
+  const type = opType(op.type);
+  const reason = h("input", { id: "cancel-reason", placeholder: "reason (optional)", size: 28 });
+  const yes = h("button", { class: "danger", id: "cancel-yes", onclick: async () => {
+    yes.disabled = true;
+    const why = encodeURIComponent(reason.value.trim() || "cancelled from the dashboard");
+    try {
+      const reply = await api(`/api/v1/operations/${encodeURIComponent(opId)}?reason=${why}`, { method: "DELETE" });
+      toast(reply.message || `cancel ${reply.accepted ? "accepted" : "refused"}`);
+    } catch (e) { toast(`cancel refused: ${e.message}`); } finally { yes.disabled = false; }
+  } }, "Yes, cancel it");
+  const confirm = h("span", { class: "confirm", id: "cancel-confirm", hidden: true },
+                    "Cancel this operation", type && type.runs === "coordinator" ? " and its children" : "", "? ",
+                    reason, " ", yes, " ",
+                    h("button", { id: "cancel-no", onclick: () => { confirm.hidden = true; ask.hidden = false; } }, "No, keep it running"));
+  const ask = h("button", { class: "danger", id: "cancel", onclick: () => { confirm.hidden = false; ask.hidden = true; reason.focus(); } }, "Cancel");
+  return h("span", {}, ask, confirm);
 }
 
 function opView(opId) {
@@ -660,14 +997,7 @@ function opView(opId) {
   let current = null;
   let children = null;
   let refetch = null;
-
-  async function cancel() {
-    const reason = encodeURIComponent("cancelled from the dashboard");
-    try {
-      const reply = await api(`/api/v1/operations/${encodeURIComponent(opId)}?reason=${reason}`, { method: "DELETE" });
-      toast(reply.message || `cancel ${reply.accepted ? "accepted" : "refused"}`);
-    } catch (e) { toast(`cancel refused: ${e.message}`); }
-  }
+  let live = null; // a running training's live chart, kept while the page is drawn again
 
   async function load() {
     let op;
@@ -678,32 +1008,41 @@ function opView(opId) {
     current = op;
     const events = await api(`/api/v1/operations/${encodeURIComponent(opId)}/events`).catch(() => ({ events: [] }));
     const head = h("div", { class: "panel", id: "op-head", "data-status": op.status },
-      h("h1", {}, h("span", { class: "mono" }, op.op_id), " ", statusBadge(op.status)),
+      h("h1", {}, h("span", { class: "mono" }, op.op_id), " ", statusBadge(op.status), " ", h("span", { class: "muted type" }, op.type)),
       h("p", {}, progressBar(op)),
-      !TERMINAL.has(op.status) && state.role === "operator"
-        ? h("button", { class: "danger", id: "cancel", onclick: cancel }, "Cancel") : null,
+      !TERMINAL.has(op.status) && state.role === "operator" ? cancelControl(op) : null,
       op.error ? h("p", { class: "error", id: "op-error" }, op.error) : null,
       op.cancel_reason ? h("p", { class: "muted" }, `cancelled: ${op.cancel_reason}`) : null,
       op.warnings.length ? h("ul", {}, op.warnings.map((w) => h("li", { class: "muted" }, w))) : null);
-    const facts = { type: op.type, parent: op.parent_id, worker: op.worker_id, attempt: `${op.attempt} of ${op.max_attempts}`,
+    const facts = { type: op.type, parent: op.parent_id ? opLink(op.parent_id) : null, worker: op.worker_id,
+                    attempt: `${op.attempt} of ${op.max_attempts}`,
                     route: op.route, "why this route": op.route_reason, created: when(op.created_at),
                     started: when(op.started_at), completed: when(op.completed_at),
                     duration: op.started_at && op.completed_at ? span((Date.parse(op.completed_at) - Date.parse(op.started_at)) / 1000) : null };
-    const parts = [head,
-      h("div", { class: "grid2" },
-        h("div", { class: "panel" }, h("h2", {}, "Operation"), kvTable(facts)),
-        h("div", { class: "panel" }, h("h2", {}, "Parameters"), kvTable(op.params))),
-      h("div", { class: "grid2" },
-        h("div", { class: "panel" }, h("h2", {}, "Attempts"), attemptsTable(op)),
-        h("div", { class: "panel" }, h("h2", {}, "Events"), timeline(events.events)))];
-    if (op.status === "completed") {
-      const panel = await resultPanel(op);
-      if (panel) parts.push(panel);
+    // The result first (its key figures, then its charts, then its tables), the record's details after.
+    const parts = [head];
+    const lead = op.status === "completed" ? headline(op) : null;
+    if (lead) parts.push(lead);
+    if (op.type === TRAINING && !TERMINAL.has(op.status)) {
+      if (!live) live = liveTraining(opId);
+      live.refresh().catch(() => {});
+      parts.push(live.el);
     }
-    if (op.result) parts.push(h("div", { class: "panel" }, h("h2", {}, "Result"), metricsGrid(flatResult(op.result))));
+    if (op.status === "completed" && (op.result_object || CHARTED.has(op.type))) {
+      const view = await resultView(op);
+      if (view) parts.push(...[view.charts, view.tables, view.error].filter(Boolean));
+    }
     if (!children) children = opsList({ filters: () => ({ parent_id: opId }), pageSize: PAGE, compare: true });
     await children.load();
-    if (children.el.querySelector("tbody tr[data-op-id]")) parts.push(h("div", { class: "panel" }, h("h2", {}, "Children"), children.el));
+    if (children.el.querySelector("tbody tr[data-op-id]")) parts.push(h("div", { class: "panel", id: "children" }, h("h2", {}, "Children"), children.el));
+    if (op.result) parts.push(h("div", { class: "panel" }, h("h2", {}, "All figures"), metricsGrid(flatResult(op.result))));
+    parts.push(
+      h("div", { class: "grid2" },
+        h("div", { class: "panel" }, h("h2", {}, "Operation"), kvTable(facts, { id: "op-facts" })),
+        h("div", { class: "panel" }, h("h2", {}, "Parameters"), kvTable(op.params, { id: "op-params" }))),
+      h("div", { class: "grid2" },
+        h("div", { class: "panel" }, h("h2", {}, "Attempts"), attemptsTable(op)),
+        h("div", { class: "panel" }, h("h2", {}, "Events"), timeline(events.events))));
     root.replaceChildren(...parts);
   }
 
@@ -716,6 +1055,7 @@ function opView(opId) {
       // The progress bar moves at once; the rest of the page is read again at most twice a second.
       const bar = root.querySelector("#op-head p");
       if (bar && current && !TERMINAL.has(mine.status)) bar.replaceChildren(progressBar(mine));
+      if (live && !TERMINAL.has(mine.status)) live.seen(mine);
       if (current && mine.status !== current.status && !refetch) {
         refetch = setTimeout(() => { refetch = null; load().catch(showError); }, 500);
       }
@@ -771,29 +1111,92 @@ function compareView(params) {
   };
 }
 
+/** A row that opens a page: its first cell a link, and a click anywhere else on it too. */
+function openRow(attrs, href, ...cells) {
+  return h("tr", { ...attrs, class: "opens", onclick: (ev) => { if (!ev.target.closest("a")) location.hash = href; } }, ...cells);
+}
+
+function modelHref(m) {
+  return `#/model/${encodeURIComponent(m.name)}/${encodeURIComponent(m.version)}`;
+}
+
+function datasetHref(d) {
+  return `#/dataset/${encodeURIComponent(d.symbol)}/${encodeURIComponent(d.timeframe)}`;
+}
+
+function sizeText(bytes) {
+  return bytes >= 1048576 ? `${(bytes / 1048576).toFixed(2)} MiB` : `${fmt(Math.ceil(bytes / 1024))} KiB`;
+}
+
 function modelsView() {
   const box = h("div", { class: "panel" }, h("h2", {}, "Models"), h("p", { class: "muted" }, "loading…"));
   return {
     name: "models", root: box,
     async reload() {
       const data = await api("/api/v1/models");
-      const rows = data.models.map((m) => h("tr", { "data-model": m.ref },
-        h("td", { class: "mono" }, m.ref), h("td", {}, m.strategy || "–"), h("td", {}, `${m.symbol || "–"} ${(m.timeframes || []).join(",")}`),
+      const rows = data.models.map((m) => openRow({ "data-model": m.ref }, modelHref(m),
+        h("td", { class: "mono" }, h("a", { href: modelHref(m) }, m.ref)), h("td", {}, m.strategy || "–"), h("td", {}, `${m.symbol || "–"} ${(m.timeframes || []).join(",")}`),
         h("td", {}, `${when(m.start)} → ${when(m.end)}`),
         h("td", { class: "num" }, fmt(m.metrics.test_accuracy)), h("td", { class: "num" }, fmt(m.metrics.epochs_run)),
         h("td", {}, m.metrics.device || "–"), h("td", {}, m.op_id ? opLink(m.op_id) : "–"), h("td", {}, when(m.created_at))));
       box.lastChild.replaceWith(rows.length
-        ? sortable(table(["model", "strategy", "data", "training range", { label: "test accuracy", num: true },
-                          { label: "epochs", num: true }, "device", "trained by", "created"], rows, { id: "models" }))
+        ? scroll(sortable(table(["model", "strategy", "data", "training range", { label: "test accuracy", num: true },
+                                 { label: "epochs", num: true }, "device", "trained by", "created"], rows, { id: "models" })))
         : h("p", { class: "muted" }, "No models yet: `ktrdr train STRATEGY` stores one."));
+    },
+  };
+}
+
+/** One model version: what trained it and on which bars, its metrics and features, and its loss
+ * and accuracy per epoch when the training that made it stored them. */
+function modelView(name, version) {
+  const root = h("div", {}, h("p", { class: "muted" }, "loading…"));
+  return {
+    name: "models", root,
+    async reload() {
+      let m;
+      try { m = await api(`/api/v1/models/${encodeURIComponent(name)}/${encodeURIComponent(version)}`); } catch (e) {
+        root.replaceChildren(h("div", { class: "panel" }, h("h1", {}, `${name}@${version}`), h("p", { class: "error", id: "model-error" }, e.message)));
+        return;
+      }
+      const meta = m.metadata || {};
+      const facts = { model: m.ref, strategy: meta.strategy, symbol: meta.symbol,
+                      timeframes: Array.isArray(meta.timeframes) ? meta.timeframes.join(", ") : meta.timeframes,
+                      "training bars": meta.start ? windowText(meta.start, meta.end) : undefined,
+                      "trained by": m.op_id ? opLink(m.op_id) : undefined,
+                      "attempt / worker": meta.worker_id ? `${meta.attempt ?? "–"} on ${meta.worker_id}` : undefined,
+                      size: sizeText(m.size), created: when(m.created_at), digest: m.digest, features: m.features };
+      const cards = HEADLINE.filter(([k]) => num(m.metrics[k]) !== null)
+        .map(([k, label, show]) => headlineCard(k, label, show(m.metrics[k]), String(m.metrics[k])));
+      const parts = [
+        h("div", { class: "panel", id: "model-head" }, h("h1", {}, h("span", { class: "mono" }, m.ref)),
+          cards.length ? h("div", { class: "cards", id: "headline" }, cards) : null),
+      ];
+      const history = h("div", { class: "panel", id: "model-history" }, h("h2", {}, "Training history"));
+      if (m.op_id) {
+        const view = await api(`/api/v1/operations/${encodeURIComponent(m.op_id)}/chart`).catch((e) => ({ kind: "none", why: e.message }));
+        history.append(view.kind === "epochs" && view.epochs.length ? trainingCharts(view)
+          : h("p", { class: "muted" }, `not stored${view.why ? ` (${view.why})` : ""}`));
+      } else {
+        history.append(h("p", { class: "muted" }, "not stored: no training op is named in its metadata"));
+      }
+      parts.push(history,
+        h("div", { class: "grid2" },
+          h("div", { class: "panel" }, h("h2", {}, "Model"), kvTable(facts, { id: "model-facts" })),
+          h("div", { class: "panel" }, h("h2", {}, "Metrics"), kvTable(m.metrics, { id: "model-metrics" }))));
+      if (m.feature_names.length) {
+        parts.push(h("div", { class: "panel" }, h("h2", {}, `Features (${fmt(m.features)})`),
+                     h("p", { class: "mono features" }, m.feature_names.join(", ") + (m.features > m.feature_names.length ? ", …" : ""))));
+      }
+      root.replaceChildren(...parts);
     },
   };
 }
 
 function datasetsView() {
   const box = h("div", { class: "panel" }, h("h2", {}, "Shared datasets"), h("p", { class: "muted" }, "loading…"));
-  const row = (d) => h("tr", { "data-dataset": `${d.symbol}/${d.timeframe}` },
-    h("td", { class: "mono" }, d.symbol), h("td", {}, d.timeframe), h("td", { class: "num" }, fmt(d.bars)),
+  const row = (d) => openRow({ "data-dataset": `${d.symbol}/${d.timeframe}` }, datasetHref(d),
+    h("td", { class: "mono" }, h("a", { href: datasetHref(d) }, d.symbol)), h("td", {}, d.timeframe), h("td", { class: "num" }, fmt(d.bars)),
     h("td", {}, d.start ? `${when(d.start)} → ${when(d.end)}` : "–"),
     h("td", { class: "num" }, d.gaps === undefined ? "–" : `${fmt(d.gaps)} (${fmt(d.unexpected)} unexpected)`),
     h("td", { class: "num" }, `${(d.size / 1048576).toFixed(2)} MiB`), h("td", {}, d.note || when(d.modified)));
@@ -803,8 +1206,8 @@ function datasetsView() {
       const data = await api("/api/v1/datasets");
       const tbody = h("tbody", {}, data.datasets.map(row));
       box.lastChild.replaceWith(data.datasets.length
-        ? h("table", { id: "datasets" }, h("thead", {}, h("tr", {}, ["symbol", "timeframe", "bars", "range", "gaps", "size", "modified"]
-            .map((c) => h("th", {}, c)))), tbody)
+        ? scroll(h("table", { id: "datasets" }, h("thead", {}, h("tr", {}, ["symbol", "timeframe", "bars", "range", "gaps", "size", "modified"]
+            .map((c) => h("th", {}, c)))), tbody))
         : h("p", { class: "muted" }, "No shared datasets: `ktrdr data import FILE --publish` shares one."));
       // Each summary is computed once per content on the coordinator: fill rows in as they arrive.
       for (const d of data.datasets.filter((x) => x.bars === undefined)) {
@@ -812,6 +1215,36 @@ function datasetsView() {
         const old = tbody.querySelector(`tr[data-dataset="${CSS.escape(`${d.symbol}/${d.timeframe}`)}"]`);
         if (full && old) old.replaceWith(row(full));
       }
+    },
+  };
+}
+
+/** One shared dataset: its symbol, timeframe, bars, range and the gaps that are not weekends. */
+function datasetView(symbol, timeframe) {
+  const root = h("div", {}, h("p", { class: "muted" }, "loading…"));
+  return {
+    name: "datasets", root,
+    async reload() {
+      let d;
+      try { d = await api(`/api/v1/datasets/${encodeURIComponent(symbol)}/${encodeURIComponent(timeframe)}`); } catch (e) {
+        root.replaceChildren(h("div", { class: "panel" }, h("h1", {}, `${symbol} ${timeframe}`), h("p", { class: "error", id: "dataset-error" }, e.message)));
+        return;
+      }
+      const facts = { symbol: d.symbol, timeframe: d.timeframe, bars: d.bars, range: d.start ? windowText(d.start, d.end) : undefined,
+                      first: d.start ? when(d.start) : undefined, last: d.end ? when(d.end) : undefined,
+                      gaps: d.gaps === undefined ? undefined : `${fmt(d.gaps)} (${fmt(d.unexpected)} not weekends)`,
+                      size: sizeText(d.size), modified: when(d.modified), digest: d.digest, note: d.note };
+      const gaps = d.unexpected_gaps || [];
+      root.replaceChildren(...[
+        h("div", { class: "panel", id: "dataset-head" }, h("h1", {}, h("span", { class: "mono" }, d.symbol), " ", d.timeframe),
+          h("div", { class: "cards" }, headlineCard("bars", "bars", fmt(d.bars)),
+            d.start ? headlineCard("range", "range", windowText(d.start, d.end)) : null,
+            d.gaps !== undefined ? headlineCard("gaps", "gaps, not weekends", fmt(d.unexpected)) : null)),
+        h("div", { class: "panel" }, h("h2", {}, "Dataset"), kvTable(facts, { id: "dataset-facts" })),
+        gaps.length ? h("div", { class: "panel" }, h("h2", {}, `Gaps that are not weekends (the first ${gaps.length})`),
+          scroll(table(Object.keys(gaps[0]), gaps.map((g) => h("tr", {}, Object.values(g).map((v) =>
+            h("td", { class: "mono" }, typeof v === "string" && v.includes("T") ? when(v) : fmt(v))))), { id: "gaps" }))) : null,
+      ].filter(Boolean));
     },
   };
 }
@@ -831,6 +1264,8 @@ function route() {
   if (path.startsWith("/op/")) view = opView(decodeURIComponent(path.slice(4)));
   else if (path === "/ops") view = opsView(params);
   else if (path === "/models") view = modelsView();
+  else if (path.startsWith("/model/")) view = modelView(...path.slice(7).split("/").map(decodeURIComponent));
+  else if (path.startsWith("/dataset/")) view = datasetView(...path.slice(9).split("/").map(decodeURIComponent));
   else if (path === "/compare") view = compareView(params);
   else if (path === "/datasets") view = datasetsView();
   else view = overviewView();
@@ -868,14 +1303,27 @@ document.getElementById("signout").addEventListener("click", async () => {
   showLogin();
 });
 
-window.addEventListener("hashchange", () => { if (state.role) route(); });
+/** `ktrdr up` prints a link carrying the token after #token=: take it, drop it from the address bar,
+ * and sign in with it. False when the address carries no token. */
+async function tokenFromAddress() {
+  const m = location.hash.match(/^#token=([^&]+)/);
+  if (!m) return false;
+  history.replaceState(null, "", location.pathname);
+  return (await signIn(decodeURIComponent(m[1]))) || null;
+}
+
+// The link pasted into a tab already open (on the sign-in form, or signed in): signed in at once,
+// without a reload.
+window.addEventListener("hashchange", () => {
+  if (/^#token=/.test(location.hash)) {
+    tokenFromAddress().then((ok) => ok && start()).catch(showError);
+    return;
+  }
+  if (state.role) route();
+});
 
 (async () => {
-  // `ktrdr up` prints a link carrying the token after #token=: take it, then drop it from the address bar.
-  const m = location.hash.match(/^#token=([^&]+)/);
-  if (m) {
-    history.replaceState(null, "", location.pathname);
-    await signIn(decodeURIComponent(m[1]));
-  }
-  await start();
+  // A refused token leaves the form up, saying why; otherwise the page starts (asking for a token
+  // if there is no session).
+  if ((await tokenFromAddress()) !== null) await start();
 })().catch(showError);

@@ -20,6 +20,19 @@ function niceTicks(lo, hi, count) {
   return ticks;
 }
 
+/** Whole-number ticks from lo to hi, at most about ``count`` of them (a step of 1, 2, 5, 10, ...). */
+function integerTicks(lo, hi, count) {
+  const first = Math.ceil(lo), last = Math.floor(hi);
+  if (last < first) return [];
+  const raw = Math.max(1, (last - first) / count);
+  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = Math.max(1, [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) || Math.ceil(raw));
+  const ticks = [];
+  for (let t = Math.ceil(first / step) * step; t <= last; t += step) ticks.push(t);
+  if (first === last || !ticks.length) ticks.push(first);
+  return ticks;
+}
+
 function fmtNumber(v) {
   const a = Math.abs(v);
   if (a >= 1e6) return (v / 1e6).toFixed(2) + "M";
@@ -35,8 +48,9 @@ function fmtTimeTick(ms, spanMs) {
 }
 
 /**
- * lineChart({x, series: [{name, values, color, dash}], xKind: "time"|"number", height, yLabel,
+ * lineChart({x, series: [{name, values, color, dash}], xKind: "time"|"number", xInteger, height, yLabel,
  *            vlines: [{x, label}], kind}) -> <svg>
+ * xInteger: the x axis counts (epochs): its ticks are whole numbers.
  * x: numbers (ms for time); values: numbers or null (a gap).
  */
 function lineChart(opts) {
@@ -69,19 +83,29 @@ function lineChart(opts) {
     label.textContent = fmtNumber(t);
     svg.appendChild(label);
   }
-  const xticks = opts.xKind === "time"
+  let xticks = opts.xKind === "time"
     ? niceTicks(xlo, xhi, 6) : niceTicks(xlo, xhi, Math.min(8, Math.max(1, xhi - xlo)));
+  // Counts (epochs): whole numbers only, never a tick at 2.5.
+  if (opts.xInteger) xticks = integerTicks(xlo, xhi, 8);
   for (const t of xticks) {
     if (t < xlo || t > xhi) continue;
     const label = svgEl("text", { x: X(t), y: height - 8, "text-anchor": "middle" });
-    label.textContent = opts.xKind === "time" ? fmtTimeTick(t, xhi - xlo) : fmtNumber(t);
+    label.textContent = opts.xKind === "time" ? fmtTimeTick(t, xhi - xlo) : opts.xInteger ? String(t) : fmtNumber(t);
+    label.setAttribute("class", "xtick");
     svg.appendChild(label);
   }
   svg.appendChild(svgEl("line", { x1: m.l, x2: m.l, y1: m.t, y2: height - m.b, class: "axis" }));
   svg.appendChild(svgEl("line", { x1: m.l, x2: width - m.r, y1: height - m.b, y2: height - m.b, class: "axis" }));
   for (const v of opts.vlines || []) {
+    if (!(v.x >= xlo && v.x <= xhi)) continue;
     svg.appendChild(svgEl("line", { x1: X(v.x), x2: X(v.x), y1: m.t, y2: height - m.b, stroke: "#9ca3af",
-                                    "stroke-dasharray": "3 3" }));
+                                    "stroke-dasharray": "3 3", class: "vline" }));
+    if (v.label) {
+      // Written just right of its line, at the top: a fold's number where its out-of-sample part starts.
+      const label = svgEl("text", { x: X(v.x) + 4, y: m.t + 10, class: "vlabel", "data-x": v.x });
+      label.textContent = v.label;
+      svg.appendChild(label);
+    }
   }
   for (const s of opts.series) {
     let d = "", pen = false;

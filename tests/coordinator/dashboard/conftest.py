@@ -1,5 +1,7 @@
 """A real headless Chromium, driven through chromedriver (Debian's ``chromium`` and
-``chromium-driver``; ``.ci/run`` installs them), for the dashboard's tests.
+``chromium-driver``; ``.ci/run`` installs them), for the dashboard's tests. A test that fails
+leaves a screenshot of the page under $KTRDR_TEST_ARTIFACTS/dashboard (else the temporary
+directory), and its report says where.
 
 The coordinator under test runs on the test's event loop, so every WebDriver call (a blocking HTTP
 exchange with chromedriver) runs in a thread: the loop stays free to answer the page.
@@ -9,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +61,7 @@ class Browser:
             if value:
                 return value
             if asyncio.get_running_loop().time() > deadline:
-                shot = Path(tempfile.gettempdir()) / "ktrdr-dashboard-failure.png"
+                shot = artifacts() / f"never-{_safe(what)}.png"
                 await self.call(self.driver.save_screenshot, str(shot))
                 logs = await self.call(self.driver.get_log, "browser")
                 console = "\n".join(str(entry.get("message")) for entry in logs) or "(empty)"
@@ -72,15 +76,63 @@ class Browser:
     async def click(self, css: str) -> None:
         await self.script("document.querySelector(arguments[0]).click();", css)
 
+    async def viewport(self, width: int, height: int = 1000) -> None:
+        """The window's size; the page's own width (``innerWidth``) is ``width``."""
+        await self.call(self.driver.set_window_size, width, height)
+        await self.until("return innerWidth === arguments[0]", width, what=f"a {width} px wide viewport")
+
+    async def size(self) -> dict[str, int]:
+        """The page's scrolled size (``scrollWidth`` past ``innerWidth``: the page overflows sideways)."""
+        return dict(await self.script(
+            "const d = document.documentElement;"
+            "return {width: d.scrollWidth, height: d.scrollHeight, viewport: innerWidth};"))
+
     async def screenshot(self, name: str) -> None:
         """Kept where KTRDR_SCREENSHOTS points (to look at them), else not taken."""
         folder = os.environ.get("KTRDR_SCREENSHOTS")
         if folder:
             Path(folder).mkdir(parents=True, exist_ok=True)
-            # The whole page, not the first screenful.
-            height = await self.script("return document.documentElement.scrollHeight")
-            await self.call(self.driver.set_window_size, 1400, min(int(height) + 120, 4000))
+            # The whole page, not the first screenful, at the width it is shown at.
+            width, height = await self.script("return [innerWidth, document.documentElement.scrollHeight]")
+            before = await self.call(self.driver.get_window_size)
+            await self.call(self.driver.set_window_size, int(width), min(int(height) + 120, 4000))
             await self.call(self.driver.save_screenshot, str(Path(folder) / f"{name}.png"))
+            await self.call(self.driver.set_window_size, before["width"], before["height"])
+
+
+def artifacts() -> Path:
+    """Where a failed browser test leaves its screenshot: $KTRDR_TEST_ARTIFACTS (a folder CI keeps),
+    else the temporary directory."""
+    folder = Path(os.environ.get("KTRDR_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "ktrdr-test-artifacts")
+    folder = folder / "dashboard"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:120] or "page"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A browser test that failed leaves a screenshot of the page as it was, and the browser's
+    console, under :func:`artifacts`; the failure's report says where."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    browser = getattr(item, "funcargs", {}).get("browser")
+    if report.when != "call" or not report.failed or not isinstance(browser, Browser):
+        return
+    shot = artifacts() / f"{_safe(item.name)}.png"
+    try:
+        browser.driver.save_screenshot(str(shot))
+        logs = browser.driver.get_log("browser")
+        shot.with_suffix(".console.txt").write_text(
+            "\n".join(str(entry.get("message")) for entry in logs) or "(empty)\n")
+        where = f"screenshot: {shot}\nconsole: {shot.with_suffix('.console.txt')}"
+    except Exception as exc:  # the browser itself may be what failed
+        where = f"no screenshot ({exc})"
+    report.sections.append(("dashboard page at the failure", where))
+    sys.stderr.write(f"\n{item.nodeid}: {where}\n")
 
 
 @pytest.fixture

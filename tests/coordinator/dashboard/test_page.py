@@ -1,20 +1,31 @@
-"""The dashboard in a real headless Chromium against a running platform: sign-in, workers and ops
-listed, a dummy op's progress moving live, cancel, a backtest's charts, backtests ticked in
-the list and compared, a sweep's heatmap over chosen parameters and its ranking sorted by a column."""
+"""The dashboard in a real headless Chromium against a running platform: sign-in (and a pasted
+sign-in link), workers and ops listed, a dummy op's progress moving live, cancel (confirmed first),
+result pages that lead with their figures and charts then paged tables (a 548-trade backtest, a
+walk-forward's folds), a training's loss and accuracy drawn live, model and dataset pages, pages that
+fit a 390 px phone, a submit form made from each type's params schema, backtests ticked in the list
+and compared, a sweep's heatmap over chosen parameters and its ranking sorted by a column."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import re
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
+from subjects import names
 from subjects.models import OpStatus
 from tests.backtesting import backtest_params, backtest_worker, publish_synth
 from tests.conftest import MakeWorker
 from tests.coordinator.dashboard.conftest import Browser
+from tests.coordinator.test_walkforward import params as walkforward_params
+from tests.coordinator.test_walkforward import planted, publish
 from tests.support import auth_headers, wait_status
 
 
@@ -69,6 +80,12 @@ async def test_the_page_asks_for_the_token_once_and_keeps_a_session_in_a_cookie(
     # Signing out ended the session itself, not only the browser's copy of its id.
     async with httpx.AsyncClient(cookies={"ktrdr_session": cookie["value"]}) as replay:
         assert (await replay.get(url(coordinator, "/api/v1/workers"))).status_code == 401
+    # The link `ktrdr up` prints, pasted into this tab showing the sign-in form: signed in, no reload.
+    await browser.script("window.notReloaded = true; location.hash = '#token=' + arguments[0];", coordinator.api_token)
+    await browser.until("return document.getElementById('login').hidden && document.querySelector('#live.on')",
+                        what="signed in from the pasted link")
+    assert await browser.script("return window.notReloaded === true && location.hash === ''")
+    assert await browser.text("#role") == "operator"
 
 
 async def test_workers_and_ops_are_listed_and_a_dummy_ops_progress_moves_live(
@@ -107,7 +124,18 @@ async def test_an_op_is_cancelled_from_its_page(
     await wait_status(coordinator, op_id, OpStatus.RUNNING)
     await sign_in(browser, coordinator, f"/#/op/{op_id}")
     await browser.until("return document.getElementById('cancel')", what="the cancel button")
+    # Cancel asks first: saying no leaves the op running.
     await browser.click("#cancel")
+    assert await browser.script("return !document.getElementById('cancel-confirm').hidden"
+                                " && document.getElementById('cancel').hidden")
+    await browser.click("#cancel-no")
+    assert await browser.script("return document.getElementById('cancel-confirm').hidden"
+                                " && !document.getElementById('cancel').hidden")
+    await browser.click("#cancel")
+    assert "Cancel this operation?" in await browser.text("#cancel-confirm")
+    op = coordinator.ops.get(op_id)
+    assert op is not None and op.status is OpStatus.RUNNING and op.cancel_reason is None
+    await browser.click("#cancel-yes")
     await browser.until("return document.querySelector('#op-head[data-status=\"cancelled\"]')",
                         what="the op cancelled")
     assert (await wait_status(coordinator, op_id, OpStatus.CANCELLED)).cancel_reason == "cancelled from the dashboard"
@@ -116,12 +144,53 @@ async def test_an_op_is_cancelled_from_its_page(
     assert "started" in timeline and "w-dash-2" in timeline
 
 
-async def test_a_backtests_page_draws_its_equity_and_drawdown_beside_buy_and_hold(
+def shown_time(ms: int) -> str:
+    """A time as the page shows it (``when``): ``2020-05-04 20:00:00Z``."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def shown_window(start: str, end: str) -> str:
+    """A window as the page shows it: ``2021-01-01 → 2021-01-20 23:00`` (midnight as the day alone)."""
+    def day(iso: str) -> str:
+        text = datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+        return text.removesuffix(" 00:00")
+    return f"{day(start)} → {day(end)}"
+
+
+def close_to(text: str, value: float) -> bool:
+    number = shown_number(text)
+    return number is not None and math.isclose(number, value, rel_tol=1e-3, abs_tol=1e-9)
+
+
+async def top(browser: Browser, css: str) -> float:
+    return float(await browser.script(
+        "return document.querySelector(arguments[0]).getBoundingClientRect().top + scrollY", css))
+
+
+# The page heights a 500-trade backtest's page had before its result led and its trades were paged.
+BEFORE_PX = {1400: 17_832, 390: 39_236}
+
+
+async def test_result_pages_lead_with_their_figures_and_charts_then_paged_tables_and_fit_a_phone(
         coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path, browser: Browser) -> None:
-    await publish_synth(nc, tmp_path / "publisher")
+    """A backtest of 548 trades: its key figures, then its equity and drawdown beside buy and hold,
+    then its last 500 trades 50 at a time; a walk-forward's folds in columns under a chart whose fold
+    lines are numbered; a dataset's own page; every page no wider than a 390 px phone."""
+    await publish_synth(nc, tmp_path / "publisher", bars=3000)
+    await publish(nc, tmp_path / "wf-publisher", "WFA", planted())
     await backtest_worker(make_worker, "bt-dash", tmp_path / "worker-data")
-    op_id = await submit(coordinator, "backtesting", backtest_params())
-    await wait_status(coordinator, op_id, OpStatus.COMPLETED, timeout=60)
+    await backtest_worker(make_worker, "bt-dash-2", tmp_path / "worker-data-2")
+    op_id = await submit(coordinator, "backtesting", backtest_params(parameters={"fast": 2, "slow": 3}))
+    wf_id = await submit(coordinator, "walkforward", walkforward_params())
+    done = await wait_status(coordinator, op_id, OpStatus.COMPLETED, timeout=60)
+    wf = await wait_status(coordinator, wf_id, OpStatus.COMPLETED, timeout=90)
+    assert done.result is not None and wf.result is not None
+    metrics = done.result["metrics"]
+    assert metrics["trades"] == 548
+    async with httpx.AsyncClient(headers=auth_headers(coordinator)) as client:
+        trades = (await client.get(url(coordinator, f"/api/v1/operations/{op_id}/chart"))).json()["trades"]["shown"]
+        dataset = (await client.get(url(coordinator, "/api/v1/datasets/SYNTH/1h"))).json()
+    assert len(trades) == 500
 
     await sign_in(browser, coordinator, f"/#/op/{op_id}")
     for kind in ("equity", "drawdown"):
@@ -131,11 +200,224 @@ async def test_a_backtests_page_draws_its_equity_and_drawdown_beside_buy_and_hol
                 "path[data-series=\"${arguments[1]}\"]`); return p && p.getAttribute('d').length;",
                 kind, series, what=f"the {series} {kind} line")
             assert length > 1000  # hundreds of points, not an empty or flat stub
-    trades = await browser.script("return document.querySelectorAll('#trades tbody tr').length")
-    assert trades > 0
-    # Trades are shown by time, not by bar number.
-    assert "2020-" in await browser.text("#trades tbody tr")
+    # Its key figures lead, as the record has them.
+    cards = dict(await browser.script("return [...document.querySelectorAll('#headline .card')]"
+                                      ".map((c) => [c.dataset.metric, c.querySelector('b').textContent])"))
+    assert cards["total_return_pct"] == f"{metrics['total_return_pct']:+.2f} %"
+    assert cards["sharpe_ratio"] == f"{metrics['sharpe_ratio']:.2f}"
+    assert cards["max_drawdown_pct"] == f"{metrics['max_drawdown_pct']:.2f} %"
+    assert cards["trades"] == "548" and cards["win_rate"] == f"{100 * metrics['win_rate']:.1f} %"
+    assert "sma_crossover on SYNTH 1h" in await browser.text("#headline h2")
+    # Figures, then charts, then the trades, then the record's details.
+    order = [await top(browser, css) for css in ("#op-head", "#headline", "#result-view", "#result-tables #trades",
+                                                   "#op-facts", ".timeline")]
+    assert order == sorted(order), order
+    # Trades 50 at a time, newest first, by time; the pager walks the 500 kept.
+    first_cells = "return [...document.querySelectorAll('#trades tbody tr')].map((tr) => tr.children[0].textContent)"
+    entries = await browser.script(first_cells)
+    assert entries == [shown_time(t["entry_time_ms"]) for t in trades[::-1][:50]]
+    assert await browser.text("#trades-shown") == "1–50 of 500"
+    assert "Trades (548, the last 500 kept here)" in await browser.text("#result-tables h2")
+    await browser.click("#trades-next")
+    assert await browser.script(first_cells) == [shown_time(t["entry_time_ms"]) for t in trades[::-1][50:100]]
+    assert await browser.text("#trades-shown") == "51–100 of 500"
+    await browser.click("#trades-prev")
+    assert await browser.script(first_cells) == entries
+    assert await browser.script("return document.getElementById('trades-prev').disabled")
+    heights = {1400: await browser.size()}
+    assert heights[1400]["width"] <= heights[1400]["viewport"]
     await browser.screenshot("backtest")
+    await browser.viewport(390)
+    heights[390] = await browser.size()
+    print(f"\na 548-trade backtest's page: {heights} (before: {BEFORE_PX})")
+    for width, size in heights.items():
+        assert size["height"] < BEFORE_PX[width] / 3, (width, size)
+    assert heights[390]["width"] <= 390  # nothing wider than the phone: the trades scroll in their own box
+    assert await browser.script("const box = document.querySelector('#trades').parentElement;"
+                                "return getComputedStyle(box).overflowX === 'auto'"
+                                " && box.clientWidth < box.scrollWidth;")
+
+    # A walk-forward: its folds in columns, fitting 1,400 px; its fold lines numbered.
+    await browser.viewport(1400)
+    await browser.open(url(coordinator, f"/#/op/{wf_id}"))
+    await browser.until("return document.querySelectorAll('#folds tbody tr').length === 3", what="the folds")
+    heads = "return [...document.querySelectorAll('#folds thead th')].map((th) => th.textContent)"
+    assert await browser.script(heads) == [
+        "fold", "in sample", "out of sample", "chosen parameters", "in-sample total_return_pct",
+        "out-of-sample total_return_pct", "oos return %", "oos trades", "warm-up bars"]
+    rows = await browser.script("return [...document.querySelectorAll('#folds tbody tr')]"
+                                ".map((tr) => [...tr.children].map((td) => td.textContent))")
+    for row, fold in zip(rows, wf.result["folds"], strict=True):
+        assert row[:4] == [str(fold["fold"]), shown_window(fold["in_start"], fold["in_end"]),
+                           shown_window(fold["out_start"], fold["out_end"]),
+                           " ".join(f"{k}={v}" for k, v in fold["chosen"].items())]
+        assert close_to(row[4], fold["in_sample"]["total_return_pct"])
+        assert close_to(row[5], fold["out_of_sample"]["total_return_pct"])
+        assert close_to(row[6], fold["out_of_sample"]["total_return_pct"])
+        assert row[7:] == [str(fold["out_of_sample"]["trades"]), str(fold["warmup_bars"])]
+    fits = await browser.script("const t = document.getElementById('folds');"
+                                "return [t.scrollWidth, t.parentElement.clientWidth, innerWidth];")
+    assert fits[0] <= fits[1] <= fits[2], fits  # the whole table in view, no sideways scroll
+    labels = await browser.script("return [...document.querySelectorAll('svg.chart[data-kind=\"equity\"] text.vlabel')]"
+                                  ".map((t) => [t.textContent, Number(t.dataset.x)])")
+    windows = wf.result["folds"]
+    assert labels == [[f"fold {f['fold']}", datetime.fromisoformat(f["out_start"]).timestamp() * 1000] for f in windows]
+    assert await browser.text("#headline .card[data-metric=efficiency] b") == f"{wf.result['efficiency']:.2f}"
+    # A parent runs on the coordinator: its page says so rather than "none yet".
+    assert "the coordinator runs it" in await browser.text("#attempts-none")
+    await browser.screenshot("walkforward")
+    await browser.viewport(390)
+    assert (await browser.size())["width"] <= 390
+
+    # A dataset's row opens its own page.
+    await browser.open(url(coordinator, "/#/datasets"))
+    await browser.until("return document.querySelector('tr[data-dataset=\"SYNTH/1h\"] td.num')"
+                        " && !document.querySelector('tr[data-dataset=\"SYNTH/1h\"]').innerText.includes('–')",
+                        what="the dataset's row summarised")
+    assert (await browser.size())["width"] <= 390
+    await browser.script("document.querySelector('tr[data-dataset=\"SYNTH/1h\"] td:nth-child(3)').click()")
+    await browser.until("return document.querySelector('#dataset-facts')", what="the dataset's page")
+    assert await browser.script("return location.hash") == "#/dataset/SYNTH/1h"
+    facts = dict(await browser.script("return [...document.querySelectorAll('#dataset-facts tr')]"
+                                      ".map((tr) => [tr.dataset.key, tr.querySelector('td').textContent])"))
+    assert facts["symbol"] == "SYNTH" and facts["timeframe"] == "1h"
+    assert facts["bars"] == "3,000" == f"{dataset['bars']:,}"
+    assert facts["range"] == shown_window(dataset["start"], dataset["end"]) == "2020-01-01 → 2020-05-04 23:00"
+    assert facts["gaps"] == f"{dataset['gaps']} ({dataset['unexpected']} not weekends)"
+    await browser.screenshot("dataset-phone")
+    assert "null" not in await browser.text("main")
+    assert (await browser.size())["width"] <= 390
+    await browser.open(url(coordinator, "/#/ops"))
+    await browser.until("return document.querySelector('table.ops tbody tr[data-op-id]')", what="the operations")
+    assert (await browser.size())["width"] <= 390
+
+
+# (epoch, train loss, validation loss, train accuracy, validation accuracy) as a training reports them.
+EPOCHS = [(1, 0.69, 0.7, 0.51, 0.5), (2, 0.61, 0.64, 0.58, 0.55), (3, 0.55, 0.6, 0.63, 0.57)]
+
+
+def fake_training(release: asyncio.Queue[None]) -> Any:
+    """A training handler reporting as the real one does (``ktrdr.training.trainer``: a report from
+    within each epoch, then the epoch's figures), one epoch each time the test says so; then it
+    stores a model and its history as ``worker_training.handler`` does."""
+
+    async def training(ctx: Any, params: Any) -> dict[str, Any]:
+        total = len(EPOCHS)
+        ctx.progress(percentage=0.0, step="loading data", message="SYNTH 1h")
+        for epoch, train_loss, val_loss, train_acc, val_acc in EPOCHS:
+            await release.get()
+            ctx.progress(percentage=100.0 * (epoch - 1 + 172 / 175) / total, step=f"epoch {epoch}/{total}",
+                         items_done=172, items_total=175,
+                         context={"epoch": epoch, "total_epochs": total, "batch": 172, "total_batches": 175,
+                                  "running_train_loss": train_loss + 0.004})
+            ctx.progress(percentage=100.0 * epoch / total, step=f"epoch {epoch}/{total}", steps_done=epoch,
+                         steps_total=total, items_done=175, items_total=175,
+                         message=f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f}",
+                         context={"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                                  "train_accuracy": train_acc, "val_accuracy": val_acc, "learning_rate": 0.001,
+                                  "total_epochs": total, "device": "cpu"})
+            if epoch == 2:
+                ctx.info(last_checkpoint_epoch=2)
+        await release.get()
+        history = [{"epoch": e, "train_loss": tl, "val_loss": vl, "train_accuracy": ta, "val_accuracy": va,
+                    "learning_rate": 0.001, "duration_s": 0.1} for e, tl, vl, ta, va in EPOCHS]
+        metrics = {"test_accuracy": 0.57, "epochs_run": total, "best_val_loss": 0.6, "device": "cpu"}
+        version = await ctx.models.save(params.model_name, b"a stand-in bundle", {
+            "op_id": ctx.op_id, "attempt": ctx.attempt, "worker_id": ctx.worker_id, "strategy": params.strategy,
+            "symbol": "SYNTH", "timeframes": ["1h"], "start": "2024-01-01 00:00:00+00:00",
+            "end": "2024-03-01 00:00:00+00:00", "metrics": metrics, "feature_names": ["rsi_zone_low", "rsi_zone_high"]})
+        model = f"{params.model_name}@{version}"
+        await ctx.results.put(json.dumps({"format": "ktrdr.training.history/1", "model": model,
+                                          "history": history}).encode(), description=f"training history of {model}")
+        return {"model": model, "model_name": params.model_name, "model_version": version, "symbol": "SYNTH",
+                "timeframes": ["1h"], "metrics": metrics}
+
+    return training
+
+
+PROGRESS_TEXT = "const t = (document.querySelector('#op-head .progress-text') || {}).textContent || '';"
+
+
+async def test_a_training_draws_its_loss_and_accuracy_as_epochs_end_and_its_model_has_a_page(
+        coordinator: Coordinator, make_worker: MakeWorker, browser: Browser) -> None:
+    release: asyncio.Queue[None] = asyncio.Queue()
+    await make_worker("w-train", capabilities=[names.CAP_TRAINING_CPU], handlers={"training": fake_training(release)})
+    op_id = await submit(coordinator, "training", {"strategy": "neuro_mean_reversion", "epochs": 3,
+                                                   "start": "2024-01-01"})
+    await wait_status(coordinator, op_id, OpStatus.RUNNING)
+    release.put_nowait(None)  # epoch 1 ends before the page opens: read from what the worker published
+
+    await sign_in(browser, coordinator, f"/#/op/{op_id}")
+    live = "#training-live svg.chart[data-kind=\"{}\"] path[data-series=\"{}\"]"
+    count = ("const p = document.querySelector(arguments[0]);"
+             "return p ? (p.getAttribute('d').match(/[ML]/g) || []).length : 0;")
+    await browser.until("const el = document.querySelector('#training-live'); return el && el.dataset.epochs === '1'",
+                        what="epoch 1 drawn when the page opens")
+    assert await browser.script(count, live.format("loss", "train loss")) == 1
+    assert await browser.until(PROGRESS_TEXT + "return t.startsWith('33 % · epoch 1/3') && t",
+                               what="the progress naming the epoch") == "33 % · epoch 1/3 · loss 0.69 · val loss 0.70"
+    await browser.script("window.notReloaded = true")
+    for epoch in (2, 3):
+        release.put_nowait(None)
+        await browser.until("const el = document.querySelector('#training-live');"
+                            "return el && el.dataset.epochs === arguments[0]", str(epoch),
+                            what=f"epoch {epoch} drawn live")
+        for kind, series in (("loss", "train loss"), ("loss", "validation loss"), ("accuracy", "train accuracy"),
+                             ("accuracy", "validation accuracy")):
+            assert await browser.script(count, live.format(kind, series)) == epoch, (kind, series)
+        text = await browser.until(PROGRESS_TEXT + "return t.includes(arguments[0]) && t", f"epoch {epoch}/3 · loss",
+                                   what=f"the progress at epoch {epoch}")
+        assert f"epoch {epoch}/3 · loss {EPOCHS[epoch - 1][1]:.2f}" in text
+        # The epoch axis counts: whole numbers only.
+        ticks = await browser.script("return [...document.querySelectorAll("
+                                     "'#training-live svg.chart[data-kind=\"loss\"] text.xtick')]"
+                                     ".map((t) => t.textContent)")
+        assert ticks and all(t.isdigit() for t in ticks), ticks
+        assert [int(t) for t in ticks] == list(range(1, epoch + 1))
+    await browser.screenshot("training-live")
+    assert "Training, live: epoch 3 of 3" in await browser.text("#training-live h2")
+    # The loss drawn is the loss reported: falling epoch by epoch (SVG y grows downwards), x in epoch order.
+    d = await browser.script("return document.querySelector(arguments[0]).getAttribute('d')",
+                             live.format("loss", "train loss"))
+    xy = [tuple(map(float, p.split(","))) for p in re.split("[ML]", d) if p]
+    assert [x for x, _ in xy] == sorted(x for x, _ in xy) and [y for _, y in xy] == sorted(y for _, y in xy)
+    assert await browser.script("return window.notReloaded === true")
+
+    release.put_nowait(None)
+    await browser.until("return document.querySelector('#op-head[data-status=\"completed\"]')"
+                        " && document.querySelector('#result-view svg.chart[data-kind=\"loss\"]')",
+                        what="the completed training's stored history")
+    assert await browser.script("return document.querySelector('#training-live') === null")
+    final = "{} svg.chart[data-kind=\"{}\"] path[data-series=\"{}\"]"
+    assert await browser.script(count, final.format("#result-view", "loss", "train loss")) == 3
+    assert await browser.text("#headline .card[data-metric=test_accuracy] b") == "57.0 %"
+    model = "neuro_mean_reversion@1"
+    assert await browser.text("#headline .card[data-metric=model] b") == model
+    # The info event's facts are in the timeline.
+    assert "last_checkpoint_epoch=2" in await browser.text(".timeline li[data-event=info]")
+    await browser.screenshot("training")
+
+    # Its model's row opens the model's page: what trained it, its metrics, its loss per epoch.
+    await browser.open(url(coordinator, "/#/models"))
+    await browser.until("return document.querySelector(`tr[data-model=\"${arguments[0]}\"]`)", model,
+                        what="the model's row")
+    await browser.script("document.querySelector(`tr[data-model=\"${arguments[0]}\"] td:nth-child(2)`).click()", model)
+    await browser.until("return document.querySelector('#model-history svg.chart[data-kind=\"loss\"]')",
+                        what="the model's page with its training history")
+    assert await browser.script("return location.hash") == "#/model/neuro_mean_reversion/1"
+    facts = dict(await browser.script("return [...document.querySelectorAll('#model-facts tr')]"
+                                      ".map((tr) => [tr.dataset.key, tr.querySelector('td').textContent])"))
+    assert facts["model"] == model and facts["strategy"] == "neuro_mean_reversion" and facts["symbol"] == "SYNTH"
+    assert facts["trained by"] == op_id and facts["training bars"] == "2024-01-01 → 2024-03-01"
+    assert facts["timeframes"] == "1h" and facts["attempt / worker"] == "1 on w-train"
+    assert facts["features"] == "2"
+    shown = dict(await browser.script("return [...document.querySelectorAll('#model-metrics tr')]"
+                                      ".map((tr) => [tr.dataset.key, tr.querySelector('td').textContent])"))
+    assert shown == {"test_accuracy": "0.5700", "epochs_run": "3", "best_val_loss": "0.6000", "device": "cpu"}
+    assert await browser.script(count, final.format("#model-history", "accuracy", "validation accuracy")) == 3
+    await browser.screenshot("model")
+    await browser.viewport(390)
+    assert (await browser.size())["width"] <= 390
 
 
 async def test_operations_are_filtered_and_searched_on_the_server(
@@ -154,6 +436,55 @@ async def test_operations_are_filtered_and_searched_on_the_server(
                          "const q = document.getElementById('f-search'); q.value = arguments[0];"
                          "q.dispatchEvent(new Event('input'));", done[-8:])
     assert await browser.until(rows + ".join(',') === arguments[0] || null", done, what="the op found by its id")
+    # The submit form is made from each type's params schema: a dummy's duration and steps are numbers.
+    form = "return [...document.querySelectorAll('#s-form label.field')].map((f) => [f.dataset.field," \
+           " f.querySelector('[data-field]').type, !!f.querySelector('.required')])"
+    assert await browser.script(form) == [["duration", "number", False], ["steps", "number", False],
+                                          ["fail", "text", False]]
+    assert await browser.script("const i = document.getElementById('s-field-steps');"
+                                "return [i.step, i.min, i.max, i.placeholder]") == ["1", "1", "100000", "10"]
+    await browser.script("for (const [k, v] of [['duration', '0'], ['steps', '3']]) {"
+                         " const i = document.getElementById('s-field-' + k); i.value = v;"
+                         " i.dispatchEvent(new Event('input', { bubbles: true })); }")
+    assert await browser.text("#s-preview") == '{"duration":0,"steps":3}'
+    await browser.click("#s-submit")
+    made = await browser.until("const a = document.querySelector('#s-out a'); return a && a.textContent",
+                               what="the op submitted from the form")
+    assert (await wait_status(coordinator, made, OpStatus.COMPLETED)).params == {"duration": 0, "steps": 3,
+                                                                                 "fail": False}
+    # A backtest's required fields come first; a refusal is shown beside the field it names.
+    await browser.script("const t = document.getElementById('s-type'); t.value = 'backtesting';"
+                         "t.dispatchEvent(new Event('change'));")
+    fields = await browser.script(form)
+    assert fields[:3] == [["strategy", "text", True], ["symbol", "text", True], ["timeframe", "text", True]]
+    assert ["include_curves", "checkbox", False] in fields and ["parameters", "textarea", False] in fields
+    assert await browser.script("return [...document.querySelectorAll('#s-field-sizing option')]"
+                                ".map((o) => o.textContent)") == ["fraction (default)", "all_cash"]
+    await browser.script("for (const [k, v] of [['strategy', 'sma_crossover'], ['timeframe', '1h'],"
+                         " ['parameters', '{\"fast\": 5}']]) {"
+                         " const i = document.getElementById('s-field-' + k); i.value = v;"
+                         " i.dispatchEvent(new Event('input', { bubbles: true })); }")
+    assert json.loads(await browser.text("#s-preview")) == {"strategy": "sma_crossover", "timeframe": "1h",
+                                                            "parameters": {"fast": 5}}
+    async with httpx.AsyncClient(headers=auth_headers(coordinator)) as client:
+        refused = (await client.post(url(coordinator, "/api/v1/operations"), json={
+            "type": "backtesting", "params": {"strategy": "sma_crossover", "timeframe": "1h"}})).json()
+    await browser.click("#s-submit")
+    shown = await browser.until("const e = document.getElementById('s-field-symbol-error');"
+                                "return !e.hidden && e.textContent", what="the refusal beside the symbol field")
+    assert shown == next(d["message"] for d in refused["detail"] if d["field"].endswith("symbol"))
+    assert await browser.script("return document.getElementById('s-field-symbol').classList.contains('invalid')")
+    # A completed dummy stored no result to draw: its page does not ask for a chart (no 404 logged).
+    await browser.open(url(coordinator, f"/#/op/{done}"))
+    await browser.until("return document.querySelector('#op-head[data-status=\"completed\"]')"
+                        " && document.querySelector('#attempts')", what="the dummy's page")
+    assert await browser.script("return performance.getEntriesByType('resource')"
+                                ".filter((e) => /\\/chart(\\?|$)/.test(e.name)).length") == 0
+    # (It did ask for the rest of what the page shows.)
+    assert await browser.script("return performance.getEntriesByType('resource')"
+                                ".filter((e) => /\\/events(\\?|$)/.test(e.name)).length") >= 1
+    assert not [e for e in await browser.call(browser.driver.get_log, "browser") if "404" in str(e.get("message"))]
+    assert await browser.script("return document.querySelector('#headline') === null")  # a dummy has no figures
 
 
 async def test_a_sweeps_page_shows_its_surface_neighbourhoods_and_why_a_variant_is_excluded(

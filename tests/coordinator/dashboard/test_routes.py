@@ -1,7 +1,7 @@
 """The dashboard's routes over HTTP: the page holds no data, sign-in sets a cookie holding a
 revocable session (never the token) that the guard accepts like the bearer token, the live stream
-pushes changes and keeps slots for the operator, and the queue, event, model, dataset and chart
-views answer with bounded, correct data."""
+pushes changes and keeps slots for the operator, and the queue, event, training epoch, model, dataset
+and chart views answer with bounded, correct data."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from coordinator.app import Coordinator
 from coordinator.dashboard.charts import MAX_POINTS
 from coordinator.dashboard.sessions import SESSION_TTL_S
 from coordinator.guard import SESSION_COOKIE
+from ktrdr.models import save_model
 from ktrdr.natsd import NatsServer
+from subjects import names
 from subjects.models import OpStatus
 from tests.backtesting import BARS, SYMBOL, TIMEFRAME, backtest_params, backtest_worker, publish_synth
 from tests.conftest import MakeWorker, bounded, coordinator_settings
@@ -301,3 +303,47 @@ async def test_a_sweeps_heatmap_is_drawn_over_the_two_parameters_asked_for_and_o
     backtest_id = ranking[0]["op_id"] or next(r["op_id"] for r in ranking if r["op_id"])
     reply = await api.get(f"/api/v1/operations/{backtest_id}/chart", params={"x": "fast", "y": "slow"})
     assert reply.status_code == 422 and "not a sweep" in reply.json()["error"]
+
+
+async def test_a_trainings_epochs_are_read_from_its_progress_and_a_models_page_from_its_metadata(
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
+    reported = [(1, 0.7), (2, 0.6), (3, 0.5), (2, 0.65)]  # then epoch 2 again: an attempt that started over
+
+    async def training(ctx: Any, params: Any) -> None:
+        for epoch, loss in reported:
+            ctx.progress(percentage=10.0 * epoch, step=f"epoch {epoch}/3", items_done=5, items_total=9,
+                         context={"epoch": epoch, "total_epochs": 3, "running_train_loss": loss + 0.1})
+            await ctx.sleep(0.15)  # reports closer than PROGRESS_INTERVAL_S are coalesced: keep each
+            ctx.progress(percentage=10.0 * epoch, step=f"epoch {epoch}/3",
+                         context={"epoch": epoch, "total_epochs": 3, "train_loss": loss, "val_loss": loss + 0.05,
+                                  "train_accuracy": 1 - loss, "val_accuracy": float("nan")})
+            await ctx.sleep(0.15)
+        raise RuntimeError("stops here")
+
+    await make_worker("w-epochs", capabilities=[names.CAP_TRAINING_CPU], handlers={"training": training})
+    op_id = await submit(api, "training", {"strategy": "neuro_mean_reversion", "epochs": 3})
+    await wait_status(coordinator, op_id, OpStatus.FAILED, timeout=30)
+    body = (await api.get(f"/api/v1/operations/{op_id}/epochs")).json()
+    assert body["total_epochs"] == 3 and body["more"] is False
+    # Within-epoch reports are not epochs; the epochs after one reported again are dropped.
+    assert body["epochs"] == [{"epoch": epoch, "attempt": 1, "train_loss": loss, "val_loss": loss + 0.05,
+                               "train_accuracy": 1 - loss, "val_accuracy": None}
+                              for epoch, loss in ((1, 0.7), (2, 0.65))]
+    # Only what came after an earlier answer, when asked from its last sequence.
+    later = (await api.get(f"/api/v1/operations/{op_id}/epochs", params={"since": body["last_seq"]})).json()
+    assert later["epochs"] == [] and later["last_seq"] == body["last_seq"]
+    assert (await api.get(f"/api/v1/operations/{op_id}/epochs", params={"since": "-1"})).status_code == 422
+    assert (await api.get("/api/v1/operations/training-000000000000/epochs")).status_code == 404
+
+    await save_model(nc.jetstream(), "m", b"bundle", {"op_id": op_id, "symbol": "SYNTH", "nested": {"k": [1, 2]},
+                                                      "timeframes": ["1h", "4h"],
+                                                      "metrics": {"test_accuracy": 0.6}, "feature_names": ["a", "b"]})
+    model = (await api.get("/api/v1/models/m/1")).json()
+    assert model["ref"] == "m@1" and model["op_id"] == op_id and model["metrics"] == {"test_accuracy": 0.6}
+    assert model["feature_names"] == ["a", "b"] and model["features"] == 2
+    assert model["metadata"]["symbol"] == "SYNTH" and model["metadata"]["nested"] == '{"k": [1, 2]}'
+    assert model["metadata"]["timeframes"] == ["1h", "4h"]
+    assert (await api.get("/api/v1/models/m/latest")).json()["ref"] == "m@1"
+    missing = await api.get("/api/v1/models/m/9")
+    assert missing.status_code == 404 and "m@9" in missing.json()["error"]
+    assert (await api.get("/api/v1/models/bad$name/1")).status_code == 422

@@ -177,7 +177,7 @@ async def test_a_model_driven_backtest_on_its_training_range_says_so_in_run_and_
     code, out = await ktrdr(nats_server.url, home, "backtest", "run", str(strategy), "--symbol", planted.SYMBOL,
                             "--follow")
     assert code == 0, out
-    assert ": completed" in out and "model=planted@1" in out and f"warning: {warning}" in out
+    assert ": completed" in out and "; model planted@1" in out and f"warning: {warning}" in out
     code, out = await ktrdr(nats_server.url, home, "backtest", "show", out.split("submitted ")[1].split()[0])
     assert code == 0, out
     assert "model planted@1" in out and f"warning: {warning}" in out
@@ -185,7 +185,7 @@ async def test_a_model_driven_backtest_on_its_training_range_says_so_in_run_and_
     code, out = await ktrdr(nats_server.url, home, "backtest", "run", str(strategy), "--symbol", planted.SYMBOL,
                             "--start", "2020-03-01", "--follow")
     assert code == 0, out
-    assert "model=planted@1" in out and "in-sample" not in out
+    assert "; model planted@1" in out and "in-sample" not in out
     code, out = await ktrdr(nats_server.url, home, "backtest", "show", out.split("submitted ")[1].split()[0])
     assert code == 0, out
     assert "model planted@1" in out and "warning" not in out

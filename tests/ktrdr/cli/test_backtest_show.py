@@ -31,9 +31,10 @@ async def test_a_backtest_left_open_at_the_end_shows_its_trades_by_time_and_the_
     assert done.returncode == 0, done.stderr
     assert "parameters fast=5" in done.stdout and "slow=20, last position left open\n" in done.stdout
     assert "(times UTC)" in done.stdout
-    assert re.search(r"^2020-\d\d-\d\d \d\d:\d\d +2020-\d\d-\d\d \d\d:\d\d +(long|short) +\d+ +[\d.,]+ ",
+    # Times as every command prints them (render.timestamp: YYYY-MM-DD HH:MM:SS, UTC).
+    assert re.search(r"^2020-\d\d-\d\d \d\d:\d\d:\d\d +2020-\d\d-\d\d \d\d:\d\d:\d\d +(long|short) +\d+ +[\d.,]+ ",
                      done.stdout, re.MULTILINE), done.stdout
-    assert re.search(r"^open at the end: long \d+ @ [\d.,]+ since 2020-\d\d-\d\d \d\d:\d\d,",
+    assert re.search(r"^open at the end: long \d+ @ [\d.,]+ since 2020-\d\d-\d\d \d\d:\d\d:\d\d,",
                      done.stdout, re.MULTILINE), done.stdout
     assert "…" not in done.stdout
     assert all(len(line) <= 80 for line in done.stdout.splitlines())

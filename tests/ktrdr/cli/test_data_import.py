@@ -40,3 +40,18 @@ async def test_bad_content_is_one_error_line_naming_the_file_and_line(tmp_path: 
         assert done.returncode == 2
         [line] = error_lines(done)
         assert line.startswith(f"error: {path}: ") and says in line, line
+
+
+async def test_data_synth_replaces_a_dataset_of_other_bars_only_with_force(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    first = await cli(None, "data", "synth", "--symbol", "SYN", "--bars", "200", "--no-publish", KTRDR_HOME=home)
+    assert first.returncode == 0 and "stored SYN 1h: 200 bars" in first.stdout, first.stderr
+    same = await cli(None, "data", "synth", "--symbol", "SYN", "--bars", "200", "--no-publish", KTRDR_HOME=home)
+    assert same.returncode == 0, same.stderr  # the same bars again: nothing to lose
+    other = await cli(None, "data", "synth", "--symbol", "SYN", "--bars", "100", "--no-publish", KTRDR_HOME=home)
+    assert other.returncode == 2
+    [line] = error_lines(other)
+    assert line.startswith("error: SYN 1h is stored already with other bars (200, ") and "--force" in line
+    forced = await cli(None, "data", "synth", "--symbol", "SYN", "--bars", "100", "--force", "--no-publish",
+                       KTRDR_HOME=home)
+    assert forced.returncode == 0 and "stored SYN 1h: 100 bars" in forced.stdout, forced.stderr

@@ -60,3 +60,14 @@ def test_a_request_is_checked_by_its_op_type_and_names_the_field_at_fault(tmp_pa
     with pytest.raises(Invalid, match="sharpe_ratio"):  # the valid names are listed
         prepare("sweep", {**BASE, "grid": {"fast": [5, 10]},
                           "objective": {"metric": "sharpe"}})
+
+
+def test_a_strategy_file_that_does_not_load_is_named_in_the_error_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nrules: {}\n")
+    for given, named in ((str(bad), str(bad)), (bad, str(bad)), (bad.read_text(), "the YAML text")):
+        with pytest.raises(Invalid) as refused:
+            prepare("backtesting", {**BASE, "strategy": given})
+        assert refused.value.field == "strategy"
+        assert refused.value.message.startswith(f"{named}:") and "<inline>" not in refused.value.message
+        assert str(refused.value).count("invalid strategy") == 1

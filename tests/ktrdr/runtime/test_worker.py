@@ -6,8 +6,10 @@ import asyncio
 import signal
 import threading
 import time
+from pathlib import Path
 
 import nats.errors
+import pytest
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
@@ -15,7 +17,7 @@ from coordinator.app import Coordinator
 from ktrdr.natsd import NatsServer
 from ktrdr.runtime.context import JobContext
 from ktrdr.runtime.settings import WorkerSettings
-from ktrdr.runtime.worker import default_worker_id
+from ktrdr.runtime.worker import claim_worker_index, default_worker_id
 from subjects import names, roles
 from subjects.models import CancelReply, OpStatus, SubmitRequest, decode
 from tests.conftest import MakeWorker, SpawnWorker, coordinator_settings
@@ -37,17 +39,21 @@ async def test_sigterm_lets_the_running_op_finish_within_the_grace_period(
     assert "graceful" not in coordinator.registry.workers
 
 
-async def test_sigterm_cancels_the_op_when_the_grace_period_runs_out(
-        coordinator: Coordinator, spawn_worker: SpawnWorker) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_signal_cancels_the_op_when_the_grace_period_runs_out(
+        coordinator: Coordinator, spawn_worker: SpawnWorker, sig: signal.Signals) -> None:
     proc = spawn_worker("impatient", KTRDR_GRACE_S="0.5")
     op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 60, "steps": 60}))
     await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     done = await wait_status(coordinator, op.op_id, OpStatus.CANCELLED, timeout=15)
     assert done.cancel_reason == "worker shutting down"
+    assert done.worker_id == "impatient" and done.attempt == 1  # its own outcome, published before it left
     await assert_eventually(lambda: proc.poll() is not None, timeout=15)
     assert proc.returncode == 0
     await assert_eventually(lambda: "impatient" not in coordinator.registry.workers)
+    # The lease was deleted, not left to expire.
+    assert coordinator.metrics.lease_expiries.labels(type="standin")._value.get() == 0
 
 
 async def test_a_stopping_worker_fetches_nothing_more(coordinator: Coordinator, make_worker: MakeWorker) -> None:
@@ -67,6 +73,26 @@ def test_worker_ids_are_stable_across_restarts() -> None:
     assert default_worker_id(settings, "backtest").endswith("-backtest-2")
     assert default_worker_id(WorkerSettings(worker_id="gpu-box-1"), "gpu") != "gpu-box-1"  # only the default
     assert WorkerSettings(worker_id="gpu-box-1").worker_id == "gpu-box-1"
+
+
+def test_workers_of_one_type_started_without_ids_take_distinct_indexes(tmp_path: Path) -> None:
+    settings = WorkerSettings(home=tmp_path)
+    first, held_first = claim_worker_index(settings, "backtest")
+    second, held_second = claim_worker_index(settings, "backtest")
+    other_type, held_other = claim_worker_index(settings, "training")
+    assert (first, second, other_type) == (0, 1, 0)
+    assert held_first is not None and held_second is not None and held_other is not None
+    held_first.close()  # the process holding index 0 ended: the next worker takes 0 again
+    again, held_again = claim_worker_index(settings, "backtest")
+    assert again == 0 and held_again is not None
+    # An index given is used as given, and held when free so that workers without one pass it by.
+    given, held_given = claim_worker_index(WorkerSettings(home=tmp_path, worker_index=2), "backtest")
+    assert given == 2 and held_given is not None
+    next_free, held_next = claim_worker_index(settings, "backtest")
+    assert next_free == 3 and held_next is not None
+    assert claim_worker_index(WorkerSettings(home=tmp_path, worker_index=2), "backtest") == (2, None)
+    for handle in (held_second, held_other, held_again, held_given, held_next):
+        handle.close()
 
 
 async def test_the_lease_carries_state_and_running_ops(coordinator: Coordinator, make_worker: MakeWorker) -> None:
