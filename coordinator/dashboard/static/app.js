@@ -998,6 +998,7 @@ function opView(opId) {
   let children = null;
   let refetch = null;
   let live = null; // a running training's live chart, kept while the page is drawn again
+  let cancel = null; // kept too: a live update must not close a confirm the user is reading
 
   async function load() {
     let op;
@@ -1010,7 +1011,7 @@ function opView(opId) {
     const head = h("div", { class: "panel", id: "op-head", "data-status": op.status },
       h("h1", {}, h("span", { class: "mono" }, op.op_id), " ", statusBadge(op.status), " ", h("span", { class: "muted type" }, op.type)),
       h("p", {}, progressBar(op)),
-      !TERMINAL.has(op.status) && state.role === "operator" ? cancelControl(op) : null,
+      !TERMINAL.has(op.status) && state.role === "operator" ? (cancel ||= cancelControl(op)) : null,
       op.error ? h("p", { class: "error", id: "op-error" }, op.error) : null,
       op.cancel_reason ? h("p", { class: "muted" }, `cancelled: ${op.cancel_reason}`) : null,
       op.warnings.length ? h("ul", {}, op.warnings.map((w) => h("li", { class: "muted" }, w))) : null);

@@ -126,11 +126,11 @@ async def test_an_op_is_cancelled_from_its_page(
     await browser.until("return document.getElementById('cancel')", what="the cancel button")
     # Cancel asks first: saying no leaves the op running.
     await browser.click("#cancel")
-    assert await browser.script("return !document.getElementById('cancel-confirm').hidden"
-                                " && document.getElementById('cancel').hidden")
+    await browser.until("return !document.getElementById('cancel-confirm').hidden"
+                        " && document.getElementById('cancel').hidden", what="the confirm step")
     await browser.click("#cancel-no")
-    assert await browser.script("return document.getElementById('cancel-confirm').hidden"
-                                " && !document.getElementById('cancel').hidden")
+    await browser.until("return document.getElementById('cancel-confirm').hidden"
+                        " && !document.getElementById('cancel').hidden", what="the question closed")
     await browser.click("#cancel")
     assert "Cancel this operation?" in await browser.text("#cancel-confirm")
     op = coordinator.ops.get(op_id)
