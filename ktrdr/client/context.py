@@ -60,6 +60,15 @@ def read_context(path: Path) -> Context:
         raise ContextError(f"cannot read the context {path}: {exc}") from None
 
 
+def find_context(home: Path, name: str | None) -> tuple[Path, Context] | None:
+    """The context ``name`` (None: the default one, if ``ktrdr up`` wrote it) and its file; None when
+    no name was given and there is no default. A named one that cannot be read is a ContextError."""
+    path = context_path(home, name or DEFAULT_CONTEXT)
+    if name is None and not path.exists():
+        return None
+    return path, read_context(path)
+
+
 def write_context(home: Path, context: Context, *, by: str = "ktrdr up") -> Path:
     path = context_path(home, context.name)
     stamped = Context(**{**context.to_dict(), "written_by": f"{by} (pid {os.getpid()})",

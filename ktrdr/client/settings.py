@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from ktrdr.client.context import DEFAULT_CONTEXT, ContextError, context_path, read_context
+from ktrdr.client.context import ContextError, find_context
 from ktrdr.settings import CommonSettings
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -30,15 +30,15 @@ class ClientSettings(CommonSettings):
         if "nats_url" in from_env and not named:
             self._source = "KTRDR_NATS_URL"
             return self
-        path = context_path(self.home, self.context or DEFAULT_CONTEXT)
-        if not named and not path.exists():
-            return self
         try:
-            ctx = read_context(path)
+            found = find_context(self.home, self.context)
         except ContextError as exc:
             # Raised as a ValueError, pydantic would bury it in a validation report: kept for the CLI to say.
             self._source = f"error: {exc}"
             return self
+        if found is None:
+            return self
+        path, ctx = found
         self._context_file = path
         self._source = f"the context {path}"
         if "nats_url" not in from_env:

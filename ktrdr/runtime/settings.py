@@ -52,17 +52,17 @@ class WorkerSettings(CommonSettings):
         if "nats_url" in given:
             self._source = "KTRDR_NATS_URL"
             return self
-        from ktrdr.client.context import DEFAULT_CONTEXT, ContextError, context_path, read_context
+        from ktrdr.client.context import ContextError, find_context
 
-        path = context_path(self.home, self.context or DEFAULT_CONTEXT)
-        if self.context is None and not path.exists():
-            return self
         try:
-            ctx = read_context(path)
+            found = find_context(self.home, self.context)
         except ContextError as exc:
             # Raised here, pydantic would bury it in a validation report: the entry point says it.
             self._problem = str(exc)
             return self
+        if found is None:
+            return self
+        path, ctx = found
         self.nats_url = ctx.nats_url
         self._source = f"the context {path}"
         if "nats_ca" not in given and ctx.nats_ca and Path(ctx.nats_ca).exists():

@@ -445,6 +445,16 @@ class Worker:
                                       timeout=self.register_timeout_s)
         return decode(RegistrationAck, reply.data)
 
+    async def _try_register(self) -> RegistrationAck | None:
+        """The coordinator's answer, or None (logged) when none came: none runs yet, or the request failed."""
+        try:
+            return await self._register()
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            log.info("no coordinator answered worker.register yet; the lease keeps us visible")
+        except Exception as exc:
+            log.warning("registration failed: %s", exc)
+        return None
+
     def _refusal(self, ack: RegistrationAck) -> str:
         return f"the coordinator refused worker {self.worker_id}: {ack.message}"
 
@@ -452,13 +462,8 @@ class Worker:
         """Register before holding anything; a refusal raises :class:`WorkerRefused`. With no
         coordinator answering (none runs yet), go on: the lease keeps the worker visible, and the
         registration is asked for again in the background (a refusal then stops the worker)."""
-        try:
-            ack = await self._register()
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            log.info("no coordinator answered worker.register yet; the lease keeps us visible")
-            return
-        except Exception as exc:
-            log.warning("registration failed: %s", exc)
+        ack = await self._try_register()
+        if ack is None:
             return
         if not ack.accepted:
             raise WorkerRefused(self._refusal(ack))
@@ -469,13 +474,8 @@ class Worker:
         pauses = REGISTER_RETRY.delays()
         while not self.registered.is_set():
             await asyncio.sleep(next(pauses))
-            try:
-                ack = await self._register()
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                log.info("no coordinator answered worker.register yet; the lease keeps us visible")
-                continue
-            except Exception as exc:
-                log.warning("registration failed: %s", exc)
+            ack = await self._try_register()
+            if ack is None:
                 continue
             if not ack.accepted:
                 self.refused = self._refusal(ack)
