@@ -489,6 +489,13 @@ class Bench:
         blocks = args.sweep_blocks
         body = {"strategy": "sma_crossover", "symbol": "BENCH", "timeframe": "1h", "block_size": 1,
                 "grid": {"fast": [5], "slow": list(range(20, 20 + blocks))}, "full_results": 0}
+        # Admission refuses a sweep on bars that are not stored: a few, published as a client would.
+        from ktrdr.data import DataStore, synth
+        from ktrdr.data.shared import publish_dataset
+
+        store = DataStore(root=Path(tempfile.mkdtemp(prefix="ktrdr-fleet-data-")))
+        store.save("BENCH", "1h", synth("BENCH", "1h", "2020-01-01", 500, seed=1))
+        await publish_dataset(self.js, store, "BENCH", "1h")
         r = await p.api.post("/api/v1/backtests/sweeps", json=body)
         r.raise_for_status()
         sweep_id = r.json()["op_id"]

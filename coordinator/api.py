@@ -93,8 +93,8 @@ class SubmitEndpoint:
     """``POST /api/v1/operations`` answered before Starlette; every other request goes through it.
 
     Starlette's routing, its middleware and its Request object cost the coordinator ~50 µs per
-    submitted op, a sixth of its CPU: with this, HTTP throughput rose by about a tenth (README,
-    Benchmarks). The answers are the routed version's: the same JSON, status codes and metrics.
+    submitted op, a sixth of its CPU: with this, HTTP throughput rose by about a tenth (bench/README.md).
+    The answers are the routed version's: the same JSON, status codes and metrics.
     """
 
     def __init__(self, *, layer: OpsLayer, metrics: Metrics, app: ASGIApp) -> None:

@@ -29,6 +29,7 @@ from coordinator.garbage import StoreSweep
 from coordinator.health import JetStreamProbe
 from coordinator.history import OpsIndex
 from coordinator.layer import OpsLayer
+from coordinator.lookups import PlatformLookups
 from coordinator.metrics import Metrics
 from coordinator.operations import Operations
 from coordinator.parents import ParentRunner
@@ -39,6 +40,7 @@ from coordinator.routes import optype_routes
 from coordinator.service import OpsService
 from coordinator.settings import CoordinatorSettings
 from coordinator.trim import OpsTrim
+from ktrdr.data.catalog import DataCatalog
 from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.retry import transient_js_error
@@ -134,7 +136,8 @@ class Coordinator:
         retention = Retention(ops=self.ops, js=self.js, retention_days=s.retention_days, action=s.retention_action,
                               archive_days=s.archive_days, interval_s=s.prune_interval_s)
         await retention.start()
-        self.layer = OpsLayer(ops=self.ops, dispatcher=self.dispatcher, nc=self.nc, retention=retention)
+        self.layer = OpsLayer(ops=self.ops, dispatcher=self.dispatcher, nc=self.nc, retention=retention,
+                              lookups=PlatformLookups(ops=self.ops, catalog=DataCatalog(js=self.js)))
         service = OpsService(nc=self.nc, layer=self.layer, metrics=self.metrics)
         await service.start()
         # Pages see the same changes the coordinator folds in (coordinator.dashboard.live).

@@ -1,11 +1,13 @@
 """The coordinator's side of ``ops.<id>.cancel``.
 
-Every worker holds a plain subscription (no queue group) on ``ops.*.cancel`` and answers for the
-ops it runs. The coordinator subscribes to it too and answers what no worker can: unknown ids,
-finished ops, and queued ops, which it cancels by taking their claim so no worker ever starts
-them. For a running op it records the request (so a lost worker's op ends cancelled instead of
-being retried) and answers only if the worker has not within ``cancel_fallback_reply_s``: the
-first reply is the one a requester sees.
+Only the coordinator subscribes to ``ops.*.cancel``. It answers unknown ids and finished ops, and
+cancels queued ops by taking their claim so no worker ever starts them. A claimed op's request
+goes on to the one worker that holds the claim, on that worker's own subject
+(``worker.cancel.<host>.<worker>.<op>``) with the requester's reply subject, so the worker answers
+the requester directly; a fleet of N workers costs one delivery per cancel, not N. The request is
+also recorded (so a lost worker's op ends cancelled instead of being retried), and the coordinator
+answers itself only if the worker has not within ``cancel_fallback_reply_s``: the first reply is
+the one a requester sees.
 """
 
 from __future__ import annotations
@@ -112,6 +114,12 @@ class CancelResponder:
                 op_id=op_id, accepted=True, status=done.status if done else OpStatus.CANCELLED,
                 message=f"cancelled; its worker {holder} holds no lease"))
             return
+
+        host = self.registry.host_of(holder) if holder else None
+        if holder and host:
+            # The worker decodes the request again: the request as sent, not as decoded here.
+            await self.nc.publish(names.worker_cancel(host, holder, op_id), msg.data, reply=msg.reply or "")
+            self.metrics.cancels_forwarded.inc()
 
         def record(o: Operation) -> bool | None:
             if o.status.terminal or o.cancel_reason:

@@ -6,7 +6,7 @@ lands here (compressed, with the fields queries filter on), in batches; the file
 ``KV_ops`` stream sequence it has caught up to, so a restart reads only what changed since. Lost or
 from another bucket, it is rebuilt from the stream (and the archive).
 
-Measured before choosing (README, Benchmarks): at a million records a filtered page of 50 is a few
+Measured before choosing (bench/README.md): at a million records a filtered page of 50 is a few
 milliseconds and a get by id well under one, from a file of a few hundred MB, where the in-memory
 mirror it replaces took 5 GB and two minutes to reload.
 """

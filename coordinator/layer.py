@@ -19,6 +19,7 @@ from coordinator.errors import Conflict, Internal, InvalidRequest, NoAnswer, Not
 from coordinator.operations import OperationExists, Operations
 from coordinator.retention import Retention
 from ktrdr.durations import parse_duration
+from ktrdr.optypes.lookups import Lookups
 from subjects import names
 from subjects.models import (
     CancelReply,
@@ -38,11 +39,13 @@ CANCEL_TIMEOUT_S = 5.0
 
 
 class OpsLayer:
-    def __init__(self, *, ops: Operations, dispatcher: Dispatcher, nc: Client, retention: Retention) -> None:
+    def __init__(self, *, ops: Operations, dispatcher: Dispatcher, nc: Client, retention: Retention,
+                 lookups: Lookups | None = None) -> None:
         self.ops = ops
         self.dispatcher = dispatcher
         self.nc = nc
         self.retention = retention
+        self.lookups = lookups  # what admission checks params against (coordinator.lookups)
 
     async def submit(self, request: SubmitRequest) -> Operation:
         """Admit (``coordinator.admission``) and dispatch; the op as recorded.
@@ -52,7 +55,7 @@ class OpsLayer:
         is the answer and nothing is queued twice. The same id with anything else stays a conflict (409).
         """
         try:
-            admitted = await admit(request)
+            admitted = await admit(request, self.lookups)
             if admitted.op_id is not None and (existing := self._same(admitted)) is not None:
                 return existing
             try:

@@ -42,5 +42,7 @@ class Metrics:
                                    registry=r)
         self.swept = Counter("ktrdr_swept_items", "Unreferenced chunks and artifacts deleted from a store",
                              ["store"], registry=r)
+        self.cancels_forwarded = Counter("ktrdr_cancels_forwarded", "Cancel requests forwarded to the worker "
+                                         "holding the op's claim", registry=r)
         self.api_errors = Counter("ktrdr_api_errors", "Status API requests answered with an error (4xx, 5xx)",
                                   ["status"], registry=r)

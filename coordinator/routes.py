@@ -86,7 +86,8 @@ async def compare_backtests(request: Request) -> Response:
 def describe(declared: OpType[Any, Any]) -> dict[str, Any]:
     return {"name": declared.name, "summary": declared.summary,
             "runs": "coordinator" if declared.on_coordinator else list(declared.runs.capabilities),
-            "api": declared.api, "cli": declared.cli, "params": declared.params.model_json_schema()}
+            "api": declared.api, "cli": declared.cli, "view": declared.view is not None,
+            "params": declared.params.model_json_schema()}
 
 
 async def list_types(request: Request) -> JSONResponse:

@@ -2,13 +2,18 @@
 
 ``healthcheck.py http URL``: the URL answers 2xx (the coordinator's /health/ready, nats-server's /healthz).
 ``healthcheck.py nats``: this container holds an established TCP connection to the port of
-``KTRDR_NATS_URL``'s first server (a worker: its NATS client, whose pings find a dead peer).
+``KTRDR_NATS_URL``'s first server.
+``healthcheck.py lease``: a worker's lease is live: the file ``KTRDR_LEASE_FILE`` names, which the
+worker writes after each lease write with the lease's TTL in it, was written within that TTL. A
+worker connected but stuck (its loop blocked, its writes refused) is unhealthy, as the
+coordinator sees it.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 import urllib.request
 from urllib.parse import urlsplit
 
@@ -37,9 +42,22 @@ def nats_connected() -> bool:
     return False
 
 
+def lease_live() -> bool:
+    path = os.environ.get("KTRDR_LEASE_FILE")
+    if not path:
+        return False
+    try:
+        ttl = float(open(path).read().strip() or "5")
+        return time.time() - os.stat(path).st_mtime <= ttl
+    except (OSError, ValueError):
+        return False
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
-    ok = http(args[1]) if args[:1] == ["http"] and len(args) == 2 else nats_connected() if args == ["nats"] else None
+    checks = {"nats": nats_connected, "lease": lease_live}
+    ok = http(args[1]) if args[:1] == ["http"] and len(args) == 2 else (
+        checks[args[0]]() if len(args) == 1 and args[0] in checks else None)
     if ok is None:
-        sys.exit("usage: healthcheck.py http URL | healthcheck.py nats")
+        sys.exit("usage: healthcheck.py http URL | healthcheck.py nats | healthcheck.py lease")
     sys.exit(0 if ok else 1)

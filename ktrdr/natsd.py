@@ -50,7 +50,7 @@ def embedded_gomaxprocs(cpus: int | None = None) -> int:
     The server's CPU on a small host goes mostly to handing goroutines between OS threads (a
     futex wake and a context switch each); on the 2-core machine that was 40 % of it. One Go
     thread per four cores keeps those handoffs on one thread: dispatch throughput rose by about a
-    tenth, latency unchanged (README, Benchmarks). ``GOMAXPROCS`` in the environment wins.
+    tenth, latency unchanged (bench/README.md). ``GOMAXPROCS`` in the environment wins.
     """
     return max(1, (cpus or os.cpu_count() or 1) // 4)
 

@@ -62,6 +62,10 @@ OPS_STREAM: Final = "OPS"  # progress and lifecycle events; never ops.*.cancel
 OPS_PROGRESS_ALL: Final = "ops.*.progress.*"
 OPS_EVENTS_ALL: Final = "ops.*.events.*"
 OPS_CANCEL_ALL: Final = "ops.*.cancel"
+# A cancel the coordinator forwards to the one worker that holds the op's claim (coordinator.cancel):
+# ``worker.cancel.<host>.<worker id>.<op id>``. Only the coordinator subscribes to ``ops.*.cancel``,
+# so a cancel costs one delivery however large the fleet, not one per worker.
+WORKER_CANCEL: Final = "worker.cancel"
 # Op records past the retention period (coordinator.retention), one subject per op id; the
 # coordinator alone reads and writes it, and serves it through its API and service.
 OPS_ARCHIVE_STREAM: Final = "OPS_ARCHIVE"
@@ -316,6 +320,26 @@ def ops_archive(op_id: str) -> str:
 
 def ops_cancel(op_id: str) -> str:
     return f"ops.{validate_token(op_id, what='operation id')}.cancel"
+
+
+def worker_cancel(host: str, worker_id: str, op_id: str) -> str:
+    """Where the coordinator forwards a cancel of ``op_id`` to its worker (``"*"``: every op of it)."""
+    op = op_id if op_id == "*" else validate_token(op_id, what="operation id")
+    return (f"{WORKER_CANCEL}.{validate_token(host, what='host name')}."
+            f"{validate_token(worker_id, what='worker id')}.{op}")
+
+
+def worker_cancels_of(host: str) -> str:
+    """Every forwarded cancel for ``host``'s workers: what its key may subscribe to."""
+    return f"{WORKER_CANCEL}.{validate_token(host, what='host name')}.>"
+
+
+def op_id_from_worker_cancel(subject: str) -> str:
+    """The operation id that ends ``worker.cancel.<host>.<worker>.<op>``; InvalidToken for anything else."""
+    parts = subject.split(".")
+    if len(parts) != 5 or f"{parts[0]}.{parts[1]}" != WORKER_CANCEL:
+        raise InvalidToken(f"not a forwarded cancel: {subject!r}")
+    return validate_token(parts[4], what="operation id")
 
 
 def op_id_from_subject(subject: str) -> str:

@@ -119,9 +119,19 @@ def _worker_common(host: str) -> tuple[str, ...]:
     )
 
 
-WORKER_CAPABILITIES: Final = (names.CAP_BACKTEST_CPU, names.CAP_TRAINING_CPU, names.CAP_TRAINING_GPU,
-                              names.CAP_DUMMY_ANY)
-IB_CAPABILITIES: Final = (names.CAP_DATA_IB, names.CAP_DUMMY_ANY)
+# Which jobs a role pulls follows from where each capability says it runs, the tail of its name
+# ("<kind>.<where>", subjects.names): a worker's CPUs or GPUs, the IB host, or either. A new
+# capability is its line in subjects.names, and no line here.
+_WHERE: Final = {WORKER: ("cpu", "gpu", "any"), IB: ("ib", "any")}
+
+
+def capabilities_of(role: str) -> tuple[str, ...]:
+    """The capabilities whose jobs ``role`` may pull (none for a role that runs no jobs)."""
+    return tuple(c for c in names.CAPABILITIES if c.rsplit(".", 1)[-1] in _WHERE.get(role, ()))
+
+
+WORKER_CAPABILITIES: Final = capabilities_of(WORKER)
+IB_CAPABILITIES: Final = capabilities_of(IB)
 
 # Reading the platform's state, as the CLI, the API's users and dashboards do.
 _READ: Final = (
@@ -150,15 +160,18 @@ def permissions(role: str, public_key: str, *, gpu: bool = True, host: str | Non
     if role == WORKER:
         return Permissions(
             publish=(*_worker_common(host or LOCAL_HOST), *_pull(tuple(c for c in WORKER_CAPABILITIES
-                                                   if gpu or c != names.CAP_TRAINING_GPU)),
+                                                   if gpu or not c.endswith(".gpu"))),
                      *_obj_write(names.MODELS_OBJECTS)),
-            subscribe=(*inbox, names.OPS_CANCEL_ALL), allow_responses=True)
+            # Cancels come forwarded by the coordinator, and only for this host's workers: a stolen
+            # key hears neither other hosts' cancels nor anyone's cancel requests.
+            subscribe=(*inbox, names.worker_cancels_of(host or LOCAL_HOST)), allow_responses=True)
     if role == IB:
         return Permissions(
             publish=(*_worker_common(host or LOCAL_IB_HOST), *_pull(IB_CAPABILITIES), *_obj_write(names.DATA_OBJECTS),
                      *_kv_read(names.IB_ACTIVE_BUCKET), *_kv_write(names.IB_ACTIVE_BUCKET)),
             # Its micro service: the endpoints and the $SRV discovery subjects.
-            subscribe=(*inbox, names.OPS_CANCEL_ALL, f"{names.IB_SERVICE_GROUP}.>", "$SRV.>"),
+            subscribe=(*inbox, names.worker_cancels_of(host or LOCAL_IB_HOST), f"{names.IB_SERVICE_GROUP}.>",
+                       "$SRV.>"),
             allow_responses=True)
     if role == CLIENT:
         return Permissions(

@@ -19,10 +19,11 @@ SYMBOL, TIMEFRAME = "SYNTH", "1h"
 BARS = 2000
 
 
-async def publish_synth(nc: Client, root: Path, *, symbol: str = SYMBOL, bars: int = BARS, seed: int = 7) -> DataStore:
+async def publish_synth(nc: Client, root: Path, *, symbol: str = SYMBOL, bars: int = BARS, seed: int = 7,
+                        start: str = "2020-01-01") -> DataStore:
     """Store synthetic bars in a publisher's own store and publish them to the ``data`` bucket."""
     store = DataStore(root=root)
-    store.save(symbol, TIMEFRAME, synth(symbol, TIMEFRAME, "2020-01-01", bars, seed))
+    store.save(symbol, TIMEFRAME, synth(symbol, TIMEFRAME, start, bars, seed))
     await publish_dataset(nc.jetstream(), store, symbol, TIMEFRAME)
     return store
 

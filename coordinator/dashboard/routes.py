@@ -13,6 +13,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -23,11 +24,14 @@ from starlette.types import Receive, Scope, Send
 from coordinator.api import read_json
 from coordinator.dashboard import catalog, charts
 from coordinator.dashboard.live import LiveFeed, Subscriber
-from coordinator.errors import InvalidRequest, NotFound, OpError, Unavailable
+from coordinator.errors import Conflict, InvalidRequest, NotFound, OpError, Unavailable
 from coordinator.guard import ROLE_KEY, SESSION_COOKIE, TLS_KEY, VIEWER
 from coordinator.routes import stored_result
 from ktrdr.data.store import validate_symbol
 from ktrdr.data.timeframes import validate_timeframe
+from ktrdr.optypes import UnknownOpType, op_type
+from ktrdr.results import get_result
+from subjects.models import OpStatus
 
 log = logging.getLogger(__name__)
 
@@ -147,17 +151,42 @@ async def op_events(request: Request) -> JSONResponse:
 
 
 async def op_chart(request: Request) -> JSONResponse:
-    """What the op's page draws from its stored result (``coordinator.dashboard.charts``). For a
+    """What the op's page draws from its stored result (``coordinator.dashboard.charts``), or, for a
+    type whose declaration gives a view (``OpType.view``), that view (``{"kind": "view", ...}``). For a
     sweep, ``?x=fast&y=slow`` chooses the heatmap's two parameters (422 naming the valid ones for
     any other name or the same one twice; each cell is the best value over the grid's other parameters)."""
     query = request.query_params
     x, y = query.get("x"), query.get("y")
-    data = await stored_result(request.app.state, request.path_params["op_id"])
+    state, op_id = request.app.state, request.path_params["op_id"]
+    declared = await _declared_view(state, op_id, axes=x is not None or y is not None)
+    if declared is not None:
+        return JSONResponse(declared)
+    data = await stored_result(state, op_id)
     try:
         view = await asyncio.to_thread(charts.chart, data, x=x, y=y)
     except charts.BadAxes as exc:
         raise InvalidRequest(str(exc), field=exc.field) from None
     return JSONResponse(view)
+
+
+async def _declared_view(state: Any, op_id: str, *, axes: bool) -> dict[str, Any] | None:
+    """The view the op's type declares, of its record's result and its stored document; None when
+    the type declares none (the page's own charts apply)."""
+    op = state.layer.get(op_id)
+    try:
+        declared = op_type(op.type)
+    except UnknownOpType:
+        return None
+    if declared.view is None:
+        return None
+    if axes:
+        raise InvalidRequest("x and y choose a sweep's heatmap axes: this op's result is not a sweep's", field="x")
+    if op.status is not OpStatus.COMPLETED:
+        raise Conflict(f"operation {op_id} is {op.status.value}: results exist once it completes")
+    document = await get_result(state.js, op)
+    view = await asyncio.to_thread(declared.view_of, op.result, document)
+    assert view is not None
+    return {"kind": "view", **view.model_dump(mode="json")}
 
 
 async def op_epochs(request: Request) -> JSONResponse:

@@ -99,8 +99,14 @@ def up(
     context: Annotated[str, typer.Option("--context", metavar="NAME", help="The CLI context to write (KTRDR_HOME/"
                                          "contexts/NAME.json): how every other command finds this platform.")
                        ] = DEFAULT_CONTEXT,
+    ready_timeout: Annotated[float, typer.Option(
+        min=1, metavar="SECONDS", help="How long to wait for the coordinator to answer on its status API before "
+                                       "giving up (exit 3, naming its log).")] = 120.0,
 ) -> None:
     """Start everything: embedded nats-server (unless KTRDR_NATS_URL is set), coordinator and workers.
+
+    It says it is up (and writes the context) once the coordinator answers GET /health. Each component's
+    output is also kept in KTRDR_HOME/logs/.
 
     Example: ktrdr up --nats-port 4223 --api-port 8001 --backtest-workers 2"""
     from ktrdr.cli.up import Listen, run_up
@@ -114,7 +120,7 @@ def up(
     code = run_up(settings=ClientSettings(context=None), context=context,
                   explicit_nats="KTRDR_NATS_URL" in os.environ, nats_port=nats_port,
                   monitor_port=monitor_port, api_port=api_port, backtest_workers=backtest_workers,
-                  training_workers=training_workers, gpu=gpu,
+                  training_workers=training_workers, gpu=gpu, ready_timeout_s=ready_timeout,
                   listen=Listen(host=listen, tls=True if all(own) else tls, names=tuple(name or ()),
                                 own_tls=TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key) if all(own) else None))
     raise typer.Exit(code)

@@ -158,6 +158,11 @@ def provision(
         "--role-dir", metavar="ROLE=DIR",
         help="Copy that role's credential (DIR/ROLE.nk) and the CA (DIR/ca.pem) there, and nothing else "
              "(repeatable).")] = None,
+    host_pool: Annotated[list[str] | None, typer.Option(
+        "--host-pool", metavar="ROLE=COUNT@DIR",
+        help="COUNT host keys of ROLE (worker or ib) in DIR, and the CA beside them: a worker started with "
+             "KTRDR_NATS_CREDS_POOL=DIR holds one no other process holds, so each scaled container is a host "
+             "of its own (repeatable).")] = None,
     nats_url: Annotated[str | None, typer.Option(
         metavar="URL",
         help="The URL clients reach NATS by (for --context, --bundle and what `ktrdr fleet invite` hands "
@@ -180,6 +185,7 @@ def provision(
     Example: ktrdr provision --home /srv/ktrdr --tls-name nats --server-dir /srv/nats --role-dir worker=/srv/w"""
     from ktrdr.security.api_token import load_or_create_token
     from ktrdr.security.credentials import write_private
+    from ktrdr.security.fleet import host_pool as make_pool
     from ktrdr.security.fleet import provision as make_fleet
     from ktrdr.security.fleet import write_fleet_file
     from ktrdr.security.hosts import load_hosts
@@ -195,10 +201,25 @@ def provision(
         if not sep or not folder or role not in roles.ROLES:
             fail(f"--role-dir {spec!r}: ROLE=DIR with ROLE one of {', '.join(roles.ROLES)}")
         copies.append((role, Path(folder)))
+    pools: list[tuple[str, Path, int]] = []
+    for spec in host_pool or []:
+        role, sep, rest = spec.partition("=")
+        count, at, folder = rest.partition("@")
+        if not sep or not at or not folder or role not in (roles.WORKER, roles.IB) or not count.isdigit():
+            fail(f"--host-pool {spec!r}: ROLE=COUNT@DIR with ROLE worker or ib, e.g. worker=32@/etc/ktrdr/worker")
+        pools.append((role, Path(folder), int(count)))
     # With --bundle, stdout is the bundle: what is said goes to stderr.
     out = Console(stderr=True) if bundle else console
     try:
+        for role, folder, count in pools:
+            # Before the server's config is written: it lists the pool's hosts.
+            made = make_pool(home, role=role, folder=folder, count=count)
+            out.print(f"{role} host pool {folder}: {len(made)} key(s)"
+                      + (f", {made[0]} to {made[-1]}" if made else ""), soft_wrap=True)
         fleet = make_fleet(home, tls=tls, tls_names=list(tls_name or []), monitor=monitor)
+        if fleet.tls is not None:
+            for _, folder, _ in pools:
+                _copy_private(fleet.tls.ca, folder / "ca.pem")
         token_file = fleet.auth_dir / "api.token"
         token = load_or_create_token(token_file)
         load_or_create_token(fleet.auth_dir / "api-viewer.token")

@@ -51,7 +51,7 @@ console = CliConsole(emoji=False)  # `:b:` in a range or an id is text, not an e
 # Errors go to stderr, never wrapped: one line that a script can grep and a user can read whole.
 errors = Console(stderr=True, soft_wrap=True, emoji=False)
 
-# Exit codes every command shares (README, *CLI*).
+# Exit codes every command shares (docs/reference/cli.md).
 EXIT_BAD_INPUT = 2  # a bad request, an unknown id, a refused role
 EXIT_UNREACHABLE = 3  # the platform (or the part a command needs) is not reachable
 

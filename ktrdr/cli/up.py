@@ -4,7 +4,8 @@ Secure by default with nothing to set up: the embedded nats-server runs the conf
 :func:`ktrdr.security.fleet.provision` writes (a credential per role, the server enforcing each
 role's permissions) and listens on loopback; each child gets its role's credential. Listening
 beyond loopback (``--listen``) requires TLS, with certificates from the fleet's own CA or the
-user's.
+user's. It says it is up, and writes the CLI's context, only once the coordinator answers on its
+status API (``ktrdr.cli.up_ready``); each component's output is kept in ``$KTRDR_HOME/logs``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.table import Table
 
 from ktrdr.cli.render import EXIT_BAD_INPUT, EXIT_UNREACHABLE, console, print_error
+from ktrdr.cli.up_children import Child, log_name
+from ktrdr.cli.up_ready import wait_until_ready
 from ktrdr.client.context import DEFAULT_CONTEXT, Context, write_context
 from ktrdr.client.settings import ClientSettings
 from ktrdr.natsd import NatsServer, port_open
@@ -35,20 +37,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WILDCARD = ("0.0.0.0", "::")
 # A crashed component is restarted after 1, 2, 4 ... up to 30 s: a crash loop must not spin.
 RESTART_RETRY = RetryPolicy(first_s=1.0, max_s=30.0)
-
-
-@dataclass
-class Child:
-    name: str
-    module: str
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    started: float = field(default=0.0)
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env)
-        self.started = time.monotonic()
+# How long `ktrdr up` waits for its coordinator to answer before it gives up: its start took ~18 s on
+# a loaded 2-core machine (issue 24), so a minute or two is not a sign of trouble.
+READY_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,10 +75,14 @@ class Listen:
 
 def run_up(*, settings: ClientSettings, explicit_nats: bool, nats_port: int, monitor_port: int | None, api_port: int,
            backtest_workers: int, training_workers: int, gpu: bool | None, listen: Listen | None = None,
-           context: str = DEFAULT_CONTEXT) -> int:
+           context: str = DEFAULT_CONTEXT, ready_timeout_s: float = READY_TIMEOUT_S) -> int:
     """``monitor_port``: serve nats-server's monitoring endpoint there, or not at all (None). It is off
     unless asked for: it has no auth, and nats-server answers it with ``Access-Control-Allow-Origin: *``
-    (no option turns that off), so any web page the user opens could read op ids and consumer names."""
+    (no option turns that off), so any web page the user opens could read op ids and consumer names.
+
+    It says it is up, and writes the context, only once the coordinator answers ``GET /health``; if it
+    does not within ``ready_timeout_s``, it says so naming the coordinator's log, stops everything and
+    returns 3."""
     home = settings.home
     listen = listen or Listen()
     server: NatsServer | None = None
@@ -153,19 +148,26 @@ def run_up(*, settings: ClientSettings, explicit_nats: bool, nats_port: int, mon
             server.stop()
         return EXIT_UNREACHABLE
 
-    children = [Child("coordinator", "coordinator", env(roles.COORDINATOR, KTRDR_API_PORT=str(api_port)))]
+    logs = home / "logs"
+
+    def component(name: str, module: str, child_env: dict[str, str]) -> Child:
+        return Child(name, module, child_env, log_file=logs / log_name(name))
+
+    children = [component("coordinator", "coordinator", env(roles.COORDINATOR, KTRDR_API_PORT=str(api_port)))]
+    coordinator = children[0]
     for i in range(backtest_workers):
-        children.append(Child(f"backtest worker {i}", "worker_backtest", env(roles.WORKER, KTRDR_WORKER_INDEX=str(i))))
+        children.append(component(f"backtest worker {i}", "worker_backtest",
+                                  env(roles.WORKER, KTRDR_WORKER_INDEX=str(i))))
     for i in range(training_workers):
-        children.append(Child(f"training worker {i}", "worker_training",
-                              env(roles.WORKER, KTRDR_WORKER_INDEX=str(i))))
+        children.append(component(f"training worker {i}", "worker_training",
+                                  env(roles.WORKER, KTRDR_WORKER_INDEX=str(i))))
     gpu_note = "no CUDA or MPS device found"
     if gpu is not False:
         from host_gpu.device import detect_gpu
 
         device = detect_gpu()
         if device is not None:
-            children.append(Child("gpu host", "host_gpu", env(roles.WORKER)))
+            children.append(component("gpu host", "host_gpu", env(roles.WORKER)))
             gpu_note = f"{device.kind}: {device.name}"
         elif gpu:
             console.print("[red]--gpu asked for a GPU host but no CUDA or MPS device is present[/]")
@@ -177,11 +179,8 @@ def run_up(*, settings: ClientSettings, explicit_nats: bool, nats_port: int, mon
         nonlocal stopping
         stopping = True
 
-    old_int = signal.signal(signal.SIGINT, on_signal)
-    old_term = signal.signal(signal.SIGTERM, on_signal)
-    try:
-        for child in children:
-            child.start()
+    def announce() -> None:
+        """The table and the dashboard's link: printed once the coordinator answers."""
         table = Table(title="ktrdr is up — Ctrl-C stops everything", show_header=False)
         table.add_column(style="bold")
         table.add_column()
@@ -197,6 +196,7 @@ def run_up(*, settings: ClientSettings, explicit_nats: bool, nats_port: int, mon
                               + "  (`ktrdr fleet invite worker` prints what they need)")
         table.add_row("status API", f"{api_url}  (/health, /api/v1/..., /metrics; "
                       f"bearer token in {api_token_file})")
+        # Written now, not before: whoever waits for the context finds a platform that answers.
         context_file = write_context(home, Context(
             name=context, nats_url=nats_url, api_url=api_url,
             nats_creds=str(fleet.credential_file(roles.CLIENT)) if fleet else None,
@@ -204,23 +204,48 @@ def run_up(*, settings: ClientSettings, explicit_nats: bool, nats_port: int, mon
         table.add_row("CLI context", f"{context_file}  (every ktrdr command here uses it: `ktrdr context`)")
         table.add_row("workers", ", ".join(c.name for c in children[1:]))
         table.add_row("GPU", gpu_note)
+        table.add_row("logs", f"{logs}  (each component's output, as shown here)")
         table.add_row("try", "ktrdr dummy --duration 5 --follow    ktrdr workers    ktrdr ops list")
         console.print(table)
         # Outside the table, whole on one line to click or paste. The token rides in the fragment,
         # which the browser never sends anywhere: the page signs in with it once, into a cookie.
         print(f"dashboard: {api_url}/#token={api_token}", flush=True)
+
+    def supervise() -> None:
+        """Keep the platform up: restart a crashed component, slower each time."""
+        for c in children:
+            assert c.proc is not None
+            exited = c.proc.poll()
+            if exited is not None and not stopping:
+                c.output_done()
+                c.restarts += 1
+                delay = RESTART_RETRY.delay(c.restarts - 1)
+                console.print(f"[red]{c.name} exited with {exited}; restarting in {delay:g} s[/] (log: {c.log_file})")
+                time.sleep(delay)
+                c.start()
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    try:
+        for c in children:
+            c.start()
+        if api_enabled():
+            console.print(f"starting: waiting up to {ready_timeout_s:g} s for the coordinator to answer at "
+                          f"{api_url}/health", soft_wrap=True)
+            problem = wait_until_ready(api_url, timeout_s=ready_timeout_s, between=supervise,
+                                       interrupted=lambda: stopping)
+            if problem is not None and not stopping:
+                crashes = f"; it exited {coordinator.restarts} time(s)" if coordinator.restarts else ""
+                print_error(f"the coordinator did not answer at {api_url}/health within {ready_timeout_s:g} s "
+                            f"({problem}{crashes}): see its log, {coordinator.log_file}. Stopping everything.")
+                code = EXIT_UNREACHABLE
+                stopping = True
+        if not stopping:
+            announce()
         while not stopping:
             time.sleep(0.2)
-            for child in children:
-                assert child.proc is not None
-                code = child.proc.poll()
-                if code is not None and not stopping:
-                    # Keep the platform up: restart a crashed component, slower each time.
-                    child.restarts += 1
-                    delay = RESTART_RETRY.delay(child.restarts - 1)
-                    console.print(f"[red]{child.name} exited with {code}; restarting in {delay:g} s[/]")
-                    time.sleep(delay)
-                    child.start()
+            supervise()
         console.print("[yellow]stopping...[/]")
         for child in reversed(children):
             if child.proc is not None and child.proc.poll() is None:
@@ -234,7 +259,9 @@ def run_up(*, settings: ClientSettings, explicit_nats: bool, nats_port: int, mon
             except subprocess.TimeoutExpired:
                 child.proc.kill()
                 child.proc.wait()
-        return 0
+        for child in children:
+            child.output_done()
+        return code
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
@@ -271,3 +298,8 @@ def cannot_reach(url: str, env: dict[str, str], home: Path) -> str | None:
 
 def settings_api_host() -> str:
     return os.environ.get("KTRDR_API_HOST", "127.0.0.1")
+
+
+def api_enabled() -> bool:
+    """KTRDR_API_ENABLED as the coordinator's settings read it: without its API there is nothing to wait for."""
+    return os.environ.get("KTRDR_API_ENABLED", "true").strip().lower() not in ("0", "false", "f", "no", "n", "off")

@@ -212,7 +212,7 @@ class AsyncClient:
         try:
             reply = await retry.run(once, retry_on=again)
         except KtrdrError as exc:
-            # A 503 is an answer: refused, and any record of it withdrawn (README, What holds 11).
+            # A 503 is an answer: refused, and any record of it withdrawn (docs/architecture.md, What holds 11).
             if isinstance(exc, Unanswered) or (sent and exc.code >= 500 and not isinstance(exc, JetStreamUnavailable)):
                 # A try went out and its fate is unknown: the user is told how to find out.
                 raise KtrdrError(f"{exc}; {request.op_id} may or may not have been submitted: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from nats.aio.msg import Msg
@@ -16,15 +17,38 @@ class KtrdrError(RuntimeError):
         self.code = code
 
 
+class Invalid(KtrdrError):
+    """A request refused, before it was sent (``ktrdr.client.requests``) or by the coordinator's
+    admission (its 422); ``field`` names the part at fault (``strategy``, ``objective.metric``...)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"invalid {field}: {message}", 422)
+        self.field, self.message = field, message
+
+
 def service_error(msg: Msg) -> KtrdrError | None:
     """The error a NATS micro service answered with (``Nats-Service-Error`` and ``-Code``), else None.
 
     Both of ktrdr's services always send a code; an error without a usable one counts as the service's own (500).
+    A 422 whose body names the field at fault (the coordinator's admission refusing a request) is :class:`Invalid`.
     """
     if not msg.headers or ERROR_HEADER not in msg.headers:
         return None
     code = msg.headers.get(ERROR_CODE_HEADER, "")
+    if code == "422":
+        detail = _first_detail(msg.data)
+        if detail is not None:
+            return Invalid(*detail)
     return KtrdrError(msg.headers[ERROR_HEADER], int(code) if code.isdigit() else 500)
+
+
+def _first_detail(body: bytes | None) -> tuple[str, str] | None:
+    try:
+        first = json.loads(body or b"")["detail"][0]
+        field, message = first["field"], first["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return (field, message) if isinstance(field, str) and isinstance(message, str) else None
 
 
 DENIED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)

@@ -7,23 +7,20 @@ the call (a notebook cell, a CLI exit 2) instead of a failed op.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from ktrdr.client.errors import KtrdrError
+from ktrdr.client.errors import Invalid
 
+if TYPE_CHECKING:
+    from ktrdr.optypes.lookups import Lookups
 
-class Invalid(KtrdrError):
-    """A request refused before it was sent; ``field`` names the part at fault (``strategy``,
-    ``objective.metric``...), as the API's 422 does."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"invalid {field}: {message}", 422)
-        self.field, self.message = field, message
+__all__ = ["Invalid", "prepare", "strategy_text"]
 
 
 def strategy_text(strategy: str | os.PathLike[str]) -> str:
@@ -54,10 +51,15 @@ def _read(path: Path) -> str:
         raise Invalid("strategy", f"cannot read {path}: {exc}") from None
 
 
-def prepare(op_type: str, fields: Mapping[str, Any] | BaseModel) -> BaseModel:
+def prepare(op_type: str, fields: Mapping[str, Any] | BaseModel, *, lookups: Lookups | None = None) -> BaseModel:
     """``fields`` as ``op_type``'s params, checked as the coordinator's admission checks them (the
     strategy loads with every override, the objective names a metric...). ``None`` values are left
-    out (the model's default applies); a strategy given as a file is read. Raises :class:`Invalid`."""
+    out (the model's default applies); a strategy given as a file is read. Raises :class:`Invalid`.
+
+    What the params name on the platform (a source op, stored bars) is the coordinator's to check,
+    with its lookups (its refusal is an :class:`Invalid` too); given ``lookups`` (the handler
+    harness's, for instance), the type's ``verify`` runs here as well. It is awaited on a loop of its
+    own: call ``prepare`` in a thread from async code (``asyncio.to_thread``)."""
     # Domain imports are deferred: a client that only lists ops starts without pandas.
     from ktrdr.optypes import Rejected
     from ktrdr.optypes import op_type as declared
@@ -76,7 +78,8 @@ def prepare(op_type: str, fields: Mapping[str, Any] | BaseModel) -> BaseModel:
             where = str(given["strategy"])  # a file, read here: its errors name it, not "<inline>"
         given["strategy"] = text
     try:
-        return _checked(declaration, given)
+        params = _checked(declaration, given)
+        return params if lookups is None else _verified(declaration, params, lookups)
     except Invalid as exc:
         if exc.field == "strategy" or exc.message.startswith("invalid strategy"):
             raise Invalid(exc.field, _named(exc.message, where)) from None
@@ -115,6 +118,25 @@ def _checked(declaration: Any, given: dict[str, Any]) -> BaseModel:
     except ValueError as exc:
         raise Invalid("request", str(exc)) from None
     return params  # type: ignore[no-any-return]
+
+
+def _verified(declaration: Any, params: BaseModel, lookups: Lookups) -> BaseModel:
+    from ktrdr.optypes import Rejected
+
+    if declaration.verify is None:
+        return params
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop in this thread: the lookups are awaited on one of their own
+    else:
+        raise RuntimeError("prepare(..., lookups=...) awaits the lookups on a loop of its own: from async code, "
+                           "call it in a thread (asyncio.to_thread)")
+    try:
+        verified = asyncio.run(declaration.verify(params, lookups))
+    except Rejected as exc:
+        raise Invalid(exc.field, exc.message) from None
+    return params if verified is None else verified  # type: ignore[no-any-return]
 
 
 def _is_coroutine(fn: Any) -> bool:

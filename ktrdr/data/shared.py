@@ -21,6 +21,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+from ktrdr.data.catalog import span_headers
 from ktrdr.data.store import DataStore, bars_from_bytes, validate_symbol
 from ktrdr.data.timeframes import validate_timeframe
 from ktrdr.runtime.objects import ObjectBucket
@@ -77,9 +78,11 @@ async def publish_dataset(js: JetStreamContext, store: DataStore, symbol: str, t
     if not path.is_file():
         raise FileNotFoundError(f"no data for {symbol} {timeframe} in {store.root}")
     data = path.read_bytes()
-    bars_from_bytes(data, source=str(path))
+    bars = bars_from_bytes(data, source=str(path))
     name = object_name(symbol, timeframe)
-    info = await data_objects(js).put(name, data, description=f"{symbol} {timeframe} OHLCV npz")
+    # The span in the info: admission checks a request's range against it without reading the bars.
+    info = await data_objects(js).put(name, data, description=f"{symbol} {timeframe} OHLCV npz",
+                                      headers=span_headers(bars))
     _write_marker(store, symbol, timeframe, str(info.digest))
     return PublishResult(name=name, digest=str(info.digest), size=int(info.size or len(data)))
 

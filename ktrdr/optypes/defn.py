@@ -1,10 +1,12 @@
 """What an operation type is: one declaration, read by every part of the platform.
 
 A declaration names the type, its parameter and result models, where it runs (a capability route, in
-order of preference, or the coordinator itself for a parent operation made of children), the check a
-submission passes before anything is queued, and how the API and CLI expose it. The coordinator's
-admission, dispatch and API, the worker runtime's handler registration and the CLI's ``ops types`` all
-read it, so the type's name is spelled once, here.
+order of preference, or the coordinator itself for a parent operation made of children), the checks a
+submission passes before anything is queued (``admit``: the params alone; ``verify``: against the
+platform, with read-only lookups), how the API and CLI expose it and how its result is shown
+(``headline``, ``view``). The coordinator's admission, dispatch, API and dashboard, the worker
+runtime's handler registration and the CLI's ``ops types`` all read it, so the type's name is
+spelled once, here.
 
 Declarations live in the modules of this package, one per type, and are found by importing them all
 (:func:`op_types`): adding a type adds a module, it edits no table.
@@ -26,7 +28,9 @@ from pydantic import BaseModel
 from subjects import names
 
 if TYPE_CHECKING:
+    from ktrdr.optypes.lookups import Lookups
     from ktrdr.optypes.parent import ParentPlan
+    from ktrdr.optypes.views import View
 
 P = TypeVar("P", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
@@ -81,13 +85,20 @@ def on(*capabilities: str) -> Route:
 ON_COORDINATOR = Route(())
 
 Admit = Callable[[P], "P | Awaitable[P]"]  # a coroutine function, or a plain one run in a thread
+# A coroutine function: the params (as ``admit`` left them) checked against the platform; may
+# return them completed (None: unchanged).
+Verify = Callable[[P, "Lookups"], Awaitable["P | None"]]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)  # one object per type: compared and hashed by identity
 class OpType(Generic[P, R]):
     """One operation type. ``admit`` may complete the params (training writes the symbol its
     strategy implies) or raise :class:`Rejected`; a plain function runs in a thread (loading a
-    strategy is CPU work). ``parent`` is the plan of a coordinator-run type (``ktrdr.optypes.parent``)."""
+    strategy is CPU work). It reads nothing but the params, so the client runs it too, before
+    anything connects. ``verify`` then checks them against the platform through read-only
+    :class:`~ktrdr.optypes.lookups.Lookups` (the op a param names exists and completed, the bars it
+    needs are stored), in the coordinator, before anything is queued. ``parent`` is the plan of a
+    coordinator-run type (``ktrdr.optypes.parent``)."""
 
     name: str
     params: type[P]
@@ -95,16 +106,22 @@ class OpType(Generic[P, R]):
     runs: Route
     summary: str
     admit: Admit[P] | None = None
+    verify: Verify[P] | None = None
     parent: ParentPlan[P] | None = None
     api: str | None = None  # POST path of the API route that takes the bare params
     cli: str | None = None  # the CLI command that submits it (shown by `ktrdr ops types`)
     # The outcome's key figures in one line (`--follow`'s summary), from the record's result.
     headline: Callable[[dict[str, Any]], str] | None = None
+    # Its result page (dashboard) and, without a headline, its summary line: ``view(result, document)``
+    # from the result (as ``result``'s model) and the document it stored (None: none, or not read).
+    view: Callable[[Any, bytes | None], View] | None = None
 
     def __post_init__(self) -> None:
         names.validate_token(self.name, what="operation type")
         if self.runs.on_coordinator != (self.parent is not None):
             raise ValueError(f"{self.name}: a coordinator-run type needs a parent plan, and only it has one")
+        if self.verify is not None and not inspect.iscoroutinefunction(self.verify):
+            raise ValueError(f"{self.name}: verify is a coroutine function (its lookups are awaited)")
 
     @property
     def on_coordinator(self) -> bool:
@@ -121,12 +138,17 @@ class OpType(Generic[P, R]):
     def dump(self, params: P) -> dict[str, Any]:
         return params.model_dump(mode="json")
 
-    async def admitted(self, params: P) -> P:
-        if self.admit is None:
-            return params
-        if inspect.iscoroutinefunction(self.admit):
-            return await self.admit(params)  # type: ignore[no-any-return]
-        return await asyncio.to_thread(self.admit, params)  # type: ignore[return-value]
+    async def admitted(self, params: P, lookups: Lookups | None = None) -> P:
+        """``admit``, then ``verify`` against ``lookups`` (skipped without: the client's offline check)."""
+        if self.admit is not None:
+            if inspect.iscoroutinefunction(self.admit):
+                params = await self.admit(params)
+            else:
+                params = await asyncio.to_thread(self.admit, params)  # type: ignore[arg-type]
+        if self.verify is not None and lookups is not None:
+            verified = await self.verify(params, lookups)
+            params = params if verified is None else verified
+        return params
 
     def result_dict(self, result: Any) -> dict[str, Any] | None:
         """A handler's return value as the JSON the op record keeps: its result model dumped, or a
@@ -140,13 +162,22 @@ class OpType(Generic[P, R]):
         raise TypeError(f"{self.name}: a handler returns its result model or a dict, not {type(result).__name__}")
 
     def describe_result(self, result: dict[str, Any]) -> str | None:
-        """``headline``'s line, or None when the type has none or its result lacks what it reads."""
-        if self.headline is None:
-            return None
+        """``headline``'s line (else the figures of ``view`` without a document), or None when the
+        type has neither or its result lacks what they read."""
         try:
-            return self.headline(result)
-        except (KeyError, TypeError, ValueError, AttributeError):
+            if self.headline is not None:
+                return self.headline(result)
+            if self.view is not None:
+                return self.view(self.parse_result(result) or result, None).line() or None
+        except (KeyError, TypeError, ValueError, AttributeError, LookupError):
             return None  # a result from an older or newer worker: the caller falls back to its fields
+        return None
+
+    def view_of(self, result: dict[str, Any] | None, document: bytes | None) -> View | None:
+        """The declared view of a completed op's result, cut to a page's size; None without one."""
+        if self.view is None:
+            return None
+        return self.view(self.parse_result(result) or result, document).bounded()
 
     def parse_result(self, result: dict[str, Any] | None) -> R | None:
         if result is None or self.result is None:
@@ -158,7 +189,7 @@ _TYPES: dict[str, OpType[Any, Any]] = {}
 _lock = threading.Lock()
 _discovered = False
 # Modules of this package that hold no declaration.
-_NOT_DECLARATIONS = frozenset({"defn", "parent"})
+_NOT_DECLARATIONS = frozenset({"defn", "parent", "lookups", "views", "headlines"})
 
 
 def declare(op_type: OpType[P, R]) -> OpType[P, R]:

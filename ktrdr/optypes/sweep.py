@@ -22,7 +22,7 @@ from ktrdr.backtest.block import BlockResult
 from ktrdr.backtest.checks import RequestProblem, check_strategy
 from ktrdr.backtest.sweep import neighbourhood, rank
 from ktrdr.optypes.backtest_block import BACKTEST_BLOCK, BacktestBlockParams
-from ktrdr.optypes.backtesting import BACKTEST
+from ktrdr.optypes.backtesting import BACKTEST, verify_bars
 from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
 from ktrdr.optypes.headlines import number, parameters
 from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
@@ -222,4 +222,5 @@ def headline(result: dict[str, Any]) -> str:
 SWEEP = declare(OpType(
     name="sweep", params=SweepParams, result=SweepResult, runs=ON_COORDINATOR, parent=SweepPlan(),
     summary="a backtest per combination of a parameter grid, ranked by a metric",
-    admit=admit_sweep, api="/api/v1/backtests/sweeps", cli="ktrdr backtest sweep", headline=headline))
+    admit=admit_sweep, verify=verify_bars, api="/api/v1/backtests/sweeps", cli="ktrdr backtest sweep",
+    headline=headline))

@@ -55,7 +55,7 @@ from ktrdr.backtest.walkforward import (
     walk_forward_efficiency,
 )
 from ktrdr.durations import parse_duration
-from ktrdr.optypes.backtesting import BACKTEST
+from ktrdr.optypes.backtesting import BACKTEST, verify_bars
 from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
 from ktrdr.optypes.headlines import number, performance
 from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
@@ -450,6 +450,6 @@ def headline(result: dict[str, Any]) -> str:
 
 WALKFORWARD = declare(OpType(
     name="walkforward", params=WalkForwardParams, result=WalkForwardResult, runs=ON_COORDINATOR,
-    parent=WalkForwardPlan(), admit=admit_walkforward, api="/api/v1/backtests/walkforward",
+    parent=WalkForwardPlan(), admit=admit_walkforward, verify=verify_bars, api="/api/v1/backtests/walkforward",
     summary="walk-forward analysis: choose on each in-sample fold (a sweep or a training), test out of sample",
     cli="ktrdr backtest walkforward", headline=headline))

@@ -21,7 +21,8 @@ from pydantic import BaseModel
 
 from ktrdr.cancel import CancelToken
 from ktrdr.runtime.publish import AckedPublisher
-from ktrdr.runtime.services import Datasets, Models, OpBlobs, Services
+from ktrdr.runtime.services import Datasets, Models, OpBlobs, ResultBlobs, Services
+from ktrdr.runtime.stalls import StallWatch, handler_name
 from subjects import names
 from subjects.models import JobMessage, OpEvent, OpEventKind, ProgressUpdate
 
@@ -87,7 +88,8 @@ class JobContext:
             logging.getLogger("ktrdr.op"), {"op_id": job.op_id, "attempt": job.attempt})
         self.datasets: Datasets = services.datasets
         self.models: Models = services.models
-        self.results = OpBlobs(services.results, job.op_id, job.attempt)
+        # Its own results (put, get), and another op's: ``await ctx.results.of(op_id)``.
+        self.results = ResultBlobs(services.results, services.records, job.op_id, job.attempt)
         # Each checkpoint is reported as it is written, so a retry elsewhere resumes from it.
         self.checkpoints = OpBlobs(services.checkpoints, job.op_id, job.attempt, latest=job.checkpoint,
                                    on_change=self._checkpointed)
@@ -205,9 +207,15 @@ Handler = Callable[[JobContext, Any], "BaseModel | dict[str, Any] | None | Await
 (a dict is validated into it). A coroutine function runs on the event loop; any other in a thread."""
 
 
-async def call_handler(handler: Handler, ctx: JobContext, params: Any) -> Any:
-    """Run ``handler``: a coroutine function on the event loop, any other in a thread."""
+# The process's watch on coroutine handlers (``ktrdr.runtime.stalls``): a worker may pass its own.
+STALLS = StallWatch()
+
+
+async def call_handler(handler: Handler, ctx: JobContext, params: Any, *, stalls: StallWatch | None = None) -> Any:
+    """Run ``handler``: a coroutine function on the event loop, each of its steps timed (``stalls``,
+    else :data:`STALLS`: a step that holds the loop is warned about), any other in a thread."""
     # A handler object (BacktestHandler) is async when its __call__ is.
     if inspect.iscoroutinefunction(handler if inspect.isroutine(handler) else type(handler).__call__):
-        return await handler(ctx, params)  # type: ignore[misc]
+        watch = stalls if stalls is not None else STALLS
+        return await watch.run(handler(ctx, params), name=handler_name(handler))  # type: ignore[arg-type]
     return await asyncio.to_thread(handler, ctx, params)

@@ -3,7 +3,7 @@
 torch and numpy's BLAS start one thread per core they see, whatever share of the machine the
 process has: in a container limited to 2 CPUs on a 64-core host, or as one of several workers on
 a small one, they run many more threads than there are CPUs and spend the time switching between
-them (the README's training took 63.7 s on a busy 2-core machine and 4.2 s on a quiet one, with
+them (the documented training took 63.7 s on a busy 2-core machine and 4.2 s on a quiet one, with
 torch's threads never set). A worker therefore sizes them once, before numpy or torch is loaded:
 the CPUs it may use are its cgroup's CPU quota in a container (``cpu.max``, or cgroup v1's
 ``cpu.cfs_quota_us``), else the CPUs it may run on (``os.sched_getaffinity``); each of its slots

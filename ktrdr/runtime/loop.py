@@ -21,7 +21,7 @@ def tune_gc() -> None:
     process, yet every full collection walked it again: 45-60 ms each, and with young collections
     every 700 allocations the coordinator spent ~60 µs of CPU per operation in the collector.
     Freezing the start-up heap and collecting the young generation less often cut that tenfold
-    (README, Benchmarks). Garbage without cycles is still freed at once by reference counting.
+    (bench/README.md). Garbage without cycles is still freed at once by reference counting.
     """
     gc.freeze()
     gen0, gen1, gen2 = gc.get_threshold()

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # How long past its lifetime a request still counts, waiting for its 408.
 EXPIRY_GRACE_S = 1.0
 MAX_BACKOFF_S = 5.0
+DRAIN_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -73,11 +74,27 @@ class JobPuller:
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
 
     async def stop(self) -> None:
+        """Stop asking, and end the inbox without stranding a job.
+
+        Requests still open on the server would deliver into a closed inbox, and a job delivered
+        there waits out its AckWait (30 s) before anyone else gets it. A drain unsubscribes, then
+        makes a round trip: what the server sent before it took the unsubscribe arrives first and
+        goes to ``on_job`` (whose owner, stopping, hands it back at once); nothing comes after, and
+        the server drops requests whose inbox has no interest. So a stop does not wait out the
+        requests' lifetime, which can be long (fewer renewals for an idle fleet). In a cluster a
+        delivery already on its way between two servers when the interest goes can still be
+        dropped there: that job is delayed by its AckWait, never lost.
+        """
         self._wanted = 0
         sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
+        if sub is None:
+            return
+        with contextlib.suppress(Exception):
+            if self.nc.is_connected:
+                await asyncio.wait_for(sub.drain(), DRAIN_TIMEOUT_S)
+            else:
                 await sub.unsubscribe()
+        self._requests.clear()
 
     @property
     def outstanding(self) -> int:

@@ -11,9 +11,10 @@ Every method is a coroutine: an async handler awaits it, a blocking one (run in 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
@@ -24,6 +25,13 @@ from ktrdr.models.registry import ModelVersion, load_model, save_model, show_mod
 from ktrdr.results import put_result, results_store
 from ktrdr.runtime.artifacts import ArtifactMissing
 from ktrdr.runtime.checkpoints import load_checkpoint, save_checkpoint
+from subjects import names
+from subjects.models import Operation, OpStatus
+
+if TYPE_CHECKING:
+    from ktrdr.client.results import OpResults
+
+T = TypeVar("T", bound="OpResults")
 
 
 class DatasetMissing(LookupError):
@@ -65,12 +73,19 @@ class Models(Protocol):
     async def load(self, name: str, version: int | None = None) -> bytes: ...
 
 
+class Records(Protocol):
+    """The ``ops`` bucket, read-only: another op's record (what its result names)."""
+
+    async def get(self, op_id: str) -> Operation | None: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class Services:
     datasets: Datasets
     results: Blobs
     checkpoints: Blobs
     models: Models
+    records: Records
 
 
 class OpBlobs:
@@ -105,6 +120,36 @@ class OpBlobs:
         self.latest = None
         if self._on_change is not None:
             self._on_change(None)
+
+
+class ResultBlobs(OpBlobs):
+    """``ctx.results``: this attempt's results, and :meth:`of` another op's."""
+
+    def __init__(self, blobs: Blobs, records: Records, op_id: str, attempt: int) -> None:
+        super().__init__(blobs, op_id, attempt)
+        self.records = records
+
+    async def of(self, op_id: str, kind: type[T] | None = None) -> T:
+        """The results of the completed op ``op_id``, as its type's class (``BacktestResults`` for a
+        backtest: ``summary``, ``metrics``, ``trades``, ``equity``...; ``ktrdr.client.results``):
+        its record's result and the document it stored. ``kind``: the class expected (TypeError for
+        an op of another type). LookupError for an op that does not exist or has not completed (the
+        type's ``verify`` refuses such params at submission, with lookups of its own)."""
+        from ktrdr.client.results import OpResults, results_of
+
+        op = await self.records.get(op_id)
+        if op is None:
+            raise LookupError(f"no operation {op_id}")
+        if op.status is not OpStatus.COMPLETED:
+            raise LookupError(f"operation {op_id} is {op.status.value}: its results exist once it completes")
+        document = await self.blobs.get(op.result_object) if op.result_object else None
+        # A backtest's document holds every bar's equity: parsed off the event loop.
+        found = await asyncio.to_thread(results_of, op, document)
+        wanted = kind or OpResults
+        if not isinstance(found, wanted):
+            raise TypeError(f"operation {op_id} is a {op.type}: its results are a {type(found).__name__}, "
+                            f"not a {wanted.__name__}")
+        return found  # type: ignore[return-value]
 
 
 # --- JetStream ----------------------------------------------------------------------------------
@@ -172,7 +217,25 @@ class JetStreamModels:
         return await load_model(self.js, name, version)
 
 
+class JetStreamRecords:
+    """Op records by direct get of the ``ops`` bucket's stream (a worker may read it, not watch it)."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def get(self, op_id: str) -> Operation | None:
+        try:
+            stored = await self.js.get_last_msg(names.kv_stream(names.OPS_BUCKET),
+                                                names.kv_key_subject(names.OPS_BUCKET, op_id), direct=True)
+        except NotFoundError:
+            return None
+        if not stored.data or (stored.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            return None
+        return Operation.model_validate_json(stored.data)
+
+
 def jetstream_services(js: JetStreamContext, *, host: str) -> Services:
     """The stores as a worker of ``host`` uses them (it writes results and checkpoints under that name)."""
     return Services(datasets=JetStreamDatasets(js), results=JetStreamResults(js, host),
-                    checkpoints=JetStreamCheckpoints(js, host), models=JetStreamModels(js))
+                    checkpoints=JetStreamCheckpoints(js, host), models=JetStreamModels(js),
+                    records=JetStreamRecords(js))

@@ -3,7 +3,8 @@
 A worker registers, keeps its lease alive in the ``workers`` bucket, fetches jobs from one
 durable pull consumer per capability only while it has a free slot, claims each operation
 atomically (``kv.create`` on ``claims/<op>_<attempt>``), runs the handler (blocking handlers in a
-thread), publishes progress and the outcome, and answers ``ops.<id>.cancel`` while it runs.
+thread), publishes progress and the outcome, and answers the cancels of its ops that the coordinator
+forwards from ``ops.<id>.cancel``.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ from ktrdr.cancel import OperationCancelled
 from ktrdr.optypes import OpType, types_on
 from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.context import Handler, JobContext, NatsReporter, call_handler
+from ktrdr.runtime.hostpool import claim_credential
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.pull import JobPuller
 from ktrdr.runtime.retry import RetryPolicy, transient_js_error
 from ktrdr.runtime.services import Services, jetstream_services
 from ktrdr.runtime.settings import WorkerSettings
+from ktrdr.runtime.stalls import StallWatch
 from ktrdr.runtime.tasks import cancel_and_wait
 from ktrdr.runtime.topology import Buckets, TopologyMissing, bind_topology
 from subjects import limits, names, roles
@@ -184,6 +187,8 @@ class Worker:
         self._active = active
         self.started_at = datetime.now(UTC)
         self.rejected: Counter[str] = Counter()
+        # Coroutine handlers that held the loop past a quarter heartbeat: counted, and shown in the lease.
+        self.stalls = StallWatch(threshold_s=self.settings.heartbeat_s / 4)
         self.registered = asyncio.Event()
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
@@ -205,6 +210,8 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._lease_change: asyncio.TimerHandle | None = None
         self._lease_writes: set[asyncio.Task[None]] = set()
+        self._pool_hold: IO[bytes] | None = None  # the host credential taken from a pool, held while running
+        self._lease_written: WorkerLease | None = None  # the last lease written, but its time
         self._holding = False  # a lease written, pull requests out: a start past this point is seen through
         self._duplicate = False  # refused at registration once serving: another live process has this id
 
@@ -226,6 +233,10 @@ class Worker:
         stop asked for meanwhile (:meth:`run`) ends the start at once.
         """
         role = roles.IB if self.worker_type == "ib" else roles.WORKER
+        if self.settings.nats_creds is None and self.settings.nats_creds_pool is not None:
+            key, self._pool_hold = claim_credential(self.settings.nats_creds_pool)
+            self.settings = self.settings.model_copy(update={"nats_creds": key})
+            log.info("holding the host credential %s of the pool %s", key.name, self.settings.nats_creds_pool)
         auth = NatsAuth.resolve(self.settings, role=role)
         # The fleet host whose key this is: its registration, lease and reports go under that name,
         # the only one the key may publish under.
@@ -239,19 +250,23 @@ class Worker:
             self.buckets = await bind_topology(self.js)
             self.publisher = AckedPublisher(nc=self.nc)
             await self.publisher.start()
+            seen = (await self._held_lease())[0]
             await self._register_first()
+            await self._take_lease(seen)
         except BaseException:
             await self._abandon_start()
             raise
         self._holding = True
         self._reporter = NatsReporter(self.publisher, host=self.host)
         self._services = jetstream_services(self.js, host=self.host)
-        # One plain subscription (no queue group) for every op this worker will run, held from
-        # before the first claim: whoever owns a claim is reachable. A subscription per op cost a
-        # SUB and an UNSUB each, and each of those resets the server's per-connection routing
-        # caches: about a tenth of the platform's CPU per zero-duration op (README, Benchmarks).
-        self._cancel_sub = await self.nc.subscribe(names.OPS_CANCEL_ALL, cb=self._on_cancel)
-        await self._put_lease()
+        # One subscription for every op this worker will run, held from before the first claim, on
+        # the subject the coordinator forwards this worker's cancels to: whoever owns a claim is
+        # reachable, and a cancel reaches only its worker (``ops.*.cancel`` on every worker made
+        # each cancel a delivery per worker of the fleet). A subscription per op cost a SUB and an
+        # UNSUB each, and each of those resets the server's per-connection routing caches: about a
+        # tenth of the platform's CPU per zero-duration op (bench/README.md).
+        self._cancel_sub = await self.nc.subscribe(names.worker_cancel(self.host, self.worker_id, "*"),
+                                                   cb=self._on_cancel)
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
         if not self.registered.is_set():
             self._tasks.append(asyncio.create_task(self._register_loop(), name="register"))
@@ -308,6 +323,9 @@ class Worker:
         if self._index_lock is not None:
             self._index_lock.close()
             self._index_lock = None
+        if self._pool_hold is not None:
+            self._pool_hold.close()
+            self._pool_hold = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -344,13 +362,7 @@ class Worker:
                 for r in list(self._running.values()):
                     r.ctx.token.cancel("worker shutting down")
                 await asyncio.wait(pending, timeout=self.settings.cancel_wait_s)
-        # Pull requests still open on the server would deliver into a closed inbox, stranding a
-        # job until its AckWait runs out: let them run out first (what arrives meanwhile is
-        # handed back at once).
-        deadline = asyncio.get_running_loop().time() + self.settings.fetch_timeout_s + 2.0
-        while (any(p.outstanding for p in self._pullers) and self.nc is not None and self.nc.is_connected
-               and asyncio.get_running_loop().time() < deadline):
-            await asyncio.sleep(0.05)
+        # Drained, not waited out: what the open pull requests deliver meanwhile is handed back.
         for puller in self._pullers:
             await puller.stop()
         await cancel_and_wait(self._tasks, what=f"worker {self.worker_id} task")
@@ -399,12 +411,76 @@ class Worker:
         status = dict(self._status()) if self._status else {}
         if self.rejected:
             status["rejected_messages"] = sum(self.rejected.values())
+        if self.stalls.total:
+            status["loop_stalls"] = self.stalls.total
         return WorkerLease(**self.info.model_dump(), state=state, running=running,
                            lease_ttl_s=self.settings.lease_ttl_s, status=status)
 
-    async def _put_lease(self) -> None:
+    async def _put_lease(self, *, unless_unchanged: bool = False) -> None:
+        """Write the lease; with ``unless_unchanged``, only if it differs from the last one written.
+
+        A change (an op started or ended) is written after LEASE_CHANGE_DELAY_S, and an op that
+        starts and ends within it leaves the lease as it was: that write would be one more record
+        and one more watch delivery to the coordinator and every dashboard per short op, for nothing.
+        The heartbeat writes whatever it holds: the write is what keeps the lease alive.
+        """
         assert self.buckets is not None
-        await self.buckets.workers.put(names.lease_key(self.host, self.worker_id), self.lease().encode())
+        lease = self.lease()
+        # What a lease says, but when it was written.
+        said = lease.model_copy(update={"heartbeat_at": self.started_at})
+        if unless_unchanged and said == self._lease_written:
+            return
+        await self.buckets.workers.put(names.lease_key(self.host, self.worker_id), lease.encode())
+        self._lease_written = said
+        self._lease_stored()
+
+    def _lease_stored(self) -> None:
+        if self.settings.lease_file is not None:
+            try:
+                self.settings.lease_file.write_text(f"{self.settings.lease_ttl_s}\n")
+            except OSError as exc:
+                log.warning("cannot write the lease file %s: %s", self.settings.lease_file, exc)
+
+    async def _held_lease(self) -> tuple[int, WorkerLease | None]:
+        """The revision this worker's lease key is at (0: none) and the lease it holds, None where
+        it holds none (never written, deleted, or an expiry marker)."""
+        assert self.buckets is not None
+        try:
+            entry = await self.buckets.workers.get(names.lease_key(self.host, self.worker_id))
+        except KeyNotFoundError as gone:
+            return (gone.entry.revision or 0) if gone.entry else 0, None
+        try:
+            return entry.revision or 0, WorkerLease.model_validate_json(entry.value or b"")
+        except ValueError:
+            return entry.revision or 0, None
+
+    async def _take_lease(self, seen: int) -> None:
+        """Write the first lease over the revision seen before registering, and only over it.
+
+        The coordinator refuses an id whose lease another live process writes, but two processes
+        started with one id in the same instant are both welcome: neither has written a lease yet.
+        Of their two first writes only one finds the key where it was; the other is refused here,
+        before it holds anything. A lease that merely expired meanwhile (its marker) is no rival.
+        """
+        assert self.buckets is not None
+        key = names.lease_key(self.host, self.worker_id)
+        for _ in range(3):
+            lease = self.lease()
+            try:
+                await self.buckets.workers.update(key, lease.encode(), last=seen)
+            except KeyWrongLastSequenceError:
+                seen, rival = await self._held_lease()
+                if rival is not None and (rival.pid, rival.host, rival.started_at) != (
+                        os.getpid(), self.settings.hostname, self.started_at):
+                    raise WorkerRefused(
+                        f"worker id {self.worker_id} was taken by another process (pid {rival.pid} on "
+                        f"{rival.host}) as this one started: give each worker its own KTRDR_WORKER_ID or "
+                        "KTRDR_WORKER_INDEX, or set neither") from None
+                continue
+            self._lease_written = lease.model_copy(update={"heartbeat_at": self.started_at})
+            self._lease_stored()
+            return
+        raise WorkerRefused(f"the lease of worker id {self.worker_id} kept changing as this one started")
 
     def _lease_changed(self) -> None:
         if self._lease_change is None and not self._stopped.is_set():
@@ -418,12 +494,14 @@ class Worker:
 
     async def _put_lease_logged(self) -> None:
         try:
-            await self._put_lease()
+            await self._put_lease(unless_unchanged=True)
         except Exception as exc:
             log.warning("lease write failed (the heartbeat writes it again): %s", exc)
 
     async def _heartbeat_loop(self) -> None:
+        # The start wrote the lease and asked for jobs: the first beat is one period later.
         while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
             try:
                 await self._put_lease()
                 await self._check_ownership()
@@ -431,7 +509,6 @@ class Worker:
                 await self.request_jobs()
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(self.settings.heartbeat_s)
 
     @property
     def register_timeout_s(self) -> float:
@@ -673,7 +750,8 @@ class Worker:
         outcome, result, error = OpEventKind.COMPLETED, None, None
         try:
             ctx.raise_if_cancelled()
-            result = declared.result_dict(await call_handler(handler, ctx, declared.parse(ctx.job.params)))
+            result = declared.result_dict(await call_handler(handler, ctx, declared.parse(ctx.job.params),
+                                                             stalls=self.stalls))
             if ctx.token.cancelled and r.fenced:
                 raise OperationCancelled(ctx.token.reason or "cancelled")
         except OperationCancelled as exc:
@@ -749,9 +827,10 @@ class Worker:
                 await asyncio.sleep(next(pauses))
 
     async def _on_cancel(self, msg: Msg) -> None:
-        """``ops.*.cancel``: answered for the ops this worker runs; the rest are the coordinator's."""
+        """A cancel the coordinator forwarded from ``ops.<id>.cancel``, with the requester's reply
+        subject: answered here for an op this worker runs; for any other, the coordinator answers."""
         try:
-            op_id = names.op_id_from_subject(msg.subject)
+            op_id = names.op_id_from_worker_cancel(msg.subject)
         except names.InvalidToken:
             return
         r = self._running.get(op_id)

@@ -9,7 +9,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ktrdr.security.credentials import HOST_LINE, NatsCredential, credential_path, ensure_credentials, write_private
+from ktrdr.security.credentials import (
+    HOST_LINE,
+    CredentialError,
+    NatsCredential,
+    credential_path,
+    ensure_credentials,
+    write_private,
+)
 from ktrdr.security.hosts import HOST_ROLES, Host, add_host, load_hosts, reload_server, remove_host
 from ktrdr.security.serverconf import render, rewrite_authorization
 from ktrdr.security.tls import TlsFiles, ensure_server_cert, server_names
@@ -118,6 +125,42 @@ def invite(*, home: Path, role: str, url: str, ca: Path | None, host: str | None
     else:
         lines += [f'echo "  export {env}"', 'echo "  ktrdr workers; ktrdr ops list"']
     return "\n".join(lines) + "\n"
+
+
+def host_pool(home: Path, *, role: str, folder: Path, count: int) -> list[str]:
+    """``count`` hosts of ``role``, ``<role>-pool-01`` on, each with a key of its own in
+    ``folder/<name>.nk`` (``ktrdr.runtime.hostpool``: one per running worker, for scaled containers).
+
+    Kept where the file still holds the key the fleet knows for that host; minted anew otherwise.
+    Keys of a larger pool before are taken out of the fleet. The server's config is written by
+    the caller afterwards (:func:`provision` reads the hosts when it writes it).
+    """
+    if role not in HOST_ROLES:
+        raise ValueError(f"a host pool is of worker or ib hosts, not {role!r}")
+    if not 0 <= count <= 999:
+        raise ValueError(f"a host pool of {count} keys: 0 to 999")
+    auth_dir = home / "auth"
+    folder.mkdir(parents=True, exist_ok=True)
+    hosts = load_hosts(auth_dir)
+    wanted = [f"{role}-pool-{i:02d}" for i in range(1, count + 1)]
+    for name in wanted:
+        path = folder / f"{name}.nk"
+        known = hosts.get(name)
+        try:
+            held = NatsCredential.load(path) if path.exists() else None
+        except CredentialError:
+            held = None
+        if known is None or known.role != role or held is None or held.public_key != known.public_key:
+            _, credential = add_host(auth_dir, name=name, role=role, gpu=False)
+            write_private(path, f"{HOST_LINE} {name}\n{credential.seed}\n")
+    # The role's shared key (what --role-dir puts there) must not be taken as one of the pool's.
+    (folder / f"{role}.nk").unlink(missing_ok=True)
+    for stale in sorted(folder.glob(f"{role}-pool-*.nk")):
+        if stale.stem not in wanted:
+            stale.unlink()
+            if stale.stem in load_hosts(auth_dir):
+                remove_host(auth_dir, stale.stem)
+    return wanted
 
 
 def apply_hosts(home: Path) -> int | None:

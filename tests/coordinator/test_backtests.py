@@ -4,6 +4,7 @@ from the ``results`` bucket once an op has completed."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from nats.aio.client import Client
 from coordinator.app import Coordinator
 from subjects import names
 from subjects.models import OpStatus, SubmitRequest
-from tests.backtesting import backtest_params
+from tests.backtesting import backtest_params, publish_synth
 from tests.conftest import MakeWorker
 from tests.support import wait_status
 
@@ -63,7 +64,9 @@ async def test_an_invalid_sweep_is_a_422_naming_the_field(
     assert list(coordinator.ops.all()) == []
 
 
-async def test_a_valid_backtest_is_queued_for_backtest_workers(api: httpx.AsyncClient) -> None:
+async def test_a_valid_backtest_is_queued_for_backtest_workers(api: httpx.AsyncClient, nc: Client,
+                                                               tmp_path: Path) -> None:
+    await publish_synth(nc, tmp_path / "publisher")  # admission finds its bars stored
     response = await api.post("/api/v1/backtests", json=backtest_params(start="2020-01-01", end="2020-02-01"))
     assert response.status_code == 201, response.text
     op = response.json()
@@ -72,8 +75,10 @@ async def test_a_valid_backtest_is_queued_for_backtest_workers(api: httpx.AsyncC
 
 
 async def test_results_are_404_for_unknown_ops_409_until_completed_and_404_when_none_were_stored(
-        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker) -> None:
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker, nc: Client,
+        tmp_path: Path) -> None:
     assert (await api.get("/api/v1/operations/nope/results")).status_code == 404
+    await publish_synth(nc, tmp_path / "publisher")
     queued = await api.post("/api/v1/backtests", json=backtest_params())
     pending = await api.get(f"/api/v1/operations/{queued.json()['op_id']}/results")
     assert pending.status_code == 409 and "pending" in pending.json()["error"]

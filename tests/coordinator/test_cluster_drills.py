@@ -7,7 +7,7 @@ submissions (every one a 201); losing the quorum turns them, once the write budg
 503s with Retry-After while readiness says 503, and all is well again once the nodes are back. The
 node lost in each single-node drill also leads what every submission writes (the `ops` bucket and
 `JOBS`), and in the quorum drill the node kept does: the longest stall each kind of loss can cause.
-Each drill prints how long submissions stalled (`pytest -s`), the figures the README reports.
+Each drill prints how long submissions stalled (`pytest -s`), the figures bench/README.md reports.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class Load:
         return [a for a in self.answers if a.status != 201]
 
     def report(self, drill: str) -> str:
-        """How long submissions stalled once the fault began: the figures the README reports."""
+        """How long submissions stalled once the fault began: the figures bench/README.md reports."""
         assert self.fault_at is not None
         # Those in flight when it began count: a write under way to the lost node is the slowest.
         during = [a for a in self.answers if a.sent_at + a.latency_s >= self.fault_at]
@@ -315,7 +315,7 @@ def log_summary(records: list[logging.LogRecord]) -> str:
 def warnings_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     # And how refused submissions settled (Operations.withdraw).
-    caplog.set_level(logging.INFO, logger="coordinator.operations")
+    caplog.set_level(logging.INFO, logger="coordinator.store")
 
 
 # --- the drills -----------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ async def test_a_submission_while_nats_server_is_briefly_down_is_answered_once_i
         nats_server: NatsServer, coordinator: Coordinator, make_worker: MakeWorker,
         caplog: pytest.LogCaptureFixture) -> None:
     await make_worker("w1")
-    caplog.set_level(logging.WARNING, logger="coordinator.operations")
+    caplog.set_level(logging.WARNING, logger="coordinator.store")
     async with api(coordinator) as http:
         nats_server.stop()
         await assert_eventually(lambda: not coordinator.nc.is_connected, timeout=5)
@@ -130,7 +130,7 @@ async def test_a_submission_while_nats_server_is_briefly_down_is_answered_once_i
 async def test_a_submission_while_the_ops_stream_has_no_leader_is_answered_once_it_has_one(
         nats_server: NatsServer, nc: Client, make_worker: MakeWorker, caplog: pytest.LogCaptureFixture) -> None:
     await make_worker("w1")
-    caplog.set_level(logging.WARNING, logger="coordinator.operations")
+    caplog.set_level(logging.WARNING, logger="coordinator.store")
     async with running(nats_server, topology_check_s=60.0) as c, api(c) as http:
         await lose_the_ops_stream(nc)
         submitting = asyncio.create_task(http.post("/api/v1/operations", json=SUBMIT))

@@ -51,7 +51,8 @@ async def test_an_unknown_metric_is_a_422_listing_the_valid_ones_and_queues_noth
     assert coordinator.ops.list(ListRequest())[0] == 0
 
 
-async def test_an_unknown_metric_or_relation_is_refused_over_nats_too(coordinator: Coordinator, nc: Client) -> None:
+async def test_an_unknown_metric_or_relation_is_refused_over_nats_too(coordinator: Coordinator, nc: Client,
+                                                                      tmp_path: Path) -> None:
     for objective, field, says in (({"metric": "sharpe"}, "objective.metric", "unknown metric 'sharpe'"),
                                    ({"require": ["fast < medium"]}, "objective.require", "medium")):
         request = SubmitRequest(type="sweep", params=backtest_params(grid=GRID, objective=objective))
@@ -59,6 +60,7 @@ async def test_an_unknown_metric_or_relation_is_refused_over_nats_too(coordinato
         assert reply.headers and reply.headers["Nats-Service-Error-Code"] == "422"
         assert field in reply.headers["Nats-Service-Error"] and says in reply.headers["Nats-Service-Error"]
     assert coordinator.ops.list(ListRequest())[0] == 0
+    await publish_synth(nc, tmp_path / "publisher")  # a valid sweep's bars are stored
     valid = SubmitRequest(type="sweep", params=backtest_params(
         grid=GRID, objective={"metric": "total_return_pct", "min_trades": 2, "require": ["fast < slow"]}))
     reply = await nc.request(f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}", valid.encode(), timeout=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -186,6 +187,20 @@ async def test_a_worker_id_in_use_by_a_live_process_is_refused_at_registration(
     lease = coordinator.registry.workers["twin"]
     assert lease.started_at == first.started_at
     assert coordinator.metrics.lease_expiries.labels(type="test")._value.get() == 0
+
+
+async def test_of_twins_started_in_the_same_instant_one_serves_and_the_other_is_refused(
+        coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    # Both are welcomed (neither has written a lease yet); only one first lease write finds the key empty.
+    started = await asyncio.gather(make_worker("twin"), make_worker("twin"), return_exceptions=True)
+    refused = [r for r in started if isinstance(r, BaseException)]
+    serving = [r for r in started if not isinstance(r, BaseException)]
+    assert len(serving) == 1 and len(refused) == 1, started
+    assert isinstance(refused[0], WorkerRefused) and "worker id twin" in str(refused[0])
+    await assert_eventually(lambda: "twin" in coordinator.registry.workers)
+    assert coordinator.registry.workers["twin"].started_at == serving[0].started_at
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    assert (await wait_status(coordinator, op.op_id, OpStatus.COMPLETED)).worker_id == "twin"
 
 
 async def test_twins_started_before_the_coordinator_are_reported_and_the_older_one_stops(

@@ -14,7 +14,7 @@ from coordinator.app import Coordinator
 from ktrdr.strategy import packaged_strategies, strategies_dir
 from subjects import names
 from subjects.models import OpEvent, OpEventKind, OpStatus, SubmitRequest, decode
-from tests.backtesting import backtest_params, backtest_worker
+from tests.backtesting import backtest_params, backtest_worker, publish_synth
 from tests.conftest import MakeWorker
 from tests.support import wait_status
 
@@ -54,7 +54,9 @@ async def test_a_backtest_naming_a_path_is_a_422_with_the_generic_message_and_qu
 
 
 async def test_an_absolute_path_to_a_valid_strategy_is_refused_but_its_name_in_the_dir_loads(
-        api: httpx.AsyncClient, coordinator: Coordinator, sdir: Path, outside: Path) -> None:
+        api: httpx.AsyncClient, coordinator: Coordinator, nc: Client, sdir: Path, outside: Path,
+        tmp_path: Path) -> None:
+    await publish_synth(nc, tmp_path / "publisher")  # the bars the accepted one runs on are stored
     refused = await api.post("/api/v1/backtests", json=backtest_params(strategy=str(outside)))
     assert refused.status_code == 422 and "SECRET" not in refused.text
     assert refused.json()["error"] == f"invalid strategy: {generic(str(outside))}"

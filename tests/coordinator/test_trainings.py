@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,11 +13,13 @@ from nats.aio.client import Client
 from coordinator.app import Coordinator
 from subjects import names
 from subjects.models import Operation, decode
+from tests.backtesting import publish_synth
 from tests.ktrdr.training.planted import strategy_yaml
 
 
 async def test_a_packaged_strategy_is_queued_with_its_defaults_filled_in(
-        api: httpx.AsyncClient, coordinator: Coordinator) -> None:
+        api: httpx.AsyncClient, coordinator: Coordinator, nc: Client, tmp_path: Path) -> None:
+    await publish_synth(nc, tmp_path / "publisher", start="2023-12-01")  # the bars it trains on are stored
     response = await api.post("/api/v1/trainings", json={"strategy": "neuro_mean_reversion", "epochs": 3,
                                                          "start": "2024-01-01"})
     assert response.status_code == 201, response.text
@@ -54,7 +57,8 @@ async def test_bad_training_requests_get_a_422_naming_the_field(
 
 
 async def test_a_training_submitted_over_nats_is_checked_and_filled_in_the_same_way(
-        coordinator: Coordinator, nc: Client) -> None:
+        coordinator: Coordinator, nc: Client, tmp_path: Path) -> None:
+    await publish_synth(nc, tmp_path / "publisher")
     submit = f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}"
     refused = await nc.request(submit, b'{"type": "training", "params": {"strategy": "sma_crossover"}}', timeout=5)
     assert refused.headers and refused.headers["Nats-Service-Error-Code"] == "422"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -226,6 +227,10 @@ def test_the_scaled_workers_are_listed_with_distinct_ids(fleet: Fleet) -> None:
     # <hostname>-<type>-<index>, a container's hostname being its id: one id per container.
     assert {i.split("-")[0] for i in ids if "-backtest-" in i} == set(fleet.containers("backtest-worker"))
     assert {i.split("-")[0] for i in ids if "-training-" in i} == set(fleet.containers("training-worker"))
+    # Each container holds a host key of its own from the pool: no two act as one fleet host.
+    held = re.findall(r"holding the host credential (\S+)\.nk", fleet.dc("logs", "backtest-worker",
+                                                                          "training-worker").stdout)
+    assert len(set(held)) == len(held) == BACKTEST_WORKERS + 1, held
     # The dashboard's API answers with the same workers (the token from the bundle, on the published port).
     token = (fleet.home / "contexts" / CONTEXT / "api.token").read_text().strip()
     import httpx

@@ -18,6 +18,7 @@ from types import ModuleType
 import nats
 from ktrdr.natsd import NatsServer, free_port
 from ktrdr.runtime.connection import NatsAuth
+from ktrdr.runtime.hostpool import claim_credential
 from ktrdr.security.credentials import NatsCredential
 from tests.conftest import ROOT
 
@@ -47,13 +48,14 @@ async def test_provision_lays_out_what_each_container_mounts(tmp_path: Path) -> 
     home, server_dir, worker_dir = tmp_path / "home", tmp_path / "nats-conf", tmp_path / "worker-auth"
     port, monitor = free_port(), free_port()
     args = ("provision", "--home", str(home), "--tls-name", "nats", "--server-dir", str(server_dir),
-            "--monitor", f"127.0.0.1:{monitor}", "--role-dir", f"worker={worker_dir}",
+            "--monitor", f"127.0.0.1:{monitor}", "--host-pool", f"worker=3@{worker_dir}",
             "--nats-url", f"tls://127.0.0.1:{port}", "--api-url", "http://127.0.0.1:18000", "--bundle")
     first = ktrdr(*args, home=tmp_path / "unused")
     assert first.returncode == 0, first.stderr
     bundle = json.loads(first.stdout)  # stdout is the bundle alone; what provision says goes to stderr
     assert "nats-server config" in first.stderr
-    assert sorted(p.name for p in worker_dir.iterdir()) == ["ca.pem", "worker.nk"]
+    assert sorted(p.name for p in worker_dir.iterdir()) == [
+        "ca.pem", "worker-pool-01.nk", "worker-pool-02.nk", "worker-pool-03.nk"]
     assert sorted(p.name for p in server_dir.iterdir()) == ["ca.pem", "nats-server.conf", "server-key.pem",
                                                             "server.pem"]
     assert all(private(p) for p in [*worker_dir.iterdir(), *server_dir.iterdir()])
@@ -68,8 +70,11 @@ async def test_provision_lays_out_what_each_container_mounts(tmp_path: Path) -> 
 
     server = NatsServer(store_dir=tmp_path / "js", port=port, config_file=server_dir / "nats-server.conf")
     with server:
-        # A worker with its folder only: TLS against the fleet's CA, the worker role's key.
-        auth = NatsAuth(credential=NatsCredential.load(worker_dir / "worker.nk"), ca=worker_dir / "ca.pem")
+        # A worker with its folder only: TLS against the fleet's CA, a host key of the pool, a host of its own.
+        key, hold = claim_credential(worker_dir)
+        auth = NatsAuth(credential=NatsCredential.load(key), ca=worker_dir / "ca.pem")
+        assert auth.credential is not None and auth.credential.host == "worker-pool-01"
+        hold.close()
         nc = await nats.connect(f"tls://127.0.0.1:{port}", **auth.options())
         try:
             # The containers' healthchecks: nats-server's /healthz, and "this netns holds a NATS connection".
@@ -137,3 +142,14 @@ def test_an_image_s_inputs_ignore_when_a_wheel_was_built(tmp_path: Path) -> None
     with zipfile.ZipFile(wheels[1], "a") as z:
         z.writestr("ktrdr/new.py", "")
     assert build.fingerprint(wheels[0]) != build.fingerprint(wheels[1])
+
+
+def test_a_workers_healthcheck_is_its_lease_written_within_its_ttl(tmp_path: Path) -> None:
+    lease = tmp_path / "lease"
+    check = [sys.executable, str(DEPLOY / "healthcheck.py"), "lease"]
+    env = {**os.environ, "KTRDR_LEASE_FILE": str(lease)}
+    assert subprocess.run(check, env=env, timeout=30).returncode == 1  # no lease written yet
+    lease.write_text("5.0\n")
+    assert subprocess.run(check, env=env, timeout=30).returncode == 0
+    os.utime(lease, (lease.stat().st_atime, lease.stat().st_mtime - 6))
+    assert subprocess.run(check, env=env, timeout=30).returncode == 1  # older than its TTL: a lost lease

@@ -96,6 +96,21 @@ async def test_a_viewer_cannot_cancel_an_operation(as_role, coordinator: Coordin
     assert coordinator.ops.get(op_id).status is OpStatus.RUNNING
 
 
+@pytest.mark.parametrize("role", [roles.WORKER, roles.IB, roles.CLIENT])
+async def test_no_role_but_the_coordinator_hears_cancel_requests(as_role, role: str) -> None:
+    other, denials = await as_role(role)
+    await other.subscribe(names.OPS_CANCEL_ALL)
+    await denials.expect("subscription", names.OPS_CANCEL_ALL)
+
+
+async def test_a_worker_hears_only_its_own_hosts_forwarded_cancels(as_role) -> None:
+    worker, denials = await as_role(roles.WORKER)
+    await worker.subscribe(names.worker_cancels_of(roles.LOCAL_HOST))
+    elsewhere = names.worker_cancels_of("other-host")
+    await worker.subscribe(elsewhere)
+    await denials.expect("subscription", elsewhere)
+
+
 async def test_a_viewer_cannot_submit(as_role, coordinator: Coordinator) -> None:
     viewer, denials = await as_role(roles.VIEWER)
     subject = f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}"

@@ -15,12 +15,14 @@ from nats.aio.msg import Msg
 
 from coordinator.app import Coordinator
 from ktrdr.models import list_models, load_model
+from ktrdr.optypes.training import admit_training
 from ktrdr.runtime.checkpoints import checkpoints_store, load_checkpoint
 from ktrdr.strategy.schema import Training
 from ktrdr.training import load_bundle
 from ktrdr.training.checkpoint import read_checkpoint
 from subjects import names, roles
-from subjects.models import OpStatus
+from subjects.models import OpStatus, SubmitRequest
+from subjects.training import TrainingParams
 from tests.conftest import MakeWorker, SpawnWorker
 from tests.ktrdr.training.planted import SYMBOL, publish_planted_bars, strategy_yaml
 from tests.support import assert_eventually, wait_status
@@ -170,10 +172,15 @@ async def test_training_goes_to_the_gpu_host_first(
     assert op.route_reason is not None and "gpu worker" in op.route_reason
 
 
-async def test_a_training_without_bars_fails_saying_which_are_missing(
+async def test_a_training_without_bars_is_refused_at_submit_and_fails_on_a_worker_saying_which_are_missing(
         api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker, bars: None,
         tmp_path: Path) -> None:
+    refused = await api.post("/api/v1/trainings", json={"strategy": strategy_yaml(), "symbols": ["NOPE"]})
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["message"].startswith("no bars for NOPE 1h in the data store; stored: PLANT 1h")
+    # A job that skipped admission (its bars deleted since, say) fails on the worker, naming them.
     await make_worker("cpu1", capabilities=[names.CAP_TRAINING_CPU], **training_worker(tmp_path, "cpu1"))
-    op_id = await submit(api, symbols=["NOPE"])
-    op = await wait_status(coordinator, op_id, OpStatus.FAILED, timeout=15)
+    params = admit_training(TrainingParams(strategy=strategy_yaml(), symbols=["NOPE"]))
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="training", params=params.model_dump(mode="json")))
+    op = await wait_status(coordinator, op.op_id, OpStatus.FAILED, timeout=15)
     assert op.error is not None and "no NOPE 1h bars in the data bucket" in op.error

@@ -280,8 +280,10 @@ function connectLive() {
     if (state.view && state.view.onOps) state.view.onOps(ops);
   });
   source.addEventListener("workers", (ev) => {
-    const { changed, gone } = JSON.parse(ev.data);
+    const { changed, gone, beats } = JSON.parse(ev.data);
     for (const w of changed) state.workers.set(w.worker_id, w);
+    // Leases that changed in their heartbeat alone: the ids, and one time for all of them.
+    if (beats) for (const id of beats.ids) { const w = state.workers.get(id); if (w) w.heartbeat_at = beats.at; }
     for (const id of gone) state.workers.delete(id);
     if (state.view && state.view.onWorkers) state.view.onWorkers();
   });
@@ -661,8 +663,12 @@ function submitPanel() {
 
 const TRAINING = "training";
 // Op types whose completed ops store a result the page draws (others' pages ask only when the record
-// names a stored result): a completed dummy's page asks for no chart.
+// names a stored result, or their declaration gives a view): a completed dummy's page asks for no chart.
 const CHARTED = new Set([BACKTEST, "walkforward", "sweep", TRAINING]);
+
+function charted(op) {
+  return Boolean(op.result_object || CHARTED.has(op.type) || (opType(op.type) || {}).view);
+}
 
 function opType(name) {
   return state.types.find((t) => t.name === name) || null;
@@ -868,10 +874,37 @@ async function resultView(op) {
     charts.append(rankingTable(view, op.op_id));
   } else if (view.kind === "epochs") {
     charts.append(trainingCharts(view));
+  } else if (view.kind === "view") {
+    declaredView(view, charts, tables);
   } else {
     return null;
   }
   return { charts: charts.childNodes.length ? charts : null, tables: tables.childNodes.length ? tables : null };
+}
+
+const VIEW_COLORS = ["#2563eb", "#b45309", "#15803d", "#7c3aed", "#be123c", "#0e7490"];
+
+/** A type's own view of its result, from its declaration (``ktrdr.optypes.views``): its figures as
+ * cards and its charts into ``charts``, its tables (sortable) into ``tables``. */
+function declaredView(view, charts, tables) {
+  const figures = Object.entries(view.figures || {});
+  if (figures.length) {
+    charts.append(h("div", { class: "cards", id: "view-figures" }, figures.map(([k, v]) =>
+      headlineCard(k, k, typeof v === "number" ? short(v) : fmt(v), String(v)))));
+  }
+  for (const c of view.charts || []) {
+    const series = c.series.map((s, i) => ({ name: s.name, values: s.values, color: VIEW_COLORS[i % VIEW_COLORS.length] }));
+    charts.append(...[h("h2", {}, c.title), legend(series),
+                      lineChart({ x: c.x, series, xKind: "number", kind: "view", bars: c.kind === "bars", height: 220 }),
+                      c.x_label ? h("p", { class: "muted" }, c.x_label) : null].filter(Boolean));
+  }
+  (view.tables || []).forEach((t, n) => {
+    const kept = t.total ? ` (the first ${fmt(t.rows.length)} of ${fmt(t.total)})` : "";
+    const rows = t.rows.map((r) => h("tr", {}, r.map((v) => (typeof v === "number" ? numCell(v) : h("td", {}, fmt(v))))));
+    const numeric = t.columns.map((_, i) => t.rows.length > 0 && t.rows.every((r) => typeof r[i] === "number" || r[i] === null));
+    tables.append(h("h2", {}, t.title + kept),
+                  scroll(sortable(table(t.columns.map((c, i) => ({ label: c, num: numeric[i] })), rows, { id: `view-table-${n}` }))));
+  });
 }
 
 // The figures a result page leads with, in this order, where the result has them.
@@ -1029,7 +1062,7 @@ function opView(opId) {
       live.refresh().catch(() => {});
       parts.push(live.el);
     }
-    if (op.status === "completed" && (op.result_object || CHARTED.has(op.type))) {
+    if (op.status === "completed" && charted(op)) {
       const view = await resultView(op);
       if (view) parts.push(...[view.charts, view.tables, view.error].filter(Boolean));
     }

@@ -49,7 +49,8 @@ function fmtTimeTick(ms, spanMs) {
 
 /**
  * lineChart({x, series: [{name, values, color, dash}], xKind: "time"|"number", xInteger, height, yLabel,
- *            vlines: [{x, label}], kind}) -> <svg>
+ *            vlines: [{x, label}], kind, bars}) -> <svg>
+ * bars: each value drawn as a bar centred on its x (a histogram), from zero, instead of a line.
  * xInteger: the x axis counts (epochs): its ticks are whole numbers.
  * x: numbers (ms for time); values: numbers or null (a gap).
  */
@@ -71,9 +72,11 @@ function lineChart(opts) {
   const pad = (yhi - ylo) * 0.05; ylo -= pad; yhi += pad;
   // A series may bring its own times (curves of different runs overlaid): the axis spans them all.
   const ranges = [xs, ...opts.series.map((s) => s.x).filter((x) => x && x.length)];
-  const xlo = Math.min(...ranges.map((r) => r[0]));
+  let xlo = Math.min(...ranges.map((r) => r[0]));
   const xmax = Math.max(...ranges.map((r) => r[r.length - 1]));
-  const xhi = xmax === xlo ? xlo + 1 : xmax;
+  let xhi = xmax === xlo ? xlo + 1 : xmax;
+  // Bars are centred on their x: half a bar's room on either side keeps the first and last inside.
+  if (opts.bars && xs.length > 1) { const half = Math.abs(xs[1] - xs[0]) / 2; xlo -= half; xhi += half; }
   const X = (v) => m.l + ((v - xlo) / (xhi - xlo)) * (width - m.l - m.r);
   const Y = (v) => m.t + (1 - (v - ylo) / (yhi - ylo)) * (height - m.t - m.b);
 
@@ -106,6 +109,22 @@ function lineChart(opts) {
       label.textContent = v.label;
       svg.appendChild(label);
     }
+  }
+  if (opts.bars) {
+    const base = Y(Math.min(Math.max(0, ylo), yhi));
+    opts.series.forEach((s, k) => {
+      const sx = s.x || xs;
+      // Side by side within each x's slot: a series a slice of it.
+      const slot = sx.length > 1 ? Math.abs(X(sx[1]) - X(sx[0])) * 0.85 : 24;
+      const w = Math.max(1, slot / opts.series.length);
+      s.values.forEach((v, i) => {
+        if (v === null || !Number.isFinite(v)) return;
+        const left = X(sx[i]) - slot / 2 + k * w;
+        svg.appendChild(svgEl("rect", { x: left.toFixed(1), y: Math.min(Y(v), base).toFixed(1), width: w.toFixed(1),
+                                        height: Math.abs(base - Y(v)).toFixed(1), fill: s.color, "data-series": s.name }));
+      });
+    });
+    return svg;
   }
   for (const s of opts.series) {
     let d = "", pen = false;

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 
 from coordinator.dashboard.live import ERROR_CHARS, LiveFeed, op_summary
-from subjects.models import Operation, OpStatus, Progress
+from subjects.models import Operation, OpStatus, Progress, WorkerLease, WorkerState
 
 
 def op(op_id: str, percentage: float = 0.0, status: OpStatus = OpStatus.RUNNING) -> Operation:
@@ -92,3 +93,32 @@ async def test_viewer_pages_hold_at_most_half_the_slots_and_operator_pages_the_r
     assert feed.subscribers == 2 and feed.open("viewer") is not None
     await feed.stop()
     assert feed.open("operator") is None
+
+
+def lease(worker_id: str, beat: int, state: WorkerState = WorkerState.IDLE) -> WorkerLease:
+    return WorkerLease(worker_id=worker_id, worker_type="backtest", capabilities=["backtest.cpu"], host="h",
+                       pid=1, version="0", slots=1, state=state, running=[], lease_ttl_s=5.0,
+                       started_at=datetime(2026, 1, 1, tzinfo=UTC),
+                       heartbeat_at=datetime(2026, 1, 1, 0, 0, beat, tzinfo=UTC))
+
+
+async def test_a_heartbeat_goes_to_pages_as_an_id_and_a_real_change_as_the_whole_lease() -> None:
+    feed = LiveFeed(flush_s=0.01)
+    stream = feed.stream()
+    await anext(stream)
+    feed.worker_changed("w1", lease("w1", 0))
+    name, first = parse(await anext(stream))
+    assert name == "workers" and [w["worker_id"] for w in first["changed"]] == ["w1"] and first["beats"] is None
+
+    feed.worker_changed("w1", lease("w1", 2))
+    feed.worker_changed("w2", lease("w2", 3))  # never seen: whole
+    _, beats = parse(await anext(stream))
+    assert [w["worker_id"] for w in beats["changed"]] == ["w2"]
+    assert beats["beats"] == {"at": "2026-01-01T00:00:02Z", "ids": ["w1"]}
+
+    feed.worker_changed("w1", lease("w1", 4, WorkerState.BUSY))
+    feed.worker_changed("w2", None)
+    _, change = parse(await anext(stream))
+    assert [(w["worker_id"], w["state"]) for w in change["changed"]] == [("w1", "busy")]
+    assert change["gone"] == ["w2"] and change["beats"] is None
+    await feed.stop()

@@ -339,7 +339,8 @@ PROGRESS_TEXT = "const t = (document.querySelector('#op-head .progress-text') ||
 
 
 async def test_a_training_draws_its_loss_and_accuracy_as_epochs_end_and_its_model_has_a_page(
-        coordinator: Coordinator, make_worker: MakeWorker, browser: Browser) -> None:
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client, tmp_path: Path, browser: Browser) -> None:
+    await publish_synth(nc, tmp_path / "publisher", start="2023-12-01")  # admission finds the bars it trains on
     release: asyncio.Queue[None] = asyncio.Queue()
     await make_worker("w-train", capabilities=[names.CAP_TRAINING_CPU], handlers={"training": fake_training(release)})
     op_id = await submit(coordinator, "training", {"strategy": "neuro_mean_reversion", "epochs": 3,

@@ -306,7 +306,9 @@ async def test_a_sweeps_heatmap_is_drawn_over_the_two_parameters_asked_for_and_o
 
 
 async def test_a_trainings_epochs_are_read_from_its_progress_and_a_models_page_from_its_metadata(
-        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
+        api: httpx.AsyncClient, coordinator: Coordinator, make_worker: MakeWorker, nc: Client,
+        tmp_path: Path) -> None:
+    await publish_synth(nc, tmp_path / "publisher")  # admission finds the bars it would train on
     reported = [(1, 0.7), (2, 0.6), (3, 0.5), (2, 0.65)]  # then epoch 2 again: an attempt that started over
 
     async def training(ctx: Any, params: Any) -> None:

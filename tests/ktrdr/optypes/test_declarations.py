@@ -89,3 +89,25 @@ def test_walkforward_admission_decides_the_approach_from_the_strategy() -> None:
     assert grid.approach == "grid"
     with pytest.raises(Rejected, match="rule-based"):
         admit_walkforward(WalkForwardParams(**base))
+
+
+def test_every_declared_types_capabilities_are_pulled_by_a_role_derived_from_the_capabilitys_name() -> None:
+    from subjects import roles
+
+    pulled = set(roles.capabilities_of(roles.WORKER)) | set(roles.capabilities_of(roles.IB))
+    for t in op_types():
+        assert set(t.runs.capabilities) <= pulled, t.name
+    assert set(names.CAPABILITIES) <= pulled  # a capability no role may pull would queue jobs for ever
+    assert roles.capabilities_of(roles.IB) == (names.CAP_DATA_IB, names.CAP_DUMMY_ANY)
+    assert names.CAP_TRAINING_GPU in roles.capabilities_of(roles.WORKER)
+    assert roles.capabilities_of(roles.CLIENT) == ()
+
+
+def test_a_worker_key_without_gpu_may_not_pull_gpu_jobs() -> None:
+    from subjects import roles
+
+    def pulls(gpu: bool) -> set[str]:
+        allowed = roles.permissions(roles.WORKER, "U" + "A" * 55, gpu=gpu).publish
+        return {c for c in names.CAPABILITIES if names.jobs_pull_subject(c) in allowed}
+
+    assert pulls(gpu=True) - pulls(gpu=False) == {names.CAP_TRAINING_GPU}

@@ -11,6 +11,7 @@ from pathlib import Path
 import nats.errors
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from coordinator.app import Coordinator
@@ -148,19 +149,23 @@ async def test_a_blocking_handler_runs_in_a_thread_and_the_worker_stays_responsi
     assert on_main_thread == [False]
 
 
-async def test_only_the_worker_running_an_op_answers_its_cancel(
+async def test_a_cancel_reaches_only_the_worker_running_the_op(
         coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
-    # Every worker hears every cancel (one ops.*.cancel subscription each); the others stay silent.
+    # Only the coordinator hears ops.<id>.cancel; it forwards a valid request to the claim's holder alone.
+    forwarded: list[str] = []
+
+    async def heard(msg: Msg) -> None:
+        forwarded.append(msg.subject)
+
+    await nc.subscribe(f"{names.WORKER_CANCEL}.>", cb=heard)
     workers = {w.worker_id: w for w in [await make_worker("w1"), await make_worker("w2")]}
     op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 30, "steps": 30}))
     running = await wait_status(coordinator, op.op_id, OpStatus.RUNNING)
     owner = running.worker_id
     assert owner is not None
-    (other,) = set(workers) - {owner}
 
     bad = decode(CancelReply, (await nc.request(names.ops_cancel(op.op_id), b"{not json", timeout=5)).data)
     assert not bad.accepted and "invalid cancel request" in bad.message
-    await assert_eventually(lambda: sum(workers[owner].rejected.values()) == 1)
     assert coordinator.ops.get(op.op_id).status is OpStatus.RUNNING  # type: ignore[union-attr]
 
     reply = decode(CancelReply, (await nc.request(names.ops_cancel(op.op_id), b'{"reason": "enough"}',
@@ -168,10 +173,12 @@ async def test_only_the_worker_running_an_op_answers_its_cancel(
     assert reply.accepted and owner in reply.message
     done = await wait_status(coordinator, op.op_id, OpStatus.CANCELLED)
     assert done.cancel_reason == "enough"
-    assert not workers[other].rejected
-    # Once the outcome is out, the coordinator answers: the worker no longer does.
+    assert forwarded == [names.worker_cancel(roles.LOCAL_HOST, owner, op.op_id)]
+    assert not any(w.rejected for w in workers.values())
+    # Once the outcome is out, the coordinator answers: nothing more is forwarded.
     after = decode(CancelReply, (await nc.request(names.ops_cancel(op.op_id), b"{}", timeout=5)).data)
     assert not after.accepted and after.status is OpStatus.CANCELLED
+    assert len(forwarded) == 1
 
 
 async def _newer_lease(leases: KeyValue, revision: int) -> bool:
@@ -200,3 +207,42 @@ async def test_a_claim_whose_acknowledgement_is_lost_is_read_back_not_dropped(
     op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
     done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED)
     assert lost and done.worker_id == "w1" and done.attempt == 1
+
+
+async def test_short_ops_that_leave_the_lease_as_it_was_write_no_lease(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
+    # A heartbeat far off: every write seen here is a change's.
+    worker = await make_worker("w1", heartbeat_s=3600, lease_ttl_s=3600)
+    leases = await nc.jetstream().key_value(names.WORKERS_BUCKET)
+    key = names.lease_key(roles.LOCAL_HOST, "w1")
+    before = (await leases.get(key)).revision
+    worker._lease_changed()  # an op started and ended within the change delay
+    await assert_eventually(lambda: worker._lease_change is None and not worker._lease_writes)
+    assert (await leases.get(key)).revision == before
+
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0.5, "steps": 5}))
+    await wait_status(coordinator, op.op_id, OpStatus.COMPLETED)
+    # An op that lasts past the delay is seen: one write when it starts, one when it ends.
+    await assert_eventually(lambda: worker._lease_change is None and not worker._lease_writes)
+    assert (await leases.get(key)).revision - before == 2
+
+
+async def test_a_worker_marks_each_lease_write_in_its_lease_file(
+        coordinator: Coordinator, make_worker: MakeWorker, tmp_path: Path) -> None:
+    marker = tmp_path / "lease"
+    worker = await make_worker("w1", lease_file=marker)
+    assert float(marker.read_text()) == worker.settings.lease_ttl_s
+    first = marker.stat().st_mtime_ns
+    await assert_eventually(lambda: marker.stat().st_mtime_ns > first, message="the heartbeat left the file as it was")
+
+
+async def test_a_stopped_workers_open_pull_requests_take_no_job(
+        coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    # Its requests would live 60 s, and a job delivered into its closed inbox would wait out its
+    # 30 s AckWait: the stop drains them instead, so the next worker gets the job at once.
+    first = await make_worker("w1", fetch_timeout_s=60)
+    await first.stop()
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    await make_worker("w2")
+    done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED, timeout=15)
+    assert done.worker_id == "w2" and done.attempt == 1
