@@ -7,7 +7,7 @@ API (``python -m coordinator``), and N workers shared by ``--procs`` child proce
 Every simulated worker is a real ``ktrdr.runtime.worker.Worker`` (the runtime of every worker type)
 serving ``dummy.any`` with 1 slot: its own NATS connection and worker credential, registration on
 ``worker.register``, a real lease in the ``workers`` bucket renewed every heartbeat, pull requests on
-the shared ``jobs-dummy-any`` consumer, claims by ``kv.create``, the ``ops.*.cancel`` subscription.
+the shared ``jobs-dummy-any`` consumer, claims by ``kv.create``, the subscription to its forwarded cancels.
 Only the process is shared (many workers on one event loop): nats-server and the coordinator see N
 workers as they would see N processes. A worker killed for phase 5 has its tasks cancelled and its
 connection closed without its lease deleted: what nats-server sees of a kill -9.

@@ -2,14 +2,23 @@
 
 For each sweep size (500 and 10,000 SMA-crossover variants by default) on a year of hourly
 synthetic bars, in one run, each measured ``--repeat`` times (best printed; the platform's after
-one small sweep, as a fleet that has run before): the baseline, ktrdr's engine in this process as a plain loop over the
-variants (``run_backtest`` + ``with_parameters``); then the platform with 1 and 2 backtest worker
-processes (``python -m worker_backtest``, each with its own empty KTRDR_HOME, as if on its own
-machine: the data comes from the ``data`` bucket), measuring ``POST /api/v1/backtests/sweeps`` ->
-the sweep completed with its ranking. Prints backtests/s, the ratio to the plain loop, how many op
-records the sweep made and the coordinator's RSS. Its own nats-server, with the roles `ktrdr up` uses.
+one small sweep, as a fleet that has run before). Two baselines, measured in the same run: ktrdr's
+engine in this process as a plain loop over the variants (``run_backtest`` + ``with_parameters``),
+and vectorbt, when it is installed (``pip install vectorbt``; not a dependency of ktrdr), doing the
+same sweep its own way: both SMAs, their crossings, ``Portfolio.from_signals`` filling at the next
+bar's open with the same costs and sizing, then the headline metrics (total return, Sharpe, Sortino,
+volatility, max drawdown, trades, win rate, profit factor), in chunks of at most 500 variants
+(~2 GB each). Then the block evaluator in this process (``run_block``, blocks of at most 2,000),
+and the platform with 1 and 2 backtest worker processes (``python -m worker_backtest``, each with
+its own empty KTRDR_HOME, as if on its own machine: the data comes from the ``data`` bucket),
+measuring ``POST /api/v1/backtests/sweeps`` -> the sweep completed with its ranking. Every figure is
+printed as backtests/s and as a ratio to each baseline, with how many op records the sweep made and
+the coordinator's RSS. Its own nats-server, with the roles `ktrdr up` uses.
 
-    python bench/sweep.py [--variants 500,10000] [--workers 1,2] [--bars 8760]
+Run the same script against two trees (copy it into the other's ``bench/``: it puts its own tree
+first on ``sys.path``, and the workers it starts run from there) for before and after figures.
+
+    python bench/sweep.py [--variants 500,10000] [--workers 1,2] [--bars 8760] [--no-vectorbt]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -103,6 +113,63 @@ def plain_loop(bars: object, grid: dict[str, list[int]]) -> float:
     return time.perf_counter() - t0
 
 
+def blocks_in_process(bars: object, grid: dict[str, list[int]]) -> float:
+    """The block evaluator alone, in this process: what a worker does with a sweep's blocks."""
+    from ktrdr.backtest import BacktestConfig
+    from ktrdr.backtest.block import run_block
+    from ktrdr.backtest.sweep import combinations
+    from ktrdr.strategy import load_strategy
+
+    strategy, config = load_strategy("sma_crossover"), BacktestConfig(timeframe="1h", symbol="BENCH")
+    combos = combinations(grid)
+    t0 = time.perf_counter()
+    for first in range(0, len(combos), BLOCK):
+        block = run_block(bars, strategy, combos[first:first + BLOCK], config)  # type: ignore[arg-type]
+        assert not block.errors, block.errors
+    return time.perf_counter() - t0
+
+
+BLOCK = 2000  # variants per block in this process: the most a sweep's block holds
+VBT_CHUNK = 500  # vectorbt's columns at a time: ~2 GB of frames each
+
+
+def vectorbt_sweep(bars: pd.DataFrame, grid: dict[str, list[int]]) -> float:
+    """The same sweep in vectorbt: SMAs, crossings, from_signals (next open, same costs and sizing:
+    a quarter of the cash in whole shares), then the headline metrics, chunk by chunk."""
+    import vectorbt as vbt
+
+    from ktrdr.backtest.sweep import combinations
+
+    combos = combinations(grid)
+    close, next_open = bars["close"], bars["open"].shift(-1)  # a signal at a close fills at the next open
+    t0 = time.perf_counter()
+    for first in range(0, len(combos), VBT_CHUNK):
+        chunk = combos[first:first + VBT_CHUNK]
+        fast = vbt.MA.run(close, window=[c["fast"] for c in chunk], short_name="fast")
+        slow = vbt.MA.run(close, window=[c["slow"] for c in chunk], short_name="slow")
+        pf = vbt.Portfolio.from_signals(close, fast.ma_crossed_above(slow), fast.ma_crossed_below(slow),
+                                        price=next_open, size=0.25, size_type="percent", size_granularity=1,
+                                        fees=0.001, slippage=0.0005, init_cash=100_000.0, freq="1h")
+        for metric in (pf.total_return, pf.sharpe_ratio, pf.sortino_ratio, pf.annualized_volatility,
+                       pf.max_drawdown, pf.trades.count, pf.trades.win_rate, pf.trades.profit_factor):
+            metric()
+    return time.perf_counter() - t0
+
+
+def vectorbt_ready() -> bool:
+    """vectorbt imported and its numba functions compiled (a minute the first time), or not installed."""
+    try:
+        import vectorbt  # noqa: F401
+    except ImportError:
+        return False
+    import warnings
+
+    warnings.filterwarnings("ignore", module="vectorbt")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    vectorbt_sweep(synth("BENCH", "1h", "2020-01-01", 500, seed=1), {"fast": [5], "slow": [20, 30]})
+    return True
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -118,7 +185,9 @@ async def main() -> None:
     parser.add_argument("--block-size", type=int, default=None, help="variants per block (default: the sweep's own)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best is printed")
     parser.add_argument("--timeline", action="store_true", help="print when each child was created, started, ended")
+    parser.add_argument("--no-vectorbt", action="store_true", help="leave vectorbt out even when it is installed")
     args = parser.parse_args()
+    with_vbt = not args.no_vectorbt and vectorbt_ready()
     sizes = [int(v) for v in args.variants.split(",")]
     fleets = [int(n) for n in args.workers.split(",")]
 
@@ -154,14 +223,26 @@ async def main() -> None:
                 await publish_dataset(nc.jetstream(), store, "BENCH", "1h")
                 print(f"SMA-crossover sweeps on {args.bars:,} hourly bars ({os.cpu_count()} CPU cores on this "
                       "machine; the coordinator and nats-server share them with the workers)")
-                print(f"  {'variants':>8}  {'how':<26}  {'wall s':>7}  {'backtests/s':>11}  {'vs loop':>7}  "
-                      f"{'op records':>10}  {'coord. RSS MB':>13}")
+                if not with_vbt:
+                    print("  (vectorbt: not installed or left out; `pip install vectorbt` for its column)")
+                print(f"  {'variants':>8}  {'how':<30}  {'wall s':>7}  {'backtests/s':>11}  {'vs loop':>7}  "
+                      f"{'vs vectorbt':>11}  {'op records':>10}  {'coord. RSS MB':>13}")
                 for variants in sizes:
                     grid = grid_for(variants)
                     count = len(grid["fast"]) * len(grid["slow"])
                     loop = min(plain_loop(bars, grid) for _ in range(args.repeat))
-                    print(f"  {count:>8}  {'engine, plain loop':<26}  {loop:>7.2f}  {count / loop:>11.1f}  "
-                          f"{1.0:>6.2f}x  {'-':>10}  {'-':>13}")
+                    vbt = min(vectorbt_sweep(bars, grid) for _ in range(args.repeat)) if with_vbt else None
+
+                    def row(how: str, wall: float, records: str = "-", rss: str = "-", *, n: int = count,
+                            base: float = loop, other: float | None = vbt) -> None:
+                        versus = f"{other / wall:>10.2f}x" if other else f"{'-':>11}"
+                        print(f"  {n:>8}  {how:<30}  {wall:>7.2f}  {n / wall:>11.1f}  {base / wall:>6.2f}x  "
+                              f"{versus}  {records:>10}  {rss:>13}")
+
+                    row("engine, plain loop", loop)
+                    if vbt is not None:
+                        row(f"vectorbt {_vbt_version()}, chunks of {VBT_CHUNK}", vbt)
+                    row("engine, run_block in process", min(blocks_in_process(bars, grid) for _ in range(args.repeat)))
                     for n in fleets:
                         workers = [spawn("worker_backtest", {**base, **fleet.env(roles.WORKER),
                                                              "KTRDR_WORKER_ID": f"bench-{variants}-{n}-{i}",
@@ -187,9 +268,8 @@ async def main() -> None:
                         records = 1 + len(kids)
                         if args.timeline:
                             timeline(op, kids)
-                        how = f"platform, {n} worker{'s' if n > 1 else ''}"
-                        print(f"  {count:>8}  {how:<26}  {wall:>7.2f}  {count / wall:>11.1f}  {loop / wall:>6.2f}x  "
-                              f"{records:>10}  {rss_mb(coordinator.pid):>13.0f}")
+                        row(f"platform, {n} worker{'s' if n > 1 else ''}", wall, str(records),
+                            f"{rss_mb(coordinator.pid):.0f}")
                         stop(workers)
 
                         async def gone() -> bool:
@@ -202,6 +282,12 @@ async def main() -> None:
         finally:
             stop(procs)
             server.stop()
+
+
+def _vbt_version() -> str:
+    import vectorbt
+
+    return str(vectorbt.__version__)
 
 
 def timeline(parent: dict[str, object], children: list[dict[str, object]]) -> None:

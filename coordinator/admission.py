@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 
+from ktrdr.errors import FieldTooLarge
 from ktrdr.optypes import Rejected, op_type
 from ktrdr.optypes.lookups import Lookups
 from subjects import limits
@@ -31,11 +32,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Rejected", "TooLarge", "admit"]
 
 
-class TooLarge(Rejected):
-    """Params over ``subjects.limits``: they would be copied into every offer and the op record."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(field, f"too large: {message}")
+# Params over ``subjects.limits``: they would be copied into every offer and the op record.
+TooLarge = FieldTooLarge
 
 
 async def admit(request: SubmitRequest, lookups: Lookups | None = None) -> SubmitRequest:

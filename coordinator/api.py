@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import nats.errors
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,7 +22,7 @@ from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coordinator.dashboard.catalog import Datasets
@@ -50,11 +51,39 @@ from subjects.models import (
 )
 
 if TYPE_CHECKING:
-    from coordinator.app import Coordinator
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+    from coordinator.dashboard.live import LiveFeed
+    from coordinator.dispatcher import Dispatcher
+    from coordinator.health import JetStreamProbe
+    from coordinator.operations import Operations
+    from coordinator.registry import WorkerRegistry
+    from coordinator.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
 
 SUBMIT_PATH = "/api/v1/operations"
+
+
+class ApiSources(Protocol):
+    """What the API is built from: the coordinator's parts (``coordinator.app.Coordinator``, which
+    builds it and so is not imported here), or a stand-in that serves none (``docs/gen.py``)."""
+
+    layer: OpsLayer
+    ops: Operations
+    registry: WorkerRegistry
+    dispatcher: Dispatcher
+    metrics: Metrics
+    nc: Client
+    js: JetStreamContext
+    jetstream: JetStreamProbe
+    live: LiveFeed
+    settings: CoordinatorSettings
+    api_token: str | None
+    api_viewer_token: str | None
+
+    def collect_metrics(self) -> Awaitable[None]: ...
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:
@@ -248,7 +277,7 @@ async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(op_error(exc), _state(request).metrics)
 
 
-def build_app(coordinator: Coordinator, extra_routes: list[Route] | None = None) -> ASGIApp:
+def build_app(coordinator: ApiSources, extra_routes: Sequence[BaseRoute] | None = None) -> ASGIApp:
     """The status API. Handlers reach what they need through ``request.app.state`` (the operations
     layer, the op and worker mirrors, the dispatcher, metrics, the NATS connection), never the coordinator."""
     routes = [

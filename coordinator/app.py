@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import signal
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +24,7 @@ from coordinator.dashboard.live import LiveFeed
 from coordinator.dashboard.routes import dashboard_routes
 from coordinator.dispatcher import Dispatcher
 from coordinator.feed import OpsFeed
+from coordinator.fold import ReportFold
 from coordinator.garbage import StoreSweep
 from coordinator.health import JetStreamProbe
 from coordinator.history import OpsIndex
@@ -48,12 +48,8 @@ from ktrdr.runtime.tasks import TaskSet, cancel_and_wait
 from ktrdr.runtime.topology import Buckets, ensure_topology
 from ktrdr.security.hosts import GpuGrants
 from subjects import names, roles
-from subjects.limits import bounded_text
 from subjects.models import (
     BadPayload,
-    OpEvent,
-    OpEventKind,
-    ProgressUpdate,
     RegistrationAck,
     WorkerInfo,
     WorkerLease,
@@ -61,10 +57,6 @@ from subjects.models import (
 )
 
 log = logging.getLogger(__name__)
-
-
-# How long a report waits for its claim to be delivered (ClaimWatch) before the claim is read instead.
-CLAIM_WAIT_S = 0.05
 
 
 class Coordinator:
@@ -87,8 +79,6 @@ class Coordinator:
         self.api_viewer_token: str | None = None
         self._subs: list[Subscription] = []
         self._registrations = TaskSet(what="registration")
-        # Per op with a claim check under way: resolved once its last change so far is queued.
-        self._queued_gates: dict[str, asyncio.Future[None]] = {}
         self._parts: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._feed: OpsFeed | None = None
@@ -124,7 +114,10 @@ class Coordinator:
         # Before the feed: a claim is seen before the report it makes count, or read if not.
         self.claims = ClaimWatch(js=self.js)
         await self.claims.start()
-        self._feed = OpsFeed(nc=self.nc, js=self.js, apply=self._apply, metrics=self.metrics)
+        fold = ReportFold(ops=self.ops, claims=self.claims, host_of=self.registry.host_of,
+                          read_claim=self.dispatcher.claim_holder, metrics=self.metrics,
+                          retry_of=self.dispatcher.retry_of, on_retried=self.dispatcher.failure_retried)
+        self._feed = OpsFeed(nc=self.nc, js=self.js, apply=fold.apply, metrics=self.metrics)
         await self._feed.start()
         self._subs.append(await self.nc.subscribe(names.WORKER_REGISTER_ALL, cb=self._on_register))
         self._subs.append(await self.nc.subscribe(names.MAX_DELIVERIES_ADVISORY, cb=self._on_advisory))
@@ -174,7 +167,7 @@ class Coordinator:
                                 log_level="warning", lifespan="off", access_log=False,
                                 proxy_headers=False, server_header=False, date_header=False)
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
         self._tasks.append(asyncio.create_task(self._server.serve(), name="api"))
         while not self._server.started:
             if self._tasks[-1].done():
@@ -230,110 +223,6 @@ class Coordinator:
         await self.stop()
 
     # --- inputs ---------------------------------------------------------------------------
-
-    def _apply(self, msg: Msg) -> asyncio.Future[Any] | None:
-        """Queue one progress update or event for its op record (fed by :class:`OpsFeed`).
-
-        Returns the commit to wait for, or None when there is nothing to apply (a malformed
-        message, or one about another host's worker: logged, counted and acknowledged, never
-        retried). The subject's last token is the host whose key published it (nats-server allows a
-        host no other); a report naming a worker whose lease another host wrote is refused, and a
-        ``started`` counts only for the worker the attempt's claim names.
-        """
-        subject = msg.subject
-        kind = names.OPS_PROGRESS_ALL if ".progress." in subject else names.OPS_EVENTS_ALL
-        try:
-            op_id = names.op_id_from_subject(subject)
-            host = names.host_from_subject(subject)
-            if kind == names.OPS_PROGRESS_ALL:
-                update = decode(ProgressUpdate, msg.data)
-                if update.op_id != op_id:
-                    raise BadPayload(f"payload op_id {update.op_id} does not match subject")
-                if not self._from_host(update.worker_id, host, subject, kind):
-                    return None
-                return self._in_order(op_id, lambda: self.ops.apply_progress_soon(update))
-            event = decode(OpEvent, msg.data)
-            if event.op_id != op_id:
-                raise BadPayload(f"payload op_id {event.op_id} does not match subject")
-            if not self._from_host(event.worker_id, host, subject, kind):
-                return None
-            if not self._own_artifacts(event, host, subject):
-                return None
-            current = self.ops.get(op_id)
-            if (event.event is OpEventKind.STARTED or (current is not None and current.worker_id is None)) and (
-                    self.claims.holder(op_id, event.attempt) != event.worker_id):
-                # The event that makes an attempt someone's counts only from its claimant: not seen
-                # claiming it (yet), so the claim is read first.
-                return self._in_order(op_id, lambda: self.ops.apply_event_soon(event),
-                                      check=lambda: self._claimant(event, subject))
-            return self._in_order(op_id, lambda: self.ops.apply_event_soon(event))
-        except (BadPayload, names.InvalidToken) as exc:
-            self.metrics.rejected.labels(subject=kind, reason="invalid").inc()
-            log.error("rejected message on %s: %s", bounded_text(subject, 200), bounded_text(str(exc), 500))
-            return None
-
-    def _from_host(self, worker_id: str, host: str, subject: str, kind: str) -> bool:
-        owner = self.registry.host_of(worker_id)
-        if owner is None or owner == host:
-            return True
-        self.metrics.rejected.labels(subject=kind, reason="other host").inc()
-        log.error("host %s reported on %s for worker %s, which is host %s's: refused", host, subject, worker_id, owner)
-        return False
-
-    def _own_artifacts(self, event: OpEvent, host: str, subject: str) -> bool:
-        """Whether the artifacts an event names were written for its own host, op and attempt: only
-        then is the writer the reporting host (no other key may write under its name)."""
-        for name in (event.result_object, event.checkpoint):
-            if not name:
-                continue
-            try:
-                owner = names.artifact_owner(name)
-            except names.InvalidToken:
-                owner = None
-            if owner != (host, event.op_id, event.attempt):
-                self.metrics.rejected.labels(subject=names.OPS_EVENTS_ALL, reason="foreign artifact").inc()
-                log.error("%s event on %s names the artifact %s, not one of host %s for %s attempt %d: refused",
-                          event.event, subject, bounded_text(name, 200), host, event.op_id, event.attempt)
-                return False
-        return True
-
-    def _in_order(self, op_id: str, queue: Callable[[], asyncio.Future[Any] | None], *,
-                  check: Callable[[], Awaitable[bool]] | None = None) -> asyncio.Future[Any] | None:
-        """Queue an op's change (``queue()`` queues it and returns its commit) in the order its
-        messages arrived, behind the op's claim check under way, if any; ``check``: a claim check of
-        its own, which the change must pass. A change waits for the one before it to be queued, not
-        committed: changes queued together are written together.
-        """
-        ahead = self._queued_gates.get(op_id)
-        if ahead is None and check is None:
-            return queue()
-        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queued_gates[op_id] = gate
-
-        async def run() -> Any:
-            try:
-                if ahead is not None:
-                    await asyncio.shield(ahead)
-                commit = queue() if check is None or await check() else None
-            finally:
-                gate.set_result(None)
-                if self._queued_gates.get(op_id) is gate:
-                    del self._queued_gates[op_id]
-            return None if commit is None else await commit
-
-        return asyncio.ensure_future(run())
-
-    async def _claimant(self, event: OpEvent, subject: str) -> bool:
-        """Whether the event's worker holds the attempt's claim (it counts only from its claimant)."""
-        holder = await self.claims.wait(event.op_id, event.attempt, CLAIM_WAIT_S)
-        if holder is None:  # claimed before this coordinator started, or not delivered yet: read it
-            holder = await self.dispatcher.claim_holder(event.op_id, event.attempt)
-        if holder == event.worker_id:
-            return True
-        self.metrics.rejected.labels(subject=names.OPS_EVENTS_ALL, reason="not the claimant").inc()
-        log.error("%s event on %s from %s, but the claim of %s attempt %d is %s's: refused", event.event, subject,
-                  event.worker_id, event.op_id, event.attempt, holder or "nobody")
-        return False
 
     async def _on_register(self, msg: Msg) -> None:
         try:

@@ -20,9 +20,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from coordinator import lifecycle
 from coordinator.dispatcher import Dispatcher
 from coordinator.metrics import Metrics
-from coordinator.operations import Operations
+from coordinator.operations import Change, Operations
 from coordinator.parents import parent_type
 from coordinator.registry import WorkerRegistry
 from subjects import names
@@ -97,7 +98,7 @@ class CancelResponder:
         if parent_type(op) is not None:
             # No worker runs it: the coordinator ends it here, and its runner (coordinator.parents)
             # cancels the children through this same subject.
-            done = await self.ops.mutate(op_id, _cancelled(request.reason, op.attempt))
+            done = (await self.ops.mutate(op_id, _cancel(request.reason, op.attempt))).record
             await self._reply(msg, CancelReply(
                 op_id=op_id, accepted=True, status=done.status if done else OpStatus.CANCELLED,
                 message="cancelled; its child operations are being cancelled"))
@@ -109,7 +110,7 @@ class CancelResponder:
         # A worker holds the claim. Record the request; the worker answers and stops the work.
         holder = op.worker_id or await self.dispatcher.claim_holder(op_id, op.attempt)
         if not self.registry.alive(holder):
-            done = await self.ops.mutate(op_id, _cancelled(request.reason, op.attempt, holder))
+            done = (await self.ops.mutate(op_id, _cancel(request.reason, op.attempt, holder))).record
             await self._reply(msg, CancelReply(
                 op_id=op_id, accepted=True, status=done.status if done else OpStatus.CANCELLED,
                 message=f"cancelled; its worker {holder} holds no lease"))
@@ -121,13 +122,7 @@ class CancelResponder:
             await self.nc.publish(names.worker_cancel(host, holder, op_id), msg.data, reply=msg.reply or "")
             self.metrics.cancels_forwarded.inc()
 
-        def record(o: Operation) -> bool | None:
-            if o.status.terminal or o.cancel_reason:
-                return False
-            o.cancel_reason = request.reason
-            return None
-
-        await self.ops.mutate(op_id, record)
+        await self.ops.mutate(op_id, lambda o: lifecycle.request_cancel(o, reason=request.reason))
         await asyncio.sleep(self.fallback_reply_s)
         now = self.ops.get(op_id) or op
         if now.status.terminal:
@@ -154,7 +149,7 @@ class CancelResponder:
         None if a worker has claimed it first."""
         if not await self.dispatcher.claim_for_coordinator(op.op_id, op.attempt):
             return None
-        done = await self.ops.mutate(op.op_id, _cancelled(reason, op.attempt))
+        done = (await self.ops.mutate(op.op_id, _cancel(reason, op.attempt))).record
         log.info("cancelled queued operation %s: %s", op.op_id, reason)
         return done or op.model_copy(update={"status": OpStatus.CANCELLED})
 
@@ -164,12 +159,5 @@ class CancelResponder:
                            message=f"operation {op.op_id} already {op.status.value}")
 
 
-def _cancelled(reason: str, attempt: int, holder: str | None = None):  # type: ignore[no-untyped-def]
-    def change(op: Operation) -> bool | None:
-        if op.status.terminal or op.attempt != attempt:
-            return False
-        op.status, op.cancel_reason, op.completed_at = OpStatus.CANCELLED, reason, datetime.now(UTC)
-        if holder:
-            op.warnings.append(f"cancelled while its worker {holder} held no lease")
-        return None
-    return change
+def _cancel(reason: str, attempt: int, holder: str | None = None) -> Change:
+    return lambda op: lifecycle.cancel(op, attempt=attempt, reason=reason, at=datetime.now(UTC), holder=holder)

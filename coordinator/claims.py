@@ -1,7 +1,7 @@
 """The claims the coordinator has seen stored, so that checking who owns an attempt costs no read.
 
 The report that makes an attempt someone's (``started``, or an outcome before it) counts only from
-the worker its write-once claim names (``coordinator.app``). Reading the claim for each report was
+the worker its write-once claim names (``coordinator.fold``). Reading the claim for each report was
 a KV request per operation (the dispatch benchmark lost a fifth of its throughput). Instead an
 ordered consumer (the coordinator's own; no other role may make one) delivers each claim as the
 ``claims`` stream stores it: only what was stored, in the stream's order, never a publish the

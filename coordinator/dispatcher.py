@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import Header
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from coordinator import lifecycle
 from coordinator.metrics import Metrics
-from coordinator.operations import Operations, RecordMayYetBeStored, attempt_record
+from coordinator.operations import Operations, RecordMayYetBeStored
 from coordinator.registry import WorkerRegistry
 from coordinator.settings import CoordinatorSettings
 from ktrdr.optypes import UnknownOpType, op_type
@@ -58,6 +61,13 @@ def _coordinated(op: Operation) -> bool:
         return op_type(op.type).on_coordinator
     except UnknownOpType:
         return False
+
+
+def _retry_policy(type_name: str) -> RetryPolicy | None:
+    try:
+        return op_type(type_name).retry
+    except UnknownOpType:
+        return None
 
 
 def _where(capability: str) -> str:
@@ -100,6 +110,11 @@ class Dispatcher:
         self.metrics = metrics
         self._submit_retry = SUBMIT_RETRY.within(settings.write_retry_budget_s)
         self._fallbacks: dict[str, asyncio.TimerHandle] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}  # next attempts waiting out their pause
+        # The JOBS sequence of each offer of an op still pending (this process's offers): a queued op
+        # that is cancelled has its jobs deleted, or they would wait in the queue (and in its count
+        # on the dashboard) until a worker of that capability comes to drop them, if one ever does.
+        self._queued: dict[str, list[int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         ops.subscribe(self._on_change)
 
@@ -123,8 +138,7 @@ class Dispatcher:
             # Run by the coordinator itself (coordinator.parents): recorded, never offered to a worker.
             op.route, op.route_reason = "coordinator", "run by the coordinator"
             return await self._record(op)
-        self._route(op, why=None)
-        op = await self._record(op)
+        op = await self._record(lifecycle.with_offer(op, self._offer_for(op.type, why=None)))
         try:
             await self._offer(op, op.offered, retry=self._submit_retry.within(max(0.0, deadline - loop.time())))
         except OfferNotStored as exc:
@@ -149,10 +163,10 @@ class Dispatcher:
             assert exc.__cause__ is not None
             raise exc.__cause__ from None
 
-    def _route(self, op: Operation, *, why: str | None) -> None:
-        """Choose the capability to offer this attempt on, and say why in the record: the first of
-        the type's route that a live worker holds, else its last (the fallback)."""
-        route = op_type(op.type).runs.capabilities
+    def _offer_for(self, type_name: str, *, why: str | None) -> lifecycle.Offer:
+        """Choose the capability to offer an attempt on, and say why (kept in the record): the first
+        of the type's route that a live worker holds, else its last (the fallback)."""
+        route = op_type(type_name).runs.capabilities
         prefix = f"{why}; " if why else ""
         chosen, reason = route[-1], _where(route[-1])
         for capability in route[:-1]:
@@ -164,9 +178,7 @@ class Dispatcher:
         else:
             if len(route) > 1:
                 reason = f"{_where(route[-1])}: no {'/'.join(_where(c) for c in route[:-1])} worker"
-        op.capability, op.route, op.route_reason = chosen, _where(chosen), prefix + reason
-        op.offered = [op.capability]
-        op.offered_at = datetime.now(UTC)
+        return lifecycle.Offer(capability=chosen, route=_where(chosen), reason=prefix + reason, at=datetime.now(UTC))
 
     async def _offer(self, op: Operation, capabilities: list[str], *, reoffer: int = 0,
                      retry: RetryPolicy = OFFER_RETRY) -> None:
@@ -176,18 +188,21 @@ class Dispatcher:
     async def _offer_on(self, op: Operation, capability: str, *, reoffer: int, retry: RetryPolicy) -> None:
         job = JobMessage(op_id=op.op_id, type=op.type, params=op.params, attempt=op.attempt,
                          capability=capability, parent_id=op.parent_id, checkpoint=op.checkpoint).encode()
-        headers = {Header.MSG_ID: names.job_msg_id(op.op_id, op.attempt, capability, reoffer)}
+        headers: dict[str, str] = {Header.MSG_ID: names.job_msg_id(op.op_id, op.attempt, capability, reoffer)}
         subject = names.jobs_subject(capability)
 
         def retrying(exc: BaseException, pause: float) -> None:
             log.warning("offer of %s on %s failed (%s); retrying", op.op_id, capability, exc)
 
         try:
-            await retry.run(lambda: self.publisher.publish(subject, job, headers=headers),
-                            retry_on=any_error, on_retry=retrying)
+            seq = await retry.run(lambda: self.publisher.publish(subject, job, headers=headers),
+                                  retry_on=any_error, on_retry=retrying)
         except Exception as exc:
             # The record stays pending with its offer noted; the next coordinator start re-offers.
             raise OfferNotStored(f"could not publish {op.op_id} to {subject}: {exc}") from exc
+        current = self.ops.get(op.op_id)
+        if current is None or current.status is OpStatus.PENDING:
+            self._queued.setdefault(op.op_id, []).append(seq)
 
     # --- GPU fallback ---------------------------------------------------------------------
 
@@ -221,16 +236,9 @@ class Dispatcher:
         if preferred not in route:
             return
         rest = list(route[route.index(preferred) + 1:])
-
-        def add_rest(o: Operation) -> bool | None:
-            if o.status is not OpStatus.PENDING or o.attempt != attempt or all(c in o.offered for c in rest):
-                return False
-            o.offered.extend(c for c in rest if c not in o.offered)
-            o.capability, o.route = rest[-1], _where(rest[-1])
-            o.route_reason = f"{_where(rest[-1])}: {_where(preferred)} timeout after {timeout:g} s"
-            return None
-
-        updated = await self.ops.mutate(op_id, add_rest)
+        reason = f"{_where(rest[-1])}: {_where(preferred)} timeout after {timeout:g} s"
+        updated = (await self.ops.mutate(op_id, lambda o: lifecycle.widen_offer(
+            o, attempt=attempt, capabilities=rest, route=_where(rest[-1]), reason=reason))).record
         if updated is not None and all(c in updated.offered for c in rest):
             log.info("%s: no %s claim after %g s; also offered on %s", op_id, _where(preferred), timeout,
                      ", ".join(rest))
@@ -239,6 +247,19 @@ class Dispatcher:
     def _on_change(self, before: Operation, after: Operation) -> None:
         if after.status is not OpStatus.PENDING:
             self._cancel_fallback(after.op_id)
+            self._cancel_retry(after.op_id)
+            offers = self._queued.pop(after.op_id, None)
+            if offers and after.status is OpStatus.CANCELLED and before.status is OpStatus.PENDING:
+                self._spawn(self._drop_jobs(after.op_id, offers))
+
+    async def _drop_jobs(self, op_id: str, offers: list[int]) -> None:
+        """Delete a cancelled queued op's jobs from JOBS. One a worker took meanwhile is gone already
+        (or is dropped by that worker: the coordinator holds the claim)."""
+        for seq in offers:
+            try:
+                await self.js.delete_msg(names.JOBS_STREAM, seq)
+            except Exception as exc:  # taken and acknowledged meanwhile, or JetStream busy: harmless
+                log.debug("job %d of cancelled %s not deleted: %s", seq, op_id, exc)
 
     # --- claims ---------------------------------------------------------------------------
 
@@ -327,32 +348,13 @@ class Dispatcher:
 
     async def recover(self, op_id: str, attempt: int, worker_id: str, reason: str) -> None:
         lost = f"worker {worker_id} lost ({reason}) during attempt {attempt}"
-        retried = False
-
-        def change(op: Operation) -> bool | None:
-            nonlocal retried
-            if op.status.terminal or op.attempt != attempt:
-                return False
-            for record in op.attempts:
-                if record.attempt == attempt:
-                    record.outcome, record.ended_at = f"lost: {reason}", datetime.now(UTC)
-            if op.cancel_reason:
-                op.status, op.completed_at = OpStatus.CANCELLED, datetime.now(UTC)
-                op.warnings.append(lost)
-            elif op.attempt < op.max_attempts:
-                retried = True
-                op.warnings.append(lost)
-                op.attempt += 1
-                op.status, op.worker_id, op.progress = OpStatus.PENDING, None, None
-                self._route(op, why=f"retry after {lost}")
-            else:
-                op.status, op.completed_at = OpStatus.FAILED, datetime.now(UTC)
-                op.error = f"{lost}; no attempts left (max {op.max_attempts})"
-            return None
-
-        op = await self.ops.mutate(op_id, change)
+        applied = await self.ops.mutate(op_id, lambda op: lifecycle.lose_worker(
+            op, attempt=attempt, worker_id=worker_id, reason=reason, at=datetime.now(UTC),
+            offer=lambda: self._offer_for(op.type, why=f"retry after {lost}")))
+        op, mine = applied.record, applied.changed
         if op is None:
             return
+        retried = mine is not None and mine.status is OpStatus.PENDING
         if retried and op.status is OpStatus.PENDING and op.attempt == attempt + 1:
             self.metrics.retries.labels(type=op.type).inc()
             log.warning("%s: %s; retrying as attempt %d", op_id, lost, op.attempt)
@@ -360,6 +362,44 @@ class Dispatcher:
             self._schedule_fallback(op)
         elif op.status is OpStatus.FAILED:
             log.error("%s: %s", op_id, op.error)
+
+    def retry_of(self, op: Operation) -> lifecycle.Retry | None:
+        """How a retryable failure of ``op`` is retried: as its type's retry policy says (None: never)."""
+        policy = _retry_policy(op.type)
+        if policy is None:
+            return None
+        return lifecycle.Retry(tries=policy.attempts, offer=lambda: self._offer_for(
+            op.type, why=f"retry after attempt {op.attempt} failed"))
+
+    def failure_retried(self, op: Operation) -> None:
+        """``op`` is pending again after a retryable failure: its next attempt is offered after the
+        pause its type's policy gives (in the background: the report's acknowledgement does not wait
+        for it). A coordinator that restarts meanwhile offers it at once (:meth:`resume`)."""
+        policy = _retry_policy(op.type)
+        delay = policy.delay(op.attempt - 2) if policy is not None else 0.0
+        self.metrics.retries.labels(type=op.type).inc()
+        log.warning("%s: attempt %d failed, retryably; retrying as attempt %d in %.1f s", op.op_id, op.attempt - 1,
+                    op.attempt, delay)
+        self._cancel_retry(op.op_id)
+        self._retries[op.op_id] = asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self._offer_retry(op.op_id, op.attempt)))
+
+    def _cancel_retry(self, op_id: str) -> None:
+        handle = self._retries.pop(op_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    async def _offer_retry(self, op_id: str, attempt: int) -> None:
+        self._retries.pop(op_id, None)
+        op = self.ops.get(op_id)
+        if op is None or op.status is not OpStatus.PENDING or op.attempt != attempt:
+            return  # cancelled meanwhile, or recovered by another way
+        try:
+            await self._offer(op, op.offered)
+        except OfferNotStored as exc:
+            log.error("%s: %s; the next coordinator start offers it", op_id, exc)
+            return
+        self._schedule_fallback(op)
 
     async def fail_undeliverable(self, stream_seq: int, deliveries: int | None) -> None:
         """A job that reached MaxDeliver: remove the message from the queue, then renew the offer
@@ -387,35 +427,18 @@ class Dispatcher:
         error = f"job could not be delivered to a worker ({deliveries or 'max'} deliveries)"
         # Take the claim so that a copy still in flight can never start the failed attempt.
         await self.claim_for_coordinator(job.op_id, job.attempt)
-
-        def change(op: Operation) -> bool | None:
-            if op.status is not OpStatus.PENDING or op.attempt != job.attempt:
-                return False
-            op.status, op.error, op.completed_at = OpStatus.FAILED, error, datetime.now(UTC)
-            return None
-
-        await self.ops.mutate(job.op_id, change)
+        await self.ops.mutate(job.op_id, lambda op: lifecycle.undeliverable(
+            op, attempt=job.attempt, error=error, at=datetime.now(UTC)))
 
     async def _reoffer(self, job: JobMessage, deliveries: int | None) -> bool:
         """Offer ``job`` afresh, recorded on its attempt; False once the renewals are used up."""
-        renewal = 0
-
-        def count(op: Operation) -> bool | None:
-            nonlocal renewal
-            if op.status is not OpStatus.PENDING or op.attempt != job.attempt:
-                return False
-            record = attempt_record(op)
-            if record.reoffers >= UNCLAIMED_REOFFERS:
-                return False
-            record.reoffers += 1
-            renewal = record.reoffers
-            op.warnings.append(f"offer on {job.capability} renewed after {deliveries or 'max'} deliveries "
-                               f"that no worker claimed")
-            return None
-
-        op = await self.ops.mutate(job.op_id, count)
-        if op is None or renewal == 0:
+        applied = await self.ops.mutate(job.op_id, lambda op: lifecycle.renew_offer(
+            op, attempt=job.attempt, capability=job.capability, deliveries=deliveries, limit=UNCLAIMED_REOFFERS))
+        op, renewed = applied.record, applied.changed
+        record = None if renewed is None else lifecycle.current_attempt(renewed)
+        if op is None or record is None:
             return False
+        renewal = record.reoffers
         log.warning("%s: offer on %s reached MaxDeliver unclaimed; renewed (%d of %d)", job.op_id,
                     job.capability, renewal, UNCLAIMED_REOFFERS)
         await self._offer(op, [job.capability], reoffer=renewal)
@@ -423,13 +446,15 @@ class Dispatcher:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        for handle in self._fallbacks.values():
+        for handle in [*self._fallbacks.values(), *self._retries.values()]:
             handle.cancel()
         self._fallbacks.clear()
+        self._retries.clear()
+        self._queued.clear()
         await cancel_and_wait(list(self._tasks), what="dispatcher task")

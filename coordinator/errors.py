@@ -37,10 +37,9 @@ from typing import Any, ClassVar, TypeVar
 from nats.aio.client import Client
 from pydantic import BaseModel, ValidationError
 
-from coordinator.admission import Rejected
-from coordinator.admission import TooLarge as ParamsTooLarge
 from coordinator.health import RETRY_AFTER_S, unavailable_message
 from coordinator.operations import OperationExists
+from ktrdr.errors import FieldError, FieldTooLarge
 from ktrdr.runtime.retry import transient_js_error
 from subjects.models import json_too_deep
 
@@ -143,9 +142,10 @@ def op_error(exc: BaseException, *, nc: Client | None = None) -> OpError:
     """The one table: what the operations layer answers for ``exc``, over HTTP and NATS alike."""
     if isinstance(exc, OpError):
         return exc
-    if isinstance(exc, ParamsTooLarge):
+    # A field error of the domain (ktrdr.errors): mapped here, and only here.
+    if isinstance(exc, FieldTooLarge):
         return TooLarge(str(exc), detail=[{"field": exc.field, "message": exc.message}])
-    if isinstance(exc, Rejected):
+    if isinstance(exc, FieldError):
         return InvalidRequest(str(exc), detail=[{"field": exc.field, "message": exc.message}])
     if isinstance(exc, ValidationError):
         # Raised by admission, which validates the params against their type's model.

@@ -229,8 +229,8 @@ class OpsFeed:
                 return False
             floor = consumer.ack_floor.stream_seq if consumer.ack_floor else 0
             first = max(first, stream.state.first_seq or 0, (floor or 0) + 1)
-            if (consumer.config.max_ack_pending or 0) > 0:
-                limit = consumer.config.max_ack_pending
+            if (max_pending := consumer.config.max_ack_pending or 0) > 0:
+                limit = max_pending
         if first >= end:
             return True  # acknowledged meanwhile (by another coordinator), or gone from the stream
         log.warning("OPS sequences %d-%d were not delivered here; reading them from the stream", first, end - 1)

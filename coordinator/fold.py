@@ -14,6 +14,8 @@ feed acknowledges the message once it is stored. Checked, since workers are not 
 
 Refusals of the transitions themselves come back as :class:`~coordinator.lifecycle.NoChange`; a
 report from a worker or attempt that no longer owns the op is *fenced*: ignored, logged, counted.
+A failure the worker calls retryable (``ktrdr.errors``) is retried as the op type's retry policy
+allows (``OpType.retry``, through the dispatcher), which also offers the next attempt.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ from nats.aio.msg import Msg
 
 from coordinator import lifecycle
 from coordinator.claims import ClaimWatch
-from coordinator.lifecycle import Reporter
+from coordinator.lifecycle import Reporter, Retry
 from coordinator.metrics import Metrics
 from coordinator.operations import Applied, Change, Operations
 from subjects import limits, names
 from subjects.limits import bounded_text, json_size
-from subjects.models import BadPayload, OpEvent, OpEventKind, Progress, ProgressUpdate, decode
+from subjects.models import BadPayload, Operation, OpEvent, OpEventKind, OpStatus, Progress, ProgressUpdate, decode
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,18 @@ CLAIM_WAIT_S = 0.05
 
 class ReportFold:
     def __init__(self, *, ops: Operations, claims: ClaimWatch, host_of: Callable[[str], str | None],
-                 read_claim: Callable[[str, int], Awaitable[str | None]], metrics: Metrics) -> None:
+                 read_claim: Callable[[str, int], Awaitable[str | None]], metrics: Metrics,
+                 retry_of: Callable[[Operation], Retry | None] = lambda op: None,
+                 on_retried: Callable[[Operation], None] = lambda op: None) -> None:
         self.ops = ops
         self.claims = claims
         self.host_of = host_of
         self.read_claim = read_claim
         self.metrics = metrics
+        # A retryable failure: how the op's type retries it (the dispatcher's), and who offers the
+        # next attempt once it is committed.
+        self.retry_of = retry_of
+        self.on_retried = on_retried
         # Per op with a claim check under way: resolved once its last change so far is queued.
         self._queued_gates: dict[str, asyncio.Future[None]] = {}
 
@@ -111,9 +119,14 @@ class ReportFold:
                 log.warning("fenced %s event of %s from %s attempt %d (owner: %s attempt %d)", event.event,
                             event.op_id, event.worker_id, event.attempt, applied.record.worker_id,
                             applied.record.attempt)
-            elif event.event is OpEventKind.STARTED and applied.changed is not None and applied.record.attempt == 1:
-                self.metrics.dispatch_latency.labels(type=applied.record.type).observe(
-                    max(0.0, (datetime.now(UTC) - applied.record.created_at).total_seconds()))
+                return
+            changed = applied.changed
+            if event.event is OpEventKind.STARTED and changed is not None and changed.attempt == 1:
+                self.metrics.dispatch_latency.labels(type=changed.type).observe(
+                    max(0.0, (datetime.now(UTC) - changed.created_at).total_seconds()))
+            elif (event.event is OpEventKind.FAILED and changed is not None and changed.status is OpStatus.PENDING
+                  and applied.record.status is OpStatus.PENDING and applied.record.attempt == event.attempt + 1):
+                self.on_retried(applied.record)
 
         future = self.ops.mutate_soon(event.op_id, change)
         future.add_done_callback(report)
@@ -122,11 +135,25 @@ class ReportFold:
     def _event_change(self, event: OpEvent) -> Change:
         """The event as a transition, its texts and documents bounded once here."""
         by = Reporter(worker_id=event.worker_id, attempt=event.attempt)
-        at = event.timestamp
+        at, kind = event.timestamp, event.event
         where = {"subject": names.OPS_EVENTS_ALL, "op_id": event.op_id}
-        if event.event is OpEventKind.STARTED:
+        error = reason = None
+        if kind is OpEventKind.CANCELLED:
+            reason = self._bounded(event.error, limits.MAX_REASON_CHARS, what="cancel reason", **where)
+        else:
+            error = self._bounded(event.error, limits.MAX_ERROR_CHARS, what=f"{kind} error", **where)
+        if kind is OpEventKind.COMPLETED and event.result is not None:
+            size = json_size(event.result)
+            if size > limits.MAX_INLINE_RESULT_BYTES:
+                # Kept in the record it would crowd out everything else; a full result has its store.
+                self.metrics.rejected.labels(subject=names.OPS_EVENTS_ALL, reason="too large").inc()
+                log.error("operation %s: an inline result of %d bytes; failing it", event.op_id, size)
+                kind = OpEventKind.FAILED
+                error = (f"the worker's result was {size} bytes, over the {limits.MAX_INLINE_RESULT_BYTES} a "
+                         "record keeps inline; a full result belongs in the results store")
+        if kind is OpEventKind.STARTED:
             return lambda op: lifecycle.start(op, by, at=at)
-        if event.event is OpEventKind.INFO:
+        if kind is OpEventKind.INFO:
             # A worker's warning (JobContext.warn) rides in an info event's message.
             warning = (self._bounded(event.message, limits.MAX_ERROR_CHARS, what="warning", **where)
                        if event.message else None)
@@ -139,21 +166,16 @@ class ReportFold:
                     info = {"dropped_info": bounded_text(
                         f"{size} bytes, over {limits.MAX_INFO_BYTES}: {', '.join(info)}", limits.MAX_ERROR_CHARS)}
             return lambda op: lifecycle.note(op, by, info=info, checkpoint=event.checkpoint, warning=warning)
-        if event.event is OpEventKind.CANCELLED:
-            reason = self._bounded(event.error, limits.MAX_REASON_CHARS, what="cancel reason", **where)
+        if kind is OpEventKind.COMPLETED:
+            return lambda op: lifecycle.complete(op, by, at=at, result=event.result, result_object=event.result_object)
+        if kind is OpEventKind.CANCELLED:
             return lambda op: lifecycle.cancelled(op, by, at=at, reason=reason)
-        error = self._bounded(event.error, limits.MAX_ERROR_CHARS, what=f"{event.event} error", **where)
-        if event.event is OpEventKind.COMPLETED:
-            size = json_size(event.result) if event.result is not None else 0
-            if size <= limits.MAX_INLINE_RESULT_BYTES:
-                return lambda op: lifecycle.complete(op, by, at=at, result=event.result,
-                                                     result_object=event.result_object)
-            # Kept in the record it would crowd out everything else; a full result has its store.
-            self.metrics.rejected.labels(subject=names.OPS_EVENTS_ALL, reason="too large").inc()
-            log.error("operation %s: an inline result of %d bytes; failing it", event.op_id, size)
-            error = (f"the worker's result was {size} bytes, over the {limits.MAX_INLINE_RESULT_BYTES} a "
-                     "record keeps inline; a full result belongs in the results store")
-        return lambda op: lifecycle.fail(op, by, at=at, error=error)
+        if kind is not event.event:  # a result too large: not the handler's failure
+            return lambda op: lifecycle.fail(op, by, at=at, error=error)
+        error_type = self._bounded(event.error_type, limits.MAX_ERROR_TYPE_CHARS, what="error type", **where)
+        retryable = event.retryable
+        return lambda op: lifecycle.fail(op, by, at=at, error=error, error_type=error_type, retryable=retryable,
+                                         retry=self.retry_of(op) if retryable else None)
 
     def progress_soon(self, update: ProgressUpdate) -> asyncio.Future[Applied]:
         progress = Progress.model_validate(update.model_dump(include=set(Progress.model_fields)))

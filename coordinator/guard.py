@@ -37,6 +37,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Iterable
+from typing import Literal
 
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -273,7 +274,7 @@ class ApiGuard:
             return False
         return forwarded_proto.partition(b",")[0].strip().lower() == b"https"
 
-    async def _read_body(self, receive: Receive) -> bytes | bool | None:
+    async def _read_body(self, receive: Receive) -> bytes | Literal[False] | None:
         """The whole body; False once it passes the limit; None if the client went away."""
         chunks: list[bytes] = []
         size = 0

@@ -37,6 +37,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
+from coordinator import lifecycle
 from coordinator.dispatcher import Dispatcher
 from coordinator.operations import OperationExists, Operations
 from coordinator.registry import WorkerRegistry
@@ -47,7 +48,6 @@ from ktrdr.optypes.parent import ChildState, Fail, Ready, Reduced, Stage
 from ktrdr.results import get_result, put_result
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
-from subjects.limits import MAX_ERROR_CHARS, bounded_text
 from subjects.models import CancelRequest, Operation, OpStatus, Progress, SubmitRequest
 from subjects.names import COORDINATOR_HOST
 
@@ -267,7 +267,8 @@ class ParentRunner:
             except Exception as exc:
                 await self._fail(parent_id, f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc))
                 return
-            op = await self.ops.mutate(parent_id, _started(prepared))
+            op = (await self.ops.mutate(parent_id, lambda o: lifecycle.start_parent(
+                o, plan=prepared, at=datetime.now(UTC)))).record
             if op is None or op.status is not OpStatus.RUNNING:
                 return
         prepared = op.info.get("plan") or {}
@@ -364,20 +365,8 @@ class ParentRunner:
             return
         assert declared.parent is not None
         progress = _aggregate(self._child_ops(parent_id), stage, declared.parent.unit)
-
-        def update(op: Operation) -> bool | None:
-            if op.status is not OpStatus.RUNNING:
-                return False
-            same = op.progress is not None and (op.progress.percentage, op.progress.steps_done,
-                                                op.progress.steps_total, op.progress.message, op.progress.step) == (
-                progress.percentage, progress.steps_done, progress.steps_total, progress.message, progress.step)
-            if same and op.info.get("children") == stage.total:
-                return False
-            op.progress = progress
-            op.info["children"] = stage.total
-            return None
-
-        await self.ops.mutate(parent_id, update)
+        await self.ops.mutate(parent_id, lambda op: lifecycle.parent_progress(op, progress=progress,
+                                                                              children=stage.total))
 
     def _child_ops(self, parent_id: str) -> list[Operation]:
         return [op for cid in self._children.get(parent_id, ()) if (op := self.ops.get(cid)) is not None]
@@ -395,36 +384,19 @@ class ParentRunner:
         result = declared.result_dict(reduced.result)
         child_ops = self._child_ops(parent_id)
         ended = sum(c.status.terminal for c in child_ops)
-
-        def complete(op: Operation) -> bool | None:
-            if op.status is not OpStatus.RUNNING:
-                return False
-            op.completed_at = datetime.now(UTC)
-            op.progress = _aggregate(child_ops, Stage(name="done", children=(), total=ended,
-                                                      items=last.items if last else None,
-                                                      items_type=last.items_type if last else None),
-                                     declared.parent.unit if declared.parent else "children")
-            op.progress.percentage = 100.0
-            if reduced.error is None:
-                op.status, op.result = OpStatus.COMPLETED, result
-                op.result_object = written.name if written is not None else None
-            else:
-                op.status, op.error = OpStatus.FAILED, bounded_text(reduced.error, MAX_ERROR_CHARS)
-            return None
-
-        done = await self.ops.mutate(parent_id, complete)
+        progress = _aggregate(child_ops, Stage(name="done", children=(), total=ended,
+                                               items=last.items if last else None,
+                                               items_type=last.items_type if last else None),
+                              declared.parent.unit)
+        done = (await self.ops.mutate(parent_id, lambda op: lifecycle.conclude(
+            op, at=datetime.now(UTC), progress=progress, result=result, error=reduced.error,
+            result_object=written.name if written is not None else None))).record
         if done is not None and done.status.terminal:
             log.info("%s %s %s: %d child operation(s)", declared.name, parent_id, done.status.value, ended)
 
     async def _fail(self, parent_id: str, error: str) -> None:
-        def change(op: Operation) -> bool | None:
-            if op.status.terminal:
-                return False
-            op.status, op.completed_at = OpStatus.FAILED, datetime.now(UTC)
-            op.error = bounded_text(error, MAX_ERROR_CHARS)
-            return None
-
-        done = await self.ops.mutate(parent_id, change)
+        done = (await self.ops.mutate(parent_id, lambda op: lifecycle.fail_parent(
+            op, error=error, at=datetime.now(UTC)))).record
         if done is not None and done.status is OpStatus.FAILED:
             log.warning("parent %s failed: %s", parent_id, error)
         # The change listener cascades to the children that have not ended.
@@ -465,18 +437,6 @@ def _why_ended(parent: Operation) -> str:
     if parent.status is OpStatus.FAILED:
         return f"{parent.type} {parent.op_id} failed: {parent.error or 'no reason given'}"
     return f"{parent.type} {parent.op_id} cancelled: {parent.cancel_reason or 'no reason given'}"
-
-
-def _started(prepared: dict[str, Any]):  # type: ignore[no-untyped-def]
-    def change(op: Operation) -> bool | None:
-        if op.status is not OpStatus.PENDING:
-            return False
-        op.status, op.started_at = OpStatus.RUNNING, datetime.now(UTC)
-        op.progress = Progress(percentage=0.0, step="planning", message="planning")
-        if prepared:
-            op.info["plan"] = prepared
-        return None
-    return change
 
 
 def _aggregate(children: list[Operation], stage: Stage, unit: str) -> Progress:

@@ -15,7 +15,7 @@ this sweep, which takes a chunk subject only when two runs in a row found it unr
 Every step can be repeated, so a coordinator that dies halfway loses nothing and the next prune
 finishes the job: the archive copy is written first (deduplicated by its ``Nats-Msg-Id``), then the
 key is purged, then the index is told. A purge the index missed is settled when it catches up
-(``coordinator.operations.catch_up`` asks the archive).
+(``coordinator.mirror.catch_up`` asks the archive).
 """
 
 from __future__ import annotations

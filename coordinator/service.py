@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from nats.aio.client import Client
 from nats.micro import Request, add_service
@@ -50,7 +51,9 @@ class OpsService:
             self._service = None
         await cancel_and_wait(self._handling, what="service request")
 
-    def _concurrently(self, handler: Callable[[Request], Awaitable[None]]) -> Callable[[Request], Awaitable[None]]:
+    def _concurrently(
+        self, handler: Callable[[Request], Coroutine[Any, Any, None]]
+    ) -> Callable[[Request], Awaitable[None]]:
         """An endpoint's handler runs inside its subscription's callback, one request at a time;
         a submit waits on two JetStream writes, so each one gets a task of its own."""
         async def spawn(req: Request) -> None:

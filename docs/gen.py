@@ -56,7 +56,6 @@ NOTES = {
     "worker_index": "With `KTRDR_WORKER_ID` unset, the id is `<host>-<type>-<index>`; an id in use by another live "
                     "process is refused at registration.",
     "slots": "Default: per worker type. A worker fetches only when it has a free slot.",
-    "fetch_timeout_s": "How long a worker's pull request lasts (then a 408, and it is sent again).",
     "gpu": "Whether the worker's lease says it has a GPU; unset, the worker type decides (the GPU host's: yes).",
     "device_name": "The device its lease names; unset, the GPU host's own (`cuda:<name>`).",
     "device_memory_mb": "The device memory its lease names; unset, the GPU host's own.",

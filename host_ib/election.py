@@ -44,7 +44,7 @@ async def lock_bucket(js: JetStreamContext) -> KeyValue:
         await asyncio.sleep(delay)
 
 
-async def read_lock(kv: KeyValue) -> tuple[int, ActiveLock | None] | None:
+async def read_lock(kv: KeyValue) -> tuple[int | None, ActiveLock | None] | None:
     """(revision, holder) of the lock; holder None for a delete or expiry marker; None if absent."""
     try:
         entry = await kv.get(names.IB_ACTIVE_KEY)
@@ -75,7 +75,7 @@ class ActiveElection:
         self.active = False
         self.active_since: datetime | None = None
         self.holder: ActiveLock | None = None  # the last holder seen (ourselves when active)
-        self._revision = 0
+        self._revision: int | None = 0
         self._acquired_at = utcnow()
         self._last_refresh = 0.0
 
@@ -103,7 +103,7 @@ class ActiveElection:
     async def _try_acquire(self) -> None:
         self._acquired_at = utcnow()
         try:
-            revision = await self.kv.create(names.IB_ACTIVE_KEY, self._value())
+            revision: int | None = await self.kv.create(names.IB_ACTIVE_KEY, self._value())
         except KeyWrongLastSequenceError:
             current = await read_lock(self.kv)
             if current is None:

@@ -24,7 +24,7 @@ class CancelToken:
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[], object]] = []
         self.reason: str | None = None
 
     def cancel(self, reason: str = "cancelled") -> bool:
@@ -39,7 +39,7 @@ class CancelToken:
             listener()
         return True
 
-    def on_cancel(self, listener: Callable[[], None]) -> None:
+    def on_cancel(self, listener: Callable[[], object]) -> None:
         """Call ``listener()`` once, from whichever thread cancels (at once if already cancelled)."""
         with self._lock:
             if not self._event.is_set():

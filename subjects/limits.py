@@ -43,6 +43,8 @@ MAX_JSON_DEPTH: Final = 64
 # The error of a failed op: a message and its context. A traceback belongs in the worker's log; past
 # a few thousand characters nobody reads it in a table or a terminal.
 MAX_ERROR_CHARS: Final = 4_000
+# The type of a handler's error (ktrdr.errors.error_type): a module path and a class name.
+MAX_ERROR_TYPE_CHARS: Final = 200
 # A cancel reason is a sentence a person or a program gives.
 MAX_REASON_CHARS: Final = 1_000
 # A progress message or step name: one line under a progress bar.

@@ -226,6 +226,10 @@ class Operation(Payload):
     result_object: str | None = None
     checkpoint: str | None = None
     error: str | None = None
+    # Of a failed handler (ktrdr.errors.failure_of): its error's type, and whether another attempt
+    # might have got past it (None: not a handler's failure, or a worker that did not say).
+    error_type: str | None = None
+    retryable: bool | None = None
     cancel_reason: str | None = None
     attempts: list[AttemptRecord] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
@@ -289,6 +293,10 @@ class OpEvent(Payload):
     result_object: str | None = Field(default=None, max_length=ARTIFACT_NAME_CHARS)
     checkpoint: str | None = Field(default=None, max_length=ARTIFACT_NAME_CHARS)
     error: str | None = None
+    # ``failed``: the type of the handler's error, and whether another attempt may get past it
+    # (ktrdr.errors.failure_of). Bounded by the coordinator, as ``error`` is.
+    error_type: str | None = None
+    retryable: bool = False
     message: str | None = None
     context: dict[str, Any] = Field(default_factory=dict)
 

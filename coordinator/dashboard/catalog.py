@@ -205,8 +205,8 @@ async def model(js: JetStreamContext, name: str, version: str) -> dict[str, Any]
         return None
     meta = found.metadata
     plain = {k: _fact(v) for k, v in meta.items() if k not in ("metrics", "feature_names")}
-    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
-    features = meta.get("feature_names") if isinstance(meta.get("feature_names"), list) else []
+    metrics = m if isinstance(m := meta.get("metrics"), dict) else {}
+    features = f if isinstance(f := meta.get("feature_names"), list) else []
     return {"ref": found.ref, "name": found.name, "version": found.version, "size": found.size,
             "digest": found.digest, "created_at": found.created_at, "op_id": meta.get("op_id"),
             "metadata": plain, "metrics": {str(k): _fact(v) for k, v in metrics.items()},
@@ -242,8 +242,8 @@ class Datasets:
             if info.deleted or not info.name or "/" not in info.name:
                 continue
             symbol, timeframe = info.name.split("/", 1)
-            row = {"symbol": symbol, "timeframe": timeframe, "size": int(info.size or 0),
-                   "digest": str(info.digest or ""), "modified": str(info.mtime or "")}
+            row: dict[str, Any] = {"symbol": symbol, "timeframe": timeframe, "size": int(info.size or 0),
+                                   "digest": str(info.digest or ""), "modified": str(info.mtime or "")}
             known = self._summaries.get(row["digest"])
             out.append({**row, **(_as_dict(known) if known else {})})
         return out
@@ -275,6 +275,7 @@ class Datasets:
             if refused is not None:
                 # The request was fine; the dataset is not: a 422 naming it, counted with the API's errors.
                 raise InvalidRequest(refused, field="dataset")
+            assert known is not None  # summarised above, or refused
             _keep(self._summaries, row["digest"], known)
         return {**row, **_as_dict(known)}
 

@@ -5,8 +5,12 @@ params), config)``: the block runs the same steps on the same inputs (``ktrdr.ba
 them), and does once per block what depends on the bars alone: the timeframe and its annualisation,
 the price arrays, and each distinct indicator (an :class:`IndicatorCache`). Parameter values are
 validated once per distinct indicator spec rather than per variant (see :class:`_Variants`), and a
-parameter set that repeats is evaluated once. What the block leaves out is what the metrics do not
-need: curves, the benchmark and the trade list of every variant.
+parameter set that repeats is evaluated once. Variants are then simulated together, a batch at a
+time (``ktrdr.backtest.batch``: the same float operations, done for many variants per numpy call),
+and their curves reduced together (``ktrdr.backtest.metrics.curve_stats_of_rows``). A variant the
+batch cannot vouch for (``Batch.unsure``: a run that meets a NaN, an infinity or a zero price) is
+backtested alone, as before. What the block leaves out is what the metrics do not need: curves,
+the benchmark and the trade list of every variant.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
+from ktrdr.backtest.batch import Changes, changes_of, simulate_batch
 from ktrdr.backtest.config import BacktestConfig
-from ktrdr.backtest.engine import _metrics, _prices, _rule_positions, _timeframe
+from ktrdr.backtest.engine import _metrics, _metrics_of, _prices, _rule_positions, _timeframe
+from ktrdr.backtest.metrics import curve_stats_of_rows
 from ktrdr.backtest.result import _clean
 from ktrdr.backtest.simulator import simulate
 from ktrdr.cancel import CancelToken, OperationCancelled
@@ -33,6 +39,16 @@ from subjects.params import ParamValue
 FORMAT = "ktrdr.backtest.block/1"
 
 MetricValue = float | int | str | None  # a cleaned metric: NaN and infinities are None
+
+# Variants are simulated in batches (ktrdr.backtest.batch) of at most BATCH_ROWS variants and
+# BATCH_CHANGES position changes (~210 bytes each at the batch's peak: ~55 MB), and their equity
+# curves are made and reduced CURVE_CELLS cells (variants x bars) at a time (2 MB per float array,
+# ~20 MB in all; twice that was three times slower, each array a fresh mapping), so a block stays
+# under ~80 MB whatever its size. A batch step costs the same for few variants as for many: batches
+# are as large as that allows (a sweep's 1,250-variant SMA block is one).
+BATCH_ROWS = 2048
+BATCH_CHANGES = 1 << 18
+CURVE_CELLS = 1 << 18
 
 
 @dataclass(kw_only=True)
@@ -85,8 +101,9 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
     A variant the strategy refuses, or whose backtest raises, is recorded in ``errors`` and the block
     goes on. Bars that no variant could be backtested on (none, no open or close column) raise at
     once. ``cancel`` is checked between variants and inside each; ``progress(done, total)`` is called
-    after every variant, so a caller that reports somewhere costly throttles it. ``trade_from``: the
-    bars before it only warm the indicators up, as in :func:`ktrdr.backtest.engine.run_backtest`.
+    for every variant, in order, once its metrics are known (a batch of variants at a time), so a
+    caller that reports somewhere costly throttles it. ``trade_from``: the bars before it only warm
+    the indicators up, as in :func:`ktrdr.backtest.engine.run_backtest`.
     """
     if not isinstance(strategy, RuleStrategy):
         raise TypeError(f"a block evaluates a rule-based strategy, not {type(strategy).__name__}")
@@ -102,7 +119,8 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
     cache = IndicatorCache(bars)
     make = _Variants(strategy)
 
-    def evaluate(params: dict[str, ParamValue]) -> dict[str, Any] | str:
+    def changes(params: dict[str, ParamValue]) -> Changes | str:
+        """The variant's position changes, or why it has none (a refusal, an error)."""
         try:
             variant = make(params)
         except StrategyError as exc:
@@ -110,45 +128,114 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
         except Exception as exc:  # one variant's failure is that variant's result
             return f"{type(exc).__name__}: {exc}"
         try:
-            wanted = _rule_positions(variant, bars, cancel=cancel, cache=cache)[trade_from:]
+            return changes_of(_rule_positions(variant, bars, cancel=cancel, cache=cache)[trade_from:])
+        except OperationCancelled:
+            raise
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    def alone(params: dict[str, ParamValue]) -> dict[str, Any] | str:
+        """The variant backtested on its own, as ``run_backtest`` would: for what a batch cannot vouch for."""
+        try:
+            wanted = _rule_positions(make(params), bars, cancel=cancel, cache=cache)[trade_from:]
             sim = simulate(open_, close, wanted, config, cancel=cancel)
             return _clean(_metrics(sim, config=config, close=close, timeframe=timeframe, ppy=ppy))
         except OperationCancelled:
             raise
-        except Exception as exc:  # one variant's failure is that variant's result
+        except StrategyError as exc:
+            return str(exc)
+        except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
 
-    names: list[str] = []
-    rows: list[dict[str, ParamValue]] = []
-    outcomes: list[dict[str, Any] | str] = []
-    # Equal parameter sets give equal results: a repeated one is evaluated once.
-    seen: dict[Hashable, dict[str, Any] | str] = {}
+    def run(pending: list[tuple[int, Changes]]) -> None:
+        """Simulate a batch of variants together and fill in their outcomes."""
+        batch = simulate_batch(open_, close, [c for _, c in pending], config, cancel=cancel)
+        per = max(1, CURVE_CELLS // len(close))
+        for lo in range(0, len(pending), per):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            hi = min(lo + per, len(pending))
+            equity, exposed = batch.equity(lo, hi)
+            for i, curve in enumerate(curve_stats_of_rows(equity, exposed), lo):
+                u = pending[i][0]
+                if batch.unsure[i]:
+                    outcomes[u] = alone(unique[u])
+                    continue
+                trades = batch.trades_of(i)
+                try:
+                    outcomes[u] = _clean(_metrics_of(curve, pnl=trades["pnl"], bars_held=trades["bars_held"],
+                                                     skipped=int(batch.skipped[i]), config=config, close=close,
+                                                     timeframe=timeframe, ppy=ppy))
+                except Exception as exc:  # as in run_backtest: e.g. an annualised return that overflows
+                    outcomes[u] = f"{type(exc).__name__}: {exc}"
+
+    names, rows, unique, which = _distinct(variants, base_params)
     total = len(variants)
-    for done, variant in enumerate(variants, 1):
+    outcomes: list[dict[str, Any] | str] = [""] * len(unique)
+    reported = 0
+
+    def report(known: int) -> None:
+        """Progress for every variant, in order, whose unique parameter set is among the first ``known``."""
+        nonlocal reported
+        while reported < total and which[reported] < known:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            reported += 1
+            if progress is not None:
+                progress(reported, total)
+
+    pending: list[tuple[int, Changes]] = []
+    held = 0
+    for u, params in enumerate(unique):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        names.extend(name for name in variant if name not in names)
-        params = {**base_params, **variant}
-        key = _params_key(params)
-        outcome = seen.get(key) if key is not None else None
-        if outcome is None:
-            outcome = evaluate(params)
-            if key is not None:
-                seen[key] = outcome
-        rows.append(params)
-        outcomes.append(outcome)
-        if progress is not None:
-            progress(done, total)
+        got = changes(params)
+        if isinstance(got, str):
+            outcomes[u] = got
+        else:
+            pending.append((u, got))
+            held += len(got.bars)
+        if len(pending) >= BATCH_ROWS or held >= BATCH_CHANGES:
+            run(pending)
+            pending, held = [], 0
+            report(u + 1)
+    if pending:
+        run(pending)
+    report(len(unique))
 
+    results = [outcomes[u] for u in which]
     metric_names: list[str] = []
-    for outcome in outcomes:
+    for outcome in results:
         if isinstance(outcome, dict):
             metric_names.extend(name for name in outcome if name not in metric_names)
     return BlockResult(
         strategy=strategy.name, bars=len(bars) - trade_from, variants=total, names=names,
         values={name: [row.get(name) for row in rows] for name in names},
-        metrics={m: [o.get(m) if isinstance(o, dict) else None for o in outcomes] for m in metric_names},
-        errors={i: o for i, o in enumerate(outcomes) if isinstance(o, str)})
+        metrics={m: [o.get(m) if isinstance(o, dict) else None for o in results] for m in metric_names},
+        errors={i: o for i, o in enumerate(results) if isinstance(o, str)})
+
+
+def _distinct(variants: Sequence[Mapping[str, ParamValue]], base: Mapping[str, ParamValue]) -> tuple[
+        list[str], list[dict[str, ParamValue]], list[dict[str, ParamValue]], list[int]]:
+    """The names the variants set, in order; each variant's parameters (``{**base, **variant}``); the
+    distinct parameter sets; and for each variant, the index of its own among them. Equal parameter
+    sets give equal results: a repeated one is evaluated once."""
+    names: list[str] = []
+    rows: list[dict[str, ParamValue]] = []
+    unique: list[dict[str, ParamValue]] = []
+    which: list[int] = []
+    first_of: dict[Hashable, int] = {}
+    for variant in variants:
+        names.extend(name for name in variant if name not in names)
+        params = {**base, **variant}
+        rows.append(params)
+        key = _params_key(params)
+        if key is None or key not in first_of:
+            if key is not None:
+                first_of[key] = len(unique)
+            unique.append(params)
+        which.append(first_of[key] if key is not None else len(unique) - 1)
+    return names, rows, unique, which
 
 
 def _params_key(params: Mapping[str, ParamValue]) -> Hashable | None:

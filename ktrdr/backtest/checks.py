@@ -8,15 +8,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ktrdr.backtest.sweep import combinations
+from ktrdr.errors import FieldError
 from ktrdr.strategy import StrategyError, load_strategy, with_parameters
 
-
-class RequestProblem(ValueError):
-    """``field`` names the request field at fault (``strategy``, ``parameters.fast``, ``grid.slow``...)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
+# ``field`` names the request field at fault (``strategy``, ``parameters.fast``, ``grid.slow``...).
+RequestProblem = FieldError
 
 
 def check_strategy(strategy: str, parameters: Mapping[str, Any] | None = None,

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ktrdr.backtest.config import BacktestConfig
-from ktrdr.backtest.metrics import compute_metrics
+from ktrdr.backtest.metrics import CurveStats, curve_stats, metrics_from
 from ktrdr.backtest.result import BacktestResult
 from ktrdr.backtest.simulator import Opening, Simulation, simulate
 from ktrdr.cancel import CancelToken
@@ -78,7 +78,7 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy | str | Path, config: Ba
     report(0.0, "signals", 0)
     long_only = not getattr(strategy, "allow_short", True)
     side = 0 if carry_in is None or carry_in.position is None else carry_in.position.side
-    before = side  # the position wanted after the bar before the window (carry_in only)
+    before: int = side  # the position wanted after the bar before the window (carry_in only)
     if wanted is None:
         if not isinstance(strategy, RuleStrategy):
             raise ValueError(f"strategy {strategy.name!r} is neuro-fuzzy: pass the model's decisions as wanted=")
@@ -163,11 +163,17 @@ def _rule_positions(strategy: RuleStrategy, bars: pd.DataFrame, *, cancel: Cance
 
 def _metrics(sim: Simulation, *, config: BacktestConfig, close: np.ndarray, timeframe: str,
              ppy: float) -> dict[str, Any]:
-    metrics = compute_metrics(
-        equity=sim.equity, initial_capital=config.initial_capital, close=close, shares=sim.shares,
-        pnl=sim.trades["pnl"], bars_held=sim.trades["bars_held"], periods_per_year=ppy,
-        annualization_basis=f"{timeframe} bars: {ppy:g} per year")
-    metrics["skipped_entries"] = sim.skipped_entries
+    return _metrics_of(curve_stats(sim.equity, int(np.count_nonzero(sim.shares))), pnl=sim.trades["pnl"],
+                       bars_held=sim.trades["bars_held"], skipped=sim.skipped_entries, config=config, close=close,
+                       timeframe=timeframe, ppy=ppy)
+
+
+def _metrics_of(curve: CurveStats, *, pnl: np.ndarray, bars_held: np.ndarray, skipped: int, config: BacktestConfig,
+                close: np.ndarray, timeframe: str, ppy: float) -> dict[str, Any]:
+    """A run's metrics from its curve's reductions and its trades (however the curve was reduced)."""
+    metrics = metrics_from(curve, pnl=pnl, bars_held=bars_held, initial_capital=config.initial_capital, close=close,
+                           periods_per_year=ppy, annualization_basis=f"{timeframe} bars: {ppy:g} per year")
+    metrics["skipped_entries"] = skipped
     return metrics
 
 

@@ -69,17 +69,30 @@ class Simulation:
     skipped_entries: int = 0  # entries whose budget did not buy one whole share
 
 
+def held_positions(wanted: np.ndarray, wanted_before: int = 0) -> np.ndarray:
+    """The position held during each bar: the one wanted after the bar before (filled at this bar's
+    open); ``wanted_before`` for the first bar."""
+    held = np.zeros(len(wanted), dtype=np.int8)
+    held[1:] = wanted[:-1]  # the last bar's wish has no next open to fill at
+    held[:1] = wanted_before
+    return held
+
+
+def change_bars(held: np.ndarray) -> np.ndarray:
+    """The bars at whose open the held position changes (after the first bar)."""
+    return np.flatnonzero(held[1:] != held[:-1]) + 1 if len(held) > 1 else np.empty(0, dtype=np.int64)
+
+
 def simulate(open_: np.ndarray, close: np.ndarray, wanted: np.ndarray, config: BacktestConfig, *,
              cancel: CancelToken | None = None, report: ChunkReport | None = None,
              opening: Opening | None = None) -> Simulation:
     """``wanted[i]`` (+1, 0, -1) is the position asked for after bar ``i``'s close. The run starts
     flat with ``config.initial_capital`` in cash, or in ``opening``'s state."""
     n = len(close)
-    held = np.zeros(n, dtype=np.int8)
-    held[1:] = wanted[:-1]  # the last bar's wish has no next open to fill at
-    if opening is not None:
-        held[0] = opening.wanted_before
-    changes = np.flatnonzero(held[1:] != held[:-1]) + 1 if n > 1 else np.empty(0, dtype=np.int64)
+    if len(wanted) != n:
+        raise ValueError(f"wanted has {len(wanted)} values for {n} bars")
+    held = held_positions(wanted, 0 if opening is None else opening.wanted_before)
+    changes = change_bars(held)
 
     comm, slip = config.commission, config.slippage
     budget_share = config.fraction if config.sizing == "fraction" else 1.0

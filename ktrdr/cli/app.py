@@ -122,7 +122,8 @@ def up(
                   monitor_port=monitor_port, api_port=api_port, backtest_workers=backtest_workers,
                   training_workers=training_workers, gpu=gpu, ready_timeout_s=ready_timeout,
                   listen=Listen(host=listen, tls=True if all(own) else tls, names=tuple(name or ()),
-                                own_tls=TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key) if all(own) else None))
+                                own_tls=TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key)
+                                if tls_ca and tls_cert and tls_key else None))
     raise typer.Exit(code)
 
 

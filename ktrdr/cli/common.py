@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 import nats.errors
@@ -93,7 +93,7 @@ def checked(op_type: str, fields: dict[str, Any]) -> Any:
 
 # Looks after a submitted op (e.g. ``data fetch`` waiting for an IB host): told whether the op is being
 # followed; returns why it gave up on the op (after cancelling it), else None.
-Guard = Callable[[AsyncClient, Operation, bool], Awaitable[str | None]]
+Guard = Callable[[AsyncClient, Operation, bool], Coroutine[Any, Any, str | None]]
 
 
 def submit_and_maybe_follow(op_type: str, params: dict[str, Any], *, follow_it: bool, json: bool,

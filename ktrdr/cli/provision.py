@@ -197,17 +197,17 @@ def provision(
     home = (home or default_home()).expanduser()
     copies: list[tuple[str, Path]] = []
     for spec in role_dir or []:
-        role, sep, folder = spec.partition("=")
-        if not sep or not folder or role not in roles.ROLES:
+        role, sep, dir_arg = spec.partition("=")
+        if not sep or not dir_arg or role not in roles.ROLES:
             fail(f"--role-dir {spec!r}: ROLE=DIR with ROLE one of {', '.join(roles.ROLES)}")
-        copies.append((role, Path(folder)))
+        copies.append((role, Path(dir_arg)))
     pools: list[tuple[str, Path, int]] = []
     for spec in host_pool or []:
         role, sep, rest = spec.partition("=")
-        count, at, folder = rest.partition("@")
-        if not sep or not at or not folder or role not in (roles.WORKER, roles.IB) or not count.isdigit():
+        count_arg, at, dir_arg = rest.partition("@")
+        if not sep or not at or not dir_arg or role not in (roles.WORKER, roles.IB) or not count_arg.isdigit():
             fail(f"--host-pool {spec!r}: ROLE=COUNT@DIR with ROLE worker or ib, e.g. worker=32@/etc/ktrdr/worker")
-        pools.append((role, Path(folder), int(count)))
+        pools.append((role, Path(dir_arg), int(count_arg)))
     # With --bundle, stdout is the bundle: what is said goes to stderr.
     out = Console(stderr=True) if bundle else console
     try:

@@ -134,10 +134,11 @@ def timestamp(value: object) -> str:
     if value is None or value == "":
         return "-"
     if isinstance(value, str):
+        text = value
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(text)
         except ValueError:
-            return value
+            return text
     if not isinstance(value, datetime):  # pandas' NaT is a datetime, but has no time to show
         return str(value)
     if value != value:  # NaT

@@ -283,8 +283,9 @@ def cannot_reach(url: str, env: dict[str, str], home: Path) -> str | None:
     from ktrdr.settings import CommonSettings
 
     async def attempt() -> None:
-        settings = CommonSettings(nats_url=url, home=home, nats_creds=env.get("KTRDR_NATS_CREDS") or None,
-                                  nats_ca=env.get("KTRDR_NATS_CA") or None)
+        creds, ca = env.get("KTRDR_NATS_CREDS"), env.get("KTRDR_NATS_CA")
+        settings = CommonSettings(nats_url=url, home=home, nats_creds=Path(creds) if creds else None,
+                                  nats_ca=Path(ca) if ca else None)
         nc = await connect(url, name="ktrdr-up-check", auth=NatsAuth.resolve(settings, role=roles.COORDINATOR),
                            reconnect=False, quiet=True, attempts=2, connect_timeout=3.0)
         await nc.close()

@@ -9,6 +9,7 @@ that check a request locally, submit it and return an :class:`~ktrdr.client.hand
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -98,7 +99,7 @@ class AsyncClient:
         """A client for the platform the settings name: ``KTRDR_*`` variables, then the context
         ``ktrdr up`` wrote (``context``: another one, by name or path), as the CLI finds it."""
         if settings is None:
-            settings = ClientSettings(**({"context": context} if context is not None else {}))
+            settings = ClientSettings(context=context) if context is not None else ClientSettings()
         if settings.context_problem:
             raise KtrdrError(settings.context_problem, 400)
         try:
@@ -150,7 +151,8 @@ class AsyncClient:
         self._denial_waiters[subject.lower()] = denied  # nats-py lower-cases the server's notice
         answer = asyncio.ensure_future(self._nc.request(subject, payload, timeout=timeout))
         try:
-            await asyncio.wait({answer, denied}, return_when=asyncio.FIRST_COMPLETED)
+            racing: set[asyncio.Future[Any]] = {answer, denied}
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
             if not answer.done():
                 answer.cancel()
                 raise KtrdrError(f"the server refused {subject} to this credential's role (a viewer cannot submit "
@@ -262,7 +264,7 @@ class AsyncClient:
             raise KtrdrError(f"no answer to the cancel request in {self.timeout:g} s", 504) from None
         return decode(CancelReply, msg.data)
 
-    async def workers(self) -> list[WorkerLease]:
+    async def workers(self) -> builtins.list[WorkerLease]:
         # Direct gets of the bucket's stream: a client may not make the consumer a KV watch needs.
         leases = []
         try:
@@ -344,7 +346,7 @@ class AsyncClient:
         """Submit an op of any declared type (``ktrdr ops types``) from its params and/or fields,
         checked first as the coordinator's admission checks them (:class:`~ktrdr.client.requests.Invalid`).
         ``op_id``: an id of your own; submitting it again returns the same op, never a second one."""
-        base = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params or {})
+        base = dict(params or {}) if params is None or isinstance(params, dict) else params.model_dump(mode="json")
         checked = await asyncio.to_thread(prepare, op_type, {**base, **fields})
         return AsyncOp(self, await self.submit(op_type, checked.model_dump(mode="json"), op_id=op_id))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,8 +71,8 @@ def find_context(home: Path, name: str | None) -> tuple[Path, Context] | None:
 
 def write_context(home: Path, context: Context, *, by: str = "ktrdr up") -> Path:
     path = context_path(home, context.name)
-    stamped = Context(**{**context.to_dict(), "written_by": f"{by} (pid {os.getpid()})",
-                         "written_at": datetime.now(UTC).isoformat(timespec="seconds")})
+    stamped = replace(context, written_by=f"{by} (pid {os.getpid()})",
+                      written_at=datetime.now(UTC).isoformat(timespec="seconds"))
     write_private(path, json.dumps(stamped.to_dict(), indent=2) + "\n")
     return path
 

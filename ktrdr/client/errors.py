@@ -8,22 +8,14 @@ import re
 from nats.aio.msg import Msg
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER
 
+from ktrdr import errors
 
-class KtrdrError(RuntimeError):
-    """An error the platform answered with (unknown id, invalid request...) or no answer at all."""
-
-    def __init__(self, message: str, code: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Invalid(KtrdrError):
-    """A request refused, before it was sent (``ktrdr.client.requests``) or by the coordinator's
-    admission (its 422); ``field`` names the part at fault (``strategy``, ``objective.metric``...)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"invalid {field}: {message}", 422)
-        self.field, self.message = field, message
+# An error the platform answered with (unknown id, invalid request...) or no answer at all: the root
+# of ktrdr's errors (ktrdr.errors).
+KtrdrError = errors.KtrdrError
+# A request refused, before it was sent (``ktrdr.client.requests``) or by the coordinator's admission
+# (its 422); ``field`` names the part at fault (``strategy``, ``objective.metric``...).
+Invalid = errors.FieldError
 
 
 def service_error(msg: Msg) -> KtrdrError | None:

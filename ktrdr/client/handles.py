@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Protocol
 
 from ktrdr.client.errors import KtrdrError
 from ktrdr.client.progress import ProgressView, view_for
-from subjects.models import CancelReply, Operation, OpStatus
+from subjects.models import CancelReply, Operation, OpEvent, OpStatus, ProgressUpdate
 
 if TYPE_CHECKING:
-    from ktrdr.client.aio import AsyncClient
     from ktrdr.client.results import OpResults
+
+
+class OpClient(Protocol):
+    """What a handle asks of its client: ``ktrdr.client.aio.AsyncClient``, which makes handles and so
+    is not imported here."""
+
+    async def get(self, op_id: str) -> Operation: ...
+
+    def watch(self, op_id: str) -> AsyncIterator[Operation | ProgressUpdate | OpEvent]: ...
+
+    async def document(self, op: Operation) -> bytes | None: ...
+
+    async def cancel(self, op_id: str, reason: str = ...) -> CancelReply: ...
 
 
 class OpFailed(KtrdrError):
@@ -35,7 +48,7 @@ class AsyncOp:
     """One operation, by id: ``await op.wait()`` returns its results as pandas-backed objects
     (:mod:`ktrdr.client.results`); ``record`` is its record as last read."""
 
-    def __init__(self, client: AsyncClient, op: Operation | str) -> None:
+    def __init__(self, client: OpClient, op: Operation | str) -> None:
         self.client = client
         self.record: Operation | None = op if isinstance(op, Operation) else None
         self.op_id = op.op_id if isinstance(op, Operation) else op

@@ -92,8 +92,8 @@ class TerminalView:
         self._task = self._bar.add_task(self._state.text, total=100, op=op_id)
 
     def _draw(self) -> None:
-        self._bar.update(self._task, description=self._state.text,
-                         **({"completed": self._state.percentage} if self._state.percentage is not None else {}))
+        # completed=None leaves the bar's progress as it is.
+        self._bar.update(self._task, description=self._state.text, completed=self._state.percentage)
 
     def update(self, item: Update) -> None:
         self._state.fold(item)

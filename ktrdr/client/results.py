@@ -252,7 +252,7 @@ def ops_frame(ops: list[Operation]) -> pd.DataFrame:
     rows = []
     for op in ops:
         result = op.result or {}
-        metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+        metrics = m if isinstance(m := result.get("metrics"), dict) else {}
         rows.append({
             "op_id": op.op_id, "type": op.type, "status": op.status.value, "created_at": op.created_at,
             "started_at": op.started_at, "completed_at": op.completed_at, "duration_s": op.duration_s,

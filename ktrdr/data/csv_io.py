@@ -8,12 +8,16 @@ import stat
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ktrdr.data.validation import OHLCV, BarValidationError, DatasetTooLarge, max_bars, size_text, validate_bars
 from subjects import limits
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _TIME_COLUMNS = ("timestamp", "date", "datetime", "time", "index")
@@ -47,7 +51,7 @@ class _Counted(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         view = memoryview(buffer).cast("B")
         if self._head:
             n = min(len(view), len(self._head))

@@ -81,8 +81,9 @@ async def publish_dataset(js: JetStreamContext, store: DataStore, symbol: str, t
     bars = bars_from_bytes(data, source=str(path))
     name = object_name(symbol, timeframe)
     # The span in the info: admission checks a request's range against it without reading the bars.
+    # nats-py types headers dict[str, str]; the info's JSON holds lists, as the nats CLI writes them.
     info = await data_objects(js).put(name, data, description=f"{symbol} {timeframe} OHLCV npz",
-                                      headers=span_headers(bars))
+                                      headers=span_headers(bars))  # type: ignore[arg-type]
     _write_marker(store, symbol, timeframe, str(info.digest))
     return PublishResult(name=name, digest=str(info.digest), size=int(info.size or len(data)))
 

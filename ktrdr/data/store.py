@@ -17,7 +17,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -146,7 +146,7 @@ def _check_directory(f: BinaryIO, *, source: str) -> None:
                          f"(a dataset has {len(_MEMBERS)})")
 
 
-def _read_member(member: BinaryIO, *, name: str, source: str, budget: int, past_cap: str) -> np.ndarray:
+def _read_member(member: IO[bytes], *, name: str, source: str, budget: int, past_cap: str) -> np.ndarray:
     """One array, allocated only once its header says it fits ``budget``, and read in chunks so that
     inflating never runs ahead of the array (or past its end)."""
     try:
@@ -165,7 +165,7 @@ def _read_member(member: BinaryIO, *, name: str, source: str, budget: int, past_
     if shape[0] * dtype.itemsize > budget:
         raise DatasetTooLarge(past_cap)
     array = np.empty(shape[0], dtype=dtype)
-    view = memoryview(array).cast("B")
+    view = array.data.cast("B")
     done = 0
     while done < len(view):
         chunk = member.read(min(_READ_CHUNK, len(view) - done))

@@ -315,7 +315,7 @@ class IbClient:
             )
         except TimeoutError as exc:
             self.counts["head_unanswered"] += 1
-            error = RequestTimedOut(f"no head timestamp for {symbol} within {timeout:.1f} s")
+            error: IbError = RequestTimedOut(f"no head timestamp for {symbol} within {timeout:.1f} s")
             self._heads[key] = _HeadMiss(error=error, until=time.monotonic() + HEAD_MISS_TTL_S)
             raise error from exc
         except RequestError as exc:

@@ -298,16 +298,17 @@ async def load_model(js: JetStreamContext, name: str, version: int | str | None 
         if found.digest and found.digest != expected:
             log.error("model %s was written over after its training; loading the bytes registered then", found.ref)
         return bundle
+    fetched: bytes | None
     try:
-        bundle = await models_bucket(js).get(_object_name(found.name, found.version))
+        fetched = await models_bucket(js).get(_object_name(found.name, found.version))
     except NotFoundError:
         raise ModelNotFoundError(f"model {found.ref} vanished while loading") from None
     except DigestMismatch:
-        bundle = None
-    if bundle is None or digest_of(bundle) != expected:
+        fetched = None
+    if fetched is None or digest_of(fetched) != expected:
         raise ModelTampered(f"model {found.ref} does not match the digest registered when it was trained: it was "
                             "written over after its training; it is not loaded")
-    return bundle
+    return fetched
 
 
 class _NotRegisteredYet(LookupError):

@@ -25,24 +25,22 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from ktrdr.errors import FieldError
 from subjects import names
 
 if TYPE_CHECKING:
-    from ktrdr.optypes.lookups import Lookups
     from ktrdr.optypes.parent import ParentPlan
+    from ktrdr.optypes.readonly import Lookups
     from ktrdr.optypes.views import View
+    from ktrdr.runtime.retry import RetryPolicy
 
 P = TypeVar("P", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
 
 
-class Rejected(ValueError):
-    """A submission refused by its type's admission check; ``field`` names the part at fault
-    (``strategy``, ``grid.slow``...). The API and the NATS service answer it as a 422."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"invalid {field}: {message}")
-        self.field, self.message = field, message
+# A submission refused by its type's admission check; ``field`` names the part at fault
+# (``strategy``, ``grid.slow``...). The API and the NATS service answer it as a 422.
+Rejected = FieldError
 
 
 class UnknownOpType(Rejected):
@@ -115,6 +113,9 @@ class OpType(Generic[P, R]):
     # Its result page (dashboard) and, without a headline, its summary line: ``view(result, document)``
     # from the result (as ``result``'s model) and the document it stored (None: none, or not read).
     view: Callable[[Any, bytes | None], View] | None = None
+    # How a retryable handler failure (ktrdr.errors) is retried: ``attempts`` in all at most (and never
+    # past the op's ``max_attempts``), after ``delay(n)`` before the n-th retry. None: never.
+    retry: RetryPolicy | None = None
 
     def __post_init__(self) -> None:
         names.validate_token(self.name, what="operation type")

@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ktrdr.data.catalog import StoredData, listing, utc, when
 from ktrdr.optypes.defn import Rejected
+from ktrdr.optypes.readonly import Lookups, Unreadable
 from subjects.models import Operation, OpStatus
 
 if TYPE_CHECKING:
@@ -28,24 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["Lookups", "StoredData", "Unreadable", "completed", "stored_bars"]
 
 log = logging.getLogger(__name__)
-
-
-class Unreadable(Exception):
-    """A store that cannot be read now (JetStream electing a leader...): no reason to refuse anyone,
-    so the check that needed it is skipped and the worker says what it finds."""
-
-
-class Lookups(Protocol):
-    async def op(self, op_id: str) -> Operation | None:
-        """The op's record, None when there is no such op."""
-
-    async def datasets(self, *, fresh: bool = False) -> Sequence[StoredData]:
-        """Every dataset in the ``data`` store, with spans where known. ``fresh``: not from a cache.
-        :class:`Unreadable` when the store cannot be read now."""
-
-    async def dataset(self, symbol: str, timeframe: str, *, fresh: bool = False) -> StoredData | None:
-        """One dataset with its span (None: not stored); may read the object for a span its info
-        lacks. :class:`Unreadable` as :meth:`datasets`."""
 
 
 async def completed(lookups: Lookups, op_id: str, *, field: str, of: OpType[Any, Any] | Sequence[OpType[Any, Any]]

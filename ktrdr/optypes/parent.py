@@ -20,15 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import pandas as pd
 from pydantic import BaseModel
 
 from subjects.models import OpStatus
-
-if TYPE_CHECKING:
-    from ktrdr.optypes.defn import OpType
 
 P = TypeVar("P", bound=BaseModel, contravariant=True)
 
@@ -36,12 +33,22 @@ P = TypeVar("P", bound=BaseModel, contravariant=True)
 _KEY = re.compile(r"^[A-Za-z0-9_]{1,24}$")
 
 
+class ChildType(Protocol):
+    """What the runner needs of a child's type: an ``OpType`` (``ktrdr.optypes.defn``), which holds
+    its plan from this module and so is not imported by it."""
+
+    @property
+    def name(self) -> str: ...
+
+    def dump(self, params: Any) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class Child:
     """A child the plan wants to exist: ``key`` is stable across re-plans (its id derives from it)."""
 
     key: str
-    type: OpType[Any, Any]
+    type: ChildType
     params: BaseModel
 
     def __post_init__(self) -> None:

@@ -196,13 +196,13 @@ def count_combinations(grid: Mapping[str, list[Any]]) -> int:
     return math.prod(len(values) for values in grid.values())
 
 
-def best_of_blocks(params: SweepParams, blocks: list[ChildState]) -> list[dict[str, Any]]:
+def best_of_blocks(params: SweepParams, blocks: list[ChildState]) -> list[Mapping[str, Any]]:
     """The sweep's best variants from its blocks' own best (each block names its best ``top``; ties
     go to the earlier variant, as in the full ranking, so these are the ranking's first ones)."""
     entries = [{**t, "metrics": {params.metric: t.get("value")}}
                for b in blocks if b.completed for t in (b.result or {}).get("top", [])]
     entries.sort(key=lambda e: e["index"])
-    return list(rank(entries, params.metric, descending=params.ranks_descending))
+    return rank(entries, params.metric, descending=params.ranks_descending)
 
 
 def _key(parameters: Mapping[str, Any]) -> str:

@@ -110,7 +110,7 @@ class WalkForwardParams(BacktestParams, Ranks):
             if v < 2:
                 raise ValueError(f"{v} bars: a window needs at least 2")
             return v
-        if parse_length(v) <= timedelta(0):
+        if parse_duration(v) <= timedelta(0):
             raise ValueError(f"invalid duration {v!r}: it must be longer than nothing")
         return v.strip().lower()
 
@@ -236,11 +236,11 @@ class WalkForwardPlan:
         for fold, child in zip(folds, selection, strict=True):
             if not children[child.key].completed:
                 return _failure(children[child.key], f"fold {fold.index}: the in-sample {child.type.name}")
-            chosen = children[child.key].result or {}
-            if params.approach == "grid" and not chosen.get("best"):
+            outcome = children[child.key].result or {}
+            if params.approach == "grid" and not outcome.get("best"):
                 # Never the first variant, or the strategy's defaults, in its place.
                 return Fail(f"fold {fold.index}: the in-sample sweep {children[child.key].op_id} chose nothing: "
-                            f"{chosen.get('no_best') or 'no variant completed with a value to rank by'}")
+                            f"{outcome.get('no_best') or 'no variant completed with a value to rank by'}")
         tests: list[Child] = []
         waiting: int | None = None  # with carry: the first fold whose last one has not completed
         for fold in folds:

@@ -131,6 +131,9 @@ class PlanEnvironment:
                 repeated = keys
                 continue
             for child in missing:
+                # A plan's children are OpTypes (parent.ChildType is the part of one it may import).
+                if not isinstance(child.type, OpType):
+                    raise TypeError(f"child {child.key!r} has type {child.type!r}, not an OpType")
                 state = await self._child(op_id, child.key, child.type, child.params)
                 children[child.key] = state
                 # A child that did not complete may change the plan before its stage ends.

@@ -21,7 +21,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -37,12 +37,21 @@ log = logging.getLogger(__name__)
 EXPIRY_GRACE_S = 1.0
 MAX_BACKOFF_S = 5.0
 DRAIN_TIMEOUT_S = 5.0
+# How long a no_wait request may take to be answered (it is answered at once; this bounds a lost answer).
+PROBE_TIMEOUT_S = 2.0
 
 
 @dataclass
 class _Request:
     deadline: float
     remaining: int
+
+
+@dataclass
+class _Probe:
+    want: int
+    done: asyncio.Future[None]
+    jobs: list[Msg] = field(default_factory=list)
 
 
 class JobPuller:
@@ -68,6 +77,7 @@ class JobPuller:
         self._sub: Subscription | None = None
         self._backoff_until = 0.0
         self._backoff_s = 0.0
+        self._probe: _Probe | None = None
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
@@ -91,7 +101,8 @@ class JobPuller:
             return
         with contextlib.suppress(Exception):
             if self.nc.is_connected:
-                await asyncio.wait_for(sub.drain(), DRAIN_TIMEOUT_S)
+                # nats-py leaves Subscription.drain unannotated.
+                await asyncio.wait_for(sub.drain(), DRAIN_TIMEOUT_S)  # type: ignore[no-untyped-call]
             else:
                 await sub.unsubscribe()
         self._requests.clear()
@@ -116,6 +127,21 @@ class JobPuller:
         await self.nc.publish(self._subject, b'{"batch":%d,"expires":%d}' % (deficit, self._expires_ns),
                               reply=self._inbox)
 
+    async def probe(self, batch: int, *, timeout: float = PROBE_TIMEOUT_S) -> list[Msg]:
+        """Up to ``batch`` jobs queued now, taken with a ``no_wait`` request that the server answers
+        at once (the jobs, then a 404 when fewer are queued); they go to the caller, not ``on_job``.
+        Only while no request of this puller is outstanding: a delivery could not be told apart."""
+        if self._sub is None or not self.nc.is_connected or batch <= 0 or self.outstanding:
+            return []
+        self._probe = _Probe(want=batch, done=asyncio.get_running_loop().create_future())
+        try:
+            await self.nc.publish(self._subject, b'{"batch":%d,"no_wait":true}' % batch, reply=self._inbox)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._probe.done), timeout)
+            return self._probe.jobs
+        finally:
+            self._probe = None
+
     async def reset(self) -> None:
         """After a reconnect: requests held by the old connection's server may be gone."""
         self._requests.clear()
@@ -123,6 +149,17 @@ class JobPuller:
 
     async def _on_msg(self, msg: Msg) -> None:
         status = JetStreamContext.is_status_msg(msg)
+        probe = self._probe
+        if probe is not None and not probe.done.done():
+            # The no_wait request is the only one out (probe): this answers it.
+            if status is None:
+                probe.jobs.append(msg)
+                if len(probe.jobs) >= probe.want:
+                    probe.done.set_result(None)
+                return
+            if status in (StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT):
+                probe.done.set_result(None)
+                return
         if status is None:
             for request in self._requests:
                 if request.remaining > 0:

@@ -35,20 +35,21 @@ class WorkerSettings(CommonSettings):
     grace_s: float = Field(default=25.0, ge=0)
     # After cancelling on shutdown, how long to wait for handlers to notice.
     cancel_wait_s: float = Field(default=5.0, ge=0)
-    # The lifetime of a pull request: an idle worker renews one per capability this often. 1 s made
-    # nats-server's idle CPU grow with the fleet (bench/fleet.py); a stop drains the requests
-    # instead of waiting them out (ktrdr.runtime.pull), so a long one costs nothing at shutdown.
+    # How long a worker's pull request lasts (then a 408, and it is sent again): an idle worker renews
+    # one per capability this often. A stop drains its requests instead of waiting them out
+    # (ktrdr.runtime.pull), so a long one costs nothing at shutdown; 1 s made nats-server's idle CPU
+    # grow with the fleet (bench/README.md, Fleet size).
     fetch_timeout_s: float = Field(default=10.0, gt=0)
     # Extra capabilities, comma separated (tests use it to make a stand-in GPU worker).
     extra_capabilities: str = ""
     gpu: bool | None = None
     device_name: str | None = None
     device_memory_mb: int | None = None
-    # KTRDR_NATS_CREDS_POOL: a folder of host keys (`ktrdr provision --host-pool`), of which this
-    # process holds one no other holds (ktrdr.runtime.hostpool); KTRDR_NATS_CREDS wins over it.
+    # A folder of host keys (`ktrdr provision --host-pool`), of which this process holds one no other
+    # holds (ktrdr.runtime.hostpool): each scaled container a host of its own. KTRDR_NATS_CREDS wins.
     nats_creds_pool: Path | None = None
-    # KTRDR_LEASE_FILE: touched after every lease write, holding the lease's TTL: a container's
-    # healthcheck (deploy/healthcheck.py lease) reads "this worker holds a live lease" from it.
+    # Written after every lease write, holding the lease's TTL: a container's healthcheck
+    # (deploy/healthcheck.py lease) reads "this worker holds a live lease" from it.
     lease_file: Path | None = None
     # KTRDR_CONTEXT: a context name (a file in $KTRDR_HOME/contexts) or a path, as for the CLI.
     context: str | None = None

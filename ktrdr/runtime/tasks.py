@@ -11,7 +11,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Future[object]], *, timeout: float = 5.0,
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]], *, timeout: float = 5.0,
                           what: str = "task") -> None:
     """Cancel ``tasks`` and wait for them at most ``timeout`` seconds.
 

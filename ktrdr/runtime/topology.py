@@ -88,13 +88,16 @@ async def _within_storage(call: Callable[[StreamConfig], Awaitable[object]], con
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    name = config.name
+    if name is None:  # every stream the topology declares is named; nats-py's StreamConfig allows none
+        raise ValueError(f"stream config without a name: {config}")
     try:
-        info = await js.stream_info(config.name)
+        info = await js.stream_info(name)
     except NotFoundError:
         log.info("creating the stream %s", config.name)
         await _within_storage(js.add_stream, config)
         return
-    replicas = await _raise_replicas(js, config.name, config.num_replicas or 1)
+    replicas = await _raise_replicas(js, name, config.num_replicas or 1)
     differs = [name for name in _UPDATABLE if _setting(info.config, name) != _setting(config, name)]
     if not differs:
         return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from ktrdr import __version__
 from ktrdr.cancel import OperationCancelled
+from ktrdr.errors import failure_of
 from ktrdr.optypes import OpType, types_on
 from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.context import Handler, JobContext, NatsReporter, call_handler
@@ -94,6 +96,14 @@ class _SentEvent:
     payload: bytes
     kind: OpEventKind
     ack: asyncio.Future[int] | None = None
+
+
+def _stream_seq(msg: Msg) -> int:
+    """A job's sequence in JOBS: the order it was offered in, across every subject."""
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:
+        return 0
 
 
 class WorkerRefused(RuntimeError):
@@ -210,6 +220,9 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._lease_change: asyncio.TimerHandle | None = None
         self._lease_writes: set[asyncio.Task[None]] = set()
+        self._heads: dict[str, int] = {}  # capability -> the JOBS sequence of the job last handed back from it
+        self._requesting = False  # request_jobs under way
+        self._request_again = False  # asked for meanwhile: look again when it ends
         self._pool_hold: IO[bytes] | None = None  # the host credential taken from a pool, held while running
         self._lease_written: WorkerLease | None = None  # the last lease written, but its time
         self._holding = False  # a lease written, pull requests out: a start past this point is seen through
@@ -272,7 +285,7 @@ class Worker:
             self._tasks.append(asyncio.create_task(self._register_loop(), name="register"))
         for cap in self.capabilities:
             puller = JobPuller(nc=self.nc, capability=cap, expires_s=self.settings.fetch_timeout_s,
-                               on_job=lambda msg, cap=cap: self._on_job(msg, cap))
+                               on_job=functools.partial(self._on_job, capability=cap))
             await puller.start()
             self._pullers.append(puller)
         await self.request_jobs()
@@ -596,13 +609,71 @@ class Worker:
     async def request_jobs(self) -> None:
         """Keep pull requests outstanding for the free slots: none while stopping or standby.
 
-        Called whenever a slot frees or the worker's activity changes."""
-        free = self._free_slots() if self._fetching and self.is_active else 0
+        Called whenever a slot frees or the worker's activity changes; a call made while one is
+        under way makes that one look again when it is done, so two never ask at once."""
+        if self._requesting:
+            self._request_again = True
+            return
+        self._requesting = True
+        try:
+            while True:
+                self._request_again = False
+                free = self._free_slots() if self._fetching and self.is_active else 0
+                if free > 0:
+                    await self._start_oldest(free)
+                    free = self._free_slots() if self._fetching and self.is_active else 0
+                for puller in self._pullers:
+                    try:
+                        await puller.want(free)
+                    except Exception as exc:
+                        log.warning("pull request on %s failed: %s", puller.capability, exc)
+                if not self._request_again:
+                    return
+        finally:
+            self._requesting = False
+
+    async def _start_oldest(self, free: int) -> None:
+        """Oldest job first across this worker's subjects.
+
+        A capability with a request outstanding has nothing queued (a queued job would have filled
+        it), but two or more without one may each hold a backlog, and fresh requests on all of them
+        are filled at once, in whatever order the answers come: a newer job on one subject could
+        take the slot ahead of an older one on another. So those are asked with a ``no_wait``
+        request each (answered at once), the oldest ``free`` of the jobs by their JOBS sequence
+        (one stream, one order) start, and the others are handed back.
+
+        A job handed back has used one of its deliveries (MaxDeliver), so its sequence is kept as
+        its queue's head: while another queue yields older jobs, that one is not asked again, and a
+        job waiting behind a long backlog elsewhere is delivered twice, not once per job ahead of it.
+        """
+        idle = [p for p in self._pullers if not p.outstanding]
         for puller in self._pullers:
+            if puller not in idle:
+                self._heads.pop(puller.capability, None)  # its queue was empty since: unknown again
+        if len(idle) < 2:
+            return
+        # Unknown heads first: what they hold may be older than anything known.
+        idle.sort(key=lambda p: self._heads.get(p.capability, -1))
+        jobs: list[tuple[int, Msg, str]] = []
+        for puller in idle:
+            head = self._heads.get(puller.capability)
+            if head is not None and len(jobs) >= free and head > jobs[free - 1][0]:
+                break  # known heads are sorted: nothing from here on is older than what is taken
             try:
-                await puller.want(free)
+                got = await puller.probe(free)
             except Exception as exc:
                 log.warning("pull request on %s failed: %s", puller.capability, exc)
+                continue
+            self._heads.pop(puller.capability, None)
+            jobs += [(_stream_seq(m), m, puller.capability) for m in got]
+            jobs.sort(key=lambda job: job[0])
+        for i, (seq, msg, capability) in enumerate(jobs):
+            if i < free:
+                await self._on_job(msg, capability)
+                continue
+            self._heads[capability] = min(seq, self._heads.get(capability, seq))
+            with contextlib.suppress(Exception):
+                await msg.nak()
 
     async def _on_reconnect(self) -> None:
         for puller in self._pullers:
@@ -748,6 +819,7 @@ class Worker:
         ctx = r.ctx
         declared, handler = self.handlers[ctx.job.type]
         outcome, result, error = OpEventKind.COMPLETED, None, None
+        failure: tuple[str, bool] | None = None
         try:
             ctx.raise_if_cancelled()
             result = declared.result_dict(await call_handler(handler, ctx, declared.parse(ctx.job.params),
@@ -761,23 +833,28 @@ class Worker:
             text = f"{type(exc).__name__}: {exc}"
             error = bounded_text(text, limits.MAX_ERROR_CHARS)
             outcome = OpEventKind.FAILED
-            log.warning("operation %s failed: %s", ctx.op_id, error)
+            # Its type and whether another attempt may get past it: the coordinator retries by them.
+            failure = failure_of(exc)
+            log.warning("operation %s failed%s: %s", ctx.op_id, " (retryable)" if failure[1] else "", error)
             if len(error) < len(text):
                 log.warning("operation %s: its error of %d characters was cut to %d", ctx.op_id, len(text),
                             len(error))
         # No cancel can change the outcome now: the coordinator answers from here on.
         r.cancellable = False
         await ctx.flush()
-        return await self._send_event(ctx, outcome, result=result, error=error,
+        return await self._send_event(ctx, outcome, result=result, error=error, failure=failure,
                                       result_object=ctx.results.latest if outcome is OpEventKind.COMPLETED else None)
 
     async def _send_event(self, ctx: JobContext, kind: OpEventKind, *, result: dict[str, Any] | None = None,
-                          error: str | None = None, result_object: str | None = None) -> _SentEvent:
+                          error: str | None = None, result_object: str | None = None,
+                          failure: tuple[str, bool] | None = None) -> _SentEvent:
         assert self.publisher is not None
         if error is not None:
             error = bounded_text(error, limits.MAX_ERROR_CHARS)
+        error_type, retryable = failure or (None, False)
         event = OpEvent(op_id=ctx.op_id, event=kind, worker_id=self.worker_id, attempt=ctx.attempt,
-                        result=result, error=error, result_object=result_object)
+                        result=result, error=error, result_object=result_object, error_type=error_type,
+                        retryable=retryable)
         payload = event.encode()
         # Cheap test first: only an event this large can hold a result over the inline limit.
         too_large = len(payload) > limits.MAX_EVENT_BYTES or (

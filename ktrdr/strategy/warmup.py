@@ -56,8 +56,9 @@ def warmup_bars(strategy: Strategy) -> int:
     while True:
         bars = _bars(n)
         ready = [_ready_from(compute(spec, bars)) for spec in specs]
-        if all(r is not None for r in ready):
-            return max(ready) + 1  # type: ignore[type-var]
+        known = [r for r in ready if r is not None]
+        if len(known) == len(ready):
+            return max(known) + 1
         if n >= MAX_LENGTH:
             raise WarmupUnknown(f"an indicator of {strategy.name} has no value after {n:,} bars")
         n *= 2

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
 
-ArrayLike = np.ndarray | pd.Series | list[float] | float
+ArrayLike: TypeAlias = np.ndarray | pd.Series | list[float] | float
 
 
 def _as_float_array(x: ArrayLike) -> np.ndarray:

@@ -467,8 +467,8 @@ class Trainer:
         self._setup_static(n_batches)
         for p in self.model.parameters():
             p.grad = torch.zeros_like(p)
-        self.graph_k = _EagerReplay(self, self.steps_per_graph)
-        self.graph_1 = _EagerReplay(self, 1)
+        self.graph_k: torch.cuda.CUDAGraph | _EagerReplay = _EagerReplay(self, self.steps_per_graph)
+        self.graph_1: torch.cuda.CUDAGraph | _EagerReplay = _EagerReplay(self, 1)
 
     def _capture_graphs(self, n_batches: int) -> bool:
         """Capture the K-step and 1-step graphs; on any failure fall back to the plain loop."""

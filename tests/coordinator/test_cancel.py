@@ -55,6 +55,20 @@ async def test_a_queued_op_cancelled_by_the_coordinator_never_starts(
     assert final.started_at is None and final.worker_id is None
 
 
+async def test_a_cancelled_queued_op_leaves_the_job_queue_though_no_worker_serves_it(
+        coordinator: Coordinator, nc: Client) -> None:
+    # No worker serves dummy.any here: without the coordinator deleting it, the job would wait forever.
+    op = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    js = nc.jetstream()
+    assert (await js.stream_info(names.JOBS_STREAM)).state.messages == 1
+    assert (await request_cancel(nc, op.op_id)).accepted
+
+    async def queue_empty() -> bool:
+        return (await js.stream_info(names.JOBS_STREAM)).state.messages == 0
+
+    await assert_eventually(queue_empty, message="the cancelled op's job is still queued")
+
+
 async def test_cancel_of_an_unknown_op_gets_a_clear_reply(coordinator: Coordinator, nc: Client) -> None:
     reply = await request_cancel(nc, "no-such-op")
     assert not reply.accepted and reply.status is None

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from ktrdr.backtest import BacktestConfig, run_backtest
+from ktrdr.backtest import block as block_module
+from ktrdr.backtest import metrics as metrics_module
 from ktrdr.backtest.block import BlockResult, _Variants, run_block
 from ktrdr.backtest.sweep import combinations
 from ktrdr.cancel import CancelToken, OperationCancelled
@@ -240,3 +242,90 @@ def test_an_empty_bars_frame_or_a_neuro_fuzzy_strategy_is_refused_for_the_whole_
         run_block(BARS.iloc[:0], _rules("sma_crossover"), SMA_GRID, CONFIG)
     with pytest.raises(TypeError, match="rule-based"):
         run_block(BARS, load_strategy("neuro_mean_reversion"), SMA_GRID, CONFIG)  # type: ignore[arg-type]
+
+
+# --- the vectorised block (ktrdr.backtest.batch) against lone backtests --------------------------------------
+
+def _lone(bars: pd.DataFrame, strategy: RuleStrategy, params: dict[str, Any], config: BacktestConfig,
+          trade_from: int = 0) -> dict[str, Any] | str:
+    """The variant backtested on its own: its metrics as its JSON result has them, or its error as a block
+    records it."""
+    try:
+        variant = with_parameters(strategy, params)
+    except StrategyError as exc:
+        return str(exc)
+    try:
+        result = run_backtest(bars, variant, config, trade_from=trade_from)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return json.loads(result.to_json_bytes(include_curves=False))["metrics"]
+
+
+def _assert_block_is_its_lone_backtests(block: BlockResult, bars: pd.DataFrame, strategy: RuleStrategy,
+                                        variants: list[dict[str, Any]], config: BacktestConfig,
+                                        trade_from: int = 0) -> None:
+    for i, params in enumerate(variants):
+        expected = _lone(bars, strategy, params, config, trade_from)
+        if isinstance(expected, str):
+            assert block.errors.get(i) == expected, params
+        else:
+            _assert_exactly(block.variant_metrics(i), expected)
+
+
+def test_many_random_variants_and_configs_get_exactly_the_metrics_of_their_own_backtests() -> None:
+    rng = np.random.default_rng(26)
+    macd = load_strategy(MACD_CROSS)
+    assert isinstance(macd, RuleStrategy)
+    cases = [(_rules("sma_crossover"), {"fast": (0, 3, 5, 8, 13, 21), "slow": (10, 20, 34, 55, 89)}),
+             (_rules("rsi_mean_reversion"), {"period": (2, 5, 7, 14, 21, 30)}),
+             (macd, {"fast": (5, 8, 12, 30), "slow": (13, 26, 40)})]
+    for strategy, values in cases:
+        for _ in range(3):
+            config = BacktestConfig(initial_capital=float(rng.choice([1_000.0, 100_000.0, 7_777.5])),
+                                    commission=float(rng.choice([0.0, 0.001, 0.004])),
+                                    slippage=float(rng.choice([0.0, 0.0005, 0.003])),
+                                    sizing=str(rng.choice(["fraction", "all_cash"])),  # type: ignore[arg-type]
+                                    fraction=float(rng.choice([0.2, 0.5, 1.0])), close_at_end=bool(rng.integers(2)))
+            variants = [{name: int(rng.choice(options)) for name, options in values.items()} for _ in range(30)]
+            trade_from = int(rng.choice([0, 150]))
+            block = run_block(BARS, strategy, variants, config, trade_from=trade_from)
+            _assert_block_is_its_lone_backtests(block, BARS, strategy, variants, config, trade_from)
+
+
+def test_a_variant_whose_fills_meet_a_zero_or_missing_open_gets_what_its_own_backtest_gets() -> None:
+    strategy = _rules("rsi_mean_reversion")
+    config = BacktestConfig(commission=0.001, slippage=0.0005)
+    variants = [{"period": p} for p in (5, 7, 9, 11, 14, 21)]
+    entries = run_backtest(BARS, with_parameters(strategy, variants[0]), config).trades["entry_bar"]
+    bars = BARS.copy()
+    bars.iloc[int(entries[2]), bars.columns.get_loc("open")] = 0.0  # variant 0 enters there: 1 / 0
+    bars.iloc[int(entries[5]), bars.columns.get_loc("open")] = np.nan
+    block = run_block(bars, strategy, variants, config)
+    assert block.errors[0] == "ZeroDivisionError: float division by zero"
+    _assert_block_is_its_lone_backtests(block, bars, strategy, variants, config)
+
+
+def test_a_block_in_many_small_batches_and_curve_chunks_is_the_same_and_reports_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    strategy = _rules("sma_crossover")
+    variants = [*combinations({"fast": [5, 10, 20, 40], "slow": [30, 60, 100]}), {"fast": 0}, {"fast": 5, "slow": 30}]
+    whole = run_block(BARS, strategy, variants, CONFIG)
+    monkeypatch.setattr(block_module, "BATCH_ROWS", 2)
+    monkeypatch.setattr(block_module, "CURVE_CELLS", 2 * len(BARS) - 1)  # one curve at a time
+    seen: list[tuple[int, int]] = []
+    split = run_block(BARS, strategy, variants, CONFIG, progress=lambda d, t: seen.append((d, t)))
+    assert split == whole and list(split.errors) == [12]
+    assert seen == [(i, 14) for i in range(1, 15)]
+    monkeypatch.setattr(block_module, "BATCH_ROWS", 2048)
+    monkeypatch.setattr(block_module, "BATCH_CHANGES", 1)  # a batch per variant
+    assert run_block(BARS, strategy, variants, CONFIG) == whole
+
+
+def test_where_numpy_would_not_sum_rows_as_vectors_each_curve_is_reduced_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    strategy = _rules("rsi_mean_reversion")
+    variants = [{"period": p} for p in (3, 7, 14, 30)]
+    together = run_block(BARS, strategy, variants, CONFIG)
+    monkeypatch.setattr(metrics_module, "rows_sum_as_vectors", lambda rows, n: False)
+    assert run_block(BARS, strategy, variants, CONFIG) == together
+    _assert_block_is_its_lone_backtests(together, BARS, strategy, variants, CONFIG)

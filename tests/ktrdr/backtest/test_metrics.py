@@ -2,13 +2,21 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ktrdr.backtest import BacktestConfig, run_backtest
-from ktrdr.backtest.metrics import compute_metrics
+from ktrdr.backtest.metrics import (
+    CurveStats,
+    compute_metrics,
+    curve_stats,
+    curve_stats_of_rows,
+    metrics_from,
+    rows_sum_as_vectors,
+)
 from ktrdr.backtest.plot import plot_result
 from ktrdr.backtest.sweep import combinations, parse_grid, parse_values, rank
 from ktrdr.data import synth
@@ -96,3 +104,48 @@ def test_plot_writes_png(tmp_path: Path) -> None:
     r = run_backtest(synth("T", "1h", "2021-01-01", 1000, seed=2), "sma_crossover")
     out = plot_result(r, tmp_path / "equity.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _curves(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """Equity-like rows: drifting, flat stretches, new highs, ties."""
+    steps = rng.standard_normal((rows, n)) * rng.choice([0.0, 10.0, 300.0], size=(rows, 1))
+    steps[rng.random((rows, n)) < 0.3] = 0.0
+    curves = 100_000.0 + np.round(np.cumsum(steps + rng.choice([-2.0, 0.0, 3.0], size=(rows, 1)), axis=1), 2)
+    curves[:, 0] = 100_000.0
+    return curves
+
+
+def _same_stats(got: CurveStats, expected: CurveStats) -> bool:
+    return all(a == b or (a != a and b != b) for a, b in zip(astuple(got), astuple(expected), strict=True))
+
+
+def test_curves_reduced_as_rows_are_bit_for_bit_each_curve_reduced_alone() -> None:
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, 127, 128, 129, 1000, 8760, 20_000):
+        for rows, poisoned in ((1, False), (5, False), (29, False), (5, True)):
+            equity = _curves(rng, rows, n)
+            if poisoned and n > 3:
+                equity[1, n // 2] = np.nan  # a NaN row: its running peak is NaN from there on
+                equity[-1, n // 3] = np.inf
+            exposed = rng.integers(0, n + 1, size=rows)
+            with np.errstate(invalid="ignore"):
+                together = curve_stats_of_rows(equity, exposed)
+                alone = [curve_stats(row, int(e)) for row, e in zip(equity, exposed, strict=True)]
+            assert all(_same_stats(a, b) for a, b in zip(together, alone, strict=True)), (n, rows)
+
+
+def test_numpy_sums_each_row_as_it_sums_that_row_alone_on_this_install() -> None:
+    # What curve_stats_of_rows relies on; where it did not hold it would reduce each curve alone.
+    for rows, n in ((2, 2), (29, 8759), (7, 8191), (7, 8193), (3, 100_000)):
+        assert rows_sum_as_vectors(rows, n)
+
+
+def test_compute_metrics_is_metrics_from_the_curves_reductions() -> None:
+    equity = _curves(np.random.default_rng(3), 1, 500)[0]
+    shares = np.where(np.arange(500) % 3 == 0, 0, 7)
+    pnl, held = np.array([5.0, -2.5, 0.0]), np.array([4, 9, 1])
+    expected = compute_metrics(equity=equity, initial_capital=100_000.0, close=equity, shares=shares, pnl=pnl,
+                               bars_held=held, periods_per_year=252.0, annualization_basis="b")
+    got = metrics_from(curve_stats(equity, int(np.count_nonzero(shares))), pnl=pnl, bars_held=held,
+                       initial_capital=100_000.0, close=equity, periods_per_year=252.0, annualization_basis="b")
+    assert got == expected and got["exposure"] == pytest.approx(2 / 3, abs=0.01)

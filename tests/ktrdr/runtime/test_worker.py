@@ -246,3 +246,22 @@ async def test_a_stopped_workers_open_pull_requests_take_no_job(
     await make_worker("w2")
     done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED, timeout=15)
     assert done.worker_id == "w2" and done.attempt == 1
+
+
+async def test_a_worker_serving_two_subjects_starts_the_oldest_queued_job_first(
+        coordinator: Coordinator, make_worker: MakeWorker) -> None:
+    # One slot, two job subjects: while it is busy, a dummy is queued, then a newer data load. When
+    # the slot frees, both queues hold a job, and requests go out for data.ib first (the worker's
+    # order): the older starts first all the same.
+    await make_worker("ib1", worker_type="ib", capabilities=[names.CAP_DATA_IB, names.CAP_DUMMY_ANY])
+    busy = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 1.0, "steps": 2}))
+    await wait_status(coordinator, busy.op_id, OpStatus.RUNNING)
+    older = await coordinator.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    newer = await coordinator.dispatcher.submit(SubmitRequest(type="data_load", params={"symbol": "NEW"}))
+    await wait_status(coordinator, older.op_id, OpStatus.COMPLETED, timeout=20)
+    await assert_eventually(lambda: (op := coordinator.ops.get(newer.op_id)) is not None and op.status.terminal,
+                            timeout=20)
+    first, second = coordinator.ops.get(older.op_id), coordinator.ops.get(newer.op_id)
+    assert first is not None and second is not None
+    assert first.started_at is not None and second.started_at is not None
+    assert first.started_at < second.started_at, (first.started_at, second.started_at)
