@@ -254,7 +254,9 @@ class Dispatcher:
 
     async def _drop_jobs(self, op_id: str, offers: list[int]) -> None:
         """Delete a cancelled queued op's jobs from JOBS. One a worker took meanwhile is gone already
-        (or is dropped by that worker: the coordinator holds the claim)."""
+        (or is dropped by that worker: the coordinator holds the claim). A coordinator that restarted
+        offers its pending ops again on start (``resume``), and JOBS answers an offer it already holds
+        with that job's sequence (the same ``Nats-Msg-Id``), so those are known here too."""
         for seq in offers:
             try:
                 await self.js.delete_msg(names.JOBS_STREAM, seq)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from nats.aio.client import Client
 
 from coordinator.app import Coordinator
+from ktrdr.natsd import NatsServer
 from subjects import names
-from subjects.models import CancelReply, OpStatus, SubmitRequest, decode
-from tests.conftest import MakeWorker
+from subjects.models import CancelReply, JobMessage, OpStatus, SubmitRequest, decode
+from tests.conftest import MakeWorker, coordinator_settings
 from tests.support import assert_eventually, wait_status
 
 
@@ -67,6 +68,24 @@ async def test_a_cancelled_queued_op_leaves_the_job_queue_though_no_worker_serve
         return (await js.stream_info(names.JOBS_STREAM)).state.messages == 0
 
     await assert_eventually(queue_empty, message="the cancelled op's job is still queued")
+
+
+async def test_a_queued_op_offered_before_a_coordinator_restart_leaves_the_queue_when_cancelled(
+        nats_server: NatsServer, nc: Client) -> None:
+    js = nc.jetstream()
+    async with Coordinator(settings=coordinator_settings(nats_server.url)) as first:
+        kept = await first.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+        op = await first.dispatcher.submit(SubmitRequest(type="dummy", params={"duration": 0}))
+    assert (await js.stream_info(names.JOBS_STREAM)).state.messages == 2
+    async with Coordinator(settings=coordinator_settings(nats_server.url)):
+        assert (await request_cancel(nc, op.op_id)).accepted
+
+        async def one_left() -> bool:
+            return (await js.stream_info(names.JOBS_STREAM)).state.messages == 1
+
+        await assert_eventually(one_left, message="the cancelled op's job is still queued")
+        left = await js.get_msg(names.JOBS_STREAM, subject=names.jobs_subject(names.CAP_DUMMY_ANY), seq=1, next=True)
+        assert decode(JobMessage, left.data or b"").op_id == kept.op_id
 
 
 async def test_cancel_of_an_unknown_op_gets_a_clear_reply(coordinator: Coordinator, nc: Client) -> None:

@@ -19,6 +19,8 @@ NOT_VARIABLES = {"KTRDR_X"}  # bench/fleet.py's placeholder in `--worker-env KTR
 
 
 def _gen() -> ModuleType:
+    # The generator imports the CLI, which imports ib_insync, whose import asks for the current event
+    # loop: the tests that call it are coroutines, so that one is there whatever ran before them.
     spec = importlib.util.spec_from_file_location("docs_gen", ROOT / "docs" / "gen.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -26,19 +28,19 @@ def _gen() -> ModuleType:
     return module
 
 
-def test_the_generated_docs_are_what_the_code_makes_them() -> None:
+async def test_the_generated_docs_are_what_the_code_makes_them() -> None:
     stale = _gen().stale()
     assert stale == [], f"{', '.join(stale)}: stale; run `python docs/gen.py` and commit what it writes"
 
 
-def test_each_generated_part_is_in_its_page_once() -> None:
+async def test_each_generated_part_is_in_its_page_once() -> None:
     gen = _gen()
     for name, (page, _) in gen.PARTS.items():
         text = (ROOT / page).read_text()
         assert text.count(f"<!-- generated: {name} -->") == 1, page
 
 
-def test_the_configuration_table_has_every_settings_field() -> None:
+async def test_the_configuration_table_has_every_settings_field() -> None:
     gen = _gen()
     table = gen.configuration()
     for cls, _ in gen._settings_classes():
