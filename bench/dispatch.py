@@ -129,6 +129,19 @@ class RawHttp:
             self.writer.close()
 
 
+async def all_children(api: httpx.AsyncClient, parent_id: str) -> list[dict[str, Any]]:
+    """Every child of a parent op (a sweep's blocks and full results): the list answers in pages of
+    at most 1,000 (``next_offset``)."""
+    found: list[dict[str, Any]] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = (await api.get("/api/v1/operations", params={"parent_id": parent_id, "limit": 1000,
+                                                            "offset": offset})).json()
+        found += page["operations"]
+        offset = page.get("next_offset")
+    return found
+
+
 def light_record(data: bytes) -> Any:
     """The bench client reads thousands of records a second: full validation only where needed,
     so that the client's own CPU does not become the figure on a 2-core machine. None for a key of

@@ -71,6 +71,7 @@ from dispatch import (  # noqa: E402
     MODES,
     Setup,
     Watch,
+    all_children,
     light_record,
     make_setup,
     pct,
@@ -504,7 +505,7 @@ class Bench:
         deadline = time.monotonic() + 60  # pushed back while blocks keep coming
         while len(children) < blocks and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-            now = [o["op_id"] for o in await children_of(p.api, sweep_id) if o["status"] == "pending"]
+            now = [o["op_id"] for o in await all_children(p.api, sweep_id) if o["status"] == "pending"]
             if len(now) > len(children):
                 deadline = time.monotonic() + 60
             children = now
@@ -581,18 +582,6 @@ async def measure(n: int, setup: Setup, home: Path, args: argparse.Namespace,
             with contextlib.suppress(Exception):
                 await nc.close()
         await p.stop()
-
-
-async def children_of(api: httpx.AsyncClient, parent_id: str) -> list[dict[str, Any]]:
-    """Every child of a parent op: the list answers in pages (``next_offset``)."""
-    found: list[dict[str, Any]] = []
-    offset: int | None = 0
-    while offset is not None:
-        page = (await api.get("/api/v1/operations", params={"parent_id": parent_id, "limit": 1000,
-                                                            "offset": offset})).json()
-        found += page["operations"]
-        offset = page.get("next_offset")
-    return found
 
 
 async def submit(nc: Any, op_id: str, params: dict[str, Any]) -> None:

@@ -39,6 +39,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dispatch import all_children  # noqa: E402
+
 from ktrdr.data import DataStore, synth  # noqa: E402
 from ktrdr.data.shared import publish_dataset  # noqa: E402
 from ktrdr.natsd import NatsServer, free_port  # noqa: E402
@@ -303,18 +305,6 @@ def timeline(parent: dict[str, object], children: list[dict[str, object]]) -> No
     for c in sorted(children, key=lambda c: str(c["created_at"])):
         print(f"    {str(c['op_id'])[-8:]:>8} {str(c['type']):<15} created {at(c, 'created_at')} started "
               f"{at(c, 'started_at')} completed {at(c, 'completed_at')}  {c.get('worker_id')}")
-
-
-async def all_children(api: httpx.AsyncClient, parent_id: str) -> list[dict[str, object]]:
-    """Every child of a sweep (its blocks and full results): the list answers in pages of at most 1,000."""
-    found: list[dict[str, object]] = []
-    offset: int | None = 0
-    while offset is not None:
-        page = (await api.get("/api/v1/operations", params={"parent_id": parent_id, "limit": 1000,
-                                                            "offset": offset})).json()
-        found += page["operations"]
-        offset = page.get("next_offset")
-    return found
 
 
 if __name__ == "__main__":

@@ -70,6 +70,12 @@ def _retry_policy(type_name: str) -> RetryPolicy | None:
         return None
 
 
+def _cancel_timer(timers: dict[str, asyncio.TimerHandle], op_id: str) -> None:
+    handle = timers.pop(op_id, None)
+    if handle is not None:
+        handle.cancel()
+
+
 def _where(capability: str) -> str:
     return capability.split(".", 1)[1]
 
@@ -219,9 +225,7 @@ class Dispatcher:
             delay, lambda: self._spawn(self._fallback(op.op_id, op.attempt)))
 
     def _cancel_fallback(self, op_id: str) -> None:
-        handle = self._fallbacks.pop(op_id, None)
-        if handle is not None:
-            handle.cancel()
+        _cancel_timer(self._fallbacks, op_id)
 
     async def _fallback(self, op_id: str, attempt: int) -> None:
         self._fallbacks.pop(op_id, None)
@@ -387,9 +391,7 @@ class Dispatcher:
             delay, lambda: self._spawn(self._offer_retry(op.op_id, op.attempt)))
 
     def _cancel_retry(self, op_id: str) -> None:
-        handle = self._retries.pop(op_id, None)
-        if handle is not None:
-            handle.cancel()
+        _cancel_timer(self._retries, op_id)
 
     async def _offer_retry(self, op_id: str, attempt: int) -> None:
         self._retries.pop(op_id, None)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -158,11 +158,11 @@ class _Recorder:
         self.env.info.update(event.context or {})
 
 
-@dataclass
-class HandlerEnvironment:
-    op_id: str = "harness-op"
-    attempt: int = 1
-    worker_id: str = "harness"
+@dataclass(kw_only=True)
+class MemoryStores:
+    """The in-memory stand-ins for the platform's stores, which a handler's run and a parent plan's
+    children share (``ktrdr.runtime.plan_harness``)."""
+
     datasets: MemoryDatasets = field(default_factory=MemoryDatasets)
     results: MemoryBlobs = field(default_factory=MemoryBlobs)
     checkpoints: MemoryBlobs = field(default_factory=MemoryBlobs)
@@ -171,6 +171,17 @@ class HandlerEnvironment:
     # Coroutine handlers' steps are timed as a worker times them; ``StallWatch(refuse=True)`` fails
     # a handler that holds the loop, for a test that must not.
     stalls: StallWatch = field(default_factory=StallWatch)
+
+    def stores(self) -> dict[str, Any]:
+        """These stores by field name, to hand to another environment that shares them."""
+        return {f.name: getattr(self, f.name) for f in fields(MemoryStores)}
+
+
+@dataclass(kw_only=True)
+class HandlerEnvironment(MemoryStores):
+    op_id: str = "harness-op"
+    attempt: int = 1
+    worker_id: str = "harness"
     # What the handler reported: progress updates (as published, coalesced), the op record's
     # ``info`` facts and its ``warnings``.
     progress: list[dict[str, Any]] = field(default_factory=list)

@@ -22,6 +22,21 @@ from typing import IO
 from ktrdr.security.credentials import CredentialError
 
 
+def hold(path: Path, mode: str = "rb") -> IO[bytes] | None:
+    """``path`` opened and ``flock``-ed for this process's life (the open file is the hold), or None
+    when another process holds it or it cannot be opened."""
+    try:
+        handle = open(path, mode)  # noqa: SIM115 - held open for the process's life: that is the hold
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
 def claim_credential(folder: Path) -> tuple[Path, IO[bytes]]:
     """The first key file in ``folder`` no other process holds, and the open file that holds it."""
     try:
@@ -32,16 +47,8 @@ def claim_credential(folder: Path) -> tuple[Path, IO[bytes]]:
         raise CredentialError(f"the host credential pool {folder} holds no keys (*.nk): "
                               "`ktrdr provision --host-pool worker=COUNT@DIR` makes them")
     for key in keys:
-        try:
-            handle = open(key, "rb")  # noqa: SIM115 - held open for the process's life: that is the hold
-        except OSError:
-            continue
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        return key, handle
+        if (handle := hold(key)) is not None:
+            return key, handle
     raise CredentialError(f"all {len(keys)} host credentials in {folder} are held by running workers: make the "
                           "pool larger (KTRDR_WORKER_HOSTS for deploy/compose.yaml, then restart nats) or run "
                           "fewer workers")

@@ -32,8 +32,7 @@ from pydantic import BaseModel
 from ktrdr.optypes import OpType
 from ktrdr.optypes.parent import ChildState, Fail, Ready, Reduced, Stage
 from ktrdr.runtime.context import Handler
-from ktrdr.runtime.harness import HandlerEnvironment, MemoryBlobs, MemoryDatasets, MemoryModels, MemoryRecords
-from ktrdr.runtime.stalls import StallWatch
+from ktrdr.runtime.harness import HandlerEnvironment, MemoryStores
 from subjects.models import Operation, OpStatus
 
 
@@ -68,8 +67,8 @@ def _utc(moment: Any) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-@dataclass
-class PlanEnvironment:
+@dataclass(kw_only=True)
+class PlanEnvironment(MemoryStores):
     """``handlers``: the handler of each worker-run type the plan's children are (``KeyError`` naming
     a missing one); ``slots``: live worker slots per capability as ``worker_slots`` answers (1 for
     any other). After :meth:`run`, ``stages[op_id]`` names each parent's stages in the order they
@@ -78,12 +77,6 @@ class PlanEnvironment:
     handlers: Mapping[OpType[Any, Any], Handler] = field(default_factory=dict)
     slots: Mapping[str, int] = field(default_factory=dict)
     op_id: str = "harness-parent"
-    datasets: MemoryDatasets = field(default_factory=MemoryDatasets)
-    results: MemoryBlobs = field(default_factory=MemoryBlobs)
-    checkpoints: MemoryBlobs = field(default_factory=MemoryBlobs)
-    models: MemoryModels = field(default_factory=MemoryModels)
-    records: MemoryRecords = field(default_factory=MemoryRecords)
-    stalls: StallWatch = field(default_factory=StallWatch)
     stages: dict[str, list[str]] = field(default_factory=dict)
     children: dict[str, dict[str, ChildState]] = field(default_factory=dict)
     # Child runs' reports, by child op id (progress, info, warnings: its HandlerEnvironment).
@@ -150,9 +143,7 @@ class PlanEnvironment:
         handler = self.handlers.get(op_type)
         if handler is None:
             raise KeyError(f"no handler for {op_type.name}: give PlanEnvironment(handlers={{{op_type.name}: ...}})")
-        run = self.runs[op_id] = HandlerEnvironment(op_id=op_id, datasets=self.datasets, results=self.results,
-                                                    checkpoints=self.checkpoints, models=self.models,
-                                                    records=self.records, stalls=self.stalls)
+        run = self.runs[op_id] = HandlerEnvironment(op_id=op_id, **self.stores())
         # Failed or cancelled, the run recorded it, as a worker's outcome would be: the plan reads that.
         with contextlib.suppress(Exception):
             await run.run(handler, params, op_type=op_type)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import logging
 import os
@@ -36,7 +35,7 @@ from ktrdr.errors import failure_of
 from ktrdr.optypes import OpType, types_on
 from ktrdr.runtime.connection import NatsAuth, connect
 from ktrdr.runtime.context import Handler, JobContext, NatsReporter, call_handler
-from ktrdr.runtime.hostpool import claim_credential
+from ktrdr.runtime.hostpool import claim_credential, hold
 from ktrdr.runtime.publish import AckedPublisher
 from ktrdr.runtime.pull import JobPuller
 from ktrdr.runtime.retry import RetryPolicy, transient_js_error
@@ -139,15 +138,9 @@ def claim_worker_index(settings: WorkerSettings, worker_type: str) -> tuple[int,
 def _lock(path: Path) -> IO[bytes] | None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "ab")  # noqa: SIM115 - held open for the process's life: that is the lock
     except OSError:
         return None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None
-    return handle
+    return hold(path, "ab")
 
 
 class Worker:

@@ -111,6 +111,14 @@ async def test_a_worker_hears_only_its_own_hosts_forwarded_cancels(as_role) -> N
     await denials.expect("subscription", elsewhere)
 
 
+@pytest.mark.parametrize("role", [roles.WORKER, roles.IB, roles.CLIENT, roles.VIEWER])
+async def test_no_role_but_the_coordinator_forwards_a_cancel_to_a_worker(as_role, role: str) -> None:
+    other, denials = await as_role(role)
+    subject = names.worker_cancel(roles.LOCAL_HOST, "w1", "someop")
+    await other.publish(subject, b"{}")
+    await denials.expect("publish", subject)
+
+
 async def test_a_viewer_cannot_submit(as_role, coordinator: Coordinator) -> None:
     viewer, denials = await as_role(roles.VIEWER)
     subject = f"{names.SERVICE_GROUP}.{names.SERVICE_SUBMIT}"
