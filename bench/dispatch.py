@@ -18,8 +18,17 @@ fleet's own CA, as with `ktrdr up --listen`), `none` (no credential, no TLS: a b
 fresh platform, then a table gives every figure for both and the ratio (target: no more than 10 %
 lost to auth + TLS).
 
+Before ktrdr's phases, the same invocation measures two baselines on the same machine (bench/baselines.py
+says exactly what each does): `floor`, a bare JetStream work queue (2 worker processes, ack, a result
+in a KV bucket), and `celery`, Celery 5 on Redis with acks_late (needs `pip install -e '.[bench]'` and
+Debian's redis-server; skipped with the reason otherwise). A table at the end gives every ktrdr figure
+beside both and as a ratio of each, with the issue's targets: throughput >= 0.5x the floor's and >= 3x
+Celery's, sequential durable-record p50 <= 2x the floor's, coordinator CPU per op <= 200 µs.
+`--baselines none` skips them; `--baselines floor` runs only the floor.
+
     python bench/dispatch.py [--ops 500] [--throughput-ops 2000] [--slots 1] [--phases 12345]
                              [--security none|auth|tls|compare] [--rounds N]
+                             [--baselines floor,celery|floor|celery|none] [--celery-pool solo|prefork]
 """
 
 from __future__ import annotations
@@ -394,7 +403,7 @@ async def run_platform(setup: Setup, home: Path, args: argparse.Namespace) -> di
             elapsed = time.perf_counter() - t0
             nats_usage = usage.per_op_us(n)
             figures["nats_ops"] = n / elapsed
-            figures["nats_cpu"] = cpu_figures("nats_cpu", nats_usage)["nats_cpu"]
+            figures |= cpu_figures("nats_cpu", nats_usage)  # the coordinator's share has a target
             print(f"  through the NATS service {service} (32 concurrent): {n / elapsed:,.0f} ops/s completed "
                   f"({elapsed:.2f} s; all submitted after {t_submitted - t0:.2f} s)")
             print(f"    CPU per op: {CpuUsage.describe(nats_usage)}")
@@ -486,13 +495,9 @@ async def run_platform(setup: Setup, home: Path, args: argparse.Namespace) -> di
         if feeder is not None:
             feeder.cancel()
         await nc.close()
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        from baselines import stop_all  # the baselines' processes stop the same way
+
+        stop_all(procs)
     return figures
 
 
@@ -536,7 +541,21 @@ async def main() -> None:
                              "compare: none and tls alternately, then a table of both")
     parser.add_argument("--rounds", type=int, default=None,
                         help="runs of each mode (default: 2 with --security compare, else 1)")
+    parser.add_argument("--baselines", default="floor,celery",
+                        help="baselines measured before ktrdr in the same run: floor, celery (comma-separated), "
+                             "or none")
+    parser.add_argument("--celery-pool", choices=["solo", "prefork"], default="solo",
+                        help="the Celery workers' pool (1 process each); solo gave Celery its best figures")
     args = parser.parse_args()
+    wanted = [] if args.baselines == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    if unknown := set(wanted) - {"floor", "celery"}:
+        parser.error(f"unknown baseline(s): {', '.join(sorted(unknown))}")
+    # Imported here: fleet.py and sweep.py import this module and need none of it.
+    import baselines
+
+    started = datetime.now().astimezone()
+    load_before = os.getloadavg()
+    measured = await baselines.run_baselines(wanted, args.ops, args.throughput_ops, args.celery_pool) if wanted else []
     modes = ["none", "tls"] if args.security == "compare" else [args.security]
     rounds = args.rounds or (2 if args.security == "compare" else 1)
     runs: list[tuple[str, dict[str, float]]] = []
@@ -556,6 +575,16 @@ async def main() -> None:
             shutil.rmtree(home, ignore_errors=True)
     if len(modes) == 2:
         compare(runs, *modes)
+    if measured:
+        load = " ".join(f"{x:.2f}" for x in load_before), " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"\n{started:%Y-%m-%d %H:%M %Z}, {os.cpu_count()} cores; load average (1, 5, 15 min) "
+              f"before the baselines {load[0]}, after ktrdr's phases {load[1]}")
+        for mode in modes:
+            of_mode = [figs for m, figs in runs if m == mode]
+            keys = set().union(*of_mode)
+            means = {key: statistics.mean(figs[key] for figs in of_mode if key in figs) for key in keys}
+            label = MODES[mode][0] + (f", mean of {len(of_mode)} runs" if len(of_mode) > 1 else "")
+            baselines.summary(measured, means, label)
 
 
 async def submit_with_id(api: httpx.AsyncClient, op_id: str, params: dict[str, object]) -> None:

@@ -126,13 +126,15 @@ class Dispatcher:
 
     # --- submission -----------------------------------------------------------------------
 
-    async def submit(self, request: SubmitRequest) -> Operation:
+    async def submit(self, request: SubmitRequest, *, admitted: bool = False) -> Operation:
         """Record the op and offer its job, both retried through a leader election within the budget
-        (``write_retry_budget_s``); past it the last error is raised, ``transient_js_error`` says so."""
+        (``write_retry_budget_s``); past it the last error is raised, ``transient_js_error`` says so.
+        ``admitted``: the params are their model's dump already (``coordinator.admission``, a
+        parent's children), not validated twice."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._submit_retry.budget_s or 0.0)
         declared = op_type(request.type)
-        params = declared.dump(declared.parse(request.params))
+        params = request.params if admitted else declared.dump(declared.parse(request.params))
         op = Operation(
             op_id=request.op_id or new_op_id(request.type),
             type=request.type,
@@ -192,8 +194,10 @@ class Dispatcher:
             await self._offer_on(op, capability, reoffer=reoffer, retry=retry)
 
     async def _offer_on(self, op: Operation, capability: str, *, reoffer: int, retry: RetryPolicy) -> None:
-        job = JobMessage(op_id=op.op_id, type=op.type, params=op.params, attempt=op.attempt,
-                         capability=capability, parent_id=op.parent_id, checkpoint=op.checkpoint).encode()
+        # Every field comes from the validated record: built without validating it again.
+        job = JobMessage.model_construct(op_id=op.op_id, type=op.type, params=op.params, attempt=op.attempt,
+                                         capability=capability, parent_id=op.parent_id, offered_at=datetime.now(UTC),
+                                         checkpoint=op.checkpoint).encode()
         headers: dict[str, str] = {Header.MSG_ID: names.job_msg_id(op.op_id, op.attempt, capability, reoffer)}
         subject = names.jobs_subject(capability)
 

@@ -121,7 +121,7 @@ class ReportFold:
                             applied.record.attempt)
                 return
             changed = applied.changed
-            if event.event is OpEventKind.STARTED and changed is not None and changed.attempt == 1:
+            if changed is not None and changed.attempt == 1 and _starts(event, changed):
                 self.metrics.dispatch_latency.labels(type=changed.type).observe(
                     max(0.0, (datetime.now(UTC) - changed.created_at).total_seconds()))
             elif (event.event is OpEventKind.FAILED and changed is not None and changed.status is OpStatus.PENDING
@@ -275,3 +275,14 @@ class ReportFold:
         log.error("%s event on %s from %s, but the claim of %s attempt %d is %s's: refused", event.event, subject,
                   event.worker_id, event.op_id, event.attempt, holder or "nobody")
         return False
+
+
+def _starts(event: OpEvent, changed: Operation) -> bool:
+    """Whether ``event`` is the one that made its attempt start: a ``started``, or the outcome of an
+    attempt that ended within the worker's started delay (no ``started`` came before it)."""
+    if event.event is OpEventKind.STARTED:
+        return True
+    if event.event is OpEventKind.INFO or not changed.status.terminal:
+        return False
+    attempt = lifecycle.current_attempt(changed)
+    return attempt is not None and attempt.started_at is not None and attempt.started_at == attempt.ended_at

@@ -59,7 +59,7 @@ class OpsLayer:
             if admitted.op_id is not None and (existing := self._same(admitted)) is not None:
                 return existing
             try:
-                return await self.dispatcher.submit(admitted)
+                return await self.dispatcher.submit(admitted, admitted=True)
             except OperationExists:
                 # Created by a concurrent copy of this very request between the look-up and the write.
                 if (existing := self._same(admitted)) is not None:

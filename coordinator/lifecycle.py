@@ -222,9 +222,15 @@ def progress(op: Operation, by: Reporter, *, progress: Progress) -> Operation | 
 
 
 def _ended(op: Operation, by: Reporter, status: OpStatus, at: datetime, **update: Any) -> Operation:
+    # An attempt that ended within the worker's started delay reports its outcome alone: the
+    # outcome then says who ran it, and when (its start is its end, as far as the record knows).
+    current = current_attempt(op)
+    started_at = current.started_at if current is not None and current.started_at is not None else at
     return op.model_copy(update={
         "status": status, "worker_id": by.worker_id, "completed_at": at, "started_at": op.started_at or at,
-        "attempts": attempts_with(op, ended_at=at, outcome=status.value), **update})
+        "attempts": attempts_with(op, ended_at=at, outcome=status.value, worker_id=by.worker_id,
+                                  started_at=started_at),
+        **update})
 
 
 def complete(op: Operation, by: Reporter, *, at: datetime, result: dict[str, Any] | None,

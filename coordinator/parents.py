@@ -336,7 +336,7 @@ class ParentRunner:
                 request = SubmitRequest(type=child.type.name, params=child.type.dump(child.params),
                                         parent_id=parent_id, op_id=cid)
                 try:
-                    await self.dispatcher.submit(request)
+                    await self.dispatcher.submit(request, admitted=True)
                 except OperationExists:
                     pass
                 except Exception as exc:

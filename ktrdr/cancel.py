@@ -22,19 +22,25 @@ class OperationCancelled(Exception):
 
 class CancelToken:
     def __init__(self) -> None:
-        self._event = threading.Event()
+        # One per operation: the threading.Event only a waiting thread needs is made on its first
+        # wait (an Event is a Condition and a lock, a fair share of a zero-duration op's cost).
         self._lock = threading.Lock()
+        self._set = False
+        self._event: threading.Event | None = None
         self._listeners: list[Callable[[], object]] = []
         self.reason: str | None = None
 
     def cancel(self, reason: str = "cancelled") -> bool:
         """Set the token; returns False when it was already set (first reason wins)."""
         with self._lock:
-            if self._event.is_set():
+            if self._set:
                 return False
             self.reason = reason
-            self._event.set()
+            self._set = True
+            event = self._event
             listeners, self._listeners = self._listeners, []
+        if event is not None:
+            event.set()
         for listener in listeners:
             listener()
         return True
@@ -42,19 +48,25 @@ class CancelToken:
     def on_cancel(self, listener: Callable[[], object]) -> None:
         """Call ``listener()`` once, from whichever thread cancels (at once if already cancelled)."""
         with self._lock:
-            if not self._event.is_set():
+            if not self._set:
                 self._listeners.append(listener)
                 return
         listener()
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._set
 
     def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
+        if self._set:
             raise OperationCancelled(self.reason or "cancelled")
 
     def wait(self, timeout: float | None = None) -> bool:
         """Sleep up to ``timeout`` seconds, waking early on cancellation."""
-        return self._event.wait(timeout)
+        with self._lock:
+            if self._set:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)

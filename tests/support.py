@@ -41,9 +41,12 @@ async def wait_status(coordinator: Coordinator, op_id: str, *statuses: OpStatus,
         op = coordinator.ops.get(op_id)
         return op if op is not None and op.status in statuses else None
 
-    return await assert_eventually(check, timeout=timeout,
-                                   message=f"{op_id} never reached {[s.value for s in statuses]}: "
-                                           f"{coordinator.ops.get(op_id)}")
+    try:
+        return await assert_eventually(check, timeout=timeout,
+                                       message=f"{op_id} never reached {[s.value for s in statuses]}")
+    except AssertionError as exc:
+        # The record as it is now, not as it was when the wait began.
+        raise AssertionError(f"{exc}; the op now: {coordinator.ops.get(op_id)}") from None
 
 
 def auth_headers(coordinator: Coordinator) -> dict[str, str]:

@@ -30,6 +30,7 @@ import numpy as np
 from ktrdr.backtest.config import BacktestConfig
 from ktrdr.backtest.simulator import Simulation, change_bars, held_positions
 from ktrdr.cancel import CancelToken
+from ktrdr.strategy.signals import PositionChanges
 
 # A step takes ~15 us: checking every 1,024 keeps well under the 50 ms between cancellation checks.
 _CANCEL_STEPS = 1024
@@ -52,6 +53,39 @@ def changes_of(wanted: np.ndarray) -> Changes:
     held = held_positions(wanted)
     bars = change_bars(held)
     return Changes(bars=bars, wants=held[bars])
+
+
+def changes_of_rows(changes: PositionChanges, trade_from: int = 0) -> list[Changes]:
+    """:func:`changes_of` of each row's wanted positions from bar ``trade_from`` on (``wanted[trade_from:]``),
+    the rows' wanted positions given by their changes (``ktrdr.strategy.signals.position_changes_rows``).
+
+    In the window the position held at bar ``j`` (``j >= 1``) is the one wanted after bar
+    ``trade_from + j - 1``: it moves at bar 1 to what was wanted after bar ``trade_from`` (when that is
+    not flat), and at bar ``c - trade_from + 1`` for each change of the wish after a bar ``c`` from
+    ``trade_from + 1`` to the second last (the last bar's wish has no next open to fill at).
+    """
+    rows, n, t = changes.rows, changes.bars, trade_from
+    if rows == 0:
+        return []
+    if n - t < 2:
+        return [Changes(bars=np.empty(0, dtype=np.int64), wants=np.empty(0, dtype=np.int8)) for _ in range(rows)]
+    row, bar, to = changes.row, changes.bar, changes.to
+    key = row * (n + 1) + bar  # increasing: by row, then by bar
+    every = np.arange(rows, dtype=np.int64) * (n + 1)
+    # What each row wants after bar t: its last change up to there, else what it wanted before any.
+    last = np.searchsorted(key, every + t, side="right") - 1
+    ok = last >= np.searchsorted(key, every, side="left")
+    start = np.where(ok, to[np.maximum(last, 0)] if len(to) else np.int8(0), np.int8(changes.state)).astype(np.int8)
+    inside = (bar > t) & (bar <= n - 2)
+    w_row, w_bar, w_to = row[inside], bar[inside] - t + 1, to[inside]
+    moves = np.flatnonzero(start != 0)
+    # Each row's move at bar 1 goes before its other moves.
+    at = np.searchsorted(w_row, moves, side="left")
+    bars = np.insert(w_bar, at, 1)
+    wants = np.insert(w_to, at, start[moves])
+    counts = np.bincount(np.insert(w_row, at, moves), minlength=rows)
+    bounds = np.cumsum(counts)[:-1]
+    return [Changes(bars=b, wants=w) for b, w in zip(np.split(bars, bounds), np.split(wants, bounds), strict=True)]
 
 
 @dataclass(kw_only=True)

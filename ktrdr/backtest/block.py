@@ -4,8 +4,11 @@ Each variant's metrics are exactly, bit for bit, those of ``run_backtest(bars, w
 params), config)``: the block runs the same steps on the same inputs (``ktrdr.backtest.engine`` shares
 them), and does once per block what depends on the bars alone: the timeframe and its annualisation,
 the price arrays, and each distinct indicator (an :class:`IndicatorCache`). Parameter values are
-validated once per distinct indicator spec rather than per variant (see :class:`_Variants`), and a
-parameter set that repeats is evaluated once. Variants are then simulated together, a batch at a
+validated once per distinct indicator spec rather than per variant (see :class:`Variants`), and a
+parameter set that repeats is evaluated once. Variants that differ only in their indicators get
+their signals and positions together, ``ROWS_TOGETHER`` at a time, from rows x bars operands
+(:class:`_RowSignals`), and their indicators are kept for the next block on the same data
+(``IndicatorCache(shared=True)``, keyed by a digest of the bars). Variants are then simulated together, a batch at a
 time (``ktrdr.backtest.batch``: the same float operations, done for many variants per numpy call),
 and their curves reduced together (``ktrdr.backtest.metrics.curve_stats_of_rows``). A variant the
 batch cannot vouch for (``Batch.unsure``: a run that meets a NaN, an infinity or a zero price) is
@@ -20,10 +23,11 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from ktrdr.backtest.batch import Changes, changes_of, simulate_batch
+from ktrdr.backtest.batch import Changes, changes_of, changes_of_rows, simulate_batch
 from ktrdr.backtest.config import BacktestConfig
 from ktrdr.backtest.engine import _metrics, _metrics_of, _prices, _rule_positions, _timeframe
 from ktrdr.backtest.metrics import curve_stats_of_rows
@@ -31,9 +35,11 @@ from ktrdr.backtest.result import _clean
 from ktrdr.backtest.simulator import simulate
 from ktrdr.cancel import CancelToken, OperationCancelled
 from ktrdr.data.timeframes import periods_per_year
+from ktrdr.data.validation import OHLCV
 from ktrdr.strategy import RuleStrategy, StrategyError, with_parameters
+from ktrdr.strategy.conditions import evaluate_rows
 from ktrdr.strategy.schema import IndicatorSpec
-from ktrdr.strategy.signals import IndicatorCache, spec_key
+from ktrdr.strategy.signals import IndicatorCache, operand_values, position_changes_rows, spec_key
 from subjects.params import ParamValue
 
 FORMAT = "ktrdr.backtest.block/1"
@@ -47,6 +53,9 @@ MetricValue = float | int | str | None  # a cleaned metric: NaN and infinities a
 # under ~80 MB whatever its size. A batch step costs the same for few variants as for many: batches
 # are as large as that allows (a sweep's 1,250-variant SMA block is one).
 BATCH_ROWS = 2048
+# Variants whose signals and positions are worked out together (rows x bars arrays of each operand:
+# 64 x 8,760 bars is 4.5 MB a float array, small enough to stay in cache).
+ROWS_TOGETHER = 64
 BATCH_CHANGES = 1 << 18
 CURVE_CELLS = 1 << 18
 
@@ -95,7 +104,8 @@ class BlockResult:
 def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Mapping[str, ParamValue]],
               config: BacktestConfig, *, base: Mapping[str, ParamValue] | None = None,
               cancel: CancelToken | None = None,
-              progress: Callable[[int, int], None] | None = None, trade_from: int = 0) -> BlockResult:
+              progress: Callable[[int, int], None] | None = None, trade_from: int = 0,
+              shared_indicators: bool = True) -> BlockResult:
     """Backtest ``strategy`` with each of ``variants`` (parameters ``{**base, **variant}``) on ``bars``.
 
     A variant the strategy refuses, or whose backtest raises, is recorded in ``errors`` and the block
@@ -103,7 +113,8 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
     once. ``cancel`` is checked between variants and inside each; ``progress(done, total)`` is called
     for every variant, in order, once its metrics are known (a batch of variants at a time), so a
     caller that reports somewhere costly throttles it. ``trade_from``: the bars before it only warm
-    the indicators up, as in :func:`ktrdr.backtest.engine.run_backtest`.
+    the indicators up, as in :func:`ktrdr.backtest.engine.run_backtest`. ``shared_indicators``: keep
+    the indicators in this process for the next block on the same data (``IndicatorCache(shared=True)``).
     """
     if not isinstance(strategy, RuleStrategy):
         raise TypeError(f"a block evaluates a rule-based strategy, not {type(strategy).__name__}")
@@ -116,8 +127,8 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
     timeframe = _timeframe(pd.DatetimeIndex(bars.index[trade_from:]), config)
     ppy = periods_per_year(timeframe)
     open_, close = _prices(bars.iloc[trade_from:])
-    cache = IndicatorCache(bars)
-    make = _Variants(strategy)
+    cache = IndicatorCache(bars, shared=shared_indicators)
+    make = Variants(strategy)
 
     def changes(params: dict[str, ParamValue]) -> Changes | str:
         """The variant's position changes, or why it has none (a refusal, an error)."""
@@ -184,12 +195,34 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
             if progress is not None:
                 progress(reported, total)
 
+    rows_of = _RowSignals(strategy, bars, cache, cancel=cancel)
+
+    def chunk_changes(lo: int, hi: int) -> list[Changes | str]:
+        """Unique variants ``lo:hi``'s changes: those made by indicator changes alone together
+        (:class:`_RowSignals`), any other (and all of them, if that fails) one by one."""
+        specs = [make.specs(unique[u]) for u in range(lo, hi)]
+        together = [i for i, s in enumerate(specs) if s is not None]
+        got: list[Changes | str | None] = [None] * (hi - lo)
+        if len(together) > 1:
+            try:
+                for i, c in zip(together, rows_of.changes([specs[i] for i in together], trade_from),  # type: ignore[misc]
+                                strict=True):
+                    got[i] = c
+            except OperationCancelled:
+                raise
+            except Exception:  # noqa: BLE001 - each variant alone says what is wrong with it
+                got = [None] * (hi - lo)
+        return [c if c is not None else changes(unique[lo + i]) for i, c in enumerate(got)]
+
     pending: list[tuple[int, Changes]] = []
     held = 0
-    for u, params in enumerate(unique):
+    made: list[Changes | str] = []
+    for u in range(len(unique)):
         if cancel is not None:
             cancel.raise_if_cancelled()
-        got = changes(params)
+        if u % ROWS_TOGETHER == 0:
+            made = chunk_changes(u, min(u + ROWS_TOGETHER, len(unique)))
+        got = made[u % ROWS_TOGETHER]
         if isinstance(got, str):
             outcomes[u] = got
         else:
@@ -205,13 +238,13 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
 
     results = [outcomes[u] for u in which]
     metric_names: list[str] = []
-    for outcome in results:
-        if isinstance(outcome, dict):
-            metric_names.extend(name for name in outcome if name not in metric_names)
+    found = [o if isinstance(o, dict) else {} for o in results]
+    for outcome in {id(d): d for d in found}.values():  # each distinct outcome once
+        metric_names.extend(name for name in outcome if name not in metric_names)
     return BlockResult(
         strategy=strategy.name, bars=len(bars) - trade_from, variants=total, names=names,
         values={name: [row.get(name) for row in rows] for name in names},
-        metrics={m: [o.get(m) if isinstance(o, dict) else None for o in results] for m in metric_names},
+        metrics={m: [d.get(m) for d in found] for m in metric_names},
         errors={i: o for i, o in enumerate(results) if isinstance(o, str)})
 
 
@@ -249,7 +282,7 @@ def _params_key(params: Mapping[str, ParamValue]) -> Hashable | None:
     return key
 
 
-class _Variants:
+class Variants:
     """``with_parameters(strategy, params)`` for many ``params``, cheaply where that is provably the same.
 
     ``with_parameters`` deep-copies the document and re-validates all of it. When every parameter
@@ -268,6 +301,9 @@ class _Variants:
         self._cheap = isinstance(indicators, Mapping)
         self._documented: Mapping[str, Any] = indicators if isinstance(indicators, Mapping) else {}
         self._specs: dict[Hashable, IndicatorSpec | None] = {}
+        self._leaves: dict[str, tuple[str, str] | None] = {}
+        self._made: dict[Hashable, dict[str, Any] | None] = {}
+        self._base_specs: dict[str, dict[str, Any]] | None = None
 
     def __call__(self, params: Mapping[str, ParamValue]) -> RuleStrategy:
         changes = self._indicator_changes(params)
@@ -275,11 +311,34 @@ class _Variants:
             return self._slow(params)
         indicators = dict(self._strategy.indicators)
         for ident, fields in changes.items():
-            spec = self._validated({**self._documented[ident], **fields})
+            spec = self.validated({**self._documented[ident], **fields})
             if spec is None:
                 return self._slow(params)
             indicators[ident] = spec
         return self._strategy.model_copy(update={"indicators": indicators})
+
+    def specs(self, params: Mapping[str, ParamValue]) -> dict[str, dict[str, Any]] | None:
+        """``make(params).indicator_specs()`` where the cheap path makes the variant (every parameter
+        an indicator's leaf, every changed indicator valid), else None. Equal specs are the same dicts."""
+        changes = self._indicator_changes(params)
+        if changes is None:
+            return None
+        if self._base_specs is None:
+            self._base_specs = self._strategy.indicator_specs()
+        out = dict(self._base_specs)
+        for ident, fields in changes.items():
+            key = (ident, tuple((k, type(v).__qualname__, v) for k, v in fields.items()))
+            try:
+                spec = self._made[key]
+            except KeyError:
+                validated = self.validated({**self._documented[ident], **fields})
+                spec = self._made[key] = None if validated is None else validated.spec()
+            except TypeError:  # a value that does not hash
+                return None
+            if spec is None:
+                return None
+            out[ident] = spec
+        return out
 
     def _slow(self, params: Mapping[str, ParamValue]) -> RuleStrategy:
         variant = with_parameters(self._strategy, params)
@@ -287,35 +346,137 @@ class _Variants:
             raise StrategyError(variant.source, [("", "parameters made the strategy neuro-fuzzy")])
         return variant
 
+    def leaf_of(self, name: str) -> tuple[str, str] | None:
+        """``(indicator id, key)`` when parameter ``name`` sets a leaf of one of the strategy's
+        indicators that the cheap path may set, else None."""
+        if name in self._leaves:
+            return self._leaves[name]
+        found: tuple[str, str] | None = None
+        if self._cheap:
+            declared = self._strategy.parameters
+            path = declared[name].path if name in declared else name
+            parts = path.split(".")
+            node = self._documented.get(parts[1]) if len(parts) == 3 and parts[0] == "indicators" else None
+            # A mapping replaced by a value could drop a path another parameter names: the full
+            # check decides that.
+            if isinstance(node, dict) and not isinstance(node.get(parts[2]), dict):
+                found = (parts[1], parts[2])
+        self._leaves[name] = found
+        return found
+
+    def documented(self, ident: str) -> Mapping[str, Any]:
+        """Indicator ``ident`` as the strategy's document has it (before any parameter)."""
+        return self._documented[ident]
+
     def _indicator_changes(self, params: Mapping[str, ParamValue]) -> dict[str, dict[str, Any]] | None:
         """``{indicator id: {key: value}}`` when every parameter sets an indicator's leaf, else None."""
         if not self._cheap:
             return None
-        declared = self._strategy.parameters
         changes: dict[str, dict[str, Any]] = {}
         for name, value in params.items():
-            path = declared[name].path if name in declared else name
-            parts = path.split(".")
-            if len(parts) != 3 or parts[0] != "indicators":
+            found = self.leaf_of(name)
+            if found is None:
                 return None
-            ident, leaf = parts[1], parts[2]
-            node = self._documented.get(ident)
-            # A mapping replaced by a value could drop a path another parameter names: the full
-            # check decides that.
-            if not isinstance(node, dict) or isinstance(node.get(leaf), dict):
-                return None
-            changes.setdefault(ident, {})[leaf] = value
+            changes.setdefault(found[0], {})[found[1]] = value
         return changes
 
-    def _validated(self, spec: dict[str, Any]) -> IndicatorSpec | None:
-        """The indicator as the strategy's validation would build it; None when it is refused."""
+    def validated(self, spec: dict[str, Any]) -> IndicatorSpec | None:
+        """The indicator as the strategy's validation would build it; None when it is refused.
+
+        A spec's validation depends on the spec alone, so it is kept for this process (the next
+        block of a sweep asks for the same specs again): up to ``_VALIDATED_KEPT`` of them."""
         key = spec_key(spec)
         if key is not None and key in self._specs:
             return self._specs[key]
-        try:
-            validated: IndicatorSpec | None = IndicatorSpec.model_validate(spec)
-        except ValidationError:
-            validated = None
+        if key is not None and key in _VALIDATED:
+            validated = _VALIDATED[key]
+        else:
+            try:
+                validated = IndicatorSpec.model_validate(spec)
+            except ValidationError:
+                validated = None
+            if key is not None:
+                if len(_VALIDATED) >= _VALIDATED_KEPT:
+                    _VALIDATED.clear()
+                _VALIDATED[key] = validated
         if key is not None:
             self._specs[key] = validated
         return validated
+
+
+# Indicator specs validated in this process (see Variants.validated); never edited once made.
+_VALIDATED: dict[Hashable, IndicatorSpec | None] = {}
+_VALIDATED_KEPT = 65_536
+
+
+class _RowSignals:
+    """Many variants' position changes at once, for variants that differ only in their indicators'
+    specs: the rules are the strategy's own, evaluated on rows x bars operands
+    (:func:`ktrdr.strategy.conditions.evaluate_rows`), the positions walked for every row together
+    (:func:`ktrdr.strategy.signals.position_changes_rows`). Row ``i``'s changes are those
+    ``changes_of(_rule_positions(variant_i, bars)[trade_from:])`` gives: the same indicators (one
+    cache), the same comparisons of the same floats, the same walk. Raises where any variant's would
+    (the block then runs them one by one, for each one's own error)."""
+
+    def __init__(self, strategy: RuleStrategy, bars: pd.DataFrame, cache: IndicatorCache, *,
+                 cancel: CancelToken | None) -> None:
+        self._strategy = strategy
+        self._bars = bars
+        self._cache = cache
+        self._cancel = cancel
+        self._computed_by_id: dict[int, pd.Series | pd.DataFrame] = {}  # id of a spec dict -> its indicator
+        self._values: dict[tuple[int, str], np.ndarray] = {}  # (id of a spec dict, column) -> its values
+        self._specs: list[dict[str, Any]] = []  # keeps those spec dicts (and so their ids) alive
+        self._ohlcv: dict[str, np.ndarray] = {}
+
+    def changes(self, specs: Sequence[dict[str, dict[str, Any]]], trade_from: int) -> list[Changes]:
+        rows, n = len(specs), len(self._bars)
+        for variant in specs:  # every indicator, as compute_indicators computes them (and raises)
+            if self._cancel is not None:
+                self._cancel.raise_if_cancelled()
+            for spec in variant.values():
+                self._computed(spec)
+        memo: dict[tuple[Any, Any], np.ndarray] = {}
+        operands: dict[str, np.ndarray] = {}
+
+        def resolve(operand: Any) -> np.ndarray | float:
+            if not isinstance(operand, str):
+                return float(operand)
+            if operand not in operands:
+                ident, _, column = operand.partition(".")
+                if ident in specs[0]:
+                    per = [self._array(ident, variant[ident], column) for variant in specs]
+                    operands[operand] = per[0] if all(a is per[0] for a in per) else np.stack(per)
+                elif operand in OHLCV:
+                    operands[operand] = self._bars[operand].to_numpy(dtype=np.float64)
+                else:
+                    raise ValueError(f"unknown operand {operand!r}")
+            return operands[operand]
+
+        def rule(name: str) -> np.ndarray | None:
+            cond = getattr(self._strategy.rules, name)
+            if cond is None:
+                return None
+            return np.ascontiguousarray(np.broadcast_to(evaluate_rows(cond, resolve, (rows, n), memo), (rows, n)))
+
+        short = self._strategy.allow_short
+        signals = (rule("entry_long"), rule("exit_long"), rule("entry_short") if short else None,
+                   rule("exit_short") if short else None)
+        if all(s is None for s in signals):
+            return [changes_of(np.zeros(n - trade_from, dtype=np.int8)) for _ in range(rows)]
+        return changes_of_rows(position_changes_rows(*signals), trade_from)
+
+    def _computed(self, spec: dict[str, Any]) -> pd.Series | pd.DataFrame:
+        found = self._computed_by_id.get(id(spec))
+        if found is None:
+            found = self._computed_by_id[id(spec)] = self._cache.get(spec)
+            self._specs.append(spec)
+        return found
+
+    def _array(self, ident: str, spec: dict[str, Any], column: str) -> np.ndarray:
+        """The indicator's values as a rule reads ``ident.column``."""
+        key = (id(spec), column)
+        found = self._values.get(key)
+        if found is None:
+            found = self._values[key] = operand_values(self._computed(spec), ident, column)
+        return found

@@ -184,11 +184,13 @@ def metrics_from(curve: CurveStats, *, pnl: np.ndarray, bars_held: np.ndarray, i
     m["losing_trades"] = len(losses)
     m["win_rate"] = len(wins) / trades if trades else None
     m["profit_factor"] = _ratio(float(wins.sum()), float(-losses.sum())) if trades else None
-    m["avg_win"] = float(wins.mean()) if len(wins) else None
-    m["avg_loss"] = float(losses.mean()) if len(losses) else None
+    # A mean as ndarray.mean works it out (the sum, in float64, divided by the count), without its
+    # ~5 us of Python: a sweep's block takes these for every variant.
+    m["avg_win"] = float(np.add.reduce(wins)) / len(wins) if len(wins) else None
+    m["avg_loss"] = float(np.add.reduce(losses)) / len(losses) if len(losses) else None
     m["largest_win"] = float(wins.max()) if len(wins) else None
     m["largest_loss"] = float(losses.min()) if len(losses) else None
-    m["avg_bars_held"] = float(bars_held.mean()) if trades else None
+    m["avg_bars_held"] = float(np.add.reduce(bars_held, dtype=np.float64)) / trades if trades else None
     m["exposure"] = float(curve.exposed) / n if n else 0.0
     m["buy_and_hold_return_pct"] = 100.0 * (float(close[-1]) / float(close[0]) - 1.0) if n else 0.0
     return m

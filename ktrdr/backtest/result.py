@@ -115,10 +115,15 @@ class BacktestResult:
 _INT_COLUMNS = frozenset({"entry_bar", "exit_bar", "side", "size", "bars_held"})
 
 
+_PLAIN = frozenset({int, str, bool, type(None)})
+
+
 def _clean(value: Any) -> Any:
     # JSON has no NaN or infinity; an undefined ratio is null.
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        # Plain values (most of a metrics dict) pass without a call: a sweep cleans every variant's.
+        return {k: v if type(v) in _PLAIN or (type(v) is float and math.isfinite(v)) else _clean(v)
+                for k, v in value.items()}
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 Value = int | float | str
@@ -62,8 +62,15 @@ def parse_grid(specs: Iterable[str] | str) -> Grid:
 
 def combinations(grid: Mapping[str, Sequence[Value]]) -> list[dict[str, Value]]:
     """Every combination, the last parameter varying fastest (deterministic order)."""
+    return list(combinations_between(grid, 0, None))
+
+
+def combinations_between(grid: Mapping[str, Sequence[Value]], first: int,
+                         stop: int | None) -> Iterator[dict[str, Value]]:
+    """:func:`combinations` ``[first:stop]``, making only those (a sweep's block of a large grid)."""
     names = list(grid)
-    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(grid[n] for n in names))]
+    for combo in itertools.islice(itertools.product(*(grid[n] for n in names)), first, stop):
+        yield dict(zip(names, combo, strict=True))
 
 
 def rank(results: Iterable[Mapping[str, Any]], metric: str, *, descending: bool = True,

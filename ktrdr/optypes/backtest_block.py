@@ -10,12 +10,11 @@ variants it holds.
 
 from __future__ import annotations
 
-from itertools import islice
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from ktrdr.backtest.sweep import combinations
+from ktrdr.backtest.sweep import combinations_between
 from ktrdr.optypes.defn import OpType, declare, on
 from subjects import names
 from subjects.objective import Ranks
@@ -51,7 +50,7 @@ class BacktestBlockParams(BacktestParams, Ranks):
         return self
 
     def variants(self) -> list[dict[str, ParamValue]]:
-        return list(islice(combinations(self.grid), self.first, self.stop))
+        return list(combinations_between(self.grid, self.first, self.stop))
 
 
 class BlockSummary(Result):

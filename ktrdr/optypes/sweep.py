@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -131,6 +132,10 @@ class SweepPlan:
         entries: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         cancelled = 0
+        # What the ranking reads of a variant's metrics: the objective's (its metric, trades and
+        # drawdown: ``Objective.excluded``) and the summary's.
+        read = list(dict.fromkeys((params.metric, "trades", "max_drawdown_pct", *SUMMARY_METRICS)))
+        texts = _RankingText()
         # Read together: tens of small round trips, one after another, were a tenth of a short sweep.
         documents = await asyncio.gather(*(env.result(b.op_id) for b in blocks if b.completed))
         stored = dict(zip((b.op_id for b in blocks if b.completed), documents, strict=True))
@@ -147,15 +152,24 @@ class SweepPlan:
             if data is None:
                 return Reduced(error=f"block {block.op_id} completed but stored no result")
             result = BlockResult.from_json_bytes(data)
-            for i in range(stop - first):
-                parameters = {name: result.values[name][i] for name in result.names}
-                metrics = result.variant_metrics(i)
-                if metrics is None:
-                    failed.append({"index": first + i, "parameters": parameters, "block": block.op_id,
+            # Row by row from the columns at once (zip), not a lookup per variant and name. An entry
+            # holds the metrics the ranking reads (``read``); the ranking document gets all of them
+            # as text from the block's own JSON (``_RankingText``), not decoded and encoded again.
+            names = result.names
+            every_parameters = [dict(zip(names, row, strict=True)) for row in
+                                zip(*(result.values[name] for name in names), strict=True)] if names else [
+                {} for _ in range(stop - first)]
+            kept = [m for m in read if m in result.metrics]
+            every_metrics = zip(*(result.metrics[m] for m in kept), strict=True) if kept else (
+                () for _ in range(stop - first))
+            texts.add(first, data, result)
+            for i, (values, row) in enumerate(zip(every_parameters, every_metrics, strict=True)):
+                if i in result.errors:
+                    failed.append({"index": first + i, "parameters": values, "block": block.op_id,
                                    "error": result.errors.get(i)})
                 else:
-                    entries.append({"index": first + i, "parameters": parameters, "metrics": metrics,
-                                    "block": block.op_id})
+                    entries.append({"index": first + i, "parameters": values,
+                                    "metrics": dict(zip(kept, row, strict=True)), "block": block.op_id})
         # How good each variant's neighbourhood is: a plateau from a lone spike (``neighbourhood``).
         around = neighbourhood({e["index"]: e["metrics"].get(params.metric) for e in entries}, params.grid)
         for e in entries:
@@ -163,22 +177,29 @@ class SweepPlan:
             e["neighbourhood"], e["neighbours"] = mean, count
         ranked = [{"rank": i + 1, **r} for i, r in
                   enumerate(params.objective.rank(entries, base=params.parameters))]
+        # The few variants backtested in full, found by their parameters: a dict comparison first
+        # (cheap), the JSON key (what identifies them) only for those it lets through.
+        wanted = [c.params.get("parameters", {}) for c in full.values()]
         for r in ranked:
-            again = full.get(_key({**params.parameters, **r["parameters"]}))
+            again = None
+            if wanted:
+                merged = {**params.parameters, **r["parameters"]}
+                if any(merged == w for w in wanted):
+                    again = full.get(_key(merged))
             r["op_id"] = again.op_id if again is not None and again.completed else None
         variants = int(prepared["variants"])
         met = [r for r in ranked if r["eligible"]]
         no_best = None if met or not ranked else (
             f"no variant met the objective ({params.objective.describe()}): {summarise_exclusions(ranked)}")
+        top = [{"rank": r["rank"], "index": r["index"], "op_id": r["op_id"], "parameters": r["parameters"],
+                params.metric: r["metrics"].get(params.metric), "neighbourhood": r.get("neighbourhood"),
+                **{k: r["metrics"].get(k) for k in SUMMARY_METRICS if k != params.metric}}
+               for r in met[: params.top]]
         doc = {"format": RANKING_FORMAT, "sweep": env.op_id, "metric": params.metric,
                "descending": params.ranks_descending, "objective": params.objective.model_dump(mode="json"),
                "eligible": len(met), "no_best": no_best, "grid": params.grid, "combinations": variants,
                "blocks": len(blocks), "completed": len(entries), "failed": failed, "cancelled": cancelled,
                "ranking": ranked}
-        top = [{"rank": r["rank"], "index": r["index"], "op_id": r["op_id"], "parameters": r["parameters"],
-                params.metric: r["metrics"].get(params.metric), "neighbourhood": r.get("neighbourhood"),
-                **{k: r["metrics"].get(k) for k in SUMMARY_METRICS if k != params.metric}}
-               for r in met[: params.top]]
         summary = SweepResult.model_validate({
             "metric": params.metric, "descending": params.ranks_descending,
             "objective": params.objective.model_dump(mode="json"), "combinations": variants,
@@ -189,7 +210,76 @@ class SweepPlan:
             first_error = failed[0]["error"] if failed else "cancelled"
             error = f"none of the {variants} backtests completed; first error: {first_error}"
         return Reduced(result=summary, error=error, description=f"sweep ranking by {params.objective.describe()}",
-                       document=json.dumps(doc, separators=(",", ":"), allow_nan=False).encode())
+                       document=texts.dumps(doc))
+
+
+class _RankingText:
+    """The ranking document's JSON with each variant's metrics spliced in as text: the very bytes of
+    ``json.dumps(doc, separators=(",", ":"), allow_nan=False)`` with every metric in its entry.
+
+    A block's JSON (``BlockResult.to_json_bytes``: the same ``json.dumps``) already holds each metric's
+    column as text, each value written as ``json.dumps`` writes it anywhere: the text of a column of
+    numbers (no commas, brackets or quotes in them) is cut at its commas. A column with a string, or a
+    block whose text is not laid out as expected, is encoded again from its values instead.
+    """
+
+    _MARK = re.compile(r'"\\u0000(\d+)\\u0000"')
+
+    def __init__(self) -> None:
+        self._blocks: list[tuple[int, list[str]]] = []  # first variant, each variant's metrics as text
+
+    def add(self, first: int, data: bytes, result: BlockResult) -> None:
+        columns = _column_texts(data.decode(), result)
+        pieces = []
+        for name, tokens in zip(result.metrics, columns, strict=True):
+            prefix = json.dumps(name) + ":"
+            pieces.append([prefix + t for t in tokens])
+        rows = [",".join(row) for row in zip(*pieces, strict=True)] if pieces else [""] * result.variants
+        self._blocks.append((first, rows))
+
+    def text(self, index: int) -> str:
+        for first, rows in self._blocks:
+            if first <= index < first + len(rows):
+                return "{" + rows[index - first] + "}"
+        raise KeyError(index)
+
+    def dumps(self, doc: dict[str, Any]) -> bytes:
+        ranking = doc["ranking"]
+        marked = [{**r, "metrics": f"\x00{k}\x00"} for k, r in enumerate(ranking)]
+        text = json.dumps({**doc, "ranking": marked}, separators=(",", ":"), allow_nan=False)
+        if self._MARK.findall(text) != [str(k) for k in range(len(ranking))]:  # a value looked like a mark
+            whole = [{**r, "metrics": json.loads(self.text(r["index"]))} for r in ranking]
+            return json.dumps({**doc, "ranking": whole}, separators=(",", ":"), allow_nan=False).encode()
+        by_position = [self.text(r["index"]) for r in ranking]
+        return self._MARK.sub(lambda m: by_position[int(m.group(1))], text).encode()
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _column_texts(text: str, result: BlockResult) -> list[list[str]]:
+    """Each metric column of a block as the text of its values, cut from the block's JSON ``text``."""
+    columns: list[list[str]] = []
+    at = text.rfind('"metrics":{')  # the last top-level key before "errors", whose values are strings
+    pos = at + len('"metrics":{') if at >= 0 else -1
+    for name, column in result.metrics.items():
+        head = json.dumps(name) + ":["
+        tokens: list[str] | None = None
+        if pos >= 0 and text.startswith(head, pos):
+            start = pos + len(head)
+            end = text.find("]", start)
+            if end < 0 or '"' in text[start:end]:  # a string may hold anything: step over the list
+                end = _DECODER.raw_decode(text, start - 1)[1] - 1
+            else:
+                cut = text[start:end].split(",") if end > start else []
+                tokens = cut if len(cut) == len(column) else None
+            pos = end + 2 if end >= 0 and text[end] == "]" else -1  # past "]" and the "," or "}" after it
+        else:
+            pos = -1  # not the layout expected: this column and the rest from their values
+        if tokens is None:
+            tokens = [json.dumps(v, separators=(",", ":"), allow_nan=False) for v in column]
+        columns.append(tokens)
+    return columns
 
 
 def count_combinations(grid: Mapping[str, list[Any]]) -> int:

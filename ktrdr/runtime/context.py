@@ -61,6 +61,10 @@ class _OpLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{self.extra['op_id']}#{self.extra['attempt']}] {msg}", kwargs  # type: ignore[index]
 
 
+# Looked up once: getLogger takes the logging module's lock on every call.
+_OP_LOGGER = logging.getLogger("ktrdr.op")
+
+
 class JobContext:
     """Handed to every handler. Safe to use from the handler's worker thread.
 
@@ -85,7 +89,7 @@ class JobContext:
         self.loop = loop
         self.token = CancelToken()
         self.log: logging.LoggerAdapter = _OpLog(  # type: ignore[type-arg]
-            logging.getLogger("ktrdr.op"), {"op_id": job.op_id, "attempt": job.attempt})
+            _OP_LOGGER, {"op_id": job.op_id, "attempt": job.attempt})
         self.datasets: Datasets = services.datasets
         self.models: Models = services.models
         # Its own results (put, get), and another op's: ``await ctx.results.of(op_id)``.
@@ -100,6 +104,10 @@ class JobContext:
         self._publishing: asyncio.Task[None] | None = None
         self._info_tasks: set[asyncio.Future[Any]] = set()
         self._cancelled: asyncio.Event | None = None
+        # The worker's ``started`` event, sent only once the handler reports or outlives a short
+        # delay (``announce_soon``): an op that ends sooner needs one event, not two.
+        self._announce: Callable[[], Awaitable[None]] | None = None
+        self._announcing: asyncio.Future[None] | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -145,8 +153,31 @@ class JobContext:
         self._publish_info(OpEvent(op_id=self.op_id, event=OpEventKind.INFO, worker_id=self.worker_id,
                                    attempt=self.attempt, checkpoint=name or ""))
 
+    def defer_start(self, announce: Callable[[], Awaitable[None]]) -> None:
+        """``announce`` sends the attempt's ``started`` event: called at most once, before any
+        progress or info event of this context (the stream keeps an op's events in that order)."""
+        self._announce = announce
+
+    def announce_soon(self) -> None:
+        """Send the ``started`` event now (the handler has run long enough to be seen running)."""
+        if self._announcing is None and self._announce is not None:
+            self._announcing = asyncio.ensure_future(self._announce())
+
+    @property
+    def announced(self) -> bool:
+        return self._announcing is not None
+
+    async def _announced(self) -> None:
+        self.announce_soon()
+        if self._announcing is not None:
+            await asyncio.shield(self._announcing)
+
+    async def _report_event(self, event: OpEvent) -> None:
+        await self._announced()
+        await self._reporter.event(event)
+
     def _publish_info(self, event: OpEvent) -> None:
-        coro = self._reporter.event(event)
+        coro = self._report_event(event)
         if self._on_loop():
             future: asyncio.Future[Any] = asyncio.ensure_future(coro)
         else:
@@ -182,6 +213,7 @@ class JobContext:
             return
         self._last_sent = time.monotonic()
         try:
+            await self._announced()
             await self._reporter.progress(update)
         except Exception as exc:  # progress is best effort; the outcome event is not
             log.warning("progress for %s not published: %s", self.op_id, exc)
@@ -189,7 +221,8 @@ class JobContext:
             self._offer(self._pending)
 
     async def flush(self) -> None:
-        """Publish what is pending now; called before the outcome event."""
+        """Publish what is pending now; called before the outcome event. From here on no
+        ``started`` event goes out unless one already has (the outcome says it all)."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -200,6 +233,10 @@ class JobContext:
         if self._info_tasks:
             await asyncio.gather(*self._info_tasks, return_exceptions=True)
             self._info_tasks.clear()
+        self._announce = None
+        if self._announcing is not None:
+            with contextlib.suppress(Exception):  # a started event lost is no reason to lose the outcome
+                await asyncio.shield(self._announcing)
 
 
 Handler = Callable[[JobContext, Any], "BaseModel | dict[str, Any] | None | Awaitable[Any]"]

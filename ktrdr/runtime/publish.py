@@ -112,6 +112,10 @@ class AckedPublisher:
         if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
             future.set_exception(nats.errors.NoRespondersError())
             return
+        seq = _plain_ack_seq(msg.data)
+        if seq is not None:
+            future.set_result(seq)
+            return
         try:
             ack = json.loads(msg.data)
         except ValueError:
@@ -139,3 +143,24 @@ class AckedPublisher:
             # Answered tokens leave their deadline behind; drop those from the front too.
             while self._deadlines and self._deadlines[0][1] not in self._pending:
                 self._deadlines.popleft()
+
+
+_SEQ = b'"seq":'
+
+
+def _plain_ack_seq(data: bytes) -> int | None:
+    """The sequence of a plain PubAck (``{"stream":"S","seq":N}``, perhaps with a domain or
+    ``duplicate``), read without a JSON parse: one arrives for every write. None for anything else
+    (an error above all), which then goes through ``json.loads``."""
+    if not data.startswith(b'{"stream":') or b'"error"' in data:
+        return None
+    start = data.find(_SEQ)
+    if start < 0:
+        return None
+    start += len(_SEQ)
+    end = start
+    while end < len(data) and 48 <= data[end] <= 57:
+        end += 1
+    if end == start or end - start > 19 or data[end:end + 1] not in (b",", b"}"):
+        return None
+    return int(data[start:end])

@@ -77,6 +77,8 @@ CONFIRM_RETRY = RetryPolicy(first_s=0.1, max_s=2.0)
 # A lease change (an op started or ended) is written this long after it, not only on the next
 # heartbeat; the changes within it share one write, so a busy worker adds a few per second.
 LEASE_CHANGE_DELAY_S = 0.1
+# How long a handler runs before its started event is sent (sooner if it reports progress or info).
+STARTED_DELAY_S = 0.05
 
 
 @dataclass
@@ -716,14 +718,26 @@ class Worker:
             await msg.ack()
             if not won:
                 return
-            # Sent, not awaited, before the handler starts: the stream still gets it ahead of
-            # the outcome, which goes out later on this same connection.
-            started = await self._send_event(ctx, OpEventKind.STARTED)
-            outcome = await self._execute(r)
+            # The started event waits STARTED_DELAY_S, or until the handler's first report: an op
+            # done by then is recorded by its outcome alone (the coordinator takes an outcome from
+            # the claim's holder as its start), one stored event fewer. Sent, not awaited: the
+            # stream still gets it ahead of the outcome, which goes out later on this connection.
+            started: list[_SentEvent] = []
+
+            async def announce() -> None:
+                started.append(await self._send_event(ctx, OpEventKind.STARTED))
+
+            ctx.defer_start(announce)
+            timer = asyncio.get_running_loop().call_later(STARTED_DELAY_S, ctx.announce_soon)
+            try:
+                outcome = await self._execute(r)
+            finally:
+                timer.cancel()
             # The slot is free once the handler is done: the next pull request leaves in the
             # same write as this outcome, while the acknowledgements are still on the way.
             await self._release(ctx.op_id)
-            await self._confirm(started)
+            for event in started:
+                await self._confirm(event)
             await self._confirm(outcome)
         except TopologyMissing as exc:
             # Recreated or re-elected within seconds; the offer comes back after the delay.

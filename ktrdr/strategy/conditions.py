@@ -81,3 +81,46 @@ def evaluate(cond: dict[str, Any], resolve: Resolver, n: int) -> np.ndarray:
     else:
         out[1:] = (a[:-1] > b[:-1]) & (a[1:] < b[1:])
     return out
+
+
+def evaluate_rows(cond: dict[str, Any], resolve: Resolver, shape: tuple[int, int],
+                  memo: dict[tuple[Operand, Operand], np.ndarray] | None = None) -> np.ndarray:
+    """:func:`evaluate` for many rows at once (a sweep's variants over the same bars): an operand
+    resolves to a rows x bars array (it differs between rows), a bars array (shared) or a number.
+    The result broadcasts to ``shape`` (rows, bars), row ``i`` equal to ``evaluate`` with row ``i``'s
+    operands: the same comparisons of the same floats. ``a > b`` of two operands is worked out once
+    (``memo``, shared by the rules of one set of rows): ``below: [a, b]`` is ``b > a`` and a cross
+    reads both directions of its pair."""
+    memo = {} if memo is None else memo
+    (op, arg), = cond.items()
+    if op == "not":
+        return ~evaluate_rows(arg, resolve, shape, memo)
+    if op in ("all", "any"):
+        out = np.ones(shape, dtype=bool) if op == "all" else np.zeros(shape, dtype=bool)
+        for c in arg:
+            if op == "all":
+                out &= evaluate_rows(c, resolve, shape, memo)
+            else:
+                out |= evaluate_rows(c, resolve, shape, memo)
+        return out
+
+    def greater(x: Operand, y: Operand) -> np.ndarray:
+        key = (x, y)
+        if key not in memo:
+            memo[key] = np.asarray(np.asarray(resolve(x), dtype=np.float64) > np.asarray(resolve(y), dtype=np.float64))
+        return memo[key]
+
+    a, b = arg
+    if op == "above":
+        return greater(a, b)
+    if op == "below":
+        return greater(b, a)
+    up, down = greater(a, b), greater(b, a)  # a > b, a < b
+    out = np.zeros(np.broadcast_shapes(up.shape, down.shape, (shape[1],)), dtype=bool)
+    if shape[1] < 2:
+        return out
+    if op == "cross_above":
+        out[..., 1:] = down[..., :-1] & up[..., 1:]
+    else:
+        out[..., 1:] = up[..., :-1] & down[..., 1:]
+    return out

@@ -90,7 +90,7 @@ async def test_an_empty_submission_names_the_missing_type(api: httpx.AsyncClient
 
 async def test_a_submission_that_fails_inside_gets_a_json_500_and_the_api_goes_on(
         api: httpx.AsyncClient, coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def broken(request: object) -> None:
+    async def broken(request: object, **options: object) -> None:
         raise RuntimeError("JOBS unavailable")
 
     monkeypatch.setattr(coordinator.dispatcher, "submit", broken)

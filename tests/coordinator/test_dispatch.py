@@ -12,6 +12,7 @@ from coordinator.app import Coordinator
 from coordinator.dispatcher import UNCLAIMED_REOFFERS
 from ktrdr.runtime.context import JobContext
 from ktrdr.runtime.topology import JOB_MAX_DELIVER
+from ktrdr.runtime.worker import STARTED_DELAY_S
 from subjects import names
 from subjects.models import Claim, JobMessage, OpEvent, OpStatus, SubmitRequest, decode
 from tests.backtesting import backtest_params
@@ -36,7 +37,9 @@ def ran_on(ctx, params):  # type: ignore[no-untyped-def]
 TRAINING_STANDIN = {"training": ran_on}
 
 
-async def started_events(nc: Client, op_id: str) -> list[OpEvent]:
+async def runs_of(nc: Client, op_id: str) -> list[OpEvent]:
+    """The outcome events stored for ``op_id``: one per run of it (an op that ends within the started
+    event's delay has no started event, so the outcomes are what counts runs)."""
     js = nc.jetstream()
     sub = await js.subscribe(names.ops_events(op_id, names.ANY_HOST), ordered_consumer=True)
     events: list[OpEvent] = []
@@ -44,7 +47,7 @@ async def started_events(nc: Client, op_id: str) -> list[OpEvent]:
         while True:
             msg = await sub.next_msg(timeout=0.5)
             event = decode(OpEvent, msg.data)
-            if event.event == "started":
+            if event.event in ("completed", "failed", "cancelled"):
                 events.append(event)
     except Exception:
         pass
@@ -60,6 +63,29 @@ async def test_dummy_op_completes_with_progress_and_result(coordinator: Coordina
     assert op.result == {"steps": 3, "duration": 0.6}
     assert op.progress is not None and op.progress.steps_done == 3
     assert op.started_at is not None and op.completed_at is not None and op.completed_at >= op.started_at
+
+
+async def events_of(nc: Client, op_id: str, *, count: int) -> list[str]:
+    """The kinds of the first ``count`` events OPS stores for ``op_id``, in its order."""
+    sub = await nc.jetstream().subscribe(names.ops_events(op_id, names.ANY_HOST), ordered_consumer=True)
+    try:
+        return [decode(OpEvent, (await sub.next_msg(timeout=5)).data).event.value for _ in range(count)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_an_op_done_within_the_started_delay_is_recorded_by_its_outcome_alone(
+        coordinator: Coordinator, make_worker: MakeWorker, nc: Client) -> None:
+    await make_worker("w1")
+    quick = await submit(coordinator, duration=0, steps=1)
+    op = await wait_status(coordinator, quick, OpStatus.COMPLETED)
+    assert op.worker_id == "w1" and op.started_at is not None and op.attempts[-1].worker_id == "w1"
+    assert await events_of(nc, quick, count=1) == ["completed"]
+    # One that runs longer is seen running first: its started event precedes its progress.
+    slow = await submit(coordinator, duration=STARTED_DELAY_S * 6, steps=2)
+    assert (await wait_status(coordinator, slow, OpStatus.RUNNING)).worker_id == "w1"
+    await wait_status(coordinator, slow, OpStatus.COMPLETED)
+    assert await events_of(nc, slow, count=2) == ["started", "completed"]
 
 
 async def test_failing_op_ends_failed_with_its_error(coordinator: Coordinator, make_worker: MakeWorker) -> None:
@@ -112,7 +138,7 @@ async def test_training_falls_back_to_cpu_after_the_gpu_timeout_and_runs_once(
         info = await js.consumer_info(names.JOBS_STREAM, names.jobs_consumer(names.CAP_TRAINING_GPU))
         return info.num_pending == 0 and info.num_ack_pending == 0
     await assert_eventually(gpu_queue_empty)
-    assert [e.worker_id for e in await started_events(nc, op_id)] == ["cpu1"]
+    assert [e.worker_id for e in await runs_of(nc, op_id)] == ["cpu1"]
 
 
 async def test_two_workers_racing_for_one_op_only_one_runs_it(
@@ -127,7 +153,7 @@ async def test_two_workers_racing_for_one_op_only_one_runs_it(
     await asyncio.gather(make_worker("w1"), make_worker("w2"))
     await wait_status(coordinator, op_id, OpStatus.COMPLETED)
     await assert_eventually(lambda: _stream_empty(nc), message="the losing copy was not acked")
-    assert len(await started_events(nc, op_id)) == 1
+    assert len(await runs_of(nc, op_id)) == 1
 
 
 async def _stream_empty(nc: Client) -> bool:

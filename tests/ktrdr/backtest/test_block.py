@@ -11,7 +11,7 @@ import pytest
 from ktrdr.backtest import BacktestConfig, run_backtest
 from ktrdr.backtest import block as block_module
 from ktrdr.backtest import metrics as metrics_module
-from ktrdr.backtest.block import BlockResult, _Variants, run_block
+from ktrdr.backtest.block import BlockResult, Variants, run_block
 from ktrdr.backtest.sweep import combinations
 from ktrdr.cancel import CancelToken, OperationCancelled
 from ktrdr.data import synth
@@ -132,6 +132,7 @@ def test_the_cache_computes_each_distinct_indicator_once_across_variants_and_ids
         return real(spec, bars)
 
     monkeypatch.setattr(signals_module, "compute", counting)
+    signals_module.SHARED.clear()  # nothing kept from other blocks on these bars
     variants = combinations({"fast": [5, 10, 20], "slow": [20, 30, 60]})
     block = run_block(BARS, _rules("sma_crossover"), variants, CONFIG)
     assert block.errors == {}
@@ -185,7 +186,7 @@ def test_a_repeated_parameter_set_is_served_once_but_a_float_period_is_still_ref
 def test_the_cheap_variant_path_builds_the_strategy_with_parameters_builds() -> None:
     strategy = load_strategy(MACD_CROSS)
     assert isinstance(strategy, RuleStrategy)
-    variants = _Variants(strategy)
+    variants = Variants(strategy)
     for params in ({"fast": 5}, {"fast": 5, "slow": 30}, {"slow": 30, "indicators.macd.fast_period": 3},
                    {"indicators.macd.source": "open"}, {"indicators.macd.signal_period": 4, "fast": 6},
                    {}):
@@ -329,3 +330,57 @@ def test_where_numpy_would_not_sum_rows_as_vectors_each_curve_is_reduced_alone(
     monkeypatch.setattr(metrics_module, "rows_sum_as_vectors", lambda rows, n: False)
     assert run_block(BARS, strategy, variants, CONFIG) == together
     _assert_block_is_its_lone_backtests(together, BARS, strategy, variants, CONFIG)
+
+
+def test_blocks_share_indicators_across_frames_of_the_same_data_and_never_across_different_data(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    computed: list[int] = []
+    real = signals_module.compute
+
+    def counting(spec: dict[str, Any], bars: pd.DataFrame) -> pd.Series | pd.DataFrame:
+        computed.append(spec["period"])
+        return real(spec, bars)
+
+    monkeypatch.setattr(signals_module, "compute", counting)
+    signals_module.SHARED.clear()
+    strategy = _rules("sma_crossover")
+    first = run_block(BARS, strategy, SMA_GRID, CONFIG)
+    assert sorted(computed) == [5, 10, 20, 30, 60, 100]
+    # The next block on a copy of the same bars (a worker loads each block's frame anew): nothing computed.
+    computed.clear()
+    again = run_block(BARS.copy(), strategy, SMA_GRID, CONFIG)
+    assert computed == [] and again.metrics == first.metrics
+    # Other data (one close changed; or the same values a bar later): another key, all computed again,
+    # and each variant is exactly its own backtest on that data.
+    changed = BARS.copy()
+    changed.iloc[1500, changed.columns.get_loc("close")] *= 1.01
+    later = BARS.copy()
+    later.index = later.index + pd.Timedelta(hours=1)
+    keys = {signals_module.dataset_key(frame) for frame in (BARS, BARS.copy(), changed, later)}
+    assert len(keys) == 3
+    for frame in (changed, later):
+        computed.clear()
+        block = run_block(frame, strategy, SMA_GRID, CONFIG)
+        assert sorted(computed) == [5, 10, 20, 30, 60, 100]
+        for i, params in enumerate(SMA_GRID):
+            result = run_backtest(frame, with_parameters(strategy, params), CONFIG)
+            expected = json.loads(result.to_json_bytes(include_curves=False))["metrics"]
+            _assert_exactly(block.variant_metrics(i), expected)
+    # Not shared: computed per block, as before.
+    computed.clear()
+    run_block(BARS, strategy, SMA_GRID, CONFIG, shared_indicators=False)
+    assert sorted(computed) == [5, 10, 20, 30, 60, 100]
+
+
+def test_shared_indicators_stay_under_their_byte_bound_dropping_the_least_recently_used() -> None:
+    shared = signals_module.SharedIndicators(max_bytes=3 * 8 * 100)
+    series = [pd.Series(np.full(100, float(i))) for i in range(5)]
+    for i, s in enumerate(series[:3]):
+        shared.put(("data", i), s)
+    assert len(shared) == 3 and shared.bytes == 3 * 800
+    assert shared.get(("data", 0)) is series[0]  # now the most recently used
+    shared.put(("data", 3), series[3])
+    assert shared.get(("data", 1)) is None and shared.get(("data", 0)) is series[0]
+    assert shared.bytes <= shared.max_bytes
+    shared.put(("data", 9), pd.Series(np.zeros(1000)))  # larger than the whole bound: not kept
+    assert shared.get(("data", 9)) is None and len(shared) == 3

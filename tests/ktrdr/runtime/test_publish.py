@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.errors import KeyWrongLastSequenceError
 
-from ktrdr.runtime.publish import AckedPublisher
+from ktrdr.runtime.publish import AckedPublisher, _plain_ack_seq
 from subjects import names
 
 
@@ -73,3 +73,17 @@ def test_key_subjects_are_validated() -> None:
     for bad in ("a.b", "a b", "*", ">", ""):
         with pytest.raises(names.InvalidToken):
             names.kv_key_subject("ops", bad)
+
+
+@pytest.mark.parametrize(("ack", "seq"), [
+    (b'{"stream":"KV_ops","seq":12}', 12),
+    (b'{"stream":"JOBS","domain":"hub","seq":4,"duplicate":true}', 4),
+    (b'{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"}}', None),
+    (b'{"stream":"JOBS","seq":}', None),
+    (b'{"stream":"JOBS","seq":7x}', None),
+    (b'{"stream":"JOBS","seq":123456789012345678901234}', None),
+    (b'not json', None),
+])
+def test_a_plain_acknowledgement_is_read_without_json_and_anything_else_is_left_to_json(
+        ack: bytes, seq: int | None) -> None:
+    assert _plain_ack_seq(ack) == seq
