@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -157,8 +157,10 @@ class Objective(BaseModel):
         v = metrics.get(self.metric)
         return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
-    def excluded(self, metrics: Mapping[str, Any], parameters: Mapping[str, Any]) -> str | None:
-        """Why a variant cannot be best, or None when it meets the objective."""
+    def excluded(self, metrics: Mapping[str, Any], parameters: Mapping[str, Any], *,
+                 relations: Sequence[Relation] | None = None) -> str | None:
+        """Why a variant cannot be best, or None when it meets the objective. ``relations``: this
+        objective's, parsed once by a caller that asks for many variants."""
         trades = metrics.get("trades")
         if self.min_trades and isinstance(trades, int | float) and trades < self.min_trades:
             return f"fewer than {self.min_trades} trade{'s' if self.min_trades != 1 else ''} ({int(trades)})"
@@ -166,7 +168,7 @@ class Objective(BaseModel):
         if (self.max_drawdown_pct is not None and isinstance(drawdown, int | float)
                 and drawdown > self.max_drawdown_pct):
             return f"drawdown deeper than {self.max_drawdown_pct:g} % ({drawdown:.2f} %)"
-        for relation in self.relations:
+        for relation in self.relations if relations is None else relations:
             holds = relation.holds(parameters)
             if holds is not True:
                 return f"{relation} {'is not comparable' if holds is None else 'does not hold'}"
@@ -181,10 +183,11 @@ class Objective(BaseModel):
         ``base``: parameters every entry shares, under its own."""
         met: list[tuple[float, int, dict[str, Any]]] = []
         missed: list[dict[str, Any]] = []
+        relations = self.relations  # parsed once, not once per entry
         for i, entry in enumerate(entries):
             metrics = entry.get(metrics_key) or {}
             parameters = {**(base or {}), **(entry.get(parameters_key) or {})}
-            why = self.excluded(metrics, parameters)
+            why = self.excluded(metrics, parameters, relations=relations)
             if why is None:
                 met.append((self.value(metrics), i, {**entry, "eligible": True}))  # type: ignore[arg-type]
             else:
