@@ -22,7 +22,7 @@ ack and the result's publish, in the same write; the result's ack is checked whe
 than awaited before the next pull. That is the technique ktrdr's workers use
 (``ktrdr/runtime/pull.py``, ``publish.py``); nats-py's ``fetch(1)`` sends the same messages but adds
 a future, a timer and a JSON encoding per job. Every JetStream publish (client and workers) goes
-through ``LeanPublisher``, acks to one wildcard inbox, as ktrdr's ``AckedPublisher``: with stock
+through ktrdr's own ``AckedPublisher`` (acks to one wildcard inbox, a counter for token): with stock
 ``js.publish`` and ``msg.ack()`` the floor spent 2.4-3x the CPU per job (one run of each,
 2026-12-07), most of it in nats-py, which would have made it a floor of nats-py's client rather
 than of JetStream. The floor has no coordinator, no claim, no started/outcome events and no second
@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import itertools
 import json
 import os
 import shutil
@@ -59,14 +58,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dispatch import CpuUsage
-    from nats.aio.client import Client
     from nats.aio.msg import Msg
 
 BENCH = Path(__file__).resolve().parent
@@ -136,13 +134,15 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
-def stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    for proc in procs.values():
+def stop_all(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 10) -> None:
+    """SIGTERM to every process still running, then wait for each (killed past ``timeout``)."""
+    procs = list(procs)
+    for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    for proc in procs.values():
+    for proc in procs:
         try:
-            proc.wait(10)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -160,49 +160,14 @@ def spawn(home: Path, name: str, *argv: str) -> subprocess.Popen[bytes]:
 # --- floor: bare JetStream ---------------------------------------------------------------------
 
 
-class LeanPublisher:
-    """JetStream publishes whose acknowledgements all come back to one wildcard inbox, with a counter
-    for token: nats-py's ``js.publish`` reads a random token from the OS, starts a timer and parses an
-    ack object per call, ~100 µs of Python that ktrdr's own publisher (``ktrdr/runtime/publish.py``)
-    does not pay. A floor built on it would charge nats-py's overhead to JetStream; this one is
-    written out here, not imported, so that the floor does not move with ktrdr's code."""
-
-    def __init__(self, nc: Client) -> None:
-        self.nc = nc
-        self.pending: dict[bytes, asyncio.Future[int]] = {}
-        self.tokens = itertools.count()
-        self.prefix = ""
-
-    async def start(self) -> LeanPublisher:
-        self.prefix = self.nc.new_inbox()
-        await self.nc.subscribe(f"{self.prefix}.*", cb=self.on_ack)
-        return self
-
-    async def send(self, subject: str, payload: bytes) -> asyncio.Future[int]:
-        """Publishes now; the future gives the stream sequence once the stream has stored it."""
-        token = str(next(self.tokens))
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.pending[token.encode()] = future
-        await self.nc.publish(subject, payload, reply=f"{self.prefix}.{token}")
-        return future
-
-    async def on_ack(self, msg: Msg) -> None:
-        future = self.pending.pop(msg.subject.rsplit(".", 1)[1].encode(), None)
-        if future is None or future.done():
-            return
-        ack = json.loads(msg.data) if msg.data else {}
-        if "seq" in ack:
-            future.set_result(int(ack["seq"]))
-        else:  # an error, or no responders (no stream): the bench must not count it as done
-            future.set_exception(RuntimeError(f"publish not stored: {msg.data[:200]!r} {msg.headers}"))
-
-
 async def floor_worker(url: str) -> None:
     """One floor worker: one pull request outstanding, ack, result put, next request."""
     import nats
+    from ktrdr.runtime.publish import AckedPublisher
 
     nc = await nats.connect(url)
-    results = await LeanPublisher(nc).start()
+    results = AckedPublisher(nc=nc)
+    await results.start()
     inbox = nc.new_inbox()
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{FLOOR_STREAM}.{FLOOR_CONSUMER}"
     pull = json.dumps({"batch": 1, "expires": int(PULL_EXPIRES_S * 1e9)}).encode()
@@ -267,6 +232,7 @@ async def run_floor(seq_ops: int, throughput_ops: int) -> Result:
 
     import nats
     from ktrdr.natsd import NatsServer
+    from ktrdr.runtime.publish import AckedPublisher
 
     home = Path(tempfile.mkdtemp(prefix="ktrdr-bench-floor-"))
     server = NatsServer(store_dir=home / "nats", http_port=0).start()
@@ -299,7 +265,8 @@ async def run_floor(seq_ops: int, throughput_ops: int) -> Result:
         else:
             raise RuntimeError(f"floor workers did not start; see the logs in {home}")
 
-        jobs = await LeanPublisher(nc).start()
+        jobs = AckedPublisher(nc=nc)
+        await jobs.start()
         latencies: list[float] = []
         for i in range(seq_ops + WARMUP):
             t0 = time.perf_counter()
@@ -340,7 +307,7 @@ async def run_floor(seq_ops: int, throughput_ops: int) -> Result:
         if feeder is not None:
             feeder.cancel()
         await nc.close()
-        stop_all(procs)
+        stop_all(procs.values())
         server.stop()
         if failed:
             print(f"floor: logs kept in {home}", file=sys.stderr)
@@ -464,7 +431,7 @@ async def run_celery(seq_ops: int, throughput_ops: int, pool: str = "solo") -> R
         failed = True
         return Skipped("celery", f"failed: {exc!r}; logs kept in {home}")
     finally:
-        stop_all(procs)
+        stop_all(procs.values())
         if not failed:
             shutil.rmtree(home, ignore_errors=True)
 

@@ -497,7 +497,7 @@ async def run_platform(setup: Setup, home: Path, args: argparse.Namespace) -> di
         await nc.close()
         from baselines import stop_all  # the baselines' processes stop the same way
 
-        stop_all(procs)
+        stop_all(procs.values())
     return figures
 
 

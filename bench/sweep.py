@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from baselines import stop_all  # noqa: E402
 from dispatch import all_children  # noqa: E402
 
 from ktrdr.data import DataStore, synth  # noqa: E402
@@ -59,18 +59,6 @@ def spawn(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes
     out = open(log, "ab")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**os.environ, **env},
                             stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 async def wait_for(predicate, timeout: float, what: str, every: float = 0.1) -> object:  # type: ignore[no-untyped-def]
@@ -282,7 +270,7 @@ async def main() -> None:
                         row(f"platform, {n} worker{'s' if n > 1 else ''}", wall, str(records),
                             f"{rss_mb(coordinator.pid):.0f}")
                         row("  its first run (cold indicators)", runs[0][0])
-                        stop(workers)
+                        stop_all(workers, timeout=30)
 
                         async def gone() -> bool:
                             return (await api.get("/api/v1/workers", params={"type": "backtest"})).json()["total"] == 0
@@ -292,7 +280,7 @@ async def main() -> None:
                 print(f"  ops bucket after all runs: {info.state.messages} messages, {info.state.bytes / 1e6:.2f} MB")
                 await nc.drain()
         finally:
-            stop(procs)
+            stop_all(procs, timeout=30)
             server.stop()
 
 

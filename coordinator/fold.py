@@ -110,7 +110,7 @@ class ReportFold:
                 return
             applied = future.result()
             if applied.record is None:
-                self.metrics.rejected.labels(subject="ops.*.events", reason="unknown operation").inc()
+                self.metrics.rejected.labels(subject=names.OPS_EVENTS_ALL, reason="unknown operation").inc()
                 log.warning("event %s for unknown operation %s", event.event, event.op_id)
                 return
             refused = applied.refused
@@ -195,7 +195,7 @@ class ReportFold:
                 return
             applied = future.result()
             if applied.record is None:
-                self.metrics.rejected.labels(subject="ops.*.progress", reason="unknown operation").inc()
+                self.metrics.rejected.labels(subject=names.OPS_PROGRESS_ALL, reason="unknown operation").inc()
             elif applied.refused is not None and applied.refused.fenced:
                 self.metrics.fenced.labels(kind="progress").inc()
 

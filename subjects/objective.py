@@ -157,6 +157,10 @@ class Objective(BaseModel):
         v = metrics.get(self.metric)
         return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
+    def metrics_read(self) -> tuple[str, ...]:
+        """The metrics of a variant that :meth:`excluded` and :meth:`value` read."""
+        return (self.metric, "trades", "max_drawdown_pct")
+
     def excluded(self, metrics: Mapping[str, Any], parameters: Mapping[str, Any], *,
                  relations: Sequence[Relation] | None = None) -> str | None:
         """Why a variant cannot be best, or None when it meets the objective. ``relations``: this

@@ -427,7 +427,6 @@ class _RowSignals:
         self._computed_by_id: dict[int, pd.Series | pd.DataFrame] = {}  # id of a spec dict -> its indicator
         self._values: dict[tuple[int, str], np.ndarray] = {}  # (id of a spec dict, column) -> its values
         self._specs: list[dict[str, Any]] = []  # keeps those spec dicts (and so their ids) alive
-        self._ohlcv: dict[str, np.ndarray] = {}
 
     def changes(self, specs: Sequence[dict[str, dict[str, Any]]], trade_from: int) -> list[Changes]:
         rows, n = len(specs), len(self._bars)

@@ -132,9 +132,8 @@ class SweepPlan:
         entries: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         cancelled = 0
-        # What the ranking reads of a variant's metrics: the objective's (its metric, trades and
-        # drawdown: ``Objective.excluded``) and the summary's.
-        read = list(dict.fromkeys((params.metric, "trades", "max_drawdown_pct", *SUMMARY_METRICS)))
+        # What the ranking reads of a variant's metrics: the objective's and the summary's.
+        read = list(dict.fromkeys((*params.objective.metrics_read(), *SUMMARY_METRICS)))
         texts = _RankingText()
         # Read together: tens of small round trips, one after another, were a tenth of a short sweep.
         documents = await asyncio.gather(*(env.result(b.op_id) for b in blocks if b.completed))

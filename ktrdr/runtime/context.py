@@ -163,10 +163,6 @@ class JobContext:
         if self._announcing is None and self._announce is not None:
             self._announcing = asyncio.ensure_future(self._announce())
 
-    @property
-    def announced(self) -> bool:
-        return self._announcing is not None
-
     async def _announced(self) -> None:
         self.announce_soon()
         if self._announcing is not None:

@@ -54,33 +54,9 @@ def check_condition(cond: Any, path: str, is_operand: Callable[[str], bool]) -> 
 
 
 def evaluate(cond: dict[str, Any], resolve: Resolver, n: int) -> np.ndarray:
-    (op, arg), = cond.items()
-    if op == "not":
-        return ~evaluate(arg, resolve, n)
-    if op == "all":
-        out = np.ones(n, dtype=bool)
-        for c in arg:
-            out &= evaluate(c, resolve, n)
-        return out
-    if op == "any":
-        out = np.zeros(n, dtype=bool)
-        for c in arg:
-            out |= evaluate(c, resolve, n)
-        return out
-    a = np.broadcast_to(np.asarray(resolve(arg[0]), dtype=np.float64), (n,))
-    b = np.broadcast_to(np.asarray(resolve(arg[1]), dtype=np.float64), (n,))
-    if op == "above":
-        return a > b
-    if op == "below":
-        return a < b
-    out = np.zeros(n, dtype=bool)
-    if n < 2:
-        return out
-    if op == "cross_above":
-        out[1:] = (a[:-1] < b[:-1]) & (a[1:] > b[1:])
-    else:
-        out[1:] = (a[:-1] > b[:-1]) & (a[1:] < b[1:])
-    return out
+    """The condition at each of ``n`` bars: :func:`evaluate_rows` for one row (one implementation of
+    the rules, so a block's variants and a single backtest compare the very same floats)."""
+    return np.array(np.broadcast_to(evaluate_rows(cond, resolve, (1, n)), (1, n))[0])
 
 
 def evaluate_rows(cond: dict[str, Any], resolve: Resolver, shape: tuple[int, int],
