@@ -154,8 +154,7 @@ class Objective(BaseModel):
         return ", ".join(parts)
 
     def value(self, metrics: Mapping[str, Any]) -> float | None:
-        v = metrics.get(self.metric)
-        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+        return _number(metrics.get(self.metric))
 
     def metrics_read(self) -> tuple[str, ...]:
         """The metrics of a variant that :meth:`excluded` and :meth:`value` read."""
@@ -165,18 +164,23 @@ class Objective(BaseModel):
                  relations: Sequence[Relation] | None = None) -> str | None:
         """Why a variant cannot be best, or None when it meets the objective. ``relations``: this
         objective's, parsed once by a caller that asks for many variants."""
-        trades = metrics.get("trades")
+        return self._why(metrics.get("trades"), metrics.get("max_drawdown_pct"), metrics.get(self.metric),
+                         lambda _: parameters, 0, self.relations if relations is None else relations)
+
+    def _why(self, trades: Any, drawdown: Any, value: Any, parameters: Callable[[int], Mapping[str, Any]], row: int,
+             relations: Sequence[Relation]) -> str | None:
         if self.min_trades and isinstance(trades, int | float) and trades < self.min_trades:
             return f"fewer than {self.min_trades} trade{'s' if self.min_trades != 1 else ''} ({int(trades)})"
-        drawdown = metrics.get("max_drawdown_pct")
         if (self.max_drawdown_pct is not None and isinstance(drawdown, int | float)
                 and drawdown > self.max_drawdown_pct):
             return f"drawdown deeper than {self.max_drawdown_pct:g} % ({drawdown:.2f} %)"
-        for relation in self.relations if relations is None else relations:
-            holds = relation.holds(parameters)
-            if holds is not True:
-                return f"{relation} {'is not comparable' if holds is None else 'does not hold'}"
-        if self.value(metrics) is None:
+        if relations:
+            given = parameters(row)  # only asked for when there is a relation: a dict per variant costs
+            for relation in relations:
+                holds = relation.holds(given)
+                if holds is not True:
+                    return f"{relation} {'is not comparable' if holds is None else 'does not hold'}"
+        if _number(value) is None:
             return f"no value for {self.metric}"
         return None
 
@@ -185,19 +189,45 @@ class Objective(BaseModel):
         """``entries`` best first: those that meet the objective by its metric (ties in their order),
         then the others in their order, each marked ``eligible`` (and why not, ``excluded``).
         ``base``: parameters every entry shares, under its own."""
-        met: list[tuple[float, int, dict[str, Any]]] = []
-        missed: list[dict[str, Any]] = []
-        relations = self.relations  # parsed once, not once per entry
-        for i, entry in enumerate(entries):
-            metrics = entry.get(metrics_key) or {}
-            parameters = {**(base or {}), **(entry.get(parameters_key) or {})}
-            why = self.excluded(metrics, parameters, relations=relations)
-            if why is None:
-                met.append((self.value(metrics), i, {**entry, "eligible": True}))  # type: ignore[arg-type]
+        listed = list(entries)
+        metrics = [e.get(metrics_key) or {} for e in listed]
+        columns = {name: [m.get(name) for m in metrics] for name in self.metrics_read()}
+        order, why = self.order(columns, range(len(listed)), parameters=lambda i: {
+            **(base or {}), **(listed[i].get(parameters_key) or {})})
+        return [{**listed[i], "eligible": True} if i not in why else
+                {**listed[i], "eligible": False, "excluded": why[i]} for i in order]
+
+    def order(self, columns: Mapping[str, Sequence[Any]], rows: Iterable[int], *,
+              parameters: Callable[[int], Mapping[str, Any]]) -> tuple[list[int], dict[int, str]]:
+        """Variants given as columns (``columns[metric][row]``, for at least the metrics
+        :meth:`metrics_read` names; a missing column reads as None), as :meth:`rank` orders them:
+        ``rows`` best first (those that meet the objective by its metric, ties in the order given,
+        then the others in the order given), and why each of those others is not eligible.
+        ``parameters(row)``: the row's parameters, base included (asked only where a relation needs
+        them). A sweep of 10,000 variants is ranked without a dict per variant."""
+        relations = self.relations  # parsed once, not once per row
+        nothing: list[Any] = []
+        metric, trades, drawdown = (columns.get(name, nothing) for name in self.metrics_read())
+        met: list[tuple[float, int, int]] = []
+        missed: list[int] = []
+        why: dict[int, str] = {}
+        for position, row in enumerate(rows):
+            raw = metric[row] if metric else None
+            reason = self._why(trades[row] if trades else None, drawdown[row] if drawdown else None, raw,
+                               parameters, row, relations)
+            if reason is None:
+                value = _number(raw)
+                assert value is not None  # _why answers None only for a number
+                met.append((value, position, row))
             else:
-                missed.append({**entry, "eligible": False, "excluded": why})
-        met.sort(key=lambda t: (-t[0] if self.descending else t[0], t[1]))
-        return [e for _, _, e in met] + missed
+                missed.append(row)
+                why[row] = reason
+        met.sort(key=(lambda t: (-t[0], t[1])) if self.descending else (lambda t: (t[0], t[1])))
+        return [row for _, _, row in met] + missed, why
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def summarise_exclusions(ranked: Iterable[Mapping[str, Any]], limit: int = 3) -> str:

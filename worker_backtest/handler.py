@@ -150,11 +150,12 @@ class BacktestHandler:
         ctx.raise_if_cancelled()
         data = block.to_json_bytes()
         size = ctx.call(ctx.results.put(data, description=f"sweep block {p.first}..{p.stop} {p.symbol} {p.timeframe}"))
-        entries = [{"index": p.first + i, "parameters": variant, "metrics": metrics}
-                   for i, variant in enumerate(variants) if (metrics := block.variant_metrics(i)) is not None]
-        met = [e for e in p.objective.rank(entries, base=p.parameters) if e["eligible"]]
-        top = [{"index": e["index"], "parameters": e["parameters"], "value": e["metrics"].get(p.metric)}
-               for e in met[: p.top]]
+        # Ranked on the block's columns: a dict per variant cost more than the block's JSON.
+        ranked = [i for i in range(total) if i not in block.errors]
+        order, why = p.objective.order(block.metrics, ranked, parameters=lambda i: {**p.parameters, **variants[i]})
+        value = block.metrics.get(p.metric)
+        top = [{"index": p.first + i, "parameters": variants[i], "value": value[i] if value is not None else None}
+               for i in order[: min(p.top, len(order) - len(why))]]
         return BlockSummary(first=p.first, stop=p.stop, variants=total, completed=total - len(block.errors),
                             failed=len(block.errors), result_bytes=size, top=top, warmup_bars=warm)
 

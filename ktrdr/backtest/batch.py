@@ -83,9 +83,9 @@ def changes_of_rows(changes: PositionChanges, trade_from: int = 0) -> list[Chang
     at = np.searchsorted(w_row, moves, side="left")
     bars = np.insert(w_bar, at, 1)
     wants = np.insert(w_to, at, start[moves])
-    counts = np.bincount(np.insert(w_row, at, moves), minlength=rows)
-    bounds = np.cumsum(counts)[:-1]
-    return [Changes(bars=b, wants=w) for b, w in zip(np.split(bars, bounds), np.split(wants, bounds), strict=True)]
+    ends = np.cumsum(np.bincount(np.insert(w_row, at, moves), minlength=rows)).tolist()
+    # Slices, as np.split makes them, without its ~2 us of Python per piece.
+    return [Changes(bars=bars[a:b], wants=wants[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 @dataclass(kw_only=True)

@@ -10,7 +10,8 @@ their signals and positions together, ``ROWS_TOGETHER`` at a time, from rows x b
 (:class:`_RowSignals`), and their indicators are kept for the next block on the same data
 (``IndicatorCache(shared=True)``, keyed by a digest of the bars). Variants are then simulated together, a batch at a
 time (``ktrdr.backtest.batch``: the same float operations, done for many variants per numpy call),
-and their curves reduced together (``ktrdr.backtest.metrics.curve_stats_of_rows``). A variant the
+their curves reduced together (``ktrdr.backtest.metrics.curve_columns``) and their metrics worked out
+as columns, a batch at a time (``ktrdr.backtest.metrics.metrics_of_rows``). A variant the
 batch cannot vouch for (``Batch.unsure``: a run that meets a NaN, an infinity or a zero price) is
 backtested alone, as before. What the block leaves out is what the metrics do not need: curves,
 the benchmark and the trade list of every variant.
@@ -29,8 +30,8 @@ from pydantic import ValidationError
 
 from ktrdr.backtest.batch import Changes, changes_of, changes_of_rows, simulate_batch
 from ktrdr.backtest.config import BacktestConfig
-from ktrdr.backtest.engine import _metrics, _metrics_of, _prices, _rule_positions, _timeframe
-from ktrdr.backtest.metrics import curve_stats_of_rows
+from ktrdr.backtest.engine import _basis, _metrics, _prices, _rule_positions, _timeframe
+from ktrdr.backtest.metrics import CurveColumns, curve_columns, metrics_of_rows
 from ktrdr.backtest.result import _clean
 from ktrdr.backtest.simulator import simulate
 from ktrdr.cancel import CancelToken, OperationCancelled
@@ -162,27 +163,31 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
         """Simulate a batch of variants together and fill in their outcomes."""
         batch = simulate_batch(open_, close, [c for _, c in pending], config, cancel=cancel)
         per = max(1, CURVE_CELLS // len(close))
+        cells = min(per, len(pending)) * (len(close) - 1)
+        scratch = (np.empty(cells), np.empty(cells))  # the work arrays of every chunk of the batch
+        parts = []
         for lo in range(0, len(pending), per):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            hi = min(lo + per, len(pending))
-            equity, exposed = batch.equity(lo, hi)
-            for i, curve in enumerate(curve_stats_of_rows(equity, exposed), lo):
-                u = pending[i][0]
-                if batch.unsure[i]:
-                    outcomes[u] = alone(unique[u])
-                    continue
-                trades = batch.trades_of(i)
-                try:
-                    outcomes[u] = _clean(_metrics_of(curve, pnl=trades["pnl"], bars_held=trades["bars_held"],
-                                                     skipped=int(batch.skipped[i]), config=config, close=close,
-                                                     timeframe=timeframe, ppy=ppy))
-                except Exception as exc:  # as in run_backtest: e.g. an annualised return that overflows
-                    outcomes[u] = f"{type(exc).__name__}: {exc}"
+            equity, exposed = batch.equity(lo, min(lo + per, len(pending)))
+            parts.append(curve_columns(equity, exposed, scratch=scratch))
+        columns, failed = metrics_of_rows(
+            CurveColumns.concat(parts), pnl=batch.trades["pnl"], bars_held=batch.trades["bars_held"],
+            trade_starts=batch.trade_starts, initial_capital=config.initial_capital, close=close,
+            periods_per_year=ppy, annualization_basis=_basis(timeframe, ppy))
+        columns["skipped_entries"] = batch.skipped.tolist()  # as _metrics_of adds it
+        unsure = batch.unsure.tolist()
+        keep = [i for i in range(len(pending)) if not unsure[i] and i not in failed]
+        outcomes.put_rows([pending[i][0] for i in keep], columns, keep)
+        for i, message in failed.items():  # as in run_backtest: e.g. an annualised return that overflows
+            if not unsure[i]:
+                outcomes.fail(pending[i][0], message)
+        for i in np.flatnonzero(batch.unsure).tolist():
+            outcomes.put(pending[i][0], alone(unique[pending[i][0]]))
 
     names, rows, unique, which = _distinct(variants, base_params)
     total = len(variants)
-    outcomes: list[dict[str, Any] | str] = [""] * len(unique)
+    outcomes = _Outcomes(len(unique))
     reported = 0
 
     def report(known: int) -> None:
@@ -224,7 +229,7 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
             made = chunk_changes(u, min(u + ROWS_TOGETHER, len(unique)))
         got = made[u % ROWS_TOGETHER]
         if isinstance(got, str):
-            outcomes[u] = got
+            outcomes.fail(u, got)
         else:
             pending.append((u, got))
             held += len(got.bars)
@@ -236,16 +241,57 @@ def run_block(bars: pd.DataFrame, strategy: RuleStrategy, variants: Sequence[Map
         run(pending)
     report(len(unique))
 
-    results = [outcomes[u] for u in which]
-    metric_names: list[str] = []
-    found = [o if isinstance(o, dict) else {} for o in results]
-    for outcome in {id(d): d for d in found}.values():  # each distinct outcome once
-        metric_names.extend(name for name in outcome if name not in metric_names)
+    errors = outcomes.errors
+    if which == list(range(len(unique))):  # no parameter set repeats: the variants' columns are these
+        metrics = outcomes.columns
+    else:
+        metrics = {m: [column[u] for u in which] for m, column in outcomes.columns.items()}
     return BlockResult(
         strategy=strategy.name, bars=len(bars) - trade_from, variants=total, names=names,
-        values={name: [row.get(name) for row in rows] for name in names},
-        metrics={m: [d.get(m) for d in found] for m in metric_names},
-        errors={i: o for i, o in enumerate(results) if isinstance(o, str)})
+        values={name: [row.get(name) for row in rows] for name in names}, metrics=metrics,
+        errors={i: errors[u] for i, u in enumerate(which) if u in errors})
+
+
+class _Outcomes:
+    """What each distinct parameter set came to: its metrics (a column per metric, a value per set;
+    None where the set has no such metric) or why it has none (``errors``)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.columns: dict[str, list[MetricValue]] = {}
+        self.errors: dict[int, str] = {}
+
+    def _column(self, name: str) -> list[MetricValue]:
+        column = self.columns.get(name)
+        if column is None:
+            column = self.columns[name] = [None] * self.count
+        return column
+
+    def fail(self, u: int, message: str) -> None:
+        self.errors[u] = message
+
+    def put(self, u: int, outcome: dict[str, Any] | str) -> None:
+        """Set ``u``'s outcome: its metrics, or an error message."""
+        if isinstance(outcome, str):
+            self.fail(u, outcome)
+            return
+        for name, value in outcome.items():
+            self._column(name)[u] = value
+
+    def put_rows(self, us: list[int], columns: Mapping[str, list[MetricValue]], rows: list[int]) -> None:
+        """Set sets ``us``' metrics: set ``us[k]``'s is ``columns[m][rows[k]]``."""
+        if not us:
+            return
+        whole = rows == list(range(len(next(iter(columns.values()), []))))
+        follow = us == list(range(us[0], us[0] + len(us)))
+        for name, values in columns.items():
+            column = self._column(name)
+            picked = values if whole else [values[i] for i in rows]
+            if follow:
+                column[us[0]:us[0] + len(us)] = picked
+            else:
+                for u, value in zip(us, picked, strict=True):
+                    column[u] = value
 
 
 def _distinct(variants: Sequence[Mapping[str, ParamValue]], base: Mapping[str, ParamValue]) -> tuple[

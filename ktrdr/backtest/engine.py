@@ -172,9 +172,14 @@ def _metrics_of(curve: CurveStats, *, pnl: np.ndarray, bars_held: np.ndarray, sk
                 close: np.ndarray, timeframe: str, ppy: float) -> dict[str, Any]:
     """A run's metrics from its curve's reductions and its trades (however the curve was reduced)."""
     metrics = metrics_from(curve, pnl=pnl, bars_held=bars_held, initial_capital=config.initial_capital, close=close,
-                           periods_per_year=ppy, annualization_basis=f"{timeframe} bars: {ppy:g} per year")
+                           periods_per_year=ppy, annualization_basis=_basis(timeframe, ppy))
     metrics["skipped_entries"] = skipped
     return metrics
+
+
+def _basis(timeframe: str, ppy: float) -> str:
+    """What a result says its annualisation is based on."""
+    return f"{timeframe} bars: {ppy:g} per year"
 
 
 def _param_value(strategy: Strategy, path: str) -> object:

@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from ktrdr.backtest.block import BlockResult
 from ktrdr.backtest.checks import RequestProblem, check_strategy
 from ktrdr.backtest.sweep import neighbourhood, rank
 from ktrdr.optypes.backtest_block import BACKTEST_BLOCK, BacktestBlockParams
@@ -27,6 +25,7 @@ from ktrdr.optypes.backtesting import BACKTEST, verify_bars
 from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
 from ktrdr.optypes.headlines import number, parameters
 from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
+from ktrdr.optypes.ranking import BlockColumns, Texts, dumps, number_text
 from subjects import names
 from subjects.models import OpStatus
 from subjects.objective import Objective, summarise_exclusions
@@ -129,15 +128,22 @@ class SweepPlan:
         blocks = sorted((c for c in children.values() if c.type == BACKTEST_BLOCK.name),
                         key=lambda c: int(c.key[1:]))
         full = {_key(c.params.get("parameters", {})): c for c in children.values() if c.key.startswith("full")}
-        entries: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         cancelled = 0
         # What the ranking reads of a variant's metrics: the objective's and the summary's.
         read = list(dict.fromkeys((*params.objective.metrics_read(), *SUMMARY_METRICS)))
-        texts = _RankingText()
         # Read together: tens of small round trips, one after another, were a tenth of a short sweep.
         documents = await asyncio.gather(*(env.result(b.op_id) for b in blocks if b.completed))
         stored = dict(zip((b.op_id for b in blocks if b.completed), documents, strict=True))
+        # Every completed variant by its position in grid order, column by column (``ktrdr.optypes.ranking``).
+        texts = Texts()
+        parts: list[tuple[BlockColumns, list[int], int]] = []  # a block, its completed variants, its first position
+        where: list[tuple[BlockColumns, int]] = []
+        index: list[int] = []
+        block_texts: list[str] = []
+        metric_texts: list[str] = []
+        parameter_texts: list[str] = []
+        columns: dict[str, list[Any]] = {m: [] for m in read}
         for block in blocks:
             first, stop = int(block.params["first"]), int(block.params["stop"])
             if not block.completed:
@@ -150,135 +156,95 @@ class SweepPlan:
             data = stored[block.op_id]
             if data is None:
                 return Reduced(error=f"block {block.op_id} completed but stored no result")
-            result = BlockResult.from_json_bytes(data)
-            # Row by row from the columns at once (zip), not a lookup per variant and name. An entry
-            # holds the metrics the ranking reads (``read``); the ranking document gets all of them
-            # as text from the block's own JSON (``_RankingText``), not decoded and encoded again.
-            names = result.names
-            every_parameters = [dict(zip(names, row, strict=True)) for row in
-                                zip(*(result.values[name] for name in names), strict=True)] if names else [
-                {} for _ in range(stop - first)]
-            kept = [m for m in read if m in result.metrics]
-            every_metrics = zip(*(result.metrics[m] for m in kept), strict=True) if kept else (
-                () for _ in range(stop - first))
-            texts.add(first, data, result)
-            for i, (values, row) in enumerate(zip(every_parameters, every_metrics, strict=True)):
-                if i in result.errors:
-                    failed.append({"index": first + i, "parameters": values, "block": block.op_id,
-                                   "error": result.errors.get(i)})
-                else:
-                    entries.append({"index": first + i, "parameters": values,
-                                    "metrics": dict(zip(kept, row, strict=True)), "block": block.op_id})
+            part = BlockColumns.parse(data, read, texts)
+            rows = [i for i in range(part.variants) if i not in part.errors] if part.errors else list(
+                range(part.variants))
+            failed += [{"index": first + i, "parameters": part.parameters(i), "block": block.op_id,
+                        "error": part.errors[i]} for i in range(part.variants) if i in part.errors]
+            parts.append((part, rows, len(index)))
+            own = part.parameter_texts(texts)
+            where += [(part, i) for i in rows]
+            index += [first + i for i in rows]
+            block_texts += [dumps(block.op_id)] * len(rows)
+            metric_texts += [part.texts[i] for i in rows]
+            parameter_texts += [own[i] for i in rows]
+            for m in read:
+                columns[m] += [part.read[m][i] for i in rows]
+        completed = len(index)
+
+        def parameters_of(position: int) -> dict[str, Any]:
+            part, i = where[position]
+            return part.parameters(i)
+
         # How good each variant's neighbourhood is: a plateau from a lone spike (``neighbourhood``).
-        around = neighbourhood({e["index"]: e["metrics"].get(params.metric) for e in entries}, params.grid)
-        for e in entries:
-            mean, count = around.get(e["index"], (None, 0))
-            e["neighbourhood"], e["neighbours"] = mean, count
-        ranked = [{"rank": i + 1, **r} for i, r in
-                  enumerate(params.objective.rank(entries, base=params.parameters))]
-        # The few variants backtested in full, found by their parameters: a dict comparison first
-        # (cheap), the JSON key (what identifies them) only for those it lets through.
-        wanted = [c.params.get("parameters", {}) for c in full.values()]
-        for r in ranked:
-            again = None
-            if wanted:
-                merged = {**params.parameters, **r["parameters"]}
-                if any(merged == w for w in wanted):
-                    again = full.get(_key(merged))
-            r["op_id"] = again.op_id if again is not None and again.completed else None
+        around = neighbourhood(dict(zip(index, columns[params.metric], strict=True)), params.grid)
+        base = params.parameters
+        order, why = params.objective.order(columns, range(completed),
+                                            parameters=lambda position: {**base, **parameters_of(position)})
+        op_ids = _full_results(parts, base, full)
+        rows_text = []
+        for place, position in enumerate(order, start=1):
+            mean, count = around.get(index[position], (None, 0))
+            reason = why.get(position)
+            rows_text.append(_ENTRY % (place, index[position], parameter_texts[position], metric_texts[position],
+                                       block_texts[position], number_text(mean), count,
+                                       "true" if reason is None else 'false,"excluded":' + dumps(reason),
+                                       number_text(None) if (op_id := op_ids.get(position)) is None else dumps(op_id)))
         variants = int(prepared["variants"])
-        met = [r for r in ranked if r["eligible"]]
-        no_best = None if met or not ranked else (
-            f"no variant met the objective ({params.objective.describe()}): {summarise_exclusions(ranked)}")
-        top = [{"rank": r["rank"], "index": r["index"], "op_id": r["op_id"], "parameters": r["parameters"],
-                params.metric: r["metrics"].get(params.metric), "neighbourhood": r.get("neighbourhood"),
-                **{k: r["metrics"].get(k) for k in SUMMARY_METRICS if k != params.metric}}
-               for r in met[: params.top]]
-        doc = {"format": RANKING_FORMAT, "sweep": env.op_id, "metric": params.metric,
-               "descending": params.ranks_descending, "objective": params.objective.model_dump(mode="json"),
-               "eligible": len(met), "no_best": no_best, "grid": params.grid, "combinations": variants,
-               "blocks": len(blocks), "completed": len(entries), "failed": failed, "cancelled": cancelled,
-               "ranking": ranked}
+        met = order[: completed - len(why)]  # those that meet the objective come first
+        no_best = None if met or not completed else (
+            f"no variant met the objective ({params.objective.describe()}): "
+            f"{summarise_exclusions({'excluded': why[p]} for p in order)}")
+        top = [{"rank": place, "index": index[p], "op_id": op_ids.get(p), "parameters": parameters_of(p),
+                params.metric: columns[params.metric][p], "neighbourhood": around.get(index[p], (None, 0))[0],
+                **{k: columns[k][p] for k in SUMMARY_METRICS if k != params.metric}}
+               for place, p in enumerate(met[: params.top], start=1)]
+        head = dumps({"format": RANKING_FORMAT, "sweep": env.op_id, "metric": params.metric,
+                      "descending": params.ranks_descending, "objective": params.objective.model_dump(mode="json"),
+                      "eligible": len(met), "no_best": no_best, "grid": params.grid, "combinations": variants,
+                      "blocks": len(blocks), "completed": completed, "failed": failed, "cancelled": cancelled})
+        # The ranking last, as json.dumps of the whole document would write it.
+        document = f'{head[:-1]},"ranking":[{",".join(rows_text)}]}}'.encode()
         summary = SweepResult.model_validate({
             "metric": params.metric, "descending": params.ranks_descending,
             "objective": params.objective.model_dump(mode="json"), "combinations": variants,
-            "completed": len(entries), "eligible": len(met), "failed": len(failed), "cancelled": cancelled,
+            "completed": completed, "eligible": len(met), "failed": len(failed), "cancelled": cancelled,
             "best": top[0] if top else None, "top": top, "no_best": no_best})
         error = None
-        if not entries:
+        if not completed:
             first_error = failed[0]["error"] if failed else "cancelled"
             error = f"none of the {variants} backtests completed; first error: {first_error}"
         return Reduced(result=summary, error=error, description=f"sweep ranking by {params.objective.describe()}",
-                       document=texts.dumps(doc))
+                       document=document)
 
 
-class _RankingText:
-    """The ranking document's JSON with each variant's metrics spliced in as text: the very bytes of
-    ``json.dumps(doc, separators=(",", ":"), allow_nan=False)`` with every metric in its entry.
-
-    A block's JSON (``BlockResult.to_json_bytes``: the same ``json.dumps``) already holds each metric's
-    column as text, each value written as ``json.dumps`` writes it anywhere: the text of a column of
-    numbers (no commas, brackets or quotes in them) is cut at its commas. A column with a string, or a
-    block whose text is not laid out as expected, is encoded again from its values instead.
-    """
-
-    _MARK = re.compile(r'"\\u0000(\d+)\\u0000"')
-
-    def __init__(self) -> None:
-        self._blocks: list[tuple[int, list[str]]] = []  # first variant, each variant's metrics as text
-
-    def add(self, first: int, data: bytes, result: BlockResult) -> None:
-        columns = _column_texts(data.decode(), result)
-        pieces = []
-        for name, tokens in zip(result.metrics, columns, strict=True):
-            prefix = json.dumps(name) + ":"
-            pieces.append([prefix + t for t in tokens])
-        rows = [",".join(row) for row in zip(*pieces, strict=True)] if pieces else [""] * result.variants
-        self._blocks.append((first, rows))
-
-    def text(self, index: int) -> str:
-        for first, rows in self._blocks:
-            if first <= index < first + len(rows):
-                return "{" + rows[index - first] + "}"
-        raise KeyError(index)
-
-    def dumps(self, doc: dict[str, Any]) -> bytes:
-        ranking = doc["ranking"]
-        marked = [{**r, "metrics": f"\x00{k}\x00"} for k, r in enumerate(ranking)]
-        text = json.dumps({**doc, "ranking": marked}, separators=(",", ":"), allow_nan=False)
-        if self._MARK.findall(text) != [str(k) for k in range(len(ranking))]:  # a value looked like a mark
-            whole = [{**r, "metrics": json.loads(self.text(r["index"]))} for r in ranking]
-            return json.dumps({**doc, "ranking": whole}, separators=(",", ":"), allow_nan=False).encode()
-        by_position = [self.text(r["index"]) for r in ranking]
-        return self._MARK.sub(lambda m: by_position[int(m.group(1))], text).encode()
+# A ranking entry: its members in the order the reduction always wrote them.
+_ENTRY = ('{"rank":%d,"index":%d,"parameters":%s,"metrics":%s,"block":%s,"neighbourhood":%s,"neighbours":%d,'
+          '"eligible":%s,"op_id":%s}')
 
 
-_DECODER = json.JSONDecoder()
-
-
-def _column_texts(text: str, result: BlockResult) -> list[list[str]]:
-    """Each metric column of a block as the text of its values, cut from the block's JSON ``text``."""
-    columns: list[list[str]] = []
-    at = text.rfind('"metrics":{')  # the last top-level key before "errors", whose values are strings
-    pos = at + len('"metrics":{') if at >= 0 else -1
-    for name, column in result.metrics.items():
-        head = json.dumps(name) + ":["
-        tokens: list[str] | None = None
-        if pos >= 0 and text.startswith(head, pos):
-            start = pos + len(head)
-            end = text.find("]", start)
-            if end < 0 or '"' in text[start:end]:  # a string may hold anything: step over the list
-                end = _DECODER.raw_decode(text, start - 1)[1] - 1
-            else:
-                cut = text[start:end].split(",") if end > start else []
-                tokens = cut if len(cut) == len(column) else None
-            pos = end + 2 if end >= 0 and text[end] == "]" else -1  # past "]" and the "," or "}" after it
-        else:
-            pos = -1  # not the layout expected: this column and the rest from their values
-        if tokens is None:
-            tokens = [json.dumps(v, separators=(",", ":"), allow_nan=False) for v in column]
-        columns.append(tokens)
-    return columns
+def _full_results(parts: list[tuple[BlockColumns, list[int], int]], base: Mapping[str, Any],
+                  full: Mapping[str, ChildState]) -> dict[int, str | None]:
+    """The op id of each variant backtested again in full (None: that backtest did not complete),
+    by its position: the variants whose parameters over ``base`` equal a full result's, found column
+    by column (a dict per variant was a tenth of a 10,000-variant reduction)."""
+    found: dict[int, str | None] = {}
+    for wanted in (c.params.get("parameters", {}) for c in full.values()):
+        for part, rows, offset in parts:
+            if set(wanted) != set(base) | set(part.names) or any(
+                    base[k] != wanted[k] for k in base if k not in part.values):
+                continue
+            hits = set(rows)
+            for name in part.names:
+                column, value = part.values[name], wanted[name]
+                hits = {i for i in hits if column[i] == value}
+            if not hits:
+                continue
+            position = {i: offset + k for k, i in enumerate(rows)}
+            for i in hits:
+                again = full.get(_key({**base, **part.parameters(i)}))
+                found[position[i]] = again.op_id if again is not None and again.completed else None
+    return found
 
 
 def count_combinations(grid: Mapping[str, list[Any]]) -> int:

@@ -92,11 +92,13 @@ def evaluate_rows(cond: dict[str, Any], resolve: Resolver, shape: tuple[int, int
     if op == "below":
         return greater(b, a)
     up, down = greater(a, b), greater(b, a)  # a > b, a < b
-    out = np.zeros(np.broadcast_shapes(up.shape, down.shape, (shape[1],)), dtype=bool)
+    out = np.empty(np.broadcast_shapes(up.shape, down.shape, (shape[1],)), dtype=bool)
+    out[..., :1] = False
     if shape[1] < 2:
         return out
+    # Straight into out: a rows x bars temporary and its copy cost as much as the comparison.
     if op == "cross_above":
-        out[..., 1:] = down[..., :-1] & up[..., 1:]
+        np.logical_and(down[..., :-1], up[..., 1:], out=out[..., 1:])
     else:
-        out[..., 1:] = up[..., :-1] & down[..., 1:]
+        np.logical_and(up[..., :-1], down[..., 1:], out=out[..., 1:])
     return out

@@ -384,3 +384,48 @@ def test_shared_indicators_stay_under_their_byte_bound_dropping_the_least_recent
     assert shared.bytes <= shared.max_bytes
     shared.put(("data", 9), pd.Series(np.zeros(1000)))  # larger than the whole bound: not kept
     assert shared.get(("data", 9)) is None and len(shared) == 3
+
+
+def test_variants_the_batch_cannot_vouch_for_get_their_own_backtests_metrics_among_the_others() -> None:
+    strategy = _rules("sma_crossover")
+    # Shares past 2**53 (a float no longer counts them exactly): the trading variants are backtested alone.
+    config = BacktestConfig(initial_capital=1e19, sizing="all_cash")
+    variants = [{"fast": 5, "slow": 30}, {"fast": 30, "slow": 30}, {"fast": 10, "slow": 60}, {"fast": 20, "slow": 20},
+                {"fast": 5, "slow": 30}]
+    block = run_block(BARS, strategy, variants, config)
+    assert block.errors == {} and block.metrics["trades"][0] > 0 and block.metrics["trades"][1] == 0
+    _assert_block_is_its_lone_backtests(block, BARS, strategy, variants, config)
+
+
+def test_a_variant_whose_annualised_return_overflows_gets_its_own_backtests_error_and_the_others_their_metrics(
+        ) -> None:
+    strategy = _rules("sma_crossover")
+    bars = BARS.copy()
+    bars.iloc[-1, bars.columns.get_loc("close")] *= 1.5  # a few bars of minutes that gain half: a power past floats
+    config = BacktestConfig(timeframe="1m", fraction=1.0)
+    variants = [{"fast": 3, "slow": 20}, {"fast": 30, "slow": 30}, {"fast": 0}, {"fast": 5, "slow": 20},
+                {"fast": 20, "slow": 20}]
+    block = run_block(bars, strategy, variants, config, trade_from=len(bars) - 10)
+    assert block.errors[0].startswith("OverflowError: ") and set(block.errors) == {0, 2, 3}
+    assert block.metrics["trades"][1] == 0 and block.metrics["trades"][4] == 0
+    _assert_block_is_its_lone_backtests(block, bars, strategy, variants, config, trade_from=len(bars) - 10)
+
+
+def test_a_block_whose_parameter_sets_repeat_gives_each_variant_its_sets_metrics() -> None:
+    strategy = _rules("sma_crossover")
+    variants = [{"fast": 5, "slow": 30}, {"fast": 10, "slow": 30}, {"fast": 5, "slow": 30}, {"fast": 0},
+                {"fast": 10, "slow": 30}, {"fast": 0}]
+    block = run_block(BARS, strategy, variants, CONFIG)
+    assert list(block.errors) == [3, 5]
+    assert block.variant_metrics(2) == block.variant_metrics(0) and block.variant_metrics(4) == block.variant_metrics(1)
+    _assert_block_is_its_lone_backtests(block, BARS, strategy, variants, CONFIG)
+
+
+def test_when_every_variants_metrics_raise_the_block_records_each_ones_error_and_no_metrics() -> None:
+    strategy = _rules("sma_crossover")
+    bars = BARS.copy()
+    bars.iloc[100, bars.columns.get_loc("close")] = 0.0  # the first close of the window: buy and hold divides by it
+    variants = [{"fast": 5, "slow": 30}, {"fast": 30, "slow": 30}]
+    block = run_block(bars, strategy, variants, CONFIG, trade_from=100)
+    assert block.errors == dict.fromkeys(range(2), "ZeroDivisionError: float division by zero") and block.metrics == {}
+    _assert_block_is_its_lone_backtests(block, bars, strategy, variants, CONFIG, trade_from=100)
