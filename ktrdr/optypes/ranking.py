@@ -65,6 +65,20 @@ class Texts:
         return found
 
 
+def column_texts(column: Sequence[Any], texts: Callable[[Any], str]) -> list[str]:
+    """``dumps`` of each value of ``column``: a column of one type at C speed (``json`` writes an int
+    and a finite float as their ``__repr__``), a string column by its distinct values, else each by ``texts``."""
+    kinds = set(map(type, column))
+    if kinds == {int}:
+        return list(map(int.__repr__, column))
+    if kinds == {float} and all(map(math.isfinite, column)):
+        return list(map(float.__repr__, column))
+    if kinds == {str}:
+        known = {v: dumps(v) for v in set(column)}
+        return [known[v] for v in column]
+    return [texts(v) for v in column]
+
+
 def _object_format(keys: Sequence[str]) -> str:
     """``"{...}" % values`` with each of ``keys`` as a member (its value's text goes in ``%s``)."""
     return "{" + ",".join(dumps(k).replace("%", "%%") + ":%s" for k in keys) + "}"
@@ -91,7 +105,7 @@ class BlockColumns:
         if not self.names:
             return ["{}"] * self.variants
         form = _object_format(self.names)
-        columns = [[texts(v) for v in self.values[name]] for name in self.names]
+        columns = [column_texts(self.values[name], texts) for name in self.names]
         return [form % row for row in zip(*columns, strict=True)]
 
     @classmethod
@@ -102,7 +116,7 @@ class BlockColumns:
             return cls._cut(text, read, texts)
         except (_Layout, ValueError, KeyError, TypeError, IndexError):
             result = BlockResult.from_json_bytes(data)
-            tokens = {name: [texts(v) for v in column] for name, column in result.metrics.items()}
+            tokens = {name: column_texts(column, texts) for name, column in result.metrics.items()}
             return cls._made(variants=result.variants, names=result.names, values=result.values, errors=result.errors,
                              columns=result.metrics, tokens=tokens, read=read)
 
@@ -128,7 +142,7 @@ class BlockColumns:
                 raise _Layout("an unclosed list")
             if '"' in text[start:end]:  # strings may hold anything: decoded, and encoded again
                 values, after = _DECODER.raw_decode(text, start - 1)
-                cut = [texts(v) for v in values]
+                cut = column_texts(values, texts)
                 end = after - 1
                 if name in wanted:
                     columns[name] = values
