@@ -7,8 +7,8 @@ wall time. Here a block's JSON (``BlockResult.to_json_bytes``) is read as laid o
 (names, parameter values) and errors decoded, each metric column cut from the text as the tokens
 the block wrote, and only the columns the ranking reads decoded (:class:`BlockColumns`). Each
 variant's metrics object is then one ``%`` format of its tokens, the ranking is worked out on
-columns (``Objective.order``), and each entry of the document is written from texts
-(:class:`RankingText`). The document is byte for byte ``json.dumps(doc, separators=(",", ":"),
+columns (``Objective.order``), and each entry of the document is one ``%`` format of texts too
+(``ktrdr.optypes.sweep``). The document is byte for byte ``json.dumps(doc, separators=(",", ":"),
 allow_nan=False)`` of the entries in full (tests/ktrdr/optypes/test_ranking.py). A block whose text
 is not laid out as expected is decoded in full and its tokens encoded again from the values.
 """
