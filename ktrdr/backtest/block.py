@@ -36,11 +36,16 @@ from ktrdr.backtest.result import _clean
 from ktrdr.backtest.simulator import simulate
 from ktrdr.cancel import CancelToken, OperationCancelled
 from ktrdr.data.timeframes import periods_per_year
-from ktrdr.data.validation import OHLCV
 from ktrdr.strategy import RuleStrategy, StrategyError, with_parameters
 from ktrdr.strategy.conditions import evaluate_rows
 from ktrdr.strategy.schema import IndicatorSpec
-from ktrdr.strategy.signals import IndicatorCache, operand_values, position_changes_rows, spec_key
+from ktrdr.strategy.signals import (
+    IndicatorCache,
+    operand_resolver,
+    operand_values,
+    position_changes_rows,
+    spec_key,
+)
 from subjects.params import ParamValue
 
 FORMAT = "ktrdr.backtest.block/1"
@@ -482,21 +487,15 @@ class _RowSignals:
             for spec in variant.values():
                 self._computed(spec)
         memo: dict[tuple[Any, Any], np.ndarray] = {}
-        operands: dict[str, np.ndarray] = {}
 
-        def resolve(operand: Any) -> np.ndarray | float:
-            if not isinstance(operand, str):
-                return float(operand)
-            if operand not in operands:
-                ident, _, column = operand.partition(".")
-                if ident in specs[0]:
-                    per = [self._array(ident, variant[ident], column) for variant in specs]
-                    operands[operand] = per[0] if all(a is per[0] for a in per) else np.stack(per)
-                elif operand in OHLCV:
-                    operands[operand] = self._bars[operand].to_numpy(dtype=np.float64)
-                else:
-                    raise ValueError(f"unknown operand {operand!r}")
-            return operands[operand]
+        def indicator(ident: str, column: str) -> np.ndarray | None:
+            if ident not in specs[0]:
+                return None
+            # One row per variant, or one row for all when every variant has the same indicator.
+            per = [self._array(ident, variant[ident], column) for variant in specs]
+            return per[0] if all(a is per[0] for a in per) else np.stack(per)
+
+        resolve = operand_resolver(self._bars, indicator)
 
         def rule(name: str) -> np.ndarray | None:
             cond = getattr(self._strategy.rules, name)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ktrdr.backtest.result import _clean
+
 
 @dataclass(frozen=True, slots=True)
 class CurveStats:
@@ -344,13 +346,13 @@ def metrics_of_rows(curves: CurveColumns, *, pnl: np.ndarray, bars_held: np.ndar
         loss_sum, loss_min = _sums_and_extremes(pnl[losses], n_losses, np.minimum)
         held = np.concatenate(([0], np.cumsum(bars_held, dtype=np.int64)))
         columns: dict[str, Column] = {
-            "initial_capital": [_plain(ic)] * rows,
+            "initial_capital": [_clean(ic)] * rows,
             "final_equity": _floats(final),
             "total_return": _floats(total),
             "total_return_pct": _floats(100.0 * total / ic),
             "bars": [n] * rows,
-            "annualization_factor": [_plain(periods_per_year)] * rows,
-            "annualization_basis": [_plain(annualization_basis)] * rows,
+            "annualization_factor": [_clean(periods_per_year)] * rows,
+            "annualization_basis": [_clean(annualization_basis)] * rows,
             "annualized_return_pct": _floats(ann, has_ann),
             "volatility_pct": _floats(100.0 * sd * root),
             "sharpe_ratio": _floats(mean / sd * root, sd > 0),
@@ -371,7 +373,7 @@ def metrics_of_rows(curves: CurveColumns, *, pnl: np.ndarray, bars_held: np.ndar
             # Whole numbers: their float sum is the same in any order while it stays below 2**53.
             "avg_bars_held": _floats((held[last] - held[first]).astype(np.float64) / trades, traded),
             "exposure": _floats(curves.exposed.astype(np.float64) / n),
-            "buy_and_hold_return_pct": [_plain(bh)] * rows,
+            "buy_and_hold_return_pct": [_clean(bh)] * rows,
         }
     if len(bars_held) and int(np.abs(bars_held).max()) * len(bars_held) >= _EXACT:
         columns["avg_bars_held"] = [
@@ -420,13 +422,6 @@ def _floats(values: np.ndarray, defined: np.ndarray | None = None) -> Column:
     return out
 
 
-def _plain(value: Any) -> Any:
-    """A value as JSON has it: a Python scalar, None for NaN and infinities."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def _metrics_run_by_run(curves: CurveColumns, *, pnl: np.ndarray, bars_held: np.ndarray, trade_starts: np.ndarray,
                         initial_capital: float, close: np.ndarray, periods_per_year: float,
                         annualization_basis: str) -> tuple[dict[str, Column], dict[int, str]]:
@@ -444,4 +439,4 @@ def _metrics_run_by_run(curves: CurveColumns, *, pnl: np.ndarray, bars_held: np.
             found.append(None)
             errors[i] = f"{type(exc).__name__}: {exc}"
     names = list(next((m for m in found if m is not None), {}))
-    return {name: [None if m is None else _plain(m[name]) for m in found] for name in names}, errors
+    return {name: [None if m is None else _clean(m[name]) for m in found] for name in names}, errors

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,26 +48,9 @@ def number_text(value: float | int | None) -> str:
     return dumps(value)
 
 
-class Texts:
-    """``dumps`` of values that repeat (a column of one label, a grid's few values), each once."""
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[type, Any], str] = {}
-
-    def __call__(self, value: Any) -> str:
-        try:
-            key = (type(value), value)
-            found = self._known.get(key)
-        except TypeError:  # unhashable
-            return dumps(value)
-        if found is None:
-            found = self._known[key] = dumps(value)
-        return found
-
-
-def column_texts(column: Sequence[Any], texts: Callable[[Any], str]) -> list[str]:
+def column_texts(column: Sequence[Any]) -> list[str]:
     """``dumps`` of each value of ``column``: a column of one type at C speed (``json`` writes an int
-    and a finite float as their ``__repr__``), a string column by its distinct values, else each by ``texts``."""
+    and a finite float as their ``__repr__``), a string column by its distinct values, else each alone."""
     kinds = set(map(type, column))
     if kinds == {int}:
         return list(map(int.__repr__, column))
@@ -76,7 +59,7 @@ def column_texts(column: Sequence[Any], texts: Callable[[Any], str]) -> list[str
     if kinds == {str}:
         known = {v: dumps(v) for v in set(column)}
         return [known[v] for v in column]
-    return [texts(v) for v in column]
+    return [dumps(v) for v in column]
 
 
 def _object_format(keys: Sequence[str]) -> str:
@@ -100,28 +83,27 @@ class BlockColumns:
     def parameters(self, i: int) -> dict[str, Any]:
         return {name: self.values[name][i] for name in self.names}
 
-    def parameter_texts(self, texts: Callable[[Any], str]) -> list[str]:
+    def parameter_texts(self) -> list[str]:
         """Each variant's parameters object as JSON text."""
         if not self.names:
             return ["{}"] * self.variants
         form = _object_format(self.names)
-        columns = [column_texts(self.values[name], texts) for name in self.names]
+        columns = [column_texts(self.values[name]) for name in self.names]
         return [form % row for row in zip(*columns, strict=True)]
 
     @classmethod
-    def parse(cls, data: bytes, read: Sequence[str], texts: Callable[[Any], str] | None = None) -> BlockColumns:
-        texts = texts or Texts()
+    def parse(cls, data: bytes, read: Sequence[str]) -> BlockColumns:
         text = data.decode()
         try:
-            return cls._cut(text, read, texts)
+            return cls._cut(text, read)
         except (_Layout, ValueError, KeyError, TypeError, IndexError):
             result = BlockResult.from_json_bytes(data)
-            tokens = {name: column_texts(column, texts) for name, column in result.metrics.items()}
+            tokens = {name: column_texts(column) for name, column in result.metrics.items()}
             return cls._made(variants=result.variants, names=result.names, values=result.values, errors=result.errors,
                              columns=result.metrics, tokens=tokens, read=read)
 
     @classmethod
-    def _cut(cls, text: str, read: Sequence[str], texts: Callable[[Any], str]) -> BlockColumns:
+    def _cut(cls, text: str, read: Sequence[str]) -> BlockColumns:
         at = text.rfind(_METRICS_AT)  # a quote inside a string is escaped: this is the member's own
         if at < 0:
             raise _Layout("no metrics")
@@ -142,7 +124,7 @@ class BlockColumns:
                 raise _Layout("an unclosed list")
             if '"' in text[start:end]:  # strings may hold anything: decoded, and encoded again
                 values, after = _DECODER.raw_decode(text, start - 1)
-                cut = column_texts(values, texts)
+                cut = column_texts(values)
                 end = after - 1
                 if name in wanted:
                     columns[name] = values

@@ -25,7 +25,7 @@ from ktrdr.optypes.backtesting import BACKTEST, verify_bars
 from ktrdr.optypes.defn import ON_COORDINATOR, OpType, Rejected, declare
 from ktrdr.optypes.headlines import number, parameters
 from ktrdr.optypes.parent import Child, ChildState, Decision, Fail, ParentEnv, Ready, Reduced, Stage
-from ktrdr.optypes.ranking import BlockColumns, Texts, dumps, number_text
+from ktrdr.optypes.ranking import BlockColumns, dumps, number_text
 from subjects import names
 from subjects.models import OpStatus
 from subjects.objective import Objective, summarise_exclusions
@@ -136,7 +136,6 @@ class SweepPlan:
         documents = await asyncio.gather(*(env.result(b.op_id) for b in blocks if b.completed))
         stored = dict(zip((b.op_id for b in blocks if b.completed), documents, strict=True))
         # Every completed variant by its position in grid order, column by column (``ktrdr.optypes.ranking``).
-        texts = Texts()
         parts: list[tuple[BlockColumns, list[int], int]] = []  # a block, its completed variants, its first position
         where: list[tuple[BlockColumns, int]] = []
         index: list[int] = []
@@ -156,13 +155,13 @@ class SweepPlan:
             data = stored[block.op_id]
             if data is None:
                 return Reduced(error=f"block {block.op_id} completed but stored no result")
-            part = BlockColumns.parse(data, read, texts)
+            part = BlockColumns.parse(data, read)
             rows = [i for i in range(part.variants) if i not in part.errors] if part.errors else list(
                 range(part.variants))
             failed += [{"index": first + i, "parameters": part.parameters(i), "block": block.op_id,
                         "error": part.errors[i]} for i in range(part.variants) if i in part.errors]
             parts.append((part, rows, len(index)))
-            own = part.parameter_texts(texts)
+            own = part.parameter_texts()
             where += [(part, i) for i in rows]
             index += [first + i for i in rows]
             block_texts += [dumps(block.op_id)] * len(rows)
@@ -189,7 +188,7 @@ class SweepPlan:
             rows_text.append(_ENTRY % (place, index[position], parameter_texts[position], metric_texts[position],
                                        block_texts[position], number_text(mean), count,
                                        "true" if reason is None else 'false,"excluded":' + dumps(reason),
-                                       number_text(None) if (op_id := op_ids.get(position)) is None else dumps(op_id)))
+                                       "null" if (op_id := op_ids.get(position)) is None else dumps(op_id)))
         variants = int(prepared["variants"])
         met = order[: completed - len(why)]  # those that meet the objective come first
         no_best = None if met or not completed else (

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import pandas as pd
 from ktrdr.cancel import CancelToken
 from ktrdr.data.validation import OHLCV
 from ktrdr.indicators import compute
-from ktrdr.strategy.conditions import Operand, evaluate
+from ktrdr.strategy.conditions import Operand, Resolver, evaluate
 from ktrdr.strategy.schema import RuleStrategy
 
 Indicators = dict[str, pd.Series | pd.DataFrame]
@@ -210,7 +210,9 @@ def compute_indicators(strategy: RuleStrategy, bars: pd.DataFrame, *,
     return out
 
 
-def _resolver(bars: pd.DataFrame, indicators: Indicators):  # noqa: ANN202 - a closure
+def operand_resolver(bars: pd.DataFrame, indicator: Callable[[str, str], np.ndarray | None]) -> Resolver:
+    """How a rule reads its operands: a number as itself; ``ident.column`` as ``indicator(ident,
+    column)`` gives it (None: no such indicator); a bar column from ``bars``; each name worked out once."""
     cache: dict[str, np.ndarray] = {}
 
     def resolve(operand: Operand) -> np.ndarray | float:
@@ -218,8 +220,9 @@ def _resolver(bars: pd.DataFrame, indicators: Indicators):  # noqa: ANN202 - a c
             return float(operand)
         if operand not in cache:
             ident, _, column = operand.partition(".")
-            if ident in indicators:
-                cache[operand] = operand_values(indicators[ident], ident, column)
+            values = indicator(ident, column)
+            if values is not None:
+                cache[operand] = values
             elif operand in OHLCV:
                 cache[operand] = bars[operand].to_numpy(dtype=np.float64)
             else:
@@ -227,6 +230,11 @@ def _resolver(bars: pd.DataFrame, indicators: Indicators):  # noqa: ANN202 - a c
         return cache[operand]
 
     return resolve
+
+
+def _resolver(bars: pd.DataFrame, indicators: Indicators) -> Resolver:
+    return operand_resolver(bars, lambda ident, column: operand_values(indicators[ident], ident, column)
+                            if ident in indicators else None)
 
 
 def operand_values(value: pd.Series | pd.DataFrame, ident: str, column: str) -> np.ndarray:

@@ -16,7 +16,7 @@ from ktrdr.backtest.sweep import combinations_between, neighbourhood
 from ktrdr.optypes.backtest_block import BACKTEST_BLOCK
 from ktrdr.optypes.parent import ChildState
 from ktrdr.optypes.ranking import BlockColumns
-from ktrdr.optypes.sweep import SWEEP, SweepPlan
+from ktrdr.optypes.sweep import RANKING_FORMAT, SWEEP, SweepPlan
 from subjects.models import OpStatus
 from subjects.objective import summarise_exclusions
 from subjects.params import SweepParams
@@ -46,7 +46,7 @@ def test_a_blocks_columns_are_its_variants_metrics_and_parameters_as_json_writes
     assert parsed.read == {"sharpe_ratio": ODD["sharpe_ratio"], "trades": ODD["trades"],
                            "max_drawdown_pct": [None] * 5, "basis": ODD["basis"]}
     assert parsed.errors == {3: "boom"} and parsed.parameters(1) == {"p": {"nested": "[x]"}}
-    assert parsed.parameter_texts(_plain) == [_plain({"p": v}) for v in block.values["p"]]
+    assert parsed.parameter_texts() == [_plain({"p": v}) for v in block.values["p"]]
 
 
 def test_a_block_text_laid_out_otherwise_is_decoded_in_full_with_the_same_columns() -> None:
@@ -152,7 +152,7 @@ def _plain_document(params: SweepParams, children: Mapping[str, ChildState], sto
     met = [r for r in ranked if r["eligible"]]
     no_best = None if met or not ranked else (
         f"no variant met the objective ({params.objective.describe()}): {summarise_exclusions(ranked)}")
-    return _plain({"format": "ktrdr.sweep.ranking/1", "sweep": "sw", "metric": params.metric,
+    return _plain({"format": RANKING_FORMAT, "sweep": "sw", "metric": params.metric,
                    "descending": params.ranks_descending, "objective": params.objective.model_dump(mode="json"),
                    "eligible": len(met), "no_best": no_best, "grid": params.grid, "combinations": 20,
                    "blocks": len(blocks), "completed": len(entries), "failed": failed, "cancelled": cancelled,
