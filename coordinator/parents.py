@@ -17,7 +17,10 @@ reduce their results at the end. The runner owns the rest, the same for every su
   (a request every worker receives), and a child that is itself a parent passes it on;
   a parent that fails cancels its children the same way;
 - **retries**: a child is an ordinary operation, retried on a lost worker like any other;
-- **restart**: nothing lives only in memory. On start every unfinished parent is planned again
+- **absorbing**: a plan that can begin its reduction child by child (``absorb``) has each child
+  absorbed as it completes, while its siblings still run; the answers are only a head start, held
+  in memory until the parent ends, and ``reduce`` works out whatever is missing;
+- **restart**: nothing else lives only in memory. On start every unfinished parent is planned again
   from the records: children a crash left out are submitted, and a parent whose children all
   ended meanwhile is reduced.
 """
@@ -44,7 +47,7 @@ from coordinator.registry import WorkerRegistry
 from ktrdr.data.shared import data_bucket, object_name
 from ktrdr.data.store import bars_from_bytes
 from ktrdr.optypes import OpType, UnknownOpType, op_type
-from ktrdr.optypes.parent import ChildState, Fail, Ready, Reduced, Stage
+from ktrdr.optypes.parent import ChildState, Fail, Ready, Reduced, Stage, absorber
 from ktrdr.results import get_result, put_result
 from ktrdr.runtime.tasks import cancel_and_wait
 from subjects import names
@@ -85,11 +88,13 @@ def parent_type(op: Operation) -> OpType[Any, Any] | None:
 class JetStreamEnv:
     """What plans read (``ktrdr.optypes.parent.ParentEnv``), from the shared stores."""
 
-    def __init__(self, *, js: JetStreamContext, op_id: str, registry: WorkerRegistry, ops: Operations) -> None:
+    def __init__(self, *, js: JetStreamContext, op_id: str, registry: WorkerRegistry, ops: Operations,
+                 absorbing: Mapping[str, asyncio.Task[Any]] | None = None) -> None:
         self.js = js
         self.op_id = op_id
         self.registry = registry
         self.ops = ops
+        self.absorbing = absorbing or {}
 
     def worker_slots(self, capability: str) -> int:
         return sum(w.slots for w in self.registry.with_capability(capability))
@@ -98,6 +103,14 @@ class JetStreamEnv:
         """The result the op's record names (the artifact its claimant reported)."""
         op = self.ops.get(op_id)
         return None if op is None else await get_result(self.js, op)
+
+    async def absorbed(self, op_id: str) -> Any:
+        task = self.absorbing.get(op_id)
+        if task is None:
+            return None
+        # Waited for, not awaited: a reduction cancelled meanwhile must not cancel the absorbing.
+        await asyncio.wait({task})
+        return None if task.cancelled() or task.exception() is not None else task.result()
 
     async def bar_index(self, symbol: str, timeframe: str, start: Any, end: Any) -> pd.DatetimeIndex:
         name = object_name(symbol, timeframe)
@@ -132,6 +145,8 @@ class ParentRunner:
         self._replan: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Children absorbed or being absorbed, by parent and child id (``ktrdr.optypes.parent``).
+        self._absorbing: dict[str, dict[str, asyncio.Task[Any]]] = {}
         self._started = False
         # Set by the coordinator (CancelResponder.cancel_queued): cancels a queued child without a
         # request on ops.<child>.cancel; None, every child is cancelled through that subject.
@@ -164,7 +179,9 @@ class ParentRunner:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        await cancel_and_wait(list(self._tasks), what="parent task")
+        absorbing = [task for tasks in self._absorbing.values() for task in tasks.values()]
+        self._absorbing.clear()
+        await cancel_and_wait(list(self._tasks) + absorbing, what="parent task")
 
     async def __aenter__(self) -> ParentRunner:
         await self.start()
@@ -192,6 +209,8 @@ class ParentRunner:
             self._children[after.parent_id].add(after.op_id)
             parent = self.ops.get(after.parent_id)
             if parent is not None and parent.status is OpStatus.RUNNING and parent_type(parent) is not None:
+                if after.status is OpStatus.COMPLETED and before.status is not OpStatus.COMPLETED:
+                    self._absorb(parent, after)
                 if after.status in (OpStatus.FAILED, OpStatus.CANCELLED) and not before.status.terminal:
                     # A child that did not complete may change the plan before its stage ends.
                     self._replan.add(parent.op_id)
@@ -205,9 +224,28 @@ class ParentRunner:
             return
         if after.status is OpStatus.PENDING:
             self._advance_soon(after.op_id)
-        elif after.status in (OpStatus.CANCELLED, OpStatus.FAILED) and not before.status.terminal:
+        elif after.status.terminal:
+            self._forget_absorbed(after.op_id)
+        if after.status in (OpStatus.CANCELLED, OpStatus.FAILED) and not before.status.terminal:
             self._stage.pop(after.op_id, None)
             self._spawn(self._cancel_children(after.op_id, _why_ended(after)))
+
+    def _absorb(self, parent: Operation, child: Operation) -> None:
+        declared = parent_type(parent)
+        plan = None if declared is None else absorber(declared.parent)
+        key = child_key(parent.op_id, child.op_id)
+        if plan is None or declared is None or key is None:
+            return
+        state = ChildState(key=key, op_id=child.op_id, type=child.type, status=child.status, params=child.params,
+                           result=child.result, error=child.error)
+        task = asyncio.create_task(plan.absorb(declared.parse(parent.params), state, self._env(parent.op_id)),
+                                   name=f"absorb-{child.op_id}")
+        task.add_done_callback(_absorbed)
+        self._absorbing.setdefault(parent.op_id, {})[child.op_id] = task
+
+    def _forget_absorbed(self, parent_id: str) -> None:
+        for task in self._absorbing.pop(parent_id, {}).values():
+            task.cancel()
 
     def _schedule_refresh(self, parent_id: str) -> None:
         # Children report ~10 times a second each: fold them into the parent a few times a second.
@@ -299,7 +337,8 @@ class ParentRunner:
             seen = keys
 
     def _env(self, parent_id: str) -> JetStreamEnv:
-        return JetStreamEnv(js=self.js, op_id=parent_id, registry=self.dispatcher.registry, ops=self.ops)
+        return JetStreamEnv(js=self.js, op_id=parent_id, registry=self.dispatcher.registry, ops=self.ops,
+                            absorbing=self._absorbing.get(parent_id))
 
     def _states(self, parent_id: str) -> dict[str, ChildState]:
         states: dict[str, ChildState] = {}
@@ -430,6 +469,12 @@ class ParentRunner:
             await self.nc.request(names.ops_cancel(op_id), CancelRequest(reason=reason).encode(), timeout=5.0)
         except Exception as exc:
             log.warning("cancel of child %s got no answer: %s", op_id, exc)
+
+
+def _absorbed(task: asyncio.Task[Any]) -> None:
+    # The reduction works out itself what an absorb failed to: worth a line, not a failure.
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("%s failed; the reduction does it again: %r", task.get_name(), task.exception())
 
 
 def _why_ended(parent: Operation) -> str:

@@ -15,7 +15,7 @@ import math
 import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -208,22 +208,36 @@ class Objective(BaseModel):
         relations = self.relations  # parsed once, not once per row
         nothing: list[Any] = []
         metric, trades, drawdown = (columns.get(name, nothing) for name in self.metrics_read())
-        met: list[tuple[float, int, int]] = []
-        missed: list[int] = []
+        rows = list(rows)
+        raw = [metric[row] for row in rows] if metric else [None] * len(rows)
+        isfinite = math.isfinite
+        # A finite float is its own number: _number is asked only for anything else.
+        values = [v if type(v) is float and isfinite(v) else _number(v) for v in raw]
         why: dict[int, str] = {}
-        for position, row in enumerate(rows):
-            raw = metric[row] if metric else None
-            reason = self._why(trades[row] if trades else None, drawdown[row] if drawdown else None, raw,
+        suspects: Sequence[int]
+        if relations:
+            suspects = range(len(rows))
+        else:
+            # Only a row that may fail a constraint is asked why (_why has the last word): one whose
+            # trades are not an int of at least min_trades, drawdown not a float within the limit,
+            # or metric not a number.
+            least = self.min_trades
+            deepest = math.inf if self.max_drawdown_pct is None else self.max_drawdown_pct
+            counts = [trades[row] for row in rows] if trades and least else None
+            falls = [drawdown[row] for row in rows] if drawdown and self.max_drawdown_pct is not None else None
+            suspects = [i for i, value in enumerate(values) if value is None
+                        or (least and (counts is None or type(counts[i]) is not int or counts[i] < least))
+                        or (falls is not None and (type(falls[i]) is not float or falls[i] > deepest))]
+        for i in suspects:
+            row = rows[i]
+            reason = self._why(trades[row] if trades else None, drawdown[row] if drawdown else None, raw[i],
                                parameters, row, relations)
-            if reason is None:
-                value = _number(raw)
-                assert value is not None  # _why answers None only for a number
-                met.append((value, position, row))
-            else:
-                missed.append(row)
+            if reason is not None:
                 why[row] = reason
-        met.sort(key=(lambda t: (-t[0], t[1])) if self.descending else (lambda t: (t[0], t[1])))
-        return [row for _, _, row in met] + missed, why
+        met = [position for position, row in enumerate(rows) if row not in why] if why else list(range(len(rows)))
+        # A stable sort keeps ties in the order given, reversed or not.
+        met.sort(key=cast("list[float]", values).__getitem__, reverse=self.descending)  # met: numbers only
+        return [rows[position] for position in met] + [row for row in rows if row in why], why
 
 
 def _number(v: Any) -> float | None:

@@ -13,6 +13,12 @@ fails or is cancelled), so stage n+1 may read stage n's results; after a restart
 comes from the same records: nothing lives only in memory. ``prepare`` runs once, when the parent
 starts, for facts the plan needs and that must not change under it (a walk-forward's folds, from the
 dataset's bars); its answer is kept in the parent's record (``info["plan"]``).
+
+A plan may also have ``absorb(params, child, env)`` (:class:`Absorbs`): the part of the reduction
+that one completed child allows, worked out as soon as it completes while its siblings still run
+(a sweep's block parsed into columns), so that little is left to do once the last one ends. The
+runner keeps the answers in memory only; ``reduce`` reads them with ``env.absorbed(op_id)`` and works
+out itself what is missing (after a coordinator restart, or where an ``absorb`` failed).
 """
 
 from __future__ import annotations
@@ -135,6 +141,10 @@ class ParentEnv(Protocol):
     def worker_slots(self, capability: str) -> int:
         """Slots of the live workers serving ``capability`` now (to size children by)."""
 
+    async def absorbed(self, op_id: str) -> Any:
+        """What the plan's ``absorb`` made of the completed child ``op_id`` (waiting for it if it is
+        still at work); None when there is nothing: no ``absorb``, a restart since, or it failed."""
+
 
 class ParentPlan(Protocol, Generic[P]):
     unit: str  # what a child is, for progress ("backtests", "fold steps")
@@ -148,4 +158,16 @@ class ParentPlan(Protocol, Generic[P]):
     async def reduce(self, params: P, prepared: Mapping[str, Any], children: Mapping[str, ChildState],
                      env: ParentEnv) -> Reduced:
         """The outcome, once ``plan`` answered :class:`Ready`."""
+
+
+class Absorbs(Protocol, Generic[P]):
+    """A plan whose reduction can begin before the last child ends (optional; see the module)."""
+
+    async def absorb(self, params: P, child: ChildState, env: ParentEnv) -> Any:
+        """What ``reduce`` will need of the completed ``child``; None for nothing."""
+
+
+def absorber(plan: object) -> Absorbs[Any] | None:
+    """``plan`` if it absorbs children as they complete, else None."""
+    return plan if callable(getattr(plan, "absorb", None)) else None  # type: ignore[return-value]
 

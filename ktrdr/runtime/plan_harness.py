@@ -6,7 +6,10 @@ same questions are asked in memory, in the same order: ``prepare`` once, then ``
 children not yet recorded run to their end (a worker-run child through its handler, in a
 :class:`~ktrdr.runtime.harness.HandlerEnvironment` sharing this one's stores; a child that is itself
 a parent through its own plan), the plan is asked again as soon as a child fails or is cancelled (it
-may give up early) and once they have all ended, and ``reduce`` once it answers ``Ready``::
+may give up early) and once they have all ended, and ``reduce`` once it answers ``Ready``. A plan
+that absorbs children (``absorb``) has each one absorbed as soon as it completes, as the runner does;
+an ``absorb`` that raises fails the run here (the runner logs it and lets ``reduce`` work it out),
+so that the plan's own tests see it::
 
     env = PlanEnvironment(handlers={BACKTEST_BLOCK: handler.run_block, BACKTEST: handler})
     env.datasets.put_bars("SYNTH", "1h", bars)
@@ -30,7 +33,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from ktrdr.optypes import OpType
-from ktrdr.optypes.parent import ChildState, Fail, Ready, Reduced, Stage
+from ktrdr.optypes.parent import ChildState, Fail, Ready, Reduced, Stage, absorber
 from ktrdr.runtime.context import Handler
 from ktrdr.runtime.harness import HandlerEnvironment, MemoryStores
 from subjects.models import Operation, OpStatus
@@ -61,6 +64,9 @@ class _Env:
     def worker_slots(self, capability: str) -> int:
         return self.owner.slots.get(capability, 1)
 
+    async def absorbed(self, op_id: str) -> Any:
+        return self.owner.absorbed.get(op_id)
+
 
 def _utc(moment: Any) -> pd.Timestamp:
     ts = pd.Timestamp(moment)
@@ -72,7 +78,8 @@ class PlanEnvironment(MemoryStores):
     """``handlers``: the handler of each worker-run type the plan's children are (``KeyError`` naming
     a missing one); ``slots``: live worker slots per capability as ``worker_slots`` answers (1 for
     any other). After :meth:`run`, ``stages[op_id]`` names each parent's stages in the order they
-    ran and ``children[op_id]`` holds its children's final states, by key."""
+    ran, ``children[op_id]`` holds its children's final states, by key, and ``absorbed[child_id]``
+    what the plan's ``absorb`` made of each completed child."""
 
     handlers: Mapping[OpType[Any, Any], Handler] = field(default_factory=dict)
     slots: Mapping[str, int] = field(default_factory=dict)
@@ -81,6 +88,7 @@ class PlanEnvironment(MemoryStores):
     children: dict[str, dict[str, ChildState]] = field(default_factory=dict)
     # Child runs' reports, by child op id (progress, info, warnings: its HandlerEnvironment).
     runs: dict[str, HandlerEnvironment] = field(default_factory=dict)
+    absorbed: dict[str, Any] = field(default_factory=dict)
 
     async def run(self, op_type: OpType[Any, Any], params: BaseModel | dict[str, Any], *,
                   op_id: str | None = None) -> Reduced:
@@ -129,6 +137,9 @@ class PlanEnvironment(MemoryStores):
                     raise TypeError(f"child {child.key!r} has type {child.type!r}, not an OpType")
                 state = await self._child(op_id, child.key, child.type, child.params)
                 children[child.key] = state
+                absorbing = absorber(plan)
+                if absorbing is not None and state.completed:
+                    self.absorbed[state.op_id] = await absorbing.absorb(params, state, env)
                 # A child that did not complete may change the plan before its stage ends.
                 if not state.completed and isinstance(plan.plan(params, prepared, children), Fail):
                     break

@@ -73,10 +73,14 @@ class ChainPlan:
             return Stage(name="second", children=[second], total=3)
         return Ready()
 
+    async def absorb(self, params: ChainParams, child: ChildState, env: ParentEnv) -> int:
+        return child.result["doubled"]  # type: ignore[index]
+
     async def reduce(self, params: ChainParams, prepared: Mapping[str, Any], children: Mapping[str, ChildState],
                      env: ParentEnv) -> Reduced:
         return Reduced(result={"final": children["sum"].result["doubled"],  # type: ignore[index]
-                               "planned_by": prepared["planned_by"]})
+                               "planned_by": prepared["planned_by"],
+                               "absorbed": {key: await env.absorbed(c.op_id) for key, c in sorted(children.items())}})
 
 
 CHAIN = OpType(name="test_chain", params=ChainParams, runs=ON_COORDINATOR, parent=ChainPlan(),
@@ -124,7 +128,9 @@ async def test_a_later_stage_reads_the_results_of_an_earlier_one(coordinator: Co
     op = await coordinator.layer.submit(SubmitRequest(type="test_chain", params={"a": 1, "b": 2}))
     done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED, OpStatus.FAILED)
     assert done.status is OpStatus.COMPLETED, done.error
-    assert done.result == {"final": 12, "planned_by": op.op_id}  # 2 * (2*1 + 2*2)
+    # Each child was absorbed as it completed: the reduction found them all.
+    assert done.result == {"final": 12, "planned_by": op.op_id,  # 2 * (2*1 + 2*2)
+                           "absorbed": {"a": 2, "b": 4, "sum": 12}}
     children = sorted(c.op_id for c in coordinator.ops.all() if c.parent_id == op.op_id)
     assert children == [f"{op.op_id}-a", f"{op.op_id}-b", f"{op.op_id}-sum"]
     assert done.progress is not None and (done.progress.steps_done, done.progress.percentage) == (3, 100.0)

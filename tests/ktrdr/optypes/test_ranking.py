@@ -62,14 +62,20 @@ GRID = {"fast": [5, 10, 15, 20, 25], "slow": [20, 30, 40, 50]}
 
 
 class _Results:
-    """What a reduction reads (``ParentEnv``): block results by op id."""
+    """What a reduction reads (``ParentEnv``): block results by op id, and what was absorbed of them."""
 
     op_id = "sw"
 
-    def __init__(self, stored: Mapping[str, bytes]) -> None:
+    def __init__(self, stored: Mapping[str, bytes], absorbed: Mapping[str, Any] | None = None) -> None:
         self.stored = stored
+        self.absorbed_ = absorbed or {}
+        self.read: list[str] = []
+
+    async def absorbed(self, op_id: str) -> Any:
+        return self.absorbed_.get(op_id)
 
     async def result(self, op_id: str) -> bytes | None:
+        self.read.append(op_id)
         return self.stored.get(op_id)
 
     def worker_slots(self, capability: str) -> int:
@@ -159,7 +165,7 @@ def _plain_document(params: SweepParams, children: Mapping[str, ChildState], sto
                    "ranking": ranked}).encode()
 
 
-async def test_the_ranking_document_is_byte_for_byte_the_plain_one_whatever_the_objective_and_the_losses() -> None:
+async def test_the_ranking_is_byte_for_byte_the_plain_one_whatever_the_objective_losses_and_absorbing() -> None:
     rng = random.Random(26)
     objectives: list[dict[str, Any]] = [{}, {"metric": "max_drawdown_pct", "min_trades": 3},
                                         {"metric": "win_rate", "max_drawdown_pct": 12.5, "require": ["fast < slow"]},
@@ -170,6 +176,15 @@ async def test_the_ranking_document_is_byte_for_byte_the_plain_one_whatever_the_
             prepared = {"variants": 20, "block_size": size, "slots": 2}
             reduced = await SweepPlan().reduce(params, prepared, children, _Results(stored))
             assert reduced.document == _plain_document(params, children, stored), (objective, size)
+            # Blocks absorbed as they completed, some of them (the others, as after a restart, are
+            # read by the reduction itself): the same document, and the same outcome.
+            absorbed = {c.op_id: await SweepPlan().absorb(params, c, _Results(stored))
+                        for c in children.values() if rng.random() < 0.7}
+            env = _Results(stored, absorbed)
+            again = await SweepPlan().reduce(params, prepared, children, env)
+            assert again.document == reduced.document and again.result == reduced.result, (objective, size)
+            assert sorted(env.read) == sorted(c.op_id for c in children.values() if c.completed
+                                              and c.type == BACKTEST_BLOCK.name and absorbed.get(c.op_id) is None)
             ranking = json.loads(reduced.document or b"")["ranking"]
             result = SWEEP.result_dict(reduced.result)
             best = [r for r in ranking if r["eligible"]][: params.top]
