@@ -46,6 +46,7 @@ class ChainParams(BaseModel):
     a: int
     b: int
     fail_first: bool = False
+    absorb_fails: bool = False
 
 
 class ChainPlan:
@@ -74,6 +75,8 @@ class ChainPlan:
         return Ready()
 
     async def absorb(self, params: ChainParams, child: ChildState, env: ParentEnv) -> int:
+        if params.absorb_fails and child.key == "b":
+            raise RuntimeError("planted absorb failure")
         return child.result["doubled"]  # type: ignore[index]
 
     async def reduce(self, params: ChainParams, prepared: Mapping[str, Any], children: Mapping[str, ChildState],
@@ -134,6 +137,18 @@ async def test_a_later_stage_reads_the_results_of_an_earlier_one(coordinator: Co
     children = sorted(c.op_id for c in coordinator.ops.all() if c.parent_id == op.op_id)
     assert children == [f"{op.op_id}-a", f"{op.op_id}-b", f"{op.op_id}-sum"]
     assert done.progress is not None and (done.progress.steps_done, done.progress.percentage) == (3, 100.0)
+
+
+async def test_a_child_whose_absorbing_failed_is_left_to_the_reduction(
+        coordinator: Coordinator, make_worker: MakeWorker, caplog: pytest.LogCaptureFixture) -> None:
+    await make_worker("w1", handlers={ECHO: echo})
+    op = await coordinator.layer.submit(SubmitRequest(type="test_chain", params={"a": 1, "b": 2,
+                                                                                 "absorb_fails": True}))
+    done = await wait_status(coordinator, op.op_id, OpStatus.COMPLETED, OpStatus.FAILED)
+    assert done.status is OpStatus.COMPLETED, done.error
+    assert done.result == {"final": 12, "planned_by": op.op_id, "absorbed": {"a": 2, "b": None, "sum": 12}}
+    assert any(f"absorb-{op.op_id}-b failed" in r.getMessage() and "planted absorb failure" in r.getMessage()
+               for r in caplog.records)
 
 
 async def test_a_parent_that_fails_cancels_the_children_still_running(coordinator: Coordinator,

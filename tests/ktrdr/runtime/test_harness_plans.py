@@ -41,6 +41,9 @@ async def test_a_sweep_runs_its_blocks_then_its_best_in_full_and_ranks_as_lone_b
     assert outcome.error is None and env.stages["sw"] == ["blocks", "full results"]
     assert sorted(env.children["sw"]) == ["b0", "b1", "full0"]
     assert env.records.ops["sw"].status is OpStatus.COMPLETED
+    # Each block was absorbed as it completed (its columns parsed), as the coordinator's runner does.
+    assert [env.absorbed[f"sw-{key}"].variants for key in ("b0", "b1")] == [2, 2]
+    assert env.absorbed["sw-full0"] is None
 
     alone = HandlerEnvironment(datasets=env.datasets)
     returns = {}
