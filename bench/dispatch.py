@@ -59,7 +59,7 @@ from ktrdr.natsd import NatsServer, free_port
 from ktrdr.runtime.connection import NatsAuth
 from ktrdr.security.fleet import provision
 from subjects import names, roles
-from subjects.models import CancelReply, Operation, OpEvent, ProgressUpdate, WorkerLease, decode
+from subjects.models import CancelReply, Operation, OpEvent, ProgressUpdate, decode
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE_TTL = 5.0
@@ -299,7 +299,6 @@ async def run_platform(setup: Setup, home: Path, args: argparse.Namespace) -> di
             raise SystemExit(f"platform did not come up; see the logs in {home}")
         # The coordinator made the streams and buckets (only it may create them): the client binds to them.
         ops_bucket = await js.key_value(names.OPS_BUCKET)
-        workers_bucket = await js.key_value(names.WORKERS_BUCKET)
         watcher = await ops_bucket.watchall()
 
         async def feed() -> None:
@@ -471,14 +470,13 @@ async def run_platform(setup: Setup, home: Path, args: argparse.Namespace) -> di
                 running = watch.wait_record(op_id, lambda o: o.status == "running")
                 await submit_with_id(api, op_id, {"duration": 30, "steps": 30})
                 await asyncio.wait_for(running, 10)
-                owner = watch.records[op_id].worker_id
-                entry = await workers_bucket.get(owner)
-                lease = decode(WorkerLease, entry.value)
-                name = next(n for n, p in procs.items() if p.pid == lease.pid)
+                # Worker i runs as bench-w<i> (start_worker): its process, without reading its lease.
+                owner = watch.records[op_id].worker_id or ""
+                name = f"worker{owner.removeprefix('bench-w')}"
                 offered = watch.wait_record(op_id, lambda o: o.attempt == 2)
                 restarted = watch.wait_record(op_id, lambda o: o.attempt == 2 and o.status == "running")
                 t0 = time.perf_counter()
-                os.kill(lease.pid, signal.SIGKILL)
+                os.kill(procs[name].pid, signal.SIGKILL)
                 redispatch.append(await asyncio.wait_for(offered, 30) - t0)
                 rerun.append(await asyncio.wait_for(restarted, 30) - t0)
                 procs[name].wait()
